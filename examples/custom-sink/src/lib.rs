@@ -1,0 +1,74 @@
+//! A sink in a few lines: it counts records and bytes, reports them as host metrics
+//! (`weir_plugin_example_records_total`, `weir_plugin_example_bytes_total`) and logs a
+//! line every `every` records. Build it, point `weir --plugins` at it, use `plugin: counter`.
+
+use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, PluginError, Rejections, Sink};
+
+/// Config of the `counter` sink.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CounterConfig {
+    /// Log a summary line every this many records.
+    #[serde(default = "default_every")]
+    pub every: u64,
+}
+
+fn default_every() -> u64 {
+    1000
+}
+
+/// The `counter` sink.
+pub struct Counter {
+    ctx: Context,
+    every: u64,
+    records: u64,
+    bytes: u64,
+}
+
+impl Sink for Counter {
+    type Config = CounterConfig;
+    const NAME: &'static str = "counter";
+    const DESCRIPTION: &'static str = "Example sink: counts records and bytes, logs a summary.";
+
+    fn validate(config: &CounterConfig) -> Result<(), PluginError> {
+        match config.every {
+            0 => Err(PluginError::config("every must be at least 1")),
+            _ => Ok(()),
+        }
+    }
+
+    fn create(config: CounterConfig, ctx: Context) -> Result<Self, PluginError> {
+        Ok(Counter { ctx, every: config.every, records: 0, bytes: 0 })
+    }
+
+    fn write(&mut self, batch: &BatchRef<'_>, _rejections: &mut Rejections) -> Result<(), PluginError> {
+        let bytes: u64 = batch.iter().map(|r| r.value.len() as u64).sum();
+        let before = self.records / self.every;
+        self.records += batch.len() as u64;
+        self.bytes += bytes;
+        self.ctx.counter_add("example_records", "Records the example sink counted.", batch.len() as u64);
+        self.ctx.counter_add("example_bytes", "Bytes the example sink counted.", bytes);
+        if self.records / self.every > before {
+            self.ctx.info(&format!("Counted {} records ({} bytes).", self.records, self.bytes));
+        }
+        Ok(())
+    }
+}
+
+weir_plugin::export_plugins!(sink Counter);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_plugin::mock::{json_batch, MockHost};
+
+    #[test]
+    fn counts_and_logs_through_the_mock_host() {
+        let host = MockHost::new();
+        let mut sink = Counter::create(CounterConfig { every: 2 }, host.context()).unwrap();
+        sink.write(&json_batch(["{}", "[1]", "2"]).as_ref(), &mut Rejections::new()).unwrap();
+        assert_eq!(host.metric("example_records"), Some(3.0));
+        assert_eq!(host.metric("example_bytes"), Some(6.0));
+        assert_eq!(host.logs()[0].1, "Counted 3 records (6 bytes).");
+    }
+}

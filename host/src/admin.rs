@@ -1,0 +1,53 @@
+//! The admin API: `/health`, `/pipelines`, `/metrics`.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::State as AxState;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::host::Host;
+use crate::pipeline::State;
+
+/// The admin API's routes.
+pub fn router(host: Arc<Host>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/pipelines", get(pipelines))
+        .route("/pipelines/{name}", get(pipeline))
+        .route("/metrics", get(metrics))
+        .with_state(host)
+}
+
+async fn health(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
+    let pipelines = host.pipelines();
+    let states: serde_json::Map<String, serde_json::Value> = pipelines.iter().map(|p| (p.name.clone(), p.state().0.name().into())).collect();
+    let all_running = pipelines.iter().all(|p| p.state().0 == State::Running);
+    let clients: f64 = pipelines.iter().map(|p| p.gauge("connected_clients")).sum();
+    let body = serde_json::json!({
+        "status": if all_running { "healthy" } else { "degraded" },
+        "timestamp": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        "uptime_seconds": host.started.elapsed().as_secs(),
+        "pipelines": states,
+        "connected_clients": clients as u64,
+    });
+    (if all_running { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+}
+
+async fn pipelines(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
+    Json(host.pipelines().iter().map(|p| p.report()).collect::<Vec<_>>())
+}
+
+async fn pipeline(AxState(host): AxState<Arc<Host>>, axum::extract::Path(name): axum::extract::Path<String>) -> impl IntoResponse {
+    match host.pipelines().into_iter().find(|p| p.name == name) {
+        Some(p) => (StatusCode::OK, Json(p.report())),
+        None => (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": format!("no pipeline called {name:?}") }))),
+    }
+}
+
+async fn metrics(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], host.metrics.render())
+}

@@ -1,0 +1,407 @@
+//! Host config (figment) and pipeline files (YAML with `${VAR}` interpolation).
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Yaml};
+use figment::Figment;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{HostError, Located};
+use crate::yamlpos::Positions;
+
+/// The host's own settings. Sources, lowest first: defaults, `weir.yaml` (or `--config`),
+/// `WEIR_*` environment variables, command-line flags.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// Directory holding the pipeline files (one pipeline per `.yaml`/`.yml` file).
+    #[serde(default = "default_pipelines")]
+    pub pipelines: PathBuf,
+    /// Directories searched for plugin libraries; empty means the directory of the `weir`
+    /// executable.
+    #[serde(default)]
+    pub plugins: Vec<PathBuf>,
+    /// Address of the admin API (`/health`, `/pipelines`, `/metrics`).
+    #[serde(default = "default_admin")]
+    pub admin: String,
+    /// Log filter, in `RUST_LOG` syntax (for example `info` or `weir=debug`).
+    #[serde(default = "default_log")]
+    pub log: String,
+    /// How long shutdown waits for in-flight records to drain, in seconds.
+    #[serde(default = "default_drain")]
+    pub drain_timeout_secs: u64,
+}
+
+fn default_pipelines() -> PathBuf {
+    PathBuf::from("pipelines")
+}
+fn default_admin() -> String {
+    "127.0.0.1:8083".into()
+}
+fn default_log() -> String {
+    "info".into()
+}
+fn default_drain() -> u64 {
+    30
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            pipelines: default_pipelines(),
+            plugins: Vec::new(),
+            admin: default_admin(),
+            log: default_log(),
+            drain_timeout_secs: default_drain(),
+        }
+    }
+}
+
+/// Keys the environment may set, as `WEIR_<KEY>`.
+const ENV_KEYS: [&str; 5] = ["pipelines", "plugins", "admin", "log", "drain_timeout_secs"];
+
+impl HostConfig {
+    /// Merges defaults < the YAML file < `WEIR_*` environment < `overrides` (flags).
+    pub fn load(file: Option<&Path>, overrides: &serde_json::Value) -> Result<Self, HostError> {
+        let explicit = file.is_some();
+        let file = file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("weir.yaml"));
+        if explicit && !file.exists() {
+            return Err(HostError::Usage(format!("config file {} does not exist", file.display())));
+        }
+        Figment::from(Serialized::defaults(HostConfig::default()))
+            .merge(Yaml::file(&file))
+            .merge(Env::prefixed("WEIR_").only(&ENV_KEYS))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| HostError::Usage(format!("host config: {e}")))
+    }
+
+    /// The plugin directories, with the default filled in.
+    pub fn plugin_dirs(&self) -> Vec<PathBuf> {
+        if !self.plugins.is_empty() {
+            return self.plugins.clone();
+        }
+        let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf));
+        exe_dir.into_iter().collect()
+    }
+}
+
+/// One pipeline file.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// The pipeline's name; defaults to the file name without its extension.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What the pipeline is for.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Where records come from.
+    pub source: StageSpec,
+    /// Applied in order to every batch.
+    #[serde(default)]
+    pub transforms: Vec<StageSpec>,
+    /// Every batch goes to each of these.
+    pub sinks: Vec<StageSpec>,
+    /// Queue sizes and acknowledgement.
+    #[serde(default)]
+    pub settings: PipelineSettings,
+}
+
+/// One stage: a plugin and its config.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// Name of the stage in metrics, logs and the admin API; defaults to the plugin name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The plugin, by the name it exports (see `weir plugins`).
+    pub plugin: String,
+    /// The plugin's config; checked against the schema the plugin exports.
+    #[serde(default = "empty_object")]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
+    pub config: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// When a source's batch counts as done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Acknowledge {
+    /// When every sink has written the batch (an HTTP client's 200 means delivered).
+    #[default]
+    Delivered,
+    /// When the batch is through the transforms and queued for every sink.
+    Accepted,
+}
+
+/// Pipeline-wide settings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSettings {
+    /// Batches that may wait between the source and the transforms; when full, the source
+    /// is pushed back (the HTTP source answers 503).
+    #[serde(default = "default_queue")]
+    pub queue_batches: NonZeroUsize,
+    /// Batches that may wait in front of each sink.
+    #[serde(default = "default_queue")]
+    pub sink_queue_batches: NonZeroUsize,
+    /// When a source's batch counts as done.
+    #[serde(default)]
+    pub acknowledge: Acknowledge,
+}
+
+fn default_queue() -> NonZeroUsize {
+    NonZeroUsize::new(64).expect("non-zero")
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        PipelineSettings { queue_batches: default_queue(), sink_queue_batches: default_queue(), acknowledge: Acknowledge::default() }
+    }
+}
+
+/// A pipeline file read, interpolated and parsed, with what is needed to report errors.
+#[derive(Debug, Clone)]
+pub struct PipelineFile {
+    /// The file.
+    pub path: PathBuf,
+    /// The pipeline's name.
+    pub name: String,
+    /// The parsed spec (interpolated).
+    pub spec: PipelineSpec,
+    /// Interpolated text, for positions.
+    pub text: String,
+    /// Values that came from the environment, never to be shown.
+    pub redactor: Redactor,
+}
+
+/// Replaces interpolated values in messages so secrets never show.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    secrets: Vec<String>,
+}
+
+/// Values shorter than this are not treated as secrets (they would mangle messages).
+const MIN_SECRET_LEN: usize = 4;
+
+impl Redactor {
+    /// Hides every interpolated value in `text`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for s in &self.secrets {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "***");
+            }
+        }
+        out
+    }
+
+    fn add(&mut self, value: &str) {
+        if value.len() >= MIN_SECRET_LEN && !self.secrets.iter().any(|s| s == value) {
+            self.secrets.push(value.to_owned());
+            // Longest first, so a secret containing another is hidden whole.
+            self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+    }
+}
+
+/// Expands `${VAR}` and `${VAR:-default}`; `$${` stands for a literal `${`.
+pub fn interpolate(text: &str, file: &Path, lookup: impl Fn(&str) -> Option<String>) -> Result<(String, Redactor), HostError> {
+    let mut out = String::with_capacity(text.len());
+    let mut redactor = Redactor::default();
+    for (line_no, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(pos) = rest.find("${") {
+            if pos > 0 && rest.as_bytes()[pos - 1] == b'$' {
+                out.push_str(&rest[..pos - 1]);
+                out.push_str("${");
+                rest = &rest[pos + 2..];
+                continue;
+            }
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos + 2..];
+            let Some(end) = after.find('}') else {
+                return Err(Located::new(file, "an unclosed `${` (write `$${` for a literal one)").at(line_no + 1, pos + 1).into());
+            };
+            let expr = &after[..end];
+            let (var, default) = match expr.split_once(":-") {
+                Some((v, d)) => (v, Some(d)),
+                None => (expr, None),
+            };
+            let valid = !var.is_empty() && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !var.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(Located::new(file, format!("`${{{expr}}}` is not a valid variable reference; use ${{NAME}} or ${{NAME:-default}}"))
+                    .at(line_no + 1, pos + 1)
+                    .into());
+            }
+            match lookup(var).filter(|v| !v.is_empty() || default.is_none()) {
+                Some(value) => {
+                    redactor.add(&value);
+                    out.push_str(&value);
+                }
+                None => match default {
+                    Some(d) => out.push_str(d),
+                    None => {
+                        return Err(Located::new(file, format!("environment variable {var} is not set; set it or give a default with ${{{var}:-default}}"))
+                            .at(line_no + 1, pos + 1)
+                            .into())
+                    }
+                },
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+    }
+    Ok((out, redactor))
+}
+
+impl PipelineFile {
+    /// Reads and parses one pipeline file; no plugin is consulted.
+    pub fn load(path: &Path) -> Result<Self, HostError> {
+        let raw = std::fs::read_to_string(path).map_err(|e| Located::new(path, format!("cannot read the file: {e}")))?;
+        Self::parse(path, &raw, |v| std::env::var(v).ok())
+    }
+
+    /// Parses pipeline text as if read from `path`.
+    pub fn parse(path: &Path, raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Self, HostError> {
+        let (text, redactor) = interpolate(raw, path, lookup)?;
+        let spec: PipelineSpec = serde_yaml::from_str(&text).map_err(|e| {
+            let mut err = Located::new(path, redactor.redact(&strip_location(&e.to_string())));
+            if let Some(loc) = e.location() {
+                err = err.at(loc.line(), loc.column());
+            }
+            err
+        })?;
+        let name = match &spec.name {
+            Some(n) => n.clone(),
+            None => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pipeline".into()),
+        };
+        let file = PipelineFile { path: path.to_path_buf(), name, spec, text, redactor };
+        file.check_structure()?;
+        Ok(file)
+    }
+
+    fn check_structure(&self) -> Result<(), HostError> {
+        if self.spec.sinks.is_empty() {
+            return Err(self.error_at("/sinks", "a pipeline needs at least one sink"));
+        }
+        if !valid_name(&self.name) {
+            return Err(self.error_at("/name", format!("pipeline name {:?} may only use letters, digits, `-`, `_` and `.`", self.name)));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (pointer, stage) in self.stages() {
+            let name = stage.name.clone().unwrap_or_else(|| stage.plugin.clone());
+            if !valid_name(&name) {
+                return Err(self.error_at(&format!("{pointer}/name"), format!("stage name {name:?} may only use letters, digits, `-`, `_` and `.`")));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(self.error_at(&pointer, format!("two stages are called {name:?}; give one a `name:`")));
+            }
+            if !stage.config.is_object() {
+                return Err(self.error_at(&format!("{pointer}/config"), "`config` must be a mapping"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every stage with its JSON pointer in the file, in pipeline order.
+    pub fn stages(&self) -> Vec<(String, &StageSpec)> {
+        let mut v = vec![("/source".to_owned(), &self.spec.source)];
+        v.extend(self.spec.transforms.iter().enumerate().map(|(i, s)| (format!("/transforms/{i}"), s)));
+        v.extend(self.spec.sinks.iter().enumerate().map(|(i, s)| (format!("/sinks/{i}"), s)));
+        v
+    }
+
+    /// An error about the node at `pointer`, with its line and column.
+    pub fn error_at(&self, pointer: &str, message: impl Into<String>) -> HostError {
+        let mut err = Located::new(&self.path, self.redactor.redact(&message.into())).field(pointer);
+        if let Some((line, col)) = Positions::of(&self.text).find(pointer) {
+            err = err.at(line, col);
+        }
+        err.into()
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// serde_yaml appends " at line L column C"; the location is reported separately.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// Pipeline files in `dir` (`.yaml` and `.yml`), sorted.
+pub fn pipeline_files(dir: &Path) -> Result<Vec<PathBuf>, HostError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| HostError::Usage(format!("cannot read pipeline directory {}: {e}", dir.display())))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn interpolation_with_defaults_escapes_and_redaction() {
+        let (out, red) = interpolate("a: ${A}\nb: ${B:-dflt}\nc: $${LIT}\n", Path::new("p.yaml"), env(&[("A", "hunter22")])).unwrap();
+        assert_eq!(out, "a: hunter22\nb: dflt\nc: ${LIT}\n");
+        assert_eq!(red.redact("password hunter22 rejected"), "password *** rejected");
+    }
+
+    #[test]
+    fn missing_variable_names_file_line_and_variable() {
+        let err = interpolate("a: 1\nb: ${NOPE}\n", Path::new("p.yaml"), env(&[])).unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml:2:4:"), "{err}");
+        assert!(err.contains("NOPE"), "{err}");
+    }
+
+    #[test]
+    fn yaml_syntax_error_has_line_and_column() {
+        let err = PipelineFile::parse(Path::new("p.yaml"), "source:\n  plugin: http\n  config: {a: [1,\n", env(&[])).unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml:"), "{err}");
+        assert!(err.split(':').nth(1).unwrap().parse::<usize>().is_ok(), "{err}");
+    }
+
+    #[test]
+    fn unknown_top_level_field_is_named() {
+        let err = PipelineFile::parse(Path::new("p.yaml"), "source: {plugin: http}\nsinks: [{plugin: file}]\nsinkz: []\n", env(&[])).unwrap_err().to_string();
+        assert!(err.contains("unknown field `sinkz`"), "{err}");
+        assert!(err.starts_with("p.yaml:3:"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_stage_names_are_refused_with_position() {
+        let text = "source: {plugin: http}\nsinks:\n  - plugin: file\n  - plugin: file\n";
+        let err = PipelineFile::parse(Path::new("p.yaml"), text, env(&[])).unwrap_err().to_string();
+        assert!(err.contains("two stages are called \"file\""), "{err}");
+        assert!(err.starts_with("p.yaml:4:"), "{err}");
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let f = PipelineFile::parse(Path::new("dir/ingest.yaml"), "source: {plugin: http}\nsinks: [{plugin: file}]\n", env(&[])).unwrap();
+        assert_eq!(f.name, "ingest");
+        assert_eq!(f.spec.settings.queue_batches.get(), 64);
+        assert_eq!(f.spec.settings.acknowledge, Acknowledge::Delivered);
+    }
+}

@@ -1,0 +1,355 @@
+//! The host's side of the plugin boundary: the callbacks it hands to plugins, plugin
+//! instances wrapped as safe handles, and outputs released when dropped.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use weir_plugin::abi::{self, AckCallback, AckView, BatchView, EmitterApi, HostApi, OwnedBytes, StageOutput, Status, StrRef};
+use weir_plugin::batch::{iter_rejections, BatchBuf, BatchError, BatchRef};
+
+use crate::loader::Plugin;
+use crate::metrics::StageMetrics;
+
+/// Listening sockets the host owns, by address. Plugins get duplicates, so a socket
+/// outlives the pipeline that first asked for it.
+fn listeners() -> &'static Mutex<HashMap<String, TcpListener>> {
+    static L: OnceLock<Mutex<HashMap<String, TcpListener>>> = OnceLock::new();
+    L.get_or_init(Default::default)
+}
+
+/// What the host knows of a stage, behind the `ctx` pointer of its [`HostApi`].
+/// Leaked on purpose: a plugin's background threads may call back at any time.
+pub struct HostCtx {
+    pipeline: String,
+    stage: String,
+    plugin: String,
+    base_dir: String,
+    metrics: Arc<StageMetrics>,
+}
+
+fn host_ctx<'a>(ctx: *const c_void) -> &'a HostCtx {
+    // SAFETY: every HostApi the host hands out points at a leaked HostCtx.
+    unsafe { &*ctx.cast::<HostCtx>() }
+}
+
+unsafe extern "C" fn cb_log(ctx: *const c_void, level: u32, message: StrRef) {
+    let c = host_ctx(ctx);
+    let msg = message.as_str();
+    let (p, s, pl) = (&c.pipeline, &c.stage, &c.plugin);
+    match level {
+        abi::level::ERROR => tracing::error!(pipeline = %p, stage = %s, plugin = %pl, "{msg}"),
+        abi::level::WARN => tracing::warn!(pipeline = %p, stage = %s, plugin = %pl, "{msg}"),
+        abi::level::INFO => tracing::info!(pipeline = %p, stage = %s, plugin = %pl, "{msg}"),
+        abi::level::DEBUG => tracing::debug!(pipeline = %p, stage = %s, plugin = %pl, "{msg}"),
+        _ => tracing::trace!(pipeline = %p, stage = %s, plugin = %pl, "{msg}"),
+    }
+}
+
+unsafe extern "C" fn cb_metric(ctx: *const c_void, kind: u32, name: StrRef, help: StrRef, value: f64) {
+    let c = host_ctx(ctx);
+    c.metrics.custom(name.as_str(), help.as_str(), kind == abi::metric::COUNTER_ADD, value);
+}
+
+unsafe extern "C" fn cb_error(ctx: *const c_void, message: StrRef) {
+    let c = host_ctx(ctx);
+    c.metrics.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::error!(pipeline = %c.pipeline, stage = %c.stage, plugin = %c.plugin, "{}", message.as_str());
+}
+
+unsafe extern "C" fn cb_listen(ctx: *const c_void, address: StrRef, fd: *mut i32, message: *mut OwnedBytes) -> Status {
+    let c = host_ctx(ctx);
+    let addr = address.as_str().to_owned();
+    let result = (|| {
+        let mut map = listeners().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = map.get(&addr) {
+            return l.try_clone();
+        }
+        let l = TcpListener::bind(&addr)?;
+        let dup = l.try_clone()?;
+        map.insert(addr.clone(), l);
+        Ok(dup)
+    })();
+    match result {
+        Ok(l) => {
+            use std::os::fd::IntoRawFd;
+            tracing::debug!(pipeline = %c.pipeline, stage = %c.stage, address = %addr, "Handed a listening socket to the stage.");
+            *fd = l.into_raw_fd();
+            Status::OK
+        }
+        Err(e) => {
+            if !message.is_null() {
+                *message = abi::owned_bytes(e.to_string().into_bytes());
+            }
+            Status::FATAL
+        }
+    }
+}
+
+fn leak_str(s: &str) -> StrRef {
+    StrRef::new(Box::leak(s.to_owned().into_boxed_str()))
+}
+
+/// Builds the callbacks for one stage. They live for the life of the process.
+pub fn host_api(pipeline: &str, stage: &str, plugin: &str, base_dir: &str, metrics: Arc<StageMetrics>) -> &'static HostApi {
+    let ctx: &'static HostCtx = Box::leak(Box::new(HostCtx {
+        pipeline: pipeline.to_owned(),
+        stage: stage.to_owned(),
+        plugin: plugin.to_owned(),
+        base_dir: base_dir.to_owned(),
+        metrics,
+    }));
+    Box::leak(Box::new(HostApi {
+        struct_size: std::mem::size_of::<HostApi>() as u32,
+        ctx: (ctx as *const HostCtx).cast(),
+        log: cb_log,
+        metric: cb_metric,
+        error: cb_error,
+        listen: cb_listen,
+        pipeline: leak_str(&ctx.pipeline),
+        stage: leak_str(&ctx.stage),
+        base_dir: leak_str(&ctx.base_dir),
+    }))
+}
+
+/// A failed call into a plugin.
+#[derive(Debug, Clone)]
+pub struct CallError {
+    /// The status it returned.
+    pub status: Status,
+    /// What it said.
+    pub message: String,
+    /// For `RETRY`: the plugin's hint, in milliseconds.
+    pub retry_after_ms: u64,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.message.is_empty() {
+            write!(f, "{}", self.status.name())
+        } else {
+            write!(f, "{} ({})", self.message, self.status.name())
+        }
+    }
+}
+
+impl CallError {
+    /// Whether the instance can take no more calls (it panicked).
+    pub fn poisoned(&self) -> bool {
+        matches!(self.status, Status::PANICKED | Status::POISONED)
+    }
+}
+
+/// A live plugin instance. Calls on one handle are never concurrent (it is `!Sync`).
+pub struct Instance {
+    plugin: Plugin,
+    ptr: *mut c_void,
+}
+
+// SAFETY: per ABI.md an instance may be called from any thread, one call at a time;
+// `&mut self` on every call ensures that.
+unsafe impl Send for Instance {}
+
+fn finish(status: Status, message: &mut OwnedBytes) -> Result<(), CallError> {
+    // SAFETY: filled by the plugin or empty.
+    let text = unsafe { abi::take_owned_string(message) };
+    if status == Status::OK {
+        Ok(())
+    } else {
+        Err(CallError { status, message: text, retry_after_ms: 0 })
+    }
+}
+
+impl Instance {
+    /// Creates an instance from a JSON config.
+    pub fn create(plugin: &Plugin, config_json: &str, host: &'static HostApi) -> Result<Self, CallError> {
+        let mut ptr: *mut c_void = std::ptr::null_mut();
+        let mut message = OwnedBytes::EMPTY;
+        // SAFETY: per ABI.md; `host` lives for the life of the process.
+        let status = unsafe { (plugin.descriptor.create)(StrRef::new(config_json), host, &mut ptr, &mut message) };
+        finish(status, &mut message)?;
+        if ptr.is_null() {
+            return Err(CallError { status: Status::INVALID_ARGUMENT, message: "create returned no instance".into(), retry_after_ms: 0 });
+        }
+        Ok(Instance { plugin: plugin.clone(), ptr })
+    }
+
+    /// The plugin this is an instance of.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// Starts a source.
+    pub fn start(&mut self, emitter: EmitterApi) -> Result<(), CallError> {
+        let Some(start) = self.plugin.descriptor.start else { return Ok(()) };
+        let mut message = OwnedBytes::EMPTY;
+        // SAFETY: per ABI.md.
+        let status = unsafe { start(self.ptr, emitter, &mut message) };
+        finish(status, &mut message)
+    }
+
+    /// Stops a source or sink.
+    pub fn stop(&mut self) -> Result<(), CallError> {
+        let Some(stop) = self.plugin.descriptor.stop else { return Ok(()) };
+        let mut message = OwnedBytes::EMPTY;
+        // SAFETY: per ABI.md.
+        let status = unsafe { stop(self.ptr, &mut message) };
+        finish(status, &mut message)
+    }
+
+    /// Runs a transform or sink on a batch.
+    pub fn process(&mut self, batch: &BatchRef<'_>) -> Result<ForeignOutput, CallError> {
+        let Some(process) = self.plugin.descriptor.process else {
+            return Err(CallError { status: Status::INVALID_ARGUMENT, message: "not a transform or sink".into(), retry_after_ms: 0 });
+        };
+        let view = batch.view();
+        let mut out = StageOutput::empty();
+        let mut message = OwnedBytes::EMPTY;
+        // SAFETY: per ABI.md; `view` borrows `batch` for the call.
+        let status = unsafe { process(self.ptr, &view, &mut out, &mut message) };
+        let out = ForeignOutput { raw: out, input_len: batch.len() };
+        finish(status, &mut message).map_err(|mut e| {
+            e.retry_after_ms = out.raw.retry_after_ms;
+            e
+        })?;
+        Ok(out)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // SAFETY: per ABI.md, destroy is called once, after every other call returned.
+        unsafe { (self.plugin.descriptor.destroy)(self.ptr) }
+    }
+}
+
+/// A plugin's output, released when dropped.
+pub struct ForeignOutput {
+    raw: StageOutput,
+    input_len: usize,
+}
+
+// SAFETY: per ABI.md the output is immutable once returned and `release` may be called
+// from any thread.
+unsafe impl Send for ForeignOutput {}
+unsafe impl Sync for ForeignOutput {}
+
+impl ForeignOutput {
+    /// The output batch, checked.
+    pub fn batch(&self) -> Result<BatchRef<'_>, BatchError> {
+        // SAFETY: the plugin keeps the memory until `release`, which runs on drop.
+        unsafe { BatchRef::from_view(&self.raw.batch) }
+    }
+
+    /// For each output record, the input record it came from; checked against the input.
+    pub fn origins(&self) -> Result<&[u32], String> {
+        let n = self.raw.batch.count as usize;
+        if n == 0 {
+            return Ok(&[]);
+        }
+        if self.raw.origins.is_null() {
+            return Err("output records have no origins".into());
+        }
+        // SAFETY: per ABI.md, `origins` has `batch.count` entries.
+        let origins = unsafe { std::slice::from_raw_parts(self.raw.origins, n) };
+        match origins.iter().find(|o| **o as usize >= self.input_len) {
+            Some(bad) => Err(format!("an output record names input record {bad}, but the input had {}", self.input_len)),
+            None => Ok(origins),
+        }
+    }
+
+    /// Refused input records as `(index, reason)`; out-of-range indexes are skipped.
+    pub fn rejections(&self) -> Vec<(usize, String)> {
+        if self.raw.rejection_count == 0 || self.raw.rejections.is_null() {
+            return Vec::new();
+        }
+        // SAFETY: per ABI.md.
+        let items = unsafe { std::slice::from_raw_parts(self.raw.rejections, self.raw.rejection_count as usize) };
+        let text = if self.raw.text.is_null() { &[][..] } else { unsafe { std::slice::from_raw_parts(self.raw.text, self.raw.text_len) } };
+        iter_rejections(items, text).filter(|(i, _)| *i < self.input_len).map(|(i, r)| (i, r.to_owned())).collect()
+    }
+}
+
+impl Drop for ForeignOutput {
+    fn drop(&mut self) {
+        if let Some(release) = self.raw.release.take() {
+            // SAFETY: released exactly once.
+            unsafe { release(self.raw.private) }
+        }
+    }
+}
+
+/// The acknowledgement owed to a source for one batch. Dropping it unsent acknowledges
+/// every record as failed, so a source is never left waiting.
+pub struct AckGuard {
+    cb: Option<AckCallback>,
+    count: usize,
+}
+
+// SAFETY: per ABI.md the callback may be called from any thread.
+unsafe impl Send for AckGuard {}
+
+impl AckGuard {
+    /// Sends the acknowledgement: one code per record and a reason per record.
+    pub fn send(mut self, codes: &[u8], reasons: &[String]) {
+        self.fire(codes, reasons);
+    }
+
+    /// Forgets the callback without calling it (the emit was refused).
+    fn disarm(mut self) {
+        self.cb = None;
+    }
+
+    fn fire(&mut self, codes: &[u8], reasons: &[String]) {
+        let Some(cb) = self.cb.take() else { return };
+        let Some(call) = cb.call else { return };
+        let refs: Vec<StrRef> = reasons.iter().map(|r| StrRef::new(r)).collect();
+        let view = AckView { struct_size: std::mem::size_of::<AckView>() as u32, count: codes.len() as u32, codes: codes.as_ptr(), reasons: refs.as_ptr() };
+        // SAFETY: per ABI.md; called exactly once.
+        unsafe { call(cb.ctx, &view) }
+    }
+}
+
+impl Drop for AckGuard {
+    fn drop(&mut self) {
+        if self.cb.is_some() {
+            let codes = vec![abi::outcome::FAILED; self.count];
+            let reasons = vec!["the pipeline stopped before the batch was processed".to_owned(); self.count];
+            self.fire(&codes, &reasons);
+        }
+    }
+}
+
+/// Where a source's batches go.
+pub trait Intake: Send + Sync + 'static {
+    /// Takes the batch, or refuses it with `FULL` or `CLOSED` and returns the guard.
+    fn offer(&self, batch: BatchBuf, ack: AckGuard) -> Result<(), (Status, AckGuard)>;
+}
+
+struct EmitterCtx {
+    intake: Arc<dyn Intake>,
+}
+
+unsafe extern "C" fn cb_emit(ctx: *const c_void, batch: *const BatchView, ack: AckCallback) -> Status {
+    if ctx.is_null() || batch.is_null() {
+        return Status::INVALID_ARGUMENT;
+    }
+    let c = &*ctx.cast::<EmitterCtx>();
+    let Ok(view) = BatchRef::from_view(&*batch) else { return Status::INVALID_ARGUMENT };
+    let guard = AckGuard { cb: Some(ack), count: view.len() };
+    match c.intake.offer(view.to_owned(), guard) {
+        Ok(()) => Status::OK,
+        Err((status, guard)) => {
+            guard.disarm();
+            status
+        }
+    }
+}
+
+/// Builds the emitter for a source; it lives for the life of the process.
+pub fn emitter(intake: Arc<dyn Intake>) -> EmitterApi {
+    let ctx: &'static EmitterCtx = Box::leak(Box::new(EmitterCtx { intake }));
+    EmitterApi { struct_size: std::mem::size_of::<EmitterApi>() as u32, ctx: (ctx as *const EmitterCtx).cast(), emit: cb_emit }
+}

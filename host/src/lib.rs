@@ -1,0 +1,12 @@
+//! The Weir host: loads plugin libraries, runs the pipelines declared in YAML, and serves
+//! the admin API. The `weir` binary is a thin CLI over this library.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod ffi;
+pub mod host;
+pub mod loader;
+pub mod metrics;
+pub mod pipeline;
+pub mod yamlpos;

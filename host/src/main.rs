@@ -1,0 +1,251 @@
+//! `weir`: run, validate and inspect event pipelines declared in YAML.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use weir::config::{pipeline_files, HostConfig, PipelineFile, PipelineSpec};
+use weir::host::Host;
+use weir::loader::Registry;
+use weir::pipeline;
+
+/// Weir runs event pipelines declared in YAML: a source, transforms and sinks, each a
+/// plugin loaded from a dynamic library.
+#[derive(Parser)]
+#[command(name = "weir", version, about, long_about = None)]
+struct Cli {
+    /// Host config file (default: ./weir.yaml when present).
+    #[arg(long, global = true, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory to search for plugin libraries (repeatable; default: the directory of
+    /// the weir executable).
+    #[arg(long = "plugins", global = true)]
+    plugins: Vec<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every pipeline in the pipelines directory until SIGINT or SIGTERM.
+    Run {
+        /// Directory of pipeline files (default: ./pipelines).
+        #[arg(long)]
+        pipelines: Option<PathBuf>,
+        /// Address of the admin API (default: 127.0.0.1:8083).
+        #[arg(long)]
+        admin: Option<String>,
+        /// Log filter, RUST_LOG syntax (default: info).
+        #[arg(long)]
+        log: Option<String>,
+    },
+    /// Check pipeline files against the plugins' schemas, with no I/O; exit 1 on any error.
+    Validate {
+        /// Pipeline files or directories (default: the pipelines directory).
+        paths: Vec<PathBuf>,
+    },
+    /// List the plugin libraries found, and the files that are not usable plugins.
+    Plugins {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the JSON Schemas of the pipeline file, the host config and each plugin's config.
+    Schema {
+        /// Output directory.
+        #[arg(long, default_value = "schemas")]
+        out: PathBuf,
+        /// Do not write; exit 1 when a committed schema differs from the generated one.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut overrides = serde_json::Map::new();
+    if !cli.plugins.is_empty() {
+        overrides.insert("plugins".into(), serde_json::json!(cli.plugins));
+    }
+    if let Command::Run { pipelines, admin, log } = &cli.command {
+        for (key, value) in [("pipelines", pipelines.as_ref().map(|p| p.to_string_lossy().into_owned())), ("admin", admin.clone()), ("log", log.clone())] {
+            if let Some(v) = value {
+                overrides.insert(key.into(), v.into());
+            }
+        }
+    }
+    let config = match HostConfig::load(cli.config.as_deref(), &serde_json::Value::Object(overrides)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Run { .. } => run(config),
+        Command::Validate { paths } => validate(&config, paths),
+        Command::Plugins { json } => plugins(&config, json),
+        Command::Schema { out, check } => schema(&config, &out, check),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn run(config: HostConfig) -> anyhow::Result<ExitCode> {
+    init_logs(&config.log);
+    let registry = Registry::discover(&config.plugin_dirs());
+    tracing::info!(libraries = registry.libraries.len(), plugins = registry.plugins.len(), "Plugins loaded.");
+    let host = Arc::new(Host::new(registry));
+    let running = host.start_dir(&config.pipelines)?;
+    if running == 0 {
+        tracing::error!("No pipeline could start; exiting.");
+        return Ok(ExitCode::FAILURE);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("weir-admin").enable_all().build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&config.admin).await.map_err(|e| anyhow::anyhow!("cannot bind the admin API to {}: {e}", config.admin))?;
+        tracing::info!(address = %config.admin, "Admin API listening.");
+        let app = weir::admin::router(host.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "Admin API stopped.");
+            }
+        });
+        shutdown_signal().await;
+        anyhow::Ok(())
+    })?;
+    tracing::info!("Shutting down; draining pipelines.");
+    let drain = Duration::from_secs(config.drain_timeout_secs);
+    let h = host.clone();
+    runtime.block_on(async move { tokio::task::spawn_blocking(move || h.shutdown(drain)).await })?;
+    tracing::info!("Stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn expand(paths: Vec<PathBuf>, default: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let paths = if paths.is_empty() { vec![default.to_path_buf()] } else { paths };
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            files.extend(pipeline_files(&p)?);
+        } else {
+            files.push(p);
+        }
+    }
+    Ok(files)
+}
+
+fn validate(config: &HostConfig, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let registry = Registry::discover(&config.plugin_dirs());
+    let mut failed = false;
+    for path in expand(paths, &config.pipelines)? {
+        let errors = match PipelineFile::load(&path) {
+            Ok(file) => {
+                let errors = pipeline::check(&file, &registry);
+                if errors.is_empty() {
+                    println!("ok: {} (pipeline {}, {} stages)", path.display(), file.name, file.stages().len());
+                }
+                errors
+            }
+            Err(e) => vec![e],
+        };
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        failed |= !errors.is_empty();
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn plugins(config: &HostConfig, json: bool) -> anyhow::Result<ExitCode> {
+    let registry = Registry::discover(&config.plugin_dirs());
+    if json {
+        let libs: Vec<_> = registry
+            .libraries
+            .iter()
+            .map(|l| {
+                let plugins: Vec<_> = registry
+                    .plugins
+                    .values()
+                    .filter(|p| Arc::ptr_eq(&p.library, l))
+                    .map(|p| serde_json::json!({"name": p.name, "kind": p.kind.name(), "description": p.description}))
+                    .collect();
+                serde_json::json!({"path": l.path, "name": l.name, "version": l.version, "abi": l.abi, "build": l.build, "plugins": plugins})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"libraries": libs, "broken": registry.broken}))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for dir in config.plugin_dirs() {
+        println!("searched: {}", dir.display());
+    }
+    for l in &registry.libraries {
+        println!("\n{}\n  library {} {} (ABI {}, {})", l.path.display(), l.name, l.version, l.abi, l.build);
+        for p in registry.plugins.values().filter(|p| Arc::ptr_eq(&p.library, l)) {
+            println!("  {:<9} {:<14} {}", p.kind.name(), p.name, p.description);
+        }
+    }
+    if !registry.broken.is_empty() {
+        println!("\nnot usable:");
+        for b in &registry.broken {
+            println!("  {}: {}", b.path.display(), b.reason);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pretty(value: &impl serde::Serialize) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(value)? + "\n")
+}
+
+fn schema(config: &HostConfig, out: &Path, check: bool) -> anyhow::Result<ExitCode> {
+    let registry = Registry::discover(&config.plugin_dirs());
+    let mut files: Vec<(PathBuf, String)> = vec![
+        (out.join("pipeline.schema.json"), pretty(&schemars::schema_for!(PipelineSpec))?),
+        (out.join("weir.schema.json"), pretty(&schemars::schema_for!(HostConfig))?),
+    ];
+    for p in registry.plugins.values() {
+        files.push((out.join("plugins").join(format!("{}.schema.json", p.name)), pretty(&p.schema)?));
+    }
+    let mut drifted = Vec::new();
+    for (path, text) in &files {
+        if check {
+            if std::fs::read_to_string(path).ok().as_deref() != Some(text.as_str()) {
+                drifted.push(path.display().to_string());
+            }
+        } else {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(path, text)?;
+            println!("wrote {}", path.display());
+        }
+    }
+    if !drifted.is_empty() {
+        eprintln!("error: generated schemas differ from the committed ones: {}\nrun `cargo run -p weir -- schema` and commit the result", drifted.join(", "));
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,217 @@
+//! Per-stage metrics, measured by the host around every plugin call, and their
+//! Prometheus text exposition.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.counts[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_nanos.fetch_add(d.as_nanos() as u64, Relaxed);
+    }
+}
+
+/// A metric a plugin reported through the host.
+#[derive(Debug, Clone, Serialize)]
+pub struct Custom {
+    /// Counter or gauge.
+    pub counter: bool,
+    /// Help text.
+    pub help: String,
+    /// Current value.
+    pub value: f64,
+}
+
+/// Everything measured for one stage.
+#[derive(Debug, Default)]
+pub struct StageMetrics {
+    /// `pipeline="…",stage="…",plugin="…"`.
+    labels: String,
+    /// Records handed to the stage.
+    pub records_in: AtomicU64,
+    /// Records the stage passed on (for a source: emitted; for a sink: delivered).
+    pub records_out: AtomicU64,
+    /// Records the stage refused.
+    pub rejected: AtomicU64,
+    /// Records a transform dropped on purpose.
+    pub dropped: AtomicU64,
+    /// Failed calls (errors, panics, refused batches).
+    pub errors: AtomicU64,
+    /// Batches handled.
+    pub batches: AtomicU64,
+    /// Batches a source offered while the pipeline was full (pushed back).
+    pub backpressure: AtomicU64,
+    /// Batches waiting in front of the stage.
+    pub queue_depth: AtomicI64,
+    /// Time per call.
+    pub latency: Histogram,
+    /// Metrics the plugin reports.
+    pub custom: Mutex<BTreeMap<String, Custom>>,
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl StageMetrics {
+    /// Metrics for one stage.
+    pub fn new(pipeline: &str, stage: &str, plugin: &str) -> Self {
+        StageMetrics {
+            labels: format!("pipeline=\"{}\",stage=\"{}\",plugin=\"{}\"", escape_label(pipeline), escape_label(stage), escape_label(plugin)),
+            ..Default::default()
+        }
+    }
+
+    /// Updates a plugin metric.
+    pub fn custom(&self, name: &str, help: &str, counter: bool, value: f64) {
+        let mut map = self.custom.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(name.to_owned()).or_insert_with(|| Custom { counter, help: help.to_owned(), value: 0.0 });
+        if counter {
+            entry.value += value;
+        } else {
+            entry.value = value;
+        }
+    }
+
+    /// A plugin gauge's value, if reported.
+    pub fn gauge(&self, name: &str) -> Option<f64> {
+        self.custom.lock().unwrap_or_else(|p| p.into_inner()).get(name).map(|c| c.value)
+    }
+}
+
+/// All stages' metrics and the host's own.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    stages: Mutex<Vec<Arc<StageMetrics>>>,
+    /// Plugin libraries that could not be used.
+    pub plugin_load_failures: AtomicU64,
+    /// Pipelines by state name.
+    pub pipeline_states: Mutex<BTreeMap<String, String>>,
+}
+
+/// Names a plugin metric: `weir_plugin_<name>`, counters ending in `_total`.
+fn plugin_metric_name(name: &str, counter: bool) -> String {
+    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    let mut full = format!("weir_plugin_{clean}");
+    if counter && !full.ends_with("_total") {
+        full.push_str("_total");
+    }
+    full
+}
+
+impl Metrics {
+    /// Registers a stage.
+    pub fn stage(&self, pipeline: &str, stage: &str, plugin: &str) -> Arc<StageMetrics> {
+        let m = Arc::new(StageMetrics::new(pipeline, stage, plugin));
+        self.stages.lock().unwrap_or_else(|p| p.into_inner()).push(m.clone());
+        m
+    }
+
+    /// Forgets the stages of a pipeline that stopped for good.
+    pub fn remove(&self, stages: &[Arc<StageMetrics>]) {
+        self.stages.lock().unwrap_or_else(|p| p.into_inner()).retain(|s| !stages.iter().any(|r| Arc::ptr_eq(r, s)));
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let stages = self.stages.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(out, "# HELP weir_build_info Weir version.\n# TYPE weir_build_info gauge\nweir_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        let _ = writeln!(
+            out,
+            "# HELP weir_plugin_load_failures_total Plugin libraries that could not be used.\n# TYPE weir_plugin_load_failures_total counter\nweir_plugin_load_failures_total {}",
+            self.plugin_load_failures.load(Relaxed)
+        );
+        let states = self.pipeline_states.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let _ = writeln!(out, "# HELP weir_pipeline_up Whether the pipeline is running (1) or not (0).\n# TYPE weir_pipeline_up gauge");
+        for (name, state) in &states {
+            let _ = writeln!(out, "weir_pipeline_up{{pipeline=\"{}\",state=\"{state}\"}} {}", escape_label(name), u8::from(state == "running"));
+        }
+        type Get = fn(&StageMetrics) -> f64;
+        let simple: [(&str, &str, &str, Get); 8] = [
+            ("weir_stage_records_in_total", "counter", "Records handed to the stage.", |s| s.records_in.load(Relaxed) as f64),
+            ("weir_stage_records_out_total", "counter", "Records the stage passed on (sources: emitted; sinks: delivered).", |s| s.records_out.load(Relaxed) as f64),
+            ("weir_stage_records_rejected_total", "counter", "Records the stage refused, with a reason.", |s| s.rejected.load(Relaxed) as f64),
+            ("weir_stage_records_dropped_total", "counter", "Records a transform dropped on purpose (for example duplicates).", |s| s.dropped.load(Relaxed) as f64),
+            ("weir_stage_errors_total", "counter", "Failed calls into the stage (errors, panics, refused batches).", |s| s.errors.load(Relaxed) as f64),
+            ("weir_stage_batches_total", "counter", "Batches the stage handled.", |s| s.batches.load(Relaxed) as f64),
+            ("weir_stage_backpressure_total", "counter", "Batches a source offered while the pipeline was full (pushed back).", |s| s.backpressure.load(Relaxed) as f64),
+            ("weir_stage_queue_depth", "gauge", "Batches waiting in front of the stage (sources: between the source and the transforms).", |s| s.queue_depth.load(Relaxed).max(0) as f64),
+        ];
+        for (name, kind, help, get) in simple {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for s in &stages {
+                let _ = writeln!(out, "{name}{{{}}} {}", s.labels, get(s));
+            }
+        }
+        let name = "weir_stage_latency_seconds";
+        let _ = writeln!(out, "# HELP {name} Time per call into the stage.\n# TYPE {name} histogram");
+        for s in &stages {
+            let mut cumulative = 0;
+            for (i, b) in BUCKETS.iter().enumerate() {
+                cumulative += s.latency.counts[i].load(Relaxed);
+                let _ = writeln!(out, "{name}_bucket{{{},le=\"{b}\"}} {cumulative}", s.labels);
+            }
+            let count = s.latency.count.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{},le=\"+Inf\"}} {count}", s.labels);
+            let _ = writeln!(out, "{name}_sum{{{}}} {}", s.labels, s.latency.sum_nanos.load(Relaxed) as f64 / 1e9);
+            let _ = writeln!(out, "{name}_count{{{}}} {count}", s.labels);
+        }
+        let mut custom: BTreeMap<String, (Custom, Vec<(String, f64)>)> = BTreeMap::new();
+        for s in &stages {
+            for (n, c) in s.custom.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                let full = plugin_metric_name(n, c.counter);
+                custom.entry(full).or_insert_with(|| (c.clone(), Vec::new())).1.push((s.labels.clone(), c.value));
+            }
+        }
+        for (name, (meta, series)) in custom {
+            let kind = if meta.counter { "counter" } else { "gauge" };
+            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", meta.help.replace('\n', " "));
+            for (labels, v) in series {
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_stage_series_histogram_and_plugin_metrics() {
+        let m = Metrics::default();
+        let s = m.stage("p", "ws", "websocket");
+        s.records_in.fetch_add(3, Relaxed);
+        s.latency.observe(Duration::from_micros(300));
+        s.custom("connected_clients", "Clients.", false, 2.0);
+        s.custom("slow_clients_disconnected", "Slow.", true, 1.0);
+        let text = m.render();
+        assert!(text.contains("weir_stage_records_in_total{pipeline=\"p\",stage=\"ws\",plugin=\"websocket\"} 3"), "{text}");
+        assert!(text.contains("weir_stage_latency_seconds_bucket{pipeline=\"p\",stage=\"ws\",plugin=\"websocket\",le=\"0.0005\"} 1"), "{text}");
+        assert!(text.contains("weir_plugin_connected_clients{pipeline=\"p\",stage=\"ws\",plugin=\"websocket\"} 2"), "{text}");
+        assert!(text.contains("weir_plugin_slow_clients_disconnected_total{"), "{text}");
+    }
+}

@@ -1,0 +1,638 @@
+//! The topology runtime: source → bounded queue → transform chain → one bounded queue
+//! per sink → sink threads. Acknowledgements flow back to the source.
+//!
+//! Plugin calls never run on the async runtime: the transform chain has one thread per
+//! pipeline and each sink has its own, so a slow plugin cannot stall the admin API.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use weir_plugin::abi::{outcome, HostApi, Kind, Status};
+use weir_plugin::batch::{BatchBuf, BatchRef};
+
+use crate::config::{Acknowledge, PipelineFile};
+use crate::error::HostError;
+use crate::ffi::{self, AckGuard, ForeignOutput, Instance, Intake};
+use crate::loader::{Plugin, Registry};
+use crate::metrics::{Metrics, StageMetrics};
+
+/// Checks a pipeline against the plugins found, without creating anything: every stage's
+/// plugin exists and has the right kind, and its config passes the plugin's schema and
+/// the plugin's own check. Returns every problem found.
+pub fn check(file: &PipelineFile, registry: &Registry) -> Vec<HostError> {
+    let mut errors = Vec::new();
+    for (pointer, stage) in file.stages() {
+        let wanted = if pointer == "/source" {
+            Kind::SOURCE
+        } else if pointer.starts_with("/transforms") {
+            Kind::TRANSFORM
+        } else {
+            Kind::SINK
+        };
+        let plugin = match registry.get(&stage.plugin) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(file.error_at(&format!("{pointer}/plugin"), e.to_string()));
+                continue;
+            }
+        };
+        if plugin.kind != wanted {
+            errors.push(file.error_at(
+                &format!("{pointer}/plugin"),
+                format!("plugin {:?} is a {}, but this position needs a {}", plugin.name, plugin.kind.name(), wanted.name()),
+            ));
+            continue;
+        }
+        let config_ptr = format!("{pointer}/config");
+        match jsonschema::draft202012::new(&plugin.schema) {
+            Err(e) => errors.push(file.error_at(&config_ptr, format!("plugin {:?} exports an invalid config schema: {e}", plugin.name))),
+            Ok(validator) => {
+                let mut found = false;
+                for e in validator.iter_errors(&stage.config) {
+                    found = true;
+                    let mut at = format!("{config_ptr}{}", e.instance_path().as_str());
+                    let message = match e.kind() {
+                        jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+                            if let Some(first) = unexpected.first() {
+                                at = format!("{at}/{}", first.replace('~', "~0").replace('/', "~1"));
+                            }
+                            let allowed = allowed_fields(&plugin.schema, e.instance_path().as_str());
+                            format!("unknown field{} {}; {} accepts: {allowed}", if unexpected.len() > 1 { "s" } else { "" }, quote_list(unexpected), plugin.name)
+                        }
+                        _ => e.masked().to_string(),
+                    };
+                    errors.push(file.error_at(&at, message));
+                }
+                if !found {
+                    if let Err(message) = plugin.validate(&stage.config.to_string()) {
+                        errors.push(file.error_at(&config_ptr, message));
+                    }
+                }
+            }
+        }
+    }
+    errors
+}
+
+fn quote_list(items: &[String]) -> String {
+    items.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// The property names a schema allows at `pointer` (top level only is resolved).
+fn allowed_fields(schema: &serde_json::Value, pointer: &str) -> String {
+    let props = if pointer.is_empty() { schema.get("properties") } else { None };
+    match props.and_then(|p| p.as_object()) {
+        Some(map) if !map.is_empty() => map.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "),
+        _ => "see `weir plugins`".into(),
+    }
+}
+
+/// What the admin API shows of a stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    /// Stage name.
+    pub name: String,
+    /// source, transform or sink.
+    pub kind: &'static str,
+    /// Plugin name.
+    pub plugin: String,
+    /// Library and version.
+    pub library: String,
+    /// Records handed to the stage.
+    pub records_in: u64,
+    /// Records passed on.
+    pub records_out: u64,
+    /// Records refused.
+    pub rejected: u64,
+    /// Records dropped on purpose.
+    pub dropped: u64,
+    /// Failed calls.
+    pub errors: u64,
+    /// Batches waiting in front of the stage.
+    pub queue_depth: i64,
+    /// Metrics the plugin reports.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
+/// A pipeline's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Taking traffic.
+    Running,
+    /// Draining.
+    Stopping,
+    /// Stopped.
+    Stopped,
+    /// Could not be built or started.
+    Failed,
+}
+
+impl State {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+            State::Failed => "failed",
+        }
+    }
+}
+
+struct StageInfo {
+    name: String,
+    kind: Kind,
+    plugin: String,
+    library: String,
+    metrics: Arc<StageMetrics>,
+}
+
+/// One pipeline, running or not.
+pub struct Pipeline {
+    /// Its name.
+    pub name: String,
+    /// Its file.
+    pub file: PathBuf,
+    state: Mutex<(State, Option<String>)>,
+    stages: Vec<StageInfo>,
+    source: Mutex<Option<Instance>>,
+    intake: Option<Arc<QueueIntake>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    abandon: Arc<AtomicBool>,
+    acknowledge: Acknowledge,
+}
+
+/// Everything measured per source record while its batch moves through the pipeline.
+struct Outcomes {
+    codes: Vec<u8>,
+    reasons: Vec<String>,
+}
+
+impl Outcomes {
+    fn new(n: usize) -> Self {
+        Outcomes { codes: vec![outcome::ACCEPTED; n], reasons: vec![String::new(); n] }
+    }
+
+    fn set(&mut self, origin: u32, code: u8, reason: String) {
+        let i = origin as usize;
+        // The first refusal wins: later stages never saw the record.
+        if self.codes[i] == outcome::ACCEPTED || self.codes[i] == outcome::DROPPED {
+            self.codes[i] = code;
+            self.reasons[i] = reason;
+        }
+    }
+}
+
+/// The acknowledgement owed for one source batch, completed by the last sink.
+struct Tracker {
+    outcomes: Mutex<Outcomes>,
+    remaining: AtomicUsize,
+    ack: Mutex<Option<AckGuard>>,
+}
+
+impl Tracker {
+    fn done(&self) {
+        if self.remaining.fetch_sub(1, Relaxed) == 1 {
+            self.fire();
+        }
+    }
+
+    fn fire(&self) {
+        if let Some(ack) = self.ack.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let o = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+            ack.send(&o.codes, &o.reasons);
+        }
+    }
+}
+
+/// A batch between stages: built by the host or owned by a plugin.
+enum Current {
+    Host(BatchBuf),
+    Plugin(ForeignOutput),
+}
+
+impl Current {
+    fn view(&self) -> BatchRef<'_> {
+        match self {
+            Current::Host(b) => b.as_ref(),
+            // Checked when it was received, so this cannot fail.
+            Current::Plugin(o) => o.batch().unwrap_or(BatchRef::EMPTY),
+        }
+    }
+}
+
+struct SinkJob {
+    batch: Arc<Current>,
+    origins: Arc<Vec<u32>>,
+    tracker: Arc<Tracker>,
+}
+
+struct Envelope {
+    batch: BatchBuf,
+    ack: AckGuard,
+}
+
+struct QueueIntake {
+    tx: Mutex<Option<SyncSender<Envelope>>>,
+    metrics: Arc<StageMetrics>,
+}
+
+impl Intake for QueueIntake {
+    fn offer(&self, batch: BatchBuf, ack: AckGuard) -> Result<(), (Status, AckGuard)> {
+        let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = guard.as_ref() else { return Err((Status::CLOSED, ack)) };
+        let n = batch.len() as u64;
+        match tx.try_send(Envelope { batch, ack }) {
+            Ok(()) => {
+                self.metrics.records_out.fetch_add(n, Relaxed);
+                self.metrics.batches.fetch_add(1, Relaxed);
+                self.metrics.queue_depth.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Err(TrySendError::Full(env)) => {
+                self.metrics.backpressure.fetch_add(1, Relaxed);
+                Err((Status::FULL, env.ack))
+            }
+            Err(TrySendError::Disconnected(env)) => Err((Status::CLOSED, env.ack)),
+        }
+    }
+}
+
+impl QueueIntake {
+    fn close(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+/// A stage the host can re-create after a panic.
+struct Stage {
+    name: String,
+    plugin: Plugin,
+    config: String,
+    host: &'static HostApi,
+    metrics: Arc<StageMetrics>,
+    instance: Option<Instance>,
+}
+
+impl Stage {
+    fn instance(&mut self) -> Result<&mut Instance, String> {
+        if self.instance.is_none() {
+            let inst = Instance::create(&self.plugin, &self.config, self.host).map_err(|e| format!("could not re-create the stage: {e}"))?;
+            tracing::info!(stage = %self.name, "Stage re-created after a panic.");
+            self.instance = Some(inst);
+        }
+        Ok(self.instance.as_mut().expect("just created"))
+    }
+
+    /// Forgets a poisoned instance (never calling it again, not even to destroy it).
+    fn poison(&mut self) {
+        if let Some(inst) = self.instance.take() {
+            std::mem::forget(inst);
+        }
+    }
+}
+
+fn stage_error(file: &PipelineFile, pointer: &str, e: impl std::fmt::Display) -> HostError {
+    file.error_at(pointer, e.to_string())
+}
+
+impl Pipeline {
+    /// A pipeline that could not be built; shown in the admin API with its error.
+    pub fn failed(name: &str, file: &Path, error: &str) -> Self {
+        Pipeline {
+            name: name.to_owned(),
+            file: file.to_path_buf(),
+            state: Mutex::new((State::Failed, Some(error.to_owned()))),
+            stages: Vec::new(),
+            source: Mutex::new(None),
+            intake: None,
+            threads: Mutex::new(Vec::new()),
+            abandon: Arc::default(),
+            acknowledge: Acknowledge::default(),
+        }
+    }
+
+    /// Builds and starts a pipeline from a checked file.
+    pub fn start(file: &PipelineFile, registry: &Registry, metrics: &Metrics) -> Result<Self, HostError> {
+        let errors = check(file, registry);
+        if let Some(first) = errors.into_iter().next() {
+            return Err(first);
+        }
+        let base_dir = file.path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
+        let base_dir = base_dir.canonicalize().unwrap_or_else(|_| base_dir.to_path_buf());
+        let mut infos = Vec::new();
+        let mut built: Vec<(String, Stage)> = Vec::new();
+        for (pointer, spec) in file.stages() {
+            let plugin = registry.get(&spec.plugin)?.clone();
+            let name = spec.name.clone().unwrap_or_else(|| spec.plugin.clone());
+            let m = metrics.stage(&file.name, &name, &plugin.name);
+            let host = ffi::host_api(&file.name, &name, &plugin.name, &base_dir.to_string_lossy(), m.clone());
+            let config = spec.config.to_string();
+            let instance = match Instance::create(&plugin, &config, host) {
+                Ok(i) => i,
+                Err(e) => {
+                    let stages: Vec<_> = infos.iter().map(|i: &StageInfo| i.metrics.clone()).chain([m]).collect();
+                    metrics.remove(&stages);
+                    return Err(stage_error(file, &format!("{pointer}/config"), file.redactor.redact(&format!("plugin {} could not start: {e}", plugin.name))));
+                }
+            };
+            infos.push(StageInfo {
+                name: name.clone(),
+                kind: plugin.kind,
+                plugin: plugin.name.clone(),
+                library: format!("{} {}", plugin.library.name, plugin.library.version),
+                metrics: m.clone(),
+            });
+            built.push((pointer, Stage { name, plugin, config, host, metrics: m, instance: Some(instance) }));
+        }
+        let settings = &file.spec.settings;
+        let abandon = Arc::new(AtomicBool::new(false));
+        let mut iter = built.into_iter();
+        let (_, mut source) = iter.next().expect("a pipeline has a source");
+        let mut transforms = Vec::new();
+        let mut sinks = Vec::new();
+        for (pointer, stage) in iter {
+            if pointer.starts_with("/transforms") {
+                transforms.push(stage);
+            } else {
+                sinks.push(stage);
+            }
+        }
+        let mut threads = Vec::new();
+        let mut sink_txs = Vec::new();
+        for sink in sinks {
+            let (tx, rx) = sync_channel::<SinkJob>(settings.sink_queue_batches.get());
+            let abandon = abandon.clone();
+            let thread_name = format!("weir-sink-{}", sink.name);
+            let metrics = sink.metrics.clone();
+            threads.push(std::thread::Builder::new().name(thread_name).spawn(move || run_sink(sink, rx, abandon))?);
+            sink_txs.push((tx, metrics));
+        }
+        let (tx, rx) = sync_channel::<Envelope>(settings.queue_batches.get());
+        let intake = Arc::new(QueueIntake { tx: Mutex::new(Some(tx)), metrics: source.metrics.clone() });
+        let ack_mode = settings.acknowledge;
+        let name = file.name.clone();
+        let source_metrics = source.metrics.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("weir-transforms-{name}"))
+                .spawn(move || run_transforms(transforms, rx, sink_txs, ack_mode, source_metrics))?,
+        );
+        let mut source_instance = source.instance.take().expect("created above");
+        if let Err(e) = source_instance.start(ffi::emitter(intake.clone())) {
+            intake.close();
+            for t in threads {
+                let _ = t.join();
+            }
+            return Err(stage_error(file, "/source/config", file.redactor.redact(&format!("source {} could not start: {e}", source.plugin.name))));
+        }
+        metrics.pipeline_states.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), "running".into());
+        tracing::info!(pipeline = %name, file = %file.path.display(), stages = infos.len(), "Pipeline started.");
+        Ok(Pipeline {
+            name,
+            file: file.path.clone(),
+            state: Mutex::new((State::Running, None)),
+            stages: infos,
+            source: Mutex::new(Some(source_instance)),
+            intake: Some(intake),
+            threads: Mutex::new(threads),
+            abandon,
+            acknowledge: ack_mode,
+        })
+    }
+
+    /// The pipeline's state.
+    pub fn state(&self) -> (State, Option<String>) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stops the source, drains what is in flight into the sinks and stops them. After
+    /// `timeout`, sinks still retrying give up and their records are acknowledged as failed.
+    pub fn stop(&self, timeout: Duration, metrics: &Metrics) {
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.0 != State::Running {
+                return;
+            }
+            st.0 = State::Stopping;
+        }
+        tracing::info!(pipeline = %self.name, "Pipeline stopping; draining in-flight records.");
+        if let Some(mut source) = self.source.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Err(e) = source.stop() {
+                tracing::warn!(pipeline = %self.name, error = %e, "Source did not stop cleanly.");
+            }
+        }
+        if let Some(intake) = &self.intake {
+            intake.close();
+        }
+        let deadline = Instant::now() + timeout;
+        let threads: Vec<_> = self.threads.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        while Instant::now() < deadline && !threads.iter().all(|t| t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !threads.iter().all(|t| t.is_finished()) {
+            tracing::warn!(pipeline = %self.name, "Drain timed out; records still being retried are acknowledged as failed.");
+            self.abandon.store(true, Relaxed);
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0 = State::Stopped;
+        metrics.pipeline_states.lock().unwrap_or_else(|p| p.into_inner()).insert(self.name.clone(), "stopped".into());
+        tracing::info!(pipeline = %self.name, "Pipeline stopped.");
+    }
+
+    /// What the admin API shows.
+    pub fn report(&self) -> serde_json::Value {
+        let (state, error) = self.state();
+        let stages: Vec<StageReport> = self
+            .stages
+            .iter()
+            .map(|s| StageReport {
+                name: s.name.clone(),
+                kind: s.kind.name(),
+                plugin: s.plugin.clone(),
+                library: s.library.clone(),
+                records_in: s.metrics.records_in.load(Relaxed),
+                records_out: s.metrics.records_out.load(Relaxed),
+                rejected: s.metrics.rejected.load(Relaxed),
+                dropped: s.metrics.dropped.load(Relaxed),
+                errors: s.metrics.errors.load(Relaxed),
+                queue_depth: s.metrics.queue_depth.load(Relaxed).max(0),
+                metrics: s.metrics.custom.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.value)).collect(),
+            })
+            .collect();
+        serde_json::json!({
+            "name": self.name,
+            "file": self.file,
+            "state": state,
+            "error": error,
+            "acknowledge": self.acknowledge,
+            "stages": stages,
+        })
+    }
+
+    /// Sum of a plugin gauge over the pipeline's stages.
+    pub fn gauge(&self, name: &str) -> f64 {
+        self.stages.iter().filter_map(|s| s.metrics.gauge(name)).sum()
+    }
+}
+
+/// Runs the transform chain on each batch and fans the result out to the sinks.
+fn run_transforms(
+    mut transforms: Vec<Stage>,
+    rx: Receiver<Envelope>,
+    sinks: Vec<(SyncSender<SinkJob>, Arc<StageMetrics>)>,
+    ack_mode: Acknowledge,
+    source_metrics: Arc<StageMetrics>,
+) {
+    while let Ok(Envelope { batch, ack }) = rx.recv() {
+        source_metrics.queue_depth.fetch_sub(1, Relaxed);
+        let n = batch.len();
+        let mut outcomes = Outcomes::new(n);
+        let mut origins: Vec<u32> = (0..n as u32).collect();
+        let mut current = Current::Host(batch);
+        for stage in transforms.iter_mut() {
+            if origins.is_empty() {
+                break;
+            }
+            let input = current.view();
+            stage.metrics.records_in.fetch_add(input.len() as u64, Relaxed);
+            stage.metrics.batches.fetch_add(1, Relaxed);
+            let started = Instant::now();
+            let result = stage.instance().map_err(|m| (false, m)).and_then(|inst| inst.process(&input).map_err(|e| (e.poisoned(), e.to_string())));
+            stage.metrics.latency.observe(started.elapsed());
+            let checked = result.and_then(|out| {
+                let out_origins = out.origins().map_err(|m| (false, format!("bad output: {m}")))?.to_vec();
+                out.batch().map_err(|e| (false, format!("bad output: {e}")))?;
+                Ok((out, out_origins))
+            });
+            match checked {
+                Ok((out, out_origins)) => {
+                    let mut kept = vec![false; input.len()];
+                    for &o in &out_origins {
+                        kept[o as usize] = true;
+                    }
+                    let rejections = out.rejections();
+                    stage.metrics.rejected.fetch_add(rejections.len() as u64, Relaxed);
+                    for (i, reason) in rejections {
+                        outcomes.set(origins[i], outcome::REJECTED, format!("{}: {reason}", stage.name));
+                        kept[i] = true;
+                    }
+                    let dropped = kept.iter().filter(|k| !**k).count();
+                    stage.metrics.dropped.fetch_add(dropped as u64, Relaxed);
+                    for (i, k) in kept.iter().enumerate() {
+                        if !k {
+                            outcomes.set(origins[i], outcome::DROPPED, String::new());
+                        }
+                    }
+                    stage.metrics.records_out.fetch_add(out_origins.len() as u64, Relaxed);
+                    origins = out_origins.iter().map(|&o| origins[o as usize]).collect();
+                    current = Current::Plugin(out);
+                }
+                Err((poisoned, message)) => {
+                    stage.metrics.errors.fetch_add(1, Relaxed);
+                    tracing::error!(stage = %stage.name, plugin = %stage.plugin.name, error = %message, records = origins.len(), "Transform failed; its batch is failed.");
+                    if poisoned {
+                        stage.poison();
+                    }
+                    for &o in &origins {
+                        outcomes.set(o, outcome::FAILED, format!("{}: {message}", stage.name));
+                    }
+                    origins.clear();
+                }
+            }
+        }
+        let tracker = Arc::new(Tracker { outcomes: Mutex::new(outcomes), remaining: AtomicUsize::new(sinks.len()), ack: Mutex::new(None) });
+        if origins.is_empty() || ack_mode == Acknowledge::Accepted {
+            let o = tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+            ack.send(&o.codes, &o.reasons);
+        } else {
+            *tracker.ack.lock().unwrap_or_else(|p| p.into_inner()) = Some(ack);
+        }
+        if origins.is_empty() {
+            continue;
+        }
+        let shared = Arc::new(current);
+        let origins = Arc::new(origins);
+        for (tx, m) in &sinks {
+            m.queue_depth.fetch_add(1, Relaxed);
+            let job = SinkJob { batch: shared.clone(), origins: origins.clone(), tracker: tracker.clone() };
+            if tx.send(job).is_err() {
+                m.queue_depth.fetch_sub(1, Relaxed);
+                tracker.done();
+            }
+        }
+    }
+}
+
+/// Backoff between retries of one batch.
+fn backoff(attempt: u32, hint_ms: u64) -> Duration {
+    if hint_ms > 0 {
+        return Duration::from_millis(hint_ms.min(60_000));
+    }
+    Duration::from_millis((50u64 << attempt.min(7)).min(5_000))
+}
+
+/// Delivers batches to one sink, retrying when it asks to.
+fn run_sink(mut sink: Stage, rx: Receiver<SinkJob>, abandon: Arc<AtomicBool>) {
+    while let Ok(job) = rx.recv() {
+        sink.metrics.queue_depth.fetch_sub(1, Relaxed);
+        let batch = job.batch.view();
+        let mut attempt = 0u32;
+        sink.metrics.records_in.fetch_add(batch.len() as u64, Relaxed);
+        sink.metrics.batches.fetch_add(1, Relaxed);
+        let failure: Option<String> = loop {
+            let started = Instant::now();
+            let result = sink.instance().map_err(|m| (Status::FATAL, m, 0)).and_then(|inst| inst.process(&batch).map_err(|e| (e.status, e.to_string(), e.retry_after_ms)));
+            sink.metrics.latency.observe(started.elapsed());
+            match result {
+                Ok(out) => {
+                    let rejections = out.rejections();
+                    sink.metrics.rejected.fetch_add(rejections.len() as u64, Relaxed);
+                    sink.metrics.records_out.fetch_add((batch.len() - rejections.len()) as u64, Relaxed);
+                    if !rejections.is_empty() {
+                        let mut o = job.tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+                        for (i, reason) in rejections {
+                            o.set(job.origins[i], outcome::REJECTED, format!("{}: {reason}", sink.name));
+                        }
+                    }
+                    break None;
+                }
+                Err((status, message, hint)) => {
+                    sink.metrics.errors.fetch_add(1, Relaxed);
+                    if matches!(status, Status::PANICKED | Status::POISONED) {
+                        sink.poison();
+                    }
+                    if status == Status::RETRY && !abandon.load(Relaxed) {
+                        let wait = backoff(attempt, hint);
+                        tracing::warn!(stage = %sink.name, error = %message, attempt, retry_in_ms = wait.as_millis() as u64, "Sink asked to retry the batch.");
+                        attempt += 1;
+                        std::thread::sleep(wait);
+                        continue;
+                    }
+                    tracing::error!(stage = %sink.name, error = %message, records = batch.len(), "Sink failed the batch.");
+                    break Some(message);
+                }
+            }
+        };
+        if let Some(message) = failure {
+            let mut o = job.tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+            for &origin in job.origins.iter() {
+                o.set(origin, outcome::FAILED, format!("{}: {message}", sink.name));
+            }
+        }
+        job.tracker.done();
+    }
+    if let Some(inst) = sink.instance.as_mut() {
+        if let Err(e) = inst.stop() {
+            tracing::warn!(stage = %sink.name, error = %e, "Sink did not stop cleanly.");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The `dedupe` transform: drops a record whose key (the values at one or more JSON
+//! pointers) was seen within a time window. Memory is bounded by `max_entries`.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
+
+use weir_plugin::serde_json::{self, Value};
+use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, Output, PluginError, Transform};
+
+/// Config of the `dedupe` transform.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// JSON pointers whose values together form the key (for example `["/eventId"]`).
+    pub fields: Vec<String>,
+    /// How long a key is remembered after it is first seen (`30s`, `10m`, `1h`).
+    #[serde(default = "default_window")]
+    pub window: String,
+    /// Most keys remembered; when full the oldest is forgotten first (counted).
+    #[serde(default = "default_max_entries")]
+    pub max_entries: NonZeroUsize,
+}
+
+fn default_window() -> String {
+    "10m".into()
+}
+fn default_max_entries() -> NonZeroUsize {
+    NonZeroUsize::new(100_000).expect("non-zero")
+}
+
+/// A 128-bit digest of a key: collisions are negligible and memory stays small.
+type Digest = u128;
+
+/// The `dedupe` transform.
+pub struct Dedupe {
+    fields: Vec<String>,
+    window: Duration,
+    max: usize,
+    seen: HashMap<Digest, Instant>,
+    order: VecDeque<(Digest, Instant)>,
+    ctx: Context,
+}
+
+fn window(config: &DedupeConfig) -> Result<Duration, PluginError> {
+    humantime::parse_duration(&config.window).map_err(|e| PluginError::config(format!("window {:?} is not a duration such as 10m: {e}", config.window)))
+}
+
+fn digest(parts: &[Option<&Value>]) -> Digest {
+    let mut a = std::collections::hash_map::DefaultHasher::new();
+    let mut b = std::collections::hash_map::DefaultHasher::new();
+    0xA5u8.hash(&mut b);
+    for p in parts {
+        let text = p.map(|v| v.to_string());
+        text.hash(&mut a);
+        text.hash(&mut b);
+    }
+    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+}
+
+impl Dedupe {
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(d, at)) = self.order.front() {
+            if now.duration_since(at) < self.window {
+                break;
+            }
+            self.order.pop_front();
+            if self.seen.get(&d) == Some(&at) {
+                self.seen.remove(&d);
+            }
+        }
+    }
+
+    /// Whether the key was seen; remembers it otherwise.
+    fn check(&mut self, d: Digest, now: Instant) -> bool {
+        if self.seen.contains_key(&d) {
+            return true;
+        }
+        if self.seen.len() >= self.max {
+            if let Some((old, at)) = self.order.pop_front() {
+                if self.seen.get(&old) == Some(&at) {
+                    self.seen.remove(&old);
+                }
+                self.ctx.counter_add("dedupe_evictions", "Keys forgotten before their window ended because the cache was full.", 1);
+            }
+        }
+        self.seen.insert(d, now);
+        self.order.push_back((d, now));
+        false
+    }
+}
+
+impl Transform for Dedupe {
+    type Config = DedupeConfig;
+    const NAME: &'static str = "dedupe";
+    const DESCRIPTION: &'static str = "Drops records whose key was seen within a time window; memory bounded.";
+
+    fn validate(config: &DedupeConfig) -> Result<(), PluginError> {
+        window(config)?;
+        if config.fields.is_empty() {
+            return Err(PluginError::config("fields needs at least one JSON pointer, such as \"/eventId\""));
+        }
+        if let Some(f) = config.fields.iter().find(|f| !f.starts_with('/')) {
+            return Err(PluginError::config(format!("field {f:?} must be a JSON pointer such as \"/{f}\"")));
+        }
+        Ok(())
+    }
+
+    fn create(config: DedupeConfig, ctx: Context) -> Result<Self, PluginError> {
+        Ok(Dedupe { window: window(&config)?, fields: config.fields, max: config.max_entries.get(), seen: HashMap::new(), order: VecDeque::new(), ctx })
+    }
+
+    fn process(&mut self, input: &BatchRef<'_>, out: &mut Output) -> Result<(), PluginError> {
+        let now = Instant::now();
+        self.expire(now);
+        let mut duplicates = 0;
+        for (i, record) in input.iter().enumerate() {
+            let value: Value = match serde_json::from_slice(record.value) {
+                Ok(v) => v,
+                Err(e) => {
+                    out.reject(i, &format!("not valid JSON: {e}"));
+                    continue;
+                }
+            };
+            let parts: Vec<Option<&Value>> = self.fields.iter().map(|f| value.pointer(f)).collect();
+            if parts.iter().all(Option::is_none) {
+                out.pass(i, &record);
+                continue;
+            }
+            if self.check(digest(&parts), now) {
+                duplicates += 1;
+            } else {
+                out.pass(i, &record);
+            }
+        }
+        if duplicates > 0 {
+            self.ctx.counter_add("dedupe_duplicates", "Records dropped as duplicates.", duplicates);
+        }
+        self.ctx.gauge_set("dedupe_entries", "Keys remembered.", self.seen.len() as f64);
+        Ok(())
+    }
+}
+
+weir_plugin::export_plugins!(transform Dedupe);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_plugin::mock::{json_batch, run_transform, MockHost};
+
+    #[test]
+    fn drops_repeats_within_the_window_and_counts_them() {
+        let host = MockHost::new();
+        let mut t: Dedupe = host.transform(serde_json::json!({"fields": ["/eventId"]})).unwrap();
+        let out = run_transform(&mut t, &json_batch([r#"{"eventId":"a"}"#, r#"{"eventId":"b"}"#, r#"{"eventId":"a"}"#, r#"{"other":1}"#])).unwrap();
+        assert_eq!(out.batch.origins(), &[0, 1, 3]);
+        let again = run_transform(&mut t, &json_batch([r#"{"eventId":"b"}"#])).unwrap();
+        assert!(again.batch.is_empty());
+        assert_eq!(host.metric("dedupe_duplicates"), Some(2.0));
+    }
+
+    #[test]
+    fn memory_is_bounded_by_max_entries() {
+        let host = MockHost::new();
+        let mut t: Dedupe = host.transform(serde_json::json!({"fields": ["/id"], "max_entries": 2})).unwrap();
+        run_transform(&mut t, &json_batch([r#"{"id":1}"#, r#"{"id":2}"#, r#"{"id":3}"#])).unwrap();
+        assert_eq!(t.seen.len(), 2);
+        assert_eq!(host.metric("dedupe_evictions"), Some(1.0));
+        let out = run_transform(&mut t, &json_batch([r#"{"id":1}"#])).unwrap();
+        assert_eq!(out.batch.len(), 1, "the evicted key is new again");
+    }
+
+    #[test]
+    fn keys_expire_after_the_window() {
+        let host = MockHost::new();
+        let mut t: Dedupe = host.transform(serde_json::json!({"fields": ["/id", "/type"], "window": "1ms"})).unwrap();
+        run_transform(&mut t, &json_batch([r#"{"id":1,"type":"a"}"#])).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let out = run_transform(&mut t, &json_batch([r#"{"id":1,"type":"a"}"#, r#"{"id":1,"type":"b"}"#])).unwrap();
+        assert_eq!(out.batch.len(), 2);
+    }
+
+    #[test]
+    fn bad_window_and_pointer_are_refused() {
+        let host = MockHost::new();
+        assert!(host.transform::<Dedupe>(serde_json::json!({"fields": ["/id"], "window": "soon"})).is_err());
+        assert!(host.transform::<Dedupe>(serde_json::json!({"fields": ["id"]})).is_err());
+    }
+}

@@ -1,0 +1,204 @@
+//! The `enrich` transform: adds fields from templates (receive time, host name, a
+//! generated id, request metadata from record headers, static values) and sets the
+//! record key from a field.
+
+mod template;
+
+use std::collections::BTreeMap;
+
+use weir_plugin::serde_json::{self, Map, Value};
+use weir_plugin::{BatchRef, Context, Deserialize, Head, JsonSchema, Output, PluginError, RecordRef, Transform};
+
+use template::{Scope, Template};
+
+/// Config of the `enrich` transform.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichConfig {
+    /// Fields set on every record, replacing what is there. Keys are field names or JSON
+    /// pointers (`/a/b`); values are JSON values or templates: `{{received_at}}`, `{{now}}`,
+    /// `{{hostname}}`, `{{uuid}}`, `{{pipeline}}`, `{{header:NAME}}`. A field whose
+    /// template names a header the record lacks is left out.
+    #[serde(default)]
+    pub set: BTreeMap<String, Value>,
+    /// Fields set only when the record lacks them (for example a generated `eventId`).
+    #[serde(default)]
+    pub set_if_missing: BTreeMap<String, Value>,
+    /// JSON pointer of the field that becomes the record key (for example `/userId`).
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// One field to set.
+struct Field {
+    path: Vec<String>,
+    value: Template,
+    only_if_missing: bool,
+}
+
+/// The `enrich` transform.
+pub struct Enrich {
+    fields: Vec<Field>,
+    key: Option<String>,
+    scope: Scope,
+}
+
+fn parse_path(name: &str) -> Result<Vec<String>, PluginError> {
+    if let Some(pointer) = name.strip_prefix('/') {
+        let segs: Vec<String> = pointer.split('/').map(|s| s.replace("~1", "/").replace("~0", "~")).collect();
+        if segs.iter().any(String::is_empty) {
+            return Err(PluginError::config(format!("field {name:?} is not a valid JSON pointer")));
+        }
+        Ok(segs)
+    } else if name.is_empty() {
+        Err(PluginError::config("a field name is empty"))
+    } else {
+        Ok(vec![name.to_owned()])
+    }
+}
+
+fn fields(config: &EnrichConfig) -> Result<Vec<Field>, PluginError> {
+    let set = config.set.iter().map(|(k, v)| (k, v, false));
+    let missing = config.set_if_missing.iter().map(|(k, v)| (k, v, true));
+    set.chain(missing)
+        .map(|(name, value, only_if_missing)| Ok(Field { path: parse_path(name)?, value: Template::parse(value).map_err(|e| PluginError::config(format!("field {name:?}: {e}")))?, only_if_missing }))
+        .collect()
+}
+
+/// Sets `value` at `path`, creating objects on the way. Returns false when a non-object
+/// is in the way.
+fn set_at(map: &mut Map<String, Value>, path: &[String], value: Value, only_if_missing: bool) -> bool {
+    let (last, parents) = path.split_last().expect("paths are never empty");
+    let mut cur = map;
+    for seg in parents {
+        let next = cur.entry(seg.clone()).or_insert_with(|| Value::Object(Map::new()));
+        match next {
+            Value::Object(m) => cur = m,
+            _ => return false,
+        }
+    }
+    if !(only_if_missing && cur.get(last).is_some_and(|v| !v.is_null())) {
+        cur.insert(last.clone(), value);
+    }
+    true
+}
+
+fn key_bytes(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::String(s) => Some(s.as_bytes().to_vec()),
+        Value::Null => None,
+        other => Some(other.to_string().into_bytes()),
+    }
+}
+
+impl Enrich {
+    fn enrich(&mut self, record: &RecordRef<'_>) -> Result<(Map<String, Value>, Option<Vec<u8>>), String> {
+        let mut map: Map<String, Value> = match serde_json::from_slice::<Value>(record.value) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => return Err("the record is not a JSON object".into()),
+            Err(e) => return Err(format!("not valid JSON: {e}")),
+        };
+        for f in &self.fields {
+            if let Some(v) = f.value.render(&mut self.scope, record) {
+                if !set_at(&mut map, &f.path, v, f.only_if_missing) {
+                    return Err(format!("cannot set /{}: a parent is not an object", f.path.join("/")));
+                }
+            }
+        }
+        let key = match &self.key {
+            Some(pointer) => {
+                let doc = Value::Object(map);
+                let k = doc.pointer(pointer).and_then(key_bytes);
+                let Value::Object(m) = doc else { unreachable!("built as an object") };
+                map = m;
+                k
+            }
+            None => None,
+        };
+        Ok((map, key))
+    }
+}
+
+impl Transform for Enrich {
+    type Config = EnrichConfig;
+    const NAME: &'static str = "enrich";
+    const DESCRIPTION: &'static str = "Adds fields from templates (time, host, ids, request metadata) and sets the record key.";
+
+    fn validate(config: &EnrichConfig) -> Result<(), PluginError> {
+        fields(config)?;
+        if let Some(k) = &config.key {
+            if !k.starts_with('/') {
+                return Err(PluginError::config(format!("key {k:?} must be a JSON pointer such as \"/userId\"")));
+            }
+        }
+        Ok(())
+    }
+
+    fn create(config: EnrichConfig, ctx: Context) -> Result<Self, PluginError> {
+        Ok(Enrich { fields: fields(&config)?, key: config.key, scope: Scope::new(ctx.pipeline()) })
+    }
+
+    fn process(&mut self, input: &BatchRef<'_>, out: &mut Output) -> Result<(), PluginError> {
+        self.scope.refresh_now();
+        for (i, record) in input.iter().enumerate() {
+            match self.enrich(&record) {
+                Ok((map, key)) => {
+                    let head = Head { key: key.as_deref().or(record.key), ..Head::from(&record) };
+                    if let Err(e) = out.batch.push_with(i as u32, head, |buf| serde_json::to_writer(buf, &map)) {
+                        out.reject(i, &format!("cannot serialize: {e}"));
+                    }
+                }
+                Err(reason) => out.reject(i, &reason),
+            }
+        }
+        Ok(())
+    }
+}
+
+weir_plugin::export_plugins!(transform Enrich);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_plugin::mock::{run_transform, MockHost};
+    use weir_plugin::BatchBuf;
+
+    #[test]
+    fn adds_fields_from_templates_and_sets_the_key() {
+        let host = MockHost::new();
+        let mut t: Enrich = host
+            .transform(serde_json::json!({
+                "set": {"receivedAt": "{{received_at}}", "clientIp": "{{header:http.client_ip}}", "source": "neo", "/meta/v": 2, "agent": "{{header:http.user_agent}}"},
+                "set_if_missing": {"eventId": "{{uuid}}"},
+                "key": "/userId"
+            }))
+            .unwrap();
+        let mut input = BatchBuf::new();
+        let head = Head { extra_headers: &[("http.client_ip", b"10.1.2.3")], timestamp_ms: Some(1_704_110_400_000), ..Default::default() };
+        input.push(0, head, br#"{"userId":"u1","eventId":"keep"}"#);
+        input.push(1, head, br#"{"userId":42}"#);
+        input.push(2, head, b"[1,2]");
+        let out = run_transform(&mut t, &input).unwrap();
+        assert_eq!(out.batch.len(), 2);
+        let first: Value = serde_json::from_slice(out.batch.as_ref().get(0).value).unwrap();
+        assert_eq!(first["receivedAt"], "2024-01-01T12:00:00.000Z");
+        assert_eq!(first["clientIp"], "10.1.2.3");
+        assert_eq!(first["source"], "neo");
+        assert_eq!(first["meta"]["v"], 2);
+        assert_eq!(first["eventId"], "keep");
+        assert!(first.get("agent").is_none(), "a missing header leaves the field out");
+        assert_eq!(out.batch.as_ref().get(0).key, Some(&b"u1"[..]));
+        let second: Value = serde_json::from_slice(out.batch.as_ref().get(1).value).unwrap();
+        assert_eq!(second["eventId"].as_str().unwrap().len(), 36);
+        assert_eq!(out.batch.as_ref().get(1).key, Some(&b"42"[..]));
+        assert_eq!(out.rejections.iter().next().unwrap(), (2, "the record is not a JSON object"));
+    }
+
+    #[test]
+    fn bad_key_and_unknown_placeholder_are_config_errors() {
+        let host = MockHost::new();
+        assert!(host.transform::<Enrich>(serde_json::json!({"key": "userId"})).is_err());
+        let err = host.transform::<Enrich>(serde_json::json!({"set": {"x": "{{nope}}"}})).err().unwrap();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+}

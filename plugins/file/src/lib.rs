@@ -1,0 +1,140 @@
+//! The `file` sink: writes each record's value as one JSON line to a file or stdout.
+
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use weir_plugin::serde_json::{self, Value};
+use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, PluginError, Rejections, Sink};
+
+/// Config of the `file` sink.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The file (`-` for stdout); a relative path is taken from the pipeline file's
+    /// directory. Missing parent directories are created.
+    pub path: PathBuf,
+    /// Append to an existing file (otherwise it is truncated at start).
+    #[serde(default = "yes")]
+    pub append: bool,
+    /// Call fsync after each batch, so an acknowledged batch survives a power loss.
+    #[serde(default)]
+    pub fsync: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+enum Out {
+    Stdout(std::io::Stdout),
+    File(BufWriter<std::fs::File>),
+}
+
+/// The `file` sink.
+pub struct FileSink {
+    out: Out,
+    fsync: bool,
+    line: Vec<u8>,
+}
+
+impl FileSink {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut self.out {
+            Out::Stdout(s) => s.lock().write_all(bytes),
+            Out::File(f) => f.write_all(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.out {
+            Out::Stdout(s) => s.flush(),
+            Out::File(f) => {
+                f.flush()?;
+                if self.fsync {
+                    f.get_ref().sync_data()?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn io_error(e: std::io::Error) -> PluginError {
+    PluginError::retry(format!("cannot write: {e}"))
+}
+
+impl Sink for FileSink {
+    type Config = FileConfig;
+    const NAME: &'static str = "file";
+    const DESCRIPTION: &'static str = "Writes records as JSON lines to a file or stdout.";
+
+    fn create(config: FileConfig, ctx: Context) -> Result<Self, PluginError> {
+        let out = if config.path.as_os_str() == "-" {
+            Out::Stdout(std::io::stdout())
+        } else {
+            let path = ctx.resolve(&config.path);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| PluginError::config(format!("cannot create {}: {e}", dir.display())))?;
+            }
+            let file = OpenOptions::new()
+                .create(true)
+                .append(config.append)
+                .write(true)
+                .truncate(!config.append)
+                .open(&path)
+                .map_err(|e| PluginError::config(format!("cannot open {}: {e}", path.display())))?;
+            Out::File(BufWriter::with_capacity(256 * 1024, file))
+        };
+        Ok(FileSink { out, fsync: config.fsync, line: Vec::new() })
+    }
+
+    fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
+        let mut buf = std::mem::take(&mut self.line);
+        buf.clear();
+        for (i, r) in batch.iter().enumerate() {
+            if r.value.contains(&b'\n') {
+                // A JSON line must be one line: re-encode compactly.
+                match serde_json::from_slice::<Value>(r.value) {
+                    Ok(v) => serde_json::to_writer(&mut buf, &v).map_err(|e| PluginError::fatal(e.to_string()))?,
+                    Err(e) => {
+                        rejections.reject(i, &format!("not valid JSON, so it cannot be written as one line: {e}"));
+                        continue;
+                    }
+                }
+            } else {
+                buf.extend_from_slice(r.value);
+            }
+            buf.push(b'\n');
+        }
+        let result = self.write_all(&buf).and_then(|_| self.flush()).map_err(io_error);
+        self.line = buf;
+        result
+    }
+
+    fn stop(&mut self) -> Result<(), PluginError> {
+        self.flush().map_err(io_error)
+    }
+}
+
+weir_plugin::export_plugins!(sink FileSink);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_plugin::mock::{json_batch, MockHost};
+
+    #[test]
+    fn writes_one_line_per_record() {
+        let dir = std::env::temp_dir().join(format!("weir-file-{}", std::process::id()));
+        let host = MockHost::with_base_dir(dir.to_str().unwrap());
+        let config: FileConfig = serde_json::from_value(serde_json::json!({"path": "out/events.jsonl", "append": false})).unwrap();
+        let mut sink = FileSink::create(config, host.context()).unwrap();
+        let mut rejections = Rejections::new();
+        sink.write(&json_batch([r#"{"a":1}"#, "{\n\"b\": 2\n}", "{oops\n"]).as_ref(), &mut rejections).unwrap();
+        sink.stop().unwrap();
+        let text = std::fs::read_to_string(dir.join("out/events.jsonl")).unwrap();
+        assert_eq!(text, "{\"a\":1}\n{\"b\":2}\n");
+        assert_eq!(rejections.iter().next().unwrap().0, 2);
+    }
+}

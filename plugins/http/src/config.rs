@@ -1,0 +1,92 @@
+use std::num::NonZeroUsize;
+
+use weir_plugin::{Deserialize, JsonSchema};
+
+/// Config of the `http` source.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on, `host:port`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Path that accepts events with POST.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Largest request body accepted, in bytes; a larger one gets 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: NonZeroUsize,
+    /// Most events one request may carry; more get 413.
+    #[serde(default = "default_max_events")]
+    pub max_events: NonZeroUsize,
+    /// How long a request waits for room in a full pipeline before it is answered 503, in milliseconds.
+    #[serde(default = "default_wait")]
+    pub backpressure_wait_ms: u64,
+    /// Seconds put in `Retry-After` when answering 503.
+    #[serde(default = "default_retry_after")]
+    pub retry_after_secs: u32,
+    /// Path answering `GET` health checks; empty to disable.
+    #[serde(default = "default_health")]
+    pub health_path: String,
+    /// Take the client IP from `X-Forwarded-For` (only behind a proxy you trust).
+    #[serde(default)]
+    pub trust_forwarded_for: bool,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:3001".into()
+}
+fn default_path() -> String {
+    "/produce".into()
+}
+fn default_max_body() -> NonZeroUsize {
+    NonZeroUsize::new(1 << 20).expect("non-zero")
+}
+fn default_max_events() -> NonZeroUsize {
+    NonZeroUsize::new(1000).expect("non-zero")
+}
+fn default_wait() -> u64 {
+    500
+}
+fn default_retry_after() -> u32 {
+    1
+}
+fn default_health() -> String {
+    "/health".into()
+}
+
+impl HttpConfig {
+    /// Checks what the schema cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.path.starts_with('/') {
+            return Err(format!("path {:?} must start with `/`", self.path));
+        }
+        if !self.health_path.is_empty() && (!self.health_path.starts_with('/') || self.health_path == self.path) {
+            return Err(format!("health_path {:?} must start with `/` and differ from path", self.health_path));
+        }
+        if self.listen.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(format!("listen {:?} must be host:port", self.listen));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_neo_contract() {
+        let c: HttpConfig = weir_plugin::serde_json::from_str("{}").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:3001");
+        assert_eq!(c.path, "/produce");
+        assert_eq!(c.max_events.get(), 1000);
+        assert!(c.check().is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_paths_are_refused() {
+        assert!(weir_plugin::serde_json::from_str::<HttpConfig>(r#"{"lisen": "x"}"#).is_err());
+        let c: HttpConfig = weir_plugin::serde_json::from_str(r#"{"path": "produce"}"#).unwrap();
+        assert!(c.check().unwrap_err().contains("must start with"));
+    }
+}

@@ -1,0 +1,333 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use weir_plugin::serde_json::{self, json, value::RawValue, Value};
+use weir_plugin::{Ack, BatchBuf, Context, EmitError, Emitter, Head, Outcome, PluginError, Source};
+
+use crate::config::HttpConfig;
+
+/// The `http` source.
+pub struct HttpSource {
+    config: HttpConfig,
+    ctx: Context,
+    listener: Option<std::net::TcpListener>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+struct Shared {
+    config: HttpConfig,
+    emitter: Emitter,
+}
+
+/// How long `stop` waits for in-flight requests.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Source for HttpSource {
+    type Config = HttpConfig;
+    const NAME: &'static str = "http";
+    const DESCRIPTION: &'static str = "HTTP ingest: POST one JSON event or an array; answers once the pipeline took them.";
+
+    fn validate(config: &HttpConfig) -> Result<(), PluginError> {
+        config.check().map_err(PluginError::config)
+    }
+
+    fn create(config: HttpConfig, ctx: Context) -> Result<Self, PluginError> {
+        let listener = ctx.listen(&config.listen)?;
+        Ok(HttpSource { config, ctx, listener: Some(listener), shutdown: None, done: None })
+    }
+
+    fn start(&mut self, emitter: Emitter) -> Result<(), PluginError> {
+        let listener = self.listener.take().ok_or_else(|| PluginError::fatal("the source was already started"))?;
+        listener.set_nonblocking(true).map_err(|e| PluginError::fatal(e.to_string()))?;
+        let shared = Arc::new(Shared { config: self.config.clone(), emitter });
+        let mut app = Router::new().route(&self.config.path, post(produce));
+        if !self.config.health_path.is_empty() {
+            app = app.route(&self.config.health_path, get(health));
+        }
+        let app = app.fallback(not_found).with_state(shared);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let ctx = self.ctx;
+        let rt = weir_plugin::runtime();
+        let listener = {
+            let _guard = rt.enter();
+            tokio::net::TcpListener::from_std(listener).map_err(|e| PluginError::fatal(e.to_string()))?
+        };
+        ctx.info(&format!("Listening on {}{}.", self.config.listen, self.config.path));
+        rt.spawn(async move {
+            let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            });
+            if let Err(e) = server.await {
+                ctx.report_error(&format!("HTTP server failed: {e}"));
+            }
+            let _ = done_tx.send(());
+        });
+        self.shutdown = Some(stop_tx);
+        self.done = Some(done_rx);
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<(), PluginError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            if done.recv_timeout(STOP_TIMEOUT).is_err() {
+                return Err(PluginError::fatal("in-flight requests did not finish within 30 s"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    json_response(status, json!({ "success": false, "error": message.into() }))
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn health() -> Response {
+    json_response(StatusCode::OK, json!({ "status": "healthy", "timestamp": now_rfc3339() }))
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+fn client_ip(headers: &HeaderMap, peer: SocketAddr, trust_forwarded: bool) -> String {
+    if trust_forwarded {
+        if let Some(first) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next()) {
+            return first.trim().to_owned();
+        }
+    }
+    peer.ip().to_string()
+}
+
+/// The fields echoed back for a single event, as the Neo contract has it.
+#[derive(Deserialize)]
+struct Echo<'a> {
+    #[serde(rename = "eventType", borrow, default)]
+    event_type: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    timestamp: Option<&'a RawValue>,
+}
+
+fn raw_to_value(raw: Option<&RawValue>) -> Value {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok()).unwrap_or(Value::Null)
+}
+
+async fn produce(State(shared): State<Arc<Shared>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+    let config = &shared.config;
+    let (parts, body): (_, Body) = req.into_parts();
+    if !is_json(&parts.headers) {
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
+    }
+    let max = config.max_body_bytes.get();
+    let bytes = match to_bytes(body, max).await {
+        Ok(b) => b,
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {max} bytes; send fewer events per request")),
+    };
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let (events, single): (Vec<&RawValue>, bool) = if first == Some(b'[') {
+        match serde_json::from_slice::<Vec<&RawValue>>(&bytes) {
+            Ok(v) => (v, false),
+            Err(e) => return malformed(e),
+        }
+    } else {
+        match serde_json::from_slice::<&RawValue>(&bytes) {
+            Ok(v) => (vec![v], true),
+            Err(e) => return malformed(e),
+        }
+    };
+    if events.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "the array holds no events");
+    }
+    if events.len() > config.max_events.get() {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the array holds {} events; the most one request may carry is {}", events.len(), config.max_events));
+    }
+    if let Some(i) = events.iter().position(|e| !e.get().starts_with('{')) {
+        let what = if single { "the event".to_owned() } else { format!("event {i}") };
+        return error(StatusCode::BAD_REQUEST, format!("{what} is not a JSON object"));
+    }
+    let ip = client_ip(&parts.headers, peer, config.trust_forwarded_for);
+    let ua = parts.headers.get(header::USER_AGENT).map(HeaderValue::as_bytes).unwrap_or_default();
+    let mut meta: Vec<(&str, &[u8])> = vec![("http.client_ip", ip.as_bytes())];
+    if !ua.is_empty() {
+        meta.push(("http.user_agent", ua));
+    }
+    for name in ["traceparent", "tracestate"] {
+        if let Some(v) = parts.headers.get(name) {
+            meta.push((name, v.as_bytes()));
+        }
+    }
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default();
+    let mut batch = BatchBuf::with_capacity(events.len(), bytes.len() + events.len() * 64);
+    for (i, e) in events.iter().enumerate() {
+        batch.push(i as u32, Head { key: None, headers_raw: &[], extra_headers: &meta, timestamp_ms: Some(now_ms) }, e.get().as_bytes());
+    }
+    let ack = match offer(&shared, &batch).await {
+        Ok(ack) => ack,
+        Err(EmitError::Full) => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is full; retry later");
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(config.retry_after_secs));
+            return r;
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("the pipeline is not taking events: {e}")),
+    };
+    if single {
+        respond_single(events[0], &ack)
+    } else {
+        respond_many(&ack)
+    }
+}
+
+/// Offers the batch, waiting up to the configured time while the pipeline is full.
+async fn offer(shared: &Shared, batch: &BatchBuf) -> Result<Ack, EmitError> {
+    let deadline = Instant::now() + Duration::from_millis(shared.config.backpressure_wait_ms);
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match shared.emitter.send(&batch.as_ref()).await {
+            Err(EmitError::Full) if Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn malformed(e: serde_json::Error) -> Response {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        json!({ "success": false, "error": format!("malformed JSON: {e}"), "line": e.line(), "column": e.column() }),
+    )
+}
+
+fn respond_single(event: &RawValue, ack: &Ack) -> Response {
+    match ack.outcomes.first() {
+        Some(Outcome::Accepted) | Some(Outcome::Dropped) => {
+            let echo: Echo<'_> = serde_json::from_str(event.get()).unwrap_or(Echo { event_type: None, timestamp: None });
+            let mut body = json!({ "success": true, "eventType": raw_to_value(echo.event_type), "timestamp": raw_to_value(echo.timestamp) });
+            if ack.outcomes.first() == Some(&Outcome::Dropped) {
+                body["duplicate"] = Value::Bool(true);
+            }
+            json_response(StatusCode::OK, body)
+        }
+        Some(Outcome::Rejected(reason)) => error(StatusCode::BAD_REQUEST, reason.clone()),
+        Some(Outcome::Failed(reason)) => error(StatusCode::INTERNAL_SERVER_ERROR, reason.clone()),
+        None => error(StatusCode::INTERNAL_SERVER_ERROR, "the pipeline returned no outcome"),
+    }
+}
+
+fn respond_many(ack: &Ack) -> Response {
+    let mut accepted = 0;
+    let mut duplicates = 0;
+    let mut rejected = Vec::new();
+    let mut failed = Vec::new();
+    for (i, o) in ack.outcomes.iter().enumerate() {
+        match o {
+            Outcome::Accepted => accepted += 1,
+            Outcome::Dropped => duplicates += 1,
+            Outcome::Rejected(r) => rejected.push(json!({ "index": i, "error": r })),
+            Outcome::Failed(r) => failed.push(json!({ "index": i, "error": r })),
+        }
+    }
+    let status = if !failed.is_empty() {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else if accepted + duplicates == 0 {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let success = rejected.is_empty() && failed.is_empty();
+    let mut body = json!({ "success": success, "count": ack.outcomes.len(), "accepted": accepted, "duplicates": duplicates });
+    if !rejected.is_empty() {
+        body["rejected"] = Value::Array(rejected);
+    }
+    if !failed.is_empty() {
+        body["failed"] = Value::Array(failed);
+    }
+    json_response(status, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(outcomes: Vec<Outcome>) -> Ack {
+        Ack { outcomes }
+    }
+
+    #[test]
+    fn single_event_echoes_type_and_timestamp() {
+        let ev: &RawValue = serde_json::from_str(r#"{"eventType":"like_clicked","timestamp":"2024-01-01T12:00:00.000Z"}"#).unwrap();
+        let r = respond_single(ev, &ack(vec![Outcome::Accepted]));
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = respond_single(ev, &ack(vec![Outcome::Rejected("validate: /userId: missing".into())]));
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn arrays_report_partial_acceptance() {
+        assert_eq!(respond_many(&ack(vec![Outcome::Accepted, Outcome::Rejected("x".into())])).status(), StatusCode::OK);
+        assert_eq!(respond_many(&ack(vec![Outcome::Rejected("x".into())])).status(), StatusCode::BAD_REQUEST);
+        assert_eq!(respond_many(&ack(vec![Outcome::Accepted, Outcome::Failed("x".into())])).status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn content_type_check_accepts_json_variants() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        assert!(is_json(&h));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(!is_json(&h));
+    }
+
+    #[test]
+    fn emits_through_a_mock_host() {
+        let host = weir_plugin::mock::MockHost::new();
+        let config: HttpConfig = serde_json::from_str(r#"{"listen":"127.0.0.1:0"}"#).unwrap();
+        let mut src = HttpSource::create(config, host.context()).unwrap();
+        let addr = src.listener.as_ref().unwrap().local_addr().unwrap();
+        let (emitter, batches) = weir_plugin::mock::mock_emitter(false);
+        src.start(emitter).unwrap();
+        let body = r#"[{"eventType":"a","userId":"u1"},{"eventType":"b","userId":"u2"}]"#;
+        let request = format!("POST /produce HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.contains(r#""count":2"#), "{response}");
+        let got = batches.lock().unwrap();
+        assert_eq!(got.len(), 1);
+        let b = got[0].as_ref();
+        assert_eq!(b.get(1).value, br#"{"eventType":"b","userId":"u2"}"#);
+        assert_eq!(b.get(0).header("http.client_ip"), Some(&b"127.0.0.1"[..]));
+        drop(got);
+        src.stop().unwrap();
+    }
+}

@@ -1,0 +1,25 @@
+//! `weir-plugin`: everything a Weir plugin author needs, and nothing else.
+//!
+//! Implement [`Source`], [`Transform`] or [`Sink`] with a typed config, then export the
+//! library with [`export_plugins!`]. The C ABI underneath is in [`abi`] and specified in
+//! `ABI.md`; [`mock`] lets a plugin be unit-tested without being loaded.
+#![warn(missing_docs)]
+
+pub mod abi;
+pub mod batch;
+pub mod context;
+pub mod error;
+#[doc(hidden)]
+pub mod export;
+pub mod mock;
+pub mod plugin;
+mod runtime;
+
+pub use batch::{BatchBuf, BatchRef, Head, Output, RecordRef, Rejections};
+pub use context::{Ack, Context, EmitError, Emitter, Level, Outcome};
+pub use error::PluginError;
+pub use plugin::{Sink, Source, Transform};
+pub use runtime::runtime;
+pub use schemars::{self, JsonSchema};
+pub use serde::{self, Deserialize};
+pub use serde_json;

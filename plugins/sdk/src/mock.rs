@@ -1,0 +1,187 @@
+//! A mock host, so a plugin can be unit-tested without being built as a library and loaded.
+//!
+//! ```
+//! use weir_plugin::mock::MockHost;
+//! let host = MockHost::new();
+//! let ctx = host.context();
+//! ctx.counter_add("seen", "Records seen.", 2);
+//! assert_eq!(host.metric("seen"), Some(2.0));
+//! ```
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+use crate::abi::{self, AckCallback, AckView, BatchView, EmitterApi, HostApi, OwnedBytes, Status, StrRef};
+use crate::batch::{BatchBuf, BatchRef, Output};
+use crate::context::{Context, Emitter, Level};
+use crate::error::PluginError;
+use crate::plugin::Transform;
+
+#[derive(Default)]
+struct State {
+    logs: Vec<(Level, String)>,
+    errors: Vec<String>,
+    metrics: HashMap<String, f64>,
+}
+
+/// Records what a plugin tells its host.
+#[derive(Clone)]
+pub struct MockHost {
+    state: Arc<Mutex<State>>,
+    base_dir: &'static str,
+}
+
+impl Default for MockHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn state<'a>(ctx: *const c_void) -> &'a Mutex<State> {
+    // SAFETY: ctx is the leaked `Arc<Mutex<State>>` pointer made in `context`.
+    unsafe { &*ctx.cast::<Mutex<State>>() }
+}
+
+unsafe extern "C" fn log(ctx: *const c_void, level: u32, message: StrRef) {
+    let level = match level {
+        abi::level::ERROR => Level::Error,
+        abi::level::WARN => Level::Warn,
+        abi::level::INFO => Level::Info,
+        _ => Level::Debug,
+    };
+    state(ctx).lock().unwrap().logs.push((level, message.as_str().to_owned()));
+}
+
+unsafe extern "C" fn metric(ctx: *const c_void, kind: u32, name: StrRef, _help: StrRef, value: f64) {
+    let mut s = state(ctx).lock().unwrap();
+    let slot = s.metrics.entry(name.as_str().to_owned()).or_insert(0.0);
+    if kind == abi::metric::COUNTER_ADD {
+        *slot += value;
+    } else {
+        *slot = value;
+    }
+}
+
+unsafe extern "C" fn error(ctx: *const c_void, message: StrRef) {
+    state(ctx).lock().unwrap().errors.push(message.as_str().to_owned());
+}
+
+unsafe extern "C" fn listen(_ctx: *const c_void, address: StrRef, fd: *mut i32, message: *mut OwnedBytes) -> Status {
+    match std::net::TcpListener::bind(address.as_str()) {
+        Ok(l) => {
+            use std::os::fd::IntoRawFd;
+            *fd = l.into_raw_fd();
+            Status::OK
+        }
+        Err(e) => {
+            *message = abi::owned_bytes(e.to_string().into_bytes());
+            Status::FATAL
+        }
+    }
+}
+
+impl MockHost {
+    /// A host whose pipeline directory is the current directory.
+    pub fn new() -> Self {
+        MockHost { state: Arc::default(), base_dir: "." }
+    }
+
+    /// A host whose pipeline directory is `dir` (relative config paths resolve there).
+    pub fn with_base_dir(dir: &str) -> Self {
+        MockHost { state: Arc::default(), base_dir: Box::leak(dir.to_owned().into_boxed_str()) }
+    }
+
+    /// A context for pipeline `test`, stage `stage`.
+    pub fn context(&self) -> Context {
+        let ctx = Arc::into_raw(self.state.clone()).cast::<c_void>();
+        let api = HostApi {
+            struct_size: std::mem::size_of::<HostApi>() as u32,
+            ctx,
+            log,
+            metric,
+            error,
+            listen,
+            pipeline: StrRef::new("test"),
+            stage: StrRef::new("stage"),
+            base_dir: StrRef::new(self.base_dir),
+        };
+        // SAFETY: every pointer above lives for the life of the process (the state Arc is leaked).
+        unsafe { Context::from_api(api) }
+    }
+
+    /// Log lines so far.
+    pub fn logs(&self) -> Vec<(Level, String)> {
+        self.state.lock().unwrap().logs.clone()
+    }
+
+    /// Errors reported so far.
+    pub fn errors(&self) -> Vec<String> {
+        self.state.lock().unwrap().errors.clone()
+    }
+
+    /// A metric's current value.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.state.lock().unwrap().metrics.get(name).copied()
+    }
+
+    /// Builds a transform from a JSON config, as the host would.
+    pub fn transform<T: Transform>(&self, config: serde_json::Value) -> Result<T, PluginError> {
+        let config: T::Config = serde_json::from_value(config).map_err(|e| PluginError::config(e.to_string()))?;
+        T::validate(&config)?;
+        T::create(config, self.context())
+    }
+}
+
+/// Runs one batch through a transform and returns its output.
+pub fn run_transform<T: Transform>(t: &mut T, input: &BatchBuf) -> Result<Output, PluginError> {
+    let mut out = Output::default();
+    t.process(&input.as_ref(), &mut out)?;
+    Ok(out)
+}
+
+/// Builds a batch of JSON values (no keys, no headers).
+pub fn json_batch<'a>(values: impl IntoIterator<Item = &'a str>) -> BatchBuf {
+    let mut b = BatchBuf::new();
+    for (i, v) in values.into_iter().enumerate() {
+        b.push(i as u32, Default::default(), v.as_bytes());
+    }
+    b
+}
+
+type Collected = Arc<Mutex<Vec<BatchBuf>>>;
+
+struct EmitterState {
+    batches: Collected,
+    full: bool,
+}
+
+unsafe extern "C" fn mock_emit(ctx: *const c_void, batch: *const BatchView, ack: AckCallback) -> Status {
+    let s = &*ctx.cast::<EmitterState>();
+    if s.full {
+        return Status::FULL;
+    }
+    let Ok(view) = BatchRef::from_view(&*batch) else { return Status::INVALID_ARGUMENT };
+    let mut copy = BatchBuf::new();
+    copy.extend_from(&view);
+    let n = copy.len();
+    s.batches.lock().unwrap().push(copy);
+    let codes = vec![abi::outcome::ACCEPTED; n];
+    let reasons = vec![StrRef::EMPTY; n];
+    let view = AckView { struct_size: std::mem::size_of::<AckView>() as u32, count: n as u32, codes: codes.as_ptr(), reasons: reasons.as_ptr() };
+    if let Some(call) = ack.call {
+        call(ack.ctx, &view);
+    }
+    Status::OK
+}
+
+/// An emitter that keeps every batch and acknowledges it at once as accepted, or, when
+/// made with `full`, refuses every batch with backpressure.
+pub fn mock_emitter(full: bool) -> (Emitter, Collected) {
+    let batches: Collected = Arc::default();
+    let state = Box::leak(Box::new(EmitterState { batches: batches.clone(), full }));
+    let api = EmitterApi { struct_size: std::mem::size_of::<EmitterApi>() as u32, ctx: (state as *const EmitterState).cast(), emit: mock_emit };
+    // SAFETY: the state is leaked and so lives for the life of the process.
+    (unsafe { Emitter::from_api(api) }, batches)
+}

@@ -1,0 +1,77 @@
+//! The traits plugin authors implement. Each has a typed config that also yields its
+//! JSON Schema; lifecycle hooks default to doing nothing.
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+
+use crate::batch::{BatchRef, Output, Rejections};
+use crate::context::{Context, Emitter};
+use crate::error::PluginError;
+
+/// Produces batches and hands them to the pipeline through an [`Emitter`].
+pub trait Source: Sized + Send + 'static {
+    /// The config, deserialized from the stage's `config:` block.
+    type Config: DeserializeOwned + JsonSchema;
+    /// The name used in pipeline files (`plugin: NAME`).
+    const NAME: &'static str;
+    /// One line for `weir plugins`.
+    const DESCRIPTION: &'static str;
+
+    /// Checks what the schema cannot, without I/O.
+    fn validate(_config: &Self::Config) -> Result<(), PluginError> {
+        Ok(())
+    }
+    /// Builds the instance; may do I/O (open sockets, read files).
+    fn create(config: Self::Config, ctx: Context) -> Result<Self, PluginError>;
+    /// Starts producing. Must not block: spawn work on [`crate::runtime()`].
+    fn start(&mut self, emitter: Emitter) -> Result<(), PluginError>;
+    /// Stops producing; returns once no more batches will be emitted.
+    fn stop(&mut self) -> Result<(), PluginError> {
+        Ok(())
+    }
+}
+
+/// Turns each batch into another batch, record by record.
+pub trait Transform: Sized + Send + 'static {
+    /// The config, deserialized from the stage's `config:` block.
+    type Config: DeserializeOwned + JsonSchema;
+    /// The name used in pipeline files (`plugin: NAME`).
+    const NAME: &'static str;
+    /// One line for `weir plugins`.
+    const DESCRIPTION: &'static str;
+
+    /// Checks what the schema cannot, without I/O.
+    fn validate(_config: &Self::Config) -> Result<(), PluginError> {
+        Ok(())
+    }
+    /// Builds the instance; may do I/O.
+    fn create(config: Self::Config, ctx: Context) -> Result<Self, PluginError>;
+    /// Processes one batch: push output records (naming the input record each came
+    /// from), reject input records with a reason, or leave them out to drop them.
+    fn process(&mut self, input: &BatchRef<'_>, out: &mut Output) -> Result<(), PluginError>;
+}
+
+/// Delivers batches somewhere.
+pub trait Sink: Sized + Send + 'static {
+    /// The config, deserialized from the stage's `config:` block.
+    type Config: DeserializeOwned + JsonSchema;
+    /// The name used in pipeline files (`plugin: NAME`).
+    const NAME: &'static str;
+    /// One line for `weir plugins`.
+    const DESCRIPTION: &'static str;
+
+    /// Checks what the schema cannot, without I/O.
+    fn validate(_config: &Self::Config) -> Result<(), PluginError> {
+        Ok(())
+    }
+    /// Builds the instance; may do I/O.
+    fn create(config: Self::Config, ctx: Context) -> Result<Self, PluginError>;
+    /// Writes one batch. Return `Ok` when it is delivered (records refused for good go in
+    /// `rejections`), [`PluginError::Retry`] to have the host retry the whole batch, or
+    /// [`PluginError::Fatal`] when it can never be delivered.
+    fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError>;
+    /// Flushes and closes; called once when the pipeline stops.
+    fn stop(&mut self) -> Result<(), PluginError> {
+        Ok(())
+    }
+}
