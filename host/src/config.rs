@@ -333,12 +333,15 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// serde_yaml appends " at line L column C"; the location is reported separately.
+/// serde_yaml puts " at line L column C" in its messages; the position is reported separately.
 fn strip_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_owned(),
-        None => message.to_owned(),
-    }
+    let Some(start) = message.find(" at line ") else { return message.to_owned() };
+    let rest = &message[start + " at line ".len()..];
+    let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let line_end = digits(rest);
+    let Some(after_col) = rest[line_end..].strip_prefix(" column ") else { return message.to_owned() };
+    let col_end = digits(after_col);
+    format!("{}{}", &message[..start], &after_col[col_end..])
 }
 
 /// Pipeline files in `dir` (`.yaml` and `.yml`), sorted.
@@ -380,6 +383,12 @@ mod tests {
         let err = PipelineFile::parse(Path::new("p.yaml"), "source:\n  plugin: http\n  config: {a: [1,\n", env(&[])).unwrap_err().to_string();
         assert!(err.starts_with("p.yaml:"), "{err}");
         assert!(err.split(':').nth(1).unwrap().parse::<usize>().is_ok(), "{err}");
+    }
+
+    #[test]
+    fn location_is_cut_from_the_middle_of_messages() {
+        assert_eq!(strip_location("did not find ',' at line 5 column 1, while parsing"), "did not find ',', while parsing");
+        assert_eq!(strip_location("unknown field `x` at line 2 column 3"), "unknown field `x`");
     }
 
     #[test]

@@ -1,0 +1,110 @@
+//! Bad input gets a status and a message that says what is wrong: over HTTP from the
+//! `http` source, and from `weir validate` for pipeline files.
+
+mod common;
+
+use common::*;
+
+fn start_ingest() -> (Weir, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let schema = repo().join("schemas/neo-event.schema.json");
+    write_pipeline(
+        dir.path(),
+        "ingest",
+        &format!(
+            "source:\n  plugin: http\n  config:\n    listen: 127.0.0.1:{port}\n    max_body_bytes: 2000\n    max_events: 3\ntransforms:\n  - plugin: validate\n    config:\n      schema: {}\nsinks:\n  - plugin: file\n    config:\n      path: {}\n",
+            schema.display(),
+            dir.path().join("out.jsonl").display()
+        ),
+    );
+    let weir = Weir::start(dir.path(), &[], &[]);
+    (weir, format!("http://127.0.0.1:{port}/produce"), dir)
+}
+
+#[test]
+fn http_source_answers_each_kind_of_bad_request() {
+    let (_weir, url, _dir) = start_ingest();
+
+    let r = post_json(&url, "{\"eventType\": \"a\",\n \"userId\": }");
+    assert_eq!(r.status, 400, "{r:?}");
+    let body = r.json();
+    assert!(body["error"].as_str().unwrap().starts_with("malformed JSON"), "{body}");
+    assert_eq!((body["line"].as_u64(), body["column"].as_u64()), (Some(2), Some(12)), "{body}");
+
+    let r = curl("POST", &url, Some("text/plain"), Some(br#"{"eventType":"a","userId":"u"}"#));
+    assert_eq!(r.status, 415, "{r:?}");
+    assert!(r.json()["error"].as_str().unwrap().contains("application/json"));
+
+    let big = format!(r#"{{"eventType":"a","userId":"u","pad":"{}"}}"#, "x".repeat(3000));
+    let r = post_json(&url, &big);
+    assert_eq!(r.status, 413, "{r:?}");
+    assert!(r.json()["error"].as_str().unwrap().contains("larger than 2000 bytes"));
+
+    let r = post_json(&url, r#"[{"eventType":"a","userId":"u"},{"eventType":"a","userId":"u"},{"eventType":"a","userId":"u"},{"eventType":"a","userId":"u"}]"#);
+    assert_eq!(r.status, 413, "{r:?}");
+    assert!(r.json()["error"].as_str().unwrap().contains("holds 4 events; the most one request may carry is 3"), "{r:?}");
+
+    let r = post_json(&url, r#"{"eventType":"a","userId":42}"#);
+    assert_eq!(r.status, 400, "{r:?}");
+    let error = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(error.starts_with("validate: /userId: 42 is not of type \"string\""), "{error}");
+
+    let r = post_json(&url, "[1]");
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("event 0 is not a JSON object"));
+
+    let r = post_json(&url, r#"{"eventType":"a","userId":"u"}"#);
+    assert_eq!(r.status, 200, "good events still pass: {r:?}");
+}
+
+fn validate(yaml: &str, envs: &[(&str, &str)]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_pipeline(dir.path(), "p", yaml);
+    let out = weir(&["validate", path.to_str().unwrap()], envs);
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).replace(&format!("{}/", dir.path().display()), ""))
+}
+
+#[test]
+fn validate_reports_yaml_syntax_errors_with_line_and_column() {
+    let (ok, out) = validate("source:\n  plugin: http\n  config: {listen: [1,\nsinks: []\n", &[]);
+    assert!(!ok);
+    assert!(out.contains("error: p.yaml:5:1: did not find expected ',' or ']', while parsing a flow sequence"), "{out}");
+}
+
+#[test]
+fn validate_lists_known_plugins_for_an_unknown_one() {
+    let (ok, out) = validate("source:\n  plugin: http\nsinks:\n  - plugin: kafkaa\n", &[]);
+    assert!(!ok);
+    assert!(out.contains("p.yaml:4:5: sinks[0].plugin: unknown plugin \"kafkaa\"; plugins found: "), "{out}");
+    assert!(out.contains("websocket"), "{out}");
+}
+
+#[test]
+fn validate_names_an_unknown_config_field_and_its_position() {
+    let (ok, out) = validate("source:\n  plugin: http\n  config:\n    listen: 127.0.0.1:9\n    max_event: 5\nsinks:\n  - plugin: file\n    config: {path: x}\n", &[]);
+    assert!(!ok);
+    assert!(out.contains("p.yaml:5:5: source.config.max_event: unknown field `max_event`; http accepts: "), "{out}");
+    assert!(out.contains("`max_events`"), "{out}");
+}
+
+#[test]
+fn validate_checks_types_without_echoing_secrets() {
+    let (ok, out) = validate("source:\n  plugin: http\n  config:\n    max_events: ${TOKEN}\nsinks:\n  - plugin: file\n    config: {path: x}\n", &[("TOKEN", "s3cr3t-token")]);
+    assert!(!ok);
+    assert!(out.contains("p.yaml:4:5: source.config.max_events:"), "{out}");
+    assert!(!out.contains("s3cr3t-token"), "the secret leaked: {out}");
+}
+
+#[test]
+fn validate_accepts_the_default_pipeline_and_does_no_io() {
+    // Port 1 is privileged: were validate to bind it, it would fail.
+    let (ok, out) = validate(
+        "source:\n  plugin: http\n  config: {listen: \"127.0.0.1:1\"}\ntransforms:\n  - plugin: validate\n    config: {schema: /nonexistent.json}\nsinks:\n  - plugin: websocket\n    config: {listen: \"127.0.0.1:1\"}\n",
+        &[],
+    );
+    assert!(ok, "{out}");
+    let out = weir(&["validate"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: pipelines/default.yaml"));
+}

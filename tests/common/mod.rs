@@ -1,0 +1,177 @@
+//! Harness for end-to-end tests: starts the built `weir` binary on free ports, talks to
+//! it with real clients (curl for HTTP), and stops it.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the repository").to_path_buf()
+}
+
+/// Where cargo put `weir` and the plugin libraries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf();
+    assert!(dir.join("weir").exists(), "{} has no weir binary; run `cargo build --workspace` first", dir.display());
+    dir
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs `weir ARGS` to completion.
+pub fn weir(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    Command::new(bin_dir().join("weir")).args(args).envs(envs.iter().copied()).current_dir(repo()).output().expect("run weir")
+}
+
+/// Waits for `cond` to hold, polling, up to `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A response from curl.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Sends a request with curl (an independent HTTP client).
+pub fn curl(method: &str, url: &str, content_type: Option<&str>, body: Option<&[u8]>) -> Reply {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-D", "-", "-X", method, url, "--max-time", "20"]);
+    if let Some(ct) = content_type {
+        cmd.args(["-H", &format!("Content-Type: {ct}")]);
+    }
+    if body.is_some() {
+        cmd.args(["--data-binary", "@-"]);
+    }
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("curl is installed");
+    if let Some(b) = body {
+        child.stdin.take().unwrap().write_all(b).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Reply { status, headers: head.to_owned(), body: body.to_owned() }
+}
+
+/// POSTs JSON.
+pub fn post_json(url: &str, body: &str) -> Reply {
+    curl("POST", url, Some("application/json"), Some(body.as_bytes()))
+}
+
+/// A running `weir run`, stopped (SIGTERM, then waited for) when dropped.
+pub struct Weir {
+    child: Option<Child>,
+    pub admin: String,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Weir {
+    /// Starts `weir run --pipelines DIR` with the admin API on a free port; waits until
+    /// `/health` answers.
+    pub fn start(pipelines: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Weir {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("weir.log");
+        let admin = format!("127.0.0.1:{}", free_port());
+        let mut args = vec!["run", "--pipelines", pipelines.to_str().unwrap(), "--admin", &admin];
+        args.extend_from_slice(extra);
+        let child = Command::new(bin_dir().join("weir"))
+            .args(&args)
+            .envs(envs.iter().copied())
+            .env("NO_COLOR", "1")
+            .current_dir(repo())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start weir");
+        let mut w = Weir { child: Some(child), admin, log, _dir: dir };
+        let url = w.url("/health");
+        wait_for("the admin API", Duration::from_secs(20), || {
+            if let Some(status) = w.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("weir exited with {status}:\n{}", w.logs());
+            }
+            std::net::TcpStream::connect(&w.admin).is_ok() && curl("GET", &url, None, None).status != 0
+        });
+        w
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        curl("GET", &self.url(path), None, None).json()
+    }
+
+    pub fn metrics(&self) -> String {
+        curl("GET", &self.url("/metrics"), None, None).body
+    }
+
+    /// The value of one series in `/metrics` (exact label set).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    }
+
+    /// Sends SIGTERM and waits; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("weir did not stop within 30 s after SIGTERM:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Writes a pipeline file into `dir`.
+pub fn write_pipeline(dir: &Path, name: &str, yaml: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
