@@ -41,9 +41,18 @@ fn http_source_answers_each_kind_of_bad_request() {
     assert_eq!(r.status, 413, "{r:?}");
     assert!(r.json()["error"].as_str().unwrap().contains("larger than 2000 bytes"));
 
-    let r = post_json(&url, r#"[{"eventType":"a","userId":"u"},{"eventType":"a","userId":"u"},{"eventType":"a","userId":"u"},{"eventType":"a","userId":"u"}]"#);
+    let r = post_json(
+        &url,
+        r#"[{"eventType":"a","userId":"u"},{"eventType":"a","userId":"u"},{"eventType":"a","userId":"u"},{"eventType":"a","userId":"u"}]"#,
+    );
     assert_eq!(r.status, 413, "{r:?}");
-    assert!(r.json()["error"].as_str().unwrap().contains("holds 4 events; the most one request may carry is 3"), "{r:?}");
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("holds 4 events; the most one request may carry is 3"),
+        "{r:?}"
+    );
 
     let r = post_json(&url, r#"{"eventType":"a","userId":42}"#);
     assert_eq!(r.status, 400, "{r:?}");
@@ -62,35 +71,54 @@ fn validate(yaml: &str, envs: &[(&str, &str)]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = write_pipeline(dir.path(), "p", yaml);
     let out = weir(&["validate", path.to_str().unwrap()], envs);
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).replace(&format!("{}/", dir.path().display()), ""))
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+            .replace(&format!("{}/", dir.path().display()), ""),
+    )
 }
 
 #[test]
 fn validate_reports_yaml_syntax_errors_with_line_and_column() {
     let (ok, out) = validate("source:\n  plugin: http\n  config: {listen: [1,\nsinks: []\n", &[]);
     assert!(!ok);
-    assert!(out.contains("error: p.yaml:5:1: did not find expected ',' or ']', while parsing a flow sequence"), "{out}");
+    assert!(
+        out.contains("error: p.yaml:5:1: did not find expected ',' or ']', while parsing a flow sequence"),
+        "{out}"
+    );
 }
 
 #[test]
 fn validate_lists_known_plugins_for_an_unknown_one() {
     let (ok, out) = validate("source:\n  plugin: http\nsinks:\n  - plugin: kafkaa\n", &[]);
     assert!(!ok);
-    assert!(out.contains("p.yaml:4:5: sinks[0].plugin: unknown plugin \"kafkaa\"; plugins found: "), "{out}");
+    assert!(
+        out.contains("p.yaml:4:5: sinks[0].plugin: unknown plugin \"kafkaa\"; plugins found: "),
+        "{out}"
+    );
     assert!(out.contains("websocket"), "{out}");
 }
 
 #[test]
 fn validate_names_an_unknown_config_field_and_its_position() {
-    let (ok, out) = validate("source:\n  plugin: http\n  config:\n    listen: 127.0.0.1:9\n    max_event: 5\nsinks:\n  - plugin: file\n    config: {path: x}\n", &[]);
+    let (ok, out) = validate(
+        "source:\n  plugin: http\n  config:\n    listen: 127.0.0.1:9\n    max_event: 5\nsinks:\n  - plugin: file\n    config: {path: x}\n",
+        &[],
+    );
     assert!(!ok);
-    assert!(out.contains("p.yaml:5:5: source.config.max_event: unknown field `max_event`; http accepts: "), "{out}");
+    assert!(
+        out.contains("p.yaml:5:5: source.config.max_event: unknown field `max_event`; http accepts: "),
+        "{out}"
+    );
     assert!(out.contains("`max_events`"), "{out}");
 }
 
 #[test]
 fn validate_checks_types_without_echoing_secrets() {
-    let (ok, out) = validate("source:\n  plugin: http\n  config:\n    max_events: ${TOKEN}\nsinks:\n  - plugin: file\n    config: {path: x}\n", &[("TOKEN", "s3cr3t-token")]);
+    let (ok, out) = validate(
+        "source:\n  plugin: http\n  config:\n    max_events: ${TOKEN}\nsinks:\n  - plugin: file\n    config: {path: x}\n",
+        &[("TOKEN", "s3cr3t-token")],
+    );
     assert!(!ok);
     assert!(out.contains("p.yaml:4:5: source.config.max_events:"), "{out}");
     assert!(!out.contains("s3cr3t-token"), "the secret leaked: {out}");

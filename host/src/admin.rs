@@ -24,7 +24,8 @@ pub fn router(host: Arc<Host>) -> Router {
 
 async fn health(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
     let pipelines = host.pipelines();
-    let states: serde_json::Map<String, serde_json::Value> = pipelines.iter().map(|p| (p.name.clone(), p.state().0.name().into())).collect();
+    let states: serde_json::Map<String, serde_json::Value> =
+        pipelines.iter().map(|p| (p.name.clone(), p.state().0.name().into())).collect();
     let all_running = pipelines.iter().all(|p| p.state().0 == State::Running);
     let clients: f64 = pipelines.iter().map(|p| p.gauge("connected_clients")).sum();
     let body = serde_json::json!({
@@ -34,7 +35,14 @@ async fn health(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
         "pipelines": states,
         "connected_clients": clients as u64,
     });
-    (if all_running { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+    (
+        if all_running {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(body),
+    )
 }
 
 async fn pipelines(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
@@ -44,10 +52,16 @@ async fn pipelines(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
 async fn pipeline(AxState(host): AxState<Arc<Host>>, axum::extract::Path(name): axum::extract::Path<String>) -> impl IntoResponse {
     match host.pipelines().into_iter().find(|p| p.name == name) {
         Some(p) => (StatusCode::OK, Json(p.report())),
-        None => (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": format!("no pipeline called {name:?}") }))),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("no pipeline called {name:?}") })),
+        ),
     }
 }
 
 async fn metrics(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], host.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        host.metrics.render(),
+    )
 }

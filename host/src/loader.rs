@@ -78,10 +78,16 @@ impl Registry {
         let mut reg = Registry::default();
         for dir in dirs {
             let Ok(entries) = std::fs::read_dir(dir) else {
-                reg.broken.push(Broken { path: dir.clone(), reason: "the plugin directory cannot be read".into() });
+                reg.broken.push(Broken {
+                    path: dir.clone(),
+                    reason: "the plugin directory cannot be read".into(),
+                });
                 continue;
             };
-            let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_library(p)).collect();
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && is_library(p))
+                .collect();
             files.sort();
             for path in files {
                 if let Err(reason) = reg.load(&path) {
@@ -123,7 +129,10 @@ impl Registry {
             ));
         }
         if (manifest.struct_size as usize) < std::mem::size_of::<Manifest>() {
-            return Err(format!("its manifest is {} bytes, shorter than ABI {major}.{minor} requires", manifest.struct_size));
+            return Err(format!(
+                "its manifest is {} bytes, shorter than ABI {major}.{minor} requires",
+                manifest.struct_size
+            ));
         }
         let info = Arc::new(LibraryInfo {
             path: path.to_path_buf(),
@@ -141,7 +150,8 @@ impl Registry {
         let mut found = Vec::new();
         for d in descriptors {
             let name = read(d.name);
-            let schema: serde_json::Value = serde_json::from_str(&read(d.config_schema)).map_err(|e| format!("plugin {name}: its config schema is not JSON: {e}"))?;
+            let schema: serde_json::Value =
+                serde_json::from_str(&read(d.config_schema)).map_err(|e| format!("plugin {name}: its config schema is not JSON: {e}"))?;
             let complete = match d.kind {
                 Kind::SOURCE => d.start.is_some() && d.stop.is_some(),
                 Kind::TRANSFORM => d.process.is_some(),
@@ -152,9 +162,19 @@ impl Registry {
                 return Err(format!("plugin {name}: kind {} lacks the functions it needs", d.kind.0));
             }
             if let Some(prev) = self.plugins.get(&name) {
-                return Err(format!("plugin {name} is also exported by {}; remove one of the two libraries", prev.library.path.display()));
+                return Err(format!(
+                    "plugin {name} is also exported by {}; remove one of the two libraries",
+                    prev.library.path.display()
+                ));
             }
-            found.push(Plugin { kind: d.kind, name, description: read(d.description), schema, library: info.clone(), descriptor: d });
+            found.push(Plugin {
+                kind: d.kind,
+                name,
+                description: read(d.description),
+                schema,
+                library: info.clone(),
+                descriptor: d,
+            });
         }
         for p in found {
             self.plugins.insert(p.name.clone(), p);
@@ -167,7 +187,11 @@ impl Registry {
     pub fn get(&self, name: &str) -> Result<&Plugin, HostError> {
         self.plugins.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.plugins.keys().map(String::as_str).collect();
-            let known = if known.is_empty() { "none; check --plugins".to_owned() } else { known.join(", ") };
+            let known = if known.is_empty() {
+                "none; check --plugins".to_owned()
+            } else {
+                known.join(", ")
+            };
             HostError::Plugin(format!("unknown plugin {name:?}; plugins found: {known}"))
         })
     }
@@ -184,7 +208,11 @@ impl Plugin {
         if status == Status::OK {
             Ok(())
         } else {
-            Err(if text.is_empty() { format!("rejected ({})", status.name()) } else { text })
+            Err(if text.is_empty() {
+                format!("rejected ({})", status.name())
+            } else {
+                text
+            })
         }
     }
 }

@@ -70,7 +70,11 @@ fn main() -> ExitCode {
         overrides.insert("plugins".into(), serde_json::json!(cli.plugins));
     }
     if let Command::Run { pipelines, admin, log } = &cli.command {
-        for (key, value) in [("pipelines", pipelines.as_ref().map(|p| p.to_string_lossy().into_owned())), ("admin", admin.clone()), ("log", log.clone())] {
+        for (key, value) in [
+            ("pipelines", pipelines.as_ref().map(|p| p.to_string_lossy().into_owned())),
+            ("admin", admin.clone()),
+            ("log", log.clone()),
+        ] {
             if let Some(v) = value {
                 overrides.insert(key.into(), v.into());
             }
@@ -101,22 +105,36 @@ fn main() -> ExitCode {
 fn init_logs(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn run(config: HostConfig) -> anyhow::Result<ExitCode> {
     init_logs(&config.log);
     let registry = Registry::discover(&config.plugin_dirs());
-    tracing::info!(libraries = registry.libraries.len(), plugins = registry.plugins.len(), "Plugins loaded.");
+    tracing::info!(
+        libraries = registry.libraries.len(),
+        plugins = registry.plugins.len(),
+        "Plugins loaded."
+    );
     let host = Arc::new(Host::new(registry));
     let running = host.start_dir(&config.pipelines)?;
     if running == 0 {
         tracing::error!("No pipeline could start; exiting.");
         return Ok(ExitCode::FAILURE);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("weir-admin").enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("weir-admin")
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&config.admin).await.map_err(|e| anyhow::anyhow!("cannot bind the admin API to {}: {e}", config.admin))?;
+        let listener = tokio::net::TcpListener::bind(&config.admin)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bind the admin API to {}: {e}", config.admin))?;
         tracing::info!(address = %config.admin, "Admin API listening.");
         let app = weir::admin::router(host.clone());
         tokio::spawn(async move {
@@ -196,14 +214,24 @@ fn plugins(config: &HostConfig, json: bool) -> anyhow::Result<ExitCode> {
                 serde_json::json!({"path": l.path, "name": l.name, "version": l.version, "abi": l.abi, "build": l.build, "plugins": plugins})
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"libraries": libs, "broken": registry.broken}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"libraries": libs, "broken": registry.broken}))?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     for dir in config.plugin_dirs() {
         println!("searched: {}", dir.display());
     }
     for l in &registry.libraries {
-        println!("\n{}\n  library {} {} (ABI {}, {})", l.path.display(), l.name, l.version, l.abi, l.build);
+        println!(
+            "\n{}\n  library {} {} (ABI {}, {})",
+            l.path.display(),
+            l.name,
+            l.version,
+            l.abi,
+            l.build
+        );
         for p in registry.plugins.values().filter(|p| Arc::ptr_eq(&p.library, l)) {
             println!("  {:<9} {:<14} {}", p.kind.name(), p.name, p.description);
         }
@@ -245,7 +273,10 @@ fn schema(config: &HostConfig, out: &Path, check: bool) -> anyhow::Result<ExitCo
         }
     }
     if !drifted.is_empty() {
-        eprintln!("error: generated schemas differ from the committed ones: {}\nrun `cargo run -p weir -- schema` and commit the result", drifted.join(", "));
+        eprintln!(
+            "error: generated schemas differ from the committed ones: {}\nrun `cargo run -p weir -- schema` and commit the result",
+            drifted.join(", ")
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

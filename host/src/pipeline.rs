@@ -44,13 +44,21 @@ pub fn check(file: &PipelineFile, registry: &Registry) -> Vec<HostError> {
         if plugin.kind != wanted {
             errors.push(file.error_at(
                 &format!("{pointer}/plugin"),
-                format!("plugin {:?} is a {}, but this position needs a {}", plugin.name, plugin.kind.name(), wanted.name()),
+                format!(
+                    "plugin {:?} is a {}, but this position needs a {}",
+                    plugin.name,
+                    plugin.kind.name(),
+                    wanted.name()
+                ),
             ));
             continue;
         }
         let config_ptr = format!("{pointer}/config");
         match jsonschema::draft202012::new(&plugin.schema) {
-            Err(e) => errors.push(file.error_at(&config_ptr, format!("plugin {:?} exports an invalid config schema: {e}", plugin.name))),
+            Err(e) => errors.push(file.error_at(
+                &config_ptr,
+                format!("plugin {:?} exports an invalid config schema: {e}", plugin.name),
+            )),
             Ok(validator) => {
                 let mut found = false;
                 for e in validator.iter_errors(&stage.config) {
@@ -62,7 +70,12 @@ pub fn check(file: &PipelineFile, registry: &Registry) -> Vec<HostError> {
                                 at = format!("{at}/{}", first.replace('~', "~0").replace('/', "~1"));
                             }
                             let allowed = allowed_fields(&plugin.schema, e.instance_path().as_str());
-                            format!("unknown field{} {}; {} accepts: {allowed}", if unexpected.len() > 1 { "s" } else { "" }, quote_list(unexpected), plugin.name)
+                            format!(
+                                "unknown field{} {}; {} accepts: {allowed}",
+                                if unexpected.len() > 1 { "s" } else { "" },
+                                quote_list(unexpected),
+                                plugin.name
+                            )
                         }
                         _ => e.masked().to_string(),
                     };
@@ -176,7 +189,10 @@ struct Outcomes {
 
 impl Outcomes {
     fn new(n: usize) -> Self {
-        Outcomes { codes: vec![outcome::ACCEPTED; n], reasons: vec![String::new(); n] }
+        Outcomes {
+            codes: vec![outcome::ACCEPTED; n],
+            reasons: vec![String::new(); n],
+        }
     }
 
     fn set(&mut self, origin: u32, code: u8, reason: String) {
@@ -246,7 +262,9 @@ struct QueueIntake {
 impl Intake for QueueIntake {
     fn offer(&self, batch: BatchBuf, ack: AckGuard) -> Result<(), (Status, AckGuard)> {
         let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(tx) = guard.as_ref() else { return Err((Status::CLOSED, ack)) };
+        let Some(tx) = guard.as_ref() else {
+            return Err((Status::CLOSED, ack));
+        };
         let n = batch.len() as u64;
         match tx.try_send(Envelope { batch, ack }) {
             Ok(()) => {
@@ -283,7 +301,8 @@ struct Stage {
 impl Stage {
     fn instance(&mut self) -> Result<&mut Instance, String> {
         if self.instance.is_none() {
-            let inst = Instance::create(&self.plugin, &self.config, self.host).map_err(|e| format!("could not re-create the stage: {e}"))?;
+            let inst =
+                Instance::create(&self.plugin, &self.config, self.host).map_err(|e| format!("could not re-create the stage: {e}"))?;
             tracing::info!(stage = %self.name, "Stage re-created after a panic.");
             self.instance = Some(inst);
         }
@@ -324,7 +343,11 @@ impl Pipeline {
         if let Some(first) = errors.into_iter().next() {
             return Err(first);
         }
-        let base_dir = file.path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
+        let base_dir = file
+            .path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."));
         let base_dir = base_dir.canonicalize().unwrap_or_else(|_| base_dir.to_path_buf());
         let mut infos = Vec::new();
         let mut built: Vec<(String, Stage)> = Vec::new();
@@ -339,7 +362,11 @@ impl Pipeline {
                 Err(e) => {
                     let stages: Vec<_> = infos.iter().map(|i: &StageInfo| i.metrics.clone()).chain([m]).collect();
                     metrics.remove(&stages);
-                    return Err(stage_error(file, &format!("{pointer}/config"), file.redactor.redact(&format!("plugin {} could not start: {e}", plugin.name))));
+                    return Err(stage_error(
+                        file,
+                        &format!("{pointer}/config"),
+                        file.redactor.redact(&format!("plugin {} could not start: {e}", plugin.name)),
+                    ));
                 }
             };
             infos.push(StageInfo {
@@ -349,7 +376,17 @@ impl Pipeline {
                 library: format!("{} {}", plugin.library.name, plugin.library.version),
                 metrics: m.clone(),
             });
-            built.push((pointer, Stage { name, plugin, config, host, metrics: m, instance: Some(instance) }));
+            built.push((
+                pointer,
+                Stage {
+                    name,
+                    plugin,
+                    config,
+                    host,
+                    metrics: m,
+                    instance: Some(instance),
+                },
+            ));
         }
         let settings = &file.spec.settings;
         let abandon = Arc::new(AtomicBool::new(false));
@@ -371,11 +408,18 @@ impl Pipeline {
             let abandon = abandon.clone();
             let thread_name = format!("weir-sink-{}", sink.name);
             let metrics = sink.metrics.clone();
-            threads.push(std::thread::Builder::new().name(thread_name).spawn(move || run_sink(sink, rx, abandon))?);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(thread_name)
+                    .spawn(move || run_sink(sink, rx, abandon))?,
+            );
             sink_txs.push((tx, metrics));
         }
         let (tx, rx) = sync_channel::<Envelope>(settings.queue_batches.get());
-        let intake = Arc::new(QueueIntake { tx: Mutex::new(Some(tx)), metrics: source.metrics.clone() });
+        let intake = Arc::new(QueueIntake {
+            tx: Mutex::new(Some(tx)),
+            metrics: source.metrics.clone(),
+        });
         let ack_mode = settings.acknowledge;
         let name = file.name.clone();
         let source_metrics = source.metrics.clone();
@@ -390,9 +434,17 @@ impl Pipeline {
             for t in threads {
                 let _ = t.join();
             }
-            return Err(stage_error(file, "/source/config", file.redactor.redact(&format!("source {} could not start: {e}", source.plugin.name))));
+            return Err(stage_error(
+                file,
+                "/source/config",
+                file.redactor.redact(&format!("source {} could not start: {e}", source.plugin.name)),
+            ));
         }
-        metrics.pipeline_states.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), "running".into());
+        metrics
+            .pipeline_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), "running".into());
         tracing::info!(pipeline = %name, file = %file.path.display(), stages = infos.len(), "Pipeline started.");
         Ok(Pipeline {
             name,
@@ -444,7 +496,11 @@ impl Pipeline {
             let _ = t.join();
         }
         self.state.lock().unwrap_or_else(|p| p.into_inner()).0 = State::Stopped;
-        metrics.pipeline_states.lock().unwrap_or_else(|p| p.into_inner()).insert(self.name.clone(), "stopped".into());
+        metrics
+            .pipeline_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.name.clone(), "stopped".into());
         tracing::info!(pipeline = %self.name, "Pipeline stopped.");
     }
 
@@ -465,7 +521,14 @@ impl Pipeline {
                 dropped: s.metrics.dropped.load(Relaxed),
                 errors: s.metrics.errors.load(Relaxed),
                 queue_depth: s.metrics.queue_depth.load(Relaxed).max(0),
-                metrics: s.metrics.custom.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.value)).collect(),
+                metrics: s
+                    .metrics
+                    .custom
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.value))
+                    .collect(),
             })
             .collect();
         serde_json::json!({
@@ -506,7 +569,10 @@ fn run_transforms(
             stage.metrics.records_in.fetch_add(input.len() as u64, Relaxed);
             stage.metrics.batches.fetch_add(1, Relaxed);
             let started = Instant::now();
-            let result = stage.instance().map_err(|m| (false, m)).and_then(|inst| inst.process(&input).map_err(|e| (e.poisoned(), e.to_string())));
+            let result = stage
+                .instance()
+                .map_err(|m| (false, m))
+                .and_then(|inst| inst.process(&input).map_err(|e| (e.poisoned(), e.to_string())));
             stage.metrics.latency.observe(started.elapsed());
             let checked = result.and_then(|out| {
                 let out_origins = out.origins().map_err(|m| (false, format!("bad output: {m}")))?.to_vec();
@@ -549,7 +615,11 @@ fn run_transforms(
                 }
             }
         }
-        let tracker = Arc::new(Tracker { outcomes: Mutex::new(outcomes), remaining: AtomicUsize::new(sinks.len()), ack: Mutex::new(None) });
+        let tracker = Arc::new(Tracker {
+            outcomes: Mutex::new(outcomes),
+            remaining: AtomicUsize::new(sinks.len()),
+            ack: Mutex::new(None),
+        });
         if origins.is_empty() || ack_mode == Acknowledge::Accepted {
             let o = tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
             ack.send(&o.codes, &o.reasons);
@@ -563,7 +633,11 @@ fn run_transforms(
         let origins = Arc::new(origins);
         for (tx, m) in &sinks {
             m.queue_depth.fetch_add(1, Relaxed);
-            let job = SinkJob { batch: shared.clone(), origins: origins.clone(), tracker: tracker.clone() };
+            let job = SinkJob {
+                batch: shared.clone(),
+                origins: origins.clone(),
+                tracker: tracker.clone(),
+            };
             if tx.send(job).is_err() {
                 m.queue_depth.fetch_sub(1, Relaxed);
                 tracker.done();
@@ -590,7 +664,10 @@ fn run_sink(mut sink: Stage, rx: Receiver<SinkJob>, abandon: Arc<AtomicBool>) {
         sink.metrics.batches.fetch_add(1, Relaxed);
         let failure: Option<String> = loop {
             let started = Instant::now();
-            let result = sink.instance().map_err(|m| (Status::FATAL, m, 0)).and_then(|inst| inst.process(&batch).map_err(|e| (e.status, e.to_string(), e.retry_after_ms)));
+            let result = sink
+                .instance()
+                .map_err(|m| (Status::FATAL, m, 0))
+                .and_then(|inst| inst.process(&batch).map_err(|e| (e.status, e.to_string(), e.retry_after_ms)));
             sink.metrics.latency.observe(started.elapsed());
             match result {
                 Ok(out) => {

@@ -61,7 +61,10 @@ impl HttpConfig {
             return Err(format!("path {:?} must start with `/`", self.path));
         }
         if !self.health_path.is_empty() && (!self.health_path.starts_with('/') || self.health_path == self.path) {
-            return Err(format!("health_path {:?} must start with `/` and differ from path", self.health_path));
+            return Err(format!(
+                "health_path {:?} must start with `/` and differ from path",
+                self.health_path
+            ));
         }
         if self.listen.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
             return Err(format!("listen {:?} must be host:port", self.listen));

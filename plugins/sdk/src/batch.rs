@@ -72,7 +72,10 @@ fn take_u32(buf: &[u8]) -> Option<(usize, &[u8])> {
     Some((u32::from_le_bytes(*len) as usize, rest))
 }
 
-fn split_header(buf: &[u8]) -> Option<((&str, &[u8]), &[u8])> {
+/// One header, `(name, value)`.
+type Header<'a> = (&'a str, &'a [u8]);
+
+fn split_header(buf: &[u8]) -> Option<(Header<'_>, &[u8])> {
     let (name_len, rest) = take_u32(buf)?;
     let name = std::str::from_utf8(rest.get(..name_len)?).ok()?;
     let (value_len, rest) = take_u32(&rest[name_len..])?;
@@ -124,7 +127,13 @@ impl<'a> BatchRef<'a> {
             let check = |part, offset: u32, len: u32| {
                 let end = offset as usize + len as usize;
                 if end > data.len() {
-                    Err(BatchError::OutOfBounds { index, part, offset, len, data_len: data.len() })
+                    Err(BatchError::OutOfBounds {
+                        index,
+                        part,
+                        offset,
+                        len,
+                        data_len: data.len(),
+                    })
                 } else {
                     Ok(())
                 }
@@ -152,8 +161,16 @@ impl<'a> BatchRef<'a> {
         if (view.data.is_null() && view.data_len > 0) || (view.records.is_null() && count > 0) {
             return Err(BatchError::Null);
         }
-        let data = if view.data_len == 0 { &[][..] } else { std::slice::from_raw_parts(view.data, view.data_len) };
-        let metas = if count == 0 { &[][..] } else { std::slice::from_raw_parts(view.records, count) };
+        let data = if view.data_len == 0 {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts(view.data, view.data_len)
+        };
+        let metas = if count == 0 {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts(view.records, count)
+        };
         BatchRef::new(data, metas)
     }
 
@@ -191,7 +208,11 @@ impl<'a> BatchRef<'a> {
 
     /// Copies the batch, data and descriptors wholesale; each record is its own origin.
     pub fn to_owned(&self) -> BatchBuf {
-        BatchBuf { data: self.data.to_vec(), metas: self.metas.to_vec(), origins: (0..self.metas.len() as u32).collect() }
+        BatchBuf {
+            data: self.data.to_vec(),
+            metas: self.metas.to_vec(),
+            origins: (0..self.metas.len() as u32).collect(),
+        }
     }
 
     /// The raw view, pointing into the borrowed memory.
@@ -221,7 +242,12 @@ pub struct Head<'a> {
 
 impl<'a> From<&RecordRef<'a>> for Head<'a> {
     fn from(r: &RecordRef<'a>) -> Self {
-        Head { key: r.key, headers_raw: r.headers_raw, extra_headers: &[], timestamp_ms: r.timestamp_ms }
+        Head {
+            key: r.key,
+            headers_raw: r.headers_raw,
+            extra_headers: &[],
+            timestamp_ms: r.timestamp_ms,
+        }
     }
 }
 
@@ -242,7 +268,11 @@ impl BatchBuf {
 
     /// An empty batch with room for `records` records and `bytes` bytes of data.
     pub fn with_capacity(records: usize, bytes: usize) -> Self {
-        BatchBuf { data: Vec::with_capacity(bytes), metas: Vec::with_capacity(records), origins: Vec::with_capacity(records) }
+        BatchBuf {
+            data: Vec::with_capacity(bytes),
+            metas: Vec::with_capacity(records),
+            origins: Vec::with_capacity(records),
+        }
     }
 
     /// Removes every record, keeping the memory.
@@ -278,7 +308,11 @@ impl BatchBuf {
     }
 
     fn write_head(&mut self, head: &Head<'_>) -> RecordMeta {
-        let mut meta = RecordMeta { key_len: ABSENT, timestamp_ms: head.timestamp_ms.unwrap_or(i64::MIN), ..Default::default() };
+        let mut meta = RecordMeta {
+            key_len: ABSENT,
+            timestamp_ms: head.timestamp_ms.unwrap_or(i64::MIN),
+            ..Default::default()
+        };
         if let Some(key) = head.key {
             meta.key_off = self.offset();
             self.data.extend_from_slice(key);
@@ -331,7 +365,10 @@ impl BatchBuf {
 
     /// Reads the batch.
     pub fn as_ref(&self) -> BatchRef<'_> {
-        BatchRef { data: &self.data, metas: &self.metas }
+        BatchRef {
+            data: &self.data,
+            metas: &self.metas,
+        }
     }
 }
 
@@ -352,7 +389,11 @@ impl Rejections {
     pub fn reject(&mut self, index: usize, reason: &str) {
         let off = self.text.len() as u32;
         self.text.extend_from_slice(reason.as_bytes());
-        self.items.push(Rejection { index: index as u32, reason_off: off, reason_len: reason.len() as u32 });
+        self.items.push(Rejection {
+            index: index as u32,
+            reason_off: off,
+            reason_len: reason.len() as u32,
+        });
     }
 
     /// Number of rejections.
@@ -429,7 +470,16 @@ mod tests {
     #[test]
     fn round_trip_with_headers_and_keys() {
         let mut b = BatchBuf::new();
-        b.push(0, Head { key: Some(b"u1"), extra_headers: &[("traceparent", b"00-abc")], timestamp_ms: Some(5), ..Default::default() }, b"{\"a\":1}");
+        b.push(
+            0,
+            Head {
+                key: Some(b"u1"),
+                extra_headers: &[("traceparent", b"00-abc")],
+                timestamp_ms: Some(5),
+                ..Default::default()
+            },
+            b"{\"a\":1}",
+        );
         b.push(1, Head::default(), b"{}");
         let r = b.as_ref();
         assert_eq!(r.len(), 2);
@@ -449,7 +499,12 @@ mod tests {
     #[test]
     fn out_of_bounds_record_is_refused() {
         let data = b"abc";
-        let metas = [RecordMeta { key_len: ABSENT, value_off: 1, value_len: 5, ..Default::default() }];
+        let metas = [RecordMeta {
+            key_len: ABSENT,
+            value_off: 1,
+            value_len: 5,
+            ..Default::default()
+        }];
         let err = BatchRef::new(data, &metas).unwrap_err();
         assert!(matches!(err, BatchError::OutOfBounds { part: "value", .. }), "{err}");
     }
@@ -457,10 +512,17 @@ mod tests {
     #[test]
     fn failed_value_write_leaves_no_trace() {
         let mut b = BatchBuf::new();
-        let r: Result<(), &str> = b.push_with(0, Head { key: Some(b"k"), ..Default::default() }, |v| {
-            v.extend_from_slice(b"partial");
-            Err("no")
-        });
+        let r: Result<(), &str> = b.push_with(
+            0,
+            Head {
+                key: Some(b"k"),
+                ..Default::default()
+            },
+            |v| {
+                v.extend_from_slice(b"partial");
+                Err("no")
+            },
+        );
         assert!(r.is_err());
         assert!(b.is_empty());
         assert_eq!(b.data_len(), 0);
@@ -469,7 +531,12 @@ mod tests {
     #[test]
     fn malformed_headers_are_refused() {
         let data = [9u8, 0, 0, 0, b'x'];
-        let metas = [RecordMeta { key_len: ABSENT, headers_off: 0, headers_len: 5, ..Default::default() }];
+        let metas = [RecordMeta {
+            key_len: ABSENT,
+            headers_off: 0,
+            headers_len: 5,
+            ..Default::default()
+        }];
         assert_eq!(BatchRef::new(&data, &metas).unwrap_err(), BatchError::Headers { index: 0 });
     }
 }

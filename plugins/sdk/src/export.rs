@@ -140,7 +140,12 @@ unsafe extern "C" fn validate<E: Erased>(config: StrRef, message: *mut OwnedByte
     run_unguarded(message, || E::check(&parse_config::<E::Config>(config)?))
 }
 
-unsafe extern "C" fn create<E: Erased>(config: StrRef, host: *const HostApi, instance: *mut *mut c_void, message: *mut OwnedBytes) -> Status {
+unsafe extern "C" fn create<E: Erased>(
+    config: StrRef,
+    host: *const HostApi,
+    instance: *mut *mut c_void,
+    message: *mut OwnedBytes,
+) -> Status {
     if host.is_null() || instance.is_null() {
         return Status::INVALID_ARGUMENT;
     }
@@ -149,7 +154,11 @@ unsafe extern "C" fn create<E: Erased>(config: StrRef, host: *const HostApi, ins
         let config = parse_config::<E::Config>(config)?;
         E::check(&config)?;
         let built = E::build(config, ctx)?;
-        *instance = Box::into_raw(Box::new(Instance { inner: built, poisoned: false })).cast();
+        *instance = Box::into_raw(Box::new(Instance {
+            inner: built,
+            poisoned: false,
+        }))
+        .cast();
         Ok(())
     })
 }
@@ -162,7 +171,11 @@ unsafe extern "C" fn destroy<E: Erased>(instance: *mut c_void) {
     }
 }
 
-unsafe extern "C" fn source_start<T: crate::plugin::Source>(instance: *mut c_void, emitter: EmitterApi, message: *mut OwnedBytes) -> Status {
+unsafe extern "C" fn source_start<T: crate::plugin::Source>(
+    instance: *mut c_void,
+    emitter: EmitterApi,
+    message: *mut OwnedBytes,
+) -> Status {
     let emitter = Emitter::from_api(emitter);
     guarded::<Source<T>>(instance, message, |s| s.0.start(emitter))
 }
@@ -250,7 +263,9 @@ unsafe extern "C" fn sink_process<T: crate::plugin::Sink>(
     output: *mut StageOutput,
     message: *mut OwnedBytes,
 ) -> Status {
-    process_with::<Sink<T>>(instance, batch, output, message, |s, input, out| s.0.write(input, &mut out.rejections))
+    process_with::<Sink<T>>(instance, batch, output, message, |s, input, out| {
+        s.0.write(input, &mut out.rejections)
+    })
 }
 
 /// Descriptor parts that need owned storage.
@@ -298,7 +313,10 @@ pub fn source<T: crate::plugin::Source>() -> DescriptorParts {
 
 /// Describes a transform for the manifest.
 pub fn transform<T: crate::plugin::Transform>() -> DescriptorParts {
-    DescriptorParts { process: Some(transform_process::<T>), ..parts::<Transform<T>>(Kind::TRANSFORM, T::NAME, T::DESCRIPTION) }
+    DescriptorParts {
+        process: Some(transform_process::<T>),
+        ..parts::<Transform<T>>(Kind::TRANSFORM, T::NAME, T::DESCRIPTION)
+    }
 }
 
 /// Describes a sink for the manifest.
@@ -322,7 +340,11 @@ impl ManifestHolder {
     /// Builds the manifest of a library.
     pub fn new(library: &'static str, version: &'static str, parts: Vec<DescriptorParts>) -> Self {
         install_panic_hook();
-        let strings = [library.to_owned(), version.to_owned(), format!("weir-plugin {}", env!("CARGO_PKG_VERSION"))];
+        let strings = [
+            library.to_owned(),
+            version.to_owned(),
+            format!("weir-plugin {}", env!("CARGO_PKG_VERSION")),
+        ];
         let descriptors: Vec<PluginDescriptor> = parts
             .iter()
             .map(|p| PluginDescriptor {
@@ -349,7 +371,12 @@ impl ManifestHolder {
             plugin_count: descriptors.len() as u32,
             plugins: descriptors.as_ptr(),
         };
-        ManifestHolder { manifest, _descriptors: descriptors, _parts: parts, _strings: strings }
+        ManifestHolder {
+            manifest,
+            _descriptors: descriptors,
+            _parts: parts,
+            _strings: strings,
+        }
     }
 
     /// The manifest; valid as long as the holder.

@@ -85,12 +85,18 @@ unsafe extern "C" fn listen(_ctx: *const c_void, address: StrRef, fd: *mut i32, 
 impl MockHost {
     /// A host whose pipeline directory is the current directory.
     pub fn new() -> Self {
-        MockHost { state: Arc::default(), base_dir: "." }
+        MockHost {
+            state: Arc::default(),
+            base_dir: ".",
+        }
     }
 
     /// A host whose pipeline directory is `dir` (relative config paths resolve there).
     pub fn with_base_dir(dir: &str) -> Self {
-        MockHost { state: Arc::default(), base_dir: Box::leak(dir.to_owned().into_boxed_str()) }
+        MockHost {
+            state: Arc::default(),
+            base_dir: Box::leak(dir.to_owned().into_boxed_str()),
+        }
     }
 
     /// A context for pipeline `test`, stage `stage`.
@@ -162,14 +168,21 @@ unsafe extern "C" fn mock_emit(ctx: *const c_void, batch: *const BatchView, ack:
     if s.full {
         return Status::FULL;
     }
-    let Ok(view) = BatchRef::from_view(&*batch) else { return Status::INVALID_ARGUMENT };
+    let Ok(view) = BatchRef::from_view(&*batch) else {
+        return Status::INVALID_ARGUMENT;
+    };
     let mut copy = BatchBuf::new();
     copy.extend_from(&view);
     let n = copy.len();
     s.batches.lock().unwrap().push(copy);
     let codes = vec![abi::outcome::ACCEPTED; n];
     let reasons = vec![StrRef::EMPTY; n];
-    let view = AckView { struct_size: std::mem::size_of::<AckView>() as u32, count: n as u32, codes: codes.as_ptr(), reasons: reasons.as_ptr() };
+    let view = AckView {
+        struct_size: std::mem::size_of::<AckView>() as u32,
+        count: n as u32,
+        codes: codes.as_ptr(),
+        reasons: reasons.as_ptr(),
+    };
     if let Some(call) = ack.call {
         call(ack.ctx, &view);
     }
@@ -180,8 +193,15 @@ unsafe extern "C" fn mock_emit(ctx: *const c_void, batch: *const BatchView, ack:
 /// made with `full`, refuses every batch with backpressure.
 pub fn mock_emitter(full: bool) -> (Emitter, Collected) {
     let batches: Collected = Arc::default();
-    let state = Box::leak(Box::new(EmitterState { batches: batches.clone(), full }));
-    let api = EmitterApi { struct_size: std::mem::size_of::<EmitterApi>() as u32, ctx: (state as *const EmitterState).cast(), emit: mock_emit };
+    let state = Box::leak(Box::new(EmitterState {
+        batches: batches.clone(),
+        full,
+    }));
+    let api = EmitterApi {
+        struct_size: std::mem::size_of::<EmitterApi>() as u32,
+        ctx: (state as *const EmitterState).cast(),
+        emit: mock_emit,
+    };
     // SAFETY: the state is leaked and so lives for the life of the process.
     (unsafe { Emitter::from_api(api) }, batches)
 }

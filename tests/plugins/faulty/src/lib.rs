@@ -22,7 +22,9 @@ impl Transform for PanicOn {
     const DESCRIPTION: &'static str = "For Weir's tests: panics on records containing a marker.";
 
     fn create(config: PanicConfig, _ctx: Context) -> Result<Self, PluginError> {
-        Ok(PanicOn { marker: config.marker.into_bytes() })
+        Ok(PanicOn {
+            marker: config.marker.into_bytes(),
+        })
     }
 
     fn process(&mut self, input: &BatchRef<'_>, out: &mut Output) -> Result<(), PluginError> {

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# All of Weir's checks, in the order CI runs them. Fails on the first problem.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "== format"; cargo fmt --all --check
+echo "== lints"; cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== build"; cargo build --workspace --quiet
+echo "== schemas"; target/debug/weir schema --check
+echo "== tests"; cargo nextest run --workspace --no-fail-fast
