@@ -155,3 +155,35 @@ fn a_panicking_transform_fails_its_batch_and_the_pipeline_goes_on() {
     assert!(logs.contains("Stage re-created after a panic."), "{logs}");
     wait_for("health", Duration::from_secs(5), || weir.get_json("/health")["status"] == "healthy");
 }
+
+#[test]
+fn a_full_pipeline_answers_503_with_retry_after_and_recovers() {
+    let pipelines = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_pipeline(
+        pipelines.path(),
+        "slow",
+        &format!(
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\", backpressure_wait_ms: 0, retry_after_secs: 2}}}}\nsinks: [{{plugin: test-slow, config: {{delay_ms: 300}}}}]\nsettings: {{queue_batches: 1, sink_queue_batches: 1}}\n"
+        ),
+    );
+    let weir = Weir::start(pipelines.path(), &[], &[]);
+    let url = format!("http://127.0.0.1:{port}/produce");
+    // One batch in the sink, one in its queue, one in the pipeline queue: the rest is refused.
+    let replies: Vec<Reply> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8).map(|i| s.spawn({ let url = url.clone(); move || post_json(&url, &format!(r#"{{"n":{i}}}"#)) })).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let busy: Vec<&Reply> = replies.iter().filter(|r| r.status == 503).collect();
+    assert!(!busy.is_empty(), "some requests were pushed back: {replies:?}");
+    assert!(busy[0].headers.to_ascii_lowercase().contains("retry-after: 2"), "{:?}", busy[0]);
+    assert!(busy[0].json()["error"].as_str().unwrap().contains("full"));
+    assert!(replies.iter().all(|r| r.status == 200 || r.status == 503), "{replies:?}");
+    assert!(weir.metric(r#"weir_stage_backpressure_total{pipeline="slow",stage="http",plugin="http"}"#).unwrap() >= busy.len() as f64);
+    // Once the sink catches up, requests are taken again.
+    wait_for("the pipeline to drain", Duration::from_secs(10), || {
+        weir.metric(r#"weir_stage_queue_depth{pipeline="slow",stage="test-slow",plugin="test-slow"}"#) == Some(0.0)
+            && weir.metric(r#"weir_stage_queue_depth{pipeline="slow",stage="http",plugin="http"}"#) == Some(0.0)
+    });
+    assert_eq!(post_json(&url, r#"{"n":99}"#).status, 200);
+}

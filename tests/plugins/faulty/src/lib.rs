@@ -1,7 +1,10 @@
 //! Fault injection for Weir's own tests: the `test-panic` transform panics on any record
-//! whose value contains the configured marker, and passes the others through.
+//! whose value contains the configured marker; the `test-slow` sink takes a fixed time
+//! per batch, so tests can fill a pipeline and see it push back.
 
-use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, Output, PluginError, Transform};
+use std::time::Duration;
+
+use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, Output, PluginError, Rejections, Sink, Transform};
 
 /// Config of `test-panic`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -38,4 +41,32 @@ impl Transform for PanicOn {
     }
 }
 
-weir_plugin::export_plugins!(transform PanicOn);
+/// Config of `test-slow`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlowConfig {
+    /// Milliseconds each batch takes.
+    pub delay_ms: u64,
+}
+
+/// The `test-slow` sink: delivers nowhere, slowly.
+pub struct Slow {
+    delay: Duration,
+}
+
+impl Sink for Slow {
+    type Config = SlowConfig;
+    const NAME: &'static str = "test-slow";
+    const DESCRIPTION: &'static str = "For Weir's tests: a sink that takes a fixed time per batch.";
+
+    fn create(config: SlowConfig, _ctx: Context) -> Result<Self, PluginError> {
+        Ok(Slow { delay: Duration::from_millis(config.delay_ms) })
+    }
+
+    fn write(&mut self, _batch: &BatchRef<'_>, _rejections: &mut Rejections) -> Result<(), PluginError> {
+        std::thread::sleep(self.delay);
+        Ok(())
+    }
+}
+
+weir_plugin::export_plugins!(transform PanicOn, sink Slow);
