@@ -171,7 +171,14 @@ fn a_full_pipeline_answers_503_with_retry_after_and_recovers() {
     let url = format!("http://127.0.0.1:{port}/produce");
     // One batch in the sink, one in its queue, one in the pipeline queue: the rest is refused.
     let replies: Vec<Reply> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..8).map(|i| s.spawn({ let url = url.clone(); move || post_json(&url, &format!(r#"{{"n":{i}}}"#)) })).collect();
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                s.spawn({
+                    let url = url.clone();
+                    move || post_json(&url, &format!(r#"{{"n":{i}}}"#))
+                })
+            })
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let busy: Vec<&Reply> = replies.iter().filter(|r| r.status == 503).collect();
@@ -179,7 +186,11 @@ fn a_full_pipeline_answers_503_with_retry_after_and_recovers() {
     assert!(busy[0].headers.to_ascii_lowercase().contains("retry-after: 2"), "{:?}", busy[0]);
     assert!(busy[0].json()["error"].as_str().unwrap().contains("full"));
     assert!(replies.iter().all(|r| r.status == 200 || r.status == 503), "{replies:?}");
-    assert!(weir.metric(r#"weir_stage_backpressure_total{pipeline="slow",stage="http",plugin="http"}"#).unwrap() >= busy.len() as f64);
+    assert!(
+        weir.metric(r#"weir_stage_backpressure_total{pipeline="slow",stage="http",plugin="http"}"#)
+            .unwrap()
+            >= busy.len() as f64
+    );
     // Once the sink catches up, requests are taken again.
     wait_for("the pipeline to drain", Duration::from_secs(10), || {
         weir.metric(r#"weir_stage_queue_depth{pipeline="slow",stage="test-slow",plugin="test-slow"}"#) == Some(0.0)

@@ -23,7 +23,15 @@ fn main() {
     let pad = "x".repeat(200);
     for i in 0..100 {
         let v = format!(r#"{{"eventType":"page_view","userId":"user-{i}","eventId":"id-{i}","pad":"{pad}"}}"#);
-        batch.push(i, Head { extra_headers: &[("http.client_ip", b"127.0.0.1")], timestamp_ms: Some(0), ..Default::default() }, v.as_bytes());
+        batch.push(
+            i,
+            Head {
+                extra_headers: &[("http.client_ip", b"127.0.0.1")],
+                timestamp_ms: Some(0),
+                ..Default::default()
+            },
+            v.as_bytes(),
+        );
     }
     let input = batch.as_ref();
     let rounds = 200_000;
@@ -37,7 +45,10 @@ fn main() {
 
     let started = Instant::now();
     for _ in 0..rounds {
-        let mut out = Output { batch: BatchBuf::with_capacity(input.len(), input.data_len() * 3 / 2), ..Default::default() };
+        let mut out = Output {
+            batch: BatchBuf::with_capacity(input.len(), input.data_len() * 3 / 2),
+            ..Default::default()
+        };
         for (i, r) in input.iter().enumerate() {
             out.pass(i, &r);
         }

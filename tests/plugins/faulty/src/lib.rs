@@ -60,7 +60,9 @@ impl Sink for Slow {
     const DESCRIPTION: &'static str = "For Weir's tests: a sink that takes a fixed time per batch.";
 
     fn create(config: SlowConfig, _ctx: Context) -> Result<Self, PluginError> {
-        Ok(Slow { delay: Duration::from_millis(config.delay_ms) })
+        Ok(Slow {
+            delay: Duration::from_millis(config.delay_ms),
+        })
     }
 
     fn write(&mut self, _batch: &BatchRef<'_>, _rejections: &mut Rejections) -> Result<(), PluginError> {
