@@ -93,7 +93,7 @@ fn validate_lists_known_plugins_for_an_unknown_one() {
     let (ok, out) = validate("source:\n  plugin: http\nsinks:\n  - plugin: kafkaa\n", &[]);
     assert!(!ok);
     assert!(
-        out.contains("p.yaml:4:5: sinks[0].plugin: unknown plugin \"kafkaa\"; plugins found: "),
+        out.contains("p.yaml:4:5: sinks[0].plugin: unknown sink plugin \"kafkaa\"; sinks found: "),
         "{out}"
     );
     assert!(out.contains("websocket"), "{out}");

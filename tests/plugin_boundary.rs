@@ -105,7 +105,7 @@ fn an_incompatible_library_fails_only_the_pipelines_that_use_it() {
     assert_eq!(h["pipelines"]["future"], "failed");
     let pipelines = weir.get_json("/pipelines/future");
     assert!(
-        pipelines["error"].as_str().unwrap().contains("unknown plugin \"future-sink\""),
+        pipelines["error"].as_str().unwrap().contains("unknown sink plugin \"future-sink\""),
         "{pipelines}"
     );
     let logs = weir.logs();

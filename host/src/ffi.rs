@@ -360,6 +360,8 @@ impl Drop for AckGuard {
 pub trait Intake: Send + Sync + 'static {
     /// Takes the batch, or refuses it with `FULL` or `CLOSED` and returns the guard.
     fn offer(&self, batch: BatchBuf, ack: AckGuard) -> Result<(), (Status, AckGuard)>;
+    /// The source will emit no more.
+    fn finish(&self);
 }
 
 struct EmitterCtx {
@@ -387,6 +389,12 @@ unsafe extern "C" fn cb_emit(ctx: *const c_void, batch: *const BatchView, ack: A
     }
 }
 
+unsafe extern "C" fn cb_finish(ctx: *const c_void) {
+    if !ctx.is_null() {
+        (*ctx.cast::<EmitterCtx>()).intake.finish();
+    }
+}
+
 /// Builds the emitter for a source; it lives for the life of the process.
 pub fn emitter(intake: Arc<dyn Intake>) -> EmitterApi {
     let ctx: &'static EmitterCtx = Box::leak(Box::new(EmitterCtx { intake }));
@@ -394,5 +402,6 @@ pub fn emitter(intake: Arc<dyn Intake>) -> EmitterApi {
         struct_size: std::mem::size_of::<EmitterApi>() as u32,
         ctx: (ctx as *const EmitterCtx).cast(),
         emit: cb_emit,
+        finish: cb_finish,
     }
 }

@@ -55,8 +55,8 @@ pub struct Broken {
 /// Every plugin found.
 #[derive(Debug, Default)]
 pub struct Registry {
-    /// Usable plugins by name.
-    pub plugins: BTreeMap<String, Plugin>,
+    /// Usable plugins by name and kind (a source and a sink may share a name).
+    pub plugins: BTreeMap<(String, u32), Plugin>,
     /// Usable libraries.
     pub libraries: Vec<Arc<LibraryInfo>>,
     /// Files that could not be used.
@@ -161,9 +161,10 @@ impl Registry {
             if !complete {
                 return Err(format!("plugin {name}: kind {} lacks the functions it needs", d.kind.0));
             }
-            if let Some(prev) = self.plugins.get(&name) {
+            if let Some(prev) = self.plugins.get(&(name.clone(), d.kind.0)) {
                 return Err(format!(
-                    "plugin {name} is also exported by {}; remove one of the two libraries",
+                    "{} plugin {name} is also exported by {}; remove one of the two libraries",
+                    d.kind.name(),
                     prev.library.path.display()
                 ));
             }
@@ -177,23 +178,36 @@ impl Registry {
             });
         }
         for p in found {
-            self.plugins.insert(p.name.clone(), p);
+            self.plugins.insert((p.name.clone(), p.kind.0), p);
         }
         self.libraries.push(info);
         Ok(())
     }
 
-    /// The plugin called `name`, or an error listing those found.
-    pub fn get(&self, name: &str) -> Result<&Plugin, HostError> {
-        self.plugins.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.plugins.keys().map(String::as_str).collect();
-            let known = if known.is_empty() {
-                "none; check --plugins".to_owned()
-            } else {
-                known.join(", ")
-            };
-            HostError::Plugin(format!("unknown plugin {name:?}; plugins found: {known}"))
-        })
+    /// The plugin of `kind` called `name`, or an error that says what was found instead.
+    pub fn get(&self, name: &str, kind: Kind) -> Result<&Plugin, HostError> {
+        if let Some(p) = self.plugins.get(&(name.to_owned(), kind.0)) {
+            return Ok(p);
+        }
+        if let Some(other) = self.plugins.values().find(|p| p.name == name) {
+            return Err(HostError::Plugin(format!(
+                "plugin {name:?} is a {}, but this position needs a {}",
+                other.kind.name(),
+                kind.name()
+            )));
+        }
+        let mut known: Vec<&str> = self.plugins.values().filter(|p| p.kind == kind).map(|p| p.name.as_str()).collect();
+        known.dedup();
+        let known = if known.is_empty() {
+            "none; check --plugins".to_owned()
+        } else {
+            known.join(", ")
+        };
+        Err(HostError::Plugin(format!(
+            "unknown {} plugin {name:?}; {}s found: {known}",
+            kind.name(),
+            kind.name()
+        )))
     }
 }
 

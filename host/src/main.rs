@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use weir::config::{pipeline_files, HostConfig, PipelineFile, PipelineSpec};
 use weir::host::Host;
 use weir::loader::Registry;
-use weir::pipeline;
+use weir::pipeline::{self, State};
 
 /// Weir runs event pipelines declared in YAML: a source, transforms and sinks, each a
 /// plugin loaded from a dynamic library.
@@ -40,6 +40,10 @@ enum Command {
         /// Log filter, RUST_LOG syntax (default: info).
         #[arg(long)]
         log: Option<String>,
+        /// Exit once every pipeline has finished (sources that end, such as `file`);
+        /// exit status 1 when a pipeline failed.
+        #[arg(long)]
+        once: bool,
     },
     /// Check pipeline files against the plugins' schemas, with no I/O; exit 1 on any error.
     Validate {
@@ -69,7 +73,7 @@ fn main() -> ExitCode {
     if !cli.plugins.is_empty() {
         overrides.insert("plugins".into(), serde_json::json!(cli.plugins));
     }
-    if let Command::Run { pipelines, admin, log } = &cli.command {
+    if let Command::Run { pipelines, admin, log, .. } = &cli.command {
         for (key, value) in [
             ("pipelines", pipelines.as_ref().map(|p| p.to_string_lossy().into_owned())),
             ("admin", admin.clone()),
@@ -88,7 +92,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run { .. } => run(config),
+        Command::Run { once, .. } => run(config, once),
         Command::Validate { paths } => validate(&config, paths),
         Command::Plugins { json } => plugins(&config, json),
         Command::Schema { out, check } => schema(&config, &out, check),
@@ -112,7 +116,7 @@ fn init_logs(filter: &str) {
         .init();
 }
 
-fn run(config: HostConfig) -> anyhow::Result<ExitCode> {
+fn run(config: HostConfig, once: bool) -> anyhow::Result<ExitCode> {
     init_logs(&config.log);
     let registry = Registry::discover(&config.plugin_dirs());
     tracing::info!(
@@ -142,7 +146,24 @@ fn run(config: HostConfig) -> anyhow::Result<ExitCode> {
                 tracing::error!(error = %e, "Admin API stopped.");
             }
         });
-        shutdown_signal().await;
+        if once {
+            let h = host.clone();
+            let all_done = async move {
+                while h
+                    .pipelines()
+                    .iter()
+                    .any(|p| matches!(p.state().0, State::Running | State::Stopping))
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = all_done => tracing::info!("Every pipeline finished."),
+            }
+        } else {
+            shutdown_signal().await;
+        }
         anyhow::Ok(())
     })?;
     tracing::info!("Shutting down; draining pipelines.");
@@ -150,7 +171,8 @@ fn run(config: HostConfig) -> anyhow::Result<ExitCode> {
     let h = host.clone();
     runtime.block_on(async move { tokio::task::spawn_blocking(move || h.shutdown(drain)).await })?;
     tracing::info!("Stopped.");
-    Ok(ExitCode::SUCCESS)
+    let failed = host.pipelines().iter().any(|p| p.state().0 == State::Failed);
+    Ok(if once && failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 async fn shutdown_signal() {
@@ -256,7 +278,10 @@ fn schema(config: &HostConfig, out: &Path, check: bool) -> anyhow::Result<ExitCo
         (out.join("weir.schema.json"), pretty(&schemars::schema_for!(HostConfig))?),
     ];
     for p in registry.plugins.values() {
-        files.push((out.join("plugins").join(format!("{}.schema.json", p.name)), pretty(&p.schema)?));
+        files.push((
+            out.join("plugins").join(format!("{}-{}.schema.json", p.kind.name(), p.name)),
+            pretty(&p.schema)?,
+        ));
     }
     let mut drifted = Vec::new();
     for (path, text) in &files {

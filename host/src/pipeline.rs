@@ -27,32 +27,14 @@ use crate::metrics::{Metrics, StageMetrics};
 pub fn check(file: &PipelineFile, registry: &Registry) -> Vec<HostError> {
     let mut errors = Vec::new();
     for (pointer, stage) in file.stages() {
-        let wanted = if pointer == "/source" {
-            Kind::SOURCE
-        } else if pointer.starts_with("/transforms") {
-            Kind::TRANSFORM
-        } else {
-            Kind::SINK
-        };
-        let plugin = match registry.get(&stage.plugin) {
+        let wanted = kind_at(&pointer);
+        let plugin = match registry.get(&stage.plugin, wanted) {
             Ok(p) => p,
             Err(e) => {
                 errors.push(file.error_at(&format!("{pointer}/plugin"), e.to_string()));
                 continue;
             }
         };
-        if plugin.kind != wanted {
-            errors.push(file.error_at(
-                &format!("{pointer}/plugin"),
-                format!(
-                    "plugin {:?} is a {}, but this position needs a {}",
-                    plugin.name,
-                    plugin.kind.name(),
-                    wanted.name()
-                ),
-            ));
-            continue;
-        }
         let config_ptr = format!("{pointer}/config");
         match jsonschema::draft202012::new(&plugin.schema) {
             Err(e) => errors.push(file.error_at(
@@ -90,6 +72,17 @@ pub fn check(file: &PipelineFile, registry: &Registry) -> Vec<HostError> {
         }
     }
     errors
+}
+
+/// The kind of plugin a position in the pipeline file needs.
+fn kind_at(pointer: &str) -> Kind {
+    if pointer == "/source" {
+        Kind::SOURCE
+    } else if pointer.starts_with("/transforms") {
+        Kind::TRANSFORM
+    } else {
+        Kind::SINK
+    }
 }
 
 fn quote_list(items: &[String]) -> String {
@@ -142,6 +135,8 @@ pub enum State {
     Stopping,
     /// Stopped.
     Stopped,
+    /// Its source emitted everything and every record was handled.
+    Finished,
     /// Could not be built or started.
     Failed,
 }
@@ -153,6 +148,7 @@ impl State {
             State::Running => "running",
             State::Stopping => "stopping",
             State::Stopped => "stopped",
+            State::Finished => "finished",
             State::Failed => "failed",
         }
     }
@@ -257,6 +253,7 @@ struct Envelope {
 struct QueueIntake {
     tx: Mutex<Option<SyncSender<Envelope>>>,
     metrics: Arc<StageMetrics>,
+    finished: AtomicBool,
 }
 
 impl Intake for QueueIntake {
@@ -279,6 +276,11 @@ impl Intake for QueueIntake {
             }
             Err(TrySendError::Disconnected(env)) => Err((Status::CLOSED, env.ack)),
         }
+    }
+
+    fn finish(&self) {
+        self.finished.store(true, Relaxed);
+        self.close();
     }
 }
 
@@ -352,7 +354,7 @@ impl Pipeline {
         let mut infos = Vec::new();
         let mut built: Vec<(String, Stage)> = Vec::new();
         for (pointer, spec) in file.stages() {
-            let plugin = registry.get(&spec.plugin)?.clone();
+            let plugin = registry.get(&spec.plugin, kind_at(&pointer))?.clone();
             let name = spec.name.clone().unwrap_or_else(|| spec.plugin.clone());
             let m = metrics.stage(&file.name, &name, &plugin.name);
             let host = ffi::host_api(&file.name, &name, &plugin.name, &base_dir.to_string_lossy(), m.clone());
@@ -419,6 +421,7 @@ impl Pipeline {
         let intake = Arc::new(QueueIntake {
             tx: Mutex::new(Some(tx)),
             metrics: source.metrics.clone(),
+            finished: AtomicBool::new(false),
         });
         let ack_mode = settings.acknowledge;
         let name = file.name.clone();
@@ -461,15 +464,29 @@ impl Pipeline {
 
     /// The pipeline's state.
     pub fn state(&self) -> (State, Option<String>) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.0 == State::Running && self.intake.as_ref().is_some_and(|i| i.finished.load(Relaxed)) {
+            let done = self
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .all(|t| t.is_finished());
+            if done {
+                st.0 = State::Finished;
+                tracing::info!(pipeline = %self.name, "Pipeline finished: its source has no more records and every record was handled.");
+            }
+        }
+        st.clone()
     }
 
     /// Stops the source, drains what is in flight into the sinks and stops them. After
     /// `timeout`, sinks still retrying give up and their records are acknowledged as failed.
     pub fn stop(&self, timeout: Duration, metrics: &Metrics) {
         {
+            let current = self.state().0;
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if st.0 != State::Running {
+            if !matches!(current, State::Running | State::Finished) {
                 return;
             }
             st.0 = State::Stopping;
@@ -495,12 +512,17 @@ impl Pipeline {
         for t in threads {
             let _ = t.join();
         }
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).0 = State::Stopped;
+        let end = if self.intake.as_ref().is_some_and(|i| i.finished.load(Relaxed)) {
+            State::Finished
+        } else {
+            State::Stopped
+        };
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0 = end;
         metrics
             .pipeline_states
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(self.name.clone(), "stopped".into());
+            .insert(self.name.clone(), end.name().into());
         tracing::info!(pipeline = %self.name, "Pipeline stopped.");
     }
 

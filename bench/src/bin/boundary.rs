@@ -14,7 +14,10 @@ use weir_plugin::{BatchBuf, Head, Output};
 fn main() {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "target/release".into());
     let registry = Registry::discover(&[dir.clone().into()]);
-    let plugin = registry.get("noop").unwrap_or_else(|e| panic!("{e} (in {dir})")).clone();
+    let plugin = registry
+        .get("noop", weir_plugin::abi::Kind::TRANSFORM)
+        .unwrap_or_else(|e| panic!("{e} (in {dir})"))
+        .clone();
     let metrics = weir::metrics::Metrics::default();
     let host = weir::ffi::host_api("bench", "noop", "noop", ".", metrics.stage("bench", "noop", "noop"));
     let mut instance = weir::ffi::Instance::create(&plugin, "{}", host).expect("create noop");

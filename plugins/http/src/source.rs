@@ -367,7 +367,7 @@ mod tests {
         let config: HttpConfig = serde_json::from_str(r#"{"listen":"127.0.0.1:0"}"#).unwrap();
         let mut src = HttpSource::create(config, host.context()).unwrap();
         let addr = src.listener.as_ref().unwrap().local_addr().unwrap();
-        let (emitter, batches) = weir_plugin::mock::mock_emitter(false);
+        let (emitter, emitted) = weir_plugin::mock::mock_emitter(false);
         src.start(emitter).unwrap();
         let body = r#"[{"eventType":"a","userId":"u1"},{"eventType":"b","userId":"u2"}]"#;
         let request = format!(
@@ -381,7 +381,7 @@ mod tests {
         s.read_to_string(&mut response).unwrap();
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         assert!(response.contains(r#""count":2"#), "{response}");
-        let got = batches.lock().unwrap();
+        let got = emitted.batches.lock().unwrap();
         assert_eq!(got.len(), 1);
         let b = got[0].as_ref();
         assert_eq!(b.get(1).value, br#"{"eventType":"b","userId":"u2"}"#);

@@ -300,6 +300,9 @@ pub struct EmitterApi {
     /// Offers a batch. Never blocks: returns `OK`, `FULL` (backpressure) or `CLOSED`.
     /// The batch is copied before it returns.
     pub emit: unsafe extern "C" fn(ctx: *const c_void, batch: *const BatchView, ack: AckCallback) -> Status,
+    /// Says the source has emitted everything it ever will (for example a file replayed to
+    /// its end). The host drains the pipeline and stops it; later emits get `CLOSED`.
+    pub finish: unsafe extern "C" fn(ctx: *const c_void),
 }
 
 /// Log levels for [`HostApi::log`].

@@ -268,6 +268,13 @@ impl Emitter {
         })
     }
 
+    /// Says the source has emitted everything it ever will: the host drains the pipeline
+    /// and stops it (with `weir run --once`, the host exits once every pipeline finished).
+    pub fn finish(&self) {
+        // SAFETY: per ABI.md.
+        unsafe { (self.api.finish)(self.api.ctx) }
+    }
+
     /// Offers a batch and waits for its acknowledgement.
     pub async fn send(&self, batch: &BatchRef<'_>) -> Result<Ack, EmitError> {
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -161,6 +161,12 @@ type Collected = Arc<Mutex<Vec<BatchBuf>>>;
 struct EmitterState {
     batches: Collected,
     full: bool,
+    finished: Arc<std::sync::atomic::AtomicBool>,
+}
+
+unsafe extern "C" fn mock_finish(ctx: *const c_void) {
+    let s = &*ctx.cast::<EmitterState>();
+    s.finished.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
 unsafe extern "C" fn mock_emit(ctx: *const c_void, batch: *const BatchView, ack: AckCallback) -> Status {
@@ -189,19 +195,46 @@ unsafe extern "C" fn mock_emit(ctx: *const c_void, batch: *const BatchView, ack:
     Status::OK
 }
 
+/// What a [`mock_emitter`] saw.
+#[derive(Clone, Default)]
+pub struct Emitted {
+    /// Every batch emitted, in order.
+    pub batches: Collected,
+    /// Whether the source said it finished.
+    pub finished: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Emitted {
+    /// The values of every record emitted so far, in order.
+    pub fn values(&self) -> Vec<Vec<u8>> {
+        let batches = self.batches.lock().unwrap();
+        batches
+            .iter()
+            .flat_map(|b| b.as_ref().iter().map(|r| r.value.to_vec()).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Whether the source called `finish`.
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// An emitter that keeps every batch and acknowledges it at once as accepted, or, when
 /// made with `full`, refuses every batch with backpressure.
-pub fn mock_emitter(full: bool) -> (Emitter, Collected) {
-    let batches: Collected = Arc::default();
+pub fn mock_emitter(full: bool) -> (Emitter, Emitted) {
+    let emitted = Emitted::default();
     let state = Box::leak(Box::new(EmitterState {
-        batches: batches.clone(),
+        batches: emitted.batches.clone(),
         full,
+        finished: emitted.finished.clone(),
     }));
     let api = EmitterApi {
         struct_size: std::mem::size_of::<EmitterApi>() as u32,
         ctx: (state as *const EmitterState).cast(),
         emit: mock_emit,
+        finish: mock_finish,
     };
     // SAFETY: the state is leaked and so lives for the life of the process.
-    (unsafe { Emitter::from_api(api) }, batches)
+    (unsafe { Emitter::from_api(api) }, emitted)
 }
