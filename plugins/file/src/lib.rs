@@ -1,4 +1,9 @@
-//! The `file` sink: writes each record's value as one JSON line to a file or stdout.
+//! The `file` sink writes each record's value as one JSON line to a file or stdout; the
+//! `file` source replays a JSON array or JSON-lines file, then finishes.
+
+mod source;
+
+pub use source::{FileSource, FileSourceConfig};
 
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
@@ -121,7 +126,7 @@ impl Sink for FileSink {
     }
 }
 
-weir_plugin::export_plugins!(sink FileSink);
+weir_plugin::export_plugins!(source FileSource, sink FileSink);
 
 #[cfg(test)]
 mod tests {
