@@ -1,0 +1,352 @@
+//! The `kafka` source: a consumer group member that hands batches to the pipeline and
+//! commits a partition's offset only once the pipeline acknowledged every record before
+//! it. Under backpressure it pauses its partitions; on a rebalance it waits (bounded) for
+//! the revoked partitions' records in flight and commits what they reached.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use weir_plugin::{BatchBuf, Context, EmitError, Emitter, Head, Outcome, PluginError, Source};
+
+use crate::config::{describe, start_at_ms, SourceConfig};
+use crate::offsets::{Tp, Tracker};
+
+/// How long a rebalance or a stop waits for records in flight.
+const DRAIN_WAIT: Duration = Duration::from_secs(10);
+
+/// Callbacks librdkafka makes on the consumer thread.
+pub struct GroupContext {
+    tracker: Arc<Tracker>,
+    paused: Arc<AtomicBool>,
+    start_at: Option<i64>,
+    ctx: Context,
+}
+
+impl ClientContext for GroupContext {}
+
+fn tps(list: &TopicPartitionList) -> Vec<Tp> {
+    list.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect()
+}
+
+fn commit_list(ready: &[(Tp, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in ready {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    tpl
+}
+
+impl GroupContext {
+    /// For partitions the group has no offset for, seek to `start_at`.
+    fn seek_to_start(&self, consumer: &BaseConsumer<Self>, assigned: &TopicPartitionList) {
+        let Some(ts) = self.start_at else { return };
+        let Ok(committed) = consumer.committed_offsets(assigned.clone(), DRAIN_WAIT) else {
+            return;
+        };
+        let mut wanted = TopicPartitionList::new();
+        for e in committed.elements() {
+            if matches!(e.offset(), Offset::Invalid) {
+                let _ = wanted.add_partition_offset(e.topic(), e.partition(), Offset::Offset(ts));
+            }
+        }
+        if wanted.count() == 0 {
+            return;
+        }
+        match consumer.offsets_for_times(wanted, DRAIN_WAIT) {
+            Ok(found) => {
+                for e in found.elements() {
+                    let _ = consumer.seek(e.topic(), e.partition(), e.offset(), DRAIN_WAIT);
+                }
+            }
+            Err(e) => self.ctx.warn(&format!("cannot look up offsets for start_at: {e}")),
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let revoked = tps(list);
+            if !self.tracker.wait_idle(&revoked, DRAIN_WAIT) {
+                self.ctx
+                    .warn("Partitions revoked with records still in flight; they will be delivered again by their next owner.");
+            }
+            let ready: Vec<(Tp, i64)> = self.tracker.take_ready();
+            if !ready.is_empty() {
+                if let Err(e) = consumer.commit(&commit_list(&ready), CommitMode::Sync) {
+                    self.ctx.warn(&format!("commit before revocation failed: {e}"));
+                }
+            }
+            for tp in &revoked {
+                self.tracker.revoke(tp);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            for tp in tps(list) {
+                self.tracker.assign(tp);
+            }
+            self.seek_to_start(consumer, list);
+            if self.paused.load(Relaxed) {
+                let _ = consumer.pause(list);
+            }
+            self.ctx.info(&format!("Assigned {} partition(s).", list.count()));
+        }
+    }
+}
+
+/// The `kafka` source.
+pub struct KafkaSource {
+    config: SourceConfig,
+    ctx: Context,
+    consumer: Option<BaseConsumer<GroupContext>>,
+    tracker: Arc<Tracker>,
+    paused: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    worker: Option<JoinHandle<()>>,
+}
+
+/// Where each record of a batch came from.
+type Origins = Vec<(Tp, u64, i64)>;
+
+struct Loop {
+    consumer: BaseConsumer<GroupContext>,
+    emitter: Emitter,
+    ctx: Context,
+    tracker: Arc<Tracker>,
+    paused: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    batch_size: usize,
+    batch_wait: Duration,
+}
+
+impl Loop {
+    fn commit_ready(&self, mode: CommitMode) {
+        let ready = self.tracker.take_ready();
+        if !ready.is_empty() {
+            if let Err(e) = self.consumer.commit(&commit_list(&ready), mode) {
+                self.ctx.warn(&format!("offset commit failed: {e}"));
+            }
+        }
+    }
+
+    /// Polls up to `batch_size` messages or until `batch_wait` passes.
+    fn fill(&self) -> Option<(BatchBuf, Origins)> {
+        let mut batch = BatchBuf::new();
+        let mut origins = Origins::new();
+        let deadline = Instant::now() + self.batch_wait;
+        while batch.len() < self.batch_size && !self.stop.load(Relaxed) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() && !batch.is_empty() {
+                break;
+            }
+            match self.consumer.poll(left.max(Duration::from_millis(1))) {
+                Some(Ok(m)) => {
+                    let tp: Tp = (m.topic().to_owned(), m.partition());
+                    let offset = m.offset();
+                    let (p, o) = (m.partition().to_string(), offset.to_string());
+                    let mut extra: Vec<(&str, &[u8])> = vec![
+                        ("kafka.topic", m.topic().as_bytes()),
+                        ("kafka.partition", p.as_bytes()),
+                        ("kafka.offset", o.as_bytes()),
+                    ];
+                    if let Some(h) = m.headers() {
+                        for header in h.iter() {
+                            extra.push((header.key, header.value.unwrap_or_default()));
+                        }
+                    }
+                    let head = Head {
+                        key: m.key(),
+                        headers_raw: &[],
+                        extra_headers: &extra,
+                        timestamp_ms: m.timestamp().to_millis(),
+                    };
+                    batch.push(batch.len() as u32, head, m.payload().unwrap_or_default());
+                    let epoch = self.tracker.track(&tp, offset);
+                    origins.push((tp, epoch, offset));
+                }
+                Some(Err(e)) => {
+                    self.ctx.warn(&format!("Kafka consumer: {e}"));
+                    if batch.is_empty() {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    break;
+                }
+                None => {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                }
+            }
+        }
+        (!batch.is_empty()).then_some((batch, origins))
+    }
+
+    fn offer(&self, batch: &BatchBuf, origins: &Origins) -> Result<(), EmitError> {
+        let (tracker, ctx, origins) = (self.tracker.clone(), self.ctx, origins.clone());
+        self.emitter.emit(&batch.as_ref(), move |ack| {
+            for (i, o) in ack.outcomes.iter().enumerate() {
+                let ((topic, partition), epoch, offset) = &origins[i];
+                let tp = (topic.clone(), *partition);
+                match o {
+                    Outcome::Failed(reason) => {
+                        ctx.warn(&format!(
+                            "Record {topic}/{partition}@{offset} failed; its offset is not committed: {reason}"
+                        ));
+                        tracker.done(&tp, *epoch, *offset, false);
+                    }
+                    Outcome::Rejected(reason) => {
+                        ctx.warn(&format!("Record {topic}/{partition}@{offset} rejected: {reason}"));
+                        tracker.done(&tp, *epoch, *offset, true);
+                    }
+                    _ => tracker.done(&tp, *epoch, *offset, true),
+                }
+            }
+        })
+    }
+
+    fn set_paused(&self, pause: bool) {
+        if self.paused.swap(pause, Relaxed) == pause {
+            return;
+        }
+        if let Ok(assignment) = self.consumer.assignment() {
+            let r = if pause {
+                self.consumer.pause(&assignment)
+            } else {
+                self.consumer.resume(&assignment)
+            };
+            if let Err(e) = r {
+                self.ctx
+                    .warn(&format!("cannot {} partitions: {e}", if pause { "pause" } else { "resume" }));
+            }
+        }
+    }
+
+    fn run(self) {
+        let mut held: Option<(BatchBuf, Origins)> = None;
+        let mut pause = Duration::from_millis(1);
+        while !self.stop.load(Relaxed) {
+            self.commit_ready(CommitMode::Async);
+            if held.is_none() {
+                held = self.fill();
+            }
+            let Some((batch, origins)) = &held else { continue };
+            match self.offer(batch, origins) {
+                Ok(()) => {
+                    held = None;
+                    pause = Duration::from_millis(1);
+                    self.set_paused(false);
+                }
+                Err(EmitError::Full) => {
+                    self.set_paused(true);
+                    // Serve the group (heartbeats, rebalances) while paused.
+                    if let Some(Ok(m)) = self.consumer.poll(pause) {
+                        // Not taken: rewind so it is read again after resuming.
+                        let (topic, partition, offset) = (m.topic().to_owned(), m.partition(), m.offset());
+                        drop(m);
+                        if let Err(e) = self.consumer.seek(&topic, partition, Offset::Offset(offset), DRAIN_WAIT) {
+                            self.ctx.warn(&format!("cannot rewind {topic}/{partition} to {offset}: {e}"));
+                        }
+                    }
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    self.ctx.warn(&format!("The pipeline stopped taking records: {e}"));
+                    break;
+                }
+            }
+        }
+        // Commit what the pipeline finished; records still in flight are read again later.
+        let deadline = Instant::now() + DRAIN_WAIT;
+        while self.tracker.in_flight() > 0 && Instant::now() < deadline {
+            self.commit_ready(CommitMode::Async);
+            let _ = self.consumer.poll(Duration::from_millis(20));
+        }
+        self.commit_ready(CommitMode::Sync);
+        self.consumer.unsubscribe();
+    }
+}
+
+impl Source for KafkaSource {
+    type Config = SourceConfig;
+    const NAME: &'static str = "kafka";
+    const DESCRIPTION: &'static str = "Consumes Kafka topics in a group; commits offsets only after every sink has the records.";
+
+    fn validate(config: &SourceConfig) -> Result<(), PluginError> {
+        config.check()
+    }
+
+    fn create(config: SourceConfig, ctx: Context) -> Result<Self, PluginError> {
+        let tracker = Arc::new(Tracker::default());
+        let paused = Arc::new(AtomicBool::new(false));
+        let start_at = config.start_at.as_deref().map(start_at_ms).transpose()?;
+        let client = config.client();
+        ctx.log(
+            weir_plugin::Level::Debug,
+            &format!("Kafka consumer settings: {}", describe(&client)),
+        );
+        let group = GroupContext {
+            tracker: tracker.clone(),
+            paused: paused.clone(),
+            start_at,
+            ctx,
+        };
+        let consumer: BaseConsumer<GroupContext> = client
+            .create_with_context(group)
+            .map_err(|e| PluginError::config(format!("cannot create the Kafka consumer: {e}")))?;
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| PluginError::config(format!("cannot subscribe to {topics:?}: {e}")))?;
+        Ok(KafkaSource {
+            config,
+            ctx,
+            consumer: Some(consumer),
+            tracker,
+            paused,
+            stop: Arc::default(),
+            worker: None,
+        })
+    }
+
+    fn start(&mut self, emitter: Emitter) -> Result<(), PluginError> {
+        let consumer = self
+            .consumer
+            .take()
+            .ok_or_else(|| PluginError::fatal("the source was already started"))?;
+        let l = Loop {
+            consumer,
+            emitter,
+            ctx: self.ctx,
+            tracker: self.tracker.clone(),
+            paused: self.paused.clone(),
+            stop: self.stop.clone(),
+            batch_size: self.config.batch_size.get(),
+            batch_wait: Duration::from_millis(self.config.batch_wait_ms),
+        };
+        self.ctx
+            .info(&format!("Consuming {:?} as group {}.", self.config.topics, self.config.group_id));
+        self.worker = Some(
+            std::thread::Builder::new()
+                .name("weir-kafka-source".into())
+                .spawn(move || l.run())
+                .map_err(|e| PluginError::fatal(e.to_string()))?,
+        );
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<(), PluginError> {
+        self.stop.store(true, Relaxed);
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+        Ok(())
+    }
+}
