@@ -46,13 +46,7 @@ fn http_source_answers_each_kind_of_bad_request() {
         r#"[{"eventType":"a","userId":"u"},{"eventType":"a","userId":"u"},{"eventType":"a","userId":"u"},{"eventType":"a","userId":"u"}]"#,
     );
     assert_eq!(r.status, 413, "{r:?}");
-    assert!(
-        r.json()["error"]
-            .as_str()
-            .unwrap()
-            .contains("holds 4 events; the most one request may carry is 3"),
-        "{r:?}"
-    );
+    assert!(r.json()["error"].as_str().unwrap().contains("holds 4 events; the most one request may carry is 3"), "{r:?}");
 
     let r = post_json(&url, r#"{"eventType":"a","userId":42}"#);
     assert_eq!(r.status, 400, "{r:?}");
@@ -82,20 +76,14 @@ fn validate(yaml: &str, envs: &[(&str, &str)]) -> (bool, String) {
 fn validate_reports_yaml_syntax_errors_with_line_and_column() {
     let (ok, out) = validate("source:\n  plugin: http\n  config: {listen: [1,\nsinks: []\n", &[]);
     assert!(!ok);
-    assert!(
-        out.contains("error: p.yaml:5:1: did not find expected ',' or ']', while parsing a flow sequence"),
-        "{out}"
-    );
+    assert!(out.contains("error: p.yaml:5:1: did not find expected ',' or ']', while parsing a flow sequence"), "{out}");
 }
 
 #[test]
 fn validate_lists_known_plugins_for_an_unknown_one() {
     let (ok, out) = validate("source:\n  plugin: http\nsinks:\n  - plugin: kafkaa\n", &[]);
     assert!(!ok);
-    assert!(
-        out.contains("p.yaml:4:5: sinks[0].plugin: unknown sink plugin \"kafkaa\"; sinks found: "),
-        "{out}"
-    );
+    assert!(out.contains("p.yaml:4:5: sinks[0].plugin: unknown sink plugin \"kafkaa\"; sinks found: "), "{out}");
     assert!(out.contains("websocket"), "{out}");
 }
 
@@ -106,10 +94,7 @@ fn validate_names_an_unknown_config_field_and_its_position() {
         &[],
     );
     assert!(!ok);
-    assert!(
-        out.contains("p.yaml:5:5: source.config.max_event: unknown field `max_event`; http accepts: "),
-        "{out}"
-    );
+    assert!(out.contains("p.yaml:5:5: source.config.max_event: unknown field `max_event`; http accepts: "), "{out}");
     assert!(out.contains("`max_events`"), "{out}");
 }
 

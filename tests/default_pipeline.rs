@@ -37,12 +37,8 @@ async fn neo_events_reach_websocket_clients_and_are_counted() {
     ];
     let mut weir = tokio::task::block_in_place(|| Weir::start(&repo().join("pipelines"), &[], &envs));
 
-    let (mut all, _) = tokio_tungstenite::connect_async(format!("ws://{ws_listen}/"))
-        .await
-        .expect("connect");
-    let (mut likes, _) = tokio_tungstenite::connect_async(format!("ws://{ws_listen}/?types=like_clicked"))
-        .await
-        .expect("connect filtered");
+    let (mut all, _) = tokio_tungstenite::connect_async(format!("ws://{ws_listen}/")).await.expect("connect");
+    let (mut likes, _) = tokio_tungstenite::connect_async(format!("ws://{ws_listen}/?types=like_clicked")).await.expect("connect filtered");
     let health_url = weir.url("/health");
     tokio::task::block_in_place(|| {
         wait_for("two WebSocket clients in /health", Duration::from_secs(10), || {
@@ -59,20 +55,14 @@ async fn neo_events_reach_websocket_clients_and_are_counted() {
         )
     });
     assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(
-        reply.json(),
-        serde_json::json!({"success": true, "eventType": "like_clicked", "timestamp": "2024-01-01T12:00:00.000Z"})
-    );
+    assert_eq!(reply.json(), serde_json::json!({"success": true, "eventType": "like_clicked", "timestamp": "2024-01-01T12:00:00.000Z"}));
 
     let first = next_json(&mut all).await;
     assert_eq!(first["eventType"], "like_clicked");
     assert_eq!(first["userId"], "user-123");
     assert_eq!(first["screen"], "main_post");
     assert_eq!(first["clientIp"], "127.0.0.1");
-    assert!(
-        first["eventId"].as_str().is_some_and(|id| id.len() == 36),
-        "enrich generated an id: {first}"
-    );
+    assert!(first["eventId"].as_str().is_some_and(|id| id.len() == 36), "enrich generated an id: {first}");
     assert!(first["receivedAt"].as_str().is_some_and(|t| t.ends_with('Z')), "{first}");
     assert_eq!(next_json(&mut likes).await["userId"], "user-123");
 
@@ -99,36 +89,17 @@ async fn neo_events_reach_websocket_clients_and_are_counted() {
     tokio::task::block_in_place(|| {
         let pipelines = weir.get_json("/pipelines");
         let stages = pipelines[0]["stages"].as_array().unwrap().clone();
-        let stage = |name: &str| {
-            stages
-                .iter()
-                .find(|s| s["name"] == name)
-                .unwrap_or_else(|| panic!("stage {name} in {pipelines}"))
-                .clone()
-        };
+        let stage = |name: &str| stages.iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("stage {name} in {pipelines}")).clone();
         assert_eq!(pipelines[0]["state"], "running");
         assert_eq!(stage("http")["records_out"], 5);
         assert_eq!(stage("validate")["rejected"], 1);
         assert_eq!(stage("dedupe")["dropped"], 1);
         assert_eq!(stage("websocket")["records_out"], 3);
         assert_eq!(stage("websocket")["metrics"]["connected_clients"], 2.0);
-        assert_eq!(
-            weir.metric(r#"weir_stage_records_out_total{pipeline="default",stage="file",plugin="file"}"#),
-            Some(3.0)
-        );
-        assert_eq!(
-            weir.metric(r#"weir_stage_records_rejected_total{pipeline="default",stage="validate",plugin="validate"}"#),
-            Some(1.0)
-        );
-        assert_eq!(
-            weir.metric(r#"weir_plugin_connected_clients{pipeline="default",stage="websocket",plugin="websocket"}"#),
-            Some(2.0)
-        );
-        assert!(
-            weir.metric(r#"weir_stage_latency_seconds_count{pipeline="default",stage="enrich",plugin="enrich"}"#)
-                .unwrap()
-                >= 2.0
-        );
+        assert_eq!(weir.metric(r#"weir_stage_records_out_total{pipeline="default",stage="file",plugin="file"}"#), Some(3.0));
+        assert_eq!(weir.metric(r#"weir_stage_records_rejected_total{pipeline="default",stage="validate",plugin="validate"}"#), Some(1.0));
+        assert_eq!(weir.metric(r#"weir_plugin_connected_clients{pipeline="default",stage="websocket",plugin="websocket"}"#), Some(2.0));
+        assert!(weir.metric(r#"weir_stage_latency_seconds_count{pipeline="default",stage="enrich",plugin="enrich"}"#).unwrap() >= 2.0);
 
         // Graceful shutdown: SIGTERM drains and exits 0; the file holds every delivered event.
         let status = weir.stop();

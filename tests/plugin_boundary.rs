@@ -14,12 +14,8 @@ fn cdylib(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
     let src = dir.join(format!("{name}.rs"));
     std::fs::write(&src, source).unwrap();
     let out = dir.join(format!("lib{name}.so"));
-    let status = Command::new("rustc")
-        .args(["--crate-type", "cdylib", "--edition", "2021", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("rustc");
+    let status =
+        Command::new("rustc").args(["--crate-type", "cdylib", "--edition", "2021", "-o"]).arg(&out).arg(&src).status().expect("rustc");
     assert!(status.success(), "rustc failed on {name}");
     out
 }
@@ -42,16 +38,7 @@ fn foreign_libraries_are_listed_with_reasons() {
     let v2 = cdylib(dir.path(), "future", ABI_V2);
     let other = cdylib(dir.path(), "other", NOT_A_PLUGIN);
     let bins = bin_dir();
-    let out = weir(
-        &[
-            "plugins",
-            "--plugins",
-            dir.path().to_str().unwrap(),
-            "--plugins",
-            bins.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let out = weir(&["plugins", "--plugins", dir.path().to_str().unwrap(), "--plugins", bins.to_str().unwrap()], &[]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     let line = |p: &Path| {
@@ -61,10 +48,7 @@ fn foreign_libraries_are_listed_with_reasons() {
             .to_owned()
     };
     let v2_line = line(&v2);
-    assert!(
-        v2_line.contains("built for plugin ABI 2.0") && v2_line.contains("this weir speaks ABI 1.0"),
-        "{v2_line}"
-    );
+    assert!(v2_line.contains("built for plugin ABI 2.0") && v2_line.contains("this weir speaks ABI 1.0"), "{v2_line}");
     assert!(v2_line.contains("upgrade weir"), "says what to do: {v2_line}");
     assert!(line(&other).contains("not a Weir plugin"), "{text}");
     assert!(text.contains("source    http"), "the good plugins are still listed:\n{text}");
@@ -91,11 +75,7 @@ fn an_incompatible_library_fails_only_the_pipelines_that_use_it() {
         ),
     );
     let bins = bin_dir();
-    let weir = Weir::start(
-        pipelines.path(),
-        &["--plugins", libs.path().to_str().unwrap(), "--plugins", bins.to_str().unwrap()],
-        &[],
-    );
+    let weir = Weir::start(pipelines.path(), &["--plugins", libs.path().to_str().unwrap(), "--plugins", bins.to_str().unwrap()], &[]);
     let reply = post_json(&format!("http://127.0.0.1:{port}/produce"), r#"{"eventType":"x","userId":"u"}"#);
     assert_eq!(reply.status, 200, "{reply:?}");
     let health = curl("GET", &weir.url("/health"), None, None);
@@ -104,15 +84,9 @@ fn an_incompatible_library_fails_only_the_pipelines_that_use_it() {
     assert_eq!(h["pipelines"]["working"], "running");
     assert_eq!(h["pipelines"]["future"], "failed");
     let pipelines = weir.get_json("/pipelines/future");
-    assert!(
-        pipelines["error"].as_str().unwrap().contains("unknown sink plugin \"future-sink\""),
-        "{pipelines}"
-    );
+    assert!(pipelines["error"].as_str().unwrap().contains("unknown sink plugin \"future-sink\""), "{pipelines}");
     let logs = weir.logs();
-    assert!(
-        logs.contains("libfuture.so was built for plugin ABI 2.0, but this weir speaks ABI 1.0"),
-        "{logs}"
-    );
+    assert!(logs.contains("libfuture.so was built for plugin ABI 2.0, but this weir speaks ABI 1.0"), "{logs}");
     assert_eq!(weir.metric("weir_plugin_load_failures_total"), Some(1.0));
 }
 
@@ -134,24 +108,15 @@ fn a_panicking_transform_fails_its_batch_and_the_pipeline_goes_on() {
     let url = format!("http://127.0.0.1:{port}/produce");
     let reply = post_json(&url, r#"{"eventType":"BOOM","userId":"u"}"#);
     assert_eq!(reply.status, 500, "{reply:?}");
-    assert!(
-        reply.json()["error"].as_str().unwrap().contains("record 0 carries the marker"),
-        "{reply:?}"
-    );
+    assert!(reply.json()["error"].as_str().unwrap().contains("record 0 carries the marker"), "{reply:?}");
     for i in 0..3 {
         let reply = post_json(&url, &format!(r#"{{"eventType":"ok","userId":"u{i}"}}"#));
         assert_eq!(reply.status, 200, "the pipeline goes on after a panic: {reply:?}");
     }
-    assert_eq!(
-        weir.metric(r#"weir_stage_errors_total{pipeline="faulty",stage="test-panic",plugin="test-panic"}"#),
-        Some(1.0)
-    );
+    assert_eq!(weir.metric(r#"weir_stage_errors_total{pipeline="faulty",stage="test-panic",plugin="test-panic"}"#), Some(1.0));
     assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 3);
     let logs = weir.logs();
-    assert!(
-        logs.contains("Transform failed; its batch is failed.") && logs.contains("panicked"),
-        "{logs}"
-    );
+    assert!(logs.contains("Transform failed; its batch is failed.") && logs.contains("panicked"), "{logs}");
     assert!(logs.contains("Stage re-created after a panic."), "{logs}");
     wait_for("health", Duration::from_secs(5), || weir.get_json("/health")["status"] == "healthy");
 }
@@ -186,11 +151,7 @@ fn a_full_pipeline_answers_503_with_retry_after_and_recovers() {
     assert!(busy[0].headers.to_ascii_lowercase().contains("retry-after: 2"), "{:?}", busy[0]);
     assert!(busy[0].json()["error"].as_str().unwrap().contains("full"));
     assert!(replies.iter().all(|r| r.status == 200 || r.status == 503), "{replies:?}");
-    assert!(
-        weir.metric(r#"weir_stage_backpressure_total{pipeline="slow",stage="http",plugin="http"}"#)
-            .unwrap()
-            >= busy.len() as f64
-    );
+    assert!(weir.metric(r#"weir_stage_backpressure_total{pipeline="slow",stage="http",plugin="http"}"#).unwrap() >= busy.len() as f64);
     // Once the sink catches up, requests are taken again.
     wait_for("the pipeline to drain", Duration::from_secs(10), || {
         weir.metric(r#"weir_stage_queue_depth{pipeline="slow",stage="test-slow",plugin="test-slow"}"#) == Some(0.0)

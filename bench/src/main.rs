@@ -51,10 +51,7 @@ struct Stats {
 
 fn parse_url(url: &str) -> (String, String) {
     let rest = url.strip_prefix("http://").expect("only http:// URLs");
-    let (host, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap_or((rest, "/".into()));
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
     (host.to_owned(), path)
 }
 
@@ -88,11 +85,7 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Re
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
             let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
+            let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
             while buf.len() < end + 4 + len {
                 let n = stream.read(&mut chunk).await?;
                 if n == 0 {
@@ -120,11 +113,9 @@ async fn connection(args: Args, conn: usize, measure_from: Instant, until: Insta
     while Instant::now() < until {
         let payload = body(conn, seq, args.batch, args.event_bytes);
         seq += 1;
-        let mut req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            payload.len()
-        )
-        .into_bytes();
+        let mut req =
+            format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", payload.len())
+                .into_bytes();
         req.extend_from_slice(&payload);
         let started = Instant::now();
         stream.write_all(&req).await.expect("send");
@@ -152,18 +143,12 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 fn main() {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build().expect("runtime");
     let total = rt.block_on(async {
         let start = Instant::now();
         let measure_from = start + Duration::from_secs_f64(args.warmup);
         let until = measure_from + Duration::from_secs_f64(args.seconds);
-        let tasks: Vec<_> = (0..args.connections)
-            .map(|c| tokio::spawn(connection(args.clone(), c, measure_from, until)))
-            .collect();
+        let tasks: Vec<_> = (0..args.connections).map(|c| tokio::spawn(connection(args.clone(), c, measure_from, until))).collect();
         let mut total = Stats::default();
         for t in tasks {
             let s = t.await.expect("connection task");
@@ -208,9 +193,6 @@ mod tests {
 
     #[test]
     fn urls_split_into_host_and_path() {
-        assert_eq!(
-            parse_url("http://127.0.0.1:3001/produce"),
-            ("127.0.0.1:3001".into(), "/produce".into())
-        );
+        assert_eq!(parse_url("http://127.0.0.1:3001/produce"), ("127.0.0.1:3001".into(), "/produce".into()));
     }
 }

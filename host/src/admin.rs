@@ -35,14 +35,7 @@ async fn health(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
         "pipelines": states,
         "connected_clients": clients as u64,
     });
-    (
-        if all_running {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        Json(body),
-    )
+    (if all_running { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
 }
 
 async fn pipelines(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
@@ -52,16 +45,10 @@ async fn pipelines(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
 async fn pipeline(AxState(host): AxState<Arc<Host>>, axum::extract::Path(name): axum::extract::Path<String>) -> impl IntoResponse {
     match host.pipelines().into_iter().find(|p| p.name == name) {
         Some(p) => (StatusCode::OK, Json(p.report())),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({ "error": format!("no pipeline called {name:?}") })),
-        ),
+        None => (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": format!("no pipeline called {name:?}") }))),
     }
 }
 
 async fn metrics(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        host.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], host.metrics.render())
 }

@@ -163,11 +163,7 @@ fn default_queue() -> NonZeroUsize {
 
 impl Default for PipelineSettings {
     fn default() -> Self {
-        PipelineSettings {
-            queue_batches: default_queue(),
-            sink_queue_batches: default_queue(),
-            acknowledge: Acknowledge::default(),
-        }
+        PipelineSettings { queue_batches: default_queue(), sink_queue_batches: default_queue(), acknowledge: Acknowledge::default() }
     }
 }
 
@@ -232,9 +228,7 @@ pub fn interpolate(text: &str, file: &Path, lookup: impl Fn(&str) -> Option<Stri
             out.push_str(&rest[..pos]);
             let after = &rest[pos + 2..];
             let Some(end) = after.find('}') else {
-                return Err(Located::new(file, "an unclosed `${` (write `$${` for a literal one)")
-                    .at(line_no + 1, pos + 1)
-                    .into());
+                return Err(Located::new(file, "an unclosed `${` (write `$${` for a literal one)").at(line_no + 1, pos + 1).into());
             };
             let expr = &after[..end];
             let (var, default) = match expr.split_once(":-") {
@@ -295,18 +289,9 @@ impl PipelineFile {
         })?;
         let name = match &spec.name {
             Some(n) => n.clone(),
-            None => path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "pipeline".into()),
+            None => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pipeline".into()),
         };
-        let file = PipelineFile {
-            path: path.to_path_buf(),
-            name,
-            spec,
-            text,
-            redactor,
-        };
+        let file = PipelineFile { path: path.to_path_buf(), name, spec, text, redactor };
         file.check_structure()?;
         Ok(file)
     }
@@ -316,19 +301,14 @@ impl PipelineFile {
             return Err(self.error_at("/sinks", "a pipeline needs at least one sink"));
         }
         if !valid_name(&self.name) {
-            return Err(self.error_at(
-                "/name",
-                format!("pipeline name {:?} may only use letters, digits, `-`, `_` and `.`", self.name),
-            ));
+            return Err(self.error_at("/name", format!("pipeline name {:?} may only use letters, digits, `-`, `_` and `.`", self.name)));
         }
         let mut seen = std::collections::HashSet::new();
         for (pointer, stage) in self.stages() {
             let name = stage.name.clone().unwrap_or_else(|| stage.plugin.clone());
             if !valid_name(&name) {
-                return Err(self.error_at(
-                    &format!("{pointer}/name"),
-                    format!("stage name {name:?} may only use letters, digits, `-`, `_` and `.`"),
-                ));
+                return Err(self
+                    .error_at(&format!("{pointer}/name"), format!("stage name {name:?} may only use letters, digits, `-`, `_` and `.`")));
             }
             if !seen.insert(name.clone()) {
                 return Err(self.error_at(&pointer, format!("two stages are called {name:?}; give one a `name:`")));
@@ -343,13 +323,7 @@ impl PipelineFile {
     /// Every stage with its JSON pointer in the file, in pipeline order.
     pub fn stages(&self) -> Vec<(String, &StageSpec)> {
         let mut v = vec![("/source".to_owned(), &self.spec.source)];
-        v.extend(
-            self.spec
-                .transforms
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (format!("/transforms/{i}"), s)),
-        );
+        v.extend(self.spec.transforms.iter().enumerate().map(|(i, s)| (format!("/transforms/{i}"), s)));
         v.extend(self.spec.sinks.iter().enumerate().map(|(i, s)| (format!("/sinks/{i}"), s)));
         v
     }
@@ -405,52 +379,37 @@ mod tests {
 
     #[test]
     fn interpolation_with_defaults_escapes_and_redaction() {
-        let (out, red) = interpolate(
-            "a: ${A}\nb: ${B:-dflt}\nc: $${LIT}\n",
-            Path::new("p.yaml"),
-            env(&[("A", "hunter22")]),
-        )
-        .unwrap();
+        let (out, red) = interpolate("a: ${A}\nb: ${B:-dflt}\nc: $${LIT}\n", Path::new("p.yaml"), env(&[("A", "hunter22")])).unwrap();
         assert_eq!(out, "a: hunter22\nb: dflt\nc: ${LIT}\n");
         assert_eq!(red.redact("password hunter22 rejected"), "password *** rejected");
     }
 
     #[test]
     fn missing_variable_names_file_line_and_variable() {
-        let err = interpolate("a: 1\nb: ${NOPE}\n", Path::new("p.yaml"), env(&[]))
-            .unwrap_err()
-            .to_string();
+        let err = interpolate("a: 1\nb: ${NOPE}\n", Path::new("p.yaml"), env(&[])).unwrap_err().to_string();
         assert!(err.starts_with("p.yaml:2:4:"), "{err}");
         assert!(err.contains("NOPE"), "{err}");
     }
 
     #[test]
     fn yaml_syntax_error_has_line_and_column() {
-        let err = PipelineFile::parse(Path::new("p.yaml"), "source:\n  plugin: http\n  config: {a: [1,\n", env(&[]))
-            .unwrap_err()
-            .to_string();
+        let err =
+            PipelineFile::parse(Path::new("p.yaml"), "source:\n  plugin: http\n  config: {a: [1,\n", env(&[])).unwrap_err().to_string();
         assert!(err.starts_with("p.yaml:"), "{err}");
         assert!(err.split(':').nth(1).unwrap().parse::<usize>().is_ok(), "{err}");
     }
 
     #[test]
     fn location_is_cut_from_the_middle_of_messages() {
-        assert_eq!(
-            strip_location("did not find ',' at line 5 column 1, while parsing"),
-            "did not find ',', while parsing"
-        );
+        assert_eq!(strip_location("did not find ',' at line 5 column 1, while parsing"), "did not find ',', while parsing");
         assert_eq!(strip_location("unknown field `x` at line 2 column 3"), "unknown field `x`");
     }
 
     #[test]
     fn unknown_top_level_field_is_named() {
-        let err = PipelineFile::parse(
-            Path::new("p.yaml"),
-            "source: {plugin: http}\nsinks: [{plugin: file}]\nsinkz: []\n",
-            env(&[]),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = PipelineFile::parse(Path::new("p.yaml"), "source: {plugin: http}\nsinks: [{plugin: file}]\nsinkz: []\n", env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `sinkz`"), "{err}");
         assert!(err.starts_with("p.yaml:3:"), "{err}");
     }
@@ -465,12 +424,7 @@ mod tests {
 
     #[test]
     fn defaults_fill_in() {
-        let f = PipelineFile::parse(
-            Path::new("dir/ingest.yaml"),
-            "source: {plugin: http}\nsinks: [{plugin: file}]\n",
-            env(&[]),
-        )
-        .unwrap();
+        let f = PipelineFile::parse(Path::new("dir/ingest.yaml"), "source: {plugin: http}\nsinks: [{plugin: file}]\n", env(&[])).unwrap();
         assert_eq!(f.name, "ingest");
         assert_eq!(f.spec.settings.queue_batches.get(), 64);
         assert_eq!(f.spec.settings.acknowledge, Acknowledge::Delivered);

@@ -32,13 +32,7 @@ pub struct Located {
 impl Located {
     /// An error in `file`.
     pub fn new(file: &Path, message: impl Into<String>) -> Self {
-        Located {
-            file: file.to_path_buf(),
-            line: None,
-            column: None,
-            field: None,
-            message: message.into(),
-        }
+        Located { file: file.to_path_buf(), line: None, column: None, field: None, message: message.into() }
     }
 
     /// At a line and column.
@@ -134,9 +128,7 @@ mod tests {
 
     #[test]
     fn display_names_file_position_and_field() {
-        let e = Located::new(Path::new("p.yaml"), "unknown field `x`")
-            .at(3, 5)
-            .field("/transforms/1/config/x");
+        let e = Located::new(Path::new("p.yaml"), "unknown field `x`").at(3, 5).field("/transforms/1/config/x");
         assert_eq!(e.to_string(), "p.yaml:3:5: transforms[1].config.x: unknown field `x`");
     }
 }

@@ -50,8 +50,7 @@ unsafe extern "C" fn cb_log(ctx: *const c_void, level: u32, message: StrRef) {
 
 unsafe extern "C" fn cb_metric(ctx: *const c_void, kind: u32, name: StrRef, help: StrRef, value: f64) {
     let c = host_ctx(ctx);
-    c.metrics
-        .custom(name.as_str(), help.as_str(), kind == abi::metric::COUNTER_ADD, value);
+    c.metrics.custom(name.as_str(), help.as_str(), kind == abi::metric::COUNTER_ADD, value);
 }
 
 unsafe extern "C" fn cb_error(ctx: *const c_void, message: StrRef) {
@@ -159,11 +158,7 @@ fn finish(status: Status, message: &mut OwnedBytes) -> Result<(), CallError> {
     if status == Status::OK {
         Ok(())
     } else {
-        Err(CallError {
-            status,
-            message: text,
-            retry_after_ms: 0,
-        })
+        Err(CallError { status, message: text, retry_after_ms: 0 })
     }
 }
 
@@ -176,16 +171,9 @@ impl Instance {
         let status = unsafe { (plugin.descriptor.create)(StrRef::new(config_json), host, &mut ptr, &mut message) };
         finish(status, &mut message)?;
         if ptr.is_null() {
-            return Err(CallError {
-                status: Status::INVALID_ARGUMENT,
-                message: "create returned no instance".into(),
-                retry_after_ms: 0,
-            });
+            return Err(CallError { status: Status::INVALID_ARGUMENT, message: "create returned no instance".into(), retry_after_ms: 0 });
         }
-        Ok(Instance {
-            plugin: plugin.clone(),
-            ptr,
-        })
+        Ok(Instance { plugin: plugin.clone(), ptr })
     }
 
     /// The plugin this is an instance of.
@@ -214,21 +202,14 @@ impl Instance {
     /// Runs a transform or sink on a batch.
     pub fn process(&mut self, batch: &BatchRef<'_>) -> Result<ForeignOutput, CallError> {
         let Some(process) = self.plugin.descriptor.process else {
-            return Err(CallError {
-                status: Status::INVALID_ARGUMENT,
-                message: "not a transform or sink".into(),
-                retry_after_ms: 0,
-            });
+            return Err(CallError { status: Status::INVALID_ARGUMENT, message: "not a transform or sink".into(), retry_after_ms: 0 });
         };
         let view = batch.view();
         let mut out = StageOutput::empty();
         let mut message = OwnedBytes::EMPTY;
         // SAFETY: per ABI.md; `view` borrows `batch` for the call.
         let status = unsafe { process(self.ptr, &view, &mut out, &mut message) };
-        let out = ForeignOutput {
-            raw: out,
-            input_len: batch.len(),
-        };
+        let out = ForeignOutput { raw: out, input_len: batch.len() };
         finish(status, &mut message).map_err(|mut e| {
             e.retry_after_ms = out.raw.retry_after_ms;
             e
@@ -274,10 +255,7 @@ impl ForeignOutput {
         // SAFETY: per ABI.md, `origins` has `batch.count` entries.
         let origins = unsafe { std::slice::from_raw_parts(self.raw.origins, n) };
         match origins.iter().find(|o| **o as usize >= self.input_len) {
-            Some(bad) => Err(format!(
-                "an output record names input record {bad}, but the input had {}",
-                self.input_len
-            )),
+            Some(bad) => Err(format!("an output record names input record {bad}, but the input had {}", self.input_len)),
             None => Ok(origins),
         }
     }
@@ -289,15 +267,8 @@ impl ForeignOutput {
         }
         // SAFETY: per ABI.md.
         let items = unsafe { std::slice::from_raw_parts(self.raw.rejections, self.raw.rejection_count as usize) };
-        let text = if self.raw.text.is_null() {
-            &[][..]
-        } else {
-            unsafe { std::slice::from_raw_parts(self.raw.text, self.raw.text_len) }
-        };
-        iter_rejections(items, text)
-            .filter(|(i, _)| *i < self.input_len)
-            .map(|(i, r)| (i, r.to_owned()))
-            .collect()
+        let text = if self.raw.text.is_null() { &[][..] } else { unsafe { std::slice::from_raw_parts(self.raw.text, self.raw.text_len) } };
+        iter_rejections(items, text).filter(|(i, _)| *i < self.input_len).map(|(i, r)| (i, r.to_owned())).collect()
     }
 }
 
@@ -376,10 +347,7 @@ unsafe extern "C" fn cb_emit(ctx: *const c_void, batch: *const BatchView, ack: A
     let Ok(view) = BatchRef::from_view(&*batch) else {
         return Status::INVALID_ARGUMENT;
     };
-    let guard = AckGuard {
-        cb: Some(ack),
-        count: view.len(),
-    };
+    let guard = AckGuard { cb: Some(ack), count: view.len() };
     match c.intake.offer(view.to_owned(), guard) {
         Ok(()) => Status::OK,
         Err((status, guard)) => {

@@ -29,12 +29,7 @@ impl Host {
         for b in &registry.broken {
             tracing::warn!(path = %b.path.display(), reason = %b.reason, "Plugin library skipped.");
         }
-        Host {
-            registry,
-            metrics,
-            started: Instant::now(),
-            pipelines: RwLock::default(),
-        }
+        Host { registry, metrics, started: Instant::now(), pipelines: RwLock::default() }
     }
 
     /// Every pipeline, running or failed.
@@ -47,10 +42,7 @@ impl Host {
     pub fn start_dir(&self, dir: &Path) -> Result<usize, crate::error::HostError> {
         let files = pipeline_files(dir)?;
         if files.is_empty() {
-            return Err(crate::error::HostError::Usage(format!(
-                "no pipeline files (*.yaml) in {}",
-                dir.display()
-            )));
+            return Err(crate::error::HostError::Usage(format!("no pipeline files (*.yaml) in {}", dir.display())));
         }
         for path in files {
             let started = PipelineFile::load(&path).and_then(|f| Pipeline::start(&f, &self.registry, &self.metrics));
@@ -59,11 +51,7 @@ impl Host {
                 Err(e) => {
                     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                     tracing::error!(file = %path.display(), error = %e, "Pipeline not started.");
-                    self.metrics
-                        .pipeline_states
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(name.clone(), "failed".into());
+                    self.metrics.pipeline_states.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), "failed".into());
                     Pipeline::failed(&name, &path, &e.to_string())
                 }
             };

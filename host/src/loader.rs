@@ -78,16 +78,11 @@ impl Registry {
         let mut reg = Registry::default();
         for dir in dirs {
             let Ok(entries) = std::fs::read_dir(dir) else {
-                reg.broken.push(Broken {
-                    path: dir.clone(),
-                    reason: "the plugin directory cannot be read".into(),
-                });
+                reg.broken.push(Broken { path: dir.clone(), reason: "the plugin directory cannot be read".into() });
                 continue;
             };
-            let mut files: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && is_library(p))
-                .collect();
+            let mut files: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_library(p)).collect();
             files.sort();
             for path in files {
                 if let Err(reason) = reg.load(&path) {
@@ -129,10 +124,7 @@ impl Registry {
             ));
         }
         if (manifest.struct_size as usize) < std::mem::size_of::<Manifest>() {
-            return Err(format!(
-                "its manifest is {} bytes, shorter than ABI {major}.{minor} requires",
-                manifest.struct_size
-            ));
+            return Err(format!("its manifest is {} bytes, shorter than ABI {major}.{minor} requires", manifest.struct_size));
         }
         let info = Arc::new(LibraryInfo {
             path: path.to_path_buf(),
@@ -168,14 +160,7 @@ impl Registry {
                     prev.library.path.display()
                 ));
             }
-            found.push(Plugin {
-                kind: d.kind,
-                name,
-                description: read(d.description),
-                schema,
-                library: info.clone(),
-                descriptor: d,
-            });
+            found.push(Plugin { kind: d.kind, name, description: read(d.description), schema, library: info.clone(), descriptor: d });
         }
         for p in found {
             self.plugins.insert((p.name.clone(), p.kind.0), p);
@@ -198,16 +183,8 @@ impl Registry {
         }
         let mut known: Vec<&str> = self.plugins.values().filter(|p| p.kind == kind).map(|p| p.name.as_str()).collect();
         known.dedup();
-        let known = if known.is_empty() {
-            "none; check --plugins".to_owned()
-        } else {
-            known.join(", ")
-        };
-        Err(HostError::Plugin(format!(
-            "unknown {} plugin {name:?}; {}s found: {known}",
-            kind.name(),
-            kind.name()
-        )))
+        let known = if known.is_empty() { "none; check --plugins".to_owned() } else { known.join(", ") };
+        Err(HostError::Plugin(format!("unknown {} plugin {name:?}; {}s found: {known}", kind.name(), kind.name())))
     }
 }
 
@@ -222,11 +199,7 @@ impl Plugin {
         if status == Status::OK {
             Ok(())
         } else {
-            Err(if text.is_empty() {
-                format!("rejected ({})", status.name())
-            } else {
-                text
-            })
+            Err(if text.is_empty() { format!("rejected ({})", status.name()) } else { text })
         }
     }
 }

@@ -74,11 +74,9 @@ fn main() -> ExitCode {
         overrides.insert("plugins".into(), serde_json::json!(cli.plugins));
     }
     if let Command::Run { pipelines, admin, log, .. } = &cli.command {
-        for (key, value) in [
-            ("pipelines", pipelines.as_ref().map(|p| p.to_string_lossy().into_owned())),
-            ("admin", admin.clone()),
-            ("log", log.clone()),
-        ] {
+        for (key, value) in
+            [("pipelines", pipelines.as_ref().map(|p| p.to_string_lossy().into_owned())), ("admin", admin.clone()), ("log", log.clone())]
+        {
             if let Some(v) = value {
                 overrides.insert(key.into(), v.into());
             }
@@ -109,32 +107,20 @@ fn main() -> ExitCode {
 fn init_logs(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }
 
 fn run(config: HostConfig, once: bool) -> anyhow::Result<ExitCode> {
     init_logs(&config.log);
     let registry = Registry::discover(&config.plugin_dirs());
-    tracing::info!(
-        libraries = registry.libraries.len(),
-        plugins = registry.plugins.len(),
-        "Plugins loaded."
-    );
+    tracing::info!(libraries = registry.libraries.len(), plugins = registry.plugins.len(), "Plugins loaded.");
     let host = Arc::new(Host::new(registry));
     let running = host.start_dir(&config.pipelines)?;
     if running == 0 {
         tracing::error!("No pipeline could start; exiting.");
         return Ok(ExitCode::FAILURE);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("weir-admin")
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("weir-admin").enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&config.admin)
             .await
@@ -149,11 +135,7 @@ fn run(config: HostConfig, once: bool) -> anyhow::Result<ExitCode> {
         if once {
             let h = host.clone();
             let all_done = async move {
-                while h
-                    .pipelines()
-                    .iter()
-                    .any(|p| matches!(p.state().0, State::Running | State::Stopping))
-                {
+                while h.pipelines().iter().any(|p| matches!(p.state().0, State::Running | State::Stopping)) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             };
@@ -236,24 +218,14 @@ fn plugins(config: &HostConfig, json: bool) -> anyhow::Result<ExitCode> {
                 serde_json::json!({"path": l.path, "name": l.name, "version": l.version, "abi": l.abi, "build": l.build, "plugins": plugins})
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"libraries": libs, "broken": registry.broken}))?
-        );
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"libraries": libs, "broken": registry.broken}))?);
         return Ok(ExitCode::SUCCESS);
     }
     for dir in config.plugin_dirs() {
         println!("searched: {}", dir.display());
     }
     for l in &registry.libraries {
-        println!(
-            "\n{}\n  library {} {} (ABI {}, {})",
-            l.path.display(),
-            l.name,
-            l.version,
-            l.abi,
-            l.build
-        );
+        println!("\n{}\n  library {} {} (ABI {}, {})", l.path.display(), l.name, l.version, l.abi, l.build);
         for p in registry.plugins.values().filter(|p| Arc::ptr_eq(&p.library, l)) {
             println!("  {:<9} {:<14} {}", p.kind.name(), p.name, p.description);
         }
@@ -278,10 +250,7 @@ fn schema(config: &HostConfig, out: &Path, check: bool) -> anyhow::Result<ExitCo
         (out.join("weir.schema.json"), pretty(&schemars::schema_for!(HostConfig))?),
     ];
     for p in registry.plugins.values() {
-        files.push((
-            out.join("plugins").join(format!("{}-{}.schema.json", p.kind.name(), p.name)),
-            pretty(&p.schema)?,
-        ));
+        files.push((out.join("plugins").join(format!("{}-{}.schema.json", p.kind.name(), p.name)), pretty(&p.schema)?));
     }
     let mut drifted = Vec::new();
     for (path, text) in &files {

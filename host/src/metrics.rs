@@ -10,9 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 /// Upper bounds of the latency histogram, in seconds.
-const BUCKETS: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
+const BUCKETS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
 /// A latency histogram with fixed buckets.
 #[derive(Debug, Default)]
@@ -93,11 +91,7 @@ impl StageMetrics {
     /// Updates a plugin metric.
     pub fn custom(&self, name: &str, help: &str, counter: bool, value: f64) {
         let mut map = self.custom.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map.entry(name.to_owned()).or_insert_with(|| Custom {
-            counter,
-            help: help.to_owned(),
-            value: 0.0,
-        });
+        let entry = map.entry(name.to_owned()).or_insert_with(|| Custom { counter, help: help.to_owned(), value: 0.0 });
         if counter {
             entry.value += value;
         } else {
@@ -123,10 +117,7 @@ pub struct Metrics {
 
 /// Names a plugin metric: `weir_plugin_<name>`, counters ending in `_total`.
 fn plugin_metric_name(name: &str, counter: bool) -> String {
-    let clean: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
-        .collect();
+    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
     let mut full = format!("weir_plugin_{clean}");
     if counter && !full.ends_with("_total") {
         full.push_str("_total");
@@ -144,10 +135,7 @@ impl Metrics {
 
     /// Forgets the stages of a pipeline that stopped for good.
     pub fn remove(&self, stages: &[Arc<StageMetrics>]) {
-        self.stages
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|s| !stages.iter().any(|r| Arc::ptr_eq(r, s)));
+        self.stages.lock().unwrap_or_else(|p| p.into_inner()).retain(|s| !stages.iter().any(|r| Arc::ptr_eq(r, s)));
     }
 
     /// The Prometheus text exposition.
@@ -165,56 +153,30 @@ impl Metrics {
             self.plugin_load_failures.load(Relaxed)
         );
         let states = self.pipeline_states.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let _ = writeln!(
-            out,
-            "# HELP weir_pipeline_up Whether the pipeline is running (1) or not (0).\n# TYPE weir_pipeline_up gauge"
-        );
+        let _ = writeln!(out, "# HELP weir_pipeline_up Whether the pipeline is running (1) or not (0).\n# TYPE weir_pipeline_up gauge");
         for (name, state) in &states {
-            let _ = writeln!(
-                out,
-                "weir_pipeline_up{{pipeline=\"{}\",state=\"{state}\"}} {}",
-                escape_label(name),
-                u8::from(state == "running")
-            );
+            let _ =
+                writeln!(out, "weir_pipeline_up{{pipeline=\"{}\",state=\"{state}\"}} {}", escape_label(name), u8::from(state == "running"));
         }
         type Get = fn(&StageMetrics) -> f64;
         let simple: [(&str, &str, &str, Get); 8] = [
-            ("weir_stage_records_in_total", "counter", "Records handed to the stage.", |s| {
-                s.records_in.load(Relaxed) as f64
+            ("weir_stage_records_in_total", "counter", "Records handed to the stage.", |s| s.records_in.load(Relaxed) as f64),
+            ("weir_stage_records_out_total", "counter", "Records the stage passed on (sources: emitted; sinks: delivered).", |s| {
+                s.records_out.load(Relaxed) as f64
             }),
-            (
-                "weir_stage_records_out_total",
-                "counter",
-                "Records the stage passed on (sources: emitted; sinks: delivered).",
-                |s| s.records_out.load(Relaxed) as f64,
-            ),
-            (
-                "weir_stage_records_rejected_total",
-                "counter",
-                "Records the stage refused, with a reason.",
-                |s| s.rejected.load(Relaxed) as f64,
-            ),
-            (
-                "weir_stage_records_dropped_total",
-                "counter",
-                "Records a transform dropped on purpose (for example duplicates).",
-                |s| s.dropped.load(Relaxed) as f64,
-            ),
-            (
-                "weir_stage_errors_total",
-                "counter",
-                "Failed calls into the stage (errors, panics, refused batches).",
-                |s| s.errors.load(Relaxed) as f64,
-            ),
-            ("weir_stage_batches_total", "counter", "Batches the stage handled.", |s| {
-                s.batches.load(Relaxed) as f64
+            ("weir_stage_records_rejected_total", "counter", "Records the stage refused, with a reason.", |s| {
+                s.rejected.load(Relaxed) as f64
             }),
-            (
-                "weir_stage_backpressure_total",
-                "counter",
-                "Batches a source offered while the pipeline was full (pushed back).",
-                |s| s.backpressure.load(Relaxed) as f64,
-            ),
+            ("weir_stage_records_dropped_total", "counter", "Records a transform dropped on purpose (for example duplicates).", |s| {
+                s.dropped.load(Relaxed) as f64
+            }),
+            ("weir_stage_errors_total", "counter", "Failed calls into the stage (errors, panics, refused batches).", |s| {
+                s.errors.load(Relaxed) as f64
+            }),
+            ("weir_stage_batches_total", "counter", "Batches the stage handled.", |s| s.batches.load(Relaxed) as f64),
+            ("weir_stage_backpressure_total", "counter", "Batches a source offered while the pipeline was full (pushed back).", |s| {
+                s.backpressure.load(Relaxed) as f64
+            }),
             (
                 "weir_stage_queue_depth",
                 "gauge",
@@ -245,11 +207,7 @@ impl Metrics {
         for s in &stages {
             for (n, c) in s.custom.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                 let full = plugin_metric_name(n, c.counter);
-                custom
-                    .entry(full)
-                    .or_insert_with(|| (c.clone(), Vec::new()))
-                    .1
-                    .push((s.labels.clone(), c.value));
+                custom.entry(full).or_insert_with(|| (c.clone(), Vec::new())).1.push((s.labels.clone(), c.value));
             }
         }
         for (name, (meta, series)) in custom {
@@ -276,18 +234,12 @@ mod tests {
         s.custom("connected_clients", "Clients.", false, 2.0);
         s.custom("slow_clients_disconnected", "Slow.", true, 1.0);
         let text = m.render();
-        assert!(
-            text.contains("weir_stage_records_in_total{pipeline=\"p\",stage=\"ws\",plugin=\"websocket\"} 3"),
-            "{text}"
-        );
+        assert!(text.contains("weir_stage_records_in_total{pipeline=\"p\",stage=\"ws\",plugin=\"websocket\"} 3"), "{text}");
         assert!(
             text.contains("weir_stage_latency_seconds_bucket{pipeline=\"p\",stage=\"ws\",plugin=\"websocket\",le=\"0.0005\"} 1"),
             "{text}"
         );
-        assert!(
-            text.contains("weir_plugin_connected_clients{pipeline=\"p\",stage=\"ws\",plugin=\"websocket\"} 2"),
-            "{text}"
-        );
+        assert!(text.contains("weir_plugin_connected_clients{pipeline=\"p\",stage=\"ws\",plugin=\"websocket\"} 2"), "{text}");
         assert!(text.contains("weir_plugin_slow_clients_disconnected_total{"), "{text}");
     }
 }

@@ -37,10 +37,7 @@ pub fn check(file: &PipelineFile, registry: &Registry) -> Vec<HostError> {
         };
         let config_ptr = format!("{pointer}/config");
         match jsonschema::draft202012::new(&plugin.schema) {
-            Err(e) => errors.push(file.error_at(
-                &config_ptr,
-                format!("plugin {:?} exports an invalid config schema: {e}", plugin.name),
-            )),
+            Err(e) => errors.push(file.error_at(&config_ptr, format!("plugin {:?} exports an invalid config schema: {e}", plugin.name))),
             Ok(validator) => {
                 let mut found = false;
                 for e in validator.iter_errors(&stage.config) {
@@ -185,10 +182,7 @@ struct Outcomes {
 
 impl Outcomes {
     fn new(n: usize) -> Self {
-        Outcomes {
-            codes: vec![outcome::ACCEPTED; n],
-            reasons: vec![String::new(); n],
-        }
+        Outcomes { codes: vec![outcome::ACCEPTED; n], reasons: vec![String::new(); n] }
     }
 
     fn set(&mut self, origin: u32, code: u8, reason: String) {
@@ -345,11 +339,7 @@ impl Pipeline {
         if let Some(first) = errors.into_iter().next() {
             return Err(first);
         }
-        let base_dir = file
-            .path
-            .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
-            .unwrap_or(Path::new("."));
+        let base_dir = file.path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
         let base_dir = base_dir.canonicalize().unwrap_or_else(|_| base_dir.to_path_buf());
         let mut infos = Vec::new();
         let mut built: Vec<(String, Stage)> = Vec::new();
@@ -378,17 +368,7 @@ impl Pipeline {
                 library: format!("{} {}", plugin.library.name, plugin.library.version),
                 metrics: m.clone(),
             });
-            built.push((
-                pointer,
-                Stage {
-                    name,
-                    plugin,
-                    config,
-                    host,
-                    metrics: m,
-                    instance: Some(instance),
-                },
-            ));
+            built.push((pointer, Stage { name, plugin, config, host, metrics: m, instance: Some(instance) }));
         }
         let settings = &file.spec.settings;
         let abandon = Arc::new(AtomicBool::new(false));
@@ -410,19 +390,11 @@ impl Pipeline {
             let abandon = abandon.clone();
             let thread_name = format!("weir-sink-{}", sink.name);
             let metrics = sink.metrics.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(thread_name)
-                    .spawn(move || run_sink(sink, rx, abandon))?,
-            );
+            threads.push(std::thread::Builder::new().name(thread_name).spawn(move || run_sink(sink, rx, abandon))?);
             sink_txs.push((tx, metrics));
         }
         let (tx, rx) = sync_channel::<Envelope>(settings.queue_batches.get());
-        let intake = Arc::new(QueueIntake {
-            tx: Mutex::new(Some(tx)),
-            metrics: source.metrics.clone(),
-            finished: AtomicBool::new(false),
-        });
+        let intake = Arc::new(QueueIntake { tx: Mutex::new(Some(tx)), metrics: source.metrics.clone(), finished: AtomicBool::new(false) });
         let ack_mode = settings.acknowledge;
         let name = file.name.clone();
         let source_metrics = source.metrics.clone();
@@ -443,11 +415,7 @@ impl Pipeline {
                 file.redactor.redact(&format!("source {} could not start: {e}", source.plugin.name)),
             ));
         }
-        metrics
-            .pipeline_states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.clone(), "running".into());
+        metrics.pipeline_states.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), "running".into());
         tracing::info!(pipeline = %name, file = %file.path.display(), stages = infos.len(), "Pipeline started.");
         Ok(Pipeline {
             name,
@@ -466,12 +434,7 @@ impl Pipeline {
     pub fn state(&self) -> (State, Option<String>) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.0 == State::Running && self.intake.as_ref().is_some_and(|i| i.finished.load(Relaxed)) {
-            let done = self
-                .threads
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .all(|t| t.is_finished());
+            let done = self.threads.lock().unwrap_or_else(|p| p.into_inner()).iter().all(|t| t.is_finished());
             if done {
                 st.0 = State::Finished;
                 tracing::info!(pipeline = %self.name, "Pipeline finished: its source has no more records and every record was handled.");
@@ -512,17 +475,9 @@ impl Pipeline {
         for t in threads {
             let _ = t.join();
         }
-        let end = if self.intake.as_ref().is_some_and(|i| i.finished.load(Relaxed)) {
-            State::Finished
-        } else {
-            State::Stopped
-        };
+        let end = if self.intake.as_ref().is_some_and(|i| i.finished.load(Relaxed)) { State::Finished } else { State::Stopped };
         self.state.lock().unwrap_or_else(|p| p.into_inner()).0 = end;
-        metrics
-            .pipeline_states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(self.name.clone(), end.name().into());
+        metrics.pipeline_states.lock().unwrap_or_else(|p| p.into_inner()).insert(self.name.clone(), end.name().into());
         tracing::info!(pipeline = %self.name, "Pipeline stopped.");
     }
 
@@ -543,14 +498,7 @@ impl Pipeline {
                 dropped: s.metrics.dropped.load(Relaxed),
                 errors: s.metrics.errors.load(Relaxed),
                 queue_depth: s.metrics.queue_depth.load(Relaxed).max(0),
-                metrics: s
-                    .metrics
-                    .custom
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.value))
-                    .collect(),
+                metrics: s.metrics.custom.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.value)).collect(),
             })
             .collect();
         serde_json::json!({
@@ -591,10 +539,8 @@ fn run_transforms(
             stage.metrics.records_in.fetch_add(input.len() as u64, Relaxed);
             stage.metrics.batches.fetch_add(1, Relaxed);
             let started = Instant::now();
-            let result = stage
-                .instance()
-                .map_err(|m| (false, m))
-                .and_then(|inst| inst.process(&input).map_err(|e| (e.poisoned(), e.to_string())));
+            let result =
+                stage.instance().map_err(|m| (false, m)).and_then(|inst| inst.process(&input).map_err(|e| (e.poisoned(), e.to_string())));
             stage.metrics.latency.observe(started.elapsed());
             let checked = result.and_then(|out| {
                 let out_origins = out.origins().map_err(|m| (false, format!("bad output: {m}")))?.to_vec();
@@ -637,11 +583,7 @@ fn run_transforms(
                 }
             }
         }
-        let tracker = Arc::new(Tracker {
-            outcomes: Mutex::new(outcomes),
-            remaining: AtomicUsize::new(sinks.len()),
-            ack: Mutex::new(None),
-        });
+        let tracker = Arc::new(Tracker { outcomes: Mutex::new(outcomes), remaining: AtomicUsize::new(sinks.len()), ack: Mutex::new(None) });
         if origins.is_empty() || ack_mode == Acknowledge::Accepted {
             let o = tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
             ack.send(&o.codes, &o.reasons);
@@ -655,11 +597,7 @@ fn run_transforms(
         let origins = Arc::new(origins);
         for (tx, m) in &sinks {
             m.queue_depth.fetch_add(1, Relaxed);
-            let job = SinkJob {
-                batch: shared.clone(),
-                origins: origins.clone(),
-                tracker: tracker.clone(),
-            };
+            let job = SinkJob { batch: shared.clone(), origins: origins.clone(), tracker: tracker.clone() };
             if tx.send(job).is_err() {
                 m.queue_depth.fetch_sub(1, Relaxed);
                 tracker.done();

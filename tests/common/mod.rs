@@ -10,25 +10,14 @@ use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is in the repository")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the repository").to_path_buf()
 }
 
 /// Where cargo put `weir` and the plugin libraries (`target/debug`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf();
-    assert!(
-        dir.join("weir").exists(),
-        "{} has no weir binary; run `cargo build --workspace` first",
-        dir.display()
-    );
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf();
+    assert!(dir.join("weir").exists(), "{} has no weir binary; run `cargo build --workspace` first", dir.display());
     dir
 }
 
@@ -39,12 +28,7 @@ pub fn free_port() -> u16 {
 
 /// Runs `weir ARGS` to completion.
 pub fn weir(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    Command::new(bin_dir().join("weir"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .current_dir(repo())
-        .output()
-        .expect("run weir")
+    Command::new(bin_dir().join("weir")).args(args).envs(envs.iter().copied()).current_dir(repo()).output().expect("run weir")
 }
 
 /// Waits for `cond` to hold, polling, up to `limit`.
@@ -92,11 +76,7 @@ pub fn curl(method: &str, url: &str, content_type: Option<&str>, body: Option<&[
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Reply {
-        status,
-        headers: head.to_owned(),
-        body: body.to_owned(),
-    }
+    Reply { status, headers: head.to_owned(), body: body.to_owned() }
 }
 
 /// POSTs JSON.
@@ -130,12 +110,7 @@ impl Weir {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start weir");
-        let mut w = Weir {
-            child: Some(child),
-            admin,
-            log,
-            _dir: dir,
-        };
+        let mut w = Weir { child: Some(child), admin, log, _dir: dir };
         let url = w.url("/health");
         wait_for("the admin API", Duration::from_secs(20), || {
             if let Some(status) = w.child.as_mut().unwrap().try_wait().unwrap() {
@@ -164,11 +139,9 @@ impl Weir {
 
     /// The value of one series in `/metrics` (exact label set).
     pub fn metric(&self, series: &str) -> Option<f64> {
-        self.metrics().lines().find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .and_then(|v| v.trim().parse().ok())
-        })
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
     }
 
     /// Sends SIGTERM and waits; returns the exit status.

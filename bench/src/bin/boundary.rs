@@ -14,10 +14,7 @@ use weir_plugin::{BatchBuf, Head, Output};
 fn main() {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "target/release".into());
     let registry = Registry::discover(&[dir.clone().into()]);
-    let plugin = registry
-        .get("noop", weir_plugin::abi::Kind::TRANSFORM)
-        .unwrap_or_else(|e| panic!("{e} (in {dir})"))
-        .clone();
+    let plugin = registry.get("noop", weir_plugin::abi::Kind::TRANSFORM).unwrap_or_else(|e| panic!("{e} (in {dir})")).clone();
     let metrics = weir::metrics::Metrics::default();
     let host = weir::ffi::host_api("bench", "noop", "noop", ".", metrics.stage("bench", "noop", "noop"));
     let mut instance = weir::ffi::Instance::create(&plugin, "{}", host).expect("create noop");
@@ -28,11 +25,7 @@ fn main() {
         let v = format!(r#"{{"eventType":"page_view","userId":"user-{i}","eventId":"id-{i}","pad":"{pad}"}}"#);
         batch.push(
             i,
-            Head {
-                extra_headers: &[("http.client_ip", b"127.0.0.1")],
-                timestamp_ms: Some(0),
-                ..Default::default()
-            },
+            Head { extra_headers: &[("http.client_ip", b"127.0.0.1")], timestamp_ms: Some(0), ..Default::default() },
             v.as_bytes(),
         );
     }
@@ -48,10 +41,7 @@ fn main() {
 
     let started = Instant::now();
     for _ in 0..rounds {
-        let mut out = Output {
-            batch: BatchBuf::with_capacity(input.len(), input.data_len() * 3 / 2),
-            ..Default::default()
-        };
+        let mut out = Output { batch: BatchBuf::with_capacity(input.len(), input.data_len() * 3 / 2), ..Default::default() };
         for (i, r) in input.iter().enumerate() {
             out.pass(i, &r);
         }

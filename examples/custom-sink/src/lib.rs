@@ -38,12 +38,7 @@ impl Sink for Counter {
     }
 
     fn create(config: CounterConfig, ctx: Context) -> Result<Self, PluginError> {
-        Ok(Counter {
-            ctx,
-            every: config.every,
-            records: 0,
-            bytes: 0,
-        })
+        Ok(Counter { ctx, every: config.every, records: 0, bytes: 0 })
     }
 
     fn write(&mut self, batch: &BatchRef<'_>, _rejections: &mut Rejections) -> Result<(), PluginError> {
@@ -51,8 +46,7 @@ impl Sink for Counter {
         let before = self.records / self.every;
         self.records += batch.len() as u64;
         self.bytes += bytes;
-        self.ctx
-            .counter_add("example_records", "Records the example sink counted.", batch.len() as u64);
+        self.ctx.counter_add("example_records", "Records the example sink counted.", batch.len() as u64);
         self.ctx.counter_add("example_bytes", "Bytes the example sink counted.", bytes);
         if self.records / self.every > before {
             self.ctx.info(&format!("Counted {} records ({} bytes).", self.records, self.bytes));
@@ -72,8 +66,7 @@ mod tests {
     fn counts_and_logs_through_the_mock_host() {
         let host = MockHost::new();
         let mut sink = Counter::create(CounterConfig { every: 2 }, host.context()).unwrap();
-        sink.write(&json_batch(["{}", "[1]", "2"]).as_ref(), &mut Rejections::new())
-            .unwrap();
+        sink.write(&json_batch(["{}", "[1]", "2"]).as_ref(), &mut Rejections::new()).unwrap();
         assert_eq!(host.metric("example_records"), Some(3.0));
         assert_eq!(host.metric("example_bytes"), Some(6.0));
         assert_eq!(host.logs()[0].1, "Counted 3 records (6 bytes).");

@@ -83,11 +83,7 @@ impl Dedupe {
                 if self.seen.get(&old) == Some(&at) {
                     self.seen.remove(&old);
                 }
-                self.ctx.counter_add(
-                    "dedupe_evictions",
-                    "Keys forgotten before their window ended because the cache was full.",
-                    1,
-                );
+                self.ctx.counter_add("dedupe_evictions", "Keys forgotten before their window ended because the cache was full.", 1);
             }
         }
         self.seen.insert(d, now);
@@ -147,8 +143,7 @@ impl Transform for Dedupe {
             }
         }
         if duplicates > 0 {
-            self.ctx
-                .counter_add("dedupe_duplicates", "Records dropped as duplicates.", duplicates);
+            self.ctx.counter_add("dedupe_duplicates", "Records dropped as duplicates.", duplicates);
         }
         self.ctx.gauge_set("dedupe_entries", "Keys remembered.", self.seen.len() as f64);
         Ok(())
@@ -166,11 +161,8 @@ mod tests {
     fn drops_repeats_within_the_window_and_counts_them() {
         let host = MockHost::new();
         let mut t: Dedupe = host.transform(serde_json::json!({"fields": ["/eventId"]})).unwrap();
-        let out = run_transform(
-            &mut t,
-            &json_batch([r#"{"eventId":"a"}"#, r#"{"eventId":"b"}"#, r#"{"eventId":"a"}"#, r#"{"other":1}"#]),
-        )
-        .unwrap();
+        let out = run_transform(&mut t, &json_batch([r#"{"eventId":"a"}"#, r#"{"eventId":"b"}"#, r#"{"eventId":"a"}"#, r#"{"other":1}"#]))
+            .unwrap();
         assert_eq!(out.batch.origins(), &[0, 1, 3]);
         let again = run_transform(&mut t, &json_batch([r#"{"eventId":"b"}"#])).unwrap();
         assert!(again.batch.is_empty());
@@ -191,9 +183,7 @@ mod tests {
     #[test]
     fn keys_expire_after_the_window() {
         let host = MockHost::new();
-        let mut t: Dedupe = host
-            .transform(serde_json::json!({"fields": ["/id", "/type"], "window": "1ms"}))
-            .unwrap();
+        let mut t: Dedupe = host.transform(serde_json::json!({"fields": ["/id", "/type"], "window": "1ms"})).unwrap();
         run_transform(&mut t, &json_batch([r#"{"id":1,"type":"a"}"#])).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         let out = run_transform(&mut t, &json_batch([r#"{"id":1,"type":"a"}"#, r#"{"id":1,"type":"b"}"#])).unwrap();
@@ -203,9 +193,7 @@ mod tests {
     #[test]
     fn bad_window_and_pointer_are_refused() {
         let host = MockHost::new();
-        assert!(host
-            .transform::<Dedupe>(serde_json::json!({"fields": ["/id"], "window": "soon"}))
-            .is_err());
+        assert!(host.transform::<Dedupe>(serde_json::json!({"fields": ["/id"], "window": "soon"})).is_err());
         assert!(host.transform::<Dedupe>(serde_json::json!({"fields": ["id"]})).is_err());
     }
 }

@@ -115,9 +115,7 @@ impl Enrich {
             Some(pointer) => {
                 let doc = Value::Object(map);
                 let k = doc.pointer(pointer).and_then(key_bytes);
-                let Value::Object(m) = doc else {
-                    unreachable!("built as an object")
-                };
+                let Value::Object(m) = doc else { unreachable!("built as an object") };
                 map = m;
                 k
             }
@@ -143,11 +141,7 @@ impl Transform for Enrich {
     }
 
     fn create(config: EnrichConfig, ctx: Context) -> Result<Self, PluginError> {
-        Ok(Enrich {
-            fields: fields(&config)?,
-            key: config.key,
-            scope: Scope::new(ctx.pipeline()),
-        })
+        Ok(Enrich { fields: fields(&config)?, key: config.key, scope: Scope::new(ctx.pipeline()) })
     }
 
     fn process(&mut self, input: &BatchRef<'_>, out: &mut Output) -> Result<(), PluginError> {
@@ -155,10 +149,7 @@ impl Transform for Enrich {
         for (i, record) in input.iter().enumerate() {
             match self.enrich(&record) {
                 Ok((map, key)) => {
-                    let head = Head {
-                        key: key.as_deref().or(record.key),
-                        ..Head::from(&record)
-                    };
+                    let head = Head { key: key.as_deref().or(record.key), ..Head::from(&record) };
                     if let Err(e) = out.batch.push_with(i as u32, head, |buf| serde_json::to_writer(buf, &map)) {
                         out.reject(i, &format!("cannot serialize: {e}"));
                     }
@@ -189,11 +180,7 @@ mod tests {
             }))
             .unwrap();
         let mut input = BatchBuf::new();
-        let head = Head {
-            extra_headers: &[("http.client_ip", b"10.1.2.3")],
-            timestamp_ms: Some(1_704_110_400_000),
-            ..Default::default()
-        };
+        let head = Head { extra_headers: &[("http.client_ip", b"10.1.2.3")], timestamp_ms: Some(1_704_110_400_000), ..Default::default() };
         input.push(0, head, br#"{"userId":"u1","eventId":"keep"}"#);
         input.push(1, head, br#"{"userId":42}"#);
         input.push(2, head, b"[1,2]");
@@ -217,10 +204,7 @@ mod tests {
     fn bad_key_and_unknown_placeholder_are_config_errors() {
         let host = MockHost::new();
         assert!(host.transform::<Enrich>(serde_json::json!({"key": "userId"})).is_err());
-        let err = host
-            .transform::<Enrich>(serde_json::json!({"set": {"x": "{{nope}}"}}))
-            .err()
-            .unwrap();
+        let err = host.transform::<Enrich>(serde_json::json!({"set": {"x": "{{nope}}"}})).err().unwrap();
         assert!(err.to_string().contains("nope"), "{err}");
     }
 }

@@ -42,27 +42,15 @@ fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-        })
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()))
         .unwrap_or_else(|| "unknown".into())
 }
 
 impl Scope {
     pub fn new(pipeline: &str) -> Self {
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            ^ (u64::from(std::process::id()) << 32);
-        Scope {
-            hostname: hostname(),
-            pipeline: pipeline.to_owned(),
-            now: String::new(),
-            rng: seed,
-        }
+        let seed =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) ^ (u64::from(std::process::id()) << 32);
+        Scope { hostname: hostname(), pipeline: pipeline.to_owned(), now: String::new(), rng: seed }
     }
 
     /// Called once per batch: `{{now}}` is the batch's processing time.
@@ -83,14 +71,7 @@ impl Scope {
     fn uuid(&mut self) -> String {
         let hi = (self.next() & 0xFFFF_FFFF_FFFF_0FFF) | 0x4000;
         let lo = (self.next() & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
-        format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            hi >> 32,
-            (hi >> 16) & 0xFFFF,
-            hi & 0xFFFF,
-            lo >> 48,
-            lo & 0xFFFF_FFFF_FFFF
-        )
+        format!("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", hi >> 32, (hi >> 16) & 0xFFFF, hi & 0xFFFF, lo >> 48, lo & 0xFFFF_FFFF_FFFF)
     }
 }
 

@@ -91,11 +91,7 @@ impl Sink for FileSink {
                 .map_err(|e| PluginError::config(format!("cannot open {}: {e}", path.display())))?;
             Out::File(BufWriter::with_capacity(256 * 1024, file))
         };
-        Ok(FileSink {
-            out,
-            fsync: config.fsync,
-            line: Vec::new(),
-        })
+        Ok(FileSink { out, fsync: config.fsync, line: Vec::new() })
     }
 
     fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
@@ -140,8 +136,7 @@ mod tests {
         let config: FileConfig = serde_json::from_value(serde_json::json!({"path": "out/events.jsonl", "append": false})).unwrap();
         let mut sink = FileSink::create(config, host.context()).unwrap();
         let mut rejections = Rejections::new();
-        sink.write(&json_batch([r#"{"a":1}"#, "{\n\"b\": 2\n}", "{oops\n"]).as_ref(), &mut rejections)
-            .unwrap();
+        sink.write(&json_batch([r#"{"a":1}"#, "{\n\"b\": 2\n}", "{oops\n"]).as_ref(), &mut rejections).unwrap();
         sink.stop().unwrap();
         let text = std::fs::read_to_string(dir.join("out/events.jsonl")).unwrap();
         assert_eq!(text, "{\"a\":1}\n{\"b\":2}\n");

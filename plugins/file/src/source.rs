@@ -85,22 +85,12 @@ const LOGGED_FAILURES: u64 = 10;
 
 fn replay(records: Vec<Vec<u8>>, batch_size: usize, emitter: Emitter, ctx: Context, stop: Arc<AtomicBool>, path: String) {
     let bad = Arc::new(AtomicU64::new(0));
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default();
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default();
     let mut sent = 0usize;
     for chunk in records.chunks(batch_size) {
         let mut batch = BatchBuf::with_capacity(chunk.len(), chunk.iter().map(Vec::len).sum());
         for (i, r) in chunk.iter().enumerate() {
-            batch.push(
-                i as u32,
-                Head {
-                    timestamp_ms: Some(now_ms),
-                    ..Default::default()
-                },
-                r,
-            );
+            batch.push(i as u32, Head { timestamp_ms: Some(now_ms), ..Default::default() }, r);
         }
         let mut pause = Duration::from_millis(1);
         loop {
@@ -113,11 +103,7 @@ fn replay(records: Vec<Vec<u8>>, batch_size: usize, emitter: Emitter, ctx: Conte
             let result = emitter.emit(&batch.as_ref(), move |ack| {
                 for (i, o) in ack.outcomes.iter().enumerate() {
                     if let Outcome::Rejected(reason) | Outcome::Failed(reason) = o {
-                        ctx.counter_add(
-                            "file_records_not_delivered",
-                            "Replayed records rejected or failed by the pipeline.",
-                            1,
-                        );
+                        ctx.counter_add("file_records_not_delivered", "Replayed records rejected or failed by the pipeline.", 1);
                         // The first few are logged; the counter has them all.
                         if counter.fetch_add(1, Relaxed) < LOGGED_FAILURES {
                             ctx.warn(&format!("Record {} of the file was not delivered: {reason}", first + i));
@@ -153,23 +139,12 @@ impl Source for FileSource {
         if !path.is_file() {
             return Err(PluginError::config(format!("{} is not a file", path.display())));
         }
-        Ok(FileSource {
-            config,
-            ctx,
-            path,
-            stop: Arc::default(),
-            worker: None,
-        })
+        Ok(FileSource { config, ctx, path, stop: Arc::default(), worker: None })
     }
 
     fn start(&mut self, emitter: Emitter) -> Result<(), PluginError> {
         let records = records(&self.path, self.config.format)?;
-        let (ctx, stop, size, path) = (
-            self.ctx,
-            self.stop.clone(),
-            self.config.batch_size.get(),
-            self.path.display().to_string(),
-        );
+        let (ctx, stop, size, path) = (self.ctx, self.stop.clone(), self.config.batch_size.get(), self.path.display().to_string());
         self.worker = Some(
             std::thread::Builder::new()
                 .name("weir-file-source".into())
@@ -210,14 +185,7 @@ mod tests {
     fn replays_an_array_in_batches_then_finishes() {
         let e = replay_file("a.json", r#"[{"user_id":"u1"}, {"user_id":"u2"}, {"user_id":"u3"}]"#, 2);
         assert_eq!(e.batches.lock().unwrap().len(), 2);
-        assert_eq!(
-            e.values(),
-            vec![
-                br#"{"user_id":"u1"}"#.to_vec(),
-                br#"{"user_id":"u2"}"#.to_vec(),
-                br#"{"user_id":"u3"}"#.to_vec()
-            ]
-        );
+        assert_eq!(e.values(), vec![br#"{"user_id":"u1"}"#.to_vec(), br#"{"user_id":"u2"}"#.to_vec(), br#"{"user_id":"u3"}"#.to_vec()]);
         assert!(e.is_finished());
     }
 

@@ -21,6 +21,11 @@ pub struct HttpConfig {
     /// How long a request waits for room in a full pipeline before it is answered 503, in milliseconds.
     #[serde(default = "default_wait")]
     pub backpressure_wait_ms: u64,
+    /// How long a request waits for the pipeline's acknowledgement before it is answered
+    /// 503, in milliseconds. The events may still be delivered after that: a client that
+    /// retries should keep each event's id so duplicates can be dropped.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout_ms: u64,
     /// Seconds put in `Retry-After` when answering 503.
     #[serde(default = "default_retry_after")]
     pub retry_after_secs: u32,
@@ -47,6 +52,9 @@ fn default_max_events() -> NonZeroUsize {
 fn default_wait() -> u64 {
     500
 }
+fn default_ack_timeout() -> u64 {
+    30_000
+}
 fn default_retry_after() -> u32 {
     1
 }
@@ -61,10 +69,7 @@ impl HttpConfig {
             return Err(format!("path {:?} must start with `/`", self.path));
         }
         if !self.health_path.is_empty() && (!self.health_path.starts_with('/') || self.health_path == self.path) {
-            return Err(format!(
-                "health_path {:?} must start with `/` and differ from path",
-                self.health_path
-            ));
+            return Err(format!("health_path {:?} must start with `/` and differ from path", self.health_path));
         }
         if self.listen.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
             return Err(format!("listen {:?} must be host:port", self.listen));

@@ -42,25 +42,13 @@ impl Source for HttpSource {
 
     fn create(config: HttpConfig, ctx: Context) -> Result<Self, PluginError> {
         let listener = ctx.listen(&config.listen)?;
-        Ok(HttpSource {
-            config,
-            ctx,
-            listener: Some(listener),
-            shutdown: None,
-            done: None,
-        })
+        Ok(HttpSource { config, ctx, listener: Some(listener), shutdown: None, done: None })
     }
 
     fn start(&mut self, emitter: Emitter) -> Result<(), PluginError> {
-        let listener = self
-            .listener
-            .take()
-            .ok_or_else(|| PluginError::fatal("the source was already started"))?;
+        let listener = self.listener.take().ok_or_else(|| PluginError::fatal("the source was already started"))?;
         listener.set_nonblocking(true).map_err(|e| PluginError::fatal(e.to_string()))?;
-        let shared = Arc::new(Shared {
-            config: self.config.clone(),
-            emitter,
-        });
+        let shared = Arc::new(Shared { config: self.config.clone(), emitter });
         let mut app = Router::new().route(&self.config.path, post(produce));
         if !self.config.health_path.is_empty() {
             app = app.route(&self.config.health_path, get(health));
@@ -132,11 +120,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 fn client_ip(headers: &HeaderMap, peer: SocketAddr, trust_forwarded: bool) -> String {
     if trust_forwarded {
-        if let Some(first) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-        {
+        if let Some(first) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next()) {
             return first.trim().to_owned();
         }
     }
@@ -166,10 +150,7 @@ async fn produce(State(shared): State<Arc<Shared>>, ConnectInfo(peer): ConnectIn
     let bytes = match to_bytes(body, max).await {
         Ok(b) => b,
         Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is larger than {max} bytes; send fewer events per request"),
-            )
+            return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {max} bytes; send fewer events per request"))
         }
     };
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
@@ -190,11 +171,7 @@ async fn produce(State(shared): State<Arc<Shared>>, ConnectInfo(peer): ConnectIn
     if events.len() > config.max_events.get() {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the array holds {} events; the most one request may carry is {}",
-                events.len(),
-                config.max_events
-            ),
+            format!("the array holds {} events; the most one request may carry is {}", events.len(), config.max_events),
         );
     }
     if let Some(i) = events.iter().position(|e| !e.get().starts_with('{')) {
@@ -212,32 +189,26 @@ async fn produce(State(shared): State<Arc<Shared>>, ConnectInfo(peer): ConnectIn
             meta.push((name, v.as_bytes()));
         }
     }
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default();
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default();
     let mut batch = BatchBuf::with_capacity(events.len(), bytes.len() + events.len() * 64);
     for (i, e) in events.iter().enumerate() {
-        batch.push(
-            i as u32,
-            Head {
-                key: None,
-                headers_raw: &[],
-                extra_headers: &meta,
-                timestamp_ms: Some(now_ms),
-            },
-            e.get().as_bytes(),
-        );
+        batch.push(i as u32, Head { key: None, headers_raw: &[], extra_headers: &meta, timestamp_ms: Some(now_ms) }, e.get().as_bytes());
     }
-    let ack = match offer(&shared, &batch).await {
-        Ok(ack) => ack,
-        Err(EmitError::Full) => {
-            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is full; retry later");
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(config.retry_after_secs));
-            return r;
+    let busy = |message: String| {
+        let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message);
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(config.retry_after_secs));
+        r
+    };
+    let ack = match tokio::time::timeout(Duration::from_millis(config.ack_timeout_ms), offer(&shared, &batch)).await {
+        Ok(Ok(ack)) => ack,
+        Ok(Err(EmitError::Full)) => return busy("the pipeline is full; retry later".into()),
+        Ok(Err(e)) => return busy(format!("the pipeline is not taking events: {e}")),
+        Err(_) => {
+            return busy(format!(
+                "the pipeline did not confirm delivery within {} ms (a sink is failing or slow); the events may still be delivered, so retry with the same event ids",
+                config.ack_timeout_ms
+            ))
         }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("the pipeline is not taking events: {e}")),
     };
     if single {
         respond_single(events[0], &ack)
@@ -271,10 +242,7 @@ fn malformed(e: serde_json::Error) -> Response {
 fn respond_single(event: &RawValue, ack: &Ack) -> Response {
     match ack.outcomes.first() {
         Some(Outcome::Accepted) | Some(Outcome::Dropped) => {
-            let echo: Echo<'_> = serde_json::from_str(event.get()).unwrap_or(Echo {
-                event_type: None,
-                timestamp: None,
-            });
+            let echo: Echo<'_> = serde_json::from_str(event.get()).unwrap_or(Echo { event_type: None, timestamp: None });
             let mut body =
                 json!({ "success": true, "eventType": raw_to_value(echo.event_type), "timestamp": raw_to_value(echo.timestamp) });
             if ack.outcomes.first() == Some(&Outcome::Dropped) {
@@ -338,18 +306,9 @@ mod tests {
 
     #[test]
     fn arrays_report_partial_acceptance() {
-        assert_eq!(
-            respond_many(&ack(vec![Outcome::Accepted, Outcome::Rejected("x".into())])).status(),
-            StatusCode::OK
-        );
-        assert_eq!(
-            respond_many(&ack(vec![Outcome::Rejected("x".into())])).status(),
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            respond_many(&ack(vec![Outcome::Accepted, Outcome::Failed("x".into())])).status(),
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
+        assert_eq!(respond_many(&ack(vec![Outcome::Accepted, Outcome::Rejected("x".into())])).status(), StatusCode::OK);
+        assert_eq!(respond_many(&ack(vec![Outcome::Rejected("x".into())])).status(), StatusCode::BAD_REQUEST);
+        assert_eq!(respond_many(&ack(vec![Outcome::Accepted, Outcome::Failed("x".into())])).status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]

@@ -178,13 +178,8 @@ pub struct SourceConfig {
 const RESERVED_SOURCE: [&str; 3] = ["enable.auto.commit", "group.id", "enable.auto.offset.store"];
 
 fn check_brokers(brokers: &str) -> Result<(), PluginError> {
-    if brokers
-        .split(',')
-        .any(|b| b.trim().rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none())
-    {
-        return Err(PluginError::config(format!(
-            "brokers {brokers:?} must be a comma-separated list of host:port"
-        )));
+    if brokers.split(',').any(|b| b.trim().rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none()) {
+        return Err(PluginError::config(format!("brokers {brokers:?} must be a comma-separated list of host:port")));
     }
     Ok(())
 }
@@ -198,18 +193,14 @@ impl SinkConfig {
         }
         if let Some(f) = &self.topic_field {
             if !f.starts_with('/') {
-                return Err(PluginError::config(format!(
-                    "topic_field {f:?} must be a JSON pointer such as \"/{f}\""
-                )));
+                return Err(PluginError::config(format!("topic_field {f:?} must be a JSON pointer such as \"/{f}\"")));
             }
         }
         if !matches!(self.acks.as_str(), "all" | "-1" | "0" | "1") {
             return Err(PluginError::config(format!("acks {:?} must be all, 1 or 0", self.acks)));
         }
         if self.idempotence && !matches!(self.acks.as_str(), "all" | "-1") {
-            return Err(PluginError::config(
-                "an idempotent producer needs acks: all; set idempotence: false to use fewer acks",
-            ));
+            return Err(PluginError::config("an idempotent producer needs acks: all; set idempotence: false to use fewer acks"));
         }
         Ok(())
     }
@@ -241,9 +232,7 @@ impl SourceConfig {
             return Err(PluginError::config("group_id must not be empty"));
         }
         if let Some(k) = self.librdkafka.keys().find(|k| RESERVED_SOURCE.contains(&k.as_str())) {
-            return Err(PluginError::config(format!(
-                "librdkafka.{k} is set by Weir (offsets are committed after delivery); remove it"
-            )));
+            return Err(PluginError::config(format!("librdkafka.{k} is set by Weir (offsets are committed after delivery); remove it")));
         }
         if let Some(t) = &self.start_at {
             start_at_ms(t)?;
@@ -268,14 +257,9 @@ impl SourceConfig {
 
 /// Milliseconds since the epoch of an RFC 3339 time.
 pub fn start_at_ms(text: &str) -> Result<i64, PluginError> {
-    let t = humantime::parse_rfc3339(text).map_err(|e| {
-        PluginError::config(format!(
-            "start_at {text:?} is not an RFC 3339 time such as 2024-01-01T00:00:00Z: {e}"
-        ))
-    })?;
-    let ms = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| PluginError::config(format!("start_at {text:?} is before 1970")))?;
+    let t = humantime::parse_rfc3339(text)
+        .map_err(|e| PluginError::config(format!("start_at {text:?} is not an RFC 3339 time such as 2024-01-01T00:00:00Z: {e}")))?;
+    let ms = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| PluginError::config(format!("start_at {text:?} is before 1970")))?;
     Ok(ms.as_millis() as i64)
 }
 
@@ -302,11 +286,8 @@ pub fn is_secret(key: &str) -> bool {
 
 /// The config as librdkafka gets it, with secrets masked, for logs.
 pub fn describe(c: &ClientConfig) -> String {
-    let mut parts: Vec<String> = c
-        .config_map()
-        .iter()
-        .map(|(k, v)| if is_secret(k) { format!("{k}=***") } else { format!("{k}={v}") })
-        .collect();
+    let mut parts: Vec<String> =
+        c.config_map().iter().map(|(k, v)| if is_secret(k) { format!("{k}=***") } else { format!("{k}={v}") }).collect();
     parts.sort();
     parts.join(" ")
 }

@@ -80,10 +80,7 @@ impl Tracker {
     /// Commit positions that moved since the last call.
     pub fn take_ready(&self) -> Vec<(Tp, i64)> {
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        parts
-            .iter_mut()
-            .filter_map(|(tp, p)| p.ready.take().map(|o| (tp.clone(), o)))
-            .collect()
+        parts.iter_mut().filter_map(|(tp, p)| p.ready.take().map(|o| (tp.clone(), o))).collect()
     }
 
     /// Waits up to `limit` until none of `tps` has records in flight; returns whether so.
@@ -99,22 +96,13 @@ impl Tracker {
             if now >= deadline {
                 return false;
             }
-            parts = self
-                .changed
-                .wait_timeout(parts, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            parts = self.changed.wait_timeout(parts, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 
     /// Records handed to the pipeline and not yet acknowledged, over all partitions.
     pub fn in_flight(&self) -> usize {
-        self.parts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|p| p.in_flight.len())
-            .sum()
+        self.parts.lock().unwrap_or_else(|p| p.into_inner()).values().map(|p| p.in_flight.len()).sum()
     }
 }
 

@@ -55,18 +55,14 @@ pub fn retriable(e: &KafkaError) -> bool {
 
 fn create_topic(config: &SinkConfig, topic: &str, ctx: &Context) -> Result<(), PluginError> {
     let Some(spec) = &config.create_topic else { return Ok(()) };
-    let admin: AdminClient<DefaultClientContext> = config
-        .client()
-        .create()
-        .map_err(|e| PluginError::config(format!("cannot create an admin client: {e}")))?;
+    let admin: AdminClient<DefaultClientContext> =
+        config.client().create().map_err(|e| PluginError::config(format!("cannot create an admin client: {e}")))?;
     let retention = spec.retention_ms.map(|r| r.to_string());
     let mut new = NewTopic::new(topic, spec.partitions, TopicReplication::Fixed(spec.replication));
     if let Some(r) = &retention {
         new = new.set("retention.ms", r);
     }
-    let options = AdminOptions::new()
-        .operation_timeout(Some(SETUP_TIMEOUT))
-        .request_timeout(Some(SETUP_TIMEOUT));
+    let options = AdminOptions::new().operation_timeout(Some(SETUP_TIMEOUT)).request_timeout(Some(SETUP_TIMEOUT));
     let result = weir_plugin::runtime().block_on(admin.create_topics(&[new], &options));
     match result {
         Ok(results) => {
@@ -133,13 +129,9 @@ impl Sink for KafkaSink {
 
     fn create(config: SinkConfig, ctx: Context) -> Result<Self, PluginError> {
         let client = config.client();
-        ctx.log(
-            weir_plugin::Level::Debug,
-            &format!("Kafka producer settings: {}", describe(&client)),
-        );
-        let producer: FutureProducer = client
-            .create()
-            .map_err(|e| PluginError::config(format!("cannot create the Kafka producer: {e}")))?;
+        ctx.log(weir_plugin::Level::Debug, &format!("Kafka producer settings: {}", describe(&client)));
+        let producer: FutureProducer =
+            client.create().map_err(|e| PluginError::config(format!("cannot create the Kafka producer: {e}")))?;
         if let Some(topic) = &config.topic {
             create_topic(&config, topic, &ctx)?;
         }
@@ -207,17 +199,12 @@ impl Sink for KafkaSink {
             }
         }
         match retry {
-            Some(m) => Err(PluginError::Retry {
-                message: format!("Kafka did not acknowledge the batch: {m}"),
-                after: None,
-            }),
+            Some(m) => Err(PluginError::Retry { message: format!("Kafka did not acknowledge the batch: {m}"), after: None }),
             None => Ok(()),
         }
     }
 
     fn stop(&mut self) -> Result<(), PluginError> {
-        self.producer
-            .flush(SETUP_TIMEOUT)
-            .map_err(|e| PluginError::retry(format!("flush failed: {e}")))
+        self.producer.flush(SETUP_TIMEOUT).map_err(|e| PluginError::retry(format!("flush failed: {e}")))
     }
 }

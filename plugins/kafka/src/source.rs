@@ -73,8 +73,7 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Revoke(list) = rebalance {
             let revoked = tps(list);
             if !self.tracker.wait_idle(&revoked, DRAIN_WAIT) {
-                self.ctx
-                    .warn("Partitions revoked with records still in flight; they will be delivered again by their next owner.");
+                self.ctx.warn("Partitions revoked with records still in flight; they will be delivered again by their next owner.");
             }
             let ready: Vec<(Tp, i64)> = self.tracker.take_ready();
             if !ready.is_empty() {
@@ -152,22 +151,14 @@ impl Loop {
                     let tp: Tp = (m.topic().to_owned(), m.partition());
                     let offset = m.offset();
                     let (p, o) = (m.partition().to_string(), offset.to_string());
-                    let mut extra: Vec<(&str, &[u8])> = vec![
-                        ("kafka.topic", m.topic().as_bytes()),
-                        ("kafka.partition", p.as_bytes()),
-                        ("kafka.offset", o.as_bytes()),
-                    ];
+                    let mut extra: Vec<(&str, &[u8])> =
+                        vec![("kafka.topic", m.topic().as_bytes()), ("kafka.partition", p.as_bytes()), ("kafka.offset", o.as_bytes())];
                     if let Some(h) = m.headers() {
                         for header in h.iter() {
                             extra.push((header.key, header.value.unwrap_or_default()));
                         }
                     }
-                    let head = Head {
-                        key: m.key(),
-                        headers_raw: &[],
-                        extra_headers: &extra,
-                        timestamp_ms: m.timestamp().to_millis(),
-                    };
+                    let head = Head { key: m.key(), headers_raw: &[], extra_headers: &extra, timestamp_ms: m.timestamp().to_millis() };
                     batch.push(batch.len() as u32, head, m.payload().unwrap_or_default());
                     let epoch = self.tracker.track(&tp, offset);
                     origins.push((tp, epoch, offset));
@@ -197,9 +188,7 @@ impl Loop {
                 let tp = (topic.clone(), *partition);
                 match o {
                     Outcome::Failed(reason) => {
-                        ctx.warn(&format!(
-                            "Record {topic}/{partition}@{offset} failed; its offset is not committed: {reason}"
-                        ));
+                        ctx.warn(&format!("Record {topic}/{partition}@{offset} failed; its offset is not committed: {reason}"));
                         tracker.done(&tp, *epoch, *offset, false);
                     }
                     Outcome::Rejected(reason) => {
@@ -217,14 +206,9 @@ impl Loop {
             return;
         }
         if let Ok(assignment) = self.consumer.assignment() {
-            let r = if pause {
-                self.consumer.pause(&assignment)
-            } else {
-                self.consumer.resume(&assignment)
-            };
+            let r = if pause { self.consumer.pause(&assignment) } else { self.consumer.resume(&assignment) };
             if let Err(e) = r {
-                self.ctx
-                    .warn(&format!("cannot {} partitions: {e}", if pause { "pause" } else { "resume" }));
+                self.ctx.warn(&format!("cannot {} partitions: {e}", if pause { "pause" } else { "resume" }));
             }
         }
     }
@@ -288,39 +272,17 @@ impl Source for KafkaSource {
         let paused = Arc::new(AtomicBool::new(false));
         let start_at = config.start_at.as_deref().map(start_at_ms).transpose()?;
         let client = config.client();
-        ctx.log(
-            weir_plugin::Level::Debug,
-            &format!("Kafka consumer settings: {}", describe(&client)),
-        );
-        let group = GroupContext {
-            tracker: tracker.clone(),
-            paused: paused.clone(),
-            start_at,
-            ctx,
-        };
-        let consumer: BaseConsumer<GroupContext> = client
-            .create_with_context(group)
-            .map_err(|e| PluginError::config(format!("cannot create the Kafka consumer: {e}")))?;
+        ctx.log(weir_plugin::Level::Debug, &format!("Kafka consumer settings: {}", describe(&client)));
+        let group = GroupContext { tracker: tracker.clone(), paused: paused.clone(), start_at, ctx };
+        let consumer: BaseConsumer<GroupContext> =
+            client.create_with_context(group).map_err(|e| PluginError::config(format!("cannot create the Kafka consumer: {e}")))?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| PluginError::config(format!("cannot subscribe to {topics:?}: {e}")))?;
-        Ok(KafkaSource {
-            config,
-            ctx,
-            consumer: Some(consumer),
-            tracker,
-            paused,
-            stop: Arc::default(),
-            worker: None,
-        })
+        consumer.subscribe(&topics).map_err(|e| PluginError::config(format!("cannot subscribe to {topics:?}: {e}")))?;
+        Ok(KafkaSource { config, ctx, consumer: Some(consumer), tracker, paused, stop: Arc::default(), worker: None })
     }
 
     fn start(&mut self, emitter: Emitter) -> Result<(), PluginError> {
-        let consumer = self
-            .consumer
-            .take()
-            .ok_or_else(|| PluginError::fatal("the source was already started"))?;
+        let consumer = self.consumer.take().ok_or_else(|| PluginError::fatal("the source was already started"))?;
         let l = Loop {
             consumer,
             emitter,
@@ -331,8 +293,7 @@ impl Source for KafkaSource {
             batch_size: self.config.batch_size.get(),
             batch_wait: Duration::from_millis(self.config.batch_wait_ms),
         };
-        self.ctx
-            .info(&format!("Consuming {:?} as group {}.", self.config.topics, self.config.group_id));
+        self.ctx.info(&format!("Consuming {:?} as group {}.", self.config.topics, self.config.group_id));
         self.worker = Some(
             std::thread::Builder::new()
                 .name("weir-kafka-source".into())

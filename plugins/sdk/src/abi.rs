@@ -71,17 +71,11 @@ pub struct StrRef {
 impl StrRef {
     /// A reference to `s`. The caller keeps `s` alive while the `StrRef` is used.
     pub fn new(s: &str) -> Self {
-        StrRef {
-            ptr: s.as_ptr(),
-            len: s.len(),
-        }
+        StrRef { ptr: s.as_ptr(), len: s.len() }
     }
 
     /// The empty string.
-    pub const EMPTY: StrRef = StrRef {
-        ptr: std::ptr::null(),
-        len: 0,
-    };
+    pub const EMPTY: StrRef = StrRef { ptr: std::ptr::null(), len: 0 };
 
     /// Reads the string back.
     ///
@@ -120,12 +114,7 @@ pub struct OwnedBytes {
 
 impl OwnedBytes {
     /// An empty buffer with nothing to release.
-    pub const EMPTY: OwnedBytes = OwnedBytes {
-        ptr: std::ptr::null(),
-        len: 0,
-        release: None,
-        private: std::ptr::null_mut(),
-    };
+    pub const EMPTY: OwnedBytes = OwnedBytes { ptr: std::ptr::null(), len: 0, release: None, private: std::ptr::null_mut() };
 }
 
 /// Plugin kinds.
@@ -421,12 +410,7 @@ pub fn owned_bytes(bytes: Vec<u8>) -> OwnedBytes {
     let boxed: Box<Vec<u8>> = Box::new(bytes);
     let ptr = boxed.as_ptr();
     let len = boxed.len();
-    OwnedBytes {
-        ptr,
-        len,
-        release: Some(release_vec),
-        private: Box::into_raw(boxed).cast(),
-    }
+    OwnedBytes { ptr, len, release: Some(release_vec), private: Box::into_raw(boxed).cast() }
 }
 
 unsafe extern "C" fn release_vec(private: *mut c_void) {
@@ -440,14 +424,7 @@ unsafe extern "C" fn release_vec(private: *mut c_void) {
 /// # Safety
 /// `buf` must be empty or a buffer filled by the other side that was not released yet.
 pub unsafe fn take_owned_string(buf: &mut OwnedBytes) -> String {
-    let text = String::from_utf8_lossy(
-        StrRef {
-            ptr: buf.ptr,
-            len: buf.len,
-        }
-        .as_bytes(),
-    )
-    .into_owned();
+    let text = String::from_utf8_lossy(StrRef { ptr: buf.ptr, len: buf.len }.as_bytes()).into_owned();
     if let Some(release) = buf.release.take() {
         release(buf.private);
     }

@@ -127,13 +127,7 @@ impl<'a> BatchRef<'a> {
             let check = |part, offset: u32, len: u32| {
                 let end = offset as usize + len as usize;
                 if end > data.len() {
-                    Err(BatchError::OutOfBounds {
-                        index,
-                        part,
-                        offset,
-                        len,
-                        data_len: data.len(),
-                    })
+                    Err(BatchError::OutOfBounds { index, part, offset, len, data_len: data.len() })
                 } else {
                     Ok(())
                 }
@@ -161,16 +155,8 @@ impl<'a> BatchRef<'a> {
         if (view.data.is_null() && view.data_len > 0) || (view.records.is_null() && count > 0) {
             return Err(BatchError::Null);
         }
-        let data = if view.data_len == 0 {
-            &[][..]
-        } else {
-            std::slice::from_raw_parts(view.data, view.data_len)
-        };
-        let metas = if count == 0 {
-            &[][..]
-        } else {
-            std::slice::from_raw_parts(view.records, count)
-        };
+        let data = if view.data_len == 0 { &[][..] } else { std::slice::from_raw_parts(view.data, view.data_len) };
+        let metas = if count == 0 { &[][..] } else { std::slice::from_raw_parts(view.records, count) };
         BatchRef::new(data, metas)
     }
 
@@ -208,11 +194,7 @@ impl<'a> BatchRef<'a> {
 
     /// Copies the batch, data and descriptors wholesale; each record is its own origin.
     pub fn to_owned(&self) -> BatchBuf {
-        BatchBuf {
-            data: self.data.to_vec(),
-            metas: self.metas.to_vec(),
-            origins: (0..self.metas.len() as u32).collect(),
-        }
+        BatchBuf { data: self.data.to_vec(), metas: self.metas.to_vec(), origins: (0..self.metas.len() as u32).collect() }
     }
 
     /// The raw view, pointing into the borrowed memory.
@@ -242,12 +224,7 @@ pub struct Head<'a> {
 
 impl<'a> From<&RecordRef<'a>> for Head<'a> {
     fn from(r: &RecordRef<'a>) -> Self {
-        Head {
-            key: r.key,
-            headers_raw: r.headers_raw,
-            extra_headers: &[],
-            timestamp_ms: r.timestamp_ms,
-        }
+        Head { key: r.key, headers_raw: r.headers_raw, extra_headers: &[], timestamp_ms: r.timestamp_ms }
     }
 }
 
@@ -268,11 +245,7 @@ impl BatchBuf {
 
     /// An empty batch with room for `records` records and `bytes` bytes of data.
     pub fn with_capacity(records: usize, bytes: usize) -> Self {
-        BatchBuf {
-            data: Vec::with_capacity(bytes),
-            metas: Vec::with_capacity(records),
-            origins: Vec::with_capacity(records),
-        }
+        BatchBuf { data: Vec::with_capacity(bytes), metas: Vec::with_capacity(records), origins: Vec::with_capacity(records) }
     }
 
     /// Removes every record, keeping the memory.
@@ -308,11 +281,7 @@ impl BatchBuf {
     }
 
     fn write_head(&mut self, head: &Head<'_>) -> RecordMeta {
-        let mut meta = RecordMeta {
-            key_len: ABSENT,
-            timestamp_ms: head.timestamp_ms.unwrap_or(i64::MIN),
-            ..Default::default()
-        };
+        let mut meta = RecordMeta { key_len: ABSENT, timestamp_ms: head.timestamp_ms.unwrap_or(i64::MIN), ..Default::default() };
         if let Some(key) = head.key {
             meta.key_off = self.offset();
             self.data.extend_from_slice(key);
@@ -365,10 +334,7 @@ impl BatchBuf {
 
     /// Reads the batch.
     pub fn as_ref(&self) -> BatchRef<'_> {
-        BatchRef {
-            data: &self.data,
-            metas: &self.metas,
-        }
+        BatchRef { data: &self.data, metas: &self.metas }
     }
 }
 
@@ -389,11 +355,7 @@ impl Rejections {
     pub fn reject(&mut self, index: usize, reason: &str) {
         let off = self.text.len() as u32;
         self.text.extend_from_slice(reason.as_bytes());
-        self.items.push(Rejection {
-            index: index as u32,
-            reason_off: off,
-            reason_len: reason.len() as u32,
-        });
+        self.items.push(Rejection { index: index as u32, reason_off: off, reason_len: reason.len() as u32 });
     }
 
     /// Number of rejections.
@@ -472,12 +434,7 @@ mod tests {
         let mut b = BatchBuf::new();
         b.push(
             0,
-            Head {
-                key: Some(b"u1"),
-                extra_headers: &[("traceparent", b"00-abc")],
-                timestamp_ms: Some(5),
-                ..Default::default()
-            },
+            Head { key: Some(b"u1"), extra_headers: &[("traceparent", b"00-abc")], timestamp_ms: Some(5), ..Default::default() },
             b"{\"a\":1}",
         );
         b.push(1, Head::default(), b"{}");
@@ -499,12 +456,7 @@ mod tests {
     #[test]
     fn out_of_bounds_record_is_refused() {
         let data = b"abc";
-        let metas = [RecordMeta {
-            key_len: ABSENT,
-            value_off: 1,
-            value_len: 5,
-            ..Default::default()
-        }];
+        let metas = [RecordMeta { key_len: ABSENT, value_off: 1, value_len: 5, ..Default::default() }];
         let err = BatchRef::new(data, &metas).unwrap_err();
         assert!(matches!(err, BatchError::OutOfBounds { part: "value", .. }), "{err}");
     }
@@ -512,17 +464,10 @@ mod tests {
     #[test]
     fn failed_value_write_leaves_no_trace() {
         let mut b = BatchBuf::new();
-        let r: Result<(), &str> = b.push_with(
-            0,
-            Head {
-                key: Some(b"k"),
-                ..Default::default()
-            },
-            |v| {
-                v.extend_from_slice(b"partial");
-                Err("no")
-            },
-        );
+        let r: Result<(), &str> = b.push_with(0, Head { key: Some(b"k"), ..Default::default() }, |v| {
+            v.extend_from_slice(b"partial");
+            Err("no")
+        });
         assert!(r.is_err());
         assert!(b.is_empty());
         assert_eq!(b.data_len(), 0);
@@ -531,12 +476,7 @@ mod tests {
     #[test]
     fn malformed_headers_are_refused() {
         let data = [9u8, 0, 0, 0, b'x'];
-        let metas = [RecordMeta {
-            key_len: ABSENT,
-            headers_off: 0,
-            headers_len: 5,
-            ..Default::default()
-        }];
+        let metas = [RecordMeta { key_len: ABSENT, headers_off: 0, headers_len: 5, ..Default::default() }];
         assert_eq!(BatchRef::new(&data, &metas).unwrap_err(), BatchError::Headers { index: 0 });
     }
 }

@@ -42,10 +42,7 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("pipeline", &self.pipeline())
-            .field("stage", &self.stage())
-            .finish()
+        f.debug_struct("Context").field("pipeline", &self.pipeline()).field("stage", &self.stage()).finish()
     }
 }
 
@@ -106,15 +103,7 @@ impl Context {
     /// Adds to the counter `weir_plugin_<name>` (labelled with this stage).
     pub fn counter_add(&self, name: &str, help: &str, value: u64) {
         // SAFETY: as above.
-        unsafe {
-            (self.api.metric)(
-                self.api.ctx,
-                abi::metric::COUNTER_ADD,
-                StrRef::new(name),
-                StrRef::new(help),
-                value as f64,
-            )
-        }
+        unsafe { (self.api.metric)(self.api.ctx, abi::metric::COUNTER_ADD, StrRef::new(name), StrRef::new(help), value as f64) }
     }
 
     /// Sets the gauge `weir_plugin_<name>` (labelled with this stage).
@@ -179,16 +168,8 @@ impl Ack {
     /// `view` must be valid per ABI.md.
     pub unsafe fn from_view(view: &AckView) -> Ack {
         let n = view.count as usize;
-        let codes = if n == 0 || view.codes.is_null() {
-            &[][..]
-        } else {
-            std::slice::from_raw_parts(view.codes, n)
-        };
-        let reasons = if n == 0 || view.reasons.is_null() {
-            &[][..]
-        } else {
-            std::slice::from_raw_parts(view.reasons, n)
-        };
+        let codes = if n == 0 || view.codes.is_null() { &[][..] } else { std::slice::from_raw_parts(view.codes, n) };
+        let reasons = if n == 0 || view.reasons.is_null() { &[][..] } else { std::slice::from_raw_parts(view.reasons, n) };
         let outcomes = codes
             .iter()
             .enumerate()
@@ -230,11 +211,7 @@ type AckFn = Box<dyn FnOnce(Ack) + Send>;
 
 unsafe extern "C" fn call_ack(ctx: *mut c_void, view: *const AckView) {
     let f: Box<AckFn> = Box::from_raw(ctx.cast::<AckFn>());
-    let ack = if view.is_null() {
-        Ack { outcomes: Vec::new() }
-    } else {
-        Ack::from_view(&*view)
-    };
+    let ack = if view.is_null() { Ack { outcomes: Vec::new() } } else { Ack::from_view(&*view) };
     // A panic must not cross into the host.
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || f(ack)));
 }

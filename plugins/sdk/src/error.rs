@@ -31,10 +31,7 @@ impl PluginError {
 
     /// A transient error the host should retry.
     pub fn retry(message: impl Into<String>) -> Self {
-        PluginError::Retry {
-            message: message.into(),
-            after: None,
-        }
+        PluginError::Retry { message: message.into(), after: None }
     }
 
     /// A permanent error.

@@ -154,11 +154,7 @@ unsafe extern "C" fn create<E: Erased>(
         let config = parse_config::<E::Config>(config)?;
         E::check(&config)?;
         let built = E::build(config, ctx)?;
-        *instance = Box::into_raw(Box::new(Instance {
-            inner: built,
-            poisoned: false,
-        }))
-        .cast();
+        *instance = Box::into_raw(Box::new(Instance { inner: built, poisoned: false })).cast();
         Ok(())
     })
 }
@@ -263,9 +259,7 @@ unsafe extern "C" fn sink_process<T: crate::plugin::Sink>(
     output: *mut StageOutput,
     message: *mut OwnedBytes,
 ) -> Status {
-    process_with::<Sink<T>>(instance, batch, output, message, |s, input, out| {
-        s.0.write(input, &mut out.rejections)
-    })
+    process_with::<Sink<T>>(instance, batch, output, message, |s, input, out| s.0.write(input, &mut out.rejections))
 }
 
 /// Descriptor parts that need owned storage.
@@ -313,10 +307,7 @@ pub fn source<T: crate::plugin::Source>() -> DescriptorParts {
 
 /// Describes a transform for the manifest.
 pub fn transform<T: crate::plugin::Transform>() -> DescriptorParts {
-    DescriptorParts {
-        process: Some(transform_process::<T>),
-        ..parts::<Transform<T>>(Kind::TRANSFORM, T::NAME, T::DESCRIPTION)
-    }
+    DescriptorParts { process: Some(transform_process::<T>), ..parts::<Transform<T>>(Kind::TRANSFORM, T::NAME, T::DESCRIPTION) }
 }
 
 /// Describes a sink for the manifest.
@@ -340,11 +331,7 @@ impl ManifestHolder {
     /// Builds the manifest of a library.
     pub fn new(library: &'static str, version: &'static str, parts: Vec<DescriptorParts>) -> Self {
         install_panic_hook();
-        let strings = [
-            library.to_owned(),
-            version.to_owned(),
-            format!("weir-plugin {}", env!("CARGO_PKG_VERSION")),
-        ];
+        let strings = [library.to_owned(), version.to_owned(), format!("weir-plugin {}", env!("CARGO_PKG_VERSION"))];
         let descriptors: Vec<PluginDescriptor> = parts
             .iter()
             .map(|p| PluginDescriptor {
@@ -371,12 +358,7 @@ impl ManifestHolder {
             plugin_count: descriptors.len() as u32,
             plugins: descriptors.as_ptr(),
         };
-        ManifestHolder {
-            manifest,
-            _descriptors: descriptors,
-            _parts: parts,
-            _strings: strings,
-        }
+        ManifestHolder { manifest, _descriptors: descriptors, _parts: parts, _strings: strings }
     }
 
     /// The manifest; valid as long as the holder.

@@ -85,18 +85,12 @@ unsafe extern "C" fn listen(_ctx: *const c_void, address: StrRef, fd: *mut i32, 
 impl MockHost {
     /// A host whose pipeline directory is the current directory.
     pub fn new() -> Self {
-        MockHost {
-            state: Arc::default(),
-            base_dir: ".",
-        }
+        MockHost { state: Arc::default(), base_dir: "." }
     }
 
     /// A host whose pipeline directory is `dir` (relative config paths resolve there).
     pub fn with_base_dir(dir: &str) -> Self {
-        MockHost {
-            state: Arc::default(),
-            base_dir: Box::leak(dir.to_owned().into_boxed_str()),
-        }
+        MockHost { state: Arc::default(), base_dir: Box::leak(dir.to_owned().into_boxed_str()) }
     }
 
     /// A context for pipeline `test`, stage `stage`.
@@ -183,12 +177,8 @@ unsafe extern "C" fn mock_emit(ctx: *const c_void, batch: *const BatchView, ack:
     s.batches.lock().unwrap().push(copy);
     let codes = vec![abi::outcome::ACCEPTED; n];
     let reasons = vec![StrRef::EMPTY; n];
-    let view = AckView {
-        struct_size: std::mem::size_of::<AckView>() as u32,
-        count: n as u32,
-        codes: codes.as_ptr(),
-        reasons: reasons.as_ptr(),
-    };
+    let view =
+        AckView { struct_size: std::mem::size_of::<AckView>() as u32, count: n as u32, codes: codes.as_ptr(), reasons: reasons.as_ptr() };
     if let Some(call) = ack.call {
         call(ack.ctx, &view);
     }
@@ -208,10 +198,7 @@ impl Emitted {
     /// The values of every record emitted so far, in order.
     pub fn values(&self) -> Vec<Vec<u8>> {
         let batches = self.batches.lock().unwrap();
-        batches
-            .iter()
-            .flat_map(|b| b.as_ref().iter().map(|r| r.value.to_vec()).collect::<Vec<_>>())
-            .collect()
+        batches.iter().flat_map(|b| b.as_ref().iter().map(|r| r.value.to_vec()).collect::<Vec<_>>()).collect()
     }
 
     /// Whether the source called `finish`.
@@ -224,11 +211,7 @@ impl Emitted {
 /// made with `full`, refuses every batch with backpressure.
 pub fn mock_emitter(full: bool) -> (Emitter, Emitted) {
     let emitted = Emitted::default();
-    let state = Box::leak(Box::new(EmitterState {
-        batches: emitted.batches.clone(),
-        full,
-        finished: emitted.finished.clone(),
-    }));
+    let state = Box::leak(Box::new(EmitterState { batches: emitted.batches.clone(), full, finished: emitted.finished.clone() }));
     let api = EmitterApi {
         struct_size: std::mem::size_of::<EmitterApi>() as u32,
         ctx: (state as *const EmitterState).cast(),

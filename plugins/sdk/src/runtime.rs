@@ -16,10 +16,7 @@ const DEFAULT_THREADS: usize = 2;
 pub fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
-        let threads = std::env::var("WEIR_PLUGIN_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_THREADS);
+        let threads = std::env::var("WEIR_PLUGIN_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_THREADS);
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("weir-plugin")

@@ -31,10 +31,7 @@ impl Validate {
     /// Builds the transform from a schema document.
     pub fn from_schema(schema: &Value, max_errors: usize) -> Result<Self, PluginError> {
         let validator = jsonschema::draft202012::new(schema).map_err(|e| PluginError::config(format!("the schema is not valid: {e}")))?;
-        Ok(Validate {
-            validator,
-            max_errors: max_errors.max(1),
-        })
+        Ok(Validate { validator, max_errors: max_errors.max(1) })
     }
 
     /// The reason a value is invalid, or `None` when it is valid.
@@ -109,11 +106,7 @@ mod tests {
         schema_file(&dir);
         let host = MockHost::with_base_dir(dir.to_str().unwrap());
         let mut t: Validate = host.transform(serde_json::json!({"schema": "event.json"})).unwrap();
-        let input = json_batch([
-            r#"{"eventType":"a","userId":"u"}"#,
-            r#"{"eventType":"a","userId":7}"#,
-            r#"{"eventType":""#,
-        ]);
+        let input = json_batch([r#"{"eventType":"a","userId":"u"}"#, r#"{"eventType":"a","userId":7}"#, r#"{"eventType":""#]);
         let out = run_transform(&mut t, &input).unwrap();
         assert_eq!(out.batch.len(), 1);
         assert_eq!(out.batch.origins(), &[0]);
@@ -127,10 +120,7 @@ mod tests {
     #[test]
     fn missing_schema_file_is_a_config_error() {
         let host = MockHost::new();
-        let err = host
-            .transform::<Validate>(serde_json::json!({"schema": "/nonexistent/x.json"}))
-            .err()
-            .unwrap();
+        let err = host.transform::<Validate>(serde_json::json!({"schema": "/nonexistent/x.json"})).err().unwrap();
         assert!(matches!(err, PluginError::Config(m) if m.contains("cannot read schema")));
     }
 }

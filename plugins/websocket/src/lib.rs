@@ -100,11 +100,7 @@ async fn serve(stream: tokio::net::TcpStream, hub: Arc<Hub>, ctx: Context, buffe
     let id = hub.next_id.fetch_add(1, Relaxed);
     {
         let mut clients = hub.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients.push(Client {
-            id,
-            types: parse_types(query.as_deref()),
-            tx,
-        });
+        clients.push(Client { id, types: parse_types(query.as_deref()), tx });
         hub.report(&ctx, clients.len());
     }
     let (mut write, mut read) = ws.split();
@@ -139,10 +135,7 @@ impl Sink for WebSocketSink {
 
     fn validate(config: &WebSocketConfig) -> Result<(), PluginError> {
         if !config.type_field.starts_with('/') {
-            return Err(PluginError::config(format!(
-                "type_field {:?} must be a JSON pointer such as \"/eventType\"",
-                config.type_field
-            )));
+            return Err(PluginError::config(format!("type_field {:?} must be a JSON pointer such as \"/eventType\"", config.type_field)));
         }
         Ok(())
     }
@@ -212,8 +205,7 @@ impl Sink for WebSocketSink {
                 let n = slow.len() as u64;
                 clients.retain(|c| !slow.contains(&c.id));
                 slow.clear();
-                self.ctx
-                    .counter_add("websocket_slow_clients_disconnected", "Clients disconnected for falling behind.", n);
+                self.ctx.counter_add("websocket_slow_clients_disconnected", "Clients disconnected for falling behind.", n);
                 self.hub.report(&self.ctx, clients.len());
             }
         }
@@ -253,25 +245,12 @@ mod tests {
         let (tx_slow, _rx_slow) = mpsc::channel(1);
         {
             let mut c = sink.hub.clients.lock().unwrap();
-            c.push(Client {
-                id: 100,
-                types: None,
-                tx: tx_all,
-            });
-            c.push(Client {
-                id: 101,
-                types: parse_types(Some("types=b")),
-                tx: tx_b,
-            });
-            c.push(Client {
-                id: 102,
-                types: None,
-                tx: tx_slow,
-            });
+            c.push(Client { id: 100, types: None, tx: tx_all });
+            c.push(Client { id: 101, types: parse_types(Some("types=b")), tx: tx_b });
+            c.push(Client { id: 102, types: None, tx: tx_slow });
         }
         let mut rej = Rejections::new();
-        sink.write(&json_batch([r#"{"eventType":"a"}"#, r#"{"eventType":"b"}"#]).as_ref(), &mut rej)
-            .unwrap();
+        sink.write(&json_batch([r#"{"eventType":"a"}"#, r#"{"eventType":"b"}"#]).as_ref(), &mut rej).unwrap();
         assert_eq!(rx_all.try_recv().unwrap().as_str(), r#"{"eventType":"a"}"#);
         assert_eq!(rx_all.try_recv().unwrap().as_str(), r#"{"eventType":"b"}"#);
         assert_eq!(rx_b.try_recv().unwrap().as_str(), r#"{"eventType":"b"}"#);

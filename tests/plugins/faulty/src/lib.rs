@@ -25,9 +25,7 @@ impl Transform for PanicOn {
     const DESCRIPTION: &'static str = "For Weir's tests: panics on records containing a marker.";
 
     fn create(config: PanicConfig, _ctx: Context) -> Result<Self, PluginError> {
-        Ok(PanicOn {
-            marker: config.marker.into_bytes(),
-        })
+        Ok(PanicOn { marker: config.marker.into_bytes() })
     }
 
     fn process(&mut self, input: &BatchRef<'_>, out: &mut Output) -> Result<(), PluginError> {
@@ -60,9 +58,7 @@ impl Sink for Slow {
     const DESCRIPTION: &'static str = "For Weir's tests: a sink that takes a fixed time per batch.";
 
     fn create(config: SlowConfig, _ctx: Context) -> Result<Self, PluginError> {
-        Ok(Slow {
-            delay: Duration::from_millis(config.delay_ms),
-        })
+        Ok(Slow { delay: Duration::from_millis(config.delay_ms) })
     }
 
     fn write(&mut self, _batch: &BatchRef<'_>, _rejections: &mut Rejections) -> Result<(), PluginError> {
