@@ -22,35 +22,32 @@ pub struct KafkaSink {
     config: SinkConfig,
     producer: FutureProducer,
     ctx: Context,
+    /// Batches in a row that Kafka did not acknowledge.
+    failures: u32,
 }
 
-/// Whether a delivery error may clear up by itself (the broker is down, a leader moves).
-pub fn retriable(e: &KafkaError) -> bool {
+/// After this many unacknowledged batches in a row the producer is replaced: an idempotent
+/// producer whose broker lost its state (a restart) may otherwise fail forever.
+const FAILURES_BEFORE_NEW_PRODUCER: u32 = 3;
+
+/// Whether a delivery error is the message's own fault and retrying cannot help. Anything
+/// else (a broker down, a leader moving, an error this list does not know) is retried:
+/// the pipeline pushes back rather than dropping a record on an unknown error.
+pub fn permanent(e: &KafkaError) -> bool {
     use RDKafkaErrorCode::*;
-    match e.rdkafka_error_code() {
-        Some(code) => matches!(
-            code,
-            MessageTimedOut
-                | AllBrokersDown
-                | BrokerTransportFailure
-                | BrokerNotAvailable
-                | LeaderNotAvailable
-                | NotLeaderForPartition
-                | RequestTimedOut
-                | NetworkException
-                | NotEnoughReplicas
-                | NotEnoughReplicasAfterAppend
-                | QueueFull
-                | OperationTimedOut
-                | TimedOutQueue
-                | Resolve
-                | PurgeQueue
-                | PurgeInflight
-                | KafkaStorageError
-                | OutOfOrderSequenceNumber
-        ),
-        None => true,
-    }
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | InvalidMessage
+                | InvalidMessageSize
+                | InvalidRecord
+                | InvalidTopic
+                | TopicAuthorizationFailed
+                | InvalidRequiredAcks
+                | UnsupportedCompressionType
+        )
+    )
 }
 
 fn create_topic(config: &SinkConfig, topic: &str, ctx: &Context) -> Result<(), PluginError> {
@@ -135,13 +132,14 @@ impl Sink for KafkaSink {
         if let Some(topic) = &config.topic {
             create_topic(&config, topic, &ctx)?;
         }
-        let sink = KafkaSink { config, producer, ctx };
+        let sink = KafkaSink { config, producer, ctx, failures: 0 };
         sink.check_topic()?;
         Ok(sink)
     }
 
     fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
         let mut pending = Vec::with_capacity(batch.len());
+        let mut immediate: Option<String> = None;
         for (i, r) in batch.iter().enumerate() {
             let Some(topic) = self.topic_for(&r) else {
                 rejections.reject(i, "the record names no topic and the sink has no default `topic`");
@@ -171,8 +169,12 @@ impl Sink for KafkaSink {
                         record = back;
                         self.producer.poll(Duration::from_millis(5));
                     }
-                    Err((e, _)) => {
+                    Err((e, _)) if permanent(&e) => {
                         rejections.reject(i, &format!("Kafka refused the message: {e}"));
+                        break;
+                    }
+                    Err((e, _)) => {
+                        immediate.get_or_insert_with(|| e.to_string());
                         break;
                     }
                 }
@@ -185,23 +187,32 @@ impl Sink for KafkaSink {
             }
             out
         });
-        let mut retry = None;
+        let mut retry = immediate;
         for (i, result) in results {
             match result {
                 Ok(Ok(_)) => {}
-                Ok(Err((e, _))) if retriable(&e) => {
+                Ok(Err((e, _))) if permanent(&e) => rejections.reject(i, &format!("Kafka refused the message: {e}")),
+                Ok(Err((e, _))) => {
                     retry.get_or_insert_with(|| e.to_string());
                 }
-                Ok(Err((e, _))) => rejections.reject(i, &format!("Kafka refused the message: {e}")),
                 Err(_) => {
                     retry.get_or_insert_with(|| "the producer shut down".to_owned());
                 }
             }
         }
-        match retry {
-            Some(m) => Err(PluginError::Retry { message: format!("Kafka did not acknowledge the batch: {m}"), after: None }),
-            None => Ok(()),
+        let Some(message) = retry else {
+            self.failures = 0;
+            return Ok(());
+        };
+        self.failures += 1;
+        let fatal = self.producer.client().fatal_error();
+        if fatal.is_some() || self.failures >= FAILURES_BEFORE_NEW_PRODUCER {
+            self.ctx.warn(&format!("Kafka has not acknowledged {} batches in a row ({message}); starting a new producer.", self.failures));
+            self.producer =
+                self.config.client().create().map_err(|e| PluginError::retry(format!("cannot re-create the Kafka producer: {e}")))?;
+            self.failures = 0;
         }
+        Err(PluginError::Retry { message: format!("Kafka did not acknowledge the batch: {message}"), after: None })
     }
 
     fn stop(&mut self) -> Result<(), PluginError> {

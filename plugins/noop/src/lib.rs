@@ -1,9 +1,10 @@
-//! The `noop` transform: passes every record through unchanged. Useful to measure what
-//! the plugin boundary itself costs, and as a placeholder while building a pipeline.
+//! The `noop` transform passes every record through unchanged; the `discard` sink drops
+//! every record. Useful to measure what the plugin boundary and a source cost, and as
+//! placeholders while building a pipeline.
 
-use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, Output, PluginError, Transform};
+use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, Output, PluginError, Rejections, Sink, Transform};
 
-/// Config of the `noop` transform: it takes none.
+/// Config of the `noop` transform and the `discard` sink: they take none.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoopConfig {}
@@ -28,7 +29,24 @@ impl Transform for Noop {
     }
 }
 
-weir_plugin::export_plugins!(transform Noop);
+/// The `discard` sink: accepts every batch and keeps nothing.
+pub struct Discard;
+
+impl Sink for Discard {
+    type Config = NoopConfig;
+    const NAME: &'static str = "discard";
+    const DESCRIPTION: &'static str = "Accepts every record and keeps nothing.";
+
+    fn create(_config: NoopConfig, _ctx: Context) -> Result<Self, PluginError> {
+        Ok(Discard)
+    }
+
+    fn write(&mut self, _batch: &BatchRef<'_>, _rejections: &mut Rejections) -> Result<(), PluginError> {
+        Ok(())
+    }
+}
+
+weir_plugin::export_plugins!(transform Noop, sink Discard);
 
 #[cfg(test)]
 mod tests {
