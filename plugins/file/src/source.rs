@@ -4,13 +4,12 @@
 use std::io::{BufRead, BufReader};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use weir_plugin::serde_json::{self, value::RawValue};
-use weir_plugin::{BatchBuf, Context, Deserialize, EmitError, Emitter, Head, JsonSchema, Outcome, PluginError, Source};
+use weir_plugin::{BatchBuf, Context, Deserialize, EmitError, Emitter, Head, JsonSchema, Outcome, PluginError, Source, StopFlag, Worker};
 
 /// How the file is laid out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -48,8 +47,7 @@ pub struct FileSource {
     config: FileSourceConfig,
     ctx: Context,
     path: PathBuf,
-    stop: Arc<AtomicBool>,
-    worker: Option<JoinHandle<()>>,
+    worker: Option<Worker>,
 }
 
 /// Reads the records of the file.
@@ -83,7 +81,7 @@ fn records(path: &PathBuf, format: Format) -> Result<Vec<Vec<u8>>, PluginError> 
 /// How many undelivered records are logged one by one.
 const LOGGED_FAILURES: u64 = 10;
 
-fn replay(records: Vec<Vec<u8>>, batch_size: usize, emitter: Emitter, ctx: Context, stop: Arc<AtomicBool>, path: String) {
+fn replay(records: Vec<Vec<u8>>, batch_size: usize, emitter: Emitter, ctx: Context, stop: StopFlag, path: String) {
     let bad = Arc::new(AtomicU64::new(0));
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default();
     let mut sent = 0usize;
@@ -94,7 +92,7 @@ fn replay(records: Vec<Vec<u8>>, batch_size: usize, emitter: Emitter, ctx: Conte
         }
         let mut pause = Duration::from_millis(1);
         loop {
-            if stop.load(Relaxed) {
+            if stop.is_set() {
                 ctx.info(&format!("Stopped replaying {path} after {sent} records."));
                 return;
             }
@@ -139,25 +137,19 @@ impl Source for FileSource {
         if !path.is_file() {
             return Err(PluginError::config(format!("{} is not a file", path.display())));
         }
-        Ok(FileSource { config, ctx, path, stop: Arc::default(), worker: None })
+        Ok(FileSource { config, ctx, path, worker: None })
     }
 
     fn start(&mut self, emitter: Emitter) -> Result<(), PluginError> {
         let records = records(&self.path, self.config.format)?;
-        let (ctx, stop, size, path) = (self.ctx, self.stop.clone(), self.config.batch_size.get(), self.path.display().to_string());
-        self.worker = Some(
-            std::thread::Builder::new()
-                .name("weir-file-source".into())
-                .spawn(move || replay(records, size, emitter, ctx, stop, path))
-                .map_err(|e| PluginError::fatal(e.to_string()))?,
-        );
+        let (ctx, size, path) = (self.ctx, self.config.batch_size.get(), self.path.display().to_string());
+        self.worker = Some(Worker::spawn("weir-file-source", move |stop| replay(records, size, emitter, ctx, stop, path))?);
         Ok(())
     }
 
     fn stop(&mut self) -> Result<(), PluginError> {
-        self.stop.store(true, Relaxed);
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
+        if let Some(mut w) = self.worker.take() {
+            w.stop();
         }
         Ok(())
     }
@@ -177,7 +169,7 @@ mod tests {
         let mut src = FileSource::create(config, host.context()).unwrap();
         let (emitter, emitted) = mock_emitter(false);
         src.start(emitter).unwrap();
-        src.worker.take().unwrap().join().unwrap();
+        src.worker.take().unwrap().join();
         emitted
     }
 

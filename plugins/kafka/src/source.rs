@@ -5,13 +5,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use weir_plugin::{BatchBuf, Context, EmitError, Emitter, Head, Outcome, PluginError, Source};
+use weir_plugin::{BatchBuf, Context, EmitError, Emitter, Head, Outcome, PluginError, Source, StopFlag, Worker};
 
 use crate::config::{describe, start_at_ms, SourceConfig};
 use crate::offsets::{Tp, Tracker};
@@ -108,8 +107,7 @@ pub struct KafkaSource {
     consumer: Option<BaseConsumer<GroupContext>>,
     tracker: Arc<Tracker>,
     paused: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    worker: Option<JoinHandle<()>>,
+    worker: Option<Worker>,
 }
 
 /// Where each record of a batch came from.
@@ -121,7 +119,7 @@ struct Loop {
     ctx: Context,
     tracker: Arc<Tracker>,
     paused: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
+    stop: StopFlag,
     batch_size: usize,
     batch_wait: Duration,
 }
@@ -141,7 +139,7 @@ impl Loop {
         let mut batch = BatchBuf::new();
         let mut origins = Origins::new();
         let deadline = Instant::now() + self.batch_wait;
-        while batch.len() < self.batch_size && !self.stop.load(Relaxed) {
+        while batch.len() < self.batch_size && !self.stop.is_set() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() && !batch.is_empty() {
                 break;
@@ -216,7 +214,7 @@ impl Loop {
     fn run(self) {
         let mut held: Option<(BatchBuf, Origins)> = None;
         let mut pause = Duration::from_millis(1);
-        while !self.stop.load(Relaxed) {
+        while !self.stop.is_set() {
             self.commit_ready(CommitMode::Async);
             if held.is_none() {
                 held = self.fill();
@@ -278,35 +276,23 @@ impl Source for KafkaSource {
             client.create_with_context(group).map_err(|e| PluginError::config(format!("cannot create the Kafka consumer: {e}")))?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(|e| PluginError::config(format!("cannot subscribe to {topics:?}: {e}")))?;
-        Ok(KafkaSource { config, ctx, consumer: Some(consumer), tracker, paused, stop: Arc::default(), worker: None })
+        Ok(KafkaSource { config, ctx, consumer: Some(consumer), tracker, paused, worker: None })
     }
 
     fn start(&mut self, emitter: Emitter) -> Result<(), PluginError> {
         let consumer = self.consumer.take().ok_or_else(|| PluginError::fatal("the source was already started"))?;
-        let l = Loop {
-            consumer,
-            emitter,
-            ctx: self.ctx,
-            tracker: self.tracker.clone(),
-            paused: self.paused.clone(),
-            stop: self.stop.clone(),
-            batch_size: self.config.batch_size.get(),
-            batch_wait: Duration::from_millis(self.config.batch_wait_ms),
-        };
+        let (ctx, tracker, paused) = (self.ctx, self.tracker.clone(), self.paused.clone());
+        let (batch_size, batch_wait) = (self.config.batch_size.get(), Duration::from_millis(self.config.batch_wait_ms));
         self.ctx.info(&format!("Consuming {:?} as group {}.", self.config.topics, self.config.group_id));
-        self.worker = Some(
-            std::thread::Builder::new()
-                .name("weir-kafka-source".into())
-                .spawn(move || l.run())
-                .map_err(|e| PluginError::fatal(e.to_string()))?,
-        );
+        self.worker = Some(Worker::spawn("weir-kafka-source", move |stop| {
+            Loop { consumer, emitter, ctx, tracker, paused, stop, batch_size, batch_wait }.run()
+        })?);
         Ok(())
     }
 
     fn stop(&mut self) -> Result<(), PluginError> {
-        self.stop.store(true, Relaxed);
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
+        if let Some(mut w) = self.worker.take() {
+            w.stop();
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ pub mod export;
 pub mod mock;
 pub mod plugin;
 mod runtime;
+pub mod worker;
 
 pub use batch::{BatchBuf, BatchRef, Head, Output, RecordRef, Rejections};
 pub use context::{Ack, Context, EmitError, Emitter, Level, Outcome};
@@ -23,3 +24,4 @@ pub use runtime::runtime;
 pub use schemars::{self, JsonSchema};
 pub use serde::{self, Deserialize};
 pub use serde_json;
+pub use worker::{StopFlag, Worker};
