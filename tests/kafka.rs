@@ -304,3 +304,59 @@ fn a_json_file_is_replayed_to_kafka_and_weir_exits() {
     assert_eq!(read[0].key.as_deref(), Some("user100"));
     assert!(read[9].value.contains("community_joined"));
 }
+
+#[test]
+fn a_slow_sink_pauses_the_consumer_and_every_record_still_arrives_in_order() {
+    let broker = Broker::persistent();
+    broker.create_topic("slow", 1);
+    let values: Vec<String> = (0..400).map(|i| format!(r#"{{"id":{i}}}"#)).collect();
+    produce(&broker, "slow", &values.iter().map(|v| (None, v.as_str())).collect::<Vec<_>>());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    write_pipeline(
+        dir.path(),
+        "slow",
+        &format!(
+            "source:\n  plugin: kafka\n  config: {{brokers: \"{}\", topics: [slow], group_id: slow, batch_size: 20}}\ntransforms: [{{plugin: noop}}]\nsinks:\n  - plugin: test-slow\n    config: {{delay_ms: 20}}\n  - plugin: file\n    config: {{path: {}}}\nsettings: {{queue_batches: 1, sink_queue_batches: 1}}\n",
+            broker.addr,
+            out.display()
+        ),
+    );
+    let weir = Weir::start(dir.path(), &[], &[]);
+    wait_for("every record", Duration::from_secs(60), || lines(&out).len() >= 400);
+    let ids: Vec<u64> = lines(&out).iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, (0..400).collect::<Vec<u64>>(), "in order, once each");
+    let pushed_back = weir.metric(r#"weir_stage_backpressure_total{pipeline="slow",stage="kafka",plugin="kafka"}"#).unwrap();
+    assert!(pushed_back > 0.0, "the consumer was pushed back");
+}
+
+#[test]
+fn start_at_skips_older_messages_for_a_new_group() {
+    let broker = Broker::persistent();
+    broker.create_topic("timed", 1);
+    produce(&broker, "timed", &[(None, r#"{"id":"old"}"#)]);
+    std::thread::sleep(Duration::from_millis(1100));
+    let cut = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    std::thread::sleep(Duration::from_millis(1100));
+    produce(&broker, "timed", &[(None, r#"{"id":"new"}"#)]);
+    let at = {
+        let out = std::process::Command::new("date").args(["-u", "-d", &format!("@{cut}"), "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    write_pipeline(
+        dir.path(),
+        "timed",
+        &format!(
+            "source:\n  plugin: kafka\n  config: {{brokers: \"{}\", topics: [timed], group_id: timed, start_at: \"{at}\"}}\nsinks:\n  - plugin: file\n    config: {{path: {}}}\n",
+            broker.addr,
+            out.display()
+        ),
+    );
+    let _weir = Weir::start(dir.path(), &[], &[]);
+    produce(&broker, "timed", &[(None, r#"{"id":"newer"}"#)]);
+    // In partition order: had start_at been ignored, "old" would come first.
+    wait_for("two records", Duration::from_secs(30), || lines(&out).len() >= 2);
+    assert_eq!(lines(&out)[..2], [r#"{"id":"new"}"#.to_owned(), r#"{"id":"newer"}"#.to_owned()]);
+}
