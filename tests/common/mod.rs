@@ -121,6 +121,11 @@ impl Weir {
         w
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }

@@ -1,0 +1,250 @@
+//! From a record to a row: each mapped column's value, converted for its SQL type.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use tokio_postgres::types::{to_sql_checked, IsNull, Json, ToSql, Type};
+use weir_plugin::serde_json::{self, Value};
+use weir_plugin::RecordRef;
+
+use crate::config::ColumnSpec;
+
+/// How a column's values are converted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Text types.
+    Text,
+    /// Integer types.
+    Int,
+    /// Floating point.
+    Float,
+    /// Booleans.
+    Bool,
+    /// Timestamps, with or without time zone.
+    Time,
+    /// `json` / `jsonb`.
+    Json,
+}
+
+impl Kind {
+    /// The kind a SQL type converts to.
+    pub fn of(sql_type: &str) -> Kind {
+        let first = sql_type.split(|c: char| c.is_whitespace() || c == '(').next().unwrap_or("").to_ascii_lowercase();
+        match first.as_str() {
+            "smallint" | "integer" | "int" | "int2" | "int4" | "int8" | "bigint" | "serial" | "bigserial" | "smallserial" => Kind::Int,
+            "real" | "float" | "float4" | "float8" | "double" => Kind::Float,
+            "boolean" | "bool" => Kind::Bool,
+            "timestamp" | "timestamptz" => Kind::Time,
+            "json" | "jsonb" => Kind::Json,
+            _ => Kind::Text,
+        }
+    }
+}
+
+/// One value of a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    /// NULL.
+    Null,
+    /// Text.
+    Text(String),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A point in time (UTC).
+    Time(DateTime<Utc>),
+    /// A JSON document.
+    Json(Value),
+}
+
+impl ToSql for Cell {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut tokio_postgres::types::private::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Cell::Null => Ok(IsNull::Yes),
+            Cell::Text(s) => s.as_str().to_sql(ty, out),
+            Cell::Int(i) => match *ty {
+                Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
+                _ => i.to_sql(ty, out),
+            },
+            Cell::Float(f) => match *ty {
+                Type::FLOAT4 => (*f as f32).to_sql(ty, out),
+                _ => f.to_sql(ty, out),
+            },
+            Cell::Bool(b) => b.to_sql(ty, out),
+            Cell::Time(t) => match *ty {
+                Type::TIMESTAMP => t.naive_utc().to_sql(ty, out),
+                _ => t.to_sql(ty, out),
+            },
+            Cell::Json(v) => Json(v).to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// Parses a time: RFC 3339 with any offset, ISO-8601 without one (taken as UTC), or epoch
+/// seconds (milliseconds when the number is too large for seconds).
+pub fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
+    match v {
+        Value::String(s) => {
+            if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+                return Some(t.with_timezone(&Utc));
+            }
+            ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
+                .iter()
+                .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+                .map(|n| n.and_utc())
+        }
+        Value::Number(n) => {
+            let x = n.as_f64()?;
+            let ms = if x.abs() < 1e11 { x * 1000.0 } else { x };
+            DateTime::from_timestamp_millis(ms as i64)
+        }
+        _ => None,
+    }
+}
+
+fn convert(kind: Kind, v: &Value) -> Result<Cell, String> {
+    let wrong = |what: &str| Err(format!("{v} is not {what}"));
+    match (kind, v) {
+        (_, Value::Null) => Ok(Cell::Null),
+        (Kind::Json, v) => Ok(Cell::Json(v.clone())),
+        (Kind::Text, Value::String(s)) => Ok(Cell::Text(s.clone())),
+        (Kind::Text, v) => Ok(Cell::Text(v.to_string())),
+        (Kind::Int, Value::Number(n)) => n.as_i64().map(Cell::Int).map_or_else(|| wrong("an integer"), Ok),
+        (Kind::Int, Value::String(s)) => s.trim().parse().map(Cell::Int).or_else(|_| wrong("an integer")),
+        (Kind::Float, Value::Number(n)) => n.as_f64().map(Cell::Float).map_or_else(|| wrong("a number"), Ok),
+        (Kind::Float, Value::String(s)) => s.trim().parse().map(Cell::Float).or_else(|_| wrong("a number")),
+        (Kind::Bool, Value::Bool(b)) => Ok(Cell::Bool(*b)),
+        (Kind::Bool, Value::String(s)) if s == "true" || s == "false" => Ok(Cell::Bool(s == "true")),
+        (Kind::Time, v) => parse_time(v).map(Cell::Time).map_or_else(|| wrong("a time (ISO-8601 or epoch seconds)"), Ok),
+        (Kind::Int, _) => wrong("an integer"),
+        (Kind::Float, _) => wrong("a number"),
+        (Kind::Bool, _) => wrong("a boolean"),
+    }
+}
+
+/// Fills a fallback template from the record's key and headers; `None` when one is missing.
+fn render(template: &str, record: &RecordRef<'_>) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find("}}")?;
+        let name = after[..end].trim();
+        let bytes = if name == "key" { record.key? } else { record.header(name.strip_prefix("header:")?)? };
+        out.push_str(std::str::from_utf8(bytes).ok()?);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// A mapped column, ready to convert records.
+#[derive(Debug, Clone)]
+pub struct Column {
+    /// The spec it came from.
+    pub spec: ColumnSpec,
+    /// How values convert.
+    pub kind: Kind,
+}
+
+impl Column {
+    /// The mapped columns of a config, in order.
+    pub fn mapped(specs: &[ColumnSpec]) -> Vec<Column> {
+        specs.iter().filter(|c| c.mapped()).map(|c| Column { spec: c.clone(), kind: Kind::of(&c.sql_type) }).collect()
+    }
+
+    fn value(&self, doc: &Value, record: &RecordRef<'_>) -> Result<Cell, String> {
+        let s = &self.spec;
+        if let Some(p) = &s.from {
+            if let Some(v) = doc.pointer(p).filter(|v| !v.is_null()) {
+                return convert(self.kind, v).map_err(|e| format!("column {}: {e}", s.name));
+            }
+        }
+        if let Some(t) = &s.fallback {
+            if let Some(text) = render(t, record) {
+                return convert(self.kind, &Value::String(text)).map_err(|e| format!("column {}: {e}", s.name));
+            }
+        }
+        if let Some(d) = &s.default {
+            return convert(self.kind, d).map_err(|e| format!("column {}: default {e}", s.name));
+        }
+        if s.not_null() {
+            let from = s.from.as_deref().unwrap_or("");
+            return Err(format!("column {} needs a value and the record has none at {from:?}", s.name));
+        }
+        Ok(Cell::Null)
+    }
+}
+
+/// The row for one record, or why it cannot be stored.
+pub fn row(columns: &[Column], record: &RecordRef<'_>) -> Result<Vec<Cell>, String> {
+    let doc: Value = serde_json::from_slice(record.value).map_err(|e| format!("not valid JSON: {e}"))?;
+    columns.iter().map(|c| c.value(&doc, record)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_plugin::serde_json::json;
+    use weir_plugin::{BatchBuf, Head};
+
+    fn cols(specs: Value) -> Vec<Column> {
+        Column::mapped(&serde_json::from_value::<Vec<ColumnSpec>>(specs).unwrap())
+    }
+
+    #[test]
+    fn types_time_zones_nested_json_and_fallbacks() {
+        let columns = cols(json!([
+            {"name": "id", "type": "SERIAL PRIMARY KEY"},
+            {"name": "t", "type": "TIMESTAMPTZ NOT NULL", "from": "/at"},
+            {"name": "n", "type": "INTEGER", "from": "/n"},
+            {"name": "ok", "type": "BOOLEAN", "from": "/ok", "default": false},
+            {"name": "doc", "type": "JSONB", "from": "/nested"},
+            {"name": "all", "type": "JSONB", "from": ""},
+            {"name": "eid", "type": "TEXT NOT NULL", "from": "/event_id", "fallback": "{{header:kafka.topic}}/{{header:kafka.offset}}"}
+        ]));
+        assert_eq!(columns.len(), 6, "the SERIAL column is the database's");
+        let mut b = BatchBuf::new();
+        let head = Head { extra_headers: &[("kafka.topic", b"user-events"), ("kafka.offset", b"42")], ..Default::default() };
+        b.push(0, head, br#"{"at":"2024-01-01T14:00:00+02:00","n":"7","nested":{"a":[1,{"b":null}]}}"#);
+        let r = row(&columns, &b.as_ref().get(0)).unwrap();
+        assert_eq!(r[0], Cell::Time(DateTime::parse_from_rfc3339("2024-01-01T12:00:00Z").unwrap().with_timezone(&Utc)));
+        assert_eq!(r[1], Cell::Int(7));
+        assert_eq!(r[2], Cell::Bool(false));
+        assert_eq!(r[3], Cell::Json(json!({"a": [1, {"b": null}]})));
+        assert!(matches!(&r[4], Cell::Json(v) if v["n"] == "7"));
+        assert_eq!(r[5], Cell::Text("user-events/42".into()));
+    }
+
+    #[test]
+    fn missing_required_and_wrong_types_are_reasons() {
+        let columns =
+            cols(json!([{"name": "u", "type": "VARCHAR(10) NOT NULL", "from": "/user_id"}, {"name": "n", "type": "BIGINT", "from": "/n"}]));
+        let mut b = BatchBuf::new();
+        b.push(0, Head::default(), br#"{"n":1}"#);
+        b.push(1, Head::default(), br#"{"user_id":"u","n":"x"}"#);
+        let batch = b.as_ref();
+        assert_eq!(row(&columns, &batch.get(0)).unwrap_err(), "column u needs a value and the record has none at \"/user_id\"");
+        assert_eq!(row(&columns, &batch.get(1)).unwrap_err(), "column n: \"x\" is not an integer");
+    }
+
+    #[test]
+    fn epoch_seconds_and_milliseconds() {
+        assert_eq!(parse_time(&json!(1_704_110_400)), parse_time(&json!(1_704_110_400_000u64)));
+        assert_eq!(parse_time(&json!("2024-01-01 12:00:00")), parse_time(&json!("2024-01-01T12:00:00Z")));
+        assert!(parse_time(&json!("soon")).is_none());
+    }
+}

@@ -1,0 +1,246 @@
+//! The `postgres` sink: each batch is written with binary `COPY` into a temporary staging
+//! table and merged with `INSERT … SELECT … ON CONFLICT (unique key) DO NOTHING`, in one
+//! transaction. A batch the database refuses for a record's own sake (a type error, a
+//! constraint) is written again row by row, so only the bad records are rejected, each
+//! with the database's message.
+
+use std::time::Duration;
+
+use futures_util::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls, Statement};
+use weir_plugin::{BatchRef, Context, PluginError, Rejections, Sink};
+
+use crate::config::{masked_url, PostgresConfig};
+use crate::mapping::{row, Cell, Column};
+
+/// What a failed statement means for the batch.
+#[derive(Debug)]
+enum Failure {
+    /// The connection or the server failed for now: retry the batch later.
+    Retry(String),
+    /// A record's own data was refused: write row by row to find it.
+    Data(String),
+    /// The table or the statement is wrong: retrying cannot help.
+    Fatal(String),
+}
+
+fn classify(e: &tokio_postgres::Error) -> Failure {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        let message = format!("{} (SQLSTATE {code})", db.message());
+        return match &code[..2] {
+            "22" | "23" => Failure::Data(message),
+            "42" | "0A" => Failure::Fatal(message),
+            _ => Failure::Retry(message),
+        };
+    }
+    let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || io {
+        return Failure::Retry(format!("connection lost: {e}"));
+    }
+    // Left: a value this side could not encode for its column (for example out of range).
+    Failure::Data(e.to_string())
+}
+
+struct Conn {
+    client: Client,
+    types: Vec<Type>,
+    insert_one: Statement,
+    copy_sql: String,
+    merge_sql: String,
+}
+
+/// The `postgres` sink.
+pub struct PostgresSink {
+    config: PostgresConfig,
+    columns: Vec<Column>,
+    conn: Option<Conn>,
+    ctx: Context,
+}
+
+fn quoted(names: &[&str]) -> String {
+    names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+}
+
+impl PostgresSink {
+    async fn connect(config: &PostgresConfig, columns: &[Column], ctx: &Context) -> Result<Conn, PluginError> {
+        let url = masked_url(&config.url);
+        let connecting = tokio_postgres::connect(&config.url, NoTls);
+        let (client, connection) = match tokio::time::timeout(Duration::from_secs(config.connect_timeout_secs), connecting).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                return Err(match classify(&e) {
+                    Failure::Fatal(m) | Failure::Data(m) => PluginError::config(format!("cannot connect to {url}: {m}")),
+                    Failure::Retry(m) => PluginError::retry(format!("cannot connect to {url}: {m}")),
+                })
+            }
+            Err(_) => {
+                return Err(PluginError::retry(format!("cannot connect to {url}: no answer within {} s", config.connect_timeout_secs)))
+            }
+        };
+        let c = *ctx;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                c.warn(&format!("PostgreSQL connection closed: {e}"));
+            }
+        });
+        if config.create {
+            client
+                .batch_execute(&config.ddl().join("\n"))
+                .await
+                .map_err(|e| PluginError::config(format!("create: true failed: {}", detail(&e))))?;
+        }
+        let names: Vec<&str> = columns.iter().map(|c| c.spec.name.as_str()).collect();
+        let cols = quoted(&names);
+        let table = &config.table;
+        let probe = client
+            .prepare(&format!("SELECT {cols} FROM {table} LIMIT 0"))
+            .await
+            .map_err(|e| PluginError::config(format!("cannot use table {table}: {}; create it, or set create: true", detail(&e))))?;
+        let types: Vec<Type> = probe.columns().iter().map(|c| c.type_().clone()).collect();
+        client
+            .batch_execute(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS weir_staging ON COMMIT DELETE ROWS AS SELECT {cols} FROM {table} WITH NO DATA"
+            ))
+            .await
+            .map_err(|e| PluginError::retry(format!("cannot create the staging table: {}", detail(&e))))?;
+        let conflict = if config.unique_key.is_empty() {
+            String::new()
+        } else {
+            format!(" ON CONFLICT ({}) DO NOTHING", quoted(&config.unique_key.iter().map(String::as_str).collect::<Vec<_>>()))
+        };
+        let params: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
+        let insert_one = client
+            .prepare_typed(&format!("INSERT INTO {table} ({cols}) VALUES ({}){conflict}", params.join(", ")), &types)
+            .await
+            .map_err(|e| PluginError::config(format!("cannot prepare the insert into {table}: {}", detail(&e))))?;
+        ctx.info(&format!("Connected to {url}; writing {table}."));
+        Ok(Conn {
+            client,
+            types,
+            insert_one,
+            copy_sql: format!("COPY weir_staging ({cols}) FROM STDIN (FORMAT binary)"),
+            merge_sql: format!("INSERT INTO {table} ({cols}) SELECT {cols} FROM weir_staging{conflict}"),
+        })
+    }
+
+    /// Writes rows in one transaction: binary COPY into staging, then merge. Returns rows inserted.
+    async fn bulk(conn: &mut Conn, rows: &[(usize, Vec<Cell>)]) -> Result<u64, tokio_postgres::Error> {
+        let tx = conn.client.transaction().await?;
+        let copy = tx.copy_in(&conn.copy_sql).await?;
+        let writer = BinaryCopyInWriter::new(copy, &conn.types);
+        pin_mut!(writer);
+        for (_, cells) in rows {
+            let refs: Vec<&(dyn ToSql + Sync)> = cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+            writer.as_mut().write(&refs).await?;
+        }
+        writer.finish().await?;
+        let inserted = tx.execute(&conn.merge_sql, &[]).await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Writes rows one by one, each under a savepoint; rejects those the database refuses.
+    async fn one_by_one(conn: &mut Conn, rows: &[(usize, Vec<Cell>)], rejections: &mut Rejections) -> Result<u64, Failure> {
+        let mut tx = conn.client.transaction().await.map_err(|e| classify(&e))?;
+        let mut inserted = 0;
+        for (i, cells) in rows {
+            let refs: Vec<&(dyn ToSql + Sync)> = cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+            let sp = tx.savepoint("weir_row").await.map_err(|e| classify(&e))?;
+            match sp.execute(&conn.insert_one, &refs).await {
+                Ok(n) => {
+                    sp.commit().await.map_err(|e| classify(&e))?;
+                    inserted += n;
+                }
+                Err(e) => match classify(&e) {
+                    Failure::Data(m) => {
+                        sp.rollback().await.map_err(|e| classify(&e))?;
+                        rejections.reject(*i, &format!("PostgreSQL refused the row: {m}"));
+                    }
+                    other => return Err(other),
+                },
+            }
+        }
+        tx.commit().await.map_err(|e| classify(&e))?;
+        Ok(inserted)
+    }
+}
+
+fn detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+impl Sink for PostgresSink {
+    type Config = PostgresConfig;
+    const NAME: &'static str = "postgres";
+    const DESCRIPTION: &'static str = "Writes records as rows: binary COPY into staging, merged with ON CONFLICT DO NOTHING (idempotent).";
+
+    fn validate(config: &PostgresConfig) -> Result<(), PluginError> {
+        config.check()
+    }
+
+    fn create(config: PostgresConfig, ctx: Context) -> Result<Self, PluginError> {
+        let columns = Column::mapped(&config.columns);
+        let conn = match weir_plugin::runtime().block_on(Self::connect(&config, &columns, &ctx)) {
+            Ok(c) => Some(c),
+            Err(PluginError::Retry { message, .. }) => {
+                ctx.warn(&format!("{message}; the sink keeps trying and the pipeline pushes back meanwhile."));
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(PostgresSink { config, columns, conn, ctx })
+    }
+
+    fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
+        let mut rows = Vec::with_capacity(batch.len());
+        for (i, r) in batch.iter().enumerate() {
+            match row(&self.columns, &r) {
+                Ok(cells) => rows.push((i, cells)),
+                Err(reason) => rejections.reject(i, &reason),
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let rt = weir_plugin::runtime();
+        if self.conn.is_none() {
+            self.conn = Some(rt.block_on(Self::connect(&self.config, &self.columns, &self.ctx))?);
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        let (mut inserted, before) = (0, rejections.len());
+        for chunk in rows.chunks(self.config.max_rows_per_write.get()) {
+            let result = match rt.block_on(Self::bulk(conn, chunk)) {
+                Ok(n) => Ok(n),
+                Err(e) => match classify(&e) {
+                    Failure::Data(m) => {
+                        self.ctx.log(weir_plugin::Level::Debug, &format!("Batch refused ({m}); writing it row by row."));
+                        rt.block_on(Self::one_by_one(conn, chunk, rejections))
+                    }
+                    other => Err(other),
+                },
+            };
+            match result {
+                Ok(n) => inserted += n,
+                Err(Failure::Retry(m)) => {
+                    self.conn = None;
+                    return Err(PluginError::retry(format!("PostgreSQL: {m}")));
+                }
+                Err(Failure::Fatal(m) | Failure::Data(m)) => return Err(PluginError::fatal(format!("PostgreSQL: {m}"))),
+            }
+        }
+        let stored = rows.len() - (rejections.len() - before);
+        self.ctx.counter_add("postgres_rows_inserted", "Rows inserted.", inserted);
+        self.ctx.counter_add(
+            "postgres_rows_already_present",
+            "Records skipped because their unique key was already stored.",
+            stored as u64 - inserted,
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,371 @@
+//! PostgreSQL sink end to end, against the machine's PostgreSQL (each test in its own
+//! schema) or a throwaway cluster of the test's own, checked with psql.
+
+#[path = "common/broker.rs"]
+mod broker;
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use broker::{produce, Broker};
+use common::*;
+
+const SERVER: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Runs SQL with psql (an independent client) and returns its unaligned output.
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql").args([url, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().expect("psql");
+    assert!(out.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A schema of the test's own in the machine's database, dropped afterwards.
+struct Schema(String);
+
+impl Schema {
+    fn new(tag: &str) -> Schema {
+        let name = format!("weir_{tag}_{}", free_port());
+        psql(SERVER, &format!("DROP SCHEMA IF EXISTS {name} CASCADE"));
+        Schema(name)
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let _ = Command::new("psql").args([SERVER, "-X", "-q", "-c", &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0)]).output();
+    }
+}
+
+/// The Nexus seed's columns, with `event_id` as the unique key.
+fn nexus_sink(url: &str, table: &str) -> String {
+    format!(
+        r#"  - plugin: postgres
+    config:
+      url: "{url}"
+      table: {table}
+      create: true
+      unique_key: [event_id]
+      columns:
+        - {{name: id, type: SERIAL PRIMARY KEY}}
+        - {{name: event_type, type: VARCHAR(100) NOT NULL, from: /event_type}}
+        - {{name: user_id, type: VARCHAR(100) NOT NULL, from: /user_id}}
+        - {{name: service, type: VARCHAR(50) NOT NULL, from: /service}}
+        - {{name: timestamp, type: TIMESTAMP NOT NULL, from: /timestamp}}
+        - {{name: data, type: JSONB, from: /data}}
+        - {{name: created_at, type: TIMESTAMP DEFAULT CURRENT_TIMESTAMP}}
+        - {{name: event_id, type: VARCHAR(200) NOT NULL, from: /event_id, fallback: "{{{{header:kafka.topic}}}}/{{{{header:kafka.partition}}}}/{{{{header:kafka.offset}}}}"}}
+"#
+    )
+}
+
+fn replay(dir: &Path, file: &Path, table: &str) {
+    write_pipeline(
+        dir,
+        "store",
+        &format!("source: {{plugin: file, config: {{path: {}}}}}\nsinks:\n{}", file.display(), nexus_sink(SERVER, table)),
+    );
+    let out = weir(&["run", "--once", "--pipelines", dir.to_str().unwrap(), "--admin", &format!("127.0.0.1:{}", free_port())], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_nexus_table_is_created_as_the_seed_writes_it_and_types_map() {
+    let schema = Schema::new("types");
+    let table = format!("{}.events", schema.0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            r#"{"event_id":"e1","event_type":"user.login","user_id":"u1","service":"auth-service","timestamp":"2024-01-01T14:00:00+02:00","data":{"ip":"203.0.113.7","device":{"os":"linux","tags":["a","b"]}}}"#,
+            "\n",
+            r#"{"event_id":"e2","event_type":"user.registered","user_id":"u2","service":"auth-service","timestamp":"2024-01-01T12:30:00Z"}"#,
+            "\n",
+            r#"{"event_id":"e3","event_type":"user.logout","user_id":"u1","service":"auth-service","timestamp":1704112200}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    replay(dir.path(), &file, &table);
+    let columns = psql(
+        SERVER,
+        &format!(
+            "SELECT column_name, data_type, character_maximum_length, is_nullable, column_default IS NOT NULL FROM information_schema.columns WHERE table_schema = '{}' AND table_name = 'events' ORDER BY ordinal_position",
+            schema.0
+        ),
+    );
+    assert_eq!(
+        columns,
+        [
+            "id|integer||NO|t",
+            "event_type|character varying|100|NO|f",
+            "user_id|character varying|100|NO|f",
+            "service|character varying|50|NO|f",
+            "timestamp|timestamp without time zone||NO|f",
+            "data|jsonb||YES|f",
+            "created_at|timestamp without time zone||YES|t",
+            "event_id|character varying|200|NO|f",
+        ]
+        .join("\n")
+    );
+    let unique =
+        psql(SERVER, &format!("SELECT indexdef FROM pg_indexes WHERE schemaname = '{}' AND indexname = 'events_event_id_key'", schema.0));
+    assert!(unique.starts_with("CREATE UNIQUE INDEX events_event_id_key"), "{unique}");
+    let rows = psql(SERVER, &format!("SELECT event_id, timestamp, data->'device'->'tags'->>1 FROM {table} ORDER BY event_id"));
+    assert_eq!(rows, "e1|2024-01-01 12:00:00|b\ne2|2024-01-01 12:30:00|\ne3|2024-01-01 12:30:00|");
+    // The seed's own queries work on what was stored.
+    let by_type =
+        psql(SERVER, &format!("SELECT event_type, COUNT(*) as count FROM {table} GROUP BY event_type ORDER BY count DESC, event_type"));
+    assert_eq!(by_type, "user.login|1\nuser.logout|1\nuser.registered|1");
+}
+
+#[test]
+fn the_same_batch_delivered_twice_leaves_one_row_per_key() {
+    let schema = Schema::new("idem");
+    let table = format!("{}.events", schema.0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let lines: Vec<String> = (0..500)
+        .map(|i| {
+            format!(
+                r#"{{"event_id":"id-{i}","event_type":"user.login","user_id":"u{}","service":"auth","timestamp":"2024-01-01T00:00:00Z"}}"#,
+                i % 7
+            )
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    replay(dir.path(), &file, &table);
+    replay(dir.path(), &file, &table);
+    assert_eq!(psql(SERVER, &format!("SELECT count(*), count(DISTINCT event_id) FROM {table}")), "500|500");
+}
+
+#[test]
+fn a_poison_record_is_rejected_with_the_database_message_and_the_rest_lands() {
+    let schema = Schema::new("poison");
+    let table = format!("{}.events", schema.0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_pipeline(
+        dir.path(),
+        "ingest",
+        &format!("source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\nsinks:\n{}", nexus_sink(SERVER, &table)),
+    );
+    let _weir = Weir::start(dir.path(), &[], &[]);
+    let long = "s".repeat(60);
+    let body = format!(
+        r#"[{{"event_id":"a","event_type":"t","user_id":"u","service":"ok","timestamp":"2024-01-01T00:00:00Z"}},
+            {{"event_id":"b","event_type":"t","user_id":"u","service":"{long}","timestamp":"2024-01-01T00:00:00Z"}},
+            {{"event_id":"c","event_type":"t","user_id":"u","service":"ok","timestamp":"2024-01-01T00:00:00Z"}},
+            {{"event_id":"d","event_type":"t","service":"ok","timestamp":"2024-01-01T00:00:00Z"}}]"#
+    );
+    let r = post_json(&format!("http://127.0.0.1:{port}/produce"), &body);
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["accepted"], 2, "{v}");
+    assert_eq!(v["rejected"][0]["index"], 1);
+    let reason = v["rejected"][0]["error"].as_str().unwrap();
+    assert!(reason.contains("value too long for type character varying(50)") && reason.contains("22001"), "{reason}");
+    assert_eq!(v["rejected"][1]["index"], 3);
+    assert!(v["rejected"][1]["error"].as_str().unwrap().contains("column user_id needs a value"), "{v}");
+    assert_eq!(psql(SERVER, &format!("SELECT string_agg(event_id, ',' ORDER BY event_id) FROM {table}")), "a,c");
+}
+
+#[test]
+fn kafka_redelivery_never_duplicates_rows_even_without_event_ids() {
+    let schema = Schema::new("kafka");
+    let table = format!("{}.events", schema.0);
+    let broker = Broker::persistent();
+    broker.create_topic("user-events", 2);
+    let msgs: Vec<String> = (0..40)
+        .map(|i| {
+            let id = if i % 2 == 0 { format!(r#""event_id":"k{i}","#) } else { String::new() };
+            format!(r#"{{{id}"event_type":"user.profile_viewed","user_id":"u{i}","service":"user-service","timestamp":"2024-01-01T00:00:00Z","data":{{"n":{i}}}}}"#)
+        })
+        .collect();
+    produce(&broker, "user-events", &msgs.iter().map(|m| (None, m.as_str())).collect::<Vec<_>>());
+    let run = |group: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        write_pipeline(
+            dir.path(),
+            "store",
+            &format!(
+                "source: {{plugin: kafka, config: {{brokers: \"{}\", topics: [user-events], group_id: {group}}}}}\nsinks:\n{}",
+                broker.addr,
+                nexus_sink(SERVER, &table)
+            ),
+        );
+        let weir = Weir::start(dir.path(), &[], &[]);
+        wait_for("40 rows", Duration::from_secs(30), || psql(SERVER, &format!("SELECT count(*) FROM {table}")) == "40");
+        wait_for("the whole topic read", Duration::from_secs(30), || {
+            weir.metric(r#"weir_stage_records_out_total{pipeline="store",stage="postgres",plugin="postgres"}"#) == Some(40.0)
+        });
+    };
+    run("analytics-1");
+    // A new group reads everything again: nothing is stored twice.
+    run("analytics-2");
+    assert_eq!(psql(SERVER, &format!("SELECT count(*), count(DISTINCT event_id) FROM {table}")), "40|40");
+    assert_eq!(psql(SERVER, &format!("SELECT count(*) FROM {table} WHERE event_id LIKE 'user-events/%'")), "20");
+}
+
+/// A PostgreSQL cluster of the test's own, on a free port, so it can be stopped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    port: u16,
+    bin: PathBuf,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL binaries")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .max()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        // initdb refuses to run as root: the cluster belongs to the postgres user.
+        Command::new("chown").args(["-R", "postgres:postgres", dir.path().to_str().unwrap()]).status().unwrap();
+        let as_pg = |args: &[&str]| {
+            let out = Command::new("runuser").args(["-u", "postgres", "--"]).args(args).output().unwrap();
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        as_pg(&[bin.join("initdb").to_str().unwrap(), "-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres"]);
+        let c = Cluster { dir, port: free_port(), bin };
+        c.start();
+        c
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let data = self.dir.path().join("data");
+        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.path().display());
+        let ctl = self.bin.join("pg_ctl");
+        let mut all = vec![ctl.to_str().unwrap(), "-D", data.to_str().unwrap(), "-o", &opts, "-w", "-l"];
+        let log = self.dir.path().join("pg.log");
+        all.push(log.to_str().unwrap());
+        all.extend_from_slice(args);
+        let out = Command::new("runuser").args(["-u", "postgres", "--"]).args(&all).output().unwrap();
+        assert!(out.status.success(), "pg_ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn start(&self) {
+        self.ctl(&["start"]);
+    }
+
+    fn stop(&self) {
+        self.ctl(&["-m", "fast", "stop"]);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                self.bin.join("pg_ctl").to_str().unwrap(),
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
+            .output();
+    }
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+#[test]
+fn postgres_stopped_for_20_seconds_loses_nothing_and_pushes_back() {
+    let cluster = Cluster::new();
+    let url = cluster.url();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_pipeline(
+        dir.path(),
+        "ingest",
+        &format!(
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\", backpressure_wait_ms: 100, ack_timeout_ms: 3000}}}}\nsinks:\n{}settings: {{queue_batches: 4, sink_queue_batches: 4}}\n",
+            nexus_sink(&url, "analytics.events")
+        ),
+    );
+    let weir = Weir::start(dir.path(), &[], &[]);
+    let pid = weir.pid();
+    let produce_url = format!("http://127.0.0.1:{port}/produce");
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let refused = Arc::new(Mutex::new(0usize));
+    let client = {
+        let (stop, accepted, refused) = (stop.clone(), accepted.clone(), refused.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let ids: Vec<String> = (0..10).map(|i| format!("ev-{n}-{i}")).collect();
+                let events: Vec<String> = ids
+                    .iter()
+                    .map(|id| {
+                        format!(r#"{{"event_id":"{id}","event_type":"t","user_id":"u","service":"s","timestamp":"2024-01-01T00:00:00Z"}}"#)
+                    })
+                    .collect();
+                let r = post_json(&produce_url, &format!("[{}]", events.join(",")));
+                match r.status {
+                    200 => accepted.lock().unwrap().extend(ids),
+                    503 => {
+                        *refused.lock().unwrap() += 1;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    s => panic!("unexpected {s}: {r:?}"),
+                }
+                n += 1;
+            }
+        })
+    };
+    wait_for("traffic", Duration::from_secs(10), || accepted.lock().unwrap().len() >= 200);
+    cluster.stop();
+    let mut peak: f64 = 0.0;
+    let outage = std::time::Instant::now();
+    while outage.elapsed() < Duration::from_secs(20) {
+        peak = peak.max(rss_mb(pid));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let during = *refused.lock().unwrap();
+    cluster.start();
+    let before = accepted.lock().unwrap().len();
+    wait_for("requests accepted again", Duration::from_secs(30), || accepted.lock().unwrap().len() > before + 100);
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    assert!(during > 0, "the source pushed back while PostgreSQL was down");
+    assert!(peak < 150.0, "memory stayed bounded: peak RSS {peak:.0} MiB");
+    let accepted = accepted.lock().unwrap().clone();
+    let stored_url = url.clone();
+    wait_for("every accepted event stored", Duration::from_secs(30), || {
+        psql(&stored_url, "SELECT count(*) FROM analytics.events").parse::<usize>().unwrap() >= accepted.len()
+    });
+    let stored: Vec<String> = psql(&url, "SELECT event_id FROM analytics.events").lines().map(str::to_owned).collect();
+    let unique: HashSet<&String> = stored.iter().collect();
+    assert_eq!(unique.len(), stored.len(), "no event stored twice");
+    for id in &accepted {
+        assert!(unique.contains(id), "accepted event {id} is missing");
+    }
+    println!("accepted {}, stored {}, refused requests during the outage {during}, peak RSS {peak:.0} MiB", accepted.len(), stored.len());
+}
