@@ -114,12 +114,15 @@ pub fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
     }
 }
 
-fn convert(kind: Kind, v: &Value) -> Result<Cell, String> {
+fn convert(kind: Kind, v: Value) -> Result<Cell, String> {
     let wrong = |what: &str| Err(format!("{v} is not {what}"));
-    match (kind, v) {
+    match (kind, &v) {
         (_, Value::Null) => Ok(Cell::Null),
-        (Kind::Json, v) => Ok(Cell::Json(v.clone())),
-        (Kind::Text, Value::String(s)) => Ok(Cell::Text(s.clone())),
+        (Kind::Json, _) => Ok(Cell::Json(v)),
+        (Kind::Text, Value::String(_)) => match v {
+            Value::String(s) => Ok(Cell::Text(s)),
+            _ => unreachable!("matched a string"),
+        },
         (Kind::Text, v) => Ok(Cell::Text(v.to_string())),
         (Kind::Int, Value::Number(n)) => n.as_i64().map(Cell::Int).map_or_else(|| wrong("an integer"), Ok),
         (Kind::Int, Value::String(s)) => s.trim().parse().map(Cell::Int).or_else(|_| wrong("an integer")),
@@ -127,7 +130,7 @@ fn convert(kind: Kind, v: &Value) -> Result<Cell, String> {
         (Kind::Float, Value::String(s)) => s.trim().parse().map(Cell::Float).or_else(|_| wrong("a number")),
         (Kind::Bool, Value::Bool(b)) => Ok(Cell::Bool(*b)),
         (Kind::Bool, Value::String(s)) if s == "true" || s == "false" => Ok(Cell::Bool(s == "true")),
-        (Kind::Time, v) => parse_time(v).map(Cell::Time).map_or_else(|| wrong("a time (ISO-8601 or epoch seconds)"), Ok),
+        (Kind::Time, _) => parse_time(&v).map(Cell::Time).map_or_else(|| wrong("a time (ISO-8601 or epoch seconds)"), Ok),
         (Kind::Int, _) => wrong("an integer"),
         (Kind::Float, _) => wrong("a number"),
         (Kind::Bool, _) => wrong("a boolean"),
@@ -166,20 +169,23 @@ impl Column {
         specs.iter().filter(|c| c.mapped()).map(|c| Column { spec: c.clone(), kind: Kind::of(&c.sql_type) }).collect()
     }
 
-    fn value(&self, doc: &Value, record: &RecordRef<'_>) -> Result<Cell, String> {
+    /// The column's cell. Values are moved out of `doc` unless `keep` (another column
+    /// still needs the whole document).
+    fn value(&self, doc: &mut Value, record: &RecordRef<'_>, keep: bool) -> Result<Cell, String> {
         let s = &self.spec;
         if let Some(p) = &s.from {
-            if let Some(v) = doc.pointer(p).filter(|v| !v.is_null()) {
+            let found = if keep || p.is_empty() { doc.pointer(p).cloned() } else { doc.pointer_mut(p).map(Value::take) };
+            if let Some(v) = found.filter(|v| !v.is_null()) {
                 return convert(self.kind, v).map_err(|e| format!("column {}: {e}", s.name));
             }
         }
         if let Some(t) = &s.fallback {
             if let Some(text) = render(t, record) {
-                return convert(self.kind, &Value::String(text)).map_err(|e| format!("column {}: {e}", s.name));
+                return convert(self.kind, Value::String(text)).map_err(|e| format!("column {}: {e}", s.name));
             }
         }
         if let Some(d) = &s.default {
-            return convert(self.kind, d).map_err(|e| format!("column {}: default {e}", s.name));
+            return convert(self.kind, d.clone()).map_err(|e| format!("column {}: default {e}", s.name));
         }
         if s.not_null() {
             let from = s.from.as_deref().unwrap_or("");
@@ -191,8 +197,9 @@ impl Column {
 
 /// The row for one record, or why it cannot be stored.
 pub fn row(columns: &[Column], record: &RecordRef<'_>) -> Result<Vec<Cell>, String> {
-    let doc: Value = serde_json::from_slice(record.value).map_err(|e| format!("not valid JSON: {e}"))?;
-    columns.iter().map(|c| c.value(&doc, record)).collect()
+    let mut doc: Value = serde_json::from_slice(record.value).map_err(|e| format!("not valid JSON: {e}"))?;
+    let keep = columns.iter().any(|c| c.spec.from.as_deref() == Some(""));
+    columns.iter().map(|c| c.value(&mut doc, record, keep)).collect()
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, NoTls, Statement, Transaction};
 use weir_plugin::{BatchRef, Context, PluginError, Rejections, Sink};
 
 use crate::config::{masked_url, PostgresConfig};
@@ -44,12 +45,24 @@ fn classify(e: &tokio_postgres::Error) -> Failure {
     Failure::Data(e.to_string())
 }
 
+/// Records of a batch still to be converted.
+struct Records<'a, 'b> {
+    columns: &'a [Column],
+    batch: &'a BatchRef<'b>,
+    range: std::ops::Range<usize>,
+}
+
 struct Conn {
     client: Client,
     types: Vec<Type>,
     insert_one: Statement,
+    /// COPY straight into the table: the fast path while no key is already stored.
+    direct_sql: String,
+    /// COPY into the staging table, for the merge.
     copy_sql: String,
     merge_sql: String,
+    /// Whether the direct path may be tried (the table has a unique key to protect it).
+    direct: bool,
 }
 
 /// The `postgres` sink.
@@ -121,25 +134,89 @@ impl PostgresSink {
             client,
             types,
             insert_one,
+            direct_sql: format!("COPY {table} ({cols}) FROM STDIN (FORMAT binary)"),
             copy_sql: format!("COPY weir_staging ({cols}) FROM STDIN (FORMAT binary)"),
             merge_sql: format!("INSERT INTO {table} ({cols}) SELECT {cols} FROM weir_staging{conflict}"),
+            direct: !config.unique_key.is_empty(),
         })
     }
 
-    /// Writes rows in one transaction: binary COPY into staging, then merge. Returns rows inserted.
-    async fn bulk(conn: &mut Conn, rows: &[(usize, Vec<Cell>)]) -> Result<u64, tokio_postgres::Error> {
+    /// Writes records `range` of the batch in one transaction. First, binary COPY straight
+    /// into the table: the unique index refuses the whole COPY if any key is already stored
+    /// (a redelivery), and only then are the rows copied into staging and merged with
+    /// `ON CONFLICT DO NOTHING`. Either way no key is stored twice. Records are converted
+    /// while the COPY streams, so the server works while this side converts; `rows` ends up
+    /// holding every converted row (for the row-by-row fallback). Returns rows inserted.
+    async fn bulk(
+        conn: &mut Conn,
+        records: Records<'_, '_>,
+        rows: &mut Vec<(usize, Vec<Cell>)>,
+        rejections: &mut Rejections,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let first = if conn.direct { &conn.direct_sql } else { &conn.copy_sql };
         let tx = conn.client.transaction().await?;
-        let copy = tx.copy_in(&conn.copy_sql).await?;
-        let writer = BinaryCopyInWriter::new(copy, &conn.types);
-        pin_mut!(writer);
-        for (_, cells) in rows {
-            let refs: Vec<&(dyn ToSql + Sync)> = cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-            writer.as_mut().write(&refs).await?;
+        match Self::copy(&tx, first, &conn.types, Some(records), rows, rejections).await {
+            Ok(n) if conn.direct => {
+                tx.commit().await?;
+                return Ok(n);
+            }
+            Ok(_) => {}
+            Err(e) if conn.direct && e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                tx.rollback().await?;
+                let tx = conn.client.transaction().await?;
+                Self::copy(&tx, &conn.copy_sql, &conn.types, None, rows, rejections).await?;
+                let inserted = tx.execute(&conn.merge_sql, &[]).await?;
+                tx.commit().await?;
+                return Ok(inserted);
+            }
+            Err(e) => return Err(e),
         }
-        writer.finish().await?;
         let inserted = tx.execute(&conn.merge_sql, &[]).await?;
         tx.commit().await?;
         Ok(inserted)
+    }
+
+    /// COPYs `records` (converting each, rejecting those that do not convert) or, when
+    /// `None`, the rows already in `rows`.
+    async fn copy(
+        tx: &Transaction<'_>,
+        sql: &str,
+        types: &[Type],
+        records: Option<Records<'_, '_>>,
+        rows: &mut Vec<(usize, Vec<Cell>)>,
+        rejections: &mut Rejections,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let copy = tx.copy_in(sql).await?;
+        let writer = BinaryCopyInWriter::new(copy, types);
+        pin_mut!(writer);
+        let mut failed = None;
+        match records {
+            Some(Records { columns, batch, range }) => {
+                for i in range {
+                    match row(columns, &batch.get(i)) {
+                        Ok(cells) => {
+                            if failed.is_none() {
+                                let refs: Vec<&(dyn ToSql + Sync)> = cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+                                failed = writer.as_mut().write(&refs).await.err();
+                            }
+                            // After a failure, keep converting: the fallback needs every row.
+                            rows.push((i, cells));
+                        }
+                        Err(reason) => rejections.reject(i, &reason),
+                    }
+                }
+            }
+            None => {
+                for (_, cells) in rows.iter() {
+                    let refs: Vec<&(dyn ToSql + Sync)> = cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+                    writer.as_mut().write(&refs).await?;
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => writer.finish().await,
+        }
     }
 
     /// Writes rows one by one, each under a savepoint; rejects those the database refuses.
@@ -198,14 +275,7 @@ impl Sink for PostgresSink {
     }
 
     fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
-        let mut rows = Vec::with_capacity(batch.len());
-        for (i, r) in batch.iter().enumerate() {
-            match row(&self.columns, &r) {
-                Ok(cells) => rows.push((i, cells)),
-                Err(reason) => rejections.reject(i, &reason),
-            }
-        }
-        if rows.is_empty() {
+        if batch.is_empty() {
             return Ok(());
         }
         let rt = weir_plugin::runtime();
@@ -213,20 +283,30 @@ impl Sink for PostgresSink {
             self.conn = Some(rt.block_on(Self::connect(&self.config, &self.columns, &self.ctx))?);
         }
         let conn = self.conn.as_mut().expect("connected above");
-        let (mut inserted, before) = (0, rejections.len());
-        for chunk in rows.chunks(self.config.max_rows_per_write.get()) {
-            let result = match rt.block_on(Self::bulk(conn, chunk)) {
+        let (mut inserted, mut stored) = (0, 0);
+        let step = self.config.max_rows_per_write.get();
+        let mut rows = Vec::with_capacity(step.min(batch.len()));
+        for start in (0..batch.len()).step_by(step) {
+            let records = Records { columns: &self.columns, batch, range: start..(start + step).min(batch.len()) };
+            rows.clear();
+            let bulk = rt.block_on(Self::bulk(conn, records, &mut rows, rejections));
+            // Rejections so far are records that did not convert; those after are the database's.
+            let converted = rejections.len();
+            let result = match bulk {
                 Ok(n) => Ok(n),
                 Err(e) => match classify(&e) {
                     Failure::Data(m) => {
                         self.ctx.log(weir_plugin::Level::Debug, &format!("Batch refused ({m}); writing it row by row."));
-                        rt.block_on(Self::one_by_one(conn, chunk, rejections))
+                        rt.block_on(Self::one_by_one(conn, &rows, rejections))
                     }
                     other => Err(other),
                 },
             };
             match result {
-                Ok(n) => inserted += n,
+                Ok(n) => {
+                    inserted += n;
+                    stored += rows.len() - (rejections.len() - converted);
+                }
                 Err(Failure::Retry(m)) => {
                     self.conn = None;
                     return Err(PluginError::retry(format!("PostgreSQL: {m}")));
@@ -234,7 +314,6 @@ impl Sink for PostgresSink {
                 Err(Failure::Fatal(m) | Failure::Data(m)) => return Err(PluginError::fatal(format!("PostgreSQL: {m}"))),
             }
         }
-        let stored = rows.len() - (rejections.len() - before);
         self.ctx.counter_add("postgres_rows_inserted", "Rows inserted.", inserted);
         self.ctx.counter_add(
             "postgres_rows_already_present",
