@@ -1,8 +1,12 @@
 //! From a record to a row: each mapped column's value, converted for its SQL type.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use tokio_postgres::types::{to_sql_checked, IsNull, Json, ToSql, Type};
-use weir_plugin::serde_json::{self, Value};
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use serde::de::{Deserialize, Deserializer, Visitor};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use weir_plugin::serde_json::{self, value::RawValue, Value};
 use weir_plugin::RecordRef;
 
 use crate::config::ColumnSpec;
@@ -54,8 +58,8 @@ pub enum Cell {
     Bool(bool),
     /// A point in time (UTC).
     Time(DateTime<Utc>),
-    /// A JSON document.
-    Json(Value),
+    /// A JSON document, as its text.
+    Json(String),
 }
 
 impl ToSql for Cell {
@@ -81,7 +85,15 @@ impl ToSql for Cell {
                 Type::TIMESTAMP => t.naive_utc().to_sql(ty, out),
                 _ => t.to_sql(ty, out),
             },
-            Cell::Json(v) => Json(v).to_sql(ty, out),
+            Cell::Json(text) => match *ty {
+                // jsonb's binary format: a version byte, then the text.
+                Type::JSONB => {
+                    out.extend_from_slice(&[1]);
+                    out.extend_from_slice(text.as_bytes());
+                    Ok(IsNull::No)
+                }
+                _ => text.as_str().to_sql(ty, out),
+            },
         }
     }
 
@@ -118,7 +130,7 @@ fn convert(kind: Kind, v: Value) -> Result<Cell, String> {
     let wrong = |what: &str| Err(format!("{v} is not {what}"));
     match (kind, &v) {
         (_, Value::Null) => Ok(Cell::Null),
-        (Kind::Json, _) => Ok(Cell::Json(v)),
+        (Kind::Json, _) => Ok(Cell::Json(v.to_string())),
         (Kind::Text, Value::String(_)) => match v {
             Value::String(s) => Ok(Cell::Text(s)),
             _ => unreachable!("matched a string"),
@@ -169,14 +181,11 @@ impl Column {
         specs.iter().filter(|c| c.mapped()).map(|c| Column { spec: c.clone(), kind: Kind::of(&c.sql_type) }).collect()
     }
 
-    /// The column's cell. Values are moved out of `doc` unless `keep` (another column
-    /// still needs the whole document).
-    fn value(&self, doc: &mut Value, record: &RecordRef<'_>, keep: bool) -> Result<Cell, String> {
+    fn value(&self, doc: &Doc<'_>, record: &RecordRef<'_>) -> Result<Cell, String> {
         let s = &self.spec;
         if let Some(p) = &s.from {
-            let found = if keep || p.is_empty() { doc.pointer(p).cloned() } else { doc.pointer_mut(p).map(Value::take) };
-            if let Some(v) = found.filter(|v| !v.is_null()) {
-                return convert(self.kind, v).map_err(|e| format!("column {}: {e}", s.name));
+            if let Some(raw) = doc.lookup(p).filter(|r| r.get() != "null") {
+                return convert_raw(self.kind, raw).map_err(|e| format!("column {}: {e}", s.name));
             }
         }
         if let Some(t) = &s.fallback {
@@ -195,11 +204,87 @@ impl Column {
     }
 }
 
+/// An object key, borrowed from the record unless it holds escapes.
+#[derive(PartialEq, Eq, Hash)]
+struct Key<'a>(Cow<'a, str>);
+
+impl std::borrow::Borrow<str> for Key<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+type Members<'a> = HashMap<Key<'a>, &'a RawValue>;
+
+/// A record's JSON, read only as far as the columns need: the top level is split into
+/// raw members once, and values are parsed when a column takes them.
+struct Doc<'a> {
+    whole: &'a RawValue,
+    top: Option<Members<'a>>,
+}
+
+impl<'a> Doc<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<Doc<'a>, String> {
+        let whole: &RawValue = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+        let top = whole.get().trim_start().starts_with('{').then(|| serde_json::from_str(whole.get()).ok()).flatten();
+        Ok(Doc { whole, top })
+    }
+
+    /// The raw value at a JSON pointer.
+    fn lookup(&self, pointer: &str) -> Option<&'a RawValue> {
+        let Some(rest) = pointer.strip_prefix('/') else { return pointer.is_empty().then_some(self.whole) };
+        let mut segs = rest.split('/').map(|s| s.replace("~1", "/").replace("~0", "~"));
+        let mut cur: &'a RawValue = self.top.as_ref()?.get(segs.next()?.as_str()).copied()?;
+        for seg in segs {
+            let text = cur.get().trim_start();
+            cur = if text.starts_with('{') {
+                let m: Members<'a> = serde_json::from_str(cur.get()).ok()?;
+                m.get(seg.as_str()).copied()?
+            } else if text.starts_with('[') {
+                let v: Vec<&'a RawValue> = serde_json::from_str(cur.get()).ok()?;
+                v.get(seg.parse::<usize>().ok()?).copied()?
+            } else {
+                return None;
+            };
+        }
+        Some(cur)
+    }
+}
+
+/// Converts a raw JSON value: documents are kept as their text, strings unescaped, other
+/// scalars parsed.
+fn convert_raw(kind: Kind, raw: &RawValue) -> Result<Cell, String> {
+    let text = raw.get();
+    match kind {
+        Kind::Json => Ok(Cell::Json(text.to_owned())),
+        Kind::Text if text.starts_with('"') => serde_json::from_str::<String>(text).map(Cell::Text).map_err(|e| e.to_string()),
+        _ => convert(kind, serde_json::from_str::<Value>(text).map_err(|e| e.to_string())?),
+    }
+}
+
 /// The row for one record, or why it cannot be stored.
 pub fn row(columns: &[Column], record: &RecordRef<'_>) -> Result<Vec<Cell>, String> {
-    let mut doc: Value = serde_json::from_slice(record.value).map_err(|e| format!("not valid JSON: {e}"))?;
-    let keep = columns.iter().any(|c| c.spec.from.as_deref() == Some(""));
-    columns.iter().map(|c| c.value(&mut doc, record, keep)).collect()
+    let doc = Doc::parse(record.value)?;
+    columns.iter().map(|c| c.value(&doc, record)).collect()
 }
 
 #[cfg(test)]
@@ -231,8 +316,8 @@ mod tests {
         assert_eq!(r[0], Cell::Time(DateTime::parse_from_rfc3339("2024-01-01T12:00:00Z").unwrap().with_timezone(&Utc)));
         assert_eq!(r[1], Cell::Int(7));
         assert_eq!(r[2], Cell::Bool(false));
-        assert_eq!(r[3], Cell::Json(json!({"a": [1, {"b": null}]})));
-        assert!(matches!(&r[4], Cell::Json(v) if v["n"] == "7"));
+        assert_eq!(r[3], Cell::Json(r#"{"a":[1,{"b":null}]}"#.into()));
+        assert!(matches!(&r[4], Cell::Json(v) if serde_json::from_str::<Value>(v).unwrap()["n"] == "7"));
         assert_eq!(r[5], Cell::Text("user-events/42".into()));
     }
 
