@@ -156,14 +156,15 @@ fn broker_restart_mid_stream_loses_nothing_and_the_source_pushes_back() {
     }
     broker.restart();
     let mut i = 60;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Generous: under a loaded machine the producer may need several backoff rounds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         send(i, &mut accepted);
         i += 1;
         if accepted.last() == Some(&(i - 1)) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no request accepted within 60 s of the broker's restart:\n{}", weir.logs());
+        assert!(std::time::Instant::now() < deadline, "no request accepted within 120 s of the broker's restart:\n{}", weir.logs());
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(refused > 0, "the source pushed back while the broker was down");

@@ -369,3 +369,27 @@ fn postgres_stopped_for_20_seconds_loses_nothing_and_pushes_back() {
     }
     println!("accepted {}, stored {}, refused requests during the outage {during}, peak RSS {peak:.0} MiB", accepted.len(), stored.len());
 }
+
+#[test]
+fn tls_require_encrypts_the_connection() {
+    let schema = Schema::new("tls");
+    let table = format!("{}.events", schema.0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let app = format!("weir-tls-{port}");
+    let url = format!("{SERVER}?application_name={app}");
+    let sink = nexus_sink(&url, &table).replace("      create: true\n", "      create: true\n      tls: require\n");
+    write_pipeline(dir.path(), "tls", &format!("source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\nsinks:\n{sink}"));
+    let _weir = Weir::start(dir.path(), &[], &[]);
+    let r = post_json(
+        &format!("http://127.0.0.1:{port}/produce"),
+        r#"{"event_id":"t1","event_type":"t","user_id":"u","service":"s","timestamp":"2024-01-01T00:00:00Z"}"#,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let ssl = psql(
+        SERVER,
+        &format!("SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = '{app}'"),
+    );
+    assert_eq!(ssl, "t", "the sink's connection uses TLS");
+    assert_eq!(psql(SERVER, &format!("SELECT event_id FROM {table}")), "t1");
+}

@@ -599,7 +599,14 @@ fn run_transforms(
             m.queue_depth.fetch_add(1, Relaxed);
             let job = SinkJob { batch: shared.clone(), origins: origins.clone(), tracker: tracker.clone() };
             if tx.send(job).is_err() {
+                // The sink's thread is gone: its records are not delivered.
                 m.queue_depth.fetch_sub(1, Relaxed);
+                m.errors.fetch_add(1, Relaxed);
+                let mut o = tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+                for &origin in origins.iter() {
+                    o.set(origin, outcome::FAILED, "a sink stopped unexpectedly".into());
+                }
+                drop(o);
                 tracker.done();
             }
         }

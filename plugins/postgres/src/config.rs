@@ -43,6 +43,21 @@ impl ColumnSpec {
     }
 }
 
+/// Whether and how the connection is encrypted (as libpq's `sslmode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// No TLS.
+    #[default]
+    Disable,
+    /// TLS, without checking the server's certificate.
+    Require,
+    /// TLS, checking the certificate chain (against `tls_ca_file` or the system's roots) but not the host name.
+    VerifyCa,
+    /// TLS, checking the chain and that the certificate names the host.
+    VerifyFull,
+}
+
 /// Config of the `postgres` sink.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -50,6 +65,13 @@ pub struct PostgresConfig {
     /// Connection string, `postgres://user:password@host:port/database` (usually
     /// `${DATABASE_URL}`); the password never appears in logs or errors.
     pub url: String,
+    /// TLS for the connection.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// PEM file of the certificate authority that signed the server's certificate (for
+    /// `verify_ca` / `verify_full`); a relative path is taken from the pipeline file's directory.
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// The table, `schema.table` or `table`.
     pub table: String,
     /// The table's columns, in order.

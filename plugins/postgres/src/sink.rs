@@ -13,7 +13,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement, Transaction};
 use weir_plugin::{BatchRef, Context, PluginError, Rejections, Sink};
 
-use crate::config::{masked_url, PostgresConfig};
+use crate::config::{masked_url, PostgresConfig, TlsMode};
 use crate::mapping::{row, Cell, Column};
 
 /// What a failed statement means for the batch.
@@ -77,28 +77,70 @@ fn quoted(names: &[&str]) -> String {
     names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
 }
 
+/// Drives a connection until it closes.
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>, ctx: Context)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            ctx.warn(&format!("PostgreSQL connection closed: {e}"));
+        }
+    });
+}
+
 impl PostgresSink {
+    /// Opens a connection, with TLS as configured.
+    async fn open(config: &PostgresConfig, ctx: &Context) -> Result<Client, PluginError> {
+        let url = masked_url(&config.url);
+        let failed = |e: tokio_postgres::Error| match classify(&e) {
+            Failure::Fatal(m) | Failure::Data(m) => PluginError::config(format!("cannot connect to {url}: {m}")),
+            Failure::Retry(m) => PluginError::retry(format!("cannot connect to {url}: {m}")),
+        };
+        let mut pg: tokio_postgres::Config =
+            config.url.parse().map_err(|e| PluginError::config(format!("url {url} is not a connection string: {e}")))?;
+        if pg.get_application_name().is_none() {
+            pg.application_name("weir");
+        }
+        if config.tls == TlsMode::Disable {
+            let (client, connection) = pg.connect(NoTls).await.map_err(failed)?;
+            spawn_connection(connection, *ctx);
+            return Ok(client);
+        }
+        let mut builder = native_tls::TlsConnector::builder();
+        if let Some(ca) = &config.tls_ca_file {
+            let path = ctx.resolve(ca);
+            let pem = std::fs::read(&path).map_err(|e| PluginError::config(format!("cannot read tls_ca_file {}: {e}", path.display())))?;
+            let cert =
+                native_tls::Certificate::from_pem(&pem).map_err(|e| PluginError::config(format!("tls_ca_file {}: {e}", path.display())))?;
+            builder.add_root_certificate(cert);
+        }
+        match config.tls {
+            TlsMode::Require => {
+                builder.danger_accept_invalid_certs(true).danger_accept_invalid_hostnames(true);
+            }
+            TlsMode::VerifyCa => {
+                builder.danger_accept_invalid_hostnames(true);
+            }
+            _ => {}
+        }
+        let connector = builder.build().map_err(|e| PluginError::config(format!("cannot set up TLS: {e}")))?;
+        pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+        let (client, connection) = pg.connect(postgres_native_tls::MakeTlsConnector::new(connector)).await.map_err(failed)?;
+        spawn_connection(connection, *ctx);
+        Ok(client)
+    }
+
     async fn connect(config: &PostgresConfig, columns: &[Column], ctx: &Context) -> Result<Conn, PluginError> {
         let url = masked_url(&config.url);
-        let connecting = tokio_postgres::connect(&config.url, NoTls);
-        let (client, connection) = match tokio::time::timeout(Duration::from_secs(config.connect_timeout_secs), connecting).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                return Err(match classify(&e) {
-                    Failure::Fatal(m) | Failure::Data(m) => PluginError::config(format!("cannot connect to {url}: {m}")),
-                    Failure::Retry(m) => PluginError::retry(format!("cannot connect to {url}: {m}")),
-                })
-            }
+        let connecting = Self::open(config, ctx);
+        let client = match tokio::time::timeout(Duration::from_secs(config.connect_timeout_secs), connecting).await {
+            Ok(result) => result?,
             Err(_) => {
                 return Err(PluginError::retry(format!("cannot connect to {url}: no answer within {} s", config.connect_timeout_secs)))
             }
         };
-        let c = *ctx;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                c.warn(&format!("PostgreSQL connection closed: {e}"));
-            }
-        });
         if config.create {
             client
                 .batch_execute(&config.ddl().join("\n"))
