@@ -1,0 +1,304 @@
+//! Metrics declared in YAML, updated from records, rendered as Prometheus text.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use weir_plugin::serde_json::Value;
+use weir_plugin::{Deserialize, JsonSchema, RecordRef};
+
+/// Metric types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricType {
+    /// Only goes up: each record adds its value (1 when no `value` is given).
+    Counter,
+    /// Set to each record's value.
+    Gauge,
+    /// Each record's value is observed into `buckets`.
+    Histogram,
+}
+
+/// One metric.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricSpec {
+    /// Metric name, e.g. `analytics_events_processed_total`.
+    pub name: String,
+    /// Counter, gauge or histogram.
+    #[serde(rename = "type")]
+    pub kind: MetricType,
+    /// Help text.
+    #[serde(default)]
+    pub help: String,
+    /// Label name → JSON pointer of its value in the record (missing: empty).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// JSON pointer of the value, or `@age` for the seconds since the record's timestamp.
+    /// Counters count records when it is not given; gauges and histograms need it.
+    #[serde(default)]
+    pub value: Option<String>,
+    /// Histogram bucket upper bounds.
+    #[serde(default = "default_buckets")]
+    pub buckets: Vec<f64>,
+}
+
+fn default_buckets() -> Vec<f64> {
+    vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') && !n.starts_with(|c: char| c.is_ascii_digit())
+}
+
+impl MetricSpec {
+    /// Checks what the schema cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if !valid_name(&self.name) {
+            return Err(format!("metric name {:?} may only use letters, digits, `_` and `:`", self.name));
+        }
+        if let Some(l) = self.labels.keys().find(|l| !valid_name(l) || l.starts_with("__")) {
+            return Err(format!("metric {}: label name {l:?} is not valid", self.name));
+        }
+        match &self.value {
+            None if self.kind != MetricType::Counter => {
+                Err(format!("metric {}: a {:?} needs a `value`", self.name, self.kind).to_lowercase())
+            }
+            Some(v) if v != "@age" && !v.starts_with('/') => {
+                Err(format!("metric {}: value {v:?} must be a JSON pointer or @age", self.name))
+            }
+            _ if self.kind == MetricType::Histogram && (self.buckets.is_empty() || self.buckets.windows(2).any(|w| w[0] >= w[1])) => {
+                Err(format!("metric {}: buckets must be increasing", self.name))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Series {
+    Scalar(f64),
+    Histogram { counts: Vec<u64>, sum: f64, count: u64 },
+}
+
+/// Label value used once a metric has `max_series` label sets.
+pub const OVERFLOW: &str = "other";
+
+struct Metric {
+    spec: MetricSpec,
+    series: HashMap<Vec<String>, Series>,
+    overflowed: u64,
+}
+
+/// Every metric's state.
+pub struct Registry {
+    metrics: Vec<Metric>,
+    max_series: usize,
+}
+
+fn label_value(doc: &Value, pointer: &str) -> String {
+    match doc.pointer(pointer) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(v) => v.to_string(),
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn number(v: f64) -> String {
+    if v.is_infinite() {
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
+    } else {
+        format!("{v}")
+    }
+}
+
+impl Registry {
+    /// A registry for `specs`, each capped at `max_series` label sets.
+    pub fn new(specs: Vec<MetricSpec>, max_series: usize) -> Self {
+        Registry { metrics: specs.into_iter().map(|spec| Metric { spec, series: HashMap::new(), overflowed: 0 }).collect(), max_series }
+    }
+
+    /// Updates every metric from one record, or says why the record cannot be counted
+    /// (then nothing is updated).
+    pub fn observe(&mut self, record: &RecordRef<'_>) -> Result<(), String> {
+        let doc: Value = weir_plugin::serde_json::from_slice(record.value).map_err(|e| format!("not valid JSON: {e}"))?;
+        let mut values = Vec::with_capacity(self.metrics.len());
+        for m in &self.metrics {
+            let v = match m.spec.value.as_deref() {
+                None => 1.0,
+                Some("@age") => {
+                    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default();
+                    let ts = record.timestamp_ms.ok_or_else(|| format!("metric {}: the record has no timestamp for @age", m.spec.name))?;
+                    ((now - ts).max(0)) as f64 / 1000.0
+                }
+                Some(p) => match doc.pointer(p) {
+                    Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
+                    Some(Value::String(s)) => {
+                        s.trim().parse().map_err(|_| format!("metric {}: the value at {p} ({s:?}) is not a number", m.spec.name))?
+                    }
+                    Some(other) => return Err(format!("metric {}: the value at {p} ({other}) is not a number", m.spec.name)),
+                    None => return Err(format!("metric {}: the record has no value at {p}", m.spec.name)),
+                },
+            };
+            if !v.is_finite() || (m.spec.kind == MetricType::Counter && v < 0.0) {
+                return Err(format!("metric {}: {v} cannot be added to a {:?}", m.spec.name, m.spec.kind).to_lowercase());
+            }
+            values.push(v);
+        }
+        for (m, v) in self.metrics.iter_mut().zip(values) {
+            let mut labels: Vec<String> = m.spec.labels.values().map(|p| label_value(&doc, p)).collect();
+            if !m.series.contains_key(&labels) && m.series.len() >= self.max_series {
+                labels = vec![OVERFLOW.to_owned(); labels.len()];
+                m.overflowed += 1;
+            }
+            let buckets = m.spec.buckets.len();
+            let s = m.series.entry(labels).or_insert_with(|| match m.spec.kind {
+                MetricType::Histogram => Series::Histogram { counts: vec![0; buckets], sum: 0.0, count: 0 },
+                _ => Series::Scalar(0.0),
+            });
+            match (m.spec.kind, s) {
+                (MetricType::Counter, Series::Scalar(x)) => *x += v,
+                (MetricType::Gauge, Series::Scalar(x)) => *x = v,
+                (MetricType::Histogram, Series::Histogram { counts, sum, count }) => {
+                    if let Some(i) = m.spec.buckets.iter().position(|b| v <= *b) {
+                        counts[i] += 1;
+                    }
+                    *sum += v;
+                    *count += 1;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Label sets that went to the `other` series, by metric.
+    pub fn overflowed(&self) -> u64 {
+        self.metrics.iter().map(|m| m.overflowed).sum()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for m in &self.metrics {
+            let (name, spec) = (&m.spec.name, &m.spec);
+            let kind = match spec.kind {
+                MetricType::Counter => "counter",
+                MetricType::Gauge => "gauge",
+                MetricType::Histogram => "histogram",
+            };
+            let help = if spec.help.is_empty() { name.clone() } else { spec.help.replace('\n', " ") };
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            let mut series: Vec<(&Vec<String>, &Series)> = m.series.iter().collect();
+            series.sort_by(|a, b| a.0.cmp(b.0));
+            for (values, s) in series {
+                let pairs: Vec<String> = spec.labels.keys().zip(values).map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+                let labels = |extra: Option<String>| {
+                    let mut all = pairs.clone();
+                    all.extend(extra);
+                    if all.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{{{}}}", all.join(","))
+                    }
+                };
+                match s {
+                    Series::Scalar(x) => {
+                        let _ = writeln!(out, "{name}{} {}", labels(None), number(*x));
+                    }
+                    Series::Histogram { counts, sum, count } => {
+                        let mut cumulative = 0;
+                        for (b, c) in spec.buckets.iter().zip(counts) {
+                            cumulative += c;
+                            let _ = writeln!(out, "{name}_bucket{} {cumulative}", labels(Some(format!("le=\"{}\"", number(*b)))));
+                        }
+                        let _ = writeln!(out, "{name}_bucket{} {count}", labels(Some("le=\"+Inf\"".into())));
+                        let _ = writeln!(out, "{name}_sum{} {}", labels(None), number(*sum));
+                        let _ = writeln!(out, "{name}_count{} {count}", labels(None));
+                    }
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP weir_metric_label_overflow_total Records whose label set went to the `other` series because a metric reached max_series.\n# TYPE weir_metric_label_overflow_total counter"
+        );
+        for m in &self.metrics {
+            let _ = writeln!(out, "weir_metric_label_overflow_total{{metric=\"{}\"}} {}", m.spec.name, m.overflowed);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_plugin::mock::json_batch;
+    use weir_plugin::serde_json::{self, json};
+
+    fn registry(specs: Value, max: usize) -> Registry {
+        let specs: Vec<MetricSpec> = serde_json::from_value(specs).unwrap();
+        specs.iter().for_each(|s| s.check().unwrap());
+        Registry::new(specs, max)
+    }
+
+    #[test]
+    fn counters_by_label_gauges_and_histograms() {
+        let mut r = registry(
+            json!([
+                {"name": "events_total", "type": "counter", "help": "Events.", "labels": {"event_type": "/t", "service": "/s"}},
+                {"name": "temp", "type": "gauge", "value": "/v"},
+                {"name": "size_bytes", "type": "histogram", "value": "/v", "buckets": [1, 10]}
+            ]),
+            100,
+        );
+        let b =
+            json_batch([r#"{"t":"login","s":"auth","v":5}"#, r#"{"t":"login","s":"auth","v":"20"}"#, r#"{"t":"view","s":"user","v":0.5}"#]);
+        for rec in b.as_ref().iter() {
+            r.observe(&rec).unwrap();
+        }
+        let text = r.render();
+        assert!(text.contains("events_total{event_type=\"login\",service=\"auth\"} 2\n"), "{text}");
+        assert!(text.contains("events_total{event_type=\"view\",service=\"user\"} 1\n"), "{text}");
+        assert!(text.contains("temp 0.5\n"), "{text}");
+        assert!(text.contains("size_bytes_bucket{le=\"1\"} 1\nsize_bytes_bucket{le=\"10\"} 2\nsize_bytes_bucket{le=\"+Inf\"} 3\nsize_bytes_sum 25.5\nsize_bytes_count 3\n"), "{text}");
+    }
+
+    #[test]
+    fn a_value_that_is_not_a_number_rejects_the_record_and_changes_nothing() {
+        let mut r = registry(json!([{"name": "a_total", "type": "counter"}, {"name": "g", "type": "gauge", "value": "/v"}]), 10);
+        let b = json_batch([r#"{"v":"lots"}"#]);
+        let err = r.observe(&b.as_ref().get(0)).unwrap_err();
+        assert_eq!(err, "metric g: the value at /v (\"lots\") is not a number");
+        assert!(r.render().contains("# TYPE a_total counter\n# HELP g"), "nothing counted:\n{}", r.render());
+    }
+
+    #[test]
+    fn label_cardinality_is_capped_into_other() {
+        let mut r = registry(json!([{"name": "by_user_total", "type": "counter", "labels": {"user": "/u"}}]), 2);
+        let b = json_batch([r#"{"u":"a"}"#, r#"{"u":"b"}"#, r#"{"u":"c"}"#, r#"{"u":"d"}"#, r#"{"u":"a"}"#]);
+        for rec in b.as_ref().iter() {
+            r.observe(&rec).unwrap();
+        }
+        let text = r.render();
+        assert!(text.contains("by_user_total{user=\"a\"} 2\n") && text.contains("by_user_total{user=\"other\"} 2\n"), "{text}");
+        assert!(text.contains("weir_metric_label_overflow_total{metric=\"by_user_total\"} 2\n"), "{text}");
+        assert_eq!(r.overflowed(), 2);
+    }
+
+    #[test]
+    fn specs_are_checked() {
+        let bad: MetricSpec = serde_json::from_value(json!({"name": "g", "type": "gauge"})).unwrap();
+        assert!(bad.check().unwrap_err().contains("needs a `value`"));
+        let bad: MetricSpec = serde_json::from_value(json!({"name": "1x", "type": "counter"})).unwrap();
+        assert!(bad.check().is_err());
+    }
+}
