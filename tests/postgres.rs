@@ -393,3 +393,48 @@ fn tls_require_encrypts_the_connection() {
     assert_eq!(ssl, "t", "the sink's connection uses TLS");
     assert_eq!(psql(SERVER, &format!("SELECT event_id FROM {table}")), "t1");
 }
+
+#[test]
+fn the_nexus_example_stores_events_and_serves_the_seed_metrics() {
+    let broker = Broker::persistent();
+    broker.create_topic("user-events", 1);
+    // Its own database, so the example's analytics schema touches nothing else.
+    let db = format!("weir_nexus_{}", free_port());
+    psql(SERVER, &format!("CREATE DATABASE {db}"));
+    struct Db(String);
+    impl Drop for Db {
+        fn drop(&mut self) {
+            let _ =
+                Command::new("psql").args([SERVER, "-X", "-q", "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0)]).output();
+        }
+    }
+    let _db = Db(db.clone());
+    let url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+    let events = [
+        r#"{"event_id":"e1","event_type":"user.login","user_id":"u1","service":"auth-service","timestamp":"2024-11-08T12:34:56Z","data":{"ip":"203.0.113.7"}}"#,
+        r#"{"event_id":"e2","event_type":"user.registered","user_id":"u2","service":"auth-service","timestamp":"2024-11-08T12:35:00Z"}"#,
+        r#"{"event_type":"user.profile_viewed","user_id":"u1","service":"user-service","timestamp":"2024-11-08T12:36:00Z","data":{}}"#,
+    ];
+    produce(&broker, "user-events", &events.iter().map(|e| (None, *e)).collect::<Vec<_>>());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let envs = [("KAFKA_BROKERS", broker.addr.as_str()), ("DATABASE_URL", url.as_str()), ("METRICS_LISTEN", metrics.as_str())];
+    let _weir = Weir::start(&repo().join("examples/nexus-analytics"), &[], &envs);
+    wait_for("three rows", Duration::from_secs(30), || {
+        Command::new("psql")
+            .args([url.as_str(), "-XAtc", "SELECT count(*) FROM analytics.events"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "3")
+    });
+    // The seed's own queries.
+    let by_type =
+        psql(&url, "SELECT event_type, COUNT(*) as count FROM analytics.events GROUP BY event_type ORDER BY count DESC, event_type");
+    assert_eq!(by_type, "user.login|1\nuser.profile_viewed|1\nuser.registered|1");
+    let recent = psql(&url, "SELECT event_type FROM analytics.events ORDER BY timestamp DESC LIMIT 10");
+    assert_eq!(recent, "user.profile_viewed\nuser.registered\nuser.login");
+    assert_eq!(psql(&url, "SELECT event_id FROM analytics.events WHERE event_type = 'user.profile_viewed'"), "user-events/0/2");
+    let text = curl("GET", &format!("http://{metrics}/metrics"), None, None).body;
+    assert!(text.contains(r#"analytics_events_processed_total{event_type="user.login",service="auth-service"} 1"#), "{text}");
+    assert!(text.contains("analytics_events_processing_duration_seconds_count 3"), "{text}");
+    let health = curl("GET", &format!("http://{metrics}/health"), None, None).json();
+    assert_eq!(health, serde_json::json!({"status": "healthy", "service": "analytics-service"}));
+}
