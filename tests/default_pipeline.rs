@@ -100,6 +100,7 @@ async fn neo_events_reach_websocket_clients_and_are_counted() {
         assert_eq!(weir.metric(r#"weir_stage_records_rejected_total{pipeline="default",stage="validate",plugin="validate"}"#), Some(1.0));
         assert_eq!(weir.metric(r#"weir_plugin_connected_clients{pipeline="default",stage="websocket",plugin="websocket"}"#), Some(2.0));
         assert!(weir.metric(r#"weir_stage_latency_seconds_count{pipeline="default",stage="enrich",plugin="enrich"}"#).unwrap() >= 2.0);
+        assert_eq!(weir.metric(r#"weir_pipeline_ack_latency_seconds_count{pipeline="default",stage="http",plugin="http"}"#), Some(2.0));
 
         // Graceful shutdown: SIGTERM drains and exits 0; the file holds every delivered event.
         let status = weir.stop();

@@ -66,6 +66,8 @@ pub struct StageMetrics {
     pub queue_depth: AtomicI64,
     /// Time per call.
     pub latency: Histogram,
+    /// Sources: time from emitting a batch to its acknowledgement.
+    pub ack_latency: Histogram,
     /// Metrics the plugin reports.
     pub custom: Mutex<BTreeMap<String, Custom>>,
 }
@@ -113,6 +115,21 @@ pub struct Metrics {
     pub plugin_load_failures: AtomicU64,
     /// Pipelines by state name.
     pub pipeline_states: Mutex<BTreeMap<String, String>>,
+}
+
+fn render_histogram<'a>(out: &mut String, name: &str, help: &str, series: impl Iterator<Item = (&'a String, &'a Histogram)>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (labels, h) in series {
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += h.counts[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        let count = h.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_nanos.load(Relaxed) as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
 }
 
 /// Names a plugin metric: `weir_plugin_<name>`, counters ending in `_total`.
@@ -190,19 +207,18 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{{}}} {}", s.labels, get(s));
             }
         }
-        let name = "weir_stage_latency_seconds";
-        let _ = writeln!(out, "# HELP {name} Time per call into the stage.\n# TYPE {name} histogram");
-        for s in &stages {
-            let mut cumulative = 0;
-            for (i, b) in BUCKETS.iter().enumerate() {
-                cumulative += s.latency.counts[i].load(Relaxed);
-                let _ = writeln!(out, "{name}_bucket{{{},le=\"{b}\"}} {cumulative}", s.labels);
-            }
-            let count = s.latency.count.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{},le=\"+Inf\"}} {count}", s.labels);
-            let _ = writeln!(out, "{name}_sum{{{}}} {}", s.labels, s.latency.sum_nanos.load(Relaxed) as f64 / 1e9);
-            let _ = writeln!(out, "{name}_count{{{}}} {count}", s.labels);
-        }
+        render_histogram(
+            &mut out,
+            "weir_stage_latency_seconds",
+            "Time per call into the stage.",
+            stages.iter().map(|s| (&s.labels, &s.latency)),
+        );
+        render_histogram(
+            &mut out,
+            "weir_pipeline_ack_latency_seconds",
+            "Time from a source emitting a batch to its acknowledgement (delivery to every sink, or acceptance).",
+            stages.iter().filter(|s| s.ack_latency.count.load(Relaxed) > 0).map(|s| (&s.labels, &s.ack_latency)),
+        );
         let mut custom: BTreeMap<String, (Custom, Vec<(String, f64)>)> = BTreeMap::new();
         for s in &stages {
             for (n, c) in s.custom.lock().unwrap_or_else(|p| p.into_inner()).iter() {

@@ -200,6 +200,9 @@ struct Tracker {
     outcomes: Mutex<Outcomes>,
     remaining: AtomicUsize,
     ack: Mutex<Option<AckGuard>>,
+    /// When the source emitted the batch, and whose metrics get the acknowledgement lag.
+    received: Instant,
+    source: Arc<StageMetrics>,
 }
 
 impl Tracker {
@@ -213,6 +216,7 @@ impl Tracker {
         if let Some(ack) = self.ack.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let o = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
             ack.send(&o.codes, &o.reasons);
+            self.source.ack_latency.observe(self.received.elapsed());
         }
     }
 }
@@ -242,6 +246,7 @@ struct SinkJob {
 struct Envelope {
     batch: BatchBuf,
     ack: AckGuard,
+    received: Instant,
 }
 
 struct QueueIntake {
@@ -257,7 +262,7 @@ impl Intake for QueueIntake {
             return Err((Status::CLOSED, ack));
         };
         let n = batch.len() as u64;
-        match tx.try_send(Envelope { batch, ack }) {
+        match tx.try_send(Envelope { batch, ack, received: Instant::now() }) {
             Ok(()) => {
                 self.metrics.records_out.fetch_add(n, Relaxed);
                 self.metrics.batches.fetch_add(1, Relaxed);
@@ -525,7 +530,7 @@ fn run_transforms(
     ack_mode: Acknowledge,
     source_metrics: Arc<StageMetrics>,
 ) {
-    while let Ok(Envelope { batch, ack }) = rx.recv() {
+    while let Ok(Envelope { batch, ack, received }) = rx.recv() {
         source_metrics.queue_depth.fetch_sub(1, Relaxed);
         let n = batch.len();
         let mut outcomes = Outcomes::new(n);
@@ -583,12 +588,15 @@ fn run_transforms(
                 }
             }
         }
-        let tracker = Arc::new(Tracker { outcomes: Mutex::new(outcomes), remaining: AtomicUsize::new(sinks.len()), ack: Mutex::new(None) });
+        let tracker = Arc::new(Tracker {
+            outcomes: Mutex::new(outcomes),
+            remaining: AtomicUsize::new(sinks.len()),
+            ack: Mutex::new(Some(ack)),
+            received,
+            source: source_metrics.clone(),
+        });
         if origins.is_empty() || ack_mode == Acknowledge::Accepted {
-            let o = tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-            ack.send(&o.codes, &o.reasons);
-        } else {
-            *tracker.ack.lock().unwrap_or_else(|p| p.into_inner()) = Some(ack);
+            tracker.fire();
         }
         if origins.is_empty() {
             continue;
