@@ -45,7 +45,12 @@ impl Host {
             return Err(crate::error::HostError::Usage(format!("no pipeline files (*.yaml) in {}", dir.display())));
         }
         for path in files {
-            let started = PipelineFile::load(&path).and_then(|f| Pipeline::start(&f, &self.registry, &self.metrics));
+            let started = PipelineFile::load(&path).and_then(|f| {
+                if let Some(other) = self.pipelines().iter().find(|p| p.name == f.name) {
+                    return Err(f.error_at("/name", format!("pipeline name {:?} is also used by {}; names must be unique", f.name, other.file.display())));
+                }
+                Pipeline::start(&f, &self.registry, &self.metrics)
+            });
             let pipeline = match started {
                 Ok(p) => p,
                 Err(e) => {
