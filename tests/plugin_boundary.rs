@@ -164,8 +164,16 @@ fn a_full_pipeline_answers_503_with_retry_after_and_recovers() {
 fn two_pipeline_files_with_one_name_start_only_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (free_port(), free_port());
-    write_pipeline(dir.path(), "a", &format!("name: ingest\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:{a}\"}}}}\nsinks: [{{plugin: discard}}]\n"));
-    write_pipeline(dir.path(), "b", &format!("name: ingest\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:{b}\"}}}}\nsinks: [{{plugin: discard}}]\n"));
+    write_pipeline(
+        dir.path(),
+        "a",
+        &format!("name: ingest\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:{a}\"}}}}\nsinks: [{{plugin: discard}}]\n"),
+    );
+    write_pipeline(
+        dir.path(),
+        "b",
+        &format!("name: ingest\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:{b}\"}}}}\nsinks: [{{plugin: discard}}]\n"),
+    );
     let weir = Weir::start(dir.path(), &[], &[]);
     assert_eq!(post_json(&format!("http://127.0.0.1:{a}/produce"), "{}").status, 200);
     let logs = weir.logs();

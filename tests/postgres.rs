@@ -414,6 +414,8 @@ fn the_nexus_example_stores_events_and_serves_the_seed_metrics() {
         r#"{"event_id":"e1","event_type":"user.login","user_id":"u1","service":"auth-service","timestamp":"2024-11-08T12:34:56Z","data":{"ip":"203.0.113.7"}}"#,
         r#"{"event_id":"e2","event_type":"user.registered","user_id":"u2","service":"auth-service","timestamp":"2024-11-08T12:35:00Z"}"#,
         r#"{"event_type":"user.profile_viewed","user_id":"u1","service":"user-service","timestamp":"2024-11-08T12:36:00Z","data":{}}"#,
+        // Refused by PostgreSQL: `service` is longer than VARCHAR(50).
+        r#"{"event_id":"e4","event_type":"user.login","user_id":"u3","service":"a-service-name-far-longer-than-fifty-characters-allow","timestamp":"2024-11-08T12:37:00Z"}"#,
     ];
     produce(&broker, "user-events", &events.iter().map(|e| (None, *e)).collect::<Vec<_>>());
     let metrics = format!("127.0.0.1:{}", free_port());
@@ -432,9 +434,18 @@ fn the_nexus_example_stores_events_and_serves_the_seed_metrics() {
     let recent = psql(&url, "SELECT event_type FROM analytics.events ORDER BY timestamp DESC LIMIT 10");
     assert_eq!(recent, "user.profile_viewed\nuser.registered\nuser.login");
     assert_eq!(psql(&url, "SELECT event_id FROM analytics.events WHERE event_type = 'user.profile_viewed'"), "user-events/0/2");
-    let text = curl("GET", &format!("http://{metrics}/metrics"), None, None).body;
+    // The metrics sink runs after PostgreSQL handled each event.
+    let metrics_url = format!("http://{metrics}/metrics");
+    wait_for("all four events counted", Duration::from_secs(30), || {
+        curl("GET", &metrics_url, None, None).body.contains("analytics_events_processing_duration_seconds_count 4")
+    });
+    let text = curl("GET", &metrics_url, None, None).body;
     assert!(text.contains(r#"analytics_events_processed_total{event_type="user.login",service="auth-service"} 1"#), "{text}");
-    assert!(text.contains("analytics_events_processing_duration_seconds_count 3"), "{text}");
+    assert!(text.contains("analytics_events_stored_total 3\n"), "{text}");
+    assert!(
+        text.contains(r#"analytics_events_processing_errors_total{event_type="user.login",service="a-service-name-far-longer-than-fifty-characters-allow"} 1"#),
+        "{text}"
+    );
     let health = curl("GET", &format!("http://{metrics}/health"), None, None).json();
     assert_eq!(health, serde_json::json!({"status": "healthy", "service": "analytics-service"}));
 }

@@ -124,6 +124,27 @@ pub struct StageSpec {
     #[serde(default = "empty_object")]
     #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub config: serde_json::Value,
+    /// Sinks only: run after the named sink, on the records it handled instead of on the
+    /// pipeline's batches (for example metrics of what was stored). Each record carries the
+    /// headers `weir.outcome` (`delivered` or `refused`) and, when refused, `weir.reason`.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// With `after`: which records this sink gets.
+    #[serde(default)]
+    pub takes: Takes,
+}
+
+/// Which records a sink with `after` gets from the sink it follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Takes {
+    /// The records it delivered.
+    #[default]
+    Delivered,
+    /// The records it rejected or failed.
+    Refused,
+    /// Both.
+    All,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -316,6 +337,22 @@ impl PipelineFile {
             if !stage.config.is_object() {
                 return Err(self.error_at(&format!("{pointer}/config"), "`config` must be a mapping"));
             }
+            if let Some(after) = &stage.after {
+                if !pointer.starts_with("/sinks") {
+                    return Err(self.error_at(&format!("{pointer}/after"), "only sinks may have `after`"));
+                }
+                let target = self.spec.sinks.iter().find(|s| s.name.as_ref().unwrap_or(&s.plugin) == after);
+                match target {
+                    None => return Err(self.error_at(&format!("{pointer}/after"), format!("no sink is called {after:?}"))),
+                    Some(t) if t.after.is_some() => {
+                        return Err(self.error_at(
+                            &format!("{pointer}/after"),
+                            format!("sink {after:?} itself runs after another sink; follow the first one"),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
         }
         Ok(())
     }
@@ -420,6 +457,20 @@ mod tests {
         let err = PipelineFile::parse(Path::new("p.yaml"), text, env(&[])).unwrap_err().to_string();
         assert!(err.contains("two stages are called \"file\""), "{err}");
         assert!(err.starts_with("p.yaml:4:"), "{err}");
+    }
+
+    #[test]
+    fn after_must_name_a_first_level_sink() {
+        let parse = |sinks: &str| PipelineFile::parse(Path::new("p.yaml"), &format!("source: {{plugin: http}}\nsinks:\n{sinks}"), env(&[]));
+        assert!(parse("  - plugin: postgres\n  - {plugin: prometheus, after: postgres, takes: all}\n").is_ok());
+        let err = parse("  - plugin: file\n  - {plugin: prometheus, after: nope}\n").unwrap_err().to_string();
+        assert!(err.contains("p.yaml:4:") && err.contains("no sink is called \"nope\""), "{err}");
+        let err = parse("  - plugin: a\n  - {plugin: b, after: a}\n  - {plugin: c, after: b}\n").unwrap_err().to_string();
+        assert!(err.contains("itself runs after another sink"), "{err}");
+        let err = PipelineFile::parse(Path::new("p.yaml"), "source: {plugin: http, after: x}\nsinks: [{plugin: file}]\n", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only sinks may have `after`"), "{err}");
     }
 
     #[test]

@@ -47,7 +47,10 @@ impl Host {
         for path in files {
             let started = PipelineFile::load(&path).and_then(|f| {
                 if let Some(other) = self.pipelines().iter().find(|p| p.name == f.name) {
-                    return Err(f.error_at("/name", format!("pipeline name {:?} is also used by {}; names must be unique", f.name, other.file.display())));
+                    return Err(f.error_at(
+                        "/name",
+                        format!("pipeline name {:?} is also used by {}; names must be unique", f.name, other.file.display()),
+                    ));
                 }
                 Pipeline::start(&f, &self.registry, &self.metrics)
             });

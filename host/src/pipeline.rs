@@ -15,7 +15,7 @@ use serde::Serialize;
 use weir_plugin::abi::{outcome, HostApi, Kind, Status};
 use weir_plugin::batch::{BatchBuf, BatchRef};
 
-use crate::config::{Acknowledge, PipelineFile};
+use crate::config::{Acknowledge, PipelineFile, Takes};
 use crate::error::HostError;
 use crate::ffi::{self, AckGuard, ForeignOutput, Instance, Intake};
 use crate::loader::{Plugin, Registry};
@@ -237,6 +237,13 @@ impl Current {
     }
 }
 
+/// A sink that runs after another, fed from its thread.
+struct Downstream {
+    tx: SyncSender<SinkJob>,
+    metrics: Arc<StageMetrics>,
+    takes: Takes,
+}
+
 struct SinkJob {
     batch: Arc<Current>,
     origins: Arc<Vec<u32>>,
@@ -390,14 +397,28 @@ impl Pipeline {
         }
         let mut threads = Vec::new();
         let mut sink_txs = Vec::new();
-        for sink in sinks {
-            let (tx, rx) = sync_channel::<SinkJob>(settings.sink_queue_batches.get());
+        let follows: Vec<(Option<String>, Takes)> = file.spec.sinks.iter().map(|s| (s.after.clone(), s.takes)).collect();
+        let total_sinks = sinks.len();
+        let channels: Vec<_> = sinks.iter().map(|_| sync_channel::<SinkJob>(settings.sink_queue_batches.get())).collect();
+        let (txs, rxs): (Vec<_>, Vec<_>) = channels.into_iter().unzip();
+        let names: Vec<String> = sinks.iter().map(|s| s.name.clone()).collect();
+        for (i, (sink, rx)) in sinks.into_iter().zip(rxs).enumerate() {
+            let downstream: Vec<Downstream> = follows
+                .iter()
+                .zip(&txs)
+                .zip(&infos[infos.len() - total_sinks..])
+                .filter(|(((after, _), _), _)| after.as_deref() == Some(names[i].as_str()))
+                .map(|(((_, takes), tx), info)| Downstream { tx: tx.clone(), metrics: info.metrics.clone(), takes: *takes })
+                .collect();
+            if follows[i].0.is_none() {
+                sink_txs.push((txs[i].clone(), sink.metrics.clone()));
+            }
             let abandon = abandon.clone();
             let thread_name = format!("weir-sink-{}", sink.name);
-            let metrics = sink.metrics.clone();
-            threads.push(std::thread::Builder::new().name(thread_name).spawn(move || run_sink(sink, rx, abandon))?);
-            sink_txs.push((tx, metrics));
+            threads.push(std::thread::Builder::new().name(thread_name).spawn(move || run_sink(sink, rx, downstream, abandon))?);
         }
+        // Only the threads hold senders now, so queues close as their feeders finish.
+        drop(txs);
         let (tx, rx) = sync_channel::<Envelope>(settings.queue_batches.get());
         let intake = Arc::new(QueueIntake { tx: Mutex::new(Some(tx)), metrics: source.metrics.clone(), finished: AtomicBool::new(false) });
         let ack_mode = settings.acknowledge;
@@ -406,7 +427,7 @@ impl Pipeline {
         threads.push(
             std::thread::Builder::new()
                 .name(format!("weir-transforms-{name}"))
-                .spawn(move || run_transforms(transforms, rx, sink_txs, ack_mode, source_metrics))?,
+                .spawn(move || run_transforms(transforms, rx, sink_txs, total_sinks, ack_mode, source_metrics))?,
         );
         let mut source_instance = source.instance.take().expect("created above");
         if let Err(e) = source_instance.start(ffi::emitter(intake.clone())) {
@@ -527,6 +548,7 @@ fn run_transforms(
     mut transforms: Vec<Stage>,
     rx: Receiver<Envelope>,
     sinks: Vec<(SyncSender<SinkJob>, Arc<StageMetrics>)>,
+    total_sinks: usize,
     ack_mode: Acknowledge,
     source_metrics: Arc<StageMetrics>,
 ) {
@@ -590,7 +612,7 @@ fn run_transforms(
         }
         let tracker = Arc::new(Tracker {
             outcomes: Mutex::new(outcomes),
-            remaining: AtomicUsize::new(sinks.len()),
+            remaining: AtomicUsize::new(total_sinks),
             ack: Mutex::new(Some(ack)),
             received,
             source: source_metrics.clone(),
@@ -621,6 +643,39 @@ fn run_transforms(
     }
 }
 
+/// Gives a following sink the records it takes, marked with their outcome here.
+fn hand_on(d: &Downstream, batch: &BatchRef<'_>, job: &SinkJob, refused: &[Option<String>]) {
+    let mut out = BatchBuf::new();
+    let mut origins = Vec::new();
+    for (i, reason) in refused.iter().enumerate() {
+        let wanted = match d.takes {
+            Takes::All => true,
+            Takes::Delivered => reason.is_none(),
+            Takes::Refused => reason.is_some(),
+        };
+        if !wanted {
+            continue;
+        }
+        let r = batch.get(i);
+        let marks: Vec<(&str, &[u8])> = match reason {
+            None => vec![("weir.outcome", b"delivered")],
+            Some(why) => vec![("weir.outcome", b"refused"), ("weir.reason", why.as_bytes())],
+        };
+        out.push(i as u32, weir_plugin::Head { extra_headers: &marks, ..weir_plugin::Head::from(&r) }, r.value);
+        origins.push(job.origins[i]);
+    }
+    if out.is_empty() {
+        job.tracker.done();
+        return;
+    }
+    d.metrics.queue_depth.fetch_add(1, Relaxed);
+    let next = SinkJob { batch: Arc::new(Current::Host(out)), origins: Arc::new(origins), tracker: job.tracker.clone() };
+    if d.tx.send(next).is_err() {
+        d.metrics.queue_depth.fetch_sub(1, Relaxed);
+        job.tracker.done();
+    }
+}
+
 /// Backoff between retries of one batch.
 fn backoff(attempt: u32, hint_ms: u64) -> Duration {
     if hint_ms > 0 {
@@ -629,15 +684,18 @@ fn backoff(attempt: u32, hint_ms: u64) -> Duration {
     Duration::from_millis((50u64 << attempt.min(7)).min(5_000))
 }
 
-/// Delivers batches to one sink, retrying when it asks to.
-fn run_sink(mut sink: Stage, rx: Receiver<SinkJob>, abandon: Arc<AtomicBool>) {
+/// Delivers batches to one sink, retrying when it asks to, then hands what it delivered
+/// or refused to the sinks that run after it.
+fn run_sink(mut sink: Stage, rx: Receiver<SinkJob>, downstream: Vec<Downstream>, abandon: Arc<AtomicBool>) {
     while let Ok(job) = rx.recv() {
         sink.metrics.queue_depth.fetch_sub(1, Relaxed);
         let batch = job.batch.view();
         let mut attempt = 0u32;
         sink.metrics.records_in.fetch_add(batch.len() as u64, Relaxed);
         sink.metrics.batches.fetch_add(1, Relaxed);
-        let failure: Option<String> = loop {
+        // Per record of the batch: why it was refused, or None when delivered.
+        let mut refused: Vec<Option<String>> = vec![None; batch.len()];
+        loop {
             let started = Instant::now();
             let result = sink
                 .instance()
@@ -649,13 +707,13 @@ fn run_sink(mut sink: Stage, rx: Receiver<SinkJob>, abandon: Arc<AtomicBool>) {
                     let rejections = out.rejections();
                     sink.metrics.rejected.fetch_add(rejections.len() as u64, Relaxed);
                     sink.metrics.records_out.fetch_add((batch.len() - rejections.len()) as u64, Relaxed);
-                    if !rejections.is_empty() {
-                        let mut o = job.tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-                        for (i, reason) in rejections {
-                            o.set(job.origins[i], outcome::REJECTED, format!("{}: {reason}", sink.name));
-                        }
+                    let mut o = job.tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+                    for (i, reason) in rejections {
+                        let reason = format!("{}: {reason}", sink.name);
+                        o.set(job.origins[i], outcome::REJECTED, reason.clone());
+                        refused[i] = Some(reason);
                     }
-                    break None;
+                    break;
                 }
                 Err((status, message, hint)) => {
                     sink.metrics.errors.fetch_add(1, Relaxed);
@@ -670,15 +728,18 @@ fn run_sink(mut sink: Stage, rx: Receiver<SinkJob>, abandon: Arc<AtomicBool>) {
                         continue;
                     }
                     tracing::error!(stage = %sink.name, error = %message, records = batch.len(), "Sink failed the batch.");
-                    break Some(message);
+                    let reason = format!("{}: {message}", sink.name);
+                    let mut o = job.tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+                    for (i, &origin) in job.origins.iter().enumerate() {
+                        o.set(origin, outcome::FAILED, reason.clone());
+                        refused[i] = Some(reason.clone());
+                    }
+                    break;
                 }
             }
-        };
-        if let Some(message) = failure {
-            let mut o = job.tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-            for &origin in job.origins.iter() {
-                o.set(origin, outcome::FAILED, format!("{}: {message}", sink.name));
-            }
+        }
+        for d in &downstream {
+            hand_on(d, &batch, &job, &refused);
         }
         job.tracker.done();
     }

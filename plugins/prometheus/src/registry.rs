@@ -41,6 +41,10 @@ pub struct MetricSpec {
     /// Histogram bucket upper bounds.
     #[serde(default = "default_buckets")]
     pub buckets: Vec<f64>,
+    /// Count only records whose headers have these values, e.g. `weir.outcome: delivered`
+    /// for a sink that runs `after` another.
+    #[serde(default)]
+    pub when: BTreeMap<String, String>,
 }
 
 fn default_buckets() -> Vec<f64> {
@@ -132,6 +136,10 @@ impl Registry {
         let doc: Value = weir_plugin::serde_json::from_slice(record.value).map_err(|e| format!("not valid JSON: {e}"))?;
         let mut values = Vec::with_capacity(self.metrics.len());
         for m in &self.metrics {
+            if !m.spec.when.iter().all(|(h, want)| record.header(h) == Some(want.as_bytes())) {
+                values.push(None);
+                continue;
+            }
             let v = match m.spec.value.as_deref() {
                 None => 1.0,
                 Some("@age") => {
@@ -151,9 +159,10 @@ impl Registry {
             if !v.is_finite() || (m.spec.kind == MetricType::Counter && v < 0.0) {
                 return Err(format!("metric {}: {v} cannot be added to a {:?}", m.spec.name, m.spec.kind).to_lowercase());
             }
-            values.push(v);
+            values.push(Some(v));
         }
         for (m, v) in self.metrics.iter_mut().zip(values) {
+            let Some(v) = v else { continue };
             let mut labels: Vec<String> = m.spec.labels.values().map(|p| label_value(&doc, p)).collect();
             if !m.series.contains_key(&labels) && m.series.len() >= self.max_series {
                 labels = vec![OVERFLOW.to_owned(); labels.len()];
@@ -292,6 +301,19 @@ mod tests {
         assert!(text.contains("by_user_total{user=\"a\"} 2\n") && text.contains("by_user_total{user=\"other\"} 2\n"), "{text}");
         assert!(text.contains("weir_metric_label_overflow_total{metric=\"by_user_total\"} 2\n"), "{text}");
         assert_eq!(r.overflowed(), 2);
+    }
+
+    #[test]
+    fn when_counts_only_matching_records() {
+        let mut r = registry(json!([{"name": "stored_total", "type": "counter", "when": {"weir.outcome": "delivered"}}]), 10);
+        let mut b = weir_plugin::BatchBuf::new();
+        b.push(0, weir_plugin::Head { extra_headers: &[("weir.outcome", b"delivered")], ..Default::default() }, b"{}");
+        b.push(1, weir_plugin::Head { extra_headers: &[("weir.outcome", b"refused")], ..Default::default() }, b"{}");
+        b.push(2, weir_plugin::Head::default(), b"{}");
+        for rec in b.as_ref().iter() {
+            r.observe(&rec).unwrap();
+        }
+        assert!(r.render().contains("stored_total 1\n"), "{}", r.render());
     }
 
     #[test]
