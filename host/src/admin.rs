@@ -12,9 +12,17 @@ use axum::{Json, Router};
 use crate::host::Host;
 use crate::pipeline::State;
 
-/// The admin API's routes.
-pub fn router(host: Arc<Host>) -> Router {
+/// The admin API's routes. `drain` is how long a reload waits for a replaced pipeline.
+pub fn router(host: Arc<Host>, drain: std::time::Duration) -> Router {
     Router::new()
+        .route(
+            "/reload",
+            axum::routing::post(move |AxState(host): AxState<Arc<Host>>| async move {
+                let report = tokio::task::spawn_blocking(move || host.reload(drain)).await.unwrap_or_default();
+                let status = if report.result == "ok" { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+                (status, Json(report))
+            }),
+        )
         .route("/health", get(health))
         .route("/pipelines", get(pipelines))
         .route("/pipelines/{name}", get(pipeline))
@@ -34,6 +42,7 @@ async fn health(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
         "uptime_seconds": host.started.elapsed().as_secs(),
         "pipelines": states,
         "connected_clients": clients as u64,
+        "last_reload": host.last_reload(),
     });
     (if all_running { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
 }

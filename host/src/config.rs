@@ -30,9 +30,17 @@ pub struct HostConfig {
     /// Log filter, in `RUST_LOG` syntax (for example `info` or `weir=debug`).
     #[serde(default = "default_log")]
     pub log: String,
-    /// How long shutdown waits for in-flight records to drain, in seconds.
+    /// How long shutdown (and a reload replacing a pipeline) waits for in-flight records to
+    /// drain, in seconds.
     #[serde(default = "default_drain")]
     pub drain_timeout_secs: u64,
+    /// Reload by itself when pipeline files change (SIGHUP and `POST /reload` always work).
+    #[serde(default = "default_watch")]
+    pub watch: bool,
+}
+
+fn default_watch() -> bool {
+    true
 }
 
 fn default_pipelines() -> PathBuf {
@@ -56,12 +64,13 @@ impl Default for HostConfig {
             admin: default_admin(),
             log: default_log(),
             drain_timeout_secs: default_drain(),
+            watch: default_watch(),
         }
     }
 }
 
 /// Keys the environment may set, as `WEIR_<KEY>`.
-const ENV_KEYS: [&str; 5] = ["pipelines", "plugins", "admin", "log", "drain_timeout_secs"];
+const ENV_KEYS: [&str; 6] = ["pipelines", "plugins", "admin", "log", "drain_timeout_secs", "watch"];
 
 impl HostConfig {
     /// Merges defaults < the YAML file < `WEIR_*` environment < `overrides` (flags).
@@ -355,6 +364,14 @@ impl PipelineFile {
             }
         }
         Ok(())
+    }
+
+    /// A hash of the interpolated text: equal hashes mean nothing to restart.
+    pub fn hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.text.hash(&mut h);
+        h.finish()
     }
 
     /// Every stage with its JSON pointer in the file, in pipeline order.

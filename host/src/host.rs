@@ -2,13 +2,32 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::{pipeline_files, PipelineFile};
 use crate::loader::Registry;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, State};
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadReport {
+    /// `ok`, or `failed` when some pipeline kept its old version because the new one was invalid.
+    pub result: String,
+    /// When it finished (RFC 3339).
+    pub at: String,
+    /// Pipelines started from new files.
+    pub started: Vec<String>,
+    /// Pipelines replaced by their new version.
+    pub replaced: Vec<String>,
+    /// Pipelines whose file disappeared.
+    pub stopped: Vec<String>,
+    /// Pipelines left alone.
+    pub unchanged: Vec<String>,
+    /// Why a new version was refused (the old one keeps running).
+    pub errors: Vec<String>,
+}
 
 /// The host.
 pub struct Host {
@@ -19,6 +38,11 @@ pub struct Host {
     /// When the host started.
     pub started: Instant,
     pipelines: RwLock<Vec<Arc<Pipeline>>>,
+    /// The pipeline directory, and the last reload's report.
+    dir: Mutex<Option<std::path::PathBuf>>,
+    last_reload: Mutex<Option<ReloadReport>>,
+    /// Held for the length of a reload: reloads never overlap.
+    reloading: Mutex<()>,
 }
 
 impl Host {
@@ -29,7 +53,15 @@ impl Host {
         for b in &registry.broken {
             tracing::warn!(path = %b.path.display(), reason = %b.reason, "Plugin library skipped.");
         }
-        Host { registry, metrics, started: Instant::now(), pipelines: RwLock::default() }
+        Host {
+            registry,
+            metrics,
+            started: Instant::now(),
+            pipelines: RwLock::default(),
+            dir: Mutex::default(),
+            last_reload: Mutex::default(),
+            reloading: Mutex::default(),
+        }
     }
 
     /// Every pipeline, running or failed.
@@ -40,6 +72,7 @@ impl Host {
     /// Starts every pipeline file in `dir`. A pipeline that fails is logged and shown as
     /// failed; the others run. Returns how many run.
     pub fn start_dir(&self, dir: &Path) -> Result<usize, crate::error::HostError> {
+        *self.dir.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.to_path_buf());
         let files = pipeline_files(dir)?;
         if files.is_empty() {
             return Err(crate::error::HostError::Usage(format!("no pipeline files (*.yaml) in {}", dir.display())));
@@ -66,6 +99,104 @@ impl Host {
             self.pipelines.write().unwrap_or_else(|p| p.into_inner()).push(Arc::new(pipeline));
         }
         Ok(self.pipelines().iter().filter(|p| p.state().0 == State::Running).count())
+    }
+
+    /// The last reload's report.
+    pub fn last_reload(&self) -> Option<ReloadReport> {
+        self.last_reload.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_state(&self, name: &str, state: &str) {
+        self.metrics.pipeline_states.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), state.to_owned());
+    }
+
+    /// Applies the pipeline directory as it is now, by difference: new files start, removed
+    /// ones stop (draining), changed ones are replaced make-before-break (the new version
+    /// starts on the same sockets, then the old one stops and drains), unchanged ones are not
+    /// touched. A new version that does not parse, names an unknown plugin, fails its
+    /// plugins' checks or cannot start leaves the old version running, and the report says why.
+    pub fn reload(&self, drain: Duration) -> ReloadReport {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let mut report = ReloadReport::default();
+        let dir = self.dir.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+        let files = match pipeline_files(&dir) {
+            Ok(f) => f,
+            Err(e) => {
+                report.errors.push(e.to_string());
+                return self.finish_reload(report);
+            }
+        };
+        let mut keep: Vec<Arc<Pipeline>> = Vec::new();
+        let mut replaced: Vec<Arc<Pipeline>> = Vec::new();
+        for path in &files {
+            let old = self.pipelines().into_iter().find(|p| &p.file == path);
+            let file = match PipelineFile::load(path) {
+                Ok(f) => f,
+                Err(e) => {
+                    report.errors.push(e.to_string());
+                    keep.extend(old);
+                    continue;
+                }
+            };
+            let old = old.or_else(|| self.pipelines().into_iter().find(|p| p.name == file.name));
+            if let Some(o) = &old {
+                if o.hash == file.hash() && o.state().0 == State::Running {
+                    report.unchanged.push(file.name.clone());
+                    keep.push(o.clone());
+                    continue;
+                }
+            }
+            if keep.iter().any(|p| p.name == file.name) {
+                report.errors.push(
+                    file.error_at("/name", format!("pipeline name {:?} is used by two files; names must be unique", file.name)).to_string(),
+                );
+                continue;
+            }
+            match Pipeline::start(&file, &self.registry, &self.metrics) {
+                Ok(new) => {
+                    if let Some(o) = old {
+                        o.stop(drain, &self.metrics);
+                        self.metrics.remove(&o.stage_metrics());
+                        report.replaced.push(file.name.clone());
+                        replaced.push(o);
+                    } else {
+                        report.started.push(file.name.clone());
+                    }
+                    self.set_state(&file.name, "running");
+                    keep.push(Arc::new(new));
+                }
+                Err(e) => {
+                    report.errors.push(e.to_string());
+                    keep.extend(old);
+                }
+            }
+        }
+        for p in self.pipelines() {
+            // Replaced ones were stopped above; what is left here lost its file.
+            let handled = keep.iter().chain(&replaced).any(|k| Arc::ptr_eq(k, &p));
+            if !handled && !files.contains(&p.file) {
+                p.stop(drain, &self.metrics);
+                self.metrics.remove(&p.stage_metrics());
+                self.metrics.pipeline_states.lock().unwrap_or_else(|e| e.into_inner()).remove(&p.name);
+                report.stopped.push(p.name.clone());
+            }
+        }
+        *self.pipelines.write().unwrap_or_else(|p| p.into_inner()) = keep;
+        self.finish_reload(report)
+    }
+
+    fn finish_reload(&self, mut report: ReloadReport) -> ReloadReport {
+        report.at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        report.result = if report.errors.is_empty() { "ok".into() } else { "failed".into() };
+        let counter = if report.errors.is_empty() { &self.metrics.reloads_ok } else { &self.metrics.reloads_failed };
+        counter.fetch_add(1, Relaxed);
+        if report.errors.is_empty() {
+            tracing::info!(started = ?report.started, replaced = ?report.replaced, stopped = ?report.stopped, "Reloaded.");
+        } else {
+            tracing::error!(errors = ?report.errors, replaced = ?report.replaced, "Reload left some pipelines as they were.");
+        }
+        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+        report
     }
 
     /// Stops every pipeline, draining in parallel.

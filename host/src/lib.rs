@@ -9,4 +9,5 @@ pub mod host;
 pub mod loader;
 pub mod metrics;
 pub mod pipeline;
+pub mod watch;
 pub mod yamlpos;

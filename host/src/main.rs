@@ -40,6 +40,9 @@ enum Command {
         /// Log filter, RUST_LOG syntax (default: info).
         #[arg(long)]
         log: Option<String>,
+        /// Do not reload when pipeline files change (SIGHUP and POST /reload still do).
+        #[arg(long)]
+        no_watch: bool,
         /// Exit once every pipeline has finished (sources that end, such as `file`);
         /// exit status 1 when a pipeline failed.
         #[arg(long)]
@@ -73,7 +76,10 @@ fn main() -> ExitCode {
     if !cli.plugins.is_empty() {
         overrides.insert("plugins".into(), serde_json::json!(cli.plugins));
     }
-    if let Command::Run { pipelines, admin, log, .. } = &cli.command {
+    if let Command::Run { pipelines, admin, log, no_watch, .. } = &cli.command {
+        if *no_watch {
+            overrides.insert("watch".into(), false.into());
+        }
         for (key, value) in
             [("pipelines", pipelines.as_ref().map(|p| p.to_string_lossy().into_owned())), ("admin", admin.clone()), ("log", log.clone())]
         {
@@ -120,13 +126,32 @@ fn run(config: HostConfig, once: bool) -> anyhow::Result<ExitCode> {
         tracing::error!("No pipeline could start; exiting.");
         return Ok(ExitCode::FAILURE);
     }
+    let _watcher =
+        match config.watch.then(|| weir::watch::watch(host.clone(), &config.pipelines, Duration::from_secs(config.drain_timeout_secs))) {
+            None => None,
+            Some(Ok(w)) => Some(w),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "Cannot watch the pipeline directory; reload with SIGHUP or POST /reload.");
+                None
+            }
+        };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("weir-admin").enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&config.admin)
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind the admin API to {}: {e}", config.admin))?;
         tracing::info!(address = %config.admin, "Admin API listening.");
-        let app = weir::admin::router(host.clone());
+        let drain = Duration::from_secs(config.drain_timeout_secs);
+        let app = weir::admin::router(host.clone(), drain);
+        let on_hup = host.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading.");
+                let h = on_hup.clone();
+                let _ = tokio::task::spawn_blocking(move || h.reload(drain)).await;
+            }
+        });
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "Admin API stopped.");

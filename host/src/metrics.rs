@@ -115,6 +115,10 @@ pub struct Metrics {
     pub plugin_load_failures: AtomicU64,
     /// Pipelines by state name.
     pub pipeline_states: Mutex<BTreeMap<String, String>>,
+    /// Reloads that applied every change.
+    pub reloads_ok: AtomicU64,
+    /// Reloads that left at least one pipeline as it was because its new version was invalid.
+    pub reloads_failed: AtomicU64,
 }
 
 fn render_histogram<'a>(out: &mut String, name: &str, help: &str, series: impl Iterator<Item = (&'a String, &'a Histogram)>) {
@@ -168,6 +172,12 @@ impl Metrics {
             out,
             "# HELP weir_plugin_load_failures_total Plugin libraries that could not be used.\n# TYPE weir_plugin_load_failures_total counter\nweir_plugin_load_failures_total {}",
             self.plugin_load_failures.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP weir_reloads_total Reloads, by result.\n# TYPE weir_reloads_total counter\nweir_reloads_total{{result=\"ok\"}} {}\nweir_reloads_total{{result=\"failed\"}} {}",
+            self.reloads_ok.load(Relaxed),
+            self.reloads_failed.load(Relaxed)
         );
         let states = self.pipeline_states.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let _ = writeln!(out, "# HELP weir_pipeline_up Whether the pipeline is running (1) or not (0).\n# TYPE weir_pipeline_up gauge");

@@ -163,6 +163,8 @@ struct StageInfo {
 pub struct Pipeline {
     /// Its name.
     pub name: String,
+    /// Hash of its file after interpolation: a reload restarts it only when this changes.
+    pub hash: u64,
     /// Its file.
     pub file: PathBuf,
     state: Mutex<(State, Option<String>)>,
@@ -334,6 +336,7 @@ impl Pipeline {
     pub fn failed(name: &str, file: &Path, error: &str) -> Self {
         Pipeline {
             name: name.to_owned(),
+            hash: 0,
             file: file.to_path_buf(),
             state: Mutex::new((State::Failed, Some(error.to_owned()))),
             stages: Vec::new(),
@@ -445,6 +448,7 @@ impl Pipeline {
         tracing::info!(pipeline = %name, file = %file.path.display(), stages = infos.len(), "Pipeline started.");
         Ok(Pipeline {
             name,
+            hash: file.hash(),
             file: file.path.clone(),
             state: Mutex::new((State::Running, None)),
             stages: infos,
@@ -535,6 +539,11 @@ impl Pipeline {
             "acknowledge": self.acknowledge,
             "stages": stages,
         })
+    }
+
+    /// The metrics of its stages (to forget them once it is replaced).
+    pub fn stage_metrics(&self) -> Vec<Arc<StageMetrics>> {
+        self.stages.iter().map(|s| s.metrics.clone()).collect()
     }
 
     /// Sum of a plugin gauge over the pipeline's stages.

@@ -21,9 +21,18 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, and not handed out before by this process
+/// (the kernel may offer a just-released port again before its first user binds it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Runs `weir ARGS` to completion.

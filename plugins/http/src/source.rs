@@ -30,6 +30,8 @@ struct Shared {
 
 /// How long `stop` waits for in-flight requests.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `stop` lets just-accepted connections send their request before closing idle ones.
+const GRACE: Duration = Duration::from_millis(250);
 
 impl Source for HttpSource {
     type Config = HttpConfig;
@@ -64,12 +66,7 @@ impl Source for HttpSource {
         };
         ctx.info(&format!("Listening on {}{}.", self.config.listen, self.config.path));
         rt.spawn(async move {
-            let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            });
-            if let Err(e) = server.await {
-                ctx.report_error(&format!("HTTP server failed: {e}"));
-            }
+            serve(listener, app, stop_rx).await;
             let _ = done_tx.send(());
         });
         self.shutdown = Some(stop_tx);
@@ -82,11 +79,64 @@ impl Source for HttpSource {
             let _ = tx.send(());
         }
         if let Some(done) = self.done.take() {
-            if done.recv_timeout(STOP_TIMEOUT).is_err() {
+            if done.recv_timeout(STOP_TIMEOUT + GRACE + Duration::from_secs(1)).is_err() {
                 return Err(PluginError::fatal("in-flight requests did not finish within 30 s"));
             }
         }
         Ok(())
+    }
+}
+
+/// Serves connections until `stop` fires; then stops accepting, gives connections a moment
+/// (`GRACE`) to finish on their own — a client that connected just before still sends its
+/// request and gets its answer — and then closes idle connections while in-flight requests
+/// finish, up to `STOP_TIMEOUT`.
+async fn serve(listener: tokio::net::TcpListener, app: Router, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    let active = Arc::new(());
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone().layer(axum::Extension(ConnectInfo(peer))));
+        let (mut closing, alive) = (closing_rx.clone(), active.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let closed = async move {
+                loop {
+                    if *closing.borrow() || closing.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = closed => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(alive);
+        });
+    }
+    drop(listener);
+    let grace_end = Instant::now() + GRACE;
+    while Arc::strong_count(&active) > 1 && Instant::now() < grace_end {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = closing_tx.send(true);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Arc::strong_count(&active) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

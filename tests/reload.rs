@@ -1,0 +1,160 @@
+//! Reload under continuous load: changed pipelines are replaced make-before-break on the
+//! same socket, with no refused connection, no failed request, and every accepted event
+//! written exactly once; invalid new versions leave the old one serving.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+fn ingest(port: u16, out: &std::path::Path, version: u32) -> String {
+    format!(
+        "name: ingest\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms:\n  - plugin: enrich\n    config: {{set: {{version: {version}}}}}\nsinks:\n  - plugin: file\n    config: {{path: {}}}\n",
+        out.display()
+    )
+}
+
+fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn twenty_reloads_under_load_refuse_nothing_and_write_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let port = free_port();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    write_pipeline(&pipelines, "ingest", &ingest(port, &out, 0));
+    let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
+    let url = format!("http://127.0.0.1:{port}/produce");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let client = {
+        let (stop, accepted, failures, url) = (stop.clone(), accepted.clone(), failures.clone(), url.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("ev-{n}");
+                // curl fails the test on a refused connection (exit status 7).
+                let r = post_json(&url, &format!(r#"{{"id":"{id}"}}"#));
+                if r.status == 200 {
+                    accepted.lock().unwrap().push(id);
+                } else {
+                    failures.lock().unwrap().push(format!("{} {}", r.status, r.body));
+                }
+                n += 1;
+            }
+        })
+    };
+    for version in 1..=20u32 {
+        write_pipeline(&pipelines, "ingest", &ingest(port, &out, version));
+        let r = curl("POST", &weir.url("/reload"), None, None);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["replaced"], serde_json::json!(["ingest"]), "{r:?}");
+        // The new config is in effect within 2 s.
+        wait_for("the new version's events", Duration::from_secs(2), || lines(&out).last().is_some_and(|l| l["version"] == version));
+    }
+    stop.store(true, Ordering::Relaxed);
+    client.join().expect("the client saw no refused connection");
+    assert!(failures.lock().unwrap().is_empty(), "failed requests: {:?}", failures.lock().unwrap());
+    let accepted = accepted.lock().unwrap().clone();
+    let written: Vec<String> = lines(&out).iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
+    let unique: HashSet<&String> = written.iter().collect();
+    assert_eq!(unique.len(), written.len(), "an event was written twice");
+    assert_eq!(written.len(), accepted.len(), "every accepted event is written, once");
+    assert_eq!(weir.metric(r#"weir_reloads_total{result="ok"}"#), Some(20.0));
+}
+
+#[test]
+fn an_invalid_new_version_leaves_the_old_one_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let port = free_port();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    write_pipeline(&pipelines, "ingest", &ingest(port, &out, 1));
+    let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
+    let url = format!("http://127.0.0.1:{port}/produce");
+    let bad = [
+        ("name: ingest\nsource: {plugin: http\n", "ingest.yaml:"),
+        ("name: ingest\nsource: {plugin: http}\nsinks: [{plugin: nope}]\n", "unknown sink plugin \\\"nope\\\""),
+        ("name: ingest\nsource: {plugin: http}\nsinks: [{plugin: file, config: {paht: x}}]\n", "unknown field `paht`"),
+    ];
+    for (yaml, expect) in bad {
+        write_pipeline(&pipelines, "ingest", yaml);
+        let r = curl("POST", &weir.url("/reload"), None, None);
+        assert_eq!(r.status, 422, "{r:?}");
+        assert!(r.body.contains(expect), "{expect} in {}", r.body);
+        assert_eq!(post_json(&url, r#"{"id":"still"}"#).status, 200, "the old version still serves");
+    }
+    assert_eq!(weir.metric(r#"weir_reloads_total{result="failed"}"#), Some(3.0));
+    assert_eq!(weir.get_json("/health")["last_reload"]["result"], "failed");
+}
+
+#[test]
+fn files_added_and_removed_start_and_stop_only_those_pipelines() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    let (a, b) = (free_port(), free_port());
+    let out = dir.path().join("a.jsonl");
+    write_pipeline(&pipelines, "a", &ingest(a, &out, 1).replace("name: ingest", "name: a"));
+    let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
+    write_pipeline(
+        &pipelines,
+        "b",
+        &format!("source: {{plugin: http, config: {{listen: \"127.0.0.1:{b}\"}}}}\nsinks: [{{plugin: discard}}]\n"),
+    );
+    let r = curl("POST", &weir.url("/reload"), None, None).json();
+    assert_eq!((r["started"].clone(), r["unchanged"].clone()), (serde_json::json!(["b"]), serde_json::json!(["a"])), "{r}");
+    assert_eq!(post_json(&format!("http://127.0.0.1:{b}/produce"), "{}").status, 200);
+    std::fs::remove_file(pipelines.join("b.yaml")).unwrap();
+    let r = curl("POST", &weir.url("/reload"), None, None).json();
+    assert_eq!(r["stopped"], serde_json::json!(["b"]), "{r}");
+    assert_eq!(post_json(&format!("http://127.0.0.1:{a}/produce"), r#"{"id":"x"}"#).status, 200, "a kept running");
+    let names: Vec<String> =
+        weir.get_json("/pipelines").as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(names, vec!["a".to_owned()]);
+}
+
+#[test]
+fn editing_a_pipeline_file_reloads_it_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let port = free_port();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    write_pipeline(&pipelines, "ingest", &ingest(port, &out, 1));
+    let weir = Weir::start(&pipelines, &[], &[]);
+    write_pipeline(&pipelines, "ingest", &ingest(port, &out, 2));
+    let url = format!("http://127.0.0.1:{port}/produce");
+    wait_for("version 2 in effect", Duration::from_secs(5), || {
+        assert_eq!(post_json(&url, r#"{"id":"w"}"#).status, 200);
+        lines(&out).last().is_some_and(|l| l["version"] == 2)
+    });
+    assert_eq!(weir.get_json("/health")["last_reload"]["replaced"], serde_json::json!(["ingest"]));
+}
+
+#[test]
+fn sighup_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let port = free_port();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    write_pipeline(&pipelines, "ingest", &ingest(port, &out, 1));
+    let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
+    write_pipeline(&pipelines, "ingest", &ingest(port, &out, 7));
+    let status = std::process::Command::new("kill").args(["-HUP", &weir.pid().to_string()]).status().unwrap();
+    assert!(status.success());
+    wait_for("the reload", Duration::from_secs(5), || weir.get_json("/health")["last_reload"]["replaced"] == serde_json::json!(["ingest"]));
+    assert_eq!(post_json(&format!("http://127.0.0.1:{port}/produce"), r#"{"id":"h"}"#).status, 200);
+    assert_eq!(lines(&out).last().unwrap()["version"], 7);
+}
