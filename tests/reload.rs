@@ -158,3 +158,50 @@ fn sighup_reloads() {
     assert_eq!(post_json(&format!("http://127.0.0.1:{port}/produce"), r#"{"id":"h"}"#).status, 200);
     assert_eq!(lines(&out).last().unwrap()["version"], 7);
 }
+
+#[test]
+fn pause_resume_and_restart_through_the_api_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let port = free_port();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    write_pipeline(&pipelines, "ingest", &ingest(port, &out, 1).replace("listen: \"", "backpressure_wait_ms: 0, listen: \""));
+    let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
+    let url = format!("http://127.0.0.1:{port}/produce");
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::<(u16, bool, String)>::new()));
+    let client = {
+        let (stop, seen, url) = (stop.clone(), seen.clone(), url.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("p-{n}");
+                let r = post_json(&url, &format!(r#"{{"id":"{id}"}}"#));
+                seen.lock().unwrap().push((r.status, r.headers.to_ascii_lowercase().contains("retry-after: 1"), id));
+                n += 1;
+            }
+        })
+    };
+    let count = |status: u16| seen.lock().unwrap().iter().filter(|s| s.0 == status).count();
+    wait_for("traffic", Duration::from_secs(5), || count(200) > 5);
+    assert_eq!(curl("POST", &weir.url("/pipelines/ingest/pause"), None, None).json()["paused"], true);
+    wait_for("503 while paused", Duration::from_secs(5), || count(503) > 3);
+    assert!(seen.lock().unwrap().iter().filter(|s| s.0 == 503).all(|s| s.1), "every 503 carries Retry-After");
+    let before = count(200);
+    assert_eq!(curl("POST", &weir.url("/pipelines/ingest/resume"), None, None).json()["paused"], false);
+    wait_for("200 after resuming", Duration::from_secs(5), || count(200) > before + 3);
+    let started = weir.get_json("/pipelines/ingest")["started_at"].clone();
+    assert_eq!(curl("POST", &weir.url("/pipelines/ingest/restart"), None, None).status, 200);
+    assert_ne!(weir.get_json("/pipelines/ingest")["started_at"], started, "a new version runs");
+    let before = count(200);
+    wait_for("200 after restarting", Duration::from_secs(5), || count(200) > before + 3);
+    stop.store(true, Ordering::Relaxed);
+    client.join().expect("no refused connection");
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|s| s.0 == 200 || s.0 == 503), "{:?}", seen.iter().find(|s| s.0 != 200 && s.0 != 503));
+    let written: HashSet<String> = lines(&out).iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
+    let accepted: HashSet<String> = seen.iter().filter(|s| s.0 == 200).map(|s| s.2.clone()).collect();
+    assert_eq!(written, accepted, "exactly the accepted events are written");
+    assert_eq!(lines(&out).len(), written.len(), "once each");
+}

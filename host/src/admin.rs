@@ -23,6 +23,21 @@ pub fn router(host: Arc<Host>, drain: std::time::Duration) -> Router {
                 (status, Json(report))
             }),
         )
+        .route("/pipelines/{name}/pause", axum::routing::post(|h, n| control(h, n, Control::Pause)))
+        .route("/pipelines/{name}/resume", axum::routing::post(|h, n| control(h, n, Control::Resume)))
+        .route(
+            "/pipelines/{name}/restart",
+            axum::routing::post(
+                move |AxState(host): AxState<Arc<Host>>, axum::extract::Path(name): axum::extract::Path<String>| async move {
+                    let n = name.clone();
+                    match tokio::task::spawn_blocking(move || host.restart(&n, drain)).await {
+                        Ok(Ok(())) => (StatusCode::OK, Json(serde_json::json!({ "restarted": name }))),
+                        Ok(Err(e)) => (StatusCode::UNPROCESSABLE_ENTITY, Json(serde_json::json!({ "error": e }))),
+                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({ "error": e.to_string() }))),
+                    }
+                },
+            ),
+        )
         .route("/health", get(health))
         .route("/pipelines", get(pipelines))
         .route("/pipelines/{name}", get(pipeline))
@@ -55,6 +70,26 @@ async fn pipeline(AxState(host): AxState<Arc<Host>>, axum::extract::Path(name): 
     match host.pipelines().into_iter().find(|p| p.name == name) {
         Some(p) => (StatusCode::OK, Json(p.report())),
         None => (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": format!("no pipeline called {name:?}") }))),
+    }
+}
+
+enum Control {
+    Pause,
+    Resume,
+}
+
+async fn control(
+    AxState(host): AxState<Arc<Host>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    what: Control,
+) -> impl IntoResponse {
+    let Some(p) = host.pipelines().into_iter().find(|p| p.name == name) else {
+        return (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": format!("no pipeline called {name:?}") })));
+    };
+    if p.set_paused(matches!(what, Control::Pause)) {
+        (StatusCode::OK, Json(p.report()))
+    } else {
+        (StatusCode::CONFLICT, Json(serde_json::json!({ "error": format!("pipeline {name:?} is not running") })))
     }
 }
 

@@ -110,6 +110,21 @@ impl Host {
         self.metrics.pipeline_states.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), state.to_owned());
     }
 
+    /// Stops a pipeline and starts it again from its file, make-before-break.
+    pub fn restart(&self, name: &str, drain: Duration) -> Result<(), String> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.pipelines().into_iter().find(|p| p.name == name).ok_or_else(|| format!("no pipeline called {name:?}"))?;
+        let file = PipelineFile::load(&old.file).map_err(|e| e.to_string())?;
+        let new = Arc::new(Pipeline::start(&file, &self.registry, &self.metrics).map_err(|e| e.to_string())?);
+        old.stop(drain, &self.metrics);
+        self.metrics.remove(&old.stage_metrics());
+        self.set_state(&new.name, "running");
+        let mut list = self.pipelines.write().unwrap_or_else(|p| p.into_inner());
+        list.retain(|p| !Arc::ptr_eq(p, &old));
+        list.push(new);
+        Ok(())
+    }
+
     /// Applies the pipeline directory as it is now, by difference: new files start, removed
     /// ones stop (draining), changed ones are replaced make-before-break (the new version
     /// starts on the same sockets, then the old one stops and drains), unchanged ones are not

@@ -165,6 +165,8 @@ pub struct Pipeline {
     pub name: String,
     /// Hash of its file after interpolation: a reload restarts it only when this changes.
     pub hash: u64,
+    /// When this version started (RFC 3339).
+    pub started_at: String,
     /// Its file.
     pub file: PathBuf,
     state: Mutex<(State, Option<String>)>,
@@ -262,10 +264,16 @@ struct QueueIntake {
     tx: Mutex<Option<SyncSender<Envelope>>>,
     metrics: Arc<StageMetrics>,
     finished: AtomicBool,
+    /// Paused through the admin API: every offer is refused as backpressure.
+    paused: AtomicBool,
 }
 
 impl Intake for QueueIntake {
     fn offer(&self, batch: BatchBuf, ack: AckGuard) -> Result<(), (Status, AckGuard)> {
+        if self.paused.load(Relaxed) {
+            self.metrics.backpressure.fetch_add(1, Relaxed);
+            return Err((Status::FULL, ack));
+        }
         let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         let Some(tx) = guard.as_ref() else {
             return Err((Status::CLOSED, ack));
@@ -337,6 +345,7 @@ impl Pipeline {
         Pipeline {
             name: name.to_owned(),
             hash: 0,
+            started_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             file: file.to_path_buf(),
             state: Mutex::new((State::Failed, Some(error.to_owned()))),
             stages: Vec::new(),
@@ -423,7 +432,12 @@ impl Pipeline {
         // Only the threads hold senders now, so queues close as their feeders finish.
         drop(txs);
         let (tx, rx) = sync_channel::<Envelope>(settings.queue_batches.get());
-        let intake = Arc::new(QueueIntake { tx: Mutex::new(Some(tx)), metrics: source.metrics.clone(), finished: AtomicBool::new(false) });
+        let intake = Arc::new(QueueIntake {
+            tx: Mutex::new(Some(tx)),
+            metrics: source.metrics.clone(),
+            finished: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+        });
         let ack_mode = settings.acknowledge;
         let name = file.name.clone();
         let source_metrics = source.metrics.clone();
@@ -449,6 +463,7 @@ impl Pipeline {
         Ok(Pipeline {
             name,
             hash: file.hash(),
+            started_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             file: file.path.clone(),
             state: Mutex::new((State::Running, None)),
             stages: infos,
@@ -534,11 +549,33 @@ impl Pipeline {
         serde_json::json!({
             "name": self.name,
             "file": self.file,
+            "config_hash": format!("{:016x}", self.hash),
+            "started_at": self.started_at,
+            "paused": self.paused(),
             "state": state,
             "error": error,
             "acknowledge": self.acknowledge,
             "stages": stages,
         })
+    }
+
+    /// Pauses or resumes taking records: while paused the source is pushed back (the HTTP
+    /// source answers 503 with `Retry-After`, the Kafka source pauses its partitions).
+    /// Returns false when the pipeline is not running.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        match &self.intake {
+            Some(i) if self.state().0 == State::Running => {
+                i.paused.store(paused, Relaxed);
+                tracing::info!(pipeline = %self.name, "Pipeline {}.", if paused { "paused" } else { "resumed" });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether it is paused.
+    pub fn paused(&self) -> bool {
+        self.intake.as_ref().is_some_and(|i| i.paused.load(Relaxed))
     }
 
     /// The metrics of its stages (to forget them once it is replaced).
