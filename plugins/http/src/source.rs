@@ -18,7 +18,7 @@ use crate::config::HttpConfig;
 pub struct HttpSource {
     config: HttpConfig,
     ctx: Context,
-    listener: Option<std::net::TcpListener>,
+    listener: Option<tokio::net::TcpListener>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<std::sync::mpsc::Receiver<()>>,
 }
@@ -43,13 +43,12 @@ impl Source for HttpSource {
     }
 
     fn create(config: HttpConfig, ctx: Context) -> Result<Self, PluginError> {
-        let listener = ctx.listen(&config.listen)?;
+        let listener = ctx.listen_async(&config.listen)?;
         Ok(HttpSource { config, ctx, listener: Some(listener), shutdown: None, done: None })
     }
 
     fn start(&mut self, emitter: Emitter) -> Result<(), PluginError> {
         let listener = self.listener.take().ok_or_else(|| PluginError::fatal("the source was already started"))?;
-        listener.set_nonblocking(true).map_err(|e| PluginError::fatal(e.to_string()))?;
         let shared = Arc::new(Shared { config: self.config.clone(), emitter });
         let mut app = Router::new().route(&self.config.path, post(produce));
         if !self.config.health_path.is_empty() {
@@ -60,10 +59,6 @@ impl Source for HttpSource {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let ctx = self.ctx;
         let rt = weir_plugin::runtime();
-        let listener = {
-            let _guard = rt.enter();
-            tokio::net::TcpListener::from_std(listener).map_err(|e| PluginError::fatal(e.to_string()))?
-        };
         ctx.info(&format!("Listening on {}{}.", self.config.listen, self.config.path));
         rt.spawn(async move {
             serve(listener, app, stop_rx).await;

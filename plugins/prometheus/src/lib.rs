@@ -78,13 +78,8 @@ impl Sink for PrometheusSink {
 
     fn create(config: PrometheusConfig, ctx: Context) -> Result<Self, PluginError> {
         let registry = Arc::new(Mutex::new(Registry::new(config.metrics.clone(), config.max_series.get())));
-        let listener = ctx.listen(&config.listen)?;
-        listener.set_nonblocking(true).map_err(|e| PluginError::fatal(e.to_string()))?;
+        let listener = ctx.listen_async(&config.listen)?;
         let rt = weir_plugin::runtime();
-        let listener = {
-            let _guard = rt.enter();
-            tokio::net::TcpListener::from_std(listener).map_err(|e| PluginError::fatal(e.to_string()))?
-        };
         let r = registry.clone();
         let mut app = Router::new().route(
             &config.path,

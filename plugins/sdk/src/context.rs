@@ -136,6 +136,16 @@ impl Context {
     }
 }
 
+impl Context {
+    /// [`Context::listen`], ready for async use on the library's runtime ([`crate::runtime()`]).
+    pub fn listen_async(&self, address: &str) -> Result<tokio::net::TcpListener, PluginError> {
+        let listener = self.listen(address)?;
+        listener.set_nonblocking(true).map_err(|e| PluginError::fatal(format!("cannot use the socket for {address}: {e}")))?;
+        let _guard = crate::runtime().enter();
+        tokio::net::TcpListener::from_std(listener).map_err(|e| PluginError::fatal(format!("cannot use the socket for {address}: {e}")))
+    }
+}
+
 /// What became of one emitted record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

@@ -141,13 +141,8 @@ impl Sink for WebSocketSink {
     }
 
     fn create(config: WebSocketConfig, ctx: Context) -> Result<Self, PluginError> {
-        let listener = ctx.listen(&config.listen)?;
-        listener.set_nonblocking(true).map_err(|e| PluginError::fatal(e.to_string()))?;
+        let listener = ctx.listen_async(&config.listen)?;
         let rt = weir_plugin::runtime();
-        let listener = {
-            let _guard = rt.enter();
-            tokio::net::TcpListener::from_std(listener).map_err(|e| PluginError::fatal(e.to_string()))?
-        };
         let hub = Arc::new(Hub::default());
         hub.report(&ctx, 0);
         let (h, buffer) = (hub.clone(), config.client_buffer.get());
