@@ -18,18 +18,31 @@ fn ingest(port: u16, out: &std::path::Path, version: u32) -> String {
     )
 }
 
+/// A pipeline directory holding `ingest` at `version`, its output file and its port.
+struct Setup {
+    _dir: tempfile::TempDir,
+    out: std::path::PathBuf,
+    port: u16,
+    pipelines: std::path::PathBuf,
+}
+
+fn setup(version: u32) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let port = free_port();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    write_pipeline(&pipelines, "ingest", &ingest(port, &out, version));
+    Setup { _dir: dir, out, port, pipelines }
+}
+
 fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 #[test]
 fn twenty_reloads_under_load_refuse_nothing_and_write_every_event_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.jsonl");
-    let port = free_port();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
-    write_pipeline(&pipelines, "ingest", &ingest(port, &out, 0));
+    let Setup { _dir, out, port, pipelines } = setup(0);
     let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
     let url = format!("http://127.0.0.1:{port}/produce");
 
@@ -74,12 +87,7 @@ fn twenty_reloads_under_load_refuse_nothing_and_write_every_event_once() {
 
 #[test]
 fn an_invalid_new_version_leaves_the_old_one_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.jsonl");
-    let port = free_port();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
-    write_pipeline(&pipelines, "ingest", &ingest(port, &out, 1));
+    let Setup { _dir, port, pipelines, .. } = setup(1);
     let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
     let url = format!("http://127.0.0.1:{port}/produce");
     let bad = [
@@ -126,12 +134,7 @@ fn files_added_and_removed_start_and_stop_only_those_pipelines() {
 
 #[test]
 fn editing_a_pipeline_file_reloads_it_by_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.jsonl");
-    let port = free_port();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
-    write_pipeline(&pipelines, "ingest", &ingest(port, &out, 1));
+    let Setup { _dir, out, port, pipelines } = setup(1);
     let weir = Weir::start(&pipelines, &[], &[]);
     write_pipeline(&pipelines, "ingest", &ingest(port, &out, 2));
     let url = format!("http://127.0.0.1:{port}/produce");
@@ -144,12 +147,7 @@ fn editing_a_pipeline_file_reloads_it_by_itself() {
 
 #[test]
 fn sighup_reloads() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.jsonl");
-    let port = free_port();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
-    write_pipeline(&pipelines, "ingest", &ingest(port, &out, 1));
+    let Setup { _dir, out, port, pipelines } = setup(1);
     let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
     write_pipeline(&pipelines, "ingest", &ingest(port, &out, 7));
     let status = std::process::Command::new("kill").args(["-HUP", &weir.pid().to_string()]).status().unwrap();
@@ -161,11 +159,8 @@ fn sighup_reloads() {
 
 #[test]
 fn pause_resume_and_restart_through_the_api_under_load() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.jsonl");
-    let port = free_port();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
+    let Setup { _dir, out, port, pipelines } = setup(1);
+    // Answer 503 at once while paused.
     write_pipeline(&pipelines, "ingest", &ingest(port, &out, 1).replace("listen: \"", "backpressure_wait_ms: 0, listen: \""));
     let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
     let url = format!("http://127.0.0.1:{port}/produce");

@@ -335,10 +335,6 @@ impl Stage {
     }
 }
 
-fn stage_error(file: &PipelineFile, pointer: &str, e: impl std::fmt::Display) -> HostError {
-    file.error_at(pointer, e.to_string())
-}
-
 impl Pipeline {
     /// A pipeline that could not be built; shown in the admin API with its error.
     pub fn failed(name: &str, file: &Path, error: &str) -> Self {
@@ -378,8 +374,7 @@ impl Pipeline {
                 Err(e) => {
                     let stages: Vec<_> = infos.iter().map(|i: &StageInfo| i.metrics.clone()).chain([m]).collect();
                     metrics.remove(&stages);
-                    return Err(stage_error(
-                        file,
+                    return Err(file.error_at(
                         &format!("{pointer}/config"),
                         file.redactor.redact(&format!("plugin {} could not start: {e}", plugin.name)),
                     ));
@@ -452,11 +447,9 @@ impl Pipeline {
             for t in threads {
                 let _ = t.join();
             }
-            return Err(stage_error(
-                file,
-                "/source/config",
-                file.redactor.redact(&format!("source {} could not start: {e}", source.plugin.name)),
-            ));
+            return Err(
+                file.error_at("/source/config", file.redactor.redact(&format!("source {} could not start: {e}", source.plugin.name)))
+            );
         }
         metrics.pipeline_states.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), "running".into());
         tracing::info!(pipeline = %name, file = %file.path.display(), stages = infos.len(), "Pipeline started.");
