@@ -37,6 +37,10 @@ pub struct HostConfig {
     /// Reload by itself when pipeline files change (SIGHUP and `POST /reload` always work).
     #[serde(default = "default_watch")]
     pub watch: bool,
+    /// Host traces over OTLP (off by default). `WEIR_TRACES_<FIELD>` variables set its
+    /// fields, e.g. `WEIR_TRACES_ENABLED=true`.
+    #[serde(default)]
+    pub traces: crate::telemetry::TracesConfig,
 }
 
 fn default_watch() -> bool {
@@ -65,6 +69,7 @@ impl Default for HostConfig {
             log: default_log(),
             drain_timeout_secs: default_drain(),
             watch: default_watch(),
+            traces: Default::default(),
         }
     }
 }
@@ -83,6 +88,7 @@ impl HostConfig {
         Figment::from(Serialized::defaults(HostConfig::default()))
             .merge(Yaml::file(&file))
             .merge(Env::prefixed("WEIR_").only(&ENV_KEYS))
+            .merge(Env::prefixed("WEIR_TRACES_").map(|k| format!("traces.{k}").into()))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|e| HostError::Usage(format!("host config: {e}")))

@@ -50,6 +50,7 @@ impl Host {
     pub fn new(registry: Registry) -> Self {
         let metrics = Arc::new(Metrics::default());
         metrics.plugin_load_failures.store(registry.broken.len() as u64, Relaxed);
+        metrics.plugin_libraries.store(registry.libraries.len() as u64, Relaxed);
         for b in &registry.broken {
             tracing::warn!(path = %b.path.display(), reason = %b.reason, "Plugin library skipped.");
         }

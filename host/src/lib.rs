@@ -9,5 +9,6 @@ pub mod host;
 pub mod loader;
 pub mod metrics;
 pub mod pipeline;
+pub mod telemetry;
 pub mod watch;
 pub mod yamlpos;

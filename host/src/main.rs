@@ -121,6 +121,14 @@ fn run(config: HostConfig, once: bool) -> anyhow::Result<ExitCode> {
     let registry = Registry::discover(&config.plugin_dirs());
     tracing::info!(libraries = registry.libraries.len(), plugins = registry.plugins.len(), "Plugins loaded.");
     let host = Arc::new(Host::new(registry));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("weir-admin").enable_all().build()?;
+    if config.traces.enabled {
+        let _in_runtime = runtime.enter();
+        match weir::telemetry::init(&config.traces) {
+            Ok(target) => tracing::info!(export_to = %target, "Traces on."),
+            Err(e) => anyhow::bail!("{e}"),
+        }
+    }
     let running = host.start_dir(&config.pipelines)?;
     if running == 0 {
         tracing::error!("No pipeline could start; exiting.");
@@ -135,7 +143,6 @@ fn run(config: HostConfig, once: bool) -> anyhow::Result<ExitCode> {
                 None
             }
         };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("weir-admin").enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&config.admin)
             .await
@@ -177,6 +184,9 @@ fn run(config: HostConfig, once: bool) -> anyhow::Result<ExitCode> {
     let drain = Duration::from_secs(config.drain_timeout_secs);
     let h = host.clone();
     runtime.block_on(async move { tokio::task::spawn_blocking(move || h.shutdown(drain)).await })?;
+    if let Some(t) = weir::telemetry::tracer() {
+        runtime.block_on(t.flush(Duration::from_secs(5)));
+    }
     tracing::info!("Stopped.");
     let failed = host.pipelines().iter().any(|p| p.state().0 == State::Failed);
     Ok(if once && failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })

@@ -68,6 +68,8 @@ pub struct StageMetrics {
     pub latency: Histogram,
     /// Sources: time from emitting a batch to its acknowledgement.
     pub ack_latency: Histogram,
+    /// Sources: records acknowledged, by outcome code (accepted, rejected, failed, dropped).
+    pub outcomes: [AtomicU64; 4],
     /// Metrics the plugin reports.
     pub custom: Mutex<BTreeMap<String, Custom>>,
 }
@@ -113,6 +115,8 @@ pub struct Metrics {
     stages: Mutex<Vec<Arc<StageMetrics>>>,
     /// Plugin libraries that could not be used.
     pub plugin_load_failures: AtomicU64,
+    /// Plugin libraries loaded.
+    pub plugin_libraries: AtomicU64,
     /// Pipelines by state name.
     pub pipeline_states: Mutex<BTreeMap<String, String>>,
     /// Reloads that applied every change.
@@ -175,6 +179,19 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP weir_plugin_libraries Plugin libraries loaded.\n# TYPE weir_plugin_libraries gauge\nweir_plugin_libraries {}",
+            self.plugin_libraries.load(Relaxed)
+        );
+        let spans = crate::telemetry::stats();
+        let _ = writeln!(
+            out,
+            "# HELP weir_telemetry_spans_total Host trace spans, by what became of them.\n# TYPE weir_telemetry_spans_total counter\nweir_telemetry_spans_total{{outcome=\"exported\"}} {}\nweir_telemetry_spans_total{{outcome=\"dropped_queue_full\"}} {}\nweir_telemetry_spans_total{{outcome=\"dropped_export_failed\"}} {}",
+            spans.exported.load(Relaxed),
+            spans.dropped_queue_full.load(Relaxed),
+            spans.dropped_export_failed.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
             "# HELP weir_reloads_total Reloads, by result.\n# TYPE weir_reloads_total counter\nweir_reloads_total{{result=\"ok\"}} {}\nweir_reloads_total{{result=\"failed\"}} {}",
             self.reloads_ok.load(Relaxed),
             self.reloads_failed.load(Relaxed)
@@ -215,6 +232,15 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for s in &stages {
                 let _ = writeln!(out, "{name}{{{}}} {}", s.labels, get(s));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP weir_pipeline_records_total Records its source emitted, by their acknowledged outcome (accepted, rejected, failed, dropped).\n# TYPE weir_pipeline_records_total counter"
+        );
+        for s in stages.iter().filter(|s| s.ack_latency.count.load(Relaxed) > 0) {
+            for (code, name) in ["accepted", "rejected", "failed", "dropped"].iter().enumerate() {
+                let _ = writeln!(out, "weir_pipeline_records_total{{{},outcome=\"{name}\"}} {}", s.labels, s.outcomes[code].load(Relaxed));
             }
         }
         render_histogram(

@@ -20,6 +20,9 @@ use crate::error::HostError;
 use crate::ffi::{self, AckGuard, ForeignOutput, Instance, Intake};
 use crate::loader::{Plugin, Registry};
 use crate::metrics::{Metrics, StageMetrics};
+use crate::telemetry::{self, SpanSite};
+use opentelemetry::trace::SpanContext;
+use std::time::SystemTime;
 
 /// Checks a pipeline against the plugins found, without creating anything: every stage's
 /// plugin exists and has the right kind, and its config passes the plugin's schema and
@@ -220,6 +223,11 @@ impl Tracker {
         if let Some(ack) = self.ack.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let o = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
             ack.send(&o.codes, &o.reasons);
+            for &code in &o.codes {
+                if let Some(c) = self.source.outcomes.get(code as usize) {
+                    c.fetch_add(1, Relaxed);
+                }
+            }
             self.source.ack_latency.observe(self.received.elapsed());
         }
     }
@@ -252,6 +260,8 @@ struct SinkJob {
     batch: Arc<Current>,
     origins: Arc<Vec<u32>>,
     tracker: Arc<Tracker>,
+    /// The span the sink's span is a child of, when traces are on.
+    trace: Option<SpanContext>,
 }
 
 struct Envelope {
@@ -422,7 +432,8 @@ impl Pipeline {
             }
             let abandon = abandon.clone();
             let thread_name = format!("weir-sink-{}", sink.name);
-            threads.push(std::thread::Builder::new().name(thread_name).spawn(move || run_sink(sink, rx, downstream, abandon))?);
+            let pipeline = file.name.clone();
+            threads.push(std::thread::Builder::new().name(thread_name).spawn(move || run_sink(&pipeline, sink, rx, downstream, abandon))?);
         }
         // Only the threads hold senders now, so queues close as their feeders finish.
         drop(txs);
@@ -436,10 +447,12 @@ impl Pipeline {
         let ack_mode = settings.acknowledge;
         let name = file.name.clone();
         let source_metrics = source.metrics.clone();
+        let heads =
+            Heads { pipeline: name.clone(), source: source.name.clone(), source_plugin: source.plugin.name.clone(), total_sinks, ack_mode };
         threads.push(
             std::thread::Builder::new()
                 .name(format!("weir-transforms-{name}"))
-                .spawn(move || run_transforms(transforms, rx, sink_txs, total_sinks, ack_mode, source_metrics))?,
+                .spawn(move || run_transforms(transforms, rx, sink_txs, heads, source_metrics))?,
         );
         let mut source_instance = source.instance.take().expect("created above");
         if let Err(e) = source_instance.start(ffi::emitter(intake.clone())) {
@@ -582,18 +595,37 @@ impl Pipeline {
     }
 }
 
+/// What the transform thread knows of its pipeline.
+struct Heads {
+    pipeline: String,
+    source: String,
+    source_plugin: String,
+    total_sinks: usize,
+    ack_mode: Acknowledge,
+}
+
 /// Runs the transform chain on each batch and fans the result out to the sinks.
 fn run_transforms(
     mut transforms: Vec<Stage>,
     rx: Receiver<Envelope>,
     sinks: Vec<(SyncSender<SinkJob>, Arc<StageMetrics>)>,
-    total_sinks: usize,
-    ack_mode: Acknowledge,
+    heads: Heads,
     source_metrics: Arc<StageMetrics>,
 ) {
+    let tracer = telemetry::tracer();
     while let Ok(Envelope { batch, ack, received }) = rx.recv() {
         source_metrics.queue_depth.fetch_sub(1, Relaxed);
         let n = batch.len();
+        // The source's span covers the batch from its emission to the transforms taking it.
+        let mut trace = tracer.map(|t| {
+            let now = SystemTime::now();
+            let (parent, links) = telemetry::batch_parent(&batch.as_ref());
+            let site = SpanSite { pipeline: &heads.pipeline, stage: &heads.source, plugin: &heads.source_plugin, kind: "source" };
+            let span = t.start(&site, parent.as_ref(), links, n, now.checked_sub(received.elapsed()).unwrap_or(now));
+            let cx = span.context();
+            span.end_at(now);
+            cx
+        });
         let mut outcomes = Outcomes::new(n);
         let mut origins: Vec<u32> = (0..n as u32).collect();
         let mut current = Current::Host(batch);
@@ -604,6 +636,10 @@ fn run_transforms(
             let input = current.view();
             stage.metrics.records_in.fetch_add(input.len() as u64, Relaxed);
             stage.metrics.batches.fetch_add(1, Relaxed);
+            let mut span = tracer.zip(trace.as_ref()).map(|(t, parent)| {
+                let site = SpanSite { pipeline: &heads.pipeline, stage: &stage.name, plugin: &stage.plugin.name, kind: "transform" };
+                t.start(&site, Some(parent), Vec::new(), input.len(), SystemTime::now())
+            });
             let started = Instant::now();
             let result =
                 stage.instance().map_err(|m| (false, m)).and_then(|inst| inst.process(&input).map_err(|e| (e.poisoned(), e.to_string())));
@@ -633,6 +669,10 @@ fn run_transforms(
                         }
                     }
                     stage.metrics.records_out.fetch_add(out_origins.len() as u64, Relaxed);
+                    if let Some(span) = span.as_mut() {
+                        span.count("weir.records.rejected", out.rejections().len());
+                        span.count("weir.records.dropped", dropped);
+                    }
                     origins = out_origins.iter().map(|&o| origins[o as usize]).collect();
                     current = Current::Plugin(out);
                 }
@@ -642,13 +682,21 @@ fn run_transforms(
                     if poisoned {
                         stage.poison();
                     }
+                    if let Some(span) = span.as_mut() {
+                        span.fail(&message);
+                    }
                     for &o in &origins {
                         outcomes.set(o, outcome::FAILED, format!("{}: {message}", stage.name));
                     }
                     origins.clear();
                 }
             }
+            if let Some(span) = span {
+                trace = Some(span.context());
+                span.end();
+            }
         }
+        let (total_sinks, ack_mode) = (heads.total_sinks, heads.ack_mode);
         let tracker = Arc::new(Tracker {
             outcomes: Mutex::new(outcomes),
             remaining: AtomicUsize::new(total_sinks),
@@ -666,7 +714,7 @@ fn run_transforms(
         let origins = Arc::new(origins);
         for (tx, m) in &sinks {
             m.queue_depth.fetch_add(1, Relaxed);
-            let job = SinkJob { batch: shared.clone(), origins: origins.clone(), tracker: tracker.clone() };
+            let job = SinkJob { batch: shared.clone(), origins: origins.clone(), tracker: tracker.clone(), trace: trace.clone() };
             if tx.send(job).is_err() {
                 // The sink's thread is gone: its records are not delivered.
                 m.queue_depth.fetch_sub(1, Relaxed);
@@ -683,7 +731,7 @@ fn run_transforms(
 }
 
 /// Gives a following sink the records it takes, marked with their outcome here.
-fn hand_on(d: &Downstream, batch: &BatchRef<'_>, job: &SinkJob, refused: &[Option<String>]) {
+fn hand_on(d: &Downstream, batch: &BatchRef<'_>, job: &SinkJob, refused: &[Option<String>], trace: Option<&SpanContext>) {
     let mut out = BatchBuf::new();
     let mut origins = Vec::new();
     for (i, reason) in refused.iter().enumerate() {
@@ -708,7 +756,8 @@ fn hand_on(d: &Downstream, batch: &BatchRef<'_>, job: &SinkJob, refused: &[Optio
         return;
     }
     d.metrics.queue_depth.fetch_add(1, Relaxed);
-    let next = SinkJob { batch: Arc::new(Current::Host(out)), origins: Arc::new(origins), tracker: job.tracker.clone() };
+    let next =
+        SinkJob { batch: Arc::new(Current::Host(out)), origins: Arc::new(origins), tracker: job.tracker.clone(), trace: trace.cloned() };
     if d.tx.send(next).is_err() {
         d.metrics.queue_depth.fetch_sub(1, Relaxed);
         job.tracker.done();
@@ -725,10 +774,19 @@ fn backoff(attempt: u32, hint_ms: u64) -> Duration {
 
 /// Delivers batches to one sink, retrying when it asks to, then hands what it delivered
 /// or refused to the sinks that run after it.
-fn run_sink(mut sink: Stage, rx: Receiver<SinkJob>, downstream: Vec<Downstream>, abandon: Arc<AtomicBool>) {
+fn run_sink(pipeline: &str, mut sink: Stage, rx: Receiver<SinkJob>, downstream: Vec<Downstream>, abandon: Arc<AtomicBool>) {
+    let tracer = telemetry::tracer();
     while let Ok(job) = rx.recv() {
         sink.metrics.queue_depth.fetch_sub(1, Relaxed);
         let batch = job.batch.view();
+        let mut span = tracer.zip(job.trace.as_ref()).map(|(t, parent)| {
+            let site = SpanSite { pipeline, stage: &sink.name, plugin: &sink.plugin.name, kind: "sink" };
+            t.start(&site, Some(parent), Vec::new(), batch.len(), SystemTime::now())
+        });
+        // Records leave with a `traceparent` naming this sink's span, so the next hop
+        // (another pipeline, another host) continues the trace from here.
+        let rewritten = span.as_ref().filter(|s| s.sampled()).map(|s| telemetry::with_traceparent(&batch, &s.context()));
+        let batch = rewritten.as_ref().map(|b| b.as_ref()).unwrap_or(batch);
         let mut attempt = 0u32;
         sink.metrics.records_in.fetch_add(batch.len() as u64, Relaxed);
         sink.metrics.batches.fetch_add(1, Relaxed);
@@ -746,6 +804,9 @@ fn run_sink(mut sink: Stage, rx: Receiver<SinkJob>, downstream: Vec<Downstream>,
                     let rejections = out.rejections();
                     sink.metrics.rejected.fetch_add(rejections.len() as u64, Relaxed);
                     sink.metrics.records_out.fetch_add((batch.len() - rejections.len()) as u64, Relaxed);
+                    if let Some(span) = span.as_mut() {
+                        span.count("weir.records.rejected", rejections.len());
+                    }
                     let mut o = job.tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
                     for (i, reason) in rejections {
                         let reason = format!("{}: {reason}", sink.name);
@@ -767,6 +828,9 @@ fn run_sink(mut sink: Stage, rx: Receiver<SinkJob>, downstream: Vec<Downstream>,
                         continue;
                     }
                     tracing::error!(stage = %sink.name, error = %message, records = batch.len(), "Sink failed the batch.");
+                    if let Some(span) = span.as_mut() {
+                        span.fail(&message);
+                    }
                     let reason = format!("{}: {message}", sink.name);
                     let mut o = job.tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
                     for (i, &origin) in job.origins.iter().enumerate() {
@@ -777,8 +841,14 @@ fn run_sink(mut sink: Stage, rx: Receiver<SinkJob>, downstream: Vec<Downstream>,
                 }
             }
         }
+        let cx = span.map(|mut s| {
+            s.count("weir.retries", attempt as usize);
+            let cx = s.context();
+            s.end();
+            cx
+        });
         for d in &downstream {
-            hand_on(d, &batch, &job, &refused);
+            hand_on(d, &batch, &job, &refused, cx.as_ref().or(job.trace.as_ref()));
         }
         job.tracker.done();
     }

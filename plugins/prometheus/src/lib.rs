@@ -2,8 +2,6 @@
 //! in YAML (names, help, labels from JSON pointers, values from fields) and serves them on
 //! its own listener at `/metrics`. Label cardinality is capped per metric.
 
-mod registry;
-
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +12,7 @@ use axum::Router;
 use weir_plugin::serde_json::json;
 use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, PluginError, Rejections, Sink};
 
-pub use registry::{MetricSpec, MetricType, Registry};
+pub use weir_plugin::metrics::{MetricSpec, MetricType, Registry};
 
 /// Config of the `prometheus` sink.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -62,14 +60,7 @@ impl Sink for PrometheusSink {
         if config.metrics.is_empty() {
             return Err(PluginError::config("metrics needs at least one metric"));
         }
-        for m in &config.metrics {
-            m.check().map_err(PluginError::config)?;
-        }
-        let mut names: Vec<&str> = config.metrics.iter().map(|m| m.name.as_str()).collect();
-        names.sort_unstable();
-        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(PluginError::config(format!("metric {} is declared twice", w[0])));
-        }
+        weir_plugin::metrics::check_all(&config.metrics).map_err(PluginError::config)?;
         if !config.path.starts_with('/') {
             return Err(PluginError::config(format!("path {:?} must start with `/`", config.path)));
         }

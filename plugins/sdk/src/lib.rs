@@ -11,6 +11,7 @@ pub mod context;
 pub mod error;
 #[doc(hidden)]
 pub mod export;
+pub mod metrics;
 pub mod mock;
 pub mod plugin;
 mod runtime;

@@ -1,11 +1,16 @@
-//! Metrics declared in YAML, updated from records, rendered as Prometheus text.
+//! Metrics declared in YAML and updated from records (event-derived metrics): the specs,
+//! their checks, label cardinality capping and the Prometheus text exposition. Used by
+//! the `prometheus` and `otlp` sinks and by any plugin that turns records into metrics.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use weir_plugin::serde_json::Value;
-use weir_plugin::{Deserialize, JsonSchema, RecordRef};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::batch::RecordRef;
 
 /// Metric types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -79,6 +84,19 @@ impl MetricSpec {
     }
 }
 
+/// Checks every spec, and that no name is declared twice.
+pub fn check_all(specs: &[MetricSpec]) -> Result<(), String> {
+    for m in specs {
+        m.check()?;
+    }
+    let mut names: Vec<&str> = specs.iter().map(|m| m.name.as_str()).collect();
+    names.sort_unstable();
+    match names.windows(2).find(|w| w[0] == w[1]) {
+        Some(w) => Err(format!("metric {} is declared twice", w[0])),
+        None => Ok(()),
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Series {
     Scalar(f64),
@@ -133,7 +151,13 @@ impl Registry {
     /// Updates every metric from one record, or says why the record cannot be counted
     /// (then nothing is updated).
     pub fn observe(&mut self, record: &RecordRef<'_>) -> Result<(), String> {
-        let doc: Value = weir_plugin::serde_json::from_slice(record.value).map_err(|e| format!("not valid JSON: {e}"))?;
+        self.observe_with(record, |_, _, _| {})
+    }
+
+    /// Like [`Registry::observe`], and tells `applied` each update made: the metric, its
+    /// label values (after capping, in the order of the spec's label names) and the value.
+    pub fn observe_with(&mut self, record: &RecordRef<'_>, mut applied: impl FnMut(&MetricSpec, &[String], f64)) -> Result<(), String> {
+        let doc: Value = serde_json::from_slice(record.value).map_err(|e| format!("not valid JSON: {e}"))?;
         let mut values = Vec::with_capacity(self.metrics.len());
         for m in &self.metrics {
             if !m.spec.when.iter().all(|(h, want)| record.header(h) == Some(want.as_bytes())) {
@@ -168,6 +192,7 @@ impl Registry {
                 labels = vec![OVERFLOW.to_owned(); labels.len()];
                 m.overflowed += 1;
             }
+            applied(&m.spec, &labels, v);
             let buckets = m.spec.buckets.len();
             let s = m.series.entry(labels).or_insert_with(|| match m.spec.kind {
                 MetricType::Histogram => Series::Histogram { counts: vec![0; buckets], sum: 0.0, count: 0 },
@@ -250,8 +275,8 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_plugin::mock::json_batch;
-    use weir_plugin::serde_json::{self, json};
+    use crate::mock::json_batch;
+    use serde_json::json;
 
     fn registry(specs: Value, max: usize) -> Registry {
         let specs: Vec<MetricSpec> = serde_json::from_value(specs).unwrap();
@@ -306,10 +331,10 @@ mod tests {
     #[test]
     fn when_counts_only_matching_records() {
         let mut r = registry(json!([{"name": "stored_total", "type": "counter", "when": {"weir.outcome": "delivered"}}]), 10);
-        let mut b = weir_plugin::BatchBuf::new();
-        b.push(0, weir_plugin::Head { extra_headers: &[("weir.outcome", b"delivered")], ..Default::default() }, b"{}");
-        b.push(1, weir_plugin::Head { extra_headers: &[("weir.outcome", b"refused")], ..Default::default() }, b"{}");
-        b.push(2, weir_plugin::Head::default(), b"{}");
+        let mut b = crate::BatchBuf::new();
+        b.push(0, crate::Head { extra_headers: &[("weir.outcome", b"delivered")], ..Default::default() }, b"{}");
+        b.push(1, crate::Head { extra_headers: &[("weir.outcome", b"refused")], ..Default::default() }, b"{}");
+        b.push(2, crate::Head::default(), b"{}");
         for rec in b.as_ref().iter() {
             r.observe(&rec).unwrap();
         }
