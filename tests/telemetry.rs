@@ -154,14 +154,14 @@ fn one_trace_follows_an_event_from_http_through_kafka_into_postgres_across_two_h
 }
 
 #[test]
-fn an_otlp_endpoint_that_is_down_drops_and_counts_spans_and_the_pipeline_does_not_notice() {
+fn an_otlp_endpoint_that_is_down_drops_and_counts_spans_and_logs_and_the_pipeline_does_not_notice() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let dead = free_port();
     write_pipeline(
         dir.path(),
         "p",
-        &format!("source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms: [{{plugin: enrich, config: {{set: {{seen: \"yes\"}}}}}}]\nsinks: [{{plugin: discard}}]\n"),
+        &format!("source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms: [{{plugin: enrich, config: {{set: {{seen: \"yes\"}}}}}}]\nsinks:\n  - plugin: discard\n  - plugin: otlp\n    config: {{endpoint: \"http://127.0.0.1:{dead}\", interval_ms: 200, timeout_ms: 500, metrics: [{{name: seen_total, type: counter}}], logs: {{queue: 256}}}}\n"),
     );
     let weir = Weir::start(
         dir.path(),
@@ -195,6 +195,11 @@ fn an_otlp_endpoint_that_is_down_drops_and_counts_spans_and_the_pipeline_does_no
     // 3,600 spans were made; the queue holds 256 at most.
     assert!(after < warm + 8 * 1024, "memory grew from {warm} KiB to {after} KiB");
     assert!(weir.logs().contains("Spans dropped"), "{}", weir.logs());
+    // The otlp sink behind the same dead endpoint: its log records are dropped and counted.
+    let sink = "{pipeline=\"p\",stage=\"otlp\",plugin=\"otlp\"}";
+    assert_eq!(weir.metric(&format!("weir_stage_records_out_total{sink}")), Some(1200.0));
+    assert!(weir.metric(&format!("weir_plugin_otlp_logs_dropped_total{sink}")).unwrap_or_default() > 0.0, "{}", weir.metrics());
+    assert!(weir.metric(&format!("weir_plugin_otlp_metric_exports_failed_total{sink}")).unwrap_or_default() > 0.0, "{}", weir.metrics());
 }
 
 #[test]
@@ -256,5 +261,61 @@ sinks:
         let logs: Vec<_> = receiver.logs().into_iter().filter(|l| l.service == service).collect();
         assert!(logs.iter().any(|l| l.body == "view by web" && l.severity == "WARN" && l.attributes["event_type"] == "view"), "{logs:?}");
         drop(weir);
+    }
+}
+
+/// Every PromQL expression of the dashboard, with Grafana's variables filled in.
+fn dashboard_queries() -> Vec<String> {
+    let path = repo().join("examples/observability/grafana/dashboards/weir.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            if let Some(e) = t["expr"].as_str() {
+                exprs.push(e.replace("$__rate_interval", "1m").replace("$pipeline", ".*"));
+            }
+        }
+    }
+    exprs
+}
+
+#[test]
+fn the_observability_example_checks_out_with_promtool_and_names_only_metrics_weir_exposes() {
+    let exprs = dashboard_queries();
+    assert!(exprs.len() >= 8, "{exprs:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let rules: Vec<serde_json::Value> =
+        exprs.iter().enumerate().map(|(i, e)| serde_json::json!({"record": format!("weir:dashboard_{i}"), "expr": e})).collect();
+    let rules_file = dir.path().join("rules.yml");
+    std::fs::write(&rules_file, serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]}).to_string()).unwrap();
+    let out = Command::new("promtool").args(["check", "rules"]).arg(&rules_file).output().expect("promtool");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out =
+        Command::new("promtool").args(["check", "config"]).arg(repo().join("examples/observability/prometheus.yml")).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    for file in ["tempo.yaml", "grafana/provisioning/datasources/weir.yaml", "grafana/provisioning/dashboards/weir.yaml"] {
+        let text = std::fs::read_to_string(repo().join("examples/observability").join(file)).unwrap();
+        serde_yaml::from_str::<serde_yaml::Value>(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+
+    // Every weir_* metric the dashboard reads is in a running Weir's exposition.
+    let pipelines = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_pipeline(
+        pipelines.path(),
+        "p",
+        &format!("source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\nsinks: [{{plugin: discard}}]\n"),
+    );
+    let weir = Weir::start(pipelines.path(), &[], &[]);
+    assert_eq!(post_json(&format!("http://127.0.0.1:{port}/produce"), r#"{"a":1}"#).status, 200);
+    let exposition = weir.metrics();
+    for e in &exprs {
+        for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("weir_")) {
+            let family = word.strip_suffix("_bucket").unwrap_or(word);
+            assert!(
+                exposition.contains(&format!("# TYPE {family} ")),
+                "the dashboard reads {family}, which Weir does not expose:\n{exposition}"
+            );
+        }
     }
 }
