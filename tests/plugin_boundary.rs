@@ -9,27 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Builds a shared library from Rust source with rustc.
-fn cdylib(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
-    let src = dir.join(format!("{name}.rs"));
-    std::fs::write(&src, source).unwrap();
-    let out = dir.join(format!("lib{name}.so"));
-    let status =
-        Command::new("rustc").args(["--crate-type", "cdylib", "--edition", "2021", "-o"]).arg(&out).arg(&src).status().expect("rustc");
-    assert!(status.success(), "rustc failed on {name}");
-    out
-}
-
-/// A library that speaks plugin ABI 2.0 and exports a sink called `future-sink`.
-const ABI_V2: &str = r#"
-#[repr(C)] pub struct StrRef { ptr: *const u8, len: usize }
-#[repr(C)] pub struct Manifest { abi_major: u16, abi_minor: u16, struct_size: u32, name: StrRef, version: StrRef, build: StrRef, count: u32, plugins: *const u8 }
-unsafe impl Sync for Manifest {}
-const fn s(t: &'static str) -> StrRef { StrRef { ptr: t.as_ptr(), len: t.len() } }
-static M: Manifest = Manifest { abi_major: 2, abi_minor: 0, struct_size: 256, name: s("future-plugins"), version: s("9.0.0"), build: s("test"), count: 0, plugins: std::ptr::null() };
-#[no_mangle] pub extern "C" fn weir_plugin_manifest_v1() -> *const Manifest { &M }
-"#;
-
 const NOT_A_PLUGIN: &str = "#[no_mangle] pub extern \"C\" fn something_else() -> i32 { 7 }\n";
 
 #[test]

@@ -200,3 +200,110 @@ fn pause_resume_and_restart_through_the_api_under_load() {
     assert_eq!(written, accepted, "exactly the accepted events are written");
     assert_eq!(lines(&out).len(), written.len(), "once each");
 }
+
+/// A plugin directory with the libraries `ingest` needs and the test plugins' library.
+fn plugin_dir(dir: &std::path::Path) -> std::path::PathBuf {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    for lib in ["libweir_http.so", "libweir_file.so"] {
+        std::os::unix::fs::symlink(bin_dir().join(lib), plugins.join(lib)).unwrap();
+    }
+    std::fs::copy(bin_dir().join("libweir_test_faulty.so"), plugins.join("libweir_test_faulty.so")).unwrap();
+    plugins
+}
+
+/// Puts a new build of the test plugins' library in place the way a build does: a new file
+/// renamed over the old one. `stamp` replaces the build's stamp (the change that shows).
+fn rebuild(plugins: &std::path::Path, stamp: &[u8; 16]) {
+    let bytes = std::fs::read(bin_dir().join("libweir_test_faulty.so")).unwrap();
+    let at = bytes.windows(16).position(|w| w == b"weir-stamp:v0001").expect("the library carries its stamp");
+    let mut new = bytes.clone();
+    new[at..at + 16].copy_from_slice(stamp);
+    let tmp = plugins.join(".libweir_test_faulty.so.new");
+    std::fs::write(&tmp, new).unwrap();
+    std::fs::rename(&tmp, plugins.join("libweir_test_faulty.so")).unwrap();
+}
+
+#[test]
+fn a_rebuilt_plugin_library_is_picked_up_on_reload_under_load_and_an_incompatible_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir(dir.path());
+    let out = dir.path().join("out.jsonl");
+    let port = free_port();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    write_pipeline(
+        &pipelines,
+        "ingest",
+        &format!(
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms: [{{plugin: test-stamp}}]\nsinks: [{{plugin: file, config: {{path: {}}}}}]\n",
+            out.display()
+        ),
+    );
+    // A second pipeline that does not use the rebuilt library is left alone.
+    write_pipeline(
+        &pipelines,
+        "other",
+        &format!(
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{}\"}}}}\nsinks: [{{plugin: file, config: {{path: \"-\"}}}}]\n",
+            free_port()
+        ),
+    );
+    let weir = Weir::start(&pipelines, &["--no-watch", "--plugins", plugins.to_str().unwrap()], &[]);
+    let url = format!("http://127.0.0.1:{port}/produce");
+    let other_started = weir.get_json("/pipelines/other")["started_at"].clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::<(u16, String)>::new()));
+    let client = {
+        let (stop, seen, url) = (stop.clone(), seen.clone(), url.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("u-{n}");
+                let r = post_json(&url, &format!(r#"{{"id":"{id}"}}"#));
+                seen.lock().unwrap().push((r.status, id));
+                n += 1;
+            }
+        })
+    };
+    let stamped = |stamp: &str| lines(&out).iter().filter(|l| l["stamp"] == stamp).count();
+    wait_for("events of the first build", Duration::from_secs(5), || stamped("weir-stamp:v0001") > 5);
+
+    rebuild(&plugins, b"weir-stamp:v0002");
+    let r = curl("POST", &weir.url("/reload"), None, None);
+    assert_eq!(r.status, 200, "{r:?}");
+    let report = r.json();
+    assert_eq!(report["replaced"], serde_json::json!(["ingest"]), "{report}");
+    assert_eq!(report["unchanged"], serde_json::json!(["other"]), "{report}");
+    assert!(report["libraries_loaded"][0].as_str().unwrap().contains("libweir_test_faulty.so"), "{report}");
+    wait_for("events of the rebuilt library", Duration::from_secs(2), || {
+        lines(&out).last().is_some_and(|l| l["stamp"] == "weir-stamp:v0002")
+    });
+    let p = weir.get_json("/pipelines/ingest");
+    assert_eq!(p["version"], 2, "{p}");
+    assert_eq!(p["last_reload"]["result"], "replaced", "{p}");
+    assert_eq!(weir.get_json("/pipelines/other")["started_at"], other_started, "the other pipeline was not touched");
+
+    // A library built for another plugin ABI, in the same file: refused, the loaded one kept.
+    let build = tempfile::tempdir().unwrap();
+    let future = cdylib(build.path(), "future", ABI_V2);
+    std::fs::copy(&future, plugins.join(".incoming")).unwrap();
+    std::fs::rename(plugins.join(".incoming"), plugins.join("libweir_test_faulty.so")).unwrap();
+    let r = curl("POST", &weir.url("/reload"), None, None);
+    assert_eq!(r.status, 422, "{r:?}");
+    assert!(r.body.contains("built for plugin ABI 2.0") && r.body.contains("is kept"), "{}", r.body);
+    assert_eq!(r.json()["unchanged"], serde_json::json!(["ingest", "other"]), "{}", r.body);
+    let before = stamped("weir-stamp:v0002");
+    wait_for("the kept build to go on serving", Duration::from_secs(5), || stamped("weir-stamp:v0002") > before + 5);
+
+    stop.store(true, Ordering::Relaxed);
+    client.join().expect("no refused connection");
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|s| s.0 == 200), "{:?}", seen.iter().find(|s| s.0 != 200));
+    let written: Vec<String> = lines(&out).iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
+    let unique: HashSet<&String> = written.iter().collect();
+    assert_eq!(unique.len(), written.len(), "an event was written twice");
+    assert_eq!(written.len(), seen.len(), "every accepted event is written, once");
+    assert_eq!(stamped("weir-stamp:v0001") + stamped("weir-stamp:v0002"), written.len());
+}

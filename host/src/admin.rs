@@ -63,12 +63,12 @@ async fn health(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
 }
 
 async fn pipelines(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
-    Json(host.pipelines().iter().map(|p| p.report()).collect::<Vec<_>>())
+    Json(host.pipelines().iter().map(|p| host.report(p)).collect::<Vec<_>>())
 }
 
 async fn pipeline(AxState(host): AxState<Arc<Host>>, axum::extract::Path(name): axum::extract::Path<String>) -> impl IntoResponse {
     match host.pipelines().into_iter().find(|p| p.name == name) {
-        Some(p) => (StatusCode::OK, Json(p.report())),
+        Some(p) => (StatusCode::OK, Json(host.report(&p))),
         None => (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": format!("no pipeline called {name:?}") }))),
     }
 }
@@ -87,7 +87,7 @@ async fn control(
         return (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": format!("no pipeline called {name:?}") })));
     };
     if p.set_paused(matches!(what, Control::Pause)) {
-        (StatusCode::OK, Json(p.report()))
+        (StatusCode::OK, Json(host.report(&p)))
     } else {
         (StatusCode::CONFLICT, Json(serde_json::json!({ "error": format!("pipeline {name:?} is not running") })))
     }

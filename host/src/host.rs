@@ -25,14 +25,18 @@ pub struct ReloadReport {
     pub stopped: Vec<String>,
     /// Pipelines left alone.
     pub unchanged: Vec<String>,
+    /// Plugin libraries loaded by this reload (new or rebuilt).
+    pub libraries_loaded: Vec<String>,
     /// Why a new version was refused (the old one keeps running).
     pub errors: Vec<String>,
 }
 
 /// The host.
 pub struct Host {
-    /// Plugins found at start.
-    pub registry: Registry,
+    /// The plugins, as of the last reload.
+    registry: RwLock<Arc<Registry>>,
+    /// Where plugin libraries are looked for.
+    plugin_dirs: Vec<std::path::PathBuf>,
     /// All metrics.
     pub metrics: Arc<Metrics>,
     /// When the host started.
@@ -41,13 +45,16 @@ pub struct Host {
     /// The pipeline directory, and the last reload's report.
     dir: Mutex<Option<std::path::PathBuf>>,
     last_reload: Mutex<Option<ReloadReport>>,
+    /// Per pipeline name: its version (1 when first started, +1 each time it is replaced)
+    /// and what the last reload did to it.
+    history: Mutex<std::collections::HashMap<String, (u64, serde_json::Value)>>,
     /// Held for the length of a reload: reloads never overlap.
     reloading: Mutex<()>,
 }
 
 impl Host {
-    /// A host with the plugins found in `registry`.
-    pub fn new(registry: Registry) -> Self {
+    /// A host with the plugins found in `registry`, which a reload scans again in `plugin_dirs`.
+    pub fn new(registry: Registry, plugin_dirs: Vec<std::path::PathBuf>) -> Self {
         let metrics = Arc::new(Metrics::default());
         metrics.plugin_load_failures.store(registry.broken.len() as u64, Relaxed);
         metrics.plugin_libraries.store(registry.libraries.len() as u64, Relaxed);
@@ -55,14 +62,42 @@ impl Host {
             tracing::warn!(path = %b.path.display(), reason = %b.reason, "Plugin library skipped.");
         }
         Host {
-            registry,
+            registry: RwLock::new(Arc::new(registry)),
+            plugin_dirs,
             metrics,
             started: Instant::now(),
             pipelines: RwLock::default(),
             dir: Mutex::default(),
             last_reload: Mutex::default(),
+            history: Mutex::default(),
             reloading: Mutex::default(),
         }
+    }
+
+    /// The plugins in use now.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records what a reload (or start, or restart) did to a pipeline; `bump` for a new version.
+    fn note(&self, name: &str, result: &str, error: Option<&str>, bump: bool) {
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = h.entry(name.to_owned()).or_insert((0, serde_json::Value::Null));
+        if bump {
+            entry.0 += 1;
+        }
+        let at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        entry.1 = serde_json::json!({ "at": at, "result": result, "error": error });
+    }
+
+    /// What the admin API shows of a pipeline: its report, version and last reload.
+    pub fn report(&self, p: &Pipeline) -> serde_json::Value {
+        let mut r = p.report();
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let (version, last) = h.get(&p.name).cloned().unwrap_or((1, serde_json::Value::Null));
+        r["version"] = version.into();
+        r["last_reload"] = last;
+        r
     }
 
     /// Every pipeline, running or failed.
@@ -86,10 +121,13 @@ impl Host {
                         format!("pipeline name {:?} is also used by {}; names must be unique", f.name, other.file.display()),
                     ));
                 }
-                Pipeline::start(&f, &self.registry, &self.metrics)
+                Pipeline::start(&f, &self.registry(), &self.metrics)
             });
             let pipeline = match started {
-                Ok(p) => p,
+                Ok(p) => {
+                    self.note(&p.name, "started", None, true);
+                    p
+                }
                 Err(e) => {
                     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                     tracing::error!(file = %path.display(), error = %e, "Pipeline not started.");
@@ -116,10 +154,11 @@ impl Host {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.pipelines().into_iter().find(|p| p.name == name).ok_or_else(|| format!("no pipeline called {name:?}"))?;
         let file = PipelineFile::load(&old.file).map_err(|e| e.to_string())?;
-        let new = Arc::new(Pipeline::start(&file, &self.registry, &self.metrics).map_err(|e| e.to_string())?);
+        let new = Arc::new(Pipeline::start(&file, &self.registry(), &self.metrics).map_err(|e| e.to_string())?);
         old.stop(drain, &self.metrics);
         self.metrics.remove(&old.stage_metrics());
         self.set_state(&new.name, "running");
+        self.note(&new.name, "restarted", None, true);
         let mut list = self.pipelines.write().unwrap_or_else(|p| p.into_inner());
         list.retain(|p| !Arc::ptr_eq(p, &old));
         list.push(new);
@@ -142,6 +181,16 @@ impl Host {
                 return self.finish_reload(report);
             }
         };
+        let (registry, loaded, refused) = self.registry().refresh(&self.plugin_dirs);
+        let registry = Arc::new(registry);
+        if !loaded.is_empty() || !refused.is_empty() {
+            tracing::info!(loaded = ?loaded, refused = ?refused, "Plugin libraries rescanned.");
+        }
+        self.metrics.plugin_load_failures.fetch_add(refused.len() as u64, Relaxed);
+        self.metrics.plugin_libraries.store(registry.libraries.len() as u64, Relaxed);
+        report.libraries_loaded = loaded;
+        report.errors.extend(refused);
+        *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry.clone();
         let mut keep: Vec<Arc<Pipeline>> = Vec::new();
         let mut replaced: Vec<Arc<Pipeline>> = Vec::new();
         for path in &files {
@@ -149,6 +198,9 @@ impl Host {
             let file = match PipelineFile::load(path) {
                 Ok(f) => f,
                 Err(e) => {
+                    if let Some(o) = &old {
+                        self.note(&o.name, "refused", Some(&e.to_string()), false);
+                    }
                     report.errors.push(e.to_string());
                     keep.extend(old);
                     continue;
@@ -156,8 +208,10 @@ impl Host {
             };
             let old = old.or_else(|| self.pipelines().into_iter().find(|p| p.name == file.name));
             if let Some(o) = &old {
-                if o.hash == file.hash() && o.state().0 == State::Running {
+                // Unchanged: same file, running, and every plugin still from the same library.
+                if o.hash == file.hash() && o.state().0 == State::Running && o.uses_current_plugins(&registry) {
                     report.unchanged.push(file.name.clone());
+                    self.note(&file.name, "unchanged", None, false);
                     keep.push(o.clone());
                     continue;
                 }
@@ -168,20 +222,23 @@ impl Host {
                 );
                 continue;
             }
-            match Pipeline::start(&file, &self.registry, &self.metrics) {
+            match Pipeline::start(&file, &registry, &self.metrics) {
                 Ok(new) => {
                     if let Some(o) = old {
                         o.stop(drain, &self.metrics);
                         self.metrics.remove(&o.stage_metrics());
                         report.replaced.push(file.name.clone());
+                        self.note(&file.name, "replaced", None, true);
                         replaced.push(o);
                     } else {
                         report.started.push(file.name.clone());
+                        self.note(&file.name, "started", None, true);
                     }
                     self.set_state(&file.name, "running");
                     keep.push(Arc::new(new));
                 }
                 Err(e) => {
+                    self.note(&file.name, "refused", Some(&e.to_string()), false);
                     report.errors.push(e.to_string());
                     keep.extend(old);
                 }

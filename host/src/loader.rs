@@ -41,6 +41,37 @@ pub struct LibraryInfo {
     pub build: String,
     /// ABI it was built for, `major.minor`.
     pub abi: String,
+    /// Where the code was loaded from: `path`, or for a library rebuilt while the host ran,
+    /// a private copy (the same path cannot be loaded twice).
+    pub loaded_from: PathBuf,
+    /// When it was loaded (RFC 3339).
+    pub loaded_at: String,
+    #[serde(skip)]
+    fingerprint: Fingerprint,
+}
+
+/// What tells a rebuilt library file from the one loaded: device, inode, size, mtime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Fingerprint(u64, u64, u64, i64, i64);
+
+fn fingerprint(path: &Path) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => Fingerprint(m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()),
+        Err(_) => Fingerprint::default(),
+    }
+}
+
+/// A private copy of `path` to load a new version from, in a directory of this process's own.
+fn private_copy(path: &Path) -> Result<PathBuf, String> {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let dir = std::env::temp_dir().join(format!("weir-plugins-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let copy = dir.join(format!("{}-{name}", NEXT.fetch_add(1, Relaxed)));
+    std::fs::copy(path, &copy).map_err(|e| format!("cannot copy it to {}: {e}", copy.display()))?;
+    Ok(copy)
 }
 
 /// A file that is not a usable plugin library, and why.
@@ -85,7 +116,7 @@ impl Registry {
                 entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_library(p)).collect();
             files.sort();
             for path in files {
-                if let Err(reason) = reg.load(&path) {
+                if let Err(reason) = reg.load(&path, &path) {
                     reg.broken.push(Broken { path, reason });
                 }
             }
@@ -93,10 +124,75 @@ impl Registry {
         reg
     }
 
-    fn load(&mut self, path: &Path) -> Result<(), String> {
+    /// Scans `dirs` again for a reload. A library whose file did not change keeps its loaded
+    /// code; a new or rebuilt one is loaded (a rebuilt one from a private copy, beside the old
+    /// version, which is never unloaded); one that cannot be used is refused, and the version
+    /// already loaded, if any, is kept. A library whose file disappeared stays loaded.
+    /// Returns the new registry, what was loaded and what was refused.
+    pub fn refresh(&self, dirs: &[PathBuf]) -> (Registry, Vec<String>, Vec<String>) {
+        let mut reg = Registry::default();
+        let (mut loaded, mut refused) = (Vec::new(), Vec::new());
+        let mut seen = Vec::new();
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                refused.push(format!("the plugin directory {} cannot be read", dir.display()));
+                continue;
+            };
+            let mut files: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_library(p)).collect();
+            files.sort();
+            for path in files {
+                let old = self.libraries.iter().find(|l| l.path == path);
+                seen.push(path.clone());
+                if let Some(old) = old.filter(|l| l.fingerprint == fingerprint(&path)) {
+                    reg.keep(self, old);
+                    continue;
+                }
+                let from = if old.is_some() { private_copy(&path) } else { Ok(path.clone()) };
+                match from.and_then(|from| reg.load(&path, &from)) {
+                    Ok(()) => {
+                        let l = reg.libraries.last().expect("just loaded");
+                        loaded.push(format!("{} {} from {}", l.name, l.version, path.display()));
+                    }
+                    Err(reason) => match old {
+                        Some(old) => {
+                            refused.push(format!(
+                                "{}: {reason}; the loaded version ({} {}) is kept",
+                                path.display(),
+                                old.name,
+                                old.version
+                            ));
+                            reg.keep(self, old);
+                        }
+                        None => reg.broken.push(Broken { path, reason }),
+                    },
+                }
+            }
+        }
+        for old in self.libraries.iter().filter(|l| !seen.contains(&l.path)) {
+            reg.keep(self, old);
+        }
+        (reg, loaded, refused)
+    }
+
+    /// Carries a loaded library and its plugins over from `from`, unless another library
+    /// now exports one of its plugins.
+    fn keep(&mut self, from: &Registry, lib: &Arc<LibraryInfo>) {
+        let plugins: Vec<&Plugin> = from.plugins.values().filter(|p| Arc::ptr_eq(&p.library, lib)).collect();
+        if plugins.iter().any(|p| self.plugins.contains_key(&(p.name.clone(), p.kind.0))) {
+            return;
+        }
+        for p in plugins {
+            self.plugins.insert((p.name.clone(), p.kind.0), p.clone());
+        }
+        self.libraries.push(lib.clone());
+    }
+
+    fn load(&mut self, path: &Path, from: &Path) -> Result<(), String> {
+        let fingerprint = fingerprint(path);
         // SAFETY: loading a library runs its initialisers; plugin directories are trusted
         // like the host binary itself.
-        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| format!("cannot be loaded: {e}"))?;
+        let lib = unsafe { libloading::Library::new(from) }.map_err(|e| format!("cannot be loaded: {e}"))?;
         // SAFETY: the symbol's type is fixed by the ABI.
         let entry: EntryFn = match unsafe { lib.get::<EntryFn>(abi::ENTRY_SYMBOL) } {
             Ok(sym) => *sym,
@@ -132,6 +228,9 @@ impl Registry {
             version: read(manifest.library_version),
             build: read(manifest.build_info),
             abi: format!("{major}.{minor}"),
+            loaded_from: from.to_path_buf(),
+            loaded_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            fingerprint,
         });
         let descriptors: &'static [PluginDescriptor] = if manifest.plugin_count == 0 || manifest.plugins.is_null() {
             &[]

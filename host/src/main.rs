@@ -120,7 +120,7 @@ fn run(config: HostConfig, once: bool) -> anyhow::Result<ExitCode> {
     init_logs(&config.log);
     let registry = Registry::discover(&config.plugin_dirs());
     tracing::info!(libraries = registry.libraries.len(), plugins = registry.plugins.len(), "Plugins loaded.");
-    let host = Arc::new(Host::new(registry));
+    let host = Arc::new(Host::new(registry, config.plugin_dirs()));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("weir-admin").enable_all().build()?;
     if config.traces.enabled {
         let _in_runtime = runtime.enter();

@@ -159,6 +159,7 @@ struct StageInfo {
     kind: Kind,
     plugin: String,
     library: String,
+    lib: Arc<crate::loader::LibraryInfo>,
     metrics: Arc<StageMetrics>,
 }
 
@@ -395,6 +396,7 @@ impl Pipeline {
                 kind: plugin.kind,
                 plugin: plugin.name.clone(),
                 library: format!("{} {}", plugin.library.name, plugin.library.version),
+                lib: plugin.library.clone(),
                 metrics: m.clone(),
             });
             built.push((pointer, Stage { name, plugin, config, host, metrics: m, instance: Some(instance) }));
@@ -582,6 +584,11 @@ impl Pipeline {
     /// Whether it is paused.
     pub fn paused(&self) -> bool {
         self.intake.as_ref().is_some_and(|i| i.paused.load(Relaxed))
+    }
+
+    /// Whether every stage's plugin is still the one `registry` offers (not rebuilt since).
+    pub fn uses_current_plugins(&self, registry: &Registry) -> bool {
+        self.stages.iter().all(|s| registry.plugins.get(&(s.plugin.clone(), s.kind.0)).is_some_and(|p| Arc::ptr_eq(&p.library, &s.lib)))
     }
 
     /// The metrics of its stages (to forget them once it is replaced).

@@ -1,6 +1,8 @@
 //! Fault injection for Weir's own tests: the `test-panic` transform panics on any record
 //! whose value contains the configured marker; the `test-slow` sink takes a fixed time
-//! per batch, so tests can fill a pipeline and see it push back.
+//! per batch, so tests can fill a pipeline and see it push back; the `test-stamp` transform
+//! adds `"stamp": "<the library's stamp>"` to each record, so a test can tell which build
+//! of this library handled it (tests make a "rebuilt" library by changing the stamp bytes).
 
 use std::time::Duration;
 
@@ -67,4 +69,41 @@ impl Sink for Slow {
     }
 }
 
-weir_plugin::export_plugins!(transform PanicOn, sink Slow);
+/// The stamp of this build, found and replaced in the library file by the reload tests.
+#[used]
+pub static WEIR_TEST_STAMP: [u8; 16] = *b"weir-stamp:v0001";
+
+/// Config of `test-stamp`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StampConfig {}
+
+/// The `test-stamp` transform.
+pub struct Stamp;
+
+impl Transform for Stamp {
+    type Config = StampConfig;
+    const NAME: &'static str = "test-stamp";
+    const DESCRIPTION: &'static str = "For Weir's tests: adds the library's build stamp to each record.";
+
+    fn create(_config: StampConfig, _ctx: Context) -> Result<Self, PluginError> {
+        Ok(Stamp)
+    }
+
+    fn process(&mut self, input: &BatchRef<'_>, out: &mut Output) -> Result<(), PluginError> {
+        // Read through an opaque pointer, so the bytes in the file are what counts.
+        let stamp = String::from_utf8_lossy(std::hint::black_box(&WEIR_TEST_STAMP)).into_owned();
+        for (i, r) in input.iter().enumerate() {
+            match weir_plugin::serde_json::from_slice::<weir_plugin::serde_json::Value>(r.value) {
+                Ok(weir_plugin::serde_json::Value::Object(mut map)) => {
+                    map.insert("stamp".into(), stamp.clone().into());
+                    out.push(i, weir_plugin::Head::from(&r), weir_plugin::serde_json::Value::Object(map).to_string().as_bytes());
+                }
+                _ => out.reject(i, "not a JSON object"),
+            }
+        }
+        Ok(())
+    }
+}
+
+weir_plugin::export_plugins!(transform PanicOn, transform Stamp, sink Slow);
