@@ -307,3 +307,59 @@ fn a_rebuilt_plugin_library_is_picked_up_on_reload_under_load_and_an_incompatibl
     assert_eq!(written.len(), seen.len(), "every accepted event is written, once");
     assert_eq!(stamped("weir-stamp:v0001") + stamped("weir-stamp:v0002"), written.len());
 }
+
+#[test]
+fn the_dedupe_window_survives_reloads_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let port = free_port();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    let version = |v: u32| {
+        format!(
+            "name: ingest\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms:\n  - plugin: dedupe\n    config: {{fields: [/id], max_entries: {}}}\n  - plugin: enrich\n    config: {{set: {{version: {v}}}}}\nsinks:\n  - plugin: file\n    config: {{path: {}}}\n",
+            100_000 + v,
+            out.display()
+        )
+    };
+    write_pipeline(&pipelines, "ingest", &version(0));
+    let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
+    let url = format!("http://127.0.0.1:{port}/produce");
+    let stop = Arc::new(AtomicBool::new(false));
+    // (id, answered as a duplicate) for every request, each id sent twice, the second time
+    // some requests later (often across a reload).
+    let seen = Arc::new(Mutex::new(Vec::<(u32, bool)>::new()));
+    let client = {
+        let (stop, seen, url) = (stop.clone(), seen.clone(), url.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                for id in [n, n.wrapping_sub(7)].into_iter().filter(|id| *id <= n) {
+                    let r = post_json(&url, &format!(r#"{{"id":{id}}}"#));
+                    assert_eq!(r.status, 200, "{r:?}");
+                    seen.lock().unwrap().push((id, r.json()["duplicate"] == true));
+                }
+                n += 1;
+            }
+        })
+    };
+    for v in 1..=5u32 {
+        let before = seen.lock().unwrap().len();
+        wait_for("traffic", Duration::from_secs(5), || seen.lock().unwrap().len() > before + 20);
+        write_pipeline(&pipelines, "ingest", &version(v));
+        let r = curl("POST", &weir.url("/reload"), None, None);
+        assert_eq!(r.json()["replaced"], serde_json::json!(["ingest"]), "{r:?}");
+    }
+    let before = seen.lock().unwrap().len();
+    wait_for("traffic after the last reload", Duration::from_secs(5), || seen.lock().unwrap().len() > before + 20);
+    stop.store(true, Ordering::Relaxed);
+    client.join().expect("every request answered 200");
+    let seen = seen.lock().unwrap().clone();
+    let written: Vec<u64> = lines(&out).iter().map(|l| l["id"].as_u64().unwrap()).collect();
+    let unique: HashSet<u64> = written.iter().copied().collect();
+    assert_eq!(unique.len(), written.len(), "a duplicate was written across a reload");
+    let firsts: HashSet<u64> = seen.iter().filter(|s| !s.1).map(|s| u64::from(s.0)).collect();
+    assert_eq!(unique, firsts, "exactly the first sending of each id is written");
+    assert_eq!(seen.iter().filter(|s| s.1).count(), seen.len() - firsts.len(), "every second sending was a duplicate");
+    assert_eq!(lines(&out).iter().map(|l| l["version"].as_u64().unwrap()).max(), Some(5));
+}

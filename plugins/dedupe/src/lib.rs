@@ -1,9 +1,15 @@
 //! The `dedupe` transform: drops a record whose key (the values at one or more JSON
 //! pointers) was seen within a time window. Memory is bounded by `max_entries`.
+//!
+//! The window belongs to the pipeline's stage, not to one instance: when a reload replaces
+//! the pipeline, the new version's `dedupe` stage (same pipeline and stage name) takes over
+//! the window of the old one, which it shares while both run, so no duplicate slips
+//! through a reload.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use weir_plugin::serde_json::{self, Value};
@@ -33,13 +39,36 @@ fn default_max_entries() -> NonZeroUsize {
 /// A 128-bit digest of a key: collisions are negligible and memory stays small.
 type Digest = u128;
 
+/// The keys remembered by one pipeline stage.
+#[derive(Default)]
+struct Window {
+    seen: HashMap<Digest, Instant>,
+    order: VecDeque<(Digest, Instant)>,
+}
+
+/// Every live window, by pipeline and stage; a window lives while an instance holds it.
+type Windows = Mutex<HashMap<(String, String), Weak<Mutex<Window>>>>;
+
+/// The window of `pipeline`'s stage `stage`: the one an earlier version still holds, or a new one.
+fn window_of(pipeline: &str, stage: &str) -> Arc<Mutex<Window>> {
+    static WINDOWS: std::sync::OnceLock<Windows> = std::sync::OnceLock::new();
+    let mut all = WINDOWS.get_or_init(Windows::default).lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|_, w| w.strong_count() > 0);
+    let key = (pipeline.to_owned(), stage.to_owned());
+    if let Some(w) = all.get(&key).and_then(Weak::upgrade) {
+        return w;
+    }
+    let w = Arc::new(Mutex::new(Window::default()));
+    all.insert(key, Arc::downgrade(&w));
+    w
+}
+
 /// The `dedupe` transform.
 pub struct Dedupe {
     fields: Vec<String>,
     window: Duration,
     max: usize,
-    seen: HashMap<Digest, Instant>,
-    order: VecDeque<(Digest, Instant)>,
+    keys: Arc<Mutex<Window>>,
     ctx: Context,
 }
 
@@ -60,10 +89,10 @@ fn digest(parts: &[Option<&Value>]) -> Digest {
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }
 
-impl Dedupe {
-    fn expire(&mut self, now: Instant) {
+impl Window {
+    fn expire(&mut self, now: Instant, window: Duration) {
         while let Some(&(d, at)) = self.order.front() {
-            if now.duration_since(at) < self.window {
+            if now.duration_since(at) < window {
                 break;
             }
             self.order.pop_front();
@@ -73,22 +102,30 @@ impl Dedupe {
         }
     }
 
-    /// Whether the key was seen; remembers it otherwise.
-    fn check(&mut self, d: Digest, now: Instant) -> bool {
+    /// Whether the key was seen; remembers it otherwise (forgetting the oldest key when
+    /// `max` are remembered; returns how many were forgotten).
+    fn check(&mut self, d: Digest, now: Instant, max: usize) -> (bool, u64) {
         if self.seen.contains_key(&d) {
-            return true;
+            return (true, 0);
         }
-        if self.seen.len() >= self.max {
-            if let Some((old, at)) = self.order.pop_front() {
-                if self.seen.get(&old) == Some(&at) {
-                    self.seen.remove(&old);
-                }
-                self.ctx.counter_add("dedupe_evictions", "Keys forgotten before their window ended because the cache was full.", 1);
+        let mut evicted = 0;
+        while self.seen.len() >= max {
+            let Some((old, at)) = self.order.pop_front() else { break };
+            if self.seen.get(&old) == Some(&at) {
+                self.seen.remove(&old);
+                evicted += 1;
             }
         }
         self.seen.insert(d, now);
         self.order.push_back((d, now));
-        false
+        (false, evicted)
+    }
+}
+
+#[cfg(test)]
+impl Dedupe {
+    fn keys(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -109,20 +146,21 @@ impl Transform for Dedupe {
     }
 
     fn create(config: DedupeConfig, ctx: Context) -> Result<Self, PluginError> {
-        Ok(Dedupe {
-            window: window(&config)?,
-            fields: config.fields,
-            max: config.max_entries.get(),
-            seen: HashMap::new(),
-            order: VecDeque::new(),
-            ctx,
-        })
+        let keys = window_of(ctx.pipeline(), ctx.stage());
+        let taken = keys.lock().unwrap_or_else(|p| p.into_inner()).seen.len();
+        if taken > 0 {
+            ctx.info(&format!("Took over the window of the previous version: {taken} keys."));
+        }
+        Ok(Dedupe { window: window(&config)?, fields: config.fields, max: config.max_entries.get(), keys, ctx })
     }
 
     fn process(&mut self, input: &BatchRef<'_>, out: &mut Output) -> Result<(), PluginError> {
         let now = Instant::now();
-        self.expire(now);
-        let mut duplicates = 0;
+        let (window, max) = (self.window, self.max);
+        let keys = self.keys.clone();
+        let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.expire(now, window);
+        let (mut duplicates, mut evicted) = (0, 0);
         for (i, record) in input.iter().enumerate() {
             let value: Value = match serde_json::from_slice(record.value) {
                 Ok(v) => v,
@@ -136,7 +174,9 @@ impl Transform for Dedupe {
                 out.pass(i, &record);
                 continue;
             }
-            if self.check(digest(&parts), now) {
+            let (seen, forgotten) = keys.check(digest(&parts), now, max);
+            evicted += forgotten;
+            if seen {
                 duplicates += 1;
             } else {
                 out.pass(i, &record);
@@ -145,7 +185,10 @@ impl Transform for Dedupe {
         if duplicates > 0 {
             self.ctx.counter_add("dedupe_duplicates", "Records dropped as duplicates.", duplicates);
         }
-        self.ctx.gauge_set("dedupe_entries", "Keys remembered.", self.seen.len() as f64);
+        if evicted > 0 {
+            self.ctx.counter_add("dedupe_evictions", "Keys forgotten before their window ended because the cache was full.", evicted);
+        }
+        self.ctx.gauge_set("dedupe_entries", "Keys remembered.", keys.seen.len() as f64);
         Ok(())
     }
 }
@@ -159,7 +202,7 @@ mod tests {
 
     #[test]
     fn drops_repeats_within_the_window_and_counts_them() {
-        let host = MockHost::new();
+        let host = MockHost::for_pipeline("repeats");
         let mut t: Dedupe = host.transform(serde_json::json!({"fields": ["/eventId"]})).unwrap();
         let out = run_transform(&mut t, &json_batch([r#"{"eventId":"a"}"#, r#"{"eventId":"b"}"#, r#"{"eventId":"a"}"#, r#"{"other":1}"#]))
             .unwrap();
@@ -171,10 +214,10 @@ mod tests {
 
     #[test]
     fn memory_is_bounded_by_max_entries() {
-        let host = MockHost::new();
+        let host = MockHost::for_pipeline("bounded");
         let mut t: Dedupe = host.transform(serde_json::json!({"fields": ["/id"], "max_entries": 2})).unwrap();
         run_transform(&mut t, &json_batch([r#"{"id":1}"#, r#"{"id":2}"#, r#"{"id":3}"#])).unwrap();
-        assert_eq!(t.seen.len(), 2);
+        assert_eq!(t.keys().seen.len(), 2);
         assert_eq!(host.metric("dedupe_evictions"), Some(1.0));
         let out = run_transform(&mut t, &json_batch([r#"{"id":1}"#])).unwrap();
         assert_eq!(out.batch.len(), 1, "the evicted key is new again");
@@ -182,12 +225,30 @@ mod tests {
 
     #[test]
     fn keys_expire_after_the_window() {
-        let host = MockHost::new();
+        let host = MockHost::for_pipeline("expiry");
         let mut t: Dedupe = host.transform(serde_json::json!({"fields": ["/id", "/type"], "window": "1ms"})).unwrap();
         run_transform(&mut t, &json_batch([r#"{"id":1,"type":"a"}"#])).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         let out = run_transform(&mut t, &json_batch([r#"{"id":1,"type":"a"}"#, r#"{"id":1,"type":"b"}"#])).unwrap();
         assert_eq!(out.batch.len(), 2);
+    }
+
+    #[test]
+    fn a_new_version_of_the_stage_takes_over_the_window_and_a_gone_one_is_forgotten() {
+        let host = MockHost::for_pipeline("handover");
+        let mut old: Dedupe = host.transform(serde_json::json!({"fields": ["/id"]})).unwrap();
+        run_transform(&mut old, &json_batch([r#"{"id":1}"#, r#"{"id":2}"#])).unwrap();
+        // Reloaded with another config: while both run they share the window.
+        let mut new: Dedupe = host.transform(serde_json::json!({"fields": ["/id"], "window": "1h"})).unwrap();
+        let out = run_transform(&mut new, &json_batch([r#"{"id":1}"#, r#"{"id":3}"#])).unwrap();
+        assert_eq!(out.batch.origins(), &[1], "id 1 was seen by the old version");
+        let out = run_transform(&mut old, &json_batch([r#"{"id":3}"#])).unwrap();
+        assert!(out.batch.is_empty(), "and the old one sees what the new one saw");
+        drop((old, new));
+        let mut fresh: Dedupe = host.transform(serde_json::json!({"fields": ["/id"]})).unwrap();
+        assert_eq!(run_transform(&mut fresh, &json_batch([r#"{"id":1}"#])).unwrap().batch.len(), 1, "no version held it");
+        let mut elsewhere: Dedupe = MockHost::for_pipeline("other").transform(serde_json::json!({"fields": ["/id"]})).unwrap();
+        assert_eq!(run_transform(&mut elsewhere, &json_batch([r#"{"id":1}"#])).unwrap().batch.len(), 1, "windows are per pipeline");
     }
 
     #[test]

@@ -31,6 +31,7 @@ struct State {
 pub struct MockHost {
     state: Arc<Mutex<State>>,
     base_dir: &'static str,
+    pipeline: &'static str,
 }
 
 impl Default for MockHost {
@@ -85,15 +86,21 @@ unsafe extern "C" fn listen(_ctx: *const c_void, address: StrRef, fd: *mut i32, 
 impl MockHost {
     /// A host whose pipeline directory is the current directory.
     pub fn new() -> Self {
-        MockHost { state: Arc::default(), base_dir: "." }
+        MockHost { state: Arc::default(), base_dir: ".", pipeline: "test" }
+    }
+
+    /// A host whose contexts name pipeline `name` (state a plugin keeps per pipeline and
+    /// stage is then apart from other tests').
+    pub fn for_pipeline(name: &str) -> Self {
+        MockHost { pipeline: Box::leak(name.to_owned().into_boxed_str()), ..Self::new() }
     }
 
     /// A host whose pipeline directory is `dir` (relative config paths resolve there).
     pub fn with_base_dir(dir: &str) -> Self {
-        MockHost { state: Arc::default(), base_dir: Box::leak(dir.to_owned().into_boxed_str()) }
+        MockHost { base_dir: Box::leak(dir.to_owned().into_boxed_str()), ..Self::new() }
     }
 
-    /// A context for pipeline `test`, stage `stage`.
+    /// A context for pipeline `test` (or the one given to [`MockHost::for_pipeline`]), stage `stage`.
     pub fn context(&self) -> Context {
         let ctx = Arc::into_raw(self.state.clone()).cast::<c_void>();
         let api = HostApi {
@@ -103,7 +110,7 @@ impl MockHost {
             metric,
             error,
             listen,
-            pipeline: StrRef::new("test"),
+            pipeline: StrRef::new(self.pipeline),
             stage: StrRef::new("stage"),
             base_dir: StrRef::new(self.base_dir),
         };
