@@ -109,8 +109,13 @@ fn client(args: &[&str], input: &str) -> String {
 
 /// Produces messages with confluent-kafka: each item is `(key, value)`.
 pub fn produce(broker: &Broker, topic: &str, messages: &[(Option<&str>, &str)]) {
+    produce_to(&broker.addr, topic, messages);
+}
+
+/// Like [`produce`], to the broker at `addr` (for a thread that does not own the broker).
+pub fn produce_to(addr: &str, topic: &str, messages: &[(Option<&str>, &str)]) {
     let lines: Vec<String> = messages.iter().map(|(k, v)| serde_json::json!({"key": k, "value": v}).to_string()).collect();
-    client(&["produce", &broker.addr, topic], &(lines.join("\n") + "\n"));
+    client(&["produce", addr, topic], &(lines.join("\n") + "\n"));
 }
 
 /// A message read back.
