@@ -94,6 +94,8 @@ fn an_invalid_new_version_leaves_the_old_one_serving() {
         ("name: ingest\nsource: {plugin: http\n", "ingest.yaml:"),
         ("name: ingest\nsource: {plugin: http}\nsinks: [{plugin: nope}]\n", "unknown sink plugin \\\"nope\\\""),
         ("name: ingest\nsource: {plugin: http}\nsinks: [{plugin: file, config: {paht: x}}]\n", "unknown field `paht`"),
+        // The config passes every check, but the plugin's `create` fails.
+        ("name: ingest\nsource: {plugin: http}\nsinks: [{plugin: file, config: {path: /etc/hostname/out.jsonl}}]\n", "could not start"),
     ];
     for (yaml, expect) in bad {
         write_pipeline(&pipelines, "ingest", yaml);
@@ -102,7 +104,11 @@ fn an_invalid_new_version_leaves_the_old_one_serving() {
         assert!(r.body.contains(expect), "{expect} in {}", r.body);
         assert_eq!(post_json(&url, r#"{"id":"still"}"#).status, 200, "the old version still serves");
     }
-    assert_eq!(weir.metric(r#"weir_reloads_total{result="failed"}"#), Some(3.0));
+    assert_eq!(weir.metric(r#"weir_reloads_total{result="failed"}"#), Some(4.0));
+    let p = weir.get_json("/pipelines/ingest");
+    assert_eq!(p["last_reload"]["result"], "refused", "{p}");
+    assert!(p["last_reload"]["error"].as_str().unwrap().contains("ingest.yaml:"), "{p}");
+    assert_eq!(p["version"], 1, "{p}");
     assert_eq!(weir.get_json("/health")["last_reload"]["result"], "failed");
 }
 
