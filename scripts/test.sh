@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 echo "== format"; cargo fmt --all --check
 echo "== lints"; cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== build"; cargo build --workspace --quiet
-echo "== schemas"; target/debug/weir schema --check
+echo "== schemas"; "${CARGO_TARGET_DIR:-target}/debug/weir" schema --check
 echo "== tests"; cargo nextest run --workspace --no-fail-fast

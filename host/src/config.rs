@@ -121,6 +121,12 @@ pub struct PipelineSpec {
     pub transforms: Vec<StageSpec>,
     /// Every batch goes to each of these.
     pub sinks: Vec<StageSpec>,
+    /// Where records go that a transform rejected or a sink refused or failed for good: any
+    /// sink plugin (file, Kafka topic, PostgreSQL table). Each arrives as a JSON envelope
+    /// `{"record", "stage", "outcome", "reason", "time", "key", "headers"}` holding the record
+    /// as the refusing stage received it. The stage is called `dead_letter` unless named.
+    #[serde(default)]
+    pub dead_letter: Option<StageSpec>,
     /// Queue sizes and acknowledgement.
     #[serde(default)]
     pub settings: PipelineSettings,
@@ -147,6 +153,58 @@ pub struct StageSpec {
     /// With `after`: which records this sink gets.
     #[serde(default)]
     pub takes: Takes,
+    /// Sinks only: how a batch the sink asks to retry is retried (by default with backoff
+    /// from 50 ms to 5 s, until it is delivered or the pipeline stops).
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+}
+
+/// Retries of a sink: exponential backoff with jitter, for at most a duration.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// First wait, in milliseconds; each retry doubles it.
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff_ms: u64,
+    /// Longest wait between two tries, in milliseconds.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_ms: u64,
+    /// Give up on a batch after retrying it this long (`30s`, `5m`); its records then count
+    /// as failed and go to the dead-letter sink. Unset: retry until delivered.
+    #[serde(default)]
+    pub max_duration: Option<String>,
+}
+
+fn default_initial_backoff() -> u64 {
+    50
+}
+fn default_max_backoff() -> u64 {
+    5000
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        RetrySpec { initial_backoff_ms: default_initial_backoff(), max_backoff_ms: default_max_backoff(), max_duration: None }
+    }
+}
+
+impl RetrySpec {
+    /// The longest a batch is retried, if bounded.
+    pub fn max_duration(&self) -> Result<Option<std::time::Duration>, String> {
+        self.max_duration
+            .as_deref()
+            .map(|d| humantime::parse_duration(d).map_err(|e| format!("max_duration {d:?} is not a duration such as 30s or 5m: {e}")))
+            .transpose()
+    }
+}
+
+/// A stage's name: its `name`, else its plugin's (`dead_letter` for the dead-letter sink).
+pub fn stage_name(pointer: &str, spec: &StageSpec) -> String {
+    match (&spec.name, pointer) {
+        (Some(n), _) => n.clone(),
+        (None, "/dead_letter") => "dead_letter".into(),
+        (None, _) => spec.plugin.clone(),
+    }
 }
 
 /// Which records a sink with `after` gets from the sink it follows.
@@ -341,7 +399,7 @@ impl PipelineFile {
         }
         let mut seen = std::collections::HashSet::new();
         for (pointer, stage) in self.stages() {
-            let name = stage.name.clone().unwrap_or_else(|| stage.plugin.clone());
+            let name = stage_name(&pointer, stage);
             if !valid_name(&name) {
                 return Err(self
                     .error_at(&format!("{pointer}/name"), format!("stage name {name:?} may only use letters, digits, `-`, `_` and `.`")));
@@ -351,6 +409,19 @@ impl PipelineFile {
             }
             if !stage.config.is_object() {
                 return Err(self.error_at(&format!("{pointer}/config"), "`config` must be a mapping"));
+            }
+            if let Some(retry) = &stage.retry {
+                if !(pointer.starts_with("/sinks") || pointer == "/dead_letter") {
+                    return Err(self.error_at(&format!("{pointer}/retry"), "only sinks retry; remove `retry` here"));
+                }
+                if let Err(e) = retry.max_duration() {
+                    return Err(self.error_at(&format!("{pointer}/retry/max_duration"), e));
+                }
+                if retry.initial_backoff_ms == 0 || retry.max_backoff_ms < retry.initial_backoff_ms {
+                    return Err(
+                        self.error_at(&format!("{pointer}/retry"), "initial_backoff_ms must be at least 1 and at most max_backoff_ms")
+                    );
+                }
             }
             if let Some(after) = &stage.after {
                 if !pointer.starts_with("/sinks") {
@@ -385,6 +456,7 @@ impl PipelineFile {
         let mut v = vec![("/source".to_owned(), &self.spec.source)];
         v.extend(self.spec.transforms.iter().enumerate().map(|(i, s)| (format!("/transforms/{i}"), s)));
         v.extend(self.spec.sinks.iter().enumerate().map(|(i, s)| (format!("/sinks/{i}"), s)));
+        v.extend(self.spec.dead_letter.iter().map(|s| ("/dead_letter".to_owned(), s)));
         v
     }
 
@@ -493,6 +565,22 @@ mod tests {
         let err = PipelineFile::parse(Path::new("p.yaml"), "source: {plugin: http, after: x}\nsinks: [{plugin: file}]\n", env(&[]))
             .unwrap_err()
             .to_string();
+        assert!(err.contains("only sinks may have `after`"), "{err}");
+    }
+
+    #[test]
+    fn retries_and_the_dead_letter_sink_are_checked() {
+        let parse = |yaml: &str| PipelineFile::parse(Path::new("p.yaml"), yaml, env(&[]));
+        let f =
+            parse("source: {plugin: http}\nsinks: [{plugin: file, retry: {max_duration: 30s}}]\ndead_letter: {plugin: file}\n").unwrap();
+        assert_eq!(f.stages().last().map(|(p, s)| stage_name(p, s)), Some("dead_letter".to_owned()));
+        let err =
+            parse("source: {plugin: http}\ntransforms: [{plugin: enrich, retry: {}}]\nsinks: [{plugin: file}]\n").unwrap_err().to_string();
+        assert!(err.contains("p.yaml:2:") && err.contains("only sinks retry"), "{err}");
+        let err = parse("source: {plugin: http}\nsinks: [{plugin: file, retry: {max_duration: soon}}]\n").unwrap_err().to_string();
+        assert!(err.contains("max_duration \"soon\" is not a duration"), "{err}");
+        let err =
+            parse("source: {plugin: http}\nsinks: [{plugin: file}]\ndead_letter: {plugin: file, after: file}\n").unwrap_err().to_string();
         assert!(err.contains("only sinks may have `after`"), "{err}");
     }
 

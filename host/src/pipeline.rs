@@ -15,7 +15,7 @@ use serde::Serialize;
 use weir_plugin::abi::{outcome, HostApi, Kind, Status};
 use weir_plugin::batch::{BatchBuf, BatchRef};
 
-use crate::config::{Acknowledge, PipelineFile, Takes};
+use crate::config::{stage_name, Acknowledge, PipelineFile, RetrySpec, Takes};
 use crate::error::HostError;
 use crate::ffi::{self, AckGuard, ForeignOutput, Instance, Intake};
 use crate::loader::{Plugin, Registry};
@@ -265,6 +265,66 @@ struct SinkJob {
     trace: Option<SpanContext>,
 }
 
+/// The dead-letter sink's queue.
+#[derive(Clone)]
+struct DeadLetters {
+    tx: SyncSender<SinkJob>,
+    metrics: Arc<StageMetrics>,
+}
+
+/// Records bound for the dead-letter sink, as envelopes, with their source origins.
+#[derive(Default)]
+struct Letters {
+    batch: BatchBuf,
+    origins: Vec<u32>,
+}
+
+impl Letters {
+    /// Adds `record` refused at `stage` as an envelope.
+    fn add(&mut self, record: &weir_plugin::RecordRef<'_>, origin: u32, stage: &str, outcome: &str, reason: &str) {
+        let value: serde_json::Value = serde_json::from_slice(record.value)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(record.value).into_owned()));
+        let headers: serde_json::Map<String, serde_json::Value> =
+            record.headers().map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned().into())).collect();
+        let envelope = serde_json::json!({
+            "record": value,
+            "stage": stage,
+            "outcome": outcome,
+            "reason": reason,
+            "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            "key": record.key.map(|k| String::from_utf8_lossy(k).into_owned()),
+            "headers": headers,
+        });
+        let marks: [(&str, &[u8]); 3] = [
+            ("weir.dead_letter.stage", stage.as_bytes()),
+            ("weir.dead_letter.outcome", outcome.as_bytes()),
+            ("weir.dead_letter.reason", reason.as_bytes()),
+        ];
+        let n = self.origins.len() as u32;
+        self.batch.push(n, weir_plugin::Head { extra_headers: &marks, ..weir_plugin::Head::from(record) }, envelope.to_string().as_bytes());
+        self.origins.push(origin);
+    }
+}
+
+impl DeadLetters {
+    /// Queues `letters` for the dead-letter sink; the source's acknowledgement waits for it.
+    fn send(&self, letters: Letters, tracker: &Arc<Tracker>, trace: Option<SpanContext>) {
+        if letters.origins.is_empty() {
+            return;
+        }
+        tracker.remaining.fetch_add(1, Relaxed);
+        self.metrics.queue_depth.fetch_add(1, Relaxed);
+        let job =
+            SinkJob { batch: Arc::new(Current::Host(letters.batch)), origins: Arc::new(letters.origins), tracker: tracker.clone(), trace };
+        if self.tx.send(job).is_err() {
+            self.metrics.queue_depth.fetch_sub(1, Relaxed);
+            self.metrics.errors.fetch_add(1, Relaxed);
+            tracing::error!("The dead-letter sink has stopped; refused records could not be kept.");
+            tracker.done();
+        }
+    }
+}
+
 struct Envelope {
     batch: BatchBuf,
     ack: AckGuard,
@@ -325,6 +385,9 @@ struct Stage {
     host: &'static HostApi,
     metrics: Arc<StageMetrics>,
     instance: Option<Instance>,
+    /// Sinks: how retries wait, and for how long a batch is retried at most.
+    retry: RetrySpec,
+    max_retry: Option<Duration>,
 }
 
 impl Stage {
@@ -376,8 +439,10 @@ impl Pipeline {
         let mut built: Vec<(String, Stage)> = Vec::new();
         for (pointer, spec) in file.stages() {
             let plugin = registry.get(&spec.plugin, kind_at(&pointer))?.clone();
-            let name = spec.name.clone().unwrap_or_else(|| spec.plugin.clone());
+            let name = stage_name(&pointer, spec);
             let m = metrics.stage(&file.name, &name, &plugin.name);
+            let retry = spec.retry.clone().unwrap_or_default();
+            let max_retry = retry.max_duration().map_err(|e| file.error_at(&format!("{pointer}/retry/max_duration"), e))?;
             let host = ffi::host_api(&file.name, &name, &plugin.name, &base_dir.to_string_lossy(), m.clone());
             let config = spec.config.to_string();
             let instance = match Instance::create(&plugin, &config, host) {
@@ -399,7 +464,7 @@ impl Pipeline {
                 lib: plugin.library.clone(),
                 metrics: m.clone(),
             });
-            built.push((pointer, Stage { name, plugin, config, host, metrics: m, instance: Some(instance) }));
+            built.push((pointer, Stage { name, plugin, config, host, metrics: m, instance: Some(instance), retry, max_retry }));
         }
         let settings = &file.spec.settings;
         let abandon = Arc::new(AtomicBool::new(false));
@@ -407,14 +472,32 @@ impl Pipeline {
         let (_, mut source) = iter.next().expect("a pipeline has a source");
         let mut transforms = Vec::new();
         let mut sinks = Vec::new();
+        let mut dead_letter = None;
         for (pointer, stage) in iter {
             if pointer.starts_with("/transforms") {
                 transforms.push(stage);
+            } else if pointer == "/dead_letter" {
+                dead_letter = Some(stage);
             } else {
                 sinks.push(stage);
             }
         }
         let mut threads = Vec::new();
+        let dead_letters = match dead_letter {
+            None => None,
+            Some(stage) => {
+                let (tx, rx) = sync_channel::<SinkJob>(settings.sink_queue_batches.get());
+                let dl = DeadLetters { tx, metrics: stage.metrics.clone() };
+                let (abandon, pipeline) = (abandon.clone(), file.name.clone());
+                let thread_name = format!("weir-sink-{}", stage.name);
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(thread_name)
+                        .spawn(move || run_sink(&pipeline, stage, rx, Vec::new(), None, abandon))?,
+                );
+                Some(dl)
+            }
+        };
         let mut sink_txs = Vec::new();
         let follows: Vec<(Option<String>, Takes)> = file.spec.sinks.iter().map(|s| (s.after.clone(), s.takes)).collect();
         let total_sinks = sinks.len();
@@ -425,7 +508,7 @@ impl Pipeline {
             let downstream: Vec<Downstream> = follows
                 .iter()
                 .zip(&txs)
-                .zip(&infos[infos.len() - total_sinks..])
+                .zip(&infos[1 + transforms.len()..1 + transforms.len() + total_sinks])
                 .filter(|(((after, _), _), _)| after.as_deref() == Some(names[i].as_str()))
                 .map(|(((_, takes), tx), info)| Downstream { tx: tx.clone(), metrics: info.metrics.clone(), takes: *takes })
                 .collect();
@@ -435,7 +518,9 @@ impl Pipeline {
             let abandon = abandon.clone();
             let thread_name = format!("weir-sink-{}", sink.name);
             let pipeline = file.name.clone();
-            threads.push(std::thread::Builder::new().name(thread_name).spawn(move || run_sink(&pipeline, sink, rx, downstream, abandon))?);
+            let dl = dead_letters.clone();
+            threads
+                .push(std::thread::Builder::new().name(thread_name).spawn(move || run_sink(&pipeline, sink, rx, downstream, dl, abandon))?);
         }
         // Only the threads hold senders now, so queues close as their feeders finish.
         drop(txs);
@@ -449,8 +534,14 @@ impl Pipeline {
         let ack_mode = settings.acknowledge;
         let name = file.name.clone();
         let source_metrics = source.metrics.clone();
-        let heads =
-            Heads { pipeline: name.clone(), source: source.name.clone(), source_plugin: source.plugin.name.clone(), total_sinks, ack_mode };
+        let heads = Heads {
+            pipeline: name.clone(),
+            source: source.name.clone(),
+            source_plugin: source.plugin.name.clone(),
+            total_sinks,
+            ack_mode,
+            dead_letters,
+        };
         threads.push(
             std::thread::Builder::new()
                 .name(format!("weir-transforms-{name}"))
@@ -609,6 +700,7 @@ struct Heads {
     source_plugin: String,
     total_sinks: usize,
     ack_mode: Acknowledge,
+    dead_letters: Option<DeadLetters>,
 }
 
 /// Runs the transform chain on each batch and fans the result out to the sinks.
@@ -635,6 +727,8 @@ fn run_transforms(
         });
         let mut outcomes = Outcomes::new(n);
         let mut origins: Vec<u32> = (0..n as u32).collect();
+        let mut letters = Letters::default();
+        let keep_letters = heads.dead_letters.is_some();
         let mut current = Current::Host(batch);
         for stage in transforms.iter_mut() {
             if origins.is_empty() {
@@ -665,6 +759,9 @@ fn run_transforms(
                     let rejections = out.rejections();
                     stage.metrics.rejected.fetch_add(rejections.len() as u64, Relaxed);
                     for (i, reason) in rejections {
+                        if keep_letters {
+                            letters.add(&input.get(i), origins[i], &stage.name, "rejected", &reason);
+                        }
                         outcomes.set(origins[i], outcome::REJECTED, format!("{}: {reason}", stage.name));
                         kept[i] = true;
                     }
@@ -692,7 +789,10 @@ fn run_transforms(
                     if let Some(span) = span.as_mut() {
                         span.fail(&message);
                     }
-                    for &o in &origins {
+                    for (i, &o) in origins.iter().enumerate() {
+                        if keep_letters {
+                            letters.add(&input.get(i), o, &stage.name, "failed", &message);
+                        }
                         outcomes.set(o, outcome::FAILED, format!("{}: {message}", stage.name));
                     }
                     origins.clear();
@@ -706,12 +806,16 @@ fn run_transforms(
         let (total_sinks, ack_mode) = (heads.total_sinks, heads.ack_mode);
         let tracker = Arc::new(Tracker {
             outcomes: Mutex::new(outcomes),
-            remaining: AtomicUsize::new(total_sinks),
+            remaining: AtomicUsize::new(if origins.is_empty() { 0 } else { total_sinks }),
             ack: Mutex::new(Some(ack)),
             received,
             source: source_metrics.clone(),
         });
-        if origins.is_empty() || ack_mode == Acknowledge::Accepted {
+        // Refused records are kept before the source hears of them.
+        if let Some(dl) = &heads.dead_letters {
+            dl.send(std::mem::take(&mut letters), &tracker, trace.clone());
+        }
+        if ack_mode == Acknowledge::Accepted || tracker.remaining.load(Relaxed) == 0 {
             tracker.fire();
         }
         if origins.is_empty() {
@@ -771,18 +875,64 @@ fn hand_on(d: &Downstream, batch: &BatchRef<'_>, job: &SinkJob, refused: &[Optio
     }
 }
 
-/// Backoff between retries of one batch.
-fn backoff(attempt: u32, hint_ms: u64) -> Duration {
+/// A small xorshift generator for retry jitter (no need for a cryptographic one).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Self {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        Jitter(nanos | 1)
+    }
+
+    /// A number in `[0, 1)`.
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Wait before retry `attempt` (0-based) of one batch: the sink's hint when it gave one,
+/// else exponential from `initial_backoff_ms` up to `max_backoff_ms`, with jitter (half to
+/// all of it) so sinks retrying together spread out.
+fn backoff(retry: &RetrySpec, attempt: u32, hint_ms: u64, jitter: &mut Jitter) -> Duration {
     if hint_ms > 0 {
         return Duration::from_millis(hint_ms.min(60_000));
     }
-    Duration::from_millis((50u64 << attempt.min(7)).min(5_000))
+    let full = retry.initial_backoff_ms.saturating_mul(1u64 << attempt.min(30)).min(retry.max_backoff_ms);
+    Duration::from_millis(((full as f64) * (0.5 + 0.5 * jitter.next())) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_and_follows_hints() {
+        let retry = RetrySpec { initial_backoff_ms: 100, max_backoff_ms: 1000, max_duration: None };
+        let mut j = Jitter::new();
+        for (attempt, full) in [(0, 100), (1, 200), (2, 400), (3, 800), (4, 1000), (40, 1000)] {
+            let waits: Vec<u64> = (0..50).map(|_| backoff(&retry, attempt, 0, &mut j).as_millis() as u64).collect();
+            assert!(waits.iter().all(|w| *w >= full / 2 && *w <= full), "attempt {attempt}: {waits:?}");
+            assert!(waits.iter().any(|w| *w != waits[0]), "jittered: {waits:?}");
+        }
+        assert_eq!(backoff(&retry, 3, 250, &mut j), Duration::from_millis(250));
+    }
 }
 
 /// Delivers batches to one sink, retrying when it asks to, then hands what it delivered
 /// or refused to the sinks that run after it.
-fn run_sink(pipeline: &str, mut sink: Stage, rx: Receiver<SinkJob>, downstream: Vec<Downstream>, abandon: Arc<AtomicBool>) {
+fn run_sink(
+    pipeline: &str,
+    mut sink: Stage,
+    rx: Receiver<SinkJob>,
+    downstream: Vec<Downstream>,
+    dead_letters: Option<DeadLetters>,
+    abandon: Arc<AtomicBool>,
+) {
     let tracer = telemetry::tracer();
+    let mut jitter = Jitter::new();
     while let Ok(job) = rx.recv() {
         sink.metrics.queue_depth.fetch_sub(1, Relaxed);
         let batch = job.batch.view();
@@ -795,6 +945,8 @@ fn run_sink(pipeline: &str, mut sink: Stage, rx: Receiver<SinkJob>, downstream: 
         let rewritten = span.as_ref().filter(|s| s.sampled()).map(|s| telemetry::with_traceparent(&batch, &s.context()));
         let batch = rewritten.as_ref().map(|b| b.as_ref()).unwrap_or(batch);
         let mut attempt = 0u32;
+        let first_try = Instant::now();
+        let mut failed_all = false;
         sink.metrics.records_in.fetch_add(batch.len() as u64, Relaxed);
         sink.metrics.batches.fetch_add(1, Relaxed);
         // Per record of the batch: why it was refused, or None when delivered.
@@ -827,8 +979,9 @@ fn run_sink(pipeline: &str, mut sink: Stage, rx: Receiver<SinkJob>, downstream: 
                     if matches!(status, Status::PANICKED | Status::POISONED) {
                         sink.poison();
                     }
-                    if status == Status::RETRY && !abandon.load(Relaxed) {
-                        let wait = backoff(attempt, hint);
+                    let out_of_time = sink.max_retry.is_some_and(|m| first_try.elapsed() >= m);
+                    if status == Status::RETRY && !abandon.load(Relaxed) && !out_of_time {
+                        let wait = backoff(&sink.retry, attempt, hint, &mut jitter);
                         tracing::warn!(stage = %sink.name, error = %message, attempt, retry_in_ms = wait.as_millis() as u64, "Sink asked to retry the batch.");
                         attempt += 1;
                         std::thread::sleep(wait);
@@ -838,6 +991,12 @@ fn run_sink(pipeline: &str, mut sink: Stage, rx: Receiver<SinkJob>, downstream: 
                     if let Some(span) = span.as_mut() {
                         span.fail(&message);
                     }
+                    let message = if status == Status::RETRY && out_of_time {
+                        format!("gave up after {attempt} retries in {:.1} s: {message}", first_try.elapsed().as_secs_f64())
+                    } else {
+                        message
+                    };
+                    failed_all = true;
                     let reason = format!("{}: {message}", sink.name);
                     let mut o = job.tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
                     for (i, &origin) in job.origins.iter().enumerate() {
@@ -856,6 +1015,17 @@ fn run_sink(pipeline: &str, mut sink: Stage, rx: Receiver<SinkJob>, downstream: 
         });
         for d in &downstream {
             hand_on(d, &batch, &job, &refused, cx.as_ref().or(job.trace.as_ref()));
+        }
+        if let Some(dl) = &dead_letters {
+            let mut letters = Letters::default();
+            let outcome = if failed_all { "failed" } else { "rejected" };
+            for (i, why) in refused.iter().enumerate() {
+                if let Some(why) = why {
+                    let reason = why.strip_prefix(&format!("{}: ", sink.name)).unwrap_or(why);
+                    letters.add(&batch.get(i), job.origins[i], &sink.name, outcome, reason);
+                }
+            }
+            dl.send(letters, &job.tracker, cx.or(job.trace.clone()));
         }
         job.tracker.done();
     }

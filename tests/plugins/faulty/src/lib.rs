@@ -106,4 +106,47 @@ impl Transform for Stamp {
     }
 }
 
-weir_plugin::export_plugins!(transform PanicOn, transform Stamp, sink Slow);
+/// Config of `test-flaky`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlakyConfig {
+    /// A record containing this text is rejected with the reason `poison record`.
+    #[serde(default)]
+    pub reject_marker: Option<String>,
+    /// A batch with a record containing this text is answered `Retry` (an outage that never ends).
+    #[serde(default)]
+    pub outage_marker: Option<String>,
+}
+
+/// The `test-flaky` sink: rejects marked records, asks to retry marked batches, delivers nowhere.
+pub struct Flaky {
+    config: FlakyConfig,
+}
+
+fn contains(value: &[u8], marker: &Option<String>) -> bool {
+    marker.as_ref().is_some_and(|m| value.windows(m.len().max(1)).any(|w| w == m.as_bytes()))
+}
+
+impl Sink for Flaky {
+    type Config = FlakyConfig;
+    const NAME: &'static str = "test-flaky";
+    const DESCRIPTION: &'static str = "For Weir's tests: a sink that rejects or keeps retrying marked records.";
+
+    fn create(config: FlakyConfig, _ctx: Context) -> Result<Self, PluginError> {
+        Ok(Flaky { config })
+    }
+
+    fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
+        if batch.iter().any(|r| contains(r.value, &self.config.outage_marker)) {
+            return Err(PluginError::retry("the destination is down"));
+        }
+        for (i, r) in batch.iter().enumerate() {
+            if contains(r.value, &self.config.reject_marker) {
+                rejections.reject(i, "poison record");
+            }
+        }
+        Ok(())
+    }
+}
+
+weir_plugin::export_plugins!(transform PanicOn, transform Stamp, sink Slow, sink Flaky);

@@ -1,0 +1,124 @@
+//! Delivery on a bad day: dead letters (a poison record reaches the dead-letter sink with its
+//! reason while the rest flows) and retries that give up after their maximum duration.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn psql(sql: &str) -> String {
+    let out = Command::new("psql").args([PG, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().expect("psql");
+    assert!(out.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// `http` → `validate` (requires `id`) → `file` + `test-flaky` (rejects "poison"), with
+/// `dead_letter` as given.
+fn poison_pipeline(dir: &std::path::Path, port: u16, out: &std::path::Path, dead_letter: &str) {
+    std::fs::write(dir.join("event.schema.json"), r#"{"type":"object","required":["id"]}"#).unwrap();
+    write_pipeline(
+        dir,
+        "ingest",
+        &format!(
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms: [{{plugin: validate, config: {{schema: event.schema.json}}}}]\nsinks:\n  - {{plugin: file, config: {{path: {}}}}}\n  - {{plugin: test-flaky, config: {{reject_marker: poison}}}}\ndead_letter:\n{dead_letter}",
+            out.display()
+        ),
+    );
+}
+
+const BATCH: &str = r#"[{"id":1},{"nope":2},{"id":3,"x":"poison"},{"id":4}]"#;
+
+#[test]
+fn poison_records_reach_the_dead_letter_file_with_stage_and_reason_while_the_rest_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, dlq, port) = (dir.path().join("out.jsonl"), dir.path().join("dlq.jsonl"), free_port());
+    poison_pipeline(dir.path(), port, &out, &format!("  plugin: file\n  config: {{path: {}}}\n", dlq.display()));
+    let weir = Weir::start(dir.path(), &[], &[]);
+    let url = format!("http://127.0.0.1:{port}/produce");
+    let r = post_json(&url, BATCH);
+    assert_eq!(r.status, 200, "{r:?}");
+    let body = r.json();
+    assert_eq!(body["accepted"], 2, "{body}");
+    assert_eq!(body["rejected"].as_array().unwrap().len(), 2, "{body}");
+    // The answer came after the dead letters were written.
+    let letters = lines(&dlq);
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let validate = letters.iter().find(|l| l["stage"] == "validate").expect("the validate rejection");
+    assert_eq!(validate["record"], serde_json::json!({"nope": 2}));
+    assert_eq!(validate["outcome"], "rejected");
+    assert!(validate["reason"].as_str().unwrap().contains("\"id\" is a required property"), "{validate}");
+    assert!(validate["time"].as_str().unwrap().starts_with("20"), "{validate}");
+    assert_eq!(validate["headers"]["http.client_ip"], "127.0.0.1");
+    let flaky = letters.iter().find(|l| l["stage"] == "test-flaky").expect("the sink's rejection");
+    assert_eq!(flaky["record"], serde_json::json!({"id": 3, "x": "poison"}));
+    assert_eq!(flaky["reason"], "poison record");
+    // The rest flows: the file sink has every valid record, and more keep coming.
+    assert_eq!(lines(&out).iter().map(|l| l["id"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 3, 4]);
+    assert_eq!(post_json(&url, r#"{"id":5}"#).status, 200);
+    assert_eq!(weir.metric(r#"weir_stage_records_out_total{pipeline="ingest",stage="dead_letter",plugin="file"}"#), Some(2.0));
+    assert_eq!(weir.metric(r#"weir_pipeline_records_total{pipeline="ingest",stage="http",plugin="http",outcome="rejected"}"#), Some(2.0));
+}
+
+#[test]
+fn dead_letters_can_go_to_a_postgresql_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, port) = (dir.path().join("out.jsonl"), free_port());
+    let table = format!("public.weir_dead_letters_{}", free_port());
+    psql(&format!("DROP TABLE IF EXISTS {table}"));
+    poison_pipeline(
+        dir.path(),
+        port,
+        &out,
+        &format!(
+            "  plugin: postgres\n  config:\n    url: \"{PG}\"\n    table: {table}\n    create: true\n    columns:\n      - {{name: stage, type: TEXT NOT NULL, from: /stage}}\n      - {{name: reason, type: TEXT NOT NULL, from: /reason}}\n      - {{name: record, type: JSONB NOT NULL, from: /record}}\n      - {{name: failed_at, type: TIMESTAMPTZ NOT NULL, from: /time}}\n"
+        ),
+    );
+    let _weir = Weir::start(dir.path(), &[], &[]);
+    assert_eq!(post_json(&format!("http://127.0.0.1:{port}/produce"), BATCH).status, 200);
+    let rows = psql(&format!("SELECT stage, reason, record::text FROM {table} ORDER BY stage DESC"));
+    let rows: Vec<&str> = rows.lines().collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows[0].starts_with("validate|") && rows[0].ends_with(r#"|{"nope": 2}"#), "{rows:?}");
+    assert_eq!(rows[1], r#"test-flaky|poison record|{"x": "poison", "id": 3}"#);
+    psql(&format!("DROP TABLE IF EXISTS {table}"));
+}
+
+#[test]
+fn a_sink_that_keeps_asking_to_retry_gives_up_after_its_maximum_duration_into_the_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dlq, port) = (dir.path().join("dlq.jsonl"), free_port());
+    write_pipeline(
+        dir.path(),
+        "ingest",
+        &format!(
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\nsinks:\n  - plugin: test-flaky\n    config: {{outage_marker: down}}\n    retry: {{initial_backoff_ms: 20, max_backoff_ms: 200, max_duration: 1500ms}}\ndead_letter: {{plugin: file, config: {{path: {}}}}}\n",
+            dlq.display()
+        ),
+    );
+    let weir = Weir::start(dir.path(), &[], &[]);
+    let url = format!("http://127.0.0.1:{port}/produce");
+    let started = Instant::now();
+    let r = post_json(&url, r#"{"id":"a","status":"down"}"#);
+    let took = started.elapsed();
+    assert_eq!(r.status, 500, "{r:?}");
+    assert!(r.body.contains("gave up after") && r.body.contains("the destination is down"), "{}", r.body);
+    assert!(took >= Duration::from_millis(1500), "gave up after {took:?}");
+    let letters = lines(&dlq);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["outcome"], "failed");
+    assert_eq!(letters[0]["record"]["id"], "a");
+    assert!(letters[0]["reason"].as_str().unwrap().starts_with("gave up after"), "{}", letters[0]);
+    // Retried with backoff, not in a tight loop: from 20 ms doubling to 200 ms, about 10 tries.
+    let errors = weir.metric(r#"weir_stage_errors_total{pipeline="ingest",stage="test-flaky",plugin="test-flaky"}"#).unwrap();
+    assert!((5.0..=40.0).contains(&errors), "{errors} tries");
+    // The sink is free again for what comes next.
+    assert_eq!(post_json(&url, r#"{"id":"b"}"#).status, 200);
+}
