@@ -904,23 +904,6 @@ fn backoff(retry: &RetrySpec, attempt: u32, hint_ms: u64, jitter: &mut Jitter) -
     Duration::from_millis(((full as f64) * (0.5 + 0.5 * jitter.next())) as u64)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter_and_follows_hints() {
-        let retry = RetrySpec { initial_backoff_ms: 100, max_backoff_ms: 1000, max_duration: None };
-        let mut j = Jitter::new();
-        for (attempt, full) in [(0, 100), (1, 200), (2, 400), (3, 800), (4, 1000), (40, 1000)] {
-            let waits: Vec<u64> = (0..50).map(|_| backoff(&retry, attempt, 0, &mut j).as_millis() as u64).collect();
-            assert!(waits.iter().all(|w| *w >= full / 2 && *w <= full), "attempt {attempt}: {waits:?}");
-            assert!(waits.iter().any(|w| *w != waits[0]), "jittered: {waits:?}");
-        }
-        assert_eq!(backoff(&retry, 3, 250, &mut j), Duration::from_millis(250));
-    }
-}
-
 /// Delivers batches to one sink, retrying when it asks to, then hands what it delivered
 /// or refused to the sinks that run after it.
 fn run_sink(
@@ -1033,5 +1016,22 @@ fn run_sink(
         if let Err(e) = inst.stop() {
             tracing::warn!(stage = %sink.name, error = %e, "Sink did not stop cleanly.");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_and_follows_hints() {
+        let retry = RetrySpec { initial_backoff_ms: 100, max_backoff_ms: 1000, max_duration: None };
+        let mut j = Jitter::new();
+        for (attempt, full) in [(0, 100), (1, 200), (2, 400), (3, 800), (4, 1000), (40, 1000)] {
+            let waits: Vec<u64> = (0..50).map(|_| backoff(&retry, attempt, 0, &mut j).as_millis() as u64).collect();
+            assert!(waits.iter().all(|w| *w >= full / 2 && *w <= full), "attempt {attempt}: {waits:?}");
+            assert!(waits.iter().any(|w| *w != waits[0]), "jittered: {waits:?}");
+        }
+        assert_eq!(backoff(&retry, 3, 250, &mut j), Duration::from_millis(250));
     }
 }
