@@ -122,3 +122,26 @@ fn a_sink_that_keeps_asking_to_retry_gives_up_after_its_maximum_duration_into_th
     // The sink is free again for what comes next.
     assert_eq!(post_json(&url, r#"{"id":"b"}"#).status, 200);
 }
+
+#[test]
+fn a_dedupe_window_in_redis_survives_a_sigkill_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, port) = (dir.path().join("out.jsonl"), free_port());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    write_pipeline(
+        dir.path(),
+        "ingest",
+        &format!(
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms:\n  - plugin: dedupe\n    config: {{fields: [/id], store: \"redis://127.0.0.1:6379\", key_prefix: \"weir:e2e:{nanos}:\"}}\nsinks: [{{plugin: file, config: {{path: {}}}}}]\n",
+            out.display()
+        ),
+    );
+    let url = format!("http://127.0.0.1:{port}/produce");
+    let mut weir = Weir::start(dir.path(), &[], &[]);
+    assert_eq!(post_json(&url, r#"[{"id":1},{"id":2}]"#).json()["accepted"], 2);
+    weir.kill();
+    let _weir = Weir::start(dir.path(), &[], &[]);
+    let r = post_json(&url, r#"[{"id":2},{"id":3}]"#).json();
+    assert_eq!((r["accepted"].clone(), r["duplicates"].clone()), (1.into(), 1.into()), "{r}");
+    assert_eq!(lines(&out).iter().map(|l| l["id"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
+}

@@ -408,3 +408,43 @@ fn reloads_hand_the_partitions_over_with_nothing_lost() {
     println!("produced {produced}; written {written}; duplicates {}", written - produced);
     assert!(written - produced <= 5 * 64 * 100, "{} duplicates", written - produced);
 }
+
+#[test]
+fn three_instances_in_one_group_share_the_partitions_and_one_killed_loses_nothing() {
+    let broker = Broker::persistent();
+    broker.create_topic("shared", 6);
+    let batch = |from: u64| {
+        let values: Vec<String> = (from..from + 1500).map(|i| format!(r#"{{"id":{i}}}"#)).collect();
+        let keyed: Vec<(Option<String>, &str)> =
+            values.iter().enumerate().map(|(i, v)| (Some(format!("k{}", i % 12)), v.as_str())).collect();
+        let refs: Vec<(Option<&str>, &str)> = keyed.iter().map(|(k, v)| (k.as_deref(), *v)).collect();
+        produce(&broker, "shared", &refs);
+    };
+    batch(0);
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let outs: Vec<std::path::PathBuf> = dirs.iter().map(|d| d.path().join("out.jsonl")).collect();
+    for (d, out) in dirs.iter().zip(&outs) {
+        consumer_pipeline(d.path(), &broker, "shared", out, "");
+    }
+    let mut instances: Vec<Weir> = dirs.iter().map(|d| Weir::start(d.path(), &["--no-watch"], &[])).collect();
+    let ids = || -> Vec<u64> {
+        outs.iter().flat_map(|o| lines(o)).map(|l| serde_json::from_str::<serde_json::Value>(&l).unwrap()["id"].as_u64().unwrap()).collect()
+    };
+    wait_for("the first records", Duration::from_secs(60), || ids().len() >= 300);
+    instances[0].kill();
+    batch(1500);
+    let total = 3000u64;
+    let mut seen = HashSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while seen.len() as u64 != total {
+        assert!(std::time::Instant::now() < deadline, "{} of {total} records after one instance was killed", seen.len());
+        std::thread::sleep(Duration::from_millis(100));
+        seen = ids().into_iter().collect();
+    }
+    let per_instance: Vec<usize> = outs.iter().map(|o| lines(o).len()).collect();
+    assert!(per_instance[1] + per_instance[2] > 0, "the survivors took over: {per_instance:?}");
+    let duplicates = ids().len() as u64 - total;
+    println!("records per instance {per_instance:?}; duplicates {duplicates}");
+    assert!(duplicates <= 64 * 100 + 6 * 100, "{duplicates} duplicates");
+    drop(instances);
+}

@@ -5,6 +5,10 @@
 //! the pipeline, the new version's `dedupe` stage (same pipeline and stage name) takes over
 //! the window of the old one, which it shares while both run, so no duplicate slips
 //! through a reload.
+//!
+//! With `store: redis://…` the window lives in Redis instead (one key per record key, with
+//! the window as its expiry), so it survives restarts and is shared by every host whose
+//! pipeline and stage have the same names.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -24,9 +28,69 @@ pub struct DedupeConfig {
     /// How long a key is remembered after it is first seen (`30s`, `10m`, `1h`).
     #[serde(default = "default_window")]
     pub window: String,
-    /// Most keys remembered; when full the oldest is forgotten first (counted).
+    /// Most keys remembered; when full the oldest is forgotten first (counted). In memory only.
     #[serde(default = "default_max_entries")]
     pub max_entries: NonZeroUsize,
+    /// Where the window lives: `memory` (default; kept across reloads, not restarts) or a
+    /// Redis URL such as `redis://127.0.0.1:6379/0` (kept across restarts, shared by hosts).
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// Redis only: prefix of the keys; defaults to `weir:dedupe:<pipeline>:<stage>:`.
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+}
+
+fn default_store() -> String {
+    "memory".into()
+}
+
+/// The window in Redis: `SET <prefix><digest> 1 NX PX <window>` per record, one round trip
+/// per batch.
+struct Redis {
+    client: redis::Client,
+    connection: Option<redis::Connection>,
+    prefix: String,
+    /// The URL without its password, for messages.
+    shown: String,
+}
+
+impl Redis {
+    /// For each digest, whether it was seen within `window`; remembers the new ones.
+    fn check(&mut self, digests: &[Digest], window: Duration) -> Result<Vec<bool>, PluginError> {
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for d in digests {
+            pipe.cmd("SET").arg(format!("{}{d:032x}", self.prefix)).arg(1).arg("NX").arg("PX").arg(window.as_millis().max(1) as u64);
+        }
+        let connection = match self.connection.as_mut() {
+            Some(c) => c,
+            None => {
+                let c = self
+                    .client
+                    .get_connection_with_timeout(Duration::from_secs(2))
+                    .map_err(|e| PluginError::retry(format!("dedupe store {} unreachable: {e}", self.shown)))?;
+                let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
+                self.connection.insert(c)
+            }
+        };
+        match pipe.query::<Vec<Option<String>>>(connection) {
+            Ok(set) => Ok(set.into_iter().map(|r| r.is_none()).collect()),
+            Err(e) => {
+                self.connection = None;
+                Err(PluginError::retry(format!("dedupe store {} failed: {e}", self.shown)))
+            }
+        }
+    }
+}
+
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
 }
 
 fn default_window() -> String {
@@ -69,6 +133,7 @@ pub struct Dedupe {
     window: Duration,
     max: usize,
     keys: Arc<Mutex<Window>>,
+    redis: Option<Redis>,
     ctx: Context,
 }
 
@@ -142,6 +207,14 @@ impl Transform for Dedupe {
         if let Some(f) = config.fields.iter().find(|f| !f.starts_with('/')) {
             return Err(PluginError::config(format!("field {f:?} must be a JSON pointer such as \"/{f}\"")));
         }
+        if config.store != "memory" {
+            redis::Client::open(config.store.as_str()).map_err(|e| {
+                PluginError::config(format!(
+                    "store {:?} is neither `memory` nor a Redis URL such as redis://127.0.0.1:6379: {e}",
+                    redacted(&config.store)
+                ))
+            })?;
+        }
         Ok(())
     }
 
@@ -151,16 +224,21 @@ impl Transform for Dedupe {
         if taken > 0 {
             ctx.info(&format!("Took over the window of the previous version: {taken} keys."));
         }
-        Ok(Dedupe { window: window(&config)?, fields: config.fields, max: config.max_entries.get(), keys, ctx })
+        let redis = match config.store.as_str() {
+            "memory" => None,
+            url => {
+                let client = redis::Client::open(url).map_err(|e| PluginError::config(format!("store {}: {e}", redacted(url))))?;
+                let prefix = config.key_prefix.clone().unwrap_or_else(|| format!("weir:dedupe:{}:{}:", ctx.pipeline(), ctx.stage()));
+                ctx.info(&format!("Dedupe window in {} under {prefix}*.", redacted(url)));
+                Some(Redis { client, connection: None, prefix, shown: redacted(url) })
+            }
+        };
+        Ok(Dedupe { window: window(&config)?, fields: config.fields, max: config.max_entries.get(), keys, redis, ctx })
     }
 
     fn process(&mut self, input: &BatchRef<'_>, out: &mut Output) -> Result<(), PluginError> {
-        let now = Instant::now();
-        let (window, max) = (self.window, self.max);
-        let keys = self.keys.clone();
-        let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
-        keys.expire(now, window);
-        let (mut duplicates, mut evicted) = (0, 0);
+        // Each record's key digest; None for a record without key fields (always passes).
+        let mut digests: Vec<(usize, Option<Digest>)> = Vec::with_capacity(input.len());
         for (i, record) in input.iter().enumerate() {
             let value: Value = match serde_json::from_slice(record.value) {
                 Ok(v) => v,
@@ -170,16 +248,32 @@ impl Transform for Dedupe {
                 }
             };
             let parts: Vec<Option<&Value>> = self.fields.iter().map(|f| value.pointer(f)).collect();
-            if parts.iter().all(Option::is_none) {
-                out.pass(i, &record);
-                continue;
-            }
-            let (seen, forgotten) = keys.check(digest(&parts), now, max);
-            evicted += forgotten;
+            digests.push((i, (!parts.iter().all(Option::is_none)).then(|| digest(&parts))));
+        }
+        let (window, max) = (self.window, self.max);
+        let keys = self.keys.clone();
+        let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut duplicates, mut evicted) = (0, 0);
+        let mut seen_in_store = match self.redis.as_mut() {
+            Some(r) => Some(r.check(&digests.iter().filter_map(|d| d.1).collect::<Vec<_>>(), window)?.into_iter()),
+            None => None,
+        };
+        let now = Instant::now();
+        keys.expire(now, window);
+        for (i, d) in digests {
+            let seen = match (d, seen_in_store.as_mut()) {
+                (None, _) => false,
+                (Some(_), Some(store)) => store.next().unwrap_or(false),
+                (Some(d), None) => {
+                    let (seen, forgotten) = keys.check(d, now, max);
+                    evicted += forgotten;
+                    seen
+                }
+            };
             if seen {
                 duplicates += 1;
             } else {
-                out.pass(i, &record);
+                out.pass(i, &input.get(i));
             }
         }
         if duplicates > 0 {
@@ -249,6 +343,32 @@ mod tests {
         assert_eq!(run_transform(&mut fresh, &json_batch([r#"{"id":1}"#])).unwrap().batch.len(), 1, "no version held it");
         let mut elsewhere: Dedupe = MockHost::for_pipeline("other").transform(serde_json::json!({"fields": ["/id"]})).unwrap();
         assert_eq!(run_transform(&mut elsewhere, &json_batch([r#"{"id":1}"#])).unwrap().batch.len(), 1, "windows are per pipeline");
+    }
+
+    #[test]
+    fn a_redis_window_outlives_the_instance_and_is_shared() {
+        // The machine's Redis at 127.0.0.1:6379; a prefix of this test's own.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let prefix = format!("weir:test:{}:{nanos}:", std::process::id());
+        let config = serde_json::json!({"fields": ["/id"], "store": "redis://127.0.0.1:6379", "key_prefix": prefix});
+        let mut first: Dedupe = MockHost::for_pipeline("redis-a").transform(config.clone()).unwrap();
+        let out = run_transform(&mut first, &json_batch([r#"{"id":1}"#, r#"{"id":2}"#, r#"{"id":1}"#, r#"{"x":0}"#])).unwrap();
+        assert_eq!(out.batch.origins(), &[0, 1, 3], "a repeat within one batch is caught too");
+        drop(first);
+        // Another instance (a restart, or another host) sees the same window.
+        let mut second: Dedupe = MockHost::for_pipeline("redis-b").transform(config).unwrap();
+        let out = run_transform(&mut second, &json_batch([r#"{"id":2}"#, r#"{"id":3}"#])).unwrap();
+        assert_eq!(out.batch.origins(), &[1]);
+    }
+
+    #[test]
+    fn an_unreachable_redis_fails_the_batch_with_a_retry_and_hides_the_password() {
+        let config = serde_json::json!({"fields": ["/id"], "store": "redis://user:s3cret@127.0.0.1:1"});
+        let mut t: Dedupe = MockHost::for_pipeline("redis-down").transform(config).unwrap();
+        let err = run_transform(&mut t, &json_batch([r#"{"id":1}"#])).unwrap_err().to_string();
+        assert!(err.contains("dedupe store redis://***@127.0.0.1:1 unreachable"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        assert!(MockHost::new().transform::<Dedupe>(serde_json::json!({"fields": ["/id"], "store": "disk"})).is_err());
     }
 
     #[test]
