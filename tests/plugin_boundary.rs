@@ -157,3 +157,39 @@ fn two_pipeline_files_with_one_name_start_only_the_first() {
     let logs = weir.logs();
     assert!(logs.contains("b.yaml:1:1: name: pipeline name \"ingest\" is also used by"), "{logs}");
 }
+
+#[test]
+fn a_stage_that_keeps_panicking_is_restarted_with_backoff_and_marks_only_its_pipeline_failed_until_it_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bad, good) = (free_port(), free_port());
+    write_pipeline(
+        dir.path(),
+        "bad",
+        &format!("source: {{plugin: http, config: {{listen: \"127.0.0.1:{bad}\"}}}}\ntransforms: [{{plugin: test-panic, config: {{marker: boom}}}}]\nsinks: [{{plugin: discard}}]\n"),
+    );
+    write_pipeline(
+        dir.path(),
+        "good",
+        &format!("source: {{plugin: http, config: {{listen: \"127.0.0.1:{good}\"}}}}\nsinks: [{{plugin: discard}}]\n"),
+    );
+    let weir = Weir::start(dir.path(), &[], &[]);
+    let (bad_url, good_url) = (format!("http://127.0.0.1:{bad}/produce"), format!("http://127.0.0.1:{good}/produce"));
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        assert_eq!(post_json(&bad_url, r#"{"x":"boom"}"#).status, 500);
+        assert_eq!(post_json(&good_url, r#"{"x":1}"#).status, 200, "the other pipeline is unaffected");
+    }
+    // Re-created before the 2nd to 5th batch after 100, 200, 400 and 800 ms.
+    assert!(started.elapsed() >= Duration::from_millis(1500), "restarted without backoff: {:?}", started.elapsed());
+    let p = weir.get_json("/pipelines/bad");
+    assert_eq!(p["state"], "failed", "{p}");
+    assert!(p["error"].as_str().unwrap().contains("stage test-panic failed 5 times in a row"), "{p}");
+    let health = curl("GET", &weir.url("/health"), None, None);
+    assert_eq!(health.status, 503);
+    assert_eq!(health.json()["pipelines"], serde_json::json!({"bad": "failed", "good": "running"}));
+    assert_eq!(weir.metric(r#"weir_pipeline_up{pipeline="bad",state="failed"}"#), Some(0.0));
+    // It recovers by itself once batches go through again.
+    assert_eq!(post_json(&bad_url, r#"{"x":"fine"}"#).status, 200);
+    assert_eq!(weir.get_json("/pipelines/bad")["state"], "running");
+    assert_eq!(curl("GET", &weir.url("/health"), None, None).status, 200);
+}

@@ -94,5 +94,15 @@ async fn control(
 }
 
 async fn metrics(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
+    {
+        // A pipeline whose stage keeps failing shows as failed in `weir_pipeline_up` too.
+        let pipelines = host.pipelines();
+        let mut states = host.metrics.pipeline_states.lock().unwrap_or_else(|p| p.into_inner());
+        for p in &pipelines {
+            if let Some(state) = states.get_mut(&p.name) {
+                *state = p.state().0.name().into();
+            }
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], host.metrics.render())
 }

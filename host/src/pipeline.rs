@@ -180,6 +180,7 @@ pub struct Pipeline {
     threads: Mutex<Vec<JoinHandle<()>>>,
     abandon: Arc<AtomicBool>,
     acknowledge: Acknowledge,
+    health: Arc<Health>,
 }
 
 /// Everything measured per source record while its batch moves through the pipeline.
@@ -377,6 +378,21 @@ impl QueueIntake {
     }
 }
 
+/// Stages that keep failing, reported to their pipeline: it shows as failed (with why)
+/// until they succeed again.
+#[derive(Default)]
+struct Health {
+    failing: Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+/// Consecutive failed calls after which a stage marks its pipeline failed.
+const FAILED_AFTER: u32 = 5;
+
+/// Wait before re-creating a stage after its `failures`-th failure in a row.
+fn restart_backoff(failures: u32) -> Duration {
+    Duration::from_millis((100u64 << failures.saturating_sub(1).min(10)).min(10_000))
+}
+
 /// A stage the host can re-create after a panic.
 struct Stage {
     name: String,
@@ -388,11 +404,40 @@ struct Stage {
     /// Sinks: how retries wait, and for how long a batch is retried at most.
     retry: RetrySpec,
     max_retry: Option<Duration>,
+    /// Failed calls in a row (panics, errors, failed re-creations; not retries).
+    failures: u32,
+    health: Arc<Health>,
 }
 
 impl Stage {
+    /// Counts a failed call; the fifth in a row marks the pipeline failed.
+    fn failed(&mut self, message: &str) {
+        self.failures += 1;
+        if self.failures >= FAILED_AFTER {
+            if self.failures == FAILED_AFTER {
+                tracing::error!(stage = %self.name, failures = self.failures, error = %message, "Stage keeps failing; its pipeline is marked failed until it recovers.");
+            }
+            let why = format!("stage {} failed {} times in a row; last: {message}", self.name, self.failures);
+            self.health.failing.lock().unwrap_or_else(|p| p.into_inner()).insert(self.name.clone(), why);
+        }
+    }
+
+    /// Counts a successful call, clearing a failure streak.
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            self.failures = 0;
+            if self.health.failing.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.name).is_some() {
+                tracing::info!(stage = %self.name, "Stage recovered.");
+            }
+        }
+    }
+
     fn instance(&mut self) -> Result<&mut Instance, String> {
         if self.instance.is_none() {
+            // Restart with backoff: a stage that panics on every batch does not spin.
+            if self.failures > 0 {
+                std::thread::sleep(restart_backoff(self.failures));
+            }
             let inst =
                 Instance::create(&self.plugin, &self.config, self.host).map_err(|e| format!("could not re-create the stage: {e}"))?;
             tracing::info!(stage = %self.name, "Stage re-created after a panic.");
@@ -424,6 +469,7 @@ impl Pipeline {
             threads: Mutex::new(Vec::new()),
             abandon: Arc::default(),
             acknowledge: Acknowledge::default(),
+            health: Arc::default(),
         }
     }
 
@@ -437,6 +483,7 @@ impl Pipeline {
         let base_dir = base_dir.canonicalize().unwrap_or_else(|_| base_dir.to_path_buf());
         let mut infos = Vec::new();
         let mut built: Vec<(String, Stage)> = Vec::new();
+        let health = Arc::new(Health::default());
         for (pointer, spec) in file.stages() {
             let plugin = registry.get(&spec.plugin, kind_at(&pointer))?.clone();
             let name = stage_name(&pointer, spec);
@@ -464,7 +511,21 @@ impl Pipeline {
                 lib: plugin.library.clone(),
                 metrics: m.clone(),
             });
-            built.push((pointer, Stage { name, plugin, config, host, metrics: m, instance: Some(instance), retry, max_retry }));
+            built.push((
+                pointer,
+                Stage {
+                    name,
+                    plugin,
+                    config,
+                    host,
+                    metrics: m,
+                    instance: Some(instance),
+                    retry,
+                    max_retry,
+                    failures: 0,
+                    health: health.clone(),
+                },
+            ));
         }
         let settings = &file.spec.settings;
         let abandon = Arc::new(AtomicBool::new(false));
@@ -571,11 +632,21 @@ impl Pipeline {
             threads: Mutex::new(threads),
             abandon,
             acknowledge: ack_mode,
+            health,
         })
     }
 
-    /// The pipeline's state.
+    /// The pipeline's state: failed, with why, while one of its stages keeps failing.
     pub fn state(&self) -> (State, Option<String>) {
+        let failing = self.health.failing.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect::<Vec<_>>();
+        match self.lifecycle() {
+            (State::Running, _) if !failing.is_empty() => (State::Failed, Some(failing.join("; "))),
+            other => other,
+        }
+    }
+
+    /// Where the pipeline is in its life (running even while a stage keeps failing).
+    fn lifecycle(&self) -> (State, Option<String>) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.0 == State::Running && self.intake.as_ref().is_some_and(|i| i.finished.load(Relaxed)) {
             let done = self.threads.lock().unwrap_or_else(|p| p.into_inner()).iter().all(|t| t.is_finished());
@@ -591,7 +662,7 @@ impl Pipeline {
     /// `timeout`, sinks still retrying give up and their records are acknowledged as failed.
     pub fn stop(&self, timeout: Duration, metrics: &Metrics) {
         {
-            let current = self.state().0;
+            let current = self.lifecycle().0;
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             if !matches!(current, State::Running | State::Finished) {
                 return;
@@ -663,7 +734,7 @@ impl Pipeline {
     /// Returns false when the pipeline is not running.
     pub fn set_paused(&self, paused: bool) -> bool {
         match &self.intake {
-            Some(i) if self.state().0 == State::Running => {
+            Some(i) if self.lifecycle().0 == State::Running => {
                 i.paused.store(paused, Relaxed);
                 tracing::info!(pipeline = %self.name, "Pipeline {}.", if paused { "paused" } else { "resumed" });
                 true
@@ -779,6 +850,7 @@ fn run_transforms(
                     }
                     origins = out_origins.iter().map(|&o| origins[o as usize]).collect();
                     current = Current::Plugin(out);
+                    stage.succeeded();
                 }
                 Err((poisoned, message)) => {
                     stage.metrics.errors.fetch_add(1, Relaxed);
@@ -786,6 +858,7 @@ fn run_transforms(
                     if poisoned {
                         stage.poison();
                     }
+                    stage.failed(&message);
                     if let Some(span) = span.as_mut() {
                         span.fail(&message);
                     }
@@ -955,12 +1028,17 @@ fn run_sink(
                         o.set(job.origins[i], outcome::REJECTED, reason.clone());
                         refused[i] = Some(reason);
                     }
+                    drop(o);
+                    sink.succeeded();
                     break;
                 }
                 Err((status, message, hint)) => {
                     sink.metrics.errors.fetch_add(1, Relaxed);
                     if matches!(status, Status::PANICKED | Status::POISONED) {
                         sink.poison();
+                    }
+                    if status != Status::RETRY {
+                        sink.failed(&message);
                     }
                     let out_of_time = sink.max_retry.is_some_and(|m| first_try.elapsed() >= m);
                     if status == Status::RETRY && !abandon.load(Relaxed) && !out_of_time {
