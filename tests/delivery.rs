@@ -145,3 +145,26 @@ fn a_dedupe_window_in_redis_survives_a_sigkill_and_restart() {
     assert_eq!((r["accepted"].clone(), r["duplicates"].clone()), (1.into(), 1.into()), "{r}");
     assert_eq!(lines(&out).iter().map(|l| l["id"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
 }
+
+#[test]
+fn the_http_source_can_answer_on_acceptance_and_refusals_still_reach_the_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, dlq, port) = (dir.path().join("out.jsonl"), dir.path().join("dlq.jsonl"), free_port());
+    std::fs::write(dir.path().join("event.schema.json"), r#"{"type":"object","required":["id"]}"#).unwrap();
+    write_pipeline(
+        dir.path(),
+        "ingest",
+        &format!(
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\", respond_after: accepted}}}}\ntransforms: [{{plugin: validate, config: {{schema: event.schema.json}}}}]\nsinks: [{{plugin: file, config: {{path: {}}}}}]\ndead_letter: {{plugin: file, config: {{path: {}}}}}\n",
+            out.display(),
+            dlq.display()
+        ),
+    );
+    let _weir = Weir::start(dir.path(), &[], &[]);
+    let r = post_json(&format!("http://127.0.0.1:{port}/produce"), r#"[{"id":1},{"nope":2}]"#);
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(r.json(), serde_json::json!({"success": true, "queued": 2}));
+    wait_for("the accepted event delivered", Duration::from_secs(5), || lines(&out).len() == 1);
+    wait_for("the refused one dead-lettered", Duration::from_secs(5), || lines(&dlq).len() == 1);
+    assert_eq!(lines(&dlq)[0]["record"], serde_json::json!({"nope": 2}));
+}

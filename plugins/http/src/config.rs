@@ -35,6 +35,23 @@ pub struct HttpConfig {
     /// Take the client IP from `X-Forwarded-For` (only behind a proxy you trust).
     #[serde(default)]
     pub trust_forwarded_for: bool,
+    /// When to answer: `delivered` (default) waits for the pipeline's acknowledgement and
+    /// reports each event's outcome (with the pipeline's `acknowledge: delivered`, a 200 means
+    /// every sink has the events); `accepted` answers 202 as soon as the pipeline has queued
+    /// the request, without outcomes (rejections then go to the dead-letter sink).
+    #[serde(default)]
+    pub respond_after: RespondAfter,
+}
+
+/// When the `http` source answers a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RespondAfter {
+    /// After the pipeline's acknowledgement, with every event's outcome.
+    #[default]
+    Delivered,
+    /// As soon as the pipeline queued the events (202).
+    Accepted,
 }
 
 fn default_listen() -> String {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use weir_plugin::serde_json::{self, json, value::RawValue, Value};
 use weir_plugin::{Ack, BatchBuf, Context, EmitError, Emitter, Head, Outcome, PluginError, Source};
 
-use crate::config::HttpConfig;
+use crate::config::{HttpConfig, RespondAfter};
 
 /// The `http` source.
 pub struct HttpSource {
@@ -244,7 +244,16 @@ async fn produce(State(shared): State<Arc<Shared>>, ConnectInfo(peer): ConnectIn
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(config.retry_after_secs));
         r
     };
-    let ack = match tokio::time::timeout(Duration::from_millis(config.ack_timeout_ms), offer(&shared, &batch)).await {
+    if config.respond_after == RespondAfter::Accepted {
+        return match offer(&shared, || std::future::ready(shared.emitter.emit(&batch.as_ref(), |_| {}))).await {
+            Ok(()) => json_response(StatusCode::ACCEPTED, json!({ "success": true, "queued": events.len() })),
+            Err(EmitError::Full) => busy("the pipeline is full; retry later".into()),
+            Err(e) => busy(format!("the pipeline is not taking events: {e}")),
+        };
+    }
+    let view = batch.as_ref();
+    let sent = offer(&shared, || shared.emitter.send(&view));
+    let ack = match tokio::time::timeout(Duration::from_millis(config.ack_timeout_ms), sent).await {
         Ok(Ok(ack)) => ack,
         Ok(Err(EmitError::Full)) => return busy("the pipeline is full; retry later".into()),
         Ok(Err(e)) => return busy(format!("the pipeline is not taking events: {e}")),
@@ -262,12 +271,16 @@ async fn produce(State(shared): State<Arc<Shared>>, ConnectInfo(peer): ConnectIn
     }
 }
 
-/// Offers the batch, waiting up to the configured time while the pipeline is full.
-async fn offer(shared: &Shared, batch: &BatchBuf) -> Result<Ack, EmitError> {
+/// Offers a batch with `try_once`, trying again for up to the configured time while the
+/// pipeline is full.
+async fn offer<T, F: std::future::Future<Output = Result<T, EmitError>>>(
+    shared: &Shared,
+    mut try_once: impl FnMut() -> F,
+) -> Result<T, EmitError> {
     let deadline = Instant::now() + Duration::from_millis(shared.config.backpressure_wait_ms);
     let mut pause = Duration::from_millis(1);
     loop {
-        match shared.emitter.send(&batch.as_ref()).await {
+        match try_once().await {
             Err(EmitError::Full) if Instant::now() < deadline => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(50));
