@@ -168,3 +168,73 @@ fn the_http_source_can_answer_on_acceptance_and_refusals_still_reach_the_dead_le
     wait_for("the refused one dead-lettered", Duration::from_secs(5), || lines(&dlq).len() == 1);
     assert_eq!(lines(&dlq)[0]["record"], serde_json::json!({"nope": 2}));
 }
+
+#[test]
+fn a_full_drop_newest_buffer_drops_and_counts_for_its_sink_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, port) = (dir.path().join("out.jsonl"), free_port());
+    write_pipeline(
+        dir.path(),
+        "ingest",
+        &format!(
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\nsinks:\n  - plugin: test-slow\n    config: {{delay_ms: 200}}\n    buffer: {{max_events: 20, when_full: drop_newest}}\n  - plugin: file\n    config: {{path: {}}}\nsettings: {{acknowledge: accepted}}\n",
+            out.display()
+        ),
+    );
+    let weir = Weir::start(dir.path(), &[], &[]);
+    let url = format!("http://127.0.0.1:{port}/produce");
+    for n in 0..30 {
+        let events: Vec<String> = (0..10).map(|i| format!(r#"{{"id":{}}}"#, n * 10 + i)).collect();
+        assert_eq!(post_json(&url, &format!("[{}]", events.join(","))).status, 200);
+    }
+    wait_for("the file sink to have every event", Duration::from_secs(10), || lines(&out).len() == 300);
+    let slow = r#"{pipeline="ingest",stage="test-slow",plugin="test-slow"}"#;
+    let mut dropped = 0.0;
+    wait_for("the slow sink to finish", Duration::from_secs(20), || {
+        dropped = weir.metric(&format!("weir_stage_records_dropped_total{slow}")).unwrap_or_default();
+        let taken = weir.metric(&format!("weir_stage_records_in_total{slow}")).unwrap_or_default();
+        taken + dropped == 300.0 && weir.metric(&format!("weir_stage_queue_depth{slow}")) == Some(0.0)
+    });
+    assert!(dropped >= 100.0, "the slow sink dropped {dropped} of 300");
+}
+
+#[test]
+fn a_full_blocking_buffer_pushes_back_to_503_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_pipeline(
+        dir.path(),
+        "ingest",
+        &format!(
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\", backpressure_wait_ms: 0}}}}\nsinks:\n  - plugin: test-slow\n    config: {{delay_ms: 300}}\n    buffer: {{max_bytes: 200}}\nsettings: {{acknowledge: accepted, queue_batches: 1}}\n"
+        ),
+    );
+    let weir = Weir::start(dir.path(), &[], &[]);
+    let url = format!("http://127.0.0.1:{port}/produce");
+    let body = format!("[{}]", (0..10).map(|i| format!(r#"{{"id":{i},"pad":"{}"}}"#, "x".repeat(10))).collect::<Vec<_>>().join(","));
+    // Ten clients at once against a sink that takes 300 ms per batch and a buffer of 200 bytes.
+    let clients: Vec<_> = (0..10)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            std::thread::spawn(move || post_json(&url, &body))
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for c in clients {
+        let r = c.join().unwrap();
+        if r.status == 503 {
+            assert!(r.headers.to_ascii_lowercase().contains("retry-after:"), "{r:?}");
+        }
+        statuses.push(r.status);
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert!(statuses.contains(&503), "pushed back while full: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "{statuses:?}");
+    // Room again once the sink catches up, with nothing accepted lost.
+    wait_for("an accepted request after the backlog", Duration::from_secs(10), || post_json(&url, &body).status == 200);
+    let slow = r#"{pipeline="ingest",stage="test-slow",plugin="test-slow"}"#;
+    wait_for("every accepted event at the sink", Duration::from_secs(10), || {
+        weir.metric(&format!("weir_stage_records_out_total{slow}")) == Some(((ok + 1) * 10) as f64)
+    });
+    assert_eq!(weir.metric(&format!("weir_stage_records_dropped_total{slow}")), Some(0.0));
+}

@@ -157,6 +157,38 @@ pub struct StageSpec {
     /// from 50 ms to 5 s, until it is delivered or the pipeline stops).
     #[serde(default)]
     pub retry: Option<RetrySpec>,
+    /// Sinks only: how much may wait in front of the sink, and what happens when it is full.
+    #[serde(default)]
+    pub buffer: Option<BufferSpec>,
+}
+
+/// The memory buffer in front of a sink, bounded by records and bytes (and always by the
+/// pipeline's `sink_queue_batches`).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BufferSpec {
+    /// Most records waiting.
+    #[serde(default)]
+    pub max_events: Option<NonZeroUsize>,
+    /// Most bytes of records waiting.
+    #[serde(default)]
+    pub max_bytes: Option<NonZeroUsize>,
+    /// `block` (default): the pipeline waits, pushing back on its source; `drop_newest`: the
+    /// batch that does not fit is not given to this sink (counted in
+    /// `weir_stage_records_dropped_total`; its records are acknowledged as dropped).
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+/// What a full sink buffer does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Wait for room (backpressure).
+    #[default]
+    Block,
+    /// Drop the newest batch for this sink, counted.
+    DropNewest,
 }
 
 /// Retries of a sink: exponential backoff with jitter, for at most a duration.
@@ -409,6 +441,9 @@ impl PipelineFile {
             }
             if !stage.config.is_object() {
                 return Err(self.error_at(&format!("{pointer}/config"), "`config` must be a mapping"));
+            }
+            if stage.buffer.is_some() && !(pointer.starts_with("/sinks") || pointer == "/dead_letter") {
+                return Err(self.error_at(&format!("{pointer}/buffer"), "only sinks have a buffer; remove `buffer` here"));
             }
             if let Some(retry) = &stage.retry {
                 if !(pointer.starts_with("/sinks") || pointer == "/dead_letter") {

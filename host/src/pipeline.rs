@@ -15,7 +15,7 @@ use serde::Serialize;
 use weir_plugin::abi::{outcome, HostApi, Kind, Status};
 use weir_plugin::batch::{BatchBuf, BatchRef};
 
-use crate::config::{stage_name, Acknowledge, PipelineFile, RetrySpec, Takes};
+use crate::config::{stage_name, Acknowledge, BufferSpec, PipelineFile, RetrySpec, Takes, WhenFull};
 use crate::error::HostError;
 use crate::ffi::{self, AckGuard, ForeignOutput, Instance, Intake};
 use crate::loader::{Plugin, Registry};
@@ -251,6 +251,49 @@ impl Current {
     }
 }
 
+/// What waits in front of one sink, against its limits.
+struct Buffer {
+    spec: BufferSpec,
+    /// (records, bytes) waiting.
+    held: Mutex<(usize, usize)>,
+    room: std::sync::Condvar,
+}
+
+impl Buffer {
+    fn new(spec: Option<BufferSpec>) -> Arc<Self> {
+        let spec = spec.unwrap_or(BufferSpec { max_events: None, max_bytes: None, when_full: WhenFull::Block });
+        Arc::new(Buffer { spec, held: Mutex::new((0, 0)), room: std::sync::Condvar::new() })
+    }
+
+    fn fits(&self, held: (usize, usize), records: usize, bytes: usize) -> bool {
+        // An empty buffer takes any batch, so one larger than the limits still moves.
+        held == (0, 0)
+            || (self.spec.max_events.is_none_or(|m| held.0 + records <= m.get())
+                && self.spec.max_bytes.is_none_or(|m| held.1 + bytes <= m.get()))
+    }
+
+    /// Takes a batch in: waits for room (`block`) or says no (`drop_newest`).
+    fn admit(&self, records: usize, bytes: usize, abandon: &AtomicBool) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while !self.fits(*held, records, bytes) {
+            if self.spec.when_full == WhenFull::DropNewest || abandon.load(Relaxed) {
+                return false;
+            }
+            held = self.room.wait_timeout(held, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        held.0 += records;
+        held.1 += bytes;
+        true
+    }
+
+    fn release(&self, records: usize, bytes: usize) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.0 = held.0.saturating_sub(records);
+        held.1 = held.1.saturating_sub(bytes);
+        self.room.notify_all();
+    }
+}
+
 /// A sink that runs after another, fed from its thread.
 struct Downstream {
     tx: SyncSender<SinkJob>,
@@ -407,6 +450,8 @@ struct Stage {
     /// Failed calls in a row (panics, errors, failed re-creations; not retries).
     failures: u32,
     health: Arc<Health>,
+    /// Sinks: what waits in front of it.
+    buffer: Arc<Buffer>,
 }
 
 impl Stage {
@@ -524,6 +569,7 @@ impl Pipeline {
                     max_retry,
                     failures: 0,
                     health: health.clone(),
+                    buffer: Buffer::new(spec.buffer.clone()),
                 },
             ));
         }
@@ -574,7 +620,7 @@ impl Pipeline {
                 .map(|(((_, takes), tx), info)| Downstream { tx: tx.clone(), metrics: info.metrics.clone(), takes: *takes })
                 .collect();
             if follows[i].0.is_none() {
-                sink_txs.push((txs[i].clone(), sink.metrics.clone()));
+                sink_txs.push((txs[i].clone(), sink.metrics.clone(), sink.buffer.clone()));
             }
             let abandon = abandon.clone();
             let thread_name = format!("weir-sink-{}", sink.name);
@@ -602,6 +648,7 @@ impl Pipeline {
             total_sinks,
             ack_mode,
             dead_letters,
+            abandon: abandon.clone(),
         };
         threads.push(
             std::thread::Builder::new()
@@ -772,13 +819,14 @@ struct Heads {
     total_sinks: usize,
     ack_mode: Acknowledge,
     dead_letters: Option<DeadLetters>,
+    abandon: Arc<AtomicBool>,
 }
 
 /// Runs the transform chain on each batch and fans the result out to the sinks.
 fn run_transforms(
     mut transforms: Vec<Stage>,
     rx: Receiver<Envelope>,
-    sinks: Vec<(SyncSender<SinkJob>, Arc<StageMetrics>)>,
+    sinks: Vec<(SyncSender<SinkJob>, Arc<StageMetrics>, Arc<Buffer>)>,
     heads: Heads,
     source_metrics: Arc<StageMetrics>,
 ) {
@@ -896,10 +944,18 @@ fn run_transforms(
         }
         let shared = Arc::new(current);
         let origins = Arc::new(origins);
-        for (tx, m) in &sinks {
+        let (records, bytes) = (shared.view().len(), shared.view().data_len());
+        for (tx, m, buffer) in &sinks {
+            if !buffer.admit(records, bytes, &heads.abandon) {
+                // drop_newest: this sink does not get the batch (the others do); counted.
+                m.dropped.fetch_add(records as u64, Relaxed);
+                tracker.done();
+                continue;
+            }
             m.queue_depth.fetch_add(1, Relaxed);
             let job = SinkJob { batch: shared.clone(), origins: origins.clone(), tracker: tracker.clone(), trace: trace.clone() };
             if tx.send(job).is_err() {
+                buffer.release(records, bytes);
                 // The sink's thread is gone: its records are not delivered.
                 m.queue_depth.fetch_sub(1, Relaxed);
                 m.errors.fetch_add(1, Relaxed);
@@ -992,6 +1048,7 @@ fn run_sink(
     while let Ok(job) = rx.recv() {
         sink.metrics.queue_depth.fetch_sub(1, Relaxed);
         let batch = job.batch.view();
+        let held = (batch.len(), batch.data_len());
         let mut span = tracer.zip(job.trace.as_ref()).map(|(t, parent)| {
             let site = SpanSite { pipeline, stage: &sink.name, plugin: &sink.plugin.name, kind: "sink" };
             t.start(&site, Some(parent), Vec::new(), batch.len(), SystemTime::now())
@@ -1088,6 +1145,7 @@ fn run_sink(
             }
             dl.send(letters, &job.tracker, cx.or(job.trace.clone()));
         }
+        sink.buffer.release(held.0, held.1);
         job.tracker.done();
     }
     if let Some(inst) = sink.instance.as_mut() {

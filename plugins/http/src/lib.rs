@@ -5,6 +5,6 @@ mod config;
 mod source;
 
 pub use config::HttpConfig;
-pub use source::HttpSource;
+pub use source::{parse_events, BodyError, HttpSource};
 
 weir_plugin::export_plugins!(source HttpSource);

@@ -198,31 +198,11 @@ async fn produce(State(shared): State<Arc<Shared>>, ConnectInfo(peer): ConnectIn
             return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {max} bytes; send fewer events per request"))
         }
     };
-    let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
-    let (events, single): (Vec<&RawValue>, bool) = if first == Some(b'[') {
-        match serde_json::from_slice::<Vec<&RawValue>>(&bytes) {
-            Ok(v) => (v, false),
-            Err(e) => return malformed(e),
-        }
-    } else {
-        match serde_json::from_slice::<&RawValue>(&bytes) {
-            Ok(v) => (vec![v], true),
-            Err(e) => return malformed(e),
-        }
+    let (events, single) = match parse_events(&bytes, config.max_events.get()) {
+        Ok(parsed) => parsed,
+        Err(BodyError::Malformed(e)) => return malformed(e),
+        Err(BodyError::Refused(status, message)) => return error(status, message),
     };
-    if events.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "the array holds no events");
-    }
-    if events.len() > config.max_events.get() {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the array holds {} events; the most one request may carry is {}", events.len(), config.max_events),
-        );
-    }
-    if let Some(i) = events.iter().position(|e| !e.get().starts_with('{')) {
-        let what = if single { "the event".to_owned() } else { format!("event {i}") };
-        return error(StatusCode::BAD_REQUEST, format!("{what} is not a JSON object"));
-    }
     let ip = client_ip(&parts.headers, peer, config.trust_forwarded_for);
     let ua = parts.headers.get(header::USER_AGENT).map(HeaderValue::as_bytes).unwrap_or_default();
     let mut meta: Vec<(&str, &[u8])> = vec![("http.client_ip", ip.as_bytes())];
@@ -288,6 +268,40 @@ async fn offer<T, F: std::future::Future<Output = Result<T, EmitError>>>(
             other => return other,
         }
     }
+}
+
+/// Why a request body is refused.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Not JSON (with line and column).
+    Malformed(serde_json::Error),
+    /// JSON, but not events: the status to answer and why.
+    Refused(StatusCode, String),
+}
+
+/// Reads a request body: one JSON object or an array of at most `max_events` objects.
+/// Returns the events, as raw JSON borrowed from `body`, and whether it was a single object.
+pub fn parse_events(body: &[u8], max_events: usize) -> Result<(Vec<&RawValue>, bool), BodyError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let (events, single): (Vec<&RawValue>, bool) = if first == Some(b'[') {
+        (serde_json::from_slice::<Vec<&RawValue>>(body).map_err(BodyError::Malformed)?, false)
+    } else {
+        (vec![serde_json::from_slice::<&RawValue>(body).map_err(BodyError::Malformed)?], true)
+    };
+    if events.is_empty() {
+        return Err(BodyError::Refused(StatusCode::BAD_REQUEST, "the array holds no events".into()));
+    }
+    if events.len() > max_events {
+        return Err(BodyError::Refused(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the array holds {} events; the most one request may carry is {max_events}", events.len()),
+        ));
+    }
+    if let Some(i) = events.iter().position(|e| !e.get().starts_with('{')) {
+        let what = if single { "the event".to_owned() } else { format!("event {i}") };
+        return Err(BodyError::Refused(StatusCode::BAD_REQUEST, format!("{what} is not a JSON object")));
+    }
+    Ok((events, single))
 }
 
 fn malformed(e: serde_json::Error) -> Response {
