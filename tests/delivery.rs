@@ -238,3 +238,74 @@ fn a_full_blocking_buffer_pushes_back_to_503_and_recovers_by_itself() {
     });
     assert_eq!(weir.metric(&format!("weir_stage_records_dropped_total{slow}")), Some(0.0));
 }
+
+/// Accepts 20 requests of 5 events into a disk buffer in front of a sink that is down, then
+/// kills `weir` with SIGKILL. Returns the pipeline directory, the buffer and the accepted ids.
+fn fill_disk_buffer_and_crash(graceful: bool) -> (tempfile::TempDir, std::path::PathBuf, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_pipeline(
+        dir.path(),
+        "ingest",
+        &format!(
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\nsinks:\n  - plugin: test-flaky\n    config: {{outage_marker: down}}\n    buffer: {{disk: buffer}}\n"
+        ),
+    );
+    let mut weir = Weir::start(dir.path(), &[], &[("WEIR_DRAIN_TIMEOUT_SECS", "1")]);
+    let url = format!("http://127.0.0.1:{port}/produce");
+    for n in 0..20 {
+        let events: Vec<String> =
+            (0..5).map(|i| format!(r#"{{"id":{},"state":"{}"}}"#, n * 5 + i, if n == 0 { "down" } else { "ok" })).collect();
+        let r = post_json(&url, &format!("[{}]", events.join(",")));
+        assert_eq!(r.status, 200, "accepted once on disk, although the sink is down: {r:?}");
+    }
+    if graceful {
+        // SIGTERM: the drain gives up on the sink after 1 s; the batches stay on disk.
+        assert!(weir.stop().success());
+    } else {
+        weir.kill();
+    }
+    let buffer = dir.path().join("buffer");
+    (dir, buffer, port)
+}
+
+/// Restarts the pipeline with a working `file` sink on the same disk buffer; returns the
+/// ids it writes once the buffer is empty, and the running `weir`.
+fn replay_into_file(dir: &std::path::Path, port: u16) -> (Vec<u64>, Weir) {
+    let out = dir.join("out.jsonl");
+    write_pipeline(
+        dir,
+        "ingest",
+        &format!(
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\nsinks:\n  - plugin: file\n    name: test-flaky\n    config: {{path: {}}}\n    buffer: {{disk: buffer}}\n",
+            out.display()
+        ),
+    );
+    let weir = Weir::start(dir, &[], &[]);
+    let gauge = r#"weir_plugin_disk_buffer_bytes{pipeline="ingest",stage="test-flaky",plugin="file"}"#;
+    wait_for("the disk buffer replayed", Duration::from_secs(10), || weir.metric(gauge) == Some(0.0) && !lines(&out).is_empty());
+    (lines(&out).iter().map(|l| l["id"].as_u64().unwrap()).collect(), weir)
+}
+
+#[test]
+fn a_disk_buffer_keeps_what_was_accepted_across_a_sigkill_or_a_stop_and_replays_it() {
+    for graceful in [false, true] {
+        let (dir, _buffer, port) = fill_disk_buffer_and_crash(graceful);
+        let (ids, weir) = replay_into_file(dir.path(), port);
+        assert_eq!(ids, (0..100).collect::<Vec<u64>>(), "every accepted event, once, in order (graceful stop: {graceful})");
+        assert!(!weir.logs().contains("damaged"), "{}", weir.logs());
+    }
+}
+
+#[test]
+fn a_corrupted_last_segment_is_reported_and_the_rest_delivered() {
+    let (dir, buffer, port) = fill_disk_buffer_and_crash(false);
+    let segment = buffer.join(format!("{:020}.seg", 0));
+    let mut bytes = std::fs::read(&segment).unwrap();
+    *bytes.last_mut().unwrap() ^= 0xff;
+    std::fs::write(&segment, bytes).unwrap();
+    let (ids, weir) = replay_into_file(dir.path(), port);
+    assert_eq!(ids, (0..95).collect::<Vec<u64>>(), "all but the damaged last batch");
+    assert!(weir.logs().contains("Disk buffer damaged") && weir.logs().contains("checksum"), "{}", weir.logs());
+    assert_eq!(weir.metric(r#"weir_plugin_disk_buffer_corruptions_total{pipeline="ingest",stage="test-flaky",plugin="file"}"#), Some(1.0));
+}

@@ -178,6 +178,12 @@ pub struct BufferSpec {
     /// `weir_stage_records_dropped_total`; its records are acknowledged as dropped).
     #[serde(default)]
     pub when_full: WhenFull,
+    /// A directory (relative to the pipeline file) for a disk buffer: batches are written
+    /// there (checksummed, synced) and count as delivered to this sink once on disk; the sink
+    /// reads them in order, also after a restart. `max_bytes` (default 1 GiB) bounds the
+    /// disk used; `max_events` does not apply.
+    #[serde(default)]
+    pub disk: Option<PathBuf>,
 }
 
 /// What a full sink buffer does.

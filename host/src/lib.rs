@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod disklog;
 pub mod error;
 pub mod ffi;
 pub mod host;

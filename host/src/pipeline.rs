@@ -16,6 +16,7 @@ use weir_plugin::abi::{outcome, HostApi, Kind, Status};
 use weir_plugin::batch::{BatchBuf, BatchRef};
 
 use crate::config::{stage_name, Acknowledge, BufferSpec, PipelineFile, RetrySpec, Takes, WhenFull};
+use crate::disklog::DiskLog;
 use crate::error::HostError;
 use crate::ffi::{self, AckGuard, ForeignOutput, Instance, Intake};
 use crate::loader::{Plugin, Registry};
@@ -257,12 +258,14 @@ struct Buffer {
     /// (records, bytes) waiting.
     held: Mutex<(usize, usize)>,
     room: std::sync::Condvar,
+    /// With `disk`: the log batches are written to before the sink reads them.
+    disk: Option<Arc<DiskLog>>,
 }
 
 impl Buffer {
-    fn new(spec: Option<BufferSpec>) -> Arc<Self> {
-        let spec = spec.unwrap_or(BufferSpec { max_events: None, max_bytes: None, when_full: WhenFull::Block });
-        Arc::new(Buffer { spec, held: Mutex::new((0, 0)), room: std::sync::Condvar::new() })
+    fn new(spec: Option<BufferSpec>, disk: Option<Arc<DiskLog>>) -> Arc<Self> {
+        let spec = spec.unwrap_or(BufferSpec { max_events: None, max_bytes: None, when_full: WhenFull::Block, disk: None });
+        Arc::new(Buffer { spec, held: Mutex::new((0, 0)), room: std::sync::Condvar::new(), disk })
     }
 
     fn fits(&self, held: (usize, usize), records: usize, bytes: usize) -> bool {
@@ -534,6 +537,10 @@ impl Pipeline {
             let name = stage_name(&pointer, spec);
             let m = metrics.stage(&file.name, &name, &plugin.name);
             let retry = spec.retry.clone().unwrap_or_default();
+            let disk = match spec.buffer.as_ref().and_then(|b| b.disk.as_ref()) {
+                None => None,
+                Some(dir) => Some(open_disk_buffer(file, &pointer, &base_dir.join(dir), spec.buffer.as_ref(), &name, &m)?),
+            };
             let max_retry = retry.max_duration().map_err(|e| file.error_at(&format!("{pointer}/retry/max_duration"), e))?;
             let host = ffi::host_api(&file.name, &name, &plugin.name, &base_dir.to_string_lossy(), m.clone());
             let config = spec.config.to_string();
@@ -569,7 +576,7 @@ impl Pipeline {
                     max_retry,
                     failures: 0,
                     health: health.clone(),
-                    buffer: Buffer::new(spec.buffer.clone()),
+                    buffer: Buffer::new(spec.buffer.clone(), disk),
                 },
             ));
         }
@@ -811,6 +818,27 @@ impl Pipeline {
     }
 }
 
+/// Opens a sink's disk buffer, reporting what it found.
+fn open_disk_buffer(
+    file: &PipelineFile,
+    pointer: &str,
+    dir: &Path,
+    spec: Option<&BufferSpec>,
+    stage: &str,
+    metrics: &Arc<StageMetrics>,
+) -> Result<Arc<DiskLog>, HostError> {
+    let max = spec.and_then(|b| b.max_bytes).map_or(1 << 30, |m| m.get() as u64);
+    let (log, opened) = DiskLog::open(dir, max).map_err(|e| file.error_at(&format!("{pointer}/buffer/disk"), e))?;
+    if let Some(why) = &opened.corruption {
+        tracing::error!(stage, buffer = %dir.display(), problem = %why, pending = opened.pending_frames, "Disk buffer damaged; the frames before the damage are delivered.");
+        metrics.custom("disk_buffer_corruptions", "Damaged disk buffer tails found (and cut off) at start.", true, 1.0);
+    }
+    if opened.pending_frames > 0 {
+        tracing::info!(stage, buffer = %dir.display(), batches = opened.pending_frames, "Disk buffer replays batches not yet delivered.");
+    }
+    Ok(Arc::new(log))
+}
+
 /// What the transform thread knows of its pipeline.
 struct Heads {
     pipeline: String,
@@ -946,6 +974,27 @@ fn run_transforms(
         let origins = Arc::new(origins);
         let (records, bytes) = (shared.view().len(), shared.view().data_len());
         for (tx, m, buffer) in &sinks {
+            if let Some(log) = &buffer.disk {
+                // On disk is delivered as far as the source is concerned.
+                let block = buffer.spec.when_full == WhenFull::Block;
+                match log.append(&shared.view(), block, &|| heads.abandon.load(Relaxed)) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        m.dropped.fetch_add(records as u64, Relaxed);
+                    }
+                    Err(e) => {
+                        m.errors.fetch_add(1, Relaxed);
+                        tracing::error!(error = %e, "Disk buffer write failed; the batch is failed.");
+                        let mut o = tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+                        for &origin in origins.iter() {
+                            o.set(origin, outcome::FAILED, format!("disk buffer: {e}"));
+                        }
+                    }
+                }
+                m.custom("disk_buffer_bytes", "Bytes waiting in the sink's disk buffer.", false, log.held() as f64);
+                tracker.done();
+                continue;
+            }
             if !buffer.admit(records, bytes, &heads.abandon) {
                 // drop_newest: this sink does not get the batch (the others do); counted.
                 m.dropped.fetch_add(records as u64, Relaxed);
@@ -966,6 +1015,12 @@ fn run_transforms(
                 drop(o);
                 tracker.done();
             }
+        }
+    }
+    // No more batches: disk-buffered sinks finish what is on disk, then stop.
+    for (_, _, buffer) in &sinks {
+        if let Some(log) = &buffer.disk {
+            log.close();
         }
     }
 }
@@ -1043,116 +1098,178 @@ fn run_sink(
     dead_letters: Option<DeadLetters>,
     abandon: Arc<AtomicBool>,
 ) {
-    let tracer = telemetry::tracer();
-    let mut jitter = Jitter::new();
-    while let Ok(job) = rx.recv() {
-        sink.metrics.queue_depth.fetch_sub(1, Relaxed);
-        let batch = job.batch.view();
-        let held = (batch.len(), batch.data_len());
-        let mut span = tracer.zip(job.trace.as_ref()).map(|(t, parent)| {
-            let site = SpanSite { pipeline, stage: &sink.name, plugin: &sink.plugin.name, kind: "sink" };
-            t.start(&site, Some(parent), Vec::new(), batch.len(), SystemTime::now())
-        });
-        // Records leave with a `traceparent` naming this sink's span, so the next hop
-        // (another pipeline, another host) continues the trace from here.
-        let rewritten = span.as_ref().filter(|s| s.sampled()).map(|s| telemetry::with_traceparent(&batch, &s.context()));
-        let batch = rewritten.as_ref().map(|b| b.as_ref()).unwrap_or(batch);
-        let mut attempt = 0u32;
-        let first_try = Instant::now();
-        let mut failed_all = false;
-        sink.metrics.records_in.fetch_add(batch.len() as u64, Relaxed);
-        sink.metrics.batches.fetch_add(1, Relaxed);
-        // Per record of the batch: why it was refused, or None when delivered.
-        let mut refused: Vec<Option<String>> = vec![None; batch.len()];
-        loop {
-            let started = Instant::now();
-            let result = sink
-                .instance()
-                .map_err(|m| (Status::FATAL, m, 0))
-                .and_then(|inst| inst.process(&batch).map_err(|e| (e.status, e.to_string(), e.retry_after_ms)));
-            sink.metrics.latency.observe(started.elapsed());
-            match result {
-                Ok(out) => {
-                    let rejections = out.rejections();
-                    sink.metrics.rejected.fetch_add(rejections.len() as u64, Relaxed);
-                    sink.metrics.records_out.fetch_add((batch.len() - rejections.len()) as u64, Relaxed);
-                    if let Some(span) = span.as_mut() {
-                        span.count("weir.records.rejected", rejections.len());
+    let mut ctx = SinkCtx { pipeline, tracer: telemetry::tracer(), jitter: Jitter::new(), downstream, dead_letters, abandon };
+    match sink.buffer.disk.clone() {
+        None => {
+            while let Ok(job) = rx.recv() {
+                sink.metrics.queue_depth.fetch_sub(1, Relaxed);
+                deliver(&mut sink, &mut ctx, job);
+            }
+        }
+        Some(log) => {
+            // From the disk buffer: each batch is delivered (or dead-lettered), then the
+            // buffer's read position moves past it.
+            while !ctx.abandon.load(Relaxed) {
+                match log.next(Duration::from_millis(200)) {
+                    Ok(Some((batch, next))) => {
+                        let n = batch.len();
+                        let tracker = Arc::new(Tracker {
+                            outcomes: Mutex::new(Outcomes::new(n)),
+                            remaining: AtomicUsize::new(1),
+                            ack: Mutex::new(None),
+                            received: Instant::now(),
+                            source: sink.metrics.clone(),
+                        });
+                        let job = SinkJob {
+                            batch: Arc::new(Current::Host(batch)),
+                            origins: Arc::new((0..n as u32).collect()),
+                            tracker,
+                            trace: None,
+                        };
+                        deliver(&mut sink, &mut ctx, job);
+                        if ctx.abandon.load(Relaxed) {
+                            // The drain timed out while the sink was retrying: the batch stays
+                            // on disk for the next start.
+                            break;
+                        }
+                        if let Err(e) = log.commit(next) {
+                            tracing::error!(stage = %sink.name, error = %e, "Disk buffer position not saved; these records may be delivered again.");
+                        }
+                        sink.metrics.custom("disk_buffer_bytes", "Bytes waiting in the sink's disk buffer.", false, log.held() as f64);
                     }
-                    let mut o = job.tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-                    for (i, reason) in rejections {
-                        let reason = format!("{}: {reason}", sink.name);
-                        o.set(job.origins[i], outcome::REJECTED, reason.clone());
-                        refused[i] = Some(reason);
+                    Ok(None) if log.is_drained() => break,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(stage = %sink.name, error = %e, "Disk buffer cannot be read; retrying.");
+                        std::thread::sleep(Duration::from_secs(1));
                     }
-                    drop(o);
-                    sink.succeeded();
-                    break;
-                }
-                Err((status, message, hint)) => {
-                    sink.metrics.errors.fetch_add(1, Relaxed);
-                    if matches!(status, Status::PANICKED | Status::POISONED) {
-                        sink.poison();
-                    }
-                    if status != Status::RETRY {
-                        sink.failed(&message);
-                    }
-                    let out_of_time = sink.max_retry.is_some_and(|m| first_try.elapsed() >= m);
-                    if status == Status::RETRY && !abandon.load(Relaxed) && !out_of_time {
-                        let wait = backoff(&sink.retry, attempt, hint, &mut jitter);
-                        tracing::warn!(stage = %sink.name, error = %message, attempt, retry_in_ms = wait.as_millis() as u64, "Sink asked to retry the batch.");
-                        attempt += 1;
-                        std::thread::sleep(wait);
-                        continue;
-                    }
-                    tracing::error!(stage = %sink.name, error = %message, records = batch.len(), "Sink failed the batch.");
-                    if let Some(span) = span.as_mut() {
-                        span.fail(&message);
-                    }
-                    let message = if status == Status::RETRY && out_of_time {
-                        format!("gave up after {attempt} retries in {:.1} s: {message}", first_try.elapsed().as_secs_f64())
-                    } else {
-                        message
-                    };
-                    failed_all = true;
-                    let reason = format!("{}: {message}", sink.name);
-                    let mut o = job.tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-                    for (i, &origin) in job.origins.iter().enumerate() {
-                        o.set(origin, outcome::FAILED, reason.clone());
-                        refused[i] = Some(reason.clone());
-                    }
-                    break;
                 }
             }
         }
-        let cx = span.map(|mut s| {
-            s.count("weir.retries", attempt as usize);
-            let cx = s.context();
-            s.end();
-            cx
-        });
-        for d in &downstream {
-            hand_on(d, &batch, &job, &refused, cx.as_ref().or(job.trace.as_ref()));
-        }
-        if let Some(dl) = &dead_letters {
-            let mut letters = Letters::default();
-            let outcome = if failed_all { "failed" } else { "rejected" };
-            for (i, why) in refused.iter().enumerate() {
-                if let Some(why) = why {
-                    let reason = why.strip_prefix(&format!("{}: ", sink.name)).unwrap_or(why);
-                    letters.add(&batch.get(i), job.origins[i], &sink.name, outcome, reason);
-                }
-            }
-            dl.send(letters, &job.tracker, cx.or(job.trace.clone()));
-        }
-        sink.buffer.release(held.0, held.1);
-        job.tracker.done();
     }
     if let Some(inst) = sink.instance.as_mut() {
         if let Err(e) = inst.stop() {
             tracing::warn!(stage = %sink.name, error = %e, "Sink did not stop cleanly.");
         }
     }
+}
+
+/// What a sink thread keeps between batches.
+struct SinkCtx<'a> {
+    pipeline: &'a str,
+    tracer: Option<&'static telemetry::Tracing>,
+    jitter: Jitter,
+    downstream: Vec<Downstream>,
+    dead_letters: Option<DeadLetters>,
+    abandon: Arc<AtomicBool>,
+}
+
+/// Delivers one batch to a sink: retries as the sink asks, then hands what it delivered or
+/// refused to the sinks after it and refused records to the dead-letter sink.
+fn deliver(sink: &mut Stage, ctx: &mut SinkCtx<'_>, job: SinkJob) {
+    let (pipeline, tracer, downstream, dead_letters, abandon) =
+        (ctx.pipeline, ctx.tracer, &ctx.downstream, &ctx.dead_letters, &ctx.abandon);
+    let jitter = &mut ctx.jitter;
+    let batch = job.batch.view();
+    let held = (batch.len(), batch.data_len());
+    let mut span = tracer.zip(job.trace.as_ref()).map(|(t, parent)| {
+        let site = SpanSite { pipeline, stage: &sink.name, plugin: &sink.plugin.name, kind: "sink" };
+        t.start(&site, Some(parent), Vec::new(), batch.len(), SystemTime::now())
+    });
+    // Records leave with a `traceparent` naming this sink's span, so the next hop
+    // (another pipeline, another host) continues the trace from here.
+    let rewritten = span.as_ref().filter(|s| s.sampled()).map(|s| telemetry::with_traceparent(&batch, &s.context()));
+    let batch = rewritten.as_ref().map(|b| b.as_ref()).unwrap_or(batch);
+    let mut attempt = 0u32;
+    let first_try = Instant::now();
+    let mut failed_all = false;
+    sink.metrics.records_in.fetch_add(batch.len() as u64, Relaxed);
+    sink.metrics.batches.fetch_add(1, Relaxed);
+    // Per record of the batch: why it was refused, or None when delivered.
+    let mut refused: Vec<Option<String>> = vec![None; batch.len()];
+    loop {
+        let started = Instant::now();
+        let result = sink
+            .instance()
+            .map_err(|m| (Status::FATAL, m, 0))
+            .and_then(|inst| inst.process(&batch).map_err(|e| (e.status, e.to_string(), e.retry_after_ms)));
+        sink.metrics.latency.observe(started.elapsed());
+        match result {
+            Ok(out) => {
+                let rejections = out.rejections();
+                sink.metrics.rejected.fetch_add(rejections.len() as u64, Relaxed);
+                sink.metrics.records_out.fetch_add((batch.len() - rejections.len()) as u64, Relaxed);
+                if let Some(span) = span.as_mut() {
+                    span.count("weir.records.rejected", rejections.len());
+                }
+                let mut o = job.tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+                for (i, reason) in rejections {
+                    let reason = format!("{}: {reason}", sink.name);
+                    o.set(job.origins[i], outcome::REJECTED, reason.clone());
+                    refused[i] = Some(reason);
+                }
+                drop(o);
+                sink.succeeded();
+                break;
+            }
+            Err((status, message, hint)) => {
+                sink.metrics.errors.fetch_add(1, Relaxed);
+                if matches!(status, Status::PANICKED | Status::POISONED) {
+                    sink.poison();
+                }
+                if status != Status::RETRY {
+                    sink.failed(&message);
+                }
+                let out_of_time = sink.max_retry.is_some_and(|m| first_try.elapsed() >= m);
+                if status == Status::RETRY && !abandon.load(Relaxed) && !out_of_time {
+                    let wait = backoff(&sink.retry, attempt, hint, jitter);
+                    tracing::warn!(stage = %sink.name, error = %message, attempt, retry_in_ms = wait.as_millis() as u64, "Sink asked to retry the batch.");
+                    attempt += 1;
+                    std::thread::sleep(wait);
+                    continue;
+                }
+                tracing::error!(stage = %sink.name, error = %message, records = batch.len(), "Sink failed the batch.");
+                if let Some(span) = span.as_mut() {
+                    span.fail(&message);
+                }
+                let message = if status == Status::RETRY && out_of_time {
+                    format!("gave up after {attempt} retries in {:.1} s: {message}", first_try.elapsed().as_secs_f64())
+                } else {
+                    message
+                };
+                failed_all = true;
+                let reason = format!("{}: {message}", sink.name);
+                let mut o = job.tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+                for (i, &origin) in job.origins.iter().enumerate() {
+                    o.set(origin, outcome::FAILED, reason.clone());
+                    refused[i] = Some(reason.clone());
+                }
+                break;
+            }
+        }
+    }
+    let cx = span.map(|mut s| {
+        s.count("weir.retries", attempt as usize);
+        let cx = s.context();
+        s.end();
+        cx
+    });
+    for d in downstream {
+        hand_on(d, &batch, &job, &refused, cx.as_ref().or(job.trace.as_ref()));
+    }
+    if let Some(dl) = &dead_letters {
+        let mut letters = Letters::default();
+        let outcome = if failed_all { "failed" } else { "rejected" };
+        for (i, why) in refused.iter().enumerate() {
+            if let Some(why) = why {
+                let reason = why.strip_prefix(&format!("{}: ", sink.name)).unwrap_or(why);
+                letters.add(&batch.get(i), job.origins[i], &sink.name, outcome, reason);
+            }
+        }
+        dl.send(letters, &job.tracker, cx.or(job.trace.clone()));
+    }
+    sink.buffer.release(held.0, held.1);
+    job.tracker.done();
 }
 
 #[cfg(test)]
