@@ -285,16 +285,6 @@ impl Drop for Cluster {
     }
 }
 
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 #[test]
 fn postgres_stopped_for_30_seconds_loses_nothing_and_pushes_back() {
     let cluster = Cluster::new();

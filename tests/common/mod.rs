@@ -219,3 +219,14 @@ const fn s(t: &'static str) -> StrRef { StrRef { ptr: t.as_ptr(), len: t.len() }
 static M: Manifest = Manifest { abi_major: 2, abi_minor: 0, struct_size: 256, name: s("future-plugins"), version: s("9.0.0"), build: s("test"), count: 0, plugins: std::ptr::null() };
 #[no_mangle] pub extern "C" fn weir_plugin_manifest_v1() -> *const Manifest { &M }
 "#;
+
+/// The resident memory of process `pid`, in MiB (0 once it is gone).
+pub fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
