@@ -98,6 +98,14 @@ fn is_library(path: &Path) -> bool {
     matches!(path.extension().and_then(|e| e.to_str()), Some("so" | "dylib" | "dll"))
 }
 
+/// The library files directly in `dir`, sorted; `None` when it cannot be read.
+fn library_files(dir: &Path) -> Option<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_library(p)).collect();
+    files.sort();
+    Some(files)
+}
+
 fn read(s: StrRef) -> String {
     // SAFETY: manifest strings are static in the library, which is never unloaded.
     unsafe { s.as_str().to_owned() }
@@ -108,13 +116,10 @@ impl Registry {
     pub fn discover(dirs: &[PathBuf]) -> Self {
         let mut reg = Registry::default();
         for dir in dirs {
-            let Ok(entries) = std::fs::read_dir(dir) else {
+            let Some(files) = library_files(dir) else {
                 reg.broken.push(Broken { path: dir.clone(), reason: "the plugin directory cannot be read".into() });
                 continue;
             };
-            let mut files: Vec<PathBuf> =
-                entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_library(p)).collect();
-            files.sort();
             for path in files {
                 if let Err(reason) = reg.load(&path, &path) {
                     reg.broken.push(Broken { path, reason });
@@ -134,13 +139,10 @@ impl Registry {
         let (mut loaded, mut refused) = (Vec::new(), Vec::new());
         let mut seen = Vec::new();
         for dir in dirs {
-            let Ok(entries) = std::fs::read_dir(dir) else {
+            let Some(files) = library_files(dir) else {
                 refused.push(format!("the plugin directory {} cannot be read", dir.display()));
                 continue;
             };
-            let mut files: Vec<PathBuf> =
-                entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_library(p)).collect();
-            files.sort();
             for path in files {
                 let old = self.libraries.iter().find(|l| l.path == path);
                 seen.push(path.clone());

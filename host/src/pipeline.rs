@@ -904,7 +904,8 @@ fn run_transforms(
                         kept[o as usize] = true;
                     }
                     let rejections = out.rejections();
-                    stage.metrics.rejected.fetch_add(rejections.len() as u64, Relaxed);
+                    let rejected = rejections.len();
+                    stage.metrics.rejected.fetch_add(rejected as u64, Relaxed);
                     for (i, reason) in rejections {
                         if keep_letters {
                             letters.add(&input.get(i), origins[i], &stage.name, "rejected", &reason);
@@ -921,7 +922,7 @@ fn run_transforms(
                     }
                     stage.metrics.records_out.fetch_add(out_origins.len() as u64, Relaxed);
                     if let Some(span) = span.as_mut() {
-                        span.count("weir.records.rejected", out.rejections().len());
+                        span.count("weir.records.rejected", rejected);
                         span.count("weir.records.dropped", dropped);
                     }
                     origins = out_origins.iter().map(|&o| origins[o as usize]).collect();
