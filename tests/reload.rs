@@ -369,3 +369,43 @@ fn the_dedupe_window_survives_reloads_under_load() {
     assert_eq!(seen.iter().filter(|s| s.1).count(), seen.len() - firsts.len(), "every second sending was a duplicate");
     assert_eq!(lines(&out).iter().map(|l| l["version"].as_u64().unwrap()).max(), Some(5));
 }
+
+#[test]
+fn reloads_share_a_disk_buffer_between_versions_and_deliver_every_event_once() {
+    let Setup { _dir, out, port, pipelines } = setup(0);
+    // The same pipeline with a disk buffer in front of its file sink (relative to the pipeline file).
+    let with_disk = |version: u32| format!("{}    buffer: {{disk: buffer}}\n", ingest(port, &out, version));
+    write_pipeline(&pipelines, "ingest", &with_disk(0));
+    let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
+    let url = format!("http://127.0.0.1:{port}/produce");
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let client = {
+        let (stop, accepted, url) = (stop.clone(), accepted.clone(), url.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("d-{n}");
+                let r = post_json(&url, &format!(r#"{{"id":"{id}"}}"#));
+                assert_eq!(r.status, 200, "{r:?}");
+                accepted.lock().unwrap().push(id);
+                n += 1;
+            }
+        })
+    };
+    for version in 1..=10u32 {
+        write_pipeline(&pipelines, "ingest", &with_disk(version));
+        let r = curl("POST", &weir.url("/reload"), None, None);
+        assert_eq!(r.json()["replaced"], serde_json::json!(["ingest"]), "{r:?}");
+        wait_for("the new version's events", Duration::from_secs(5), || lines(&out).last().is_some_and(|l| l["version"] == version));
+    }
+    stop.store(true, Ordering::Relaxed);
+    client.join().expect("every request answered 200");
+    let accepted = accepted.lock().unwrap().clone();
+    wait_for("every accepted event out of the disk buffer", Duration::from_secs(10), || lines(&out).len() >= accepted.len());
+    let written: Vec<String> = lines(&out).iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
+    let unique: HashSet<&String> = written.iter().collect();
+    assert_eq!(unique.len(), written.len(), "an event was written twice");
+    assert_eq!(written.len(), accepted.len(), "every accepted event is written, once");
+    assert!(!weir.logs().contains("damaged"), "{}", weir.logs());
+}

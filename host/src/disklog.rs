@@ -7,11 +7,17 @@
 //! `position` holds the segment and offset of the first frame not yet delivered, replaced
 //! atomically. On open, frames after that position are checked; a truncated or corrupted
 //! tail is reported, cut off, and everything before it is delivered.
+//!
+//! One directory is one log in the process: the versions of a pipeline that overlap during a
+//! reload share it ([`DiskLog::shared`]). Each version writes to it while it runs; one sink
+//! thread reads at a time, and the old version's reader hands over to the new one.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use weir_plugin::batch::{BatchBuf, BatchRef};
@@ -99,7 +105,8 @@ struct State {
     /// Bytes held (written, not yet delivered).
     held: u64,
     writer: Option<File>,
-    closed: bool,
+    /// Pipeline versions writing to it; with none left, `next` stops waiting once all is read.
+    writers: usize,
 }
 
 /// A disk buffer.
@@ -108,6 +115,10 @@ pub struct DiskLog {
     max_bytes: u64,
     state: Mutex<State>,
     changed: Condvar,
+    /// Held by the sink thread reading the log: one reader at a time.
+    reader: Mutex<()>,
+    /// Readers waiting for `reader`.
+    waiting: AtomicUsize,
 }
 
 /// What opening found.
@@ -208,8 +219,50 @@ impl DiskLog {
         } else {
             Position { segment: kept.first().map_or(0, |k| k.0), offset: 0 }
         };
-        let state = State { segments: kept, read, held, writer: None, closed: false };
-        Ok((DiskLog { dir: dir.to_path_buf(), max_bytes, state: Mutex::new(state), changed: Condvar::new() }, opened))
+        let state = State { segments: kept, read, held, writer: None, writers: 0 };
+        let log = DiskLog {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+            reader: Mutex::new(()),
+            waiting: AtomicUsize::new(0),
+        };
+        Ok((log, opened))
+    }
+
+    /// The log in `dir` for one more writer: the one another version of the pipeline has
+    /// open, or else opened now (then with what opening found).
+    pub fn shared(dir: &Path, max_bytes: u64) -> Result<(Arc<DiskLog>, Option<Opened>), String> {
+        static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<DiskLog>>>> = OnceLock::new();
+        std::fs::create_dir_all(dir).map_err(|e| format!("disk buffer {}: {e}", dir.display()))?;
+        let key = dir.canonicalize().map_err(|e| format!("disk buffer {}: {e}", dir.display()))?;
+        let mut open = OPEN.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|_, log| log.strong_count() > 0);
+        let (log, opened) = match open.get(&key).and_then(Weak::upgrade) {
+            Some(log) => (log, None),
+            None => {
+                let (log, opened) = DiskLog::open(&key, max_bytes)?;
+                let log = Arc::new(log);
+                open.insert(key, Arc::downgrade(&log));
+                (log, Some(opened))
+            }
+        };
+        log.state.lock().unwrap_or_else(|p| p.into_inner()).writers += 1;
+        Ok((log, opened))
+    }
+
+    /// Becomes the log's reader, waiting while another sink thread reads it.
+    pub fn read_lock(&self) -> MutexGuard<'_, ()> {
+        self.waiting.fetch_add(1, Relaxed);
+        let guard = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        self.waiting.fetch_sub(1, Relaxed);
+        guard
+    }
+
+    /// Whether a sink thread waits to read (a newer version of the pipeline).
+    pub fn reader_waiting(&self) -> bool {
+        self.waiting.load(Relaxed) > 0
     }
 
     /// Appends a batch and syncs it to disk. With `wait`, waits for room while the buffer
@@ -279,7 +332,7 @@ impl DiskLog {
                     let _ = std::fs::remove_file(segment_path(&self.dir, n));
                     continue;
                 }
-                _ if st.closed => return Ok(None),
+                _ if st.writers == 0 => return Ok(None),
                 _ => {}
             }
             let (guard, timeout) = self.changed.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner());
@@ -304,16 +357,18 @@ impl DiskLog {
         Ok(())
     }
 
-    /// No more appends: `next` returns `None` once everything written was read.
+    /// One writer is done: once none is left, `next` returns `None` when everything
+    /// written was read.
     pub fn close(&self) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.writers = st.writers.saturating_sub(1);
         self.changed.notify_all();
     }
 
-    /// Closed, and everything written was delivered.
+    /// No writer left, and everything written was delivered.
     pub fn is_drained(&self) -> bool {
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.closed && st.held == 0
+        st.writers == 0 && st.held == 0
     }
 
     /// Bytes waiting.

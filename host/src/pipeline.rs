@@ -260,12 +260,29 @@ struct Buffer {
     room: std::sync::Condvar,
     /// With `disk`: the log batches are written to before the sink reads them.
     disk: Option<Arc<DiskLog>>,
+    /// This pipeline version writes no more to `disk`.
+    writer_done: AtomicBool,
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        self.finish_writing();
+    }
 }
 
 impl Buffer {
     fn new(spec: Option<BufferSpec>, disk: Option<Arc<DiskLog>>) -> Arc<Self> {
         let spec = spec.unwrap_or(BufferSpec { max_events: None, max_bytes: None, when_full: WhenFull::Block, disk: None });
-        Arc::new(Buffer { spec, held: Mutex::new((0, 0)), room: std::sync::Condvar::new(), disk })
+        Arc::new(Buffer { spec, held: Mutex::new((0, 0)), room: std::sync::Condvar::new(), disk, writer_done: AtomicBool::new(false) })
+    }
+
+    /// This version will write no more to its disk buffer (once; also when never started).
+    fn finish_writing(&self) {
+        if let Some(log) = &self.disk {
+            if !self.writer_done.swap(true, Relaxed) {
+                log.close();
+            }
+        }
     }
 
     fn fits(&self, held: (usize, usize), records: usize, bytes: usize) -> bool {
@@ -828,7 +845,9 @@ fn open_disk_buffer(
     metrics: &Arc<StageMetrics>,
 ) -> Result<Arc<DiskLog>, HostError> {
     let max = spec.and_then(|b| b.max_bytes).map_or(1 << 30, |m| m.get() as u64);
-    let (log, opened) = DiskLog::open(dir, max).map_err(|e| file.error_at(&format!("{pointer}/buffer/disk"), e))?;
+    let (log, opened) = DiskLog::shared(dir, max).map_err(|e| file.error_at(&format!("{pointer}/buffer/disk"), e))?;
+    // Already open for the running version of the pipeline: nothing new to report.
+    let Some(opened) = opened else { return Ok(log) };
     if let Some(why) = &opened.corruption {
         tracing::error!(stage, buffer = %dir.display(), problem = %why, pending = opened.pending_frames, "Disk buffer damaged; the frames before the damage are delivered.");
         metrics.custom("disk_buffer_corruptions", "Damaged disk buffer tails found (and cut off) at start.", true, 1.0);
@@ -836,7 +855,7 @@ fn open_disk_buffer(
     if opened.pending_frames > 0 {
         tracing::info!(stage, buffer = %dir.display(), batches = opened.pending_frames, "Disk buffer replays batches not yet delivered.");
     }
-    Ok(Arc::new(log))
+    Ok(log)
 }
 
 /// What the transform thread knows of its pipeline.
@@ -1018,11 +1037,10 @@ fn run_transforms(
             }
         }
     }
-    // No more batches: disk-buffered sinks finish what is on disk, then stop.
+    // No more batches: disk-buffered sinks deliver what is on disk (or hand it to the next
+    // version of the pipeline), then stop.
     for (_, _, buffer) in &sinks {
-        if let Some(log) = &buffer.disk {
-            log.close();
-        }
+        buffer.finish_writing();
     }
 }
 
@@ -1109,8 +1127,12 @@ fn run_sink(
         }
         Some(log) => {
             // From the disk buffer: each batch is delivered (or dead-lettered), then the
-            // buffer's read position moves past it.
-            while !ctx.abandon.load(Relaxed) {
+            // buffer's read position moves past it. One reader at a time: a new version of
+            // the pipeline reads once this one has stopped writing and hands over.
+            let _reading = log.read_lock();
+            let buffer = sink.buffer.clone();
+            let handing_over = || buffer.writer_done.load(Relaxed) && log.reader_waiting();
+            while !ctx.abandon.load(Relaxed) && !handing_over() {
                 match log.next(Duration::from_millis(200)) {
                     Ok(Some((batch, next))) => {
                         let n = batch.len();
