@@ -2,13 +2,15 @@
 //! generated id, request metadata from record headers, static values) and sets the
 //! record key from a field.
 
+mod raw;
 mod template;
 
 use std::collections::BTreeMap;
 
-use weir_plugin::serde_json::{self, Map, Value};
+use weir_plugin::serde_json::Value;
 use weir_plugin::{BatchRef, Context, Deserialize, Head, JsonSchema, Output, PluginError, RecordRef, Transform};
 
+use raw::Object;
 use template::{Scope, Template};
 
 /// Config of the `enrich` transform.
@@ -39,8 +41,11 @@ struct Field {
 /// The `enrich` transform.
 pub struct Enrich {
     fields: Vec<Field>,
-    key: Option<String>,
+    /// Segments of the pointer of the record key.
+    key: Option<Vec<String>>,
     scope: Scope,
+    /// The value being written, reused from record to record.
+    value: Vec<u8>,
 }
 
 fn parse_path(name: &str) -> Result<Vec<String>, PluginError> {
@@ -71,57 +76,25 @@ fn fields(config: &EnrichConfig) -> Result<Vec<Field>, PluginError> {
         .collect()
 }
 
-/// Sets `value` at `path`, creating objects on the way. Returns false when a non-object
-/// is in the way.
-fn set_at(map: &mut Map<String, Value>, path: &[String], value: Value, only_if_missing: bool) -> bool {
-    let (last, parents) = path.split_last().expect("paths are never empty");
-    let mut cur = map;
-    for seg in parents {
-        let next = cur.entry(seg.clone()).or_insert_with(|| Value::Object(Map::new()));
-        match next {
-            Value::Object(m) => cur = m,
-            _ => return false,
-        }
-    }
-    if !(only_if_missing && cur.get(last).is_some_and(|v| !v.is_null())) {
-        cur.insert(last.clone(), value);
-    }
-    true
-}
-
-fn key_bytes(value: &Value) -> Option<Vec<u8>> {
-    match value {
-        Value::String(s) => Some(s.as_bytes().to_vec()),
-        Value::Null => None,
-        other => Some(other.to_string().into_bytes()),
-    }
-}
-
 impl Enrich {
-    fn enrich(&mut self, record: &RecordRef<'_>) -> Result<(Map<String, Value>, Option<Vec<u8>>), String> {
-        let mut map: Map<String, Value> = match serde_json::from_slice::<Value>(record.value) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => return Err("the record is not a JSON object".into()),
-            Err(e) => return Err(format!("not valid JSON: {e}")),
-        };
+    /// The record with its fields set, edited as text (see [`raw`]), and its new key.
+    fn enrich(&mut self, record: &RecordRef<'_>, out: &mut Vec<u8>) -> Result<Option<Vec<u8>>, String> {
+        let text = std::str::from_utf8(record.value).map_err(|e| format!("not valid JSON: not UTF-8 text ({e})"))?;
+        let mut object = Object::parse(text).map_err(|e| e.to_string())?;
+        let mut edited = false;
         for f in &self.fields {
             if let Some(v) = f.value.render(&mut self.scope, record) {
-                if !set_at(&mut map, &f.path, v, f.only_if_missing) {
-                    return Err(format!("cannot set /{}: a parent is not an object", f.path.join("/")));
-                }
+                object.set(&f.path, v, f.only_if_missing).map_err(|e| e.to_string())?;
+                edited = true;
             }
         }
-        let key = match &self.key {
-            Some(pointer) => {
-                let doc = Value::Object(map);
-                let k = doc.pointer(pointer).and_then(key_bytes);
-                let Value::Object(m) = doc else { unreachable!("built as an object") };
-                map = m;
-                k
-            }
-            None => None,
-        };
-        Ok((map, key))
+        let key = self.key.as_ref().and_then(|segs| object.lookup(segs)).and_then(|found| found.key_bytes());
+        if edited {
+            object.write(out).map_err(|e| format!("cannot serialize: {e}"))?;
+        } else {
+            out.extend_from_slice(record.value);
+        }
+        Ok(key)
     }
 }
 
@@ -141,22 +114,24 @@ impl Transform for Enrich {
     }
 
     fn create(config: EnrichConfig, ctx: Context) -> Result<Self, PluginError> {
-        Ok(Enrich { fields: fields(&config)?, key: config.key, scope: Scope::new(ctx.pipeline()) })
+        let key = config.key.as_deref().map(parse_path).transpose()?;
+        Ok(Enrich { fields: fields(&config)?, key, scope: Scope::new(ctx.pipeline()), value: Vec::new() })
     }
 
     fn process(&mut self, input: &BatchRef<'_>, out: &mut Output) -> Result<(), PluginError> {
         self.scope.refresh_now();
+        let mut value = std::mem::take(&mut self.value);
         for (i, record) in input.iter().enumerate() {
-            match self.enrich(&record) {
-                Ok((map, key)) => {
+            value.clear();
+            match self.enrich(&record, &mut value) {
+                Ok(key) => {
                     let head = Head { key: key.as_deref().or(record.key), ..Head::from(&record) };
-                    if let Err(e) = out.batch.push_with(i as u32, head, |buf| serde_json::to_writer(buf, &map)) {
-                        out.reject(i, &format!("cannot serialize: {e}"));
-                    }
+                    out.batch.push(i as u32, head, &value);
                 }
                 Err(reason) => out.reject(i, &reason),
             }
         }
+        self.value = value;
         Ok(())
     }
 }
@@ -167,6 +142,7 @@ weir_plugin::export_plugins!(transform Enrich);
 mod tests {
     use super::*;
     use weir_plugin::mock::{run_transform, MockHost};
+    use weir_plugin::serde_json;
     use weir_plugin::BatchBuf;
 
     #[test]
@@ -206,5 +182,21 @@ mod tests {
         assert!(host.transform::<Enrich>(serde_json::json!({"key": "userId"})).is_err());
         let err = host.transform::<Enrich>(serde_json::json!({"set": {"x": "{{nope}}"}})).err().unwrap();
         assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn numbers_and_order_pass_through_byte_for_byte() {
+        let host = MockHost::new();
+        let mut t: Enrich = host
+            .transform(serde_json::json!({"set": {"host": "h", "/meta/seen": true}, "set_if_missing": {"id": "{{uuid}}"}, "key": "/n"}))
+            .unwrap();
+        let original = r#"{"n":12345678901234567890123,"d":0.1000000000000000055511151231257827,"x":1.10,"e":1e3,"z":-0,"u":"\u00e9","id":"keep","meta":{"k":-0.0}}"#;
+        let mut input = BatchBuf::new();
+        input.push(0, Head::default(), original.as_bytes());
+        let out = run_transform(&mut t, &input).unwrap();
+        let record = out.batch.as_ref().get(0);
+        let expected = original.replace(r#""meta":{"k":-0.0}}"#, r#""meta":{"k":-0.0,"seen":true},"host":"h"}"#);
+        assert_eq!(std::str::from_utf8(record.value).unwrap(), expected);
+        assert_eq!(record.key, Some(&b"12345678901234567890123"[..]), "the key is the number as written");
     }
 }
