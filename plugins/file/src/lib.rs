@@ -9,7 +9,8 @@ use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
-use weir_plugin::serde_json::{self, Value};
+use weir_plugin::serde::de::IgnoredAny;
+use weir_plugin::serde_json;
 use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, PluginError, Rejections, Sink};
 
 /// Config of the `file` sink.
@@ -99,14 +100,14 @@ impl Sink for FileSink {
         buf.clear();
         for (i, r) in batch.iter().enumerate() {
             if r.value.contains(&b'\n') {
-                // A JSON line must be one line: re-encode compactly.
-                match serde_json::from_slice::<Value>(r.value) {
-                    Ok(v) => serde_json::to_writer(&mut buf, &v).map_err(|e| PluginError::fatal(e.to_string()))?,
-                    Err(e) => {
-                        rejections.reject(i, &format!("not valid JSON, so it cannot be written as one line: {e}"));
-                        continue;
-                    }
+                // A JSON line must be one line. Valid JSON has line breaks only between
+                // tokens (inside strings they are escaped), so each becomes a space; every
+                // value keeps its bytes.
+                if let Err(e) = serde_json::from_slice::<IgnoredAny>(r.value) {
+                    rejections.reject(i, &format!("not valid JSON, so it cannot be written as one line: {e}"));
+                    continue;
                 }
+                buf.extend(r.value.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
             } else {
                 buf.extend_from_slice(r.value);
             }
@@ -136,10 +137,14 @@ mod tests {
         let config: FileConfig = serde_json::from_value(serde_json::json!({"path": "out/events.jsonl", "append": false})).unwrap();
         let mut sink = FileSink::create(config, host.context()).unwrap();
         let mut rejections = Rejections::new();
-        sink.write(&json_batch([r#"{"a":1}"#, "{\n\"b\": 2\n}", "{oops\n"]).as_ref(), &mut rejections).unwrap();
+        let pretty = "{\r\n\"b\": 12345678901234567890123,\n\"c\": [1.10,\n-0]\n}";
+        sink.write(&json_batch([r#"{"a":1}"#, pretty, "{oops\n"]).as_ref(), &mut rejections).unwrap();
         sink.stop().unwrap();
         let text = std::fs::read_to_string(dir.join("out/events.jsonl")).unwrap();
-        assert_eq!(text, "{\"a\":1}\n{\"b\":2}\n");
+        assert_eq!(
+            text, "{\"a\":1}\n{  \"b\": 12345678901234567890123, \"c\": [1.10, -0] }\n",
+            "line breaks become spaces, values keep their bytes"
+        );
         assert_eq!(rejections.iter().next().unwrap().0, 2);
     }
 }
