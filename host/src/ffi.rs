@@ -7,7 +7,10 @@ use std::ffi::c_void;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use weir_plugin::abi::{self, AckCallback, AckView, BatchView, EmitterApi, HostApi, OwnedBytes, StageOutput, Status, StrRef};
+use weir_plugin::abi::{
+    self, AckCallback, AckView, BatchView, EmitterApi, HostApi, Manifest, OwnedBytes, PluginDescriptor, Settled, StageOutput, Status,
+    StrRef,
+};
 use weir_plugin::batch::{iter_rejections, BatchBuf, BatchError, BatchRef};
 
 use crate::loader::Plugin;
@@ -114,6 +117,43 @@ pub fn host_api(pipeline: &str, stage: &str, plugin: &str, base_dir: &str, metri
     }))
 }
 
+/// The descriptors of a manifest, read at the library's own descriptor size (the first
+/// descriptor's `struct_size`): a library of an older minor has shorter descriptors, whose
+/// missing (optional) functions read as absent.
+pub fn descriptors(manifest: &'static Manifest) -> Result<Vec<&'static PluginDescriptor>, String> {
+    if manifest.plugin_count == 0 || manifest.plugins.is_null() {
+        return Ok(Vec::new());
+    }
+    let base = manifest.plugins.cast::<u8>();
+    // SAFETY: per ABI.md, `plugins` points to `plugin_count` static descriptors, each
+    // starting with its `struct_size`.
+    let stride = unsafe { base.cast::<u32>().read() } as usize;
+    if stride < PluginDescriptor::MINOR_0_SIZE || stride % std::mem::align_of::<PluginDescriptor>() != 0 {
+        return Err(format!("its plugin descriptors are {stride} bytes; ABI 1.0 needs at least {}", PluginDescriptor::MINOR_0_SIZE));
+    }
+    let full = std::mem::size_of::<PluginDescriptor>();
+    Ok((0..manifest.plugin_count as usize)
+        .map(|i| {
+            // SAFETY: descriptor `i` lies at `i * stride` and is `stride` bytes long.
+            let at = unsafe { base.add(i * stride) };
+            if stride >= full {
+                // SAFETY: as above; a longer descriptor starts with every field this host knows.
+                unsafe { &*at.cast::<PluginDescriptor>() }
+            } else {
+                // A shorter one is copied over zeroes: the fields it lacks are `None`.
+                let mut copy = std::mem::MaybeUninit::<PluginDescriptor>::zeroed();
+                // SAFETY: `stride` bytes are readable at `at`; every field past them is an
+                // `Option` of a function pointer, for which zero is `None`.
+                let copy = unsafe {
+                    std::ptr::copy_nonoverlapping(at, copy.as_mut_ptr().cast::<u8>(), stride);
+                    copy.assume_init()
+                };
+                &*Box::leak(Box::new(copy))
+            }
+        })
+        .collect())
+}
+
 /// A failed call into a plugin.
 #[derive(Debug, Clone)]
 pub struct CallError {
@@ -199,6 +239,32 @@ impl Instance {
         finish(status, &mut message)
     }
 
+    /// Whether the instance wants to hear what became of the batches it processed.
+    pub fn acknowledges(&self) -> bool {
+        self.plugin.descriptor.acknowledge.is_some()
+    }
+
+    /// Tells a transform what became of batches it processed: `(sequence, codes, reasons)`
+    /// per batch, one code and reason per input record.
+    pub fn acknowledge(&mut self, settled: &[(u64, Vec<u8>, Vec<String>)]) -> Result<(), CallError> {
+        let Some(acknowledge) = self.plugin.descriptor.acknowledge else { return Ok(()) };
+        let refs: Vec<Vec<StrRef>> = settled.iter().map(|(_, _, reasons)| reasons.iter().map(|r| StrRef::new(r)).collect()).collect();
+        let views: Vec<Settled> = settled
+            .iter()
+            .zip(&refs)
+            .map(|((sequence, codes, _), reasons)| Settled {
+                sequence: *sequence,
+                count: codes.len() as u32,
+                codes: codes.as_ptr(),
+                reasons: reasons.as_ptr(),
+            })
+            .collect();
+        let mut message = OwnedBytes::EMPTY;
+        // SAFETY: per ABI.md; `views` and what they point to live for the call.
+        let status = unsafe { acknowledge(self.ptr, views.as_ptr(), views.len() as u32, &mut message) };
+        finish(status, &mut message)
+    }
+
     /// Runs a transform or sink on a batch.
     pub fn process(&mut self, batch: &BatchRef<'_>) -> Result<ForeignOutput, CallError> {
         let Some(process) = self.plugin.descriptor.process else {
@@ -258,6 +324,11 @@ impl ForeignOutput {
             Some(bad) => Err(format!("an output record names input record {bad}, but the input had {}", self.input_len)),
             None => Ok(origins),
         }
+    }
+
+    /// The transform's number for the batch (ABI minor 1), to name it in `acknowledge`.
+    pub fn sequence(&self) -> Option<u64> {
+        StageOutput::has_sequence(self.raw.struct_size).then_some(self.raw.sequence)
     }
 
     /// Refused input records as `(index, reason)`; out-of-range indexes are skipped.

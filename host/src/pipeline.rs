@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -205,20 +205,77 @@ impl Outcomes {
     }
 }
 
+/// What one transform hears of one batch it processed once the batch settled (ABI
+/// minor 1 `acknowledge`): an outcome per record of its input.
+struct SettledBatch {
+    /// Index of the transform in the chain, and the instance generation that processed it.
+    stage: usize,
+    generation: u64,
+    /// The transform's own number for the batch.
+    sequence: u64,
+    codes: Vec<u8>,
+    reasons: Vec<String>,
+}
+
+/// The transforms of a batch waiting for its outcomes, and how to reach their thread.
+struct Awaiting {
+    tx: Sender<SettledBatch>,
+    /// Per transform: its index, generation, batch number, and for each of its input
+    /// records the source record it came from.
+    parts: Vec<(usize, u64, u64, Vec<u32>)>,
+}
+
 /// The acknowledgement owed for one source batch, completed by the last sink.
 struct Tracker {
     outcomes: Mutex<Outcomes>,
     remaining: AtomicUsize,
     ack: Mutex<Option<AckGuard>>,
+    /// Transforms that want to hear what became of the batch (always after delivery, also
+    /// with `acknowledge: accepted`).
+    awaiting: Mutex<Option<Awaiting>>,
     /// When the source emitted the batch, and whose metrics get the acknowledgement lag.
     received: Instant,
     source: Arc<StageMetrics>,
 }
 
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        // Never completed (a sink thread went away with it): what was not refused failed.
+        if self.awaiting.get_mut().map_or(true, |a| a.is_none()) {
+            return;
+        }
+        let mut guard = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        let o = &mut *guard;
+        for (code, reason) in o.codes.iter_mut().zip(o.reasons.iter_mut()) {
+            if *code == outcome::ACCEPTED {
+                *code = outcome::FAILED;
+                *reason = "the pipeline stopped before the batch was delivered".into();
+            }
+        }
+        drop(guard);
+        self.settle();
+    }
+}
+
 impl Tracker {
     fn done(&self) {
         if self.remaining.fetch_sub(1, Relaxed) == 1 {
+            // The transforms hear of it before the source, so a retry the source's answer
+            // prompts finds them knowing.
+            self.settle();
             self.fire();
+        }
+    }
+
+    /// Tells the transforms that asked what became of their input records (once).
+    fn settle(&self) {
+        let Some(awaiting) = self.awaiting.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let o = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        for (stage, generation, sequence, origins) in awaiting.parts {
+            let codes = origins.iter().map(|&i| o.codes[i as usize]).collect();
+            let reasons = origins.iter().map(|&i| o.reasons[i as usize].clone()).collect();
+            // The transform thread is gone only once the pipeline stopped; nothing to tell.
+            let _ = awaiting.tx.send(SettledBatch { stage, generation, sequence, codes, reasons });
         }
     }
 
@@ -485,6 +542,9 @@ struct Stage {
     max_retry: Option<Duration>,
     /// Failed calls in a row (panics, errors, failed re-creations; not retries).
     failures: u32,
+    /// How many times the instance was re-created: acknowledgements go only to the
+    /// instance that processed the batch.
+    generation: u64,
     health: Arc<Health>,
     /// Sinks: what waits in front of it.
     buffer: Arc<Buffer>,
@@ -523,6 +583,7 @@ impl Stage {
                 Instance::create(&self.plugin, &self.config, self.host).map_err(|e| format!("could not re-create the stage: {e}"))?;
             tracing::info!(stage = %self.name, "Stage re-created after a panic.");
             self.instance = Some(inst);
+            self.generation += 1;
         }
         Ok(self.instance.as_mut().expect("just created"))
     }
@@ -608,6 +669,7 @@ impl Pipeline {
                     retry,
                     max_retry,
                     failures: 0,
+                    generation: 0,
                     health: health.clone(),
                     buffer: Buffer::new(spec.buffer.clone(), disk),
                 },
@@ -894,7 +956,28 @@ fn run_transforms(
     source_metrics: Arc<StageMetrics>,
 ) {
     let tracer = telemetry::tracer();
-    while let Ok(Envelope { batch, ack, received }) = rx.recv() {
+    // Transforms that asked (ABI minor 1) hear what became of each batch on this thread,
+    // before the next batch and when idle, so their calls stay one at a time.
+    let (settled_tx, settled_rx) = std::sync::mpsc::channel::<SettledBatch>();
+    let acknowledging: Vec<bool> = transforms.iter().map(|t| t.plugin.descriptor.acknowledge.is_some()).collect();
+    let wants_acks = acknowledging.contains(&true);
+    loop {
+        let next = if wants_acks {
+            match rx.recv_timeout(ACK_IDLE) {
+                Ok(e) => Some(e),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(e) => Some(e),
+                Err(_) => break,
+            }
+        };
+        if wants_acks {
+            tell_transforms(&mut transforms, None, &settled_rx);
+        }
+        let Some(Envelope { batch, ack, received }) = next else { continue };
         source_metrics.queue_depth.fetch_sub(1, Relaxed);
         let n = batch.len();
         // The source's span covers the batch from its emission to the transforms taking it.
@@ -912,7 +995,8 @@ fn run_transforms(
         let mut letters = Letters::default();
         let keep_letters = heads.dead_letters.is_some();
         let mut current = Current::Host(batch);
-        for stage in transforms.iter_mut() {
+        let mut awaiting = Vec::new();
+        for (index, stage) in transforms.iter_mut().enumerate() {
             if origins.is_empty() {
                 break;
             }
@@ -960,6 +1044,9 @@ fn run_transforms(
                         span.count("weir.records.rejected", rejected);
                         span.count("weir.records.dropped", dropped);
                     }
+                    if let Some(sequence) = out.sequence().filter(|_| acknowledging[index]) {
+                        awaiting.push((index, stage.generation, sequence, origins.clone()));
+                    }
                     origins = out_origins.iter().map(|&o| origins[o as usize]).collect();
                     current = Current::Plugin(out);
                     stage.succeeded();
@@ -993,12 +1080,16 @@ fn run_transforms(
             outcomes: Mutex::new(outcomes),
             remaining: AtomicUsize::new(if origins.is_empty() { 0 } else { total_sinks }),
             ack: Mutex::new(Some(ack)),
+            awaiting: Mutex::new((!awaiting.is_empty()).then(|| Awaiting { tx: settled_tx.clone(), parts: awaiting })),
             received,
             source: source_metrics.clone(),
         });
         // Refused records are kept before the source hears of them.
         if let Some(dl) = &heads.dead_letters {
             dl.send(std::mem::take(&mut letters), &tracker, trace.clone());
+        }
+        if tracker.remaining.load(Relaxed) == 0 {
+            tracker.settle();
         }
         if ack_mode == Acknowledge::Accepted || tracker.remaining.load(Relaxed) == 0 {
             tracker.fire();
@@ -1057,6 +1148,39 @@ fn run_transforms(
     // version of the pipeline), then stop.
     for (_, _, buffer) in &sinks {
         buffer.finish_writing();
+    }
+    // The transforms hear the fate of what is still in flight before they are destroyed:
+    // the sinks close as their queues empty, and the channel once the last batch settled.
+    drop((sinks, heads, settled_tx));
+    while let Ok(first) = settled_rx.recv() {
+        tell_transforms(&mut transforms, Some(first), &settled_rx);
+    }
+}
+
+/// How long the transform thread waits for a batch before it passes on acknowledgements.
+const ACK_IDLE: Duration = Duration::from_millis(50);
+
+/// Hands every settled batch waiting (and `first`) to its transform, one call per transform.
+fn tell_transforms(transforms: &mut [Stage], first: Option<SettledBatch>, rx: &Receiver<SettledBatch>) {
+    let mut by_stage: Vec<Vec<(u64, Vec<u8>, Vec<String>)>> = transforms.iter().map(|_| Vec::new()).collect();
+    for s in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+        // A batch processed by an instance since re-created is news to nobody.
+        if transforms[s.stage].generation == s.generation {
+            by_stage[s.stage].push((s.sequence, s.codes, s.reasons));
+        }
+    }
+    for (stage, settled) in transforms.iter_mut().zip(by_stage) {
+        if settled.is_empty() {
+            continue;
+        }
+        let Some(instance) = stage.instance.as_mut() else { continue };
+        if let Err(e) = instance.acknowledge(&settled) {
+            stage.metrics.errors.fetch_add(1, Relaxed);
+            tracing::warn!(stage = %stage.name, plugin = %stage.plugin.name, error = %e, batches = settled.len(), "Transform failed to take acknowledgements.");
+            if e.poisoned() {
+                stage.poison();
+            }
+        }
     }
 }
 
@@ -1156,6 +1280,7 @@ fn run_sink(
                             outcomes: Mutex::new(Outcomes::new(n)),
                             remaining: AtomicUsize::new(1),
                             ack: Mutex::new(None),
+                            awaiting: Mutex::new(None),
                             received: Instant::now(),
                             source: sink.metrics.clone(),
                         });

@@ -234,12 +234,8 @@ impl Registry {
             loaded_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             fingerprint,
         });
-        let descriptors: &'static [PluginDescriptor] = if manifest.plugin_count == 0 || manifest.plugins.is_null() {
-            &[]
-        } else {
-            // SAFETY: per ABI.md, `plugins` points to `plugin_count` static descriptors.
-            unsafe { std::slice::from_raw_parts(manifest.plugins, manifest.plugin_count as usize) }
-        };
+        // Read at the library's own descriptor size, so an older minor's shorter ones work.
+        let descriptors = crate::ffi::descriptors(manifest)?;
         let mut found = Vec::new();
         for d in descriptors {
             let name = read(d.name);

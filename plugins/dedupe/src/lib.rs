@@ -1,5 +1,13 @@
 //! The `dedupe` transform: drops a record whose key (the values at one or more JSON
-//! pointers) was seen within a time window. Memory is bounded by `max_entries`.
+//! pointers) was delivered within a time window. Memory is bounded by `max_entries`.
+//!
+//! A key counts as seen only once its record was delivered. A record that passes marks
+//! its key *pending* for its batch; when the host acknowledges the batch (ABI minor 1), the
+//! keys of delivered records are *confirmed* and those of failed or refused ones forgotten,
+//! so the source's retry of a batch that was not delivered passes again instead of being
+//! taken for a duplicate. A key pending in a batch still on its way in this process is a
+//! duplicate too (should that batch fail, its source retries it); a pending mark of a batch
+//! that is no longer on its way (it failed, or its process died) counts for nothing.
 //!
 //! The window belongs to the pipeline's stage, not to one instance: when a reload replaces
 //! the pipeline, the new version's `dedupe` stage (same pipeline and stage name) takes over
@@ -8,16 +16,16 @@
 //!
 //! With `store: redis://…` the window lives in Redis instead (one key per record key, with
 //! the window as its expiry), so it survives restarts and is shared by every host whose
-//! pipeline and stage have the same names.
+//! pipeline and stage have the same names. Only confirmed keys outlive a crash.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use weir_plugin::serde_json::{self, Value};
-use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, Output, PluginError, Transform};
+use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, Outcome, Output, PluginError, Settled, Transform};
 
 /// Config of the `dedupe` transform.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -44,45 +52,125 @@ fn default_store() -> String {
     "memory".into()
 }
 
-/// The window in Redis: `SET <prefix><digest> 1 NX PX <window>` per record, one round trip
-/// per batch.
+/// The window in Redis, one key per record key: `p:<owner>` while the record is on its way
+/// (pending), `c` once it was delivered (confirmed). One script call per batch marks and
+/// inspects every key; a second one per acknowledgement confirms or forgets them.
 struct Redis {
     client: redis::Client,
     connection: Option<redis::Connection>,
+    /// SHA1 of the mark and settle scripts, loaded on the current connection.
+    scripts: [String; 2],
     prefix: String,
     /// The URL without its password, for messages.
     shown: String,
+    /// Confirmations and forgets not yet stored (Redis was unreachable): `(key, action)`.
+    unsettled: Vec<(String, String)>,
+    /// Pending marks whose confirmation is in `unsettled`: their records were delivered.
+    unconfirmed: HashSet<String>,
 }
 
+/// Per key: `c` or `1` (the mark of older versions) is a duplicate; a pending mark of a batch
+/// still in flight in this process (`ARGV[3..]`, this batch's own `ARGV[1]` among them) is
+/// a duplicate in flight; anything else (no mark, a failed batch's mark, another host's or
+/// a dead process's mark) passes, and the key is marked pending for this batch.
+const MARK: &str = r#"
+local mine = {}
+for i = 3, #ARGV do mine[ARGV[i]] = true end
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v == 'c' or v == '1' then
+    out[i] = 1
+  elseif v and mine[v] then
+    out[i] = 2
+  else
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    out[i] = 0
+  end
+end
+return out
+"#;
+
+/// Per key, `ARGV[i + 1]`: `c` confirms it for the window (`ARGV[1]` ms); a pending mark is
+/// deleted if it is still the key's value (another batch may have taken the key over).
+const SETTLE: &str = r#"
+for i, key in ipairs(KEYS) do
+  local a = ARGV[i + 1]
+  if a == 'c' then
+    redis.call('SET', key, 'c', 'PX', ARGV[1])
+  elseif redis.call('GET', key) == a then
+    redis.call('DEL', key)
+  end
+end
+return {#KEYS}
+"#;
+
 impl Redis {
-    /// For each digest, whether it was seen within `window`; remembers the new ones.
-    fn check(&mut self, digests: &[Digest], window: Duration) -> Result<Vec<bool>, PluginError> {
-        if digests.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for d in digests {
-            pipe.cmd("SET").arg(format!("{}{d:032x}", self.prefix)).arg(1).arg("NX").arg("PX").arg(window.as_millis().max(1) as u64);
-        }
-        let connection = match self.connection.as_mut() {
-            Some(c) => c,
-            None => {
-                let c = self
-                    .client
-                    .get_connection_with_timeout(Duration::from_secs(2))
-                    .map_err(|e| PluginError::retry(format!("dedupe store {} unreachable: {e}", self.shown)))?;
-                let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
-                self.connection.insert(c)
+    fn key(&self, d: Digest) -> String {
+        format!("{}{d:032x}", self.prefix)
+    }
+
+    /// Runs script `which` (0 mark, 1 settle); a lost connection is dropped and reported.
+    fn call(&mut self, which: usize, keys: &[String], args: &[String]) -> Result<Vec<i64>, PluginError> {
+        if self.connection.is_none() {
+            let mut c = self
+                .client
+                .get_connection_with_timeout(Duration::from_secs(2))
+                .map_err(|e| PluginError::retry(format!("dedupe store {} unreachable: {e}", self.shown)))?;
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
+            for (sha, code) in self.scripts.iter_mut().zip([MARK, SETTLE]) {
+                *sha = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(code)
+                    .query(&mut c)
+                    .map_err(|e| PluginError::retry(format!("dedupe store {} failed: {e}", self.shown)))?;
             }
-        };
-        match pipe.query::<Vec<Option<String>>>(connection) {
-            Ok(set) => Ok(set.into_iter().map(|r| r.is_none()).collect()),
+            self.connection = Some(c);
+        }
+        let connection = self.connection.as_mut().expect("connected above");
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.scripts[which]).arg(keys.len()).arg(keys).arg(args);
+        match cmd.query::<Vec<i64>>(connection) {
+            Ok(r) => Ok(r),
             Err(e) => {
+                // The script is gone (Redis restarted) or the connection broke: either way
+                // the next call starts on a new connection and loads the scripts again.
                 self.connection = None;
                 Err(PluginError::retry(format!("dedupe store {} failed: {e}", self.shown)))
             }
         }
+    }
+
+    /// Stores the confirmations and forgets still owed.
+    fn flush(&mut self, window: Duration) -> Result<(), PluginError> {
+        if self.unsettled.is_empty() {
+            return Ok(());
+        }
+        let (keys, mut args): (Vec<String>, Vec<String>) = self.unsettled.iter().cloned().unzip();
+        args.insert(0, window.as_millis().max(1).to_string());
+        self.call(1, &keys, &args)?;
+        self.unsettled.clear();
+        self.unconfirmed.clear();
+        Ok(())
+    }
+
+    /// Marks the keys of a batch as pending under `mark`; for each, what it was.
+    fn mark(&mut self, digests: &[Digest], mark: &str, ttl: Duration, mine: Vec<String>, window: Duration) -> Result<Vec<Verdict>, PluginError> {
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.flush(window)?;
+        let keys: Vec<String> = digests.iter().map(|d| self.key(*d)).collect();
+        let mut args = vec![mark.to_owned(), ttl.as_millis().max(1).to_string()];
+        args.extend(mine);
+        args.extend(self.unconfirmed.iter().cloned());
+        let codes = self.call(0, &keys, &args)?;
+        if codes.len() != keys.len() {
+            self.connection = None;
+            return Err(PluginError::retry(format!("dedupe store {} answered {} verdicts for {} keys", self.shown, codes.len(), keys.len())));
+        }
+        Ok(codes.into_iter().map(|c| match c { 0 => Verdict::New, 1 => Verdict::Seen, _ => Verdict::InFlight }).collect())
     }
 }
 
@@ -103,11 +191,32 @@ fn default_max_entries() -> NonZeroUsize {
 /// A 128-bit digest of a key: collisions are negligible and memory stays small.
 type Digest = u128;
 
-/// The keys remembered by one pipeline stage.
+/// A batch on its way: the instance that passed it and the batch's number.
+type Owner = (u64, u64);
+
+/// What a key was when a record carrying it arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Not seen, or marked by a batch that will never be delivered: the record passes.
+    New,
+    /// Delivered within the window: a duplicate.
+    Seen,
+    /// Carried by a batch still on its way in this process: a duplicate too. Should that
+    /// batch fail, its source retries it (the record is not lost: the HTTP client gets a 500,
+    /// a Kafka source does not commit), and the retry passes.
+    InFlight,
+}
+
+/// The keys remembered by one pipeline stage, shared by its versions in this process.
 #[derive(Default)]
 struct Window {
+    /// Memory store: keys delivered, with when they were confirmed.
     seen: HashMap<Digest, Instant>,
     order: VecDeque<(Digest, Instant)>,
+    /// Memory store: keys of records passed on and not yet delivered, by batch.
+    pending: HashMap<Digest, Owner>,
+    /// Batches passed on and not yet settled, by every version of the stage in this process.
+    inflight: HashSet<Owner>,
 }
 
 /// Every live window, by pipeline and stage; a window lives while an instance holds it.
@@ -127,6 +236,27 @@ fn window_of(pipeline: &str, stage: &str) -> Arc<Mutex<Window>> {
     w
 }
 
+/// This process, in pending marks kept in Redis: a mark of another process is never taken
+/// for one of a batch in flight here.
+fn process_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        format!("{:x}.{nanos:x}", std::process::id())
+    })
+}
+
+/// The pending mark of a batch in Redis.
+fn pending_mark(owner: Owner) -> String {
+    format!("p:{}:{:x}:{:x}", process_tag(), owner.0, owner.1)
+}
+
+/// How long a pending mark lives in Redis: it only matters while its batch is on its way,
+/// and a mark left by a process that died is never taken for a delivered key anyway.
+fn pending_ttl(window: Duration) -> Duration {
+    window.min(Duration::from_secs(300))
+}
+
 /// The `dedupe` transform.
 pub struct Dedupe {
     fields: Vec<String>,
@@ -135,6 +265,11 @@ pub struct Dedupe {
     keys: Arc<Mutex<Window>>,
     redis: Option<Redis>,
     ctx: Context,
+    /// This instance, in the window's marks.
+    id: u64,
+    /// Batches passed on and not yet settled: when, and the `(input index, key)` of each
+    /// record marked pending.
+    inflight: HashMap<u64, (Instant, Vec<(usize, Digest)>)>,
 }
 
 fn window(config: &DedupeConfig) -> Result<Duration, PluginError> {
@@ -167,11 +302,26 @@ impl Window {
         }
     }
 
-    /// Whether the key was seen; remembers it otherwise (forgetting the oldest key when
-    /// `max` are remembered; returns how many were forgotten).
-    fn check(&mut self, d: Digest, now: Instant, max: usize) -> (bool, u64) {
+    /// What `d` is; marks it pending for `owner` unless it counts as seen.
+    fn mark(&mut self, d: Digest, owner: Owner) -> Verdict {
         if self.seen.contains_key(&d) {
-            return (true, 0);
+            return Verdict::Seen;
+        }
+        if let Some(other) = self.pending.get(&d) {
+            if self.inflight.contains(other) {
+                return Verdict::InFlight;
+            }
+        }
+        self.pending.insert(d, owner);
+        Verdict::New
+    }
+
+    /// `d`'s record was delivered: remembered for the window (forgetting the oldest key
+    /// when `max` are remembered; returns how many were forgotten).
+    fn confirm(&mut self, d: Digest, owner: Owner, now: Instant, max: usize) -> u64 {
+        self.forget(d, owner);
+        if self.seen.contains_key(&d) {
+            return 0;
         }
         let mut evicted = 0;
         while self.seen.len() >= max {
@@ -183,7 +333,14 @@ impl Window {
         }
         self.seen.insert(d, now);
         self.order.push_back((d, now));
-        (false, evicted)
+        evicted
+    }
+
+    /// `d`'s record was not delivered: its pending mark goes (if it is still `owner`'s).
+    fn forget(&mut self, d: Digest, owner: Owner) {
+        if self.pending.get(&d) == Some(&owner) {
+            self.pending.remove(&d);
+        }
     }
 }
 
@@ -194,10 +351,77 @@ impl Dedupe {
     }
 }
 
+impl Dedupe {
+    /// Settles one batch: keys of delivered records (and of records a later stage dropped
+    /// on purpose) are confirmed, keys of failed or refused ones forgotten.
+    fn settle(&mut self, window: &mut Window, batch: u64, outcomes: &[Outcome], now: Instant) -> u64 {
+        let owner = (self.id, batch);
+        window.inflight.remove(&owner);
+        let Some((_, marked)) = self.inflight.remove(&batch) else { return 0 };
+        let mut evicted = 0;
+        for (i, d) in marked {
+            let delivered = matches!(outcomes.get(i), Some(Outcome::Accepted | Outcome::Dropped));
+            match self.redis.as_mut() {
+                Some(r) => {
+                    let key = r.key(d);
+                    if delivered {
+                        r.unconfirmed.insert(pending_mark(owner));
+                        r.unsettled.push((key, "c".into()));
+                    } else {
+                        r.unsettled.push((key, pending_mark(owner)));
+                    }
+                }
+                None if delivered => evicted += window.confirm(d, owner, now, self.max),
+                None => window.forget(d, owner),
+            }
+        }
+        evicted
+    }
+
+    /// Batches unsettled for longer than the window (a host that never acknowledges) are
+    /// let go as if their keys had expired.
+    fn let_go_of_old_batches(&mut self, window: &mut Window, now: Instant) {
+        let old: Vec<u64> = self.inflight.iter().filter(|(_, (at, _))| now.duration_since(*at) >= self.window).map(|(b, _)| *b).collect();
+        for batch in old {
+            window.inflight.remove(&(self.id, batch));
+            if let Some((_, marked)) = self.inflight.remove(&batch) {
+                for (_, d) in marked {
+                    window.forget(d, (self.id, batch));
+                }
+            }
+        }
+    }
+
+    fn gauges(&self, window: &Window) {
+        self.ctx.gauge_set("dedupe_entries", "Keys remembered.", window.seen.len() as f64);
+        self.ctx.gauge_set("dedupe_pending", "Keys of records passed on and not yet delivered.", window.pending.len() as f64);
+    }
+}
+
+impl Drop for Dedupe {
+    fn drop(&mut self) {
+        // Batches still unsettled will not be confirmed by this instance: their keys go.
+        let window = self.keys.clone();
+        let mut window = window.lock().unwrap_or_else(|p| p.into_inner());
+        for (batch, (_, marked)) in std::mem::take(&mut self.inflight) {
+            window.inflight.remove(&(self.id, batch));
+            for (_, d) in marked {
+                window.forget(d, (self.id, batch));
+            }
+        }
+        if let Some(r) = self.redis.as_mut() {
+            if let Err(e) = r.flush(self.window) {
+                self.ctx.warn(&format!("Dedupe could not store its last confirmations: {e}"));
+            }
+        }
+    }
+}
+
 impl Transform for Dedupe {
     type Config = DedupeConfig;
     const NAME: &'static str = "dedupe";
-    const DESCRIPTION: &'static str = "Drops records whose key was seen within a time window; memory bounded.";
+    const DESCRIPTION: &'static str = "Drops records whose key was delivered within a time window; memory bounded.";
+    const ACKNOWLEDGES: bool = true;
 
     fn validate(config: &DedupeConfig) -> Result<(), PluginError> {
         window(config)?;
@@ -219,6 +443,7 @@ impl Transform for Dedupe {
     }
 
     fn create(config: DedupeConfig, ctx: Context) -> Result<Self, PluginError> {
+        static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let keys = window_of(ctx.pipeline(), ctx.stage());
         let taken = keys.lock().unwrap_or_else(|p| p.into_inner()).seen.len();
         if taken > 0 {
@@ -230,10 +455,27 @@ impl Transform for Dedupe {
                 let client = redis::Client::open(url).map_err(|e| PluginError::config(format!("store {}: {e}", redacted(url))))?;
                 let prefix = config.key_prefix.clone().unwrap_or_else(|| format!("weir:dedupe:{}:{}:", ctx.pipeline(), ctx.stage()));
                 ctx.info(&format!("Dedupe window in {} under {prefix}*.", redacted(url)));
-                Some(Redis { client, connection: None, prefix, shown: redacted(url) })
+                Some(Redis {
+                    client,
+                    connection: None,
+                    scripts: Default::default(),
+                    prefix,
+                    shown: redacted(url),
+                    unsettled: Vec::new(),
+                    unconfirmed: HashSet::new(),
+                })
             }
         };
-        Ok(Dedupe { window: window(&config)?, fields: config.fields, max: config.max_entries.get(), keys, redis, ctx })
+        Ok(Dedupe {
+            window: window(&config)?,
+            fields: config.fields,
+            max: config.max_entries.get(),
+            keys,
+            redis,
+            ctx,
+            id: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            inflight: HashMap::new(),
+        })
     }
 
     fn process(&mut self, input: &BatchRef<'_>, out: &mut Output) -> Result<(), PluginError> {
@@ -250,40 +492,79 @@ impl Transform for Dedupe {
             let parts: Vec<Option<&Value>> = self.fields.iter().map(|f| value.pointer(f)).collect();
             digests.push((i, (!parts.iter().all(Option::is_none)).then(|| digest(&parts))));
         }
-        let (window, max) = (self.window, self.max);
         let keys = self.keys.clone();
-        let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut duplicates, mut evicted) = (0, 0);
-        let mut seen_in_store = match self.redis.as_mut() {
-            Some(r) => Some(r.check(&digests.iter().filter_map(|d| d.1).collect::<Vec<_>>(), window)?.into_iter()),
-            None => None,
-        };
+        let mut window = keys.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        keys.expire(now, window);
+        window.expire(now, self.window);
+        self.let_go_of_old_batches(&mut window, now);
+        let owner = (self.id, out.sequence());
+        window.inflight.insert(owner);
+        let keyed: Vec<Digest> = digests.iter().filter_map(|d| d.1).collect();
+        let verdicts = match self.redis.as_mut() {
+            Some(r) => {
+                let mine = window.inflight.iter().map(|o| pending_mark(*o)).collect();
+                match r.mark(&keyed, &pending_mark(owner), pending_ttl(self.window), mine, self.window) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // Marks the store may have applied belong to a batch that fails here:
+                        // once it is not in flight they count for nothing, and a retry passes.
+                        window.inflight.remove(&owner);
+                        return Err(e);
+                    }
+                }
+            }
+            None => keyed.iter().map(|d| window.mark(*d, owner)).collect(),
+        };
+        let mut verdicts = verdicts.into_iter();
+        let (mut duplicates, mut marked) = (0, Vec::new());
         for (i, d) in digests {
-            let seen = match (d, seen_in_store.as_mut()) {
-                (None, _) => false,
-                (Some(_), Some(store)) => store.next().unwrap_or(false),
-                (Some(d), None) => {
-                    let (seen, forgotten) = keys.check(d, now, max);
-                    evicted += forgotten;
-                    seen
+            let verdict = match d {
+                None => Verdict::New,
+                Some(d) => {
+                    let v = verdicts.next().unwrap_or(Verdict::New);
+                    if v == Verdict::New {
+                        marked.push((i, d));
+                    }
+                    v
                 }
             };
-            if seen {
-                duplicates += 1;
-            } else {
+            if verdict == Verdict::New {
                 out.pass(i, &input.get(i));
+            } else {
+                duplicates += 1;
             }
+        }
+        if marked.is_empty() {
+            window.inflight.remove(&owner);
+        } else {
+            self.inflight.insert(owner.1, (now, marked));
         }
         if duplicates > 0 {
             self.ctx.counter_add("dedupe_duplicates", "Records dropped as duplicates.", duplicates);
         }
+        self.gauges(&window);
+        Ok(())
+    }
+
+    fn acknowledge(&mut self, settled: &[Settled]) -> Result<(), PluginError> {
+        let keys = self.keys.clone();
+        let mut window = keys.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let mut evicted = 0;
+        for s in settled {
+            evicted += self.settle(&mut window, s.batch, &s.outcomes, now);
+        }
         if evicted > 0 {
             self.ctx.counter_add("dedupe_evictions", "Keys forgotten before their window ended because the cache was full.", evicted);
         }
-        self.ctx.gauge_set("dedupe_entries", "Keys remembered.", keys.seen.len() as f64);
-        Ok(())
+        self.gauges(&window);
+        drop(window);
+        match self.redis.as_mut() {
+            // Kept for the next call when Redis is unreachable; meanwhile the delivered keys
+            // still count as seen here.
+            Some(r) => r.flush(self.window),
+            None => Ok(()),
+        }
     }
 }
 
@@ -292,73 +573,152 @@ weir_plugin::export_plugins!(transform Dedupe);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_plugin::mock::{json_batch, run_transform, MockHost};
+    use weir_plugin::mock::{acknowledge, json_batch, run_transform, MockHost};
+
+    /// Runs a batch and acknowledges what passed with `passed`; returns the origins kept.
+    fn run_and_settle(t: &mut Dedupe, values: &[&str], passed: Outcome) -> Vec<u32> {
+        let input = json_batch(values.iter().copied());
+        let out = run_transform(t, &input).unwrap();
+        acknowledge(t, &input, &out, passed).unwrap();
+        out.batch.origins().to_vec()
+    }
+
+    fn redis_config() -> serde_json::Value {
+        // The machine's Redis at 127.0.0.1:6379; a prefix of this test's own.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("weir:test:{}:{nanos}:{n}:", std::process::id());
+        serde_json::json!({"fields": ["/id"], "store": "redis://127.0.0.1:6379", "key_prefix": prefix})
+    }
 
     #[test]
     fn drops_repeats_within_the_window_and_counts_them() {
         let host = MockHost::for_pipeline("repeats");
         let mut t: Dedupe = host.transform(serde_json::json!({"fields": ["/eventId"]})).unwrap();
-        let out = run_transform(&mut t, &json_batch([r#"{"eventId":"a"}"#, r#"{"eventId":"b"}"#, r#"{"eventId":"a"}"#, r#"{"other":1}"#]))
-            .unwrap();
-        assert_eq!(out.batch.origins(), &[0, 1, 3]);
-        let again = run_transform(&mut t, &json_batch([r#"{"eventId":"b"}"#])).unwrap();
-        assert!(again.batch.is_empty());
+        let kept = run_and_settle(
+            &mut t,
+            &[r#"{"eventId":"a"}"#, r#"{"eventId":"b"}"#, r#"{"eventId":"a"}"#, r#"{"other":1}"#],
+            Outcome::Accepted,
+        );
+        assert_eq!(kept, &[0, 1, 3]);
+        assert!(run_and_settle(&mut t, &[r#"{"eventId":"b"}"#], Outcome::Accepted).is_empty());
         assert_eq!(host.metric("dedupe_duplicates"), Some(2.0));
+        assert_eq!(host.metric("dedupe_pending"), Some(0.0), "every mark was settled");
+    }
+
+    #[test]
+    fn keys_of_records_not_delivered_do_not_count_as_seen() {
+        let host = MockHost::for_pipeline("not-delivered");
+        let mut t: Dedupe = host.transform(serde_json::json!({"fields": ["/id"]})).unwrap();
+        // A sink gave up on the batch: the retry passes, and once delivered it is a duplicate.
+        assert_eq!(run_and_settle(&mut t, &[r#"{"id":1}"#, r#"{"id":2}"#], Outcome::Failed("sink: gave up".into())), &[0, 1]);
+        assert_eq!(run_and_settle(&mut t, &[r#"{"id":1}"#], Outcome::Accepted), &[0], "the retry of a failed record passes");
+        assert!(run_and_settle(&mut t, &[r#"{"id":1}"#], Outcome::Accepted).is_empty(), "a delivered one is a duplicate");
+        // Refused by a sink: forgotten too.
+        assert_eq!(run_and_settle(&mut t, &[r#"{"id":3}"#], Outcome::Rejected("sink: too long".into())), &[0]);
+        assert_eq!(run_and_settle(&mut t, &[r#"{"id":3}"#], Outcome::Accepted), &[0]);
+        // Dropped on purpose by a later transform: it was handled, so it counts as seen.
+        assert_eq!(run_and_settle(&mut t, &[r#"{"id":4}"#], Outcome::Dropped), &[0]);
+        assert!(run_and_settle(&mut t, &[r#"{"id":4}"#], Outcome::Accepted).is_empty());
+    }
+
+    #[test]
+    fn a_key_in_a_batch_still_in_flight_is_a_duplicate_until_that_batch_settles() {
+        let host = MockHost::for_pipeline("in-flight");
+        let mut t: Dedupe = host.transform(serde_json::json!({"fields": ["/id"]})).unwrap();
+        let first = json_batch([r#"{"id":1}"#]);
+        let out = run_transform(&mut t, &first).unwrap();
+        assert_eq!(out.batch.len(), 1);
+        assert_eq!(host.metric("dedupe_pending"), Some(1.0));
+        assert!(run_and_settle(&mut t, &[r#"{"id":1}"#], Outcome::Accepted).is_empty(), "in flight: dropped");
+        acknowledge(&mut t, &first, &out, Outcome::Failed("sink: down".into())).unwrap();
+        assert_eq!(run_and_settle(&mut t, &[r#"{"id":1}"#], Outcome::Accepted), &[0], "its batch failed: the retry passes");
+        // An acknowledgement for a batch nobody knows is ignored.
+        t.acknowledge(&[Settled { batch: u64::MAX, outcomes: vec![Outcome::Accepted] }]).unwrap();
     }
 
     #[test]
     fn memory_is_bounded_by_max_entries() {
         let host = MockHost::for_pipeline("bounded");
         let mut t: Dedupe = host.transform(serde_json::json!({"fields": ["/id"], "max_entries": 2})).unwrap();
-        run_transform(&mut t, &json_batch([r#"{"id":1}"#, r#"{"id":2}"#, r#"{"id":3}"#])).unwrap();
+        run_and_settle(&mut t, &[r#"{"id":1}"#, r#"{"id":2}"#, r#"{"id":3}"#], Outcome::Accepted);
         assert_eq!(t.keys().seen.len(), 2);
         assert_eq!(host.metric("dedupe_evictions"), Some(1.0));
-        let out = run_transform(&mut t, &json_batch([r#"{"id":1}"#])).unwrap();
-        assert_eq!(out.batch.len(), 1, "the evicted key is new again");
+        assert_eq!(run_and_settle(&mut t, &[r#"{"id":1}"#], Outcome::Accepted).len(), 1, "the evicted key is new again");
     }
 
     #[test]
     fn keys_expire_after_the_window() {
         let host = MockHost::for_pipeline("expiry");
         let mut t: Dedupe = host.transform(serde_json::json!({"fields": ["/id", "/type"], "window": "1ms"})).unwrap();
-        run_transform(&mut t, &json_batch([r#"{"id":1,"type":"a"}"#])).unwrap();
+        run_and_settle(&mut t, &[r#"{"id":1,"type":"a"}"#], Outcome::Accepted);
         std::thread::sleep(Duration::from_millis(5));
-        let out = run_transform(&mut t, &json_batch([r#"{"id":1,"type":"a"}"#, r#"{"id":1,"type":"b"}"#])).unwrap();
-        assert_eq!(out.batch.len(), 2);
+        assert_eq!(run_and_settle(&mut t, &[r#"{"id":1,"type":"a"}"#, r#"{"id":1,"type":"b"}"#], Outcome::Accepted).len(), 2);
+        // A batch never acknowledged (a host that does not) is let go after the window too.
+        run_transform(&mut t, &json_batch([r#"{"id":2}"#])).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(run_transform(&mut t, &json_batch([r#"{"id":2}"#])).unwrap().batch.len(), 1);
     }
 
     #[test]
     fn a_new_version_of_the_stage_takes_over_the_window_and_a_gone_one_is_forgotten() {
         let host = MockHost::for_pipeline("handover");
         let mut old: Dedupe = host.transform(serde_json::json!({"fields": ["/id"]})).unwrap();
-        run_transform(&mut old, &json_batch([r#"{"id":1}"#, r#"{"id":2}"#])).unwrap();
+        run_and_settle(&mut old, &[r#"{"id":1}"#, r#"{"id":2}"#], Outcome::Accepted);
         // Reloaded with another config: while both run they share the window.
         let mut new: Dedupe = host.transform(serde_json::json!({"fields": ["/id"], "window": "1h"})).unwrap();
-        let out = run_transform(&mut new, &json_batch([r#"{"id":1}"#, r#"{"id":3}"#])).unwrap();
-        assert_eq!(out.batch.origins(), &[1], "id 1 was seen by the old version");
-        let out = run_transform(&mut old, &json_batch([r#"{"id":3}"#])).unwrap();
-        assert!(out.batch.is_empty(), "and the old one sees what the new one saw");
-        drop((old, new));
+        let input = json_batch([r#"{"id":1}"#, r#"{"id":3}"#]);
+        let out = run_transform(&mut new, &input).unwrap();
+        assert_eq!(out.batch.origins(), &[1], "id 1 was delivered by the old version");
+        assert!(run_and_settle(&mut old, &[r#"{"id":3}"#], Outcome::Accepted).is_empty(), "id 3 is in flight in the new one");
+        acknowledge(&mut new, &input, &out, Outcome::Accepted).unwrap();
+        assert!(run_and_settle(&mut old, &[r#"{"id":3}"#], Outcome::Accepted).is_empty(), "and then delivered");
+        // An instance that goes with a batch unsettled lets its keys go.
+        let out = run_transform(&mut old, &json_batch([r#"{"id":4}"#])).unwrap();
+        assert_eq!(out.batch.len(), 1);
+        drop(old);
+        assert_eq!(run_and_settle(&mut new, &[r#"{"id":4}"#], Outcome::Accepted), &[0]);
+        drop(new);
         let mut fresh: Dedupe = host.transform(serde_json::json!({"fields": ["/id"]})).unwrap();
-        assert_eq!(run_transform(&mut fresh, &json_batch([r#"{"id":1}"#])).unwrap().batch.len(), 1, "no version held it");
+        assert_eq!(run_and_settle(&mut fresh, &[r#"{"id":1}"#], Outcome::Accepted).len(), 1, "no version held it");
         let mut elsewhere: Dedupe = MockHost::for_pipeline("other").transform(serde_json::json!({"fields": ["/id"]})).unwrap();
-        assert_eq!(run_transform(&mut elsewhere, &json_batch([r#"{"id":1}"#])).unwrap().batch.len(), 1, "windows are per pipeline");
+        assert_eq!(run_and_settle(&mut elsewhere, &[r#"{"id":1}"#], Outcome::Accepted).len(), 1, "windows are per pipeline");
     }
 
     #[test]
     fn a_redis_window_outlives_the_instance_and_is_shared() {
-        // The machine's Redis at 127.0.0.1:6379; a prefix of this test's own.
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let prefix = format!("weir:test:{}:{nanos}:", std::process::id());
-        let config = serde_json::json!({"fields": ["/id"], "store": "redis://127.0.0.1:6379", "key_prefix": prefix});
+        let config = redis_config();
         let mut first: Dedupe = MockHost::for_pipeline("redis-a").transform(config.clone()).unwrap();
-        let out = run_transform(&mut first, &json_batch([r#"{"id":1}"#, r#"{"id":2}"#, r#"{"id":1}"#, r#"{"x":0}"#])).unwrap();
-        assert_eq!(out.batch.origins(), &[0, 1, 3], "a repeat within one batch is caught too");
+        let kept = run_and_settle(&mut first, &[r#"{"id":1}"#, r#"{"id":2}"#, r#"{"id":1}"#, r#"{"x":0}"#], Outcome::Accepted);
+        assert_eq!(kept, &[0, 1, 3], "a repeat within one batch is caught too");
         drop(first);
         // Another instance (a restart, or another host) sees the same window.
         let mut second: Dedupe = MockHost::for_pipeline("redis-b").transform(config).unwrap();
-        let out = run_transform(&mut second, &json_batch([r#"{"id":2}"#, r#"{"id":3}"#])).unwrap();
-        assert_eq!(out.batch.origins(), &[1]);
+        assert_eq!(run_and_settle(&mut second, &[r#"{"id":2}"#, r#"{"id":3}"#], Outcome::Accepted), &[1]);
+    }
+
+    #[test]
+    fn in_redis_only_delivered_keys_count_and_a_dead_process_marks_block_nothing() {
+        let config = redis_config();
+        let mut t: Dedupe = MockHost::for_pipeline("redis-settle").transform(config.clone()).unwrap();
+        // Failed downstream: forgotten in Redis, so another instance passes it too.
+        assert_eq!(run_and_settle(&mut t, &[r#"{"id":1}"#], Outcome::Failed("sink: gave up".into())), &[0]);
+        let mut other: Dedupe = MockHost::for_pipeline("redis-settle-2").transform(config.clone()).unwrap();
+        assert_eq!(run_and_settle(&mut other, &[r#"{"id":1}"#], Outcome::Accepted), &[0]);
+        assert!(run_and_settle(&mut t, &[r#"{"id":1}"#], Outcome::Accepted).is_empty(), "confirmed by the other: seen");
+        // In flight here: a duplicate; its batch failing in the store (the reply lost) lets
+        // the retry pass.
+        let input = json_batch([r#"{"id":2}"#]);
+        let out = run_transform(&mut t, &input).unwrap();
+        assert_eq!(out.batch.len(), 1);
+        assert!(run_and_settle(&mut t, &[r#"{"id":2}"#], Outcome::Accepted).is_empty(), "in flight: dropped");
+        // A process killed with the batch on its way: its pending mark stays in Redis but
+        // another instance takes the key over.
+        std::mem::forget(t);
+        let mut after: Dedupe = MockHost::for_pipeline("redis-settle-3").transform(config).unwrap();
+        assert_eq!(run_and_settle(&mut after, &[r#"{"id":2}"#], Outcome::Accepted), &[0], "the dead instance's mark blocks nothing");
+        assert!(run_and_settle(&mut after, &[r#"{"id":2}"#], Outcome::Accepted).is_empty());
     }
 
     #[test]
@@ -368,6 +728,7 @@ mod tests {
         let err = run_transform(&mut t, &json_batch([r#"{"id":1}"#])).unwrap_err().to_string();
         assert!(err.contains("dedupe store redis://***@127.0.0.1:1 unreachable"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
+        assert!(t.keys().inflight.is_empty(), "the failed batch is not in flight");
         assert!(MockHost::new().transform::<Dedupe>(serde_json::json!({"fields": ["/id"], "store": "disk"})).is_err());
     }
 

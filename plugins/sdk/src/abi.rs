@@ -9,7 +9,7 @@ use std::ffi::c_void;
 /// ABI major version. A host refuses a library with a different major.
 pub const ABI_MAJOR: u16 = 1;
 /// ABI minor version. A host refuses a library with a newer minor than its own.
-pub const ABI_MINOR: u16 = 0;
+pub const ABI_MINOR: u16 = 1;
 /// Name of the one symbol every plugin library exports (NUL-terminated).
 pub const ENTRY_SYMBOL: &[u8] = b"weir_plugin_manifest_v1\0";
 /// Signature of the entry symbol.
@@ -217,9 +217,17 @@ pub struct StageOutput {
     pub release: Option<unsafe extern "C" fn(private: *mut c_void)>,
     /// Opaque to the host.
     pub private: *mut c_void,
+    /// Minor 1, transforms with `acknowledge`: the plugin's number for this batch, handed
+    /// back with the batch's [`Settled`] outcomes. Read only when `struct_size` covers it.
+    pub sequence: u64,
 }
 
 impl StageOutput {
+    /// Whether a `StageOutput` of `struct_size` bytes has the `sequence` field (minor 1).
+    pub fn has_sequence(struct_size: u32) -> bool {
+        struct_size as usize >= std::mem::offset_of!(StageOutput, sequence) + std::mem::size_of::<u64>()
+    }
+
     /// An empty output with nothing to release.
     pub fn empty() -> Self {
         StageOutput {
@@ -239,6 +247,7 @@ impl StageOutput {
             retry_after_ms: 0,
             release: None,
             private: std::ptr::null_mut(),
+            sequence: 0,
         }
     }
 }
@@ -261,6 +270,20 @@ pub struct AckView {
     /// Size of this struct as the host knows it.
     pub struct_size: u32,
     /// Number of records (as emitted).
+    pub count: u32,
+    /// `count` outcome codes (see [`outcome`]).
+    pub codes: *const u8,
+    /// `count` reasons; empty for accepted records.
+    pub reasons: *const StrRef,
+}
+
+/// Minor 1: what became of the records of one batch a transform passed on, handed to its
+/// `acknowledge` function. Borrowed for the duration of the call.
+#[repr(C)]
+pub struct Settled {
+    /// The `StageOutput::sequence` the transform gave the batch.
+    pub sequence: u64,
+    /// Number of records: the transform's input records, in its input order.
     pub count: u32,
     /// `count` outcome codes (see [`outcome`]).
     pub codes: *const u8,
@@ -371,6 +394,16 @@ pub struct PluginDescriptor {
     pub process: Option<
         unsafe extern "C" fn(instance: *mut c_void, batch: *const BatchView, output: *mut StageOutput, message: *mut OwnedBytes) -> Status,
     >,
+    /// Minor 1, transforms (optional): the outcomes of batches the instance processed, once
+    /// every sink is done with them (`settled` points to `count` of them). Called on the
+    /// transform's thread between `process` calls. Read only when `struct_size` covers it.
+    pub acknowledge:
+        Option<unsafe extern "C" fn(instance: *mut c_void, settled: *const Settled, count: u32, message: *mut OwnedBytes) -> Status>,
+}
+
+impl PluginDescriptor {
+    /// Size of a descriptor of ABI minor 0, which ends with `process`.
+    pub const MINOR_0_SIZE: usize = std::mem::offset_of!(PluginDescriptor, acknowledge);
 }
 
 /// What the entry symbol returns. Static: valid for the life of the process.

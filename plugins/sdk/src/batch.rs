@@ -400,9 +400,23 @@ pub struct Output {
     pub batch: BatchBuf,
     /// Refused input records.
     pub rejections: Rejections,
+    /// This batch's number, unique in the library (see [`Output::sequence`]).
+    pub(crate) sequence: u64,
 }
 
 impl Output {
+    /// The number the SDK gave the batch being processed: [`crate::Transform::acknowledge`]
+    /// names the batch by it once its records are delivered, refused or failed.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// The next batch number of this library (never 0).
+    pub(crate) fn next_sequence() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Appends a record that came from input record `origin` (see [`BatchBuf::push`]).
     pub fn push(&mut self, origin: usize, head: Head<'_>, value: &[u8]) {
         self.batch.push(origin as u32, head, value)
@@ -418,7 +432,7 @@ impl Output {
         self.rejections.reject(index, reason)
     }
 
-    /// Clears both parts, keeping the memory.
+    /// Clears both parts, keeping the memory (and the batch number).
     pub fn clear(&mut self) {
         self.batch.clear();
         self.rejections.clear();

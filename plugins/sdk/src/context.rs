@@ -177,24 +177,31 @@ impl Ack {
     /// # Safety
     /// `view` must be valid per ABI.md.
     pub unsafe fn from_view(view: &AckView) -> Ack {
-        let n = view.count as usize;
-        let codes = if n == 0 || view.codes.is_null() { &[][..] } else { std::slice::from_raw_parts(view.codes, n) };
-        let reasons = if n == 0 || view.reasons.is_null() { &[][..] } else { std::slice::from_raw_parts(view.reasons, n) };
-        let outcomes = codes
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| {
-                let reason = || reasons.get(i).map(|r| r.as_str().to_owned()).unwrap_or_default();
-                match c {
-                    abi::outcome::ACCEPTED => Outcome::Accepted,
-                    abi::outcome::REJECTED => Outcome::Rejected(reason()),
-                    abi::outcome::DROPPED => Outcome::Dropped,
-                    _ => Outcome::Failed(reason()),
-                }
-            })
-            .collect();
-        Ack { outcomes }
+        Ack { outcomes: outcomes(view.count, view.codes, view.reasons) }
     }
+}
+
+/// Reads `count` outcome codes and reasons from the host.
+///
+/// # Safety
+/// `codes` and `reasons` must be null or point to `count` valid entries (per ABI.md).
+pub(crate) unsafe fn outcomes(count: u32, codes: *const u8, reasons: *const StrRef) -> Vec<Outcome> {
+    let n = count as usize;
+    let codes = if n == 0 || codes.is_null() { &[][..] } else { std::slice::from_raw_parts(codes, n) };
+    let reasons = if n == 0 || reasons.is_null() { &[][..] } else { std::slice::from_raw_parts(reasons, n) };
+    codes
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let reason = || reasons.get(i).map(|r| r.as_str().to_owned()).unwrap_or_default();
+            match c {
+                abi::outcome::ACCEPTED => Outcome::Accepted,
+                abi::outcome::REJECTED => Outcome::Rejected(reason()),
+                abi::outcome::DROPPED => Outcome::Dropped,
+                _ => Outcome::Failed(reason()),
+            }
+        })
+        .collect()
 }
 
 /// Why the host did not take a batch.

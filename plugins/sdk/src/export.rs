@@ -11,7 +11,7 @@ use std::sync::Once;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
-use crate::abi::{self, BatchView, EmitterApi, HostApi, Kind, Manifest, OwnedBytes, PluginDescriptor, StageOutput, Status, StrRef};
+use crate::abi::{self, BatchView, EmitterApi, HostApi, Kind, Manifest, OwnedBytes, PluginDescriptor, Settled, StageOutput, Status, StrRef};
 use crate::batch::{BatchRef, Output};
 use crate::context::{Context, Emitter};
 use crate::error::PluginError;
@@ -206,6 +206,7 @@ unsafe fn fill_output(slot: *mut StageOutput, out: Box<Output>, retry_after_ms: 
         text: text.as_ptr(),
         text_len: text.len(),
         retry_after_ms,
+        sequence: out.sequence,
         release: Some(release_output),
         private: Box::into_raw(out).cast(),
     };
@@ -249,8 +250,26 @@ unsafe extern "C" fn transform_process<T: crate::plugin::Transform>(
 ) -> Status {
     process_with::<Transform<T>>(instance, batch, output, message, |t, input, out| {
         out.batch = crate::batch::BatchBuf::with_capacity(input.len(), input.data_len() + input.data_len() / 2);
+        out.sequence = Output::next_sequence();
         t.0.process(input, out)
     })
+}
+
+unsafe extern "C" fn transform_acknowledge<T: crate::plugin::Transform>(
+    instance: *mut c_void,
+    settled: *const Settled,
+    count: u32,
+    message: *mut OwnedBytes,
+) -> Status {
+    if settled.is_null() && count > 0 {
+        return Status::INVALID_ARGUMENT;
+    }
+    let raw = if count == 0 { &[][..] } else { std::slice::from_raw_parts(settled, count as usize) };
+    let settled: Vec<crate::plugin::Settled> = raw
+        .iter()
+        .map(|s| crate::plugin::Settled { batch: s.sequence, outcomes: crate::context::outcomes(s.count, s.codes, s.reasons) })
+        .collect();
+    guarded::<Transform<T>>(instance, message, |t| t.0.acknowledge(&settled))
 }
 
 unsafe extern "C" fn sink_process<T: crate::plugin::Sink>(
@@ -271,6 +290,7 @@ pub struct DescriptorParts {
     start: Option<unsafe extern "C" fn(*mut c_void, EmitterApi, *mut OwnedBytes) -> Status>,
     stop: Option<unsafe extern "C" fn(*mut c_void, *mut OwnedBytes) -> Status>,
     process: Option<unsafe extern "C" fn(*mut c_void, *const BatchView, *mut StageOutput, *mut OwnedBytes) -> Status>,
+    acknowledge: Option<unsafe extern "C" fn(*mut c_void, *const Settled, u32, *mut OwnedBytes) -> Status>,
     validate: unsafe extern "C" fn(StrRef, *mut OwnedBytes) -> Status,
     create: unsafe extern "C" fn(StrRef, *const HostApi, *mut *mut c_void, *mut OwnedBytes) -> Status,
     destroy: unsafe extern "C" fn(*mut c_void),
@@ -290,6 +310,7 @@ fn parts<E: Erased>(kind: Kind, name: &'static str, description: &'static str) -
         start: None,
         stop: None,
         process: None,
+        acknowledge: None,
         validate: validate::<E>,
         create: create::<E>,
         destroy: destroy::<E>,
@@ -307,7 +328,11 @@ pub fn source<T: crate::plugin::Source>() -> DescriptorParts {
 
 /// Describes a transform for the manifest.
 pub fn transform<T: crate::plugin::Transform>() -> DescriptorParts {
-    DescriptorParts { process: Some(transform_process::<T>), ..parts::<Transform<T>>(Kind::TRANSFORM, T::NAME, T::DESCRIPTION) }
+    DescriptorParts {
+        process: Some(transform_process::<T>),
+        acknowledge: if T::ACKNOWLEDGES { Some(transform_acknowledge::<T>) } else { None },
+        ..parts::<Transform<T>>(Kind::TRANSFORM, T::NAME, T::DESCRIPTION)
+    }
 }
 
 /// Describes a sink for the manifest.
@@ -346,6 +371,7 @@ impl ManifestHolder {
                 start: p.start,
                 stop: p.stop,
                 process: p.process,
+                acknowledge: p.acknowledge,
             })
             .collect();
         let manifest = Manifest {

@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::abi::{self, AckCallback, AckView, BatchView, EmitterApi, HostApi, OwnedBytes, Status, StrRef};
 use crate::batch::{BatchBuf, BatchRef, Output};
-use crate::context::{Context, Emitter, Level};
+use crate::context::{Context, Emitter, Level, Outcome};
 use crate::error::PluginError;
-use crate::plugin::Transform;
+use crate::plugin::{Settled, Transform};
 
 #[derive(Default)]
 struct State {
@@ -141,11 +141,32 @@ impl MockHost {
     }
 }
 
-/// Runs one batch through a transform and returns its output.
+/// Runs one batch through a transform and returns its output (numbered, as the host's
+/// calls are: see [`Output::sequence`]).
 pub fn run_transform<T: Transform>(t: &mut T, input: &BatchBuf) -> Result<Output, PluginError> {
-    let mut out = Output::default();
+    let mut out = Output { sequence: Output::next_sequence(), ..Output::default() };
     t.process(&input.as_ref(), &mut out)?;
     Ok(out)
+}
+
+/// What the host tells a transform once the batch `out` (made from `input` by
+/// [`run_transform`]) settled: each record the transform passed on gets `passed` (for
+/// example `Outcome::Accepted` when every sink delivered it, `Outcome::Failed` when a sink
+/// gave up), each record it rejected `Rejected`, each it dropped `Dropped`.
+pub fn settled(input: &BatchBuf, out: &Output, passed: Outcome) -> Settled {
+    let mut outcomes = vec![Outcome::Dropped; input.len()];
+    for &o in out.batch.origins() {
+        outcomes[o as usize] = passed.clone();
+    }
+    for (i, why) in out.rejections.iter() {
+        outcomes[i] = Outcome::Rejected(why.to_owned());
+    }
+    Settled { batch: out.sequence, outcomes }
+}
+
+/// Acknowledges `out` to the transform as the host would once it settled (see [`settled`]).
+pub fn acknowledge<T: Transform>(t: &mut T, input: &BatchBuf, out: &Output, passed: Outcome) -> Result<(), PluginError> {
+    t.acknowledge(&[settled(input, out, passed)])
 }
 
 /// Builds a batch of JSON values (no keys, no headers).

@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
 use crate::batch::{BatchRef, Output, Rejections};
-use crate::context::{Context, Emitter};
+use crate::context::{Context, Emitter, Outcome};
 use crate::error::PluginError;
 
 /// Produces batches and hands them to the pipeline through an [`Emitter`].
@@ -39,6 +39,9 @@ pub trait Transform: Sized + Send + 'static {
     const NAME: &'static str;
     /// One line for `weir plugins`.
     const DESCRIPTION: &'static str;
+    /// Whether the host should call [`Transform::acknowledge`]; false by default, so a
+    /// transform that does not care costs nothing.
+    const ACKNOWLEDGES: bool = false;
 
     /// Checks what the schema cannot, without I/O.
     fn validate(_config: &Self::Config) -> Result<(), PluginError> {
@@ -49,6 +52,24 @@ pub trait Transform: Sized + Send + 'static {
     /// Processes one batch: push output records (naming the input record each came
     /// from), reject input records with a reason, or leave them out to drop them.
     fn process(&mut self, input: &BatchRef<'_>, out: &mut Output) -> Result<(), PluginError>;
+    /// Learns what became of batches this instance processed without error, once every
+    /// sink is done with them: one [`Settled`] per batch, named by [`Output::sequence`], with
+    /// an outcome per input record (`Accepted` when delivered; `Dropped` for what this or a
+    /// later transform dropped). Called on the transform's thread between `process` calls,
+    /// before the next batch and when the pipeline is idle; never concurrently with them.
+    /// Hosts older than ABI minor 1 never call it. Defaults to doing nothing.
+    fn acknowledge(&mut self, _settled: &[Settled]) -> Result<(), PluginError> {
+        Ok(())
+    }
+}
+
+/// What became of one batch a transform processed (see [`Transform::acknowledge`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// The batch's [`Output::sequence`].
+    pub batch: u64,
+    /// One outcome per input record of the batch, in input order.
+    pub outcomes: Vec<Outcome>,
 }
 
 /// Delivers batches somewhere.
