@@ -1,19 +1,310 @@
-//! The admin API: `/health`, `/pipelines`, `/metrics`.
+//! The admin API: `/health`, `/pipelines`, `/metrics`, and the calls that steer pipelines.
+//!
+//! Every request passes [`guard`] first: the `Host` must be a loopback name, an IP address
+//! or a configured name (against DNS rebinding); an `Origin` must be the API's own or an
+//! allowed one (against cross-site requests); with a token set, `Authorization: Bearer`
+//! must carry it; a `POST` takes a JSON body or none.
 
+use std::net::{IpAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::State as AxState;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::extract::{Request, State as AxState};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+use crate::config::HostConfig;
+use crate::error::HostError;
 use crate::host::Host;
 use crate::pipeline::State;
 
-/// The admin API's routes. `drain` is how long a reload waits for a replaced pipeline.
-pub fn router(host: Arc<Host>, drain: std::time::Duration) -> Router {
+/// The admin API's bearer token. Never printed: `Debug` shows `***`.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(***)")
+    }
+}
+
+impl Token {
+    /// Reads the token from `WEIR_ADMIN_TOKEN` (`env`) or the file; `None` when neither is set.
+    pub fn load(env: Option<String>, file: Option<&Path>) -> Result<Option<Token>, HostError> {
+        let (raw, from) = match (env, file) {
+            (Some(_), Some(f)) => {
+                return Err(HostError::Usage(format!(
+                    "both WEIR_ADMIN_TOKEN and the admin token file {} are set; set only one of them",
+                    f.display()
+                )))
+            }
+            (Some(v), None) => (v, "WEIR_ADMIN_TOKEN".to_owned()),
+            (None, Some(f)) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| HostError::Usage(format!("cannot read the admin token file {}: {e}", f.display())))?;
+                (text, format!("the admin token file {}", f.display()))
+            }
+            (None, None) => return Ok(None),
+        };
+        let token = raw.trim_end_matches(['\n', '\r']);
+        if token.is_empty() {
+            return Err(HostError::Usage(format!(
+                "{from} is empty; put a token in it (for example the output of `openssl rand -hex 32`), or unset it"
+            )));
+        }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(HostError::Usage(format!(
+                "the admin token from {from} contains spaces or control characters, which cannot travel in an \
+                 `Authorization` header; use letters, digits and `-._~+/=`"
+            )));
+        }
+        Ok(Some(Token(token.to_owned())))
+    }
+
+    /// Whether `given` is the token, in time that does not depend on where they differ.
+    fn matches(&self, given: &[u8]) -> bool {
+        let want = self.0.as_bytes();
+        let mut diff = u8::from(want.len() != given.len());
+        for (i, &w) in want.iter().enumerate() {
+            diff |= w ^ given.get(i).copied().unwrap_or(!w);
+        }
+        std::hint::black_box(diff) == 0
+    }
+}
+
+/// Who may use the admin API, and from where.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    token: Option<Token>,
+    /// Lower-cased `admin_hosts`.
+    hosts: Vec<String>,
+    /// Lower-cased `admin_allowed_origins`, without a trailing `/`.
+    origins: Vec<String>,
+}
+
+impl Access {
+    /// From the host settings and `WEIR_ADMIN_TOKEN`; reads the token file once.
+    pub fn from_config(config: &HostConfig) -> Result<Access, HostError> {
+        let env = std::env::var_os("WEIR_ADMIN_TOKEN").map(|v| v.to_string_lossy().into_owned());
+        let token = Token::load(env, config.admin_token_file.as_deref())?;
+        Access::new(token, &config.admin_hosts, &config.admin_allowed_origins)
+    }
+
+    /// With a token (or none), extra `Host` names and allowed browser origins.
+    pub fn new(token: Option<Token>, hosts: &[String], origins: &[String]) -> Result<Access, HostError> {
+        let mut allowed = Vec::new();
+        for o in origins {
+            let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
+            if o != "*" && o != "null" && !is_origin(&o) {
+                return Err(HostError::Usage(format!(
+                    "admin_allowed_origins: {o:?} is not an origin; write scheme://host[:port] with no path \
+                     (for example https://ops.example.com), or * for any"
+                )));
+            }
+            allowed.push(o);
+        }
+        let hosts = hosts.iter().map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect();
+        Ok(Access { token, hosts, origins: allowed })
+    }
+
+    /// Whether a token is required.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Refuses an admin address beyond loopback (`0.0.0.0`, `::`, a LAN address) without a
+    /// token: anyone who can reach it could pause, restart or reload pipelines.
+    pub fn check_exposure(&self, admin: &str) -> Result<(), HostError> {
+        if self.token.is_some() {
+            return Ok(());
+        }
+        // An address that does not resolve fails at bind time, with its own error.
+        let Ok(addrs) = admin.to_socket_addrs() else { return Ok(()) };
+        match addrs.into_iter().find(|a| !a.ip().is_loopback()) {
+            None => Ok(()),
+            Some(a) => Err(HostError::Usage(format!(
+                "the admin API address {admin} ({}) is not a loopback address and no admin token is set: anyone \
+                 who can reach it could pause, restart or reload pipelines. Set WEIR_ADMIN_TOKEN (or \
+                 admin_token_file in weir.yaml, WEIR_ADMIN_TOKEN_FILE) to a secret token, or bind the admin API \
+                 to loopback (--admin 127.0.0.1:8083)",
+                a.ip()
+            ))),
+        }
+    }
+
+    /// A `Host` header that cannot come from DNS rebinding: a loopback name or an IP
+    /// address (any port: a port forward changes it), or one of `admin_hosts`.
+    fn host_allowed(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        let name = split_port(&host).0;
+        let literal = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(name);
+        name == "localhost"
+            || literal.parse::<IpAddr>().is_ok()
+            || self.hosts.iter().any(|h| *h == host || (split_port(h).1.is_none() && h == name))
+    }
+
+    /// The origin a browser sends for a page served by this API under `host`.
+    fn same_origin(origin: &str, host: Option<&str>) -> bool {
+        let Some(host) = host else { return false };
+        let origin = origin.to_ascii_lowercase();
+        let host = host.trim().to_ascii_lowercase();
+        origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host.as_str())
+    }
+
+    fn origin_listed(&self, origin: &str) -> bool {
+        let origin = origin.to_ascii_lowercase();
+        self.origins.iter().any(|o| o == "*" || *o == origin)
+    }
+}
+
+/// `scheme://host[:port]`, nothing after.
+fn is_origin(o: &str) -> bool {
+    match o.split_once("://") {
+        Some((scheme, rest)) => {
+            !scheme.is_empty()
+                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+                && !rest.is_empty()
+                && !rest.contains(['/', '?', '#', '@', ' '])
+        }
+        None => false,
+    }
+}
+
+/// `name:port` → (`name`, `Some(port)`); `[v6]:port` keeps its brackets.
+fn split_port(host: &str) -> (&str, Option<&str>) {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) if !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) && (!n.contains(':') || n.ends_with(']')) => (n, Some(p)),
+        _ => (host, None),
+    };
+    (name, port)
+}
+
+/// Marks a `/health` request made without the token: it gets the status only.
+#[derive(Clone, Copy)]
+struct Anonymous;
+
+fn refuse(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"))
+}
+
+/// Whether the request carries a body (a `Content-Length` above 0, or chunks).
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || header_str(headers, header::CONTENT_LENGTH).is_some_and(|n| n.trim().parse::<u64>().map_or(true, |n| n > 0))
+}
+
+/// The checks in front of every route (see the module documentation).
+pub async fn guard(AxState(access): AxState<Arc<Access>>, mut req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let host = header_str(headers, header::HOST);
+    if let Some(h) = host.filter(|h| !access.host_allowed(h)) {
+        return refuse(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this admin API does not answer to the host {h:?}; use localhost or an IP address, or add the name to \
+                 admin_hosts in weir.yaml"
+            ),
+        );
+    }
+    let mut cors = None;
+    if let Some(origin) = header_str(headers, header::ORIGIN) {
+        if !Access::same_origin(origin, host) {
+            if !access.origin_listed(origin) {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "requests from the web origin {origin:?} are refused; call the admin API from a program (no \
+                         Origin header) or add the origin to admin_allowed_origins in weir.yaml"
+                    ),
+                );
+            }
+            cors = HeaderValue::from_str(origin).ok();
+        }
+    }
+    if req.method() == Method::OPTIONS {
+        if let Some(origin) = cors {
+            let allow = [
+                (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin),
+                (header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST")),
+                (header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type")),
+                (header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600")),
+                (header::VARY, HeaderValue::from_static("Origin")),
+            ];
+            return (StatusCode::NO_CONTENT, allow).into_response();
+        }
+    }
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if mutating && cors.is_none() {
+        if let Some(site) = header_str(headers, header::HeaderName::from_static("sec-fetch-site")) {
+            if site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site") {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "a {site} request from a web page is refused; call the admin API from a program, or add the \
+                         page's origin to admin_allowed_origins"
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(token) = &access.token {
+        let given = header_str(headers, header::AUTHORIZATION);
+        let presented = given.and_then(|v| v.split_once(' ')).filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
+        let ok = presented.is_some_and(|(_, t)| token.matches(t.trim().as_bytes()));
+        if !ok && req.uri().path() == "/health" {
+            req.extensions_mut().insert(Anonymous);
+        } else if !ok {
+            let (challenge, message) = match given {
+                None => (
+                    "Bearer realm=\"weir admin\"",
+                    "this admin API needs a token: send `Authorization: Bearer <token>` with the token set in \
+                     WEIR_ADMIN_TOKEN or admin_token_file",
+                ),
+                Some(_) => (
+                    "Bearer realm=\"weir admin\", error=\"invalid_token\"",
+                    "the admin token sent is not the one set in WEIR_ADMIN_TOKEN or admin_token_file; send \
+                     `Authorization: Bearer <token>` with that token",
+                ),
+            };
+            let mut resp = refuse(StatusCode::UNAUTHORIZED, message.to_owned());
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            return resp;
+        }
+    }
+    let headers = req.headers();
+    if mutating {
+        let json = header_str(headers, header::CONTENT_TYPE)
+            .map(|ct| ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"));
+        if json == Some(false) || (json.is_none() && has_body(headers)) {
+            return refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "{} takes no body or a JSON one; send `Content-Type: application/json` or no body at all (got {})",
+                    req.uri().path(),
+                    header_str(headers, header::CONTENT_TYPE).map_or("a body without Content-Type".to_owned(), |c| format!("{c:?}"))
+                ),
+            );
+        }
+    }
+    let mut resp = next.run(req).await;
+    if let Some(origin) = cors {
+        resp.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        resp.headers_mut().append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    resp
+}
+
+/// The admin API's routes, behind [`guard`]. `drain` is how long a reload waits for a
+/// replaced pipeline.
+pub fn router(host: Arc<Host>, drain: std::time::Duration, access: Access) -> Router {
     Router::new()
         .route(
             "/reload",
@@ -43,23 +334,31 @@ pub fn router(host: Arc<Host>, drain: std::time::Duration) -> Router {
         .route("/pipelines/{name}", get(pipeline))
         .route("/metrics", get(metrics))
         .with_state(host)
+        .layer(axum::middleware::from_fn_with_state(Arc::new(access), guard))
 }
 
-async fn health(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
+async fn health(AxState(host): AxState<Arc<Host>>, anonymous: Option<axum::Extension<Anonymous>>) -> Response {
     let pipelines = host.pipelines();
+    let all_running = pipelines.iter().all(|p| p.state().0 == State::Running);
+    let status = if all_running { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let health = if all_running { "healthy" } else { "degraded" };
+    let timestamp = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    if anonymous.is_some() {
+        // Probes get the status; pipeline names and counts need the token.
+        return (status, Json(serde_json::json!({ "status": health, "timestamp": timestamp }))).into_response();
+    }
     let states: serde_json::Map<String, serde_json::Value> =
         pipelines.iter().map(|p| (p.name.clone(), p.state().0.name().into())).collect();
-    let all_running = pipelines.iter().all(|p| p.state().0 == State::Running);
     let clients: f64 = pipelines.iter().map(|p| p.gauge("connected_clients")).sum();
     let body = serde_json::json!({
-        "status": if all_running { "healthy" } else { "degraded" },
-        "timestamp": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        "status": health,
+        "timestamp": timestamp,
         "uptime_seconds": host.started.elapsed().as_secs(),
         "pipelines": states,
         "connected_clients": clients as u64,
         "last_reload": host.last_reload(),
     });
-    (if all_running { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+    (status, Json(body)).into_response()
 }
 
 async fn pipelines(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
@@ -105,4 +404,69 @@ async fn metrics(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], host.metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_comes_from_one_place_trimmed_and_never_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret-admin\n").unwrap();
+        let t = Token::load(None, Some(&file)).unwrap().unwrap();
+        assert!(t.matches(b"s3cret-admin"));
+        assert!(!t.matches(b"s3cret-admin\n") && !t.matches(b"s3cret-admiN") && !t.matches(b"s3cret") && !t.matches(b""));
+        assert_eq!(format!("{t:?}"), "Token(***)");
+        assert!(Token::load(None, None).unwrap().is_none());
+        std::fs::write(&file, "\n").unwrap();
+        let err = Token::load(None, Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("is empty"), "{err}");
+        let err = Token::load(Some("x".into()), Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("set only one"), "{err}");
+        let err = Token::load(Some("two words".into()), None).unwrap_err().to_string();
+        assert!(err.contains("spaces") && !err.contains("two words"), "{err}");
+        let err = Token::load(None, Some(&dir.path().join("missing"))).unwrap_err().to_string();
+        assert!(err.contains("cannot read the admin token file"), "{err}");
+    }
+
+    #[test]
+    fn beyond_loopback_needs_a_token() {
+        let open = Access::default();
+        for addr in ["127.0.0.1:8083", "[::1]:8083", "localhost:8083"] {
+            assert!(open.check_exposure(addr).is_ok(), "{addr}");
+        }
+        for addr in ["0.0.0.0:8083", "[::]:8083", "192.168.1.20:8083"] {
+            let err = open.check_exposure(addr).unwrap_err().to_string();
+            assert!(err.contains("WEIR_ADMIN_TOKEN") && err.contains("127.0.0.1"), "{err}");
+        }
+        let locked = Access { token: Some(Token("t".into())), ..Access::default() };
+        assert!(locked.check_exposure("0.0.0.0:8083").is_ok());
+    }
+
+    #[test]
+    fn hosts_that_dns_rebinding_could_send_are_refused() {
+        let a = Access::new(None, &["weir.internal".into(), "ops.example:8083".into()], &[]).unwrap();
+        for ok in ["127.0.0.1:8083", "localhost:8083", "LOCALHOST", "[::1]:8083", "10.0.0.5:9000", "weir.internal:1", "ops.example:8083"] {
+            assert!(a.host_allowed(ok), "{ok}");
+        }
+        for bad in ["evil.example:8083", "localhost.evil.example", "ops.example:9000", "127.0.0.1.nip.io:8083", ""] {
+            assert!(!a.host_allowed(bad), "{bad}");
+        }
+        assert_eq!(split_port("[::1]:80"), ("[::1]", Some("80")));
+        assert_eq!(split_port("::1"), ("::1", None));
+    }
+
+    #[test]
+    fn origins_are_the_api_own_or_listed() {
+        assert!(Access::same_origin("http://127.0.0.1:8083", Some("127.0.0.1:8083")));
+        assert!(!Access::same_origin("http://localhost:8083", Some("127.0.0.1:8083")));
+        assert!(!Access::same_origin("null", Some("127.0.0.1:8083")));
+        let a = Access::new(None, &[], &["https://Ops.example.com/".into()]).unwrap();
+        assert!(a.origin_listed("https://ops.example.com") && !a.origin_listed("https://evil.example"));
+        let err = Access::new(None, &[], &["ops.example.com/path".into()]).unwrap_err().to_string();
+        assert!(err.contains("is not an origin"), "{err}");
+        assert!(Access::new(None, &[], &["*".into()]).unwrap().origin_listed("http://anything"));
+    }
 }

@@ -24,9 +24,23 @@ pub struct HostConfig {
     /// executable.
     #[serde(default)]
     pub plugins: Vec<PathBuf>,
-    /// Address of the admin API (`/health`, `/pipelines`, `/metrics`).
+    /// Address of the admin API (`/health`, `/pipelines`, `/metrics`). An address beyond
+    /// loopback (`0.0.0.0`, `::`, a LAN address) needs an admin token.
     #[serde(default = "default_admin")]
     pub admin: String,
+    /// A file holding the admin API's bearer token, read once at start (a trailing newline
+    /// is ignored). With a token, every admin call but `/health` needs `Authorization:
+    /// Bearer <token>`. `WEIR_ADMIN_TOKEN` gives the token itself instead.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    /// `Host` names the admin API answers to besides `localhost` and IP addresses (for
+    /// example `weir.internal`, or `weir.internal:8083` for one port); others get 421.
+    #[serde(default)]
+    pub admin_hosts: Vec<String>,
+    /// Web origins whose pages may call the admin API (`https://ops.example.com`, or `*` for
+    /// any); a request from another page gets 403.
+    #[serde(default)]
+    pub admin_allowed_origins: Vec<String>,
     /// Log filter, in `RUST_LOG` syntax (for example `info` or `weir=debug`).
     #[serde(default = "default_log")]
     pub log: String,
@@ -66,6 +80,9 @@ impl Default for HostConfig {
             pipelines: default_pipelines(),
             plugins: Vec::new(),
             admin: default_admin(),
+            admin_token_file: None,
+            admin_hosts: Vec::new(),
+            admin_allowed_origins: Vec::new(),
             log: default_log(),
             drain_timeout_secs: default_drain(),
             watch: default_watch(),
@@ -75,7 +92,8 @@ impl Default for HostConfig {
 }
 
 /// Keys the environment may set, as `WEIR_<KEY>`.
-const ENV_KEYS: [&str; 6] = ["pipelines", "plugins", "admin", "log", "drain_timeout_secs", "watch"];
+const ENV_KEYS: &[&str] =
+    &["pipelines", "plugins", "admin", "admin_token_file", "admin_hosts", "admin_allowed_origins", "log", "drain_timeout_secs", "watch"];
 
 impl HostConfig {
     /// Merges defaults < the YAML file < `WEIR_*` environment < `overrides` (flags).
@@ -87,7 +105,7 @@ impl HostConfig {
         }
         Figment::from(Serialized::defaults(HostConfig::default()))
             .merge(Yaml::file(&file))
-            .merge(Env::prefixed("WEIR_").only(&ENV_KEYS))
+            .merge(Env::prefixed("WEIR_").only(ENV_KEYS))
             .merge(Env::prefixed("WEIR_TRACES_").map(|k| format!("traces.{k}").into()))
             .merge(Serialized::defaults(overrides))
             .extract()
@@ -314,32 +332,118 @@ pub struct PipelineFile {
     pub redactor: Redactor,
 }
 
-/// Replaces interpolated values in messages so secrets never show.
+/// Replaces secrets in messages so they never show. Right after interpolation every value
+/// taken from the environment counts as one; once the file is parsed, [`Redactor::classify`]
+/// keeps only the values that are secrets (see there), so an address or a topic from
+/// `${VAR}` shows in errors while a password does not.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
-    secrets: Vec<String>,
+    /// Each variable substituted, with its value.
+    found: Vec<(String, String)>,
+    /// What to replace, with what; longest first, so a secret containing another is hidden whole.
+    secrets: Vec<(String, String)>,
 }
 
 /// Values shorter than this are not treated as secrets (they would mangle messages).
 const MIN_SECRET_LEN: usize = 4;
 
+/// Whether a field or variable name says it holds a secret (`password`, `sasl.password`,
+/// `api_key`, `KAFKA_SASL_PASSWORD`, `Authorization`, `tls_key`, …).
+pub fn secret_name(name: &str) -> bool {
+    const PARTS: [&str; 11] =
+        ["password", "passwd", "passphrase", "secret", "token", "credential", "auth", "apikey", "private", "cookie", "signature"];
+    const WORDS: [&str; 5] = ["key", "pass", "pwd", "psk", "pgpass"];
+    let n = name.to_ascii_lowercase();
+    PARTS.iter().any(|p| n.contains(p)) || n.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| WORDS.contains(&w))
+}
+
+/// Field names with `key` in them that hold no secret.
+const PLAIN_KEYS: [&str; 5] = ["key", "keys", "key_prefix", "unique_key", "key_field"];
+
+/// The user and password of a URL's userinfo (`scheme://user:password@host`).
+fn url_password(text: &str) -> Option<(&str, &str)> {
+    let (_, rest) = text.split_once("://")?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    userinfo.split_once(':').filter(|(_, pw)| !pw.is_empty())
+}
+
+/// Every scalar in `doc` with the path of keys leading to it.
+fn leaves(doc: &serde_yaml::Value, path: &mut Vec<String>, out: &mut Vec<(Vec<String>, String)>) {
+    use serde_yaml::Value as V;
+    match doc {
+        V::Mapping(m) => {
+            for (k, v) in m {
+                path.push(match k {
+                    V::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other).unwrap_or_default().trim().to_owned(),
+                });
+                leaves(v, path, out);
+                path.pop();
+            }
+        }
+        V::Sequence(items) => {
+            for (i, v) in items.iter().enumerate() {
+                path.push(i.to_string());
+                leaves(v, path, out);
+                path.pop();
+            }
+        }
+        V::Tagged(t) => leaves(&t.value, path, out),
+        V::String(s) => out.push((path.clone(), s.clone())),
+        V::Number(n) => out.push((path.clone(), n.to_string())),
+        V::Bool(b) => out.push((path.clone(), b.to_string())),
+        V::Null => {}
+    }
+}
+
 impl Redactor {
-    /// Hides every interpolated value in `text`.
+    /// Hides every secret in `text`.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();
-        for s in &self.secrets {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), "***");
+        for (secret, shown) in &self.secrets {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), shown);
             }
         }
         out
     }
 
-    fn add(&mut self, value: &str) {
-        if value.len() >= MIN_SECRET_LEN && !self.secrets.iter().any(|s| s == value) {
-            self.secrets.push(value.to_owned());
-            // Longest first, so a secret containing another is hidden whole.
-            self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    fn add(&mut self, var: &str, value: &str) {
+        self.found.push((var.to_owned(), value.to_owned()));
+        self.hide(value, "***");
+    }
+
+    fn hide(&mut self, secret: &str, shown: &str) {
+        if secret.len() >= MIN_SECRET_LEN && !self.secrets.iter().any(|(s, _)| s == secret) {
+            self.secrets.push((secret.to_owned(), shown.to_owned()));
+            self.secrets.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        }
+    }
+
+    /// Keeps as secrets, given the parsed file: the password of every URL (`user:***@`),
+    /// written out or substituted; and each substituted value whose variable has a secret's
+    /// name, or that lands in a field with a secret's name ([`secret_name`]), or that cannot
+    /// be found in any field (it is then kept hidden, to be safe). Other substituted values
+    /// (addresses, topics, paths) show.
+    pub fn classify(&mut self, doc: &serde_yaml::Value) {
+        let mut all = Vec::new();
+        leaves(doc, &mut Vec::new(), &mut all);
+        self.secrets.clear();
+        for (_, text) in &all {
+            if let Some((user, pw)) = url_password(text) {
+                self.hide(&format!("://{user}:{pw}@"), &format!("://{user}:***@"));
+                self.hide(pw, "***");
+            }
+        }
+        for (var, value) in self.found.clone() {
+            let mut holders = all.iter().filter(|(_, text)| text.contains(value.as_str())).peekable();
+            let secret = secret_name(&var)
+                || holders.peek().is_none()
+                || holders.any(|(path, _)| path.iter().any(|seg| secret_name(seg) && !PLAIN_KEYS.contains(&seg.as_str())));
+            if secret {
+                self.hide(&value, "***");
+            }
         }
     }
 }
@@ -380,7 +484,7 @@ pub fn interpolate(text: &str, file: &Path, lookup: impl Fn(&str) -> Option<Stri
             }
             match lookup(var).filter(|v| !v.is_empty() || default.is_none()) {
                 Some(value) => {
-                    redactor.add(&value);
+                    redactor.add(var, &value);
                     out.push_str(&value);
                 }
                 None => match default {
@@ -411,7 +515,10 @@ impl PipelineFile {
 
     /// Parses pipeline text as if read from `path`.
     pub fn parse(path: &Path, raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Self, HostError> {
-        let (text, redactor) = interpolate(raw, path, lookup)?;
+        let (text, mut redactor) = interpolate(raw, path, lookup)?;
+        if let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(&text) {
+            redactor.classify(&doc);
+        }
         let spec: PipelineSpec = serde_yaml::from_str(&text).map_err(|e| {
             let mut err = Located::new(path, redactor.redact(&strip_location(&e.to_string())));
             if let Some(loc) = e.location() {
@@ -555,6 +662,27 @@ mod tests {
         let (out, red) = interpolate("a: ${A}\nb: ${B:-dflt}\nc: $${LIT}\n", Path::new("p.yaml"), env(&[("A", "hunter22")])).unwrap();
         assert_eq!(out, "a: hunter22\nb: dflt\nc: ${LIT}\n");
         assert_eq!(red.redact("password hunter22 rejected"), "password *** rejected");
+    }
+
+    #[test]
+    fn only_secrets_are_masked() {
+        let vars = env(&[
+            ("LISTEN", "10.1.2.3:3001"),
+            ("TOPIC", "user_events"),
+            ("KAFKA_SASL_PASSWORD", "hunter22"),
+            ("PLAIN", "opensesame"),
+            ("DATABASE_URL", "postgres://weir:pgpw-secret@db:5432/test"),
+            ("WHOLE", "s3cr3t-value"),
+        ]);
+        let text = "source: {plugin: http, config: {listen: \"${LISTEN}\"}}\nsinks:\n  - plugin: kafka\n    config:\n      topic: ${TOPIC}\n      librdkafka: {sasl.password: \"${PLAIN}\", sasl.username: \"${KAFKA_SASL_PASSWORD}\"}\n  - plugin: postgres\n    config: {url: \"${DATABASE_URL}\", dsn: \"postgres://u:literal-pw@h/db\"}\n";
+        let f = PipelineFile::parse(Path::new("p.yaml"), text, &vars).unwrap();
+        let shown = f.redactor.redact("10.1.2.3:3001 user_events hunter22 opensesame postgres://weir:pgpw-secret@db:5432/test pgpw-secret postgres://u:literal-pw@h/db");
+        assert_eq!(shown, "10.1.2.3:3001 user_events *** *** postgres://weir:***@db:5432/test *** postgres://u:***@h/db");
+        // A value that lands in no field as it is (here inside a mapping key) stays hidden.
+        let f = PipelineFile::parse(Path::new("p.yaml"), "source: {plugin: http, config: {${WHOLE}: 1}}\nsinks: [{plugin: file}]\n", &vars);
+        assert_eq!(f.unwrap().redactor.redact("s3cr3t-value"), "***");
+        assert!(secret_name("KAFKA_SASL_PASSWORD") && secret_name("x-api-key") && secret_name("Authorization") && secret_name("tls_key"));
+        assert!(!secret_name("listen") && !secret_name("WEIR_HTTP_LISTEN") && !secret_name("brokers") && !secret_name("monkey"));
     }
 
     #[test]

@@ -101,6 +101,7 @@ fn main() -> ExitCode {
         Command::Plugins { json } => plugins(&config, json),
         Command::Schema { out, check } => schema(&config, &out, check),
     };
+    weir::loader::remove_private_copies();
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -118,7 +119,12 @@ fn init_logs(filter: &str) {
 
 fn run(config: HostConfig, once: bool) -> anyhow::Result<ExitCode> {
     init_logs(&config.log);
-    let registry = Registry::discover(&config.plugin_dirs());
+    let access = weir::admin::Access::from_config(&config)?;
+    access.check_exposure(&config.admin)?;
+    for stale in weir::loader::remove_stale_copies() {
+        tracing::info!(path = %stale.display(), "Removed the private plugin copies of a process that is gone.");
+    }
+    let registry = Registry::for_config(&config);
     tracing::info!(libraries = registry.libraries.len(), plugins = registry.plugins.len(), "Plugins loaded.");
     let host = Arc::new(Host::new(registry, config.plugin_dirs()));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("weir-admin").enable_all().build()?;
@@ -147,9 +153,9 @@ fn run(config: HostConfig, once: bool) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(&config.admin)
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind the admin API to {}: {e}", config.admin))?;
-        tracing::info!(address = %config.admin, "Admin API listening.");
+        tracing::info!(address = %config.admin, token = access.has_token(), "Admin API listening.");
         let drain = Duration::from_secs(config.drain_timeout_secs);
-        let app = weir::admin::router(host.clone(), drain);
+        let app = weir::admin::router(host.clone(), drain, access);
         let on_hup = host.clone();
         tokio::spawn(async move {
             let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
@@ -216,7 +222,10 @@ fn expand(paths: Vec<PathBuf>, default: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn validate(config: &HostConfig, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
-    let registry = Registry::discover(&config.plugin_dirs());
+    let registry = Registry::for_config(config);
+    for b in &registry.broken {
+        eprintln!("warning: {}: not usable: {}", b.path.display(), b.reason);
+    }
     let mut failed = false;
     for path in expand(paths, &config.pipelines)? {
         let errors = match PipelineFile::load(&path) {
@@ -238,7 +247,7 @@ fn validate(config: &HostConfig, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode
 }
 
 fn plugins(config: &HostConfig, json: bool) -> anyhow::Result<ExitCode> {
-    let registry = Registry::discover(&config.plugin_dirs());
+    let registry = Registry::for_config(config);
     if json {
         let libs: Vec<_> = registry
             .libraries
@@ -253,7 +262,7 @@ fn plugins(config: &HostConfig, json: bool) -> anyhow::Result<ExitCode> {
                 serde_json::json!({"path": l.path, "name": l.name, "version": l.version, "abi": l.abi, "build": l.build, "plugins": plugins})
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"libraries": libs, "broken": registry.broken}))?);
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"libraries": libs, "broken": registry.broken, "skipped": registry.skipped}))?);
         return Ok(ExitCode::SUCCESS);
     }
     for dir in config.plugin_dirs() {
@@ -271,6 +280,12 @@ fn plugins(config: &HostConfig, json: bool) -> anyhow::Result<ExitCode> {
             println!("  {}: {}", b.path.display(), b.reason);
         }
     }
+    if !registry.skipped.is_empty() {
+        println!("\nnot loaded (test and example libraries; name their directory with --plugins to load them):");
+        for b in &registry.skipped {
+            println!("  {}", b.path.display());
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -279,7 +294,7 @@ fn pretty(value: &impl serde::Serialize) -> anyhow::Result<String> {
 }
 
 fn schema(config: &HostConfig, out: &Path, check: bool) -> anyhow::Result<ExitCode> {
-    let registry = Registry::discover(&config.plugin_dirs());
+    let registry = Registry::for_config(config);
     let mut files: Vec<(PathBuf, String)> = vec![
         (out.join("pipeline.schema.json"), pretty(&schemars::schema_for!(PipelineSpec))?),
         (out.join("weir.schema.json"), pretty(&schemars::schema_for!(HostConfig))?),

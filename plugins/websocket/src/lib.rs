@@ -1,7 +1,8 @@
 //! The `websocket` sink: a WebSocket server that broadcasts each record's value as a
 //! text frame to every connected client. A client may ask for some event types only
 //! (`ws://host:port/?types=like_clicked,page_view`). A client too slow to keep up is
-//! disconnected and counted; it never holds the pipeline back.
+//! disconnected and counted; it never holds the pipeline back. A browser page may connect
+//! only when its `Origin` is in `allowed_origins`; programs send no `Origin` and always may.
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
@@ -10,7 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -30,6 +32,52 @@ pub struct WebSocketConfig {
     /// Frames queued per client; a client that falls further behind is disconnected.
     #[serde(default = "default_buffer")]
     pub client_buffer: NonZeroUsize,
+    /// Web origins whose pages may connect (`https://dash.example.com`, `http://localhost:3000`;
+    /// `*` for any page). A handshake from another origin gets 403. Clients that send no
+    /// `Origin` (programs, not browsers) are always accepted.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+/// Which browser origins may open the stream.
+#[derive(Debug, Clone, Default)]
+struct Origins {
+    any: bool,
+    /// Lower-cased, without a trailing `/`.
+    listed: Vec<String>,
+}
+
+impl Origins {
+    fn new(list: &[String]) -> Origins {
+        let listed: Vec<String> = list.iter().map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase()).collect();
+        Origins { any: listed.iter().any(|o| o == "*"), listed }
+    }
+
+    /// `None` (no `Origin` header: not a browser) is always allowed.
+    fn allows(&self, origin: Option<&[u8]>) -> bool {
+        match origin {
+            None => true,
+            Some(o) => self.any || self.listed.iter().any(|l| l.as_bytes().eq_ignore_ascii_case(o)),
+        }
+    }
+}
+
+/// `*`, `null` or `scheme://host[:port]` with nothing after.
+fn check_origin(o: &str) -> Result<(), String> {
+    let o = o.trim().trim_end_matches('/');
+    let ok = o == "*"
+        || o == "null"
+        || o.split_once("://").is_some_and(|(scheme, rest)| {
+            !scheme.is_empty()
+                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+                && !rest.is_empty()
+                && !rest.contains(['/', '?', '#', '@', ' '])
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("allowed_origins: {o:?} is not an origin; write scheme://host[:port] with no path (for example https://dash.example.com), or * for any page"))
+    }
 }
 
 fn default_listen() -> String {
@@ -81,11 +129,22 @@ fn parse_types(query: Option<&str>) -> Option<HashSet<String>> {
     (!set.is_empty()).then_some(set)
 }
 
-async fn serve(stream: tokio::net::TcpStream, hub: Arc<Hub>, ctx: Context, buffer: usize) {
+async fn serve(stream: tokio::net::TcpStream, hub: Arc<Hub>, ctx: Context, buffer: usize, origins: Arc<Origins>) {
     let mut query: Option<String> = None;
     // The error type is tungstenite's; nothing here can shrink it.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| {
+        let origin = req.headers().get("origin").map(|o| o.as_bytes());
+        if !origins.allows(origin) {
+            ctx.counter_add("websocket_origins_refused", "WebSocket handshakes refused for their Origin.", 1);
+            let shown = String::from_utf8_lossy(origin.unwrap_or_default()).chars().take(200).collect::<String>();
+            ctx.log(weir_plugin::Level::Debug, &format!("WebSocket handshake from origin {shown:?} refused."));
+            let mut refusal = ErrorResponse::new(Some(format!(
+                "pages from the origin {shown:?} may not open this stream; add it to the websocket sink's allowed_origins\n"
+            )));
+            *refusal.status_mut() = StatusCode::FORBIDDEN;
+            return Err(refusal);
+        }
         query = req.uri().query().map(str::to_owned);
         Ok(resp)
     };
@@ -137,6 +196,9 @@ impl Sink for WebSocketSink {
         if !config.type_field.starts_with('/') {
             return Err(PluginError::config(format!("type_field {:?} must be a JSON pointer such as \"/eventType\"", config.type_field)));
         }
+        for o in &config.allowed_origins {
+            check_origin(o).map_err(PluginError::config)?;
+        }
         Ok(())
     }
 
@@ -146,12 +208,13 @@ impl Sink for WebSocketSink {
         let hub = Arc::new(Hub::default());
         hub.report(&ctx, 0);
         let (h, buffer) = (hub.clone(), config.client_buffer.get());
+        let origins = Arc::new(Origins::new(&config.allowed_origins));
         let accept = rt.spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(serve(stream, h.clone(), ctx, buffer));
+                        tokio::spawn(serve(stream, h.clone(), ctx, buffer, origins.clone()));
                     }
                     Err(e) => {
                         ctx.warn(&format!("accept failed: {e}"));
@@ -227,6 +290,20 @@ mod tests {
         assert_eq!(parse_types(Some("types=a,b")).unwrap().len(), 2);
         assert!(parse_types(Some("x=1")).is_none());
         assert!(parse_types(None).is_none());
+    }
+
+    #[test]
+    fn browser_origins_need_a_listing_programs_do_not() {
+        let none = Origins::new(&[]);
+        assert!(none.allows(None));
+        assert!(!none.allows(Some(b"http://evil.example")) && !none.allows(Some(b"null")));
+        let some = Origins::new(&["http://localhost:3000/".into(), "https://Dash.example.com".into()]);
+        assert!(some.allows(Some(b"http://localhost:3000")) && some.allows(Some(b"https://dash.example.com")));
+        assert!(!some.allows(Some(b"http://localhost:3001")) && !some.allows(Some(b"https://dash.example.com.evil.example")));
+        assert!(Origins::new(&["*".into()]).allows(Some(b"http://anything.example")));
+        assert!(check_origin("https://dash.example.com").is_ok() && check_origin("*").is_ok());
+        let err = check_origin("dash.example.com/app").unwrap_err();
+        assert!(err.contains("is not an origin"), "{err}");
     }
 
     #[test]
