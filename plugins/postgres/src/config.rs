@@ -13,8 +13,9 @@ pub struct ColumnSpec {
     pub name: String,
     /// SQL type as written in `CREATE TABLE`, constraints included: `VARCHAR(100) NOT NULL`,
     /// `JSONB`, `TIMESTAMP DEFAULT CURRENT_TIMESTAMP`, `SERIAL PRIMARY KEY`. Values are
-    /// converted by its first word: text types, integers, booleans, floats, `timestamp` /
-    /// `timestamptz` (from ISO-8601 text or epoch seconds / milliseconds), `json` / `jsonb`.
+    /// converted by its first word: text types, integers, booleans, floats, `numeric` /
+    /// `decimal` (exact: the digits as written), `timestamp` / `timestamptz` (from ISO-8601
+    /// text or epoch seconds / milliseconds), `json` (the text as written) / `jsonb`.
     #[serde(rename = "type")]
     pub sql_type: String,
     /// JSON pointer of the value in the record (`""` for the whole record). A column with
@@ -80,7 +81,9 @@ pub struct PostgresConfig {
     /// is skipped, so redelivery never duplicates a row. Empty: every record is inserted.
     #[serde(default)]
     pub unique_key: Vec<String>,
-    /// Create the schema, the table, the unique key and `indexes` when missing.
+    /// Create the schema, the table, the unique key and `indexes` when missing, once, when
+    /// the sink starts; a table dropped or renamed later is not re-created (its records fail
+    /// with the reason).
     #[serde(default)]
     pub create: bool,
     /// Further indexes created with `create`, each a list of columns.

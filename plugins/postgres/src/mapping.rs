@@ -20,6 +20,8 @@ pub enum Kind {
     Int,
     /// Floating point.
     Float,
+    /// `numeric` / `decimal`: exact, from the digits as written.
+    Numeric,
     /// Booleans.
     Bool,
     /// Timestamps, with or without time zone.
@@ -35,6 +37,7 @@ impl Kind {
         match first.as_str() {
             "smallint" | "integer" | "int" | "int2" | "int4" | "int8" | "bigint" | "serial" | "bigserial" | "smallserial" => Kind::Int,
             "real" | "float" | "float4" | "float8" | "double" => Kind::Float,
+            "numeric" | "decimal" => Kind::Numeric,
             "boolean" | "bool" => Kind::Bool,
             "timestamp" | "timestamptz" => Kind::Time,
             "json" | "jsonb" => Kind::Json,
@@ -54,6 +57,8 @@ pub enum Cell {
     Int(i64),
     /// A float.
     Float(f64),
+    /// An exact decimal number.
+    Numeric(Decimal),
     /// A boolean.
     Bool(bool),
     /// A point in time (UTC).
@@ -80,6 +85,10 @@ impl ToSql for Cell {
                 Type::FLOAT4 => (*f as f32).to_sql(ty, out),
                 _ => f.to_sql(ty, out),
             },
+            Cell::Numeric(d) => {
+                d.write(out);
+                Ok(IsNull::No)
+            }
             Cell::Bool(b) => b.to_sql(ty, out),
             Cell::Time(t) => match *ty {
                 Type::TIMESTAMP => t.naive_utc().to_sql(ty, out),
@@ -102,6 +111,98 @@ impl ToSql for Cell {
     }
 
     to_sql_checked!();
+}
+
+/// An exact decimal, held as PostgreSQL's binary `numeric`: base-10000 digits, the weight
+/// of the first, the sign and the number of digits after the point as written (`1.10`
+/// keeps its scale 2). PostgreSQL's numeric has no negative zero: `-0` is stored as `0`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decimal {
+    digits: Vec<i16>,
+    weight: i16,
+    negative: bool,
+    scale: u16,
+}
+
+/// PostgreSQL's limits: digits before and after the decimal point.
+const NUMERIC_MAX_WEIGHT_DIGITS: i64 = 131_072;
+const NUMERIC_MAX_SCALE: i64 = 16_383;
+
+impl Decimal {
+    /// Reads a decimal number as JSON writes one (`-12.50`, `1e3`, `2.5E-7`); a leading `+`
+    /// and leading zeros are accepted too. The error completes "… is not ".
+    pub fn parse(text: &str) -> Result<Decimal, String> {
+        const WHAT: &str = "a number";
+        let (negative, rest) = match text.as_bytes().first() {
+            Some(b'-') => (true, &text[1..]),
+            Some(b'+') => (false, &text[1..]),
+            _ => (false, text),
+        };
+        let (mantissa, exp) = match rest.find(['e', 'E']) {
+            Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().map_err(|_| WHAT.to_owned())?),
+            None => (rest, 0),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if int.is_empty() || !all_digits(int) || !all_digits(frac) || (mantissa.contains('.') && frac.is_empty()) {
+            return Err(WHAT.to_owned());
+        }
+        if !(-NUMERIC_MAX_WEIGHT_DIGITS..=NUMERIC_MAX_WEIGHT_DIGITS).contains(&exp) {
+            return Err("a number PostgreSQL's numeric can hold".to_owned());
+        }
+        // The digits, and where the decimal point falls among them.
+        let digits: Vec<u8> = int.bytes().chain(frac.bytes()).map(|b| b - b'0').collect();
+        let point = int.len() as i64 + exp;
+        let scale = (digits.len() as i64 - point).max(0);
+        let int_len = point.max(0);
+        if scale > NUMERIC_MAX_SCALE || int_len > NUMERIC_MAX_WEIGHT_DIGITS {
+            return Err("a number PostgreSQL's numeric can hold".to_owned());
+        }
+        // The digit at position `i` counted from the point (0 is the first after it,
+        // -1 the last before it).
+        let digit = |i: i64| -> i16 {
+            let at = point + i;
+            if (0..digits.len() as i64).contains(&at) {
+                i16::from(digits[at as usize])
+            } else {
+                0
+            }
+        };
+        // Base-10000 groups are aligned on the point: group g covers positions 4g..4g+3.
+        let first_group = -((int_len + 3) / 4);
+        let last_group = (scale + 3) / 4 - 1;
+        let mut groups: Vec<i16> = (first_group..=last_group).map(|g| (0..4).fold(0i16, |acc, k| acc * 10 + digit(4 * g + k))).collect();
+        let mut weight = -first_group - 1;
+        let leading = groups.iter().take_while(|&&g| g == 0).count();
+        groups.drain(..leading);
+        weight -= leading as i64;
+        while groups.last() == Some(&0) {
+            groups.pop();
+        }
+        if groups.is_empty() {
+            weight = 0;
+        }
+        Ok(Decimal { digits: groups, weight: weight as i16, negative, scale: scale as u16 }.normalized())
+    }
+
+    /// Zero is never negative.
+    fn normalized(mut self) -> Decimal {
+        if self.digits.is_empty() {
+            self.negative = false;
+        }
+        self
+    }
+
+    /// Appends the binary `numeric` format: ndigits, weight, sign, dscale, digits.
+    fn write(&self, out: &mut tokio_postgres::types::private::BytesMut) {
+        out.extend_from_slice(&(self.digits.len() as i16).to_be_bytes());
+        out.extend_from_slice(&self.weight.to_be_bytes());
+        out.extend_from_slice(&(if self.negative { 0x4000u16 } else { 0 }).to_be_bytes());
+        out.extend_from_slice(&self.scale.to_be_bytes());
+        for d in &self.digits {
+            out.extend_from_slice(&d.to_be_bytes());
+        }
+    }
 }
 
 /// Parses a time: RFC 3339 with any offset, ISO-8601 without one (taken as UTC), or epoch
@@ -140,11 +241,13 @@ fn convert(kind: Kind, v: Value) -> Result<Cell, String> {
         (Kind::Int, Value::String(s)) => s.trim().parse().map(Cell::Int).or_else(|_| wrong("an integer")),
         (Kind::Float, Value::Number(n)) => n.as_f64().map(Cell::Float).map_or_else(|| wrong("a number"), Ok),
         (Kind::Float, Value::String(s)) => s.trim().parse().map(Cell::Float).or_else(|_| wrong("a number")),
+        (Kind::Numeric, Value::Number(n)) => Decimal::parse(&n.to_string()).map(Cell::Numeric).map_err(|e| format!("{v} is not {e}")),
+        (Kind::Numeric, Value::String(s)) => Decimal::parse(s.trim()).map(Cell::Numeric).map_err(|e| format!("{v} is not {e}")),
         (Kind::Bool, Value::Bool(b)) => Ok(Cell::Bool(*b)),
         (Kind::Bool, Value::String(s)) if s == "true" || s == "false" => Ok(Cell::Bool(s == "true")),
         (Kind::Time, _) => parse_time(&v).map(Cell::Time).map_or_else(|| wrong("a time (ISO-8601 or epoch seconds)"), Ok),
         (Kind::Int, _) => wrong("an integer"),
-        (Kind::Float, _) => wrong("a number"),
+        (Kind::Float | Kind::Numeric, _) => wrong("a number"),
         (Kind::Bool, _) => wrong("a boolean"),
     }
 }
@@ -270,13 +373,17 @@ impl<'a> Doc<'a> {
     }
 }
 
-/// Converts a raw JSON value: documents are kept as their text, strings unescaped, other
-/// scalars parsed.
+/// Converts a raw JSON value: documents are kept as their text, strings unescaped, numbers
+/// for text and `numeric` columns taken as written, other scalars parsed.
 fn convert_raw(kind: Kind, raw: &RawValue) -> Result<Cell, String> {
     let text = raw.get();
     match kind {
         Kind::Json => Ok(Cell::Json(text.to_owned())),
         Kind::Text if text.starts_with('"') => serde_json::from_str::<String>(text).map(Cell::Text).map_err(|e| e.to_string()),
+        Kind::Text => Ok(Cell::Text(text.to_owned())),
+        Kind::Numeric if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
+            Decimal::parse(text).map(Cell::Numeric).map_err(|e| format!("{text} is not {e}"))
+        }
         _ => convert(kind, serde_json::from_str::<Value>(text).map_err(|e| e.to_string())?),
     }
 }
@@ -338,5 +445,36 @@ mod tests {
         assert_eq!(parse_time(&json!(1_704_110_400)), parse_time(&json!(1_704_110_400_000u64)));
         assert_eq!(parse_time(&json!("2024-01-01 12:00:00")), parse_time(&json!("2024-01-01T12:00:00Z")));
         assert!(parse_time(&json!("soon")).is_none());
+    }
+
+    fn numeric(text: &str) -> (Vec<i16>, i16, bool, u16) {
+        let d = Decimal::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        (d.digits, d.weight, d.negative, d.scale)
+    }
+
+    #[test]
+    fn numeric_keeps_every_digit_and_the_scale_as_written() {
+        assert_eq!(numeric("12345678901234567890123"), (vec![123, 4567, 8901, 2345, 6789, 123], 5, false, 0));
+        assert_eq!(numeric("1.10"), (vec![1, 1000], 0, false, 2));
+        assert_eq!(numeric("-2.5E-7"), (vec![25], -2, true, 8));
+        assert_eq!(numeric("1e3"), (vec![1000], 0, false, 0));
+        assert_eq!(numeric("0.00001"), (vec![1000], -2, false, 5));
+        assert_eq!(numeric("-0"), (vec![], 0, false, 0));
+        assert_eq!(numeric("-0.00"), (vec![], 0, false, 2));
+        assert_eq!(numeric("10000"), (vec![1], 1, false, 0));
+        assert_eq!(numeric("+007.5"), (vec![7, 5000], 0, false, 1));
+        for bad in ["", "-", "1.", ".5", "1e", "abc", "1.2.3", "0x10", "1e999999999"] {
+            assert!(Decimal::parse(bad).is_err(), "{bad:?} parsed");
+        }
+        let columns = cols(json!([{"name": "n", "type": "NUMERIC(40, 10)", "from": "/n"}, {"name": "t", "type": "TEXT", "from": "/n"}]));
+        let mut b = BatchBuf::new();
+        b.push(0, Head::default(), br#"{"n":123456789012345678901234567890.5}"#);
+        b.push(1, Head::default(), br#"{"n":"12.5"}"#);
+        b.push(2, Head::default(), br#"{"n":true}"#);
+        let r = row(&columns, &b.as_ref().get(0)).unwrap();
+        assert_eq!(r[0], Cell::Numeric(Decimal::parse("123456789012345678901234567890.5").unwrap()));
+        assert_eq!(r[1], Cell::Text("123456789012345678901234567890.5".into()), "a number into a text column keeps its digits");
+        assert_eq!(row(&columns, &b.as_ref().get(1)).unwrap()[0], Cell::Numeric(Decimal::parse("12.5").unwrap()));
+        assert_eq!(row(&columns, &b.as_ref().get(2)).unwrap_err(), "column n: true is not a number");
     }
 }

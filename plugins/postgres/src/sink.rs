@@ -25,12 +25,17 @@ enum Failure {
     Data(String),
     /// The table or the statement is wrong: retrying cannot help.
     Fatal(String),
+    /// The table is not there (SQLSTATE 42P01): dropped or renamed since the sink started.
+    TableGone(String),
 }
 
 fn classify(e: &tokio_postgres::Error) -> Failure {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
         let message = format!("{} (SQLSTATE {code})", db.message());
+        if code == SqlState::UNDEFINED_TABLE.code() {
+            return Failure::TableGone(message);
+        }
         return match &code[..2] {
             "22" | "23" => Failure::Data(message),
             "42" | "0A" => Failure::Fatal(message),
@@ -70,6 +75,9 @@ pub struct PostgresSink {
     config: PostgresConfig,
     columns: Vec<Column>,
     conn: Option<Conn>,
+    /// Whether a connection has been set up once (and `create: true` applied): the table
+    /// is created only then, never again while the sink runs.
+    started: bool,
     ctx: Context,
 }
 
@@ -90,12 +98,21 @@ where
     });
 }
 
+/// The error for a table that disappeared while the sink was running.
+fn table_gone(table: &str, detail: &str) -> PluginError {
+    PluginError::fatal(format!(
+        "table {table} does not exist any more: it was dropped or renamed while the sink was running ({detail}); \
+         create: true creates the table only when the sink starts, so the records fail until the table is back \
+         (rename it back, or restart the pipeline to create it again)"
+    ))
+}
+
 impl PostgresSink {
     /// Opens a connection, with TLS as configured.
     async fn open(config: &PostgresConfig, ctx: &Context) -> Result<Client, PluginError> {
         let url = masked_url(&config.url);
         let failed = |e: tokio_postgres::Error| match classify(&e) {
-            Failure::Fatal(m) | Failure::Data(m) => PluginError::config(format!("cannot connect to {url}: {m}")),
+            Failure::Fatal(m) | Failure::Data(m) | Failure::TableGone(m) => PluginError::config(format!("cannot connect to {url}: {m}")),
             Failure::Retry(m) => PluginError::retry(format!("cannot connect to {url}: {m}")),
         };
         let mut pg: tokio_postgres::Config =
@@ -132,7 +149,9 @@ impl PostgresSink {
         Ok(client)
     }
 
-    async fn connect(config: &PostgresConfig, columns: &[Column], ctx: &Context) -> Result<Conn, PluginError> {
+    /// Connects and prepares the statements; `at_start`: the first connection of this sink,
+    /// the only one where `create: true` creates the table.
+    async fn connect(config: &PostgresConfig, columns: &[Column], ctx: &Context, at_start: bool) -> Result<Conn, PluginError> {
         let url = masked_url(&config.url);
         let connecting = Self::open(config, ctx);
         let client = match tokio::time::timeout(Duration::from_secs(config.connect_timeout_secs), connecting).await {
@@ -141,7 +160,7 @@ impl PostgresSink {
                 return Err(PluginError::retry(format!("cannot connect to {url}: no answer within {} s", config.connect_timeout_secs)))
             }
         };
-        if config.create {
+        if config.create && at_start {
             client
                 .batch_execute(&config.ddl().join("\n"))
                 .await
@@ -150,10 +169,10 @@ impl PostgresSink {
         let names: Vec<&str> = columns.iter().map(|c| c.spec.name.as_str()).collect();
         let cols = quoted(&names);
         let table = &config.table;
-        let probe = client
-            .prepare(&format!("SELECT {cols} FROM {table} LIMIT 0"))
-            .await
-            .map_err(|e| PluginError::config(format!("cannot use table {table}: {}; create it, or set create: true", detail(&e))))?;
+        let probe = client.prepare(&format!("SELECT {cols} FROM {table} LIMIT 0")).await.map_err(|e| match classify(&e) {
+            Failure::TableGone(m) if !at_start => table_gone(table, &m),
+            _ => PluginError::config(format!("cannot use table {table}: {}; create it, or set create: true", detail(&e))),
+        })?;
         let types: Vec<Type> = probe.columns().iter().map(|c| c.type_().clone()).collect();
         client
             .batch_execute(&format!(
@@ -305,7 +324,7 @@ impl Sink for PostgresSink {
 
     fn create(config: PostgresConfig, ctx: Context) -> Result<Self, PluginError> {
         let columns = Column::mapped(&config.columns);
-        let conn = match weir_plugin::runtime().block_on(Self::connect(&config, &columns, &ctx)) {
+        let conn = match weir_plugin::runtime().block_on(Self::connect(&config, &columns, &ctx, true)) {
             Ok(c) => Some(c),
             Err(PluginError::Retry { message, .. }) => {
                 ctx.warn(&format!("{message}; the sink keeps trying and the pipeline pushes back meanwhile."));
@@ -313,7 +332,8 @@ impl Sink for PostgresSink {
             }
             Err(e) => return Err(e),
         };
-        Ok(PostgresSink { config, columns, conn, ctx })
+        let started = conn.is_some();
+        Ok(PostgresSink { config, columns, conn, started, ctx })
     }
 
     fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
@@ -322,7 +342,8 @@ impl Sink for PostgresSink {
         }
         let rt = weir_plugin::runtime();
         if self.conn.is_none() {
-            self.conn = Some(rt.block_on(Self::connect(&self.config, &self.columns, &self.ctx))?);
+            self.conn = Some(rt.block_on(Self::connect(&self.config, &self.columns, &self.ctx, !self.started))?);
+            self.started = true;
         }
         let conn = self.conn.as_mut().expect("connected above");
         let (mut inserted, mut stored) = (0, 0);
@@ -352,6 +373,11 @@ impl Sink for PostgresSink {
                 Err(Failure::Retry(m)) => {
                     self.conn = None;
                     return Err(PluginError::retry(format!("PostgreSQL: {m}")));
+                }
+                Err(Failure::TableGone(m)) => {
+                    // Connect afresh next time: the statements name a table that is gone.
+                    self.conn = None;
+                    return Err(table_gone(&self.config.table, &m));
                 }
                 Err(Failure::Fatal(m) | Failure::Data(m)) => return Err(PluginError::fatal(format!("PostgreSQL: {m}"))),
             }
