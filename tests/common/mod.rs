@@ -35,9 +35,22 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// `WEIR_PLUGINS` for the tests: the build directory, named explicitly so that the test-only
+/// plugins (`opt_in` libraries such as `test-panic`) load from it too; a plain `weir` beside
+/// a build leaves them out. `--plugins` flags given by a test take precedence.
+pub fn plugins_env() -> String {
+    format!("[{}]", bin_dir().display())
+}
+
 /// Runs `weir ARGS` to completion.
 pub fn weir(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    Command::new(bin_dir().join("weir")).args(args).envs(envs.iter().copied()).current_dir(repo()).output().expect("run weir")
+    Command::new(bin_dir().join("weir"))
+        .args(args)
+        .env("WEIR_PLUGINS", plugins_env())
+        .envs(envs.iter().copied())
+        .current_dir(repo())
+        .output()
+        .expect("run weir")
 }
 
 /// Waits for `cond` to hold, polling, up to `limit`.
@@ -112,6 +125,7 @@ impl Weir {
         args.extend_from_slice(extra);
         let child = Command::new(bin_dir().join("weir"))
             .args(&args)
+            .env("WEIR_PLUGINS", plugins_env())
             .envs(envs.iter().copied())
             .env("NO_COLOR", "1")
             .current_dir(repo())

@@ -13,7 +13,7 @@ use weir_plugin::{BatchBuf, Head, Output};
 
 fn main() {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "target/release".into());
-    let registry = Registry::discover(&[dir.clone().into()]);
+    let registry = Registry::discover(&[dir.clone().into()], true);
     let plugin = registry.get("noop", weir_plugin::abi::Kind::TRANSFORM).unwrap_or_else(|e| panic!("{e} (in {dir})")).clone();
     let metrics = weir::metrics::Metrics::default();
     let host = weir::ffi::host_api("bench", "noop", "noop", ".", metrics.stage("bench", "noop", "noop"));
@@ -52,4 +52,5 @@ fn main() {
         "{{\"batch_records\":100,\"abi_ns_per_batch\":{abi:.0},\"in_process_ns_per_batch\":{direct:.0},\"boundary_ns_per_batch\":{:.0}}}",
         abi - direct
     );
+    weir::loader::remove_private_copies();
 }

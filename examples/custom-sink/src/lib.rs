@@ -55,7 +55,9 @@ impl Sink for Counter {
     }
 }
 
-weir_plugin::export_plugins!(sink Counter);
+// `opt_in;`: an example, so a plain `weir run` beside a workspace build leaves it out; it is
+// loaded from a directory named with `--plugins`. Leave `opt_in;` out in a plugin of your own.
+weir_plugin::export_plugins!(opt_in; sink Counter);
 
 #[cfg(test)]
 mod tests {

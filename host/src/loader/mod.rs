@@ -1,6 +1,13 @@
 //! Finds plugin libraries, checks their ABI and reads their manifests.
 //! Libraries are never unloaded: `dlclose` with thread-local destructors is unsound.
+//!
+//! Before a library is mapped, its file must have settled, is copied to a directory of this
+//! process's own, and the copy's ELF headers are checked against its size ([`files`],
+//! [`elf`]): a file cut short would otherwise be a SIGBUS, not an error.
 #![allow(unsafe_code)]
+
+pub mod elf;
+pub mod files;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,7 +16,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use weir_plugin::abi::{self, EntryFn, Kind, Manifest, OwnedBytes, PluginDescriptor, Status, StrRef};
 
+use crate::config::HostConfig;
 use crate::error::HostError;
+use files::{fingerprint, Fingerprint};
+pub use files::{remove_private_copies, remove_stale_copies};
 
 /// A plugin one library exports.
 #[derive(Debug, Clone)]
@@ -41,37 +51,14 @@ pub struct LibraryInfo {
     pub build: String,
     /// ABI it was built for, `major.minor`.
     pub abi: String,
-    /// Where the code was loaded from: `path`, or for a library rebuilt while the host ran,
-    /// a private copy (the same path cannot be loaded twice).
+    /// Where the code was loaded from: a private copy of `path` under
+    /// `$TMPDIR/weir-plugins-<pid>` (so the mapped file cannot change under the process, and
+    /// a rebuilt library can be loaded beside the old version).
     pub loaded_from: PathBuf,
     /// When it was loaded (RFC 3339).
     pub loaded_at: String,
     #[serde(skip)]
     fingerprint: Fingerprint,
-}
-
-/// What tells a rebuilt library file from the one loaded: device, inode, size, mtime.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Fingerprint(u64, u64, u64, i64, i64);
-
-fn fingerprint(path: &Path) -> Fingerprint {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata(path) {
-        Ok(m) => Fingerprint(m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()),
-        Err(_) => Fingerprint::default(),
-    }
-}
-
-/// A private copy of `path` to load a new version from, in a directory of this process's own.
-fn private_copy(path: &Path) -> Result<PathBuf, String> {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let dir = std::env::temp_dir().join(format!("weir-plugins-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let copy = dir.join(format!("{}-{name}", NEXT.fetch_add(1, Relaxed)));
-    std::fs::copy(path, &copy).map_err(|e| format!("cannot copy it to {}: {e}", copy.display()))?;
-    Ok(copy)
 }
 
 /// A file that is not a usable plugin library, and why.
@@ -81,6 +68,27 @@ pub struct Broken {
     pub path: PathBuf,
     /// Why it cannot be used.
     pub reason: String,
+    /// The file as it was looked at: a reload tries it again only once it changed.
+    #[serde(skip)]
+    fingerprint: Fingerprint,
+    /// Whether it may become usable without changing (it was still being written).
+    #[serde(skip)]
+    transient: bool,
+}
+
+impl Broken {
+    fn new(path: PathBuf, reason: String) -> Self {
+        let fingerprint = fingerprint(&path);
+        Broken { path, reason, fingerprint, transient: false }
+    }
+}
+
+/// Why [`Registry::load`] did not add a library.
+enum Unused {
+    /// It cannot be used.
+    Broken(Broken),
+    /// An opt-in library (tests, examples) in a directory that was not named explicitly.
+    Skipped(Broken),
 }
 
 /// Every plugin found.
@@ -92,6 +100,12 @@ pub struct Registry {
     pub libraries: Vec<Arc<LibraryInfo>>,
     /// Files that could not be used.
     pub broken: Vec<Broken>,
+    /// Opt-in libraries (test and example plugins) found in the default plugin directory
+    /// and not loaded, with the reason.
+    pub skipped: Vec<Broken>,
+    /// Whether the plugin directories were named explicitly (`--plugins`, `WEIR_PLUGINS`,
+    /// `plugins:`); only then are opt-in libraries loaded.
+    explicit: bool,
 }
 
 fn is_library(path: &Path) -> bool {
@@ -112,17 +126,27 @@ fn read(s: StrRef) -> String {
 }
 
 impl Registry {
-    /// Scans `dirs` (not recursively) for plugin libraries.
-    pub fn discover(dirs: &[PathBuf]) -> Self {
-        let mut reg = Registry::default();
+    /// Scans the plugin directories of `config` (the default one, beside the `weir`
+    /// executable, leaves opt-in libraries out).
+    pub fn for_config(config: &HostConfig) -> Self {
+        Self::discover(&config.plugin_dirs(), !config.plugins.is_empty())
+    }
+
+    /// Scans `dirs` (not recursively) for plugin libraries. Opt-in libraries (test and
+    /// example plugins) are loaded only when `explicit` (the directories were named by the
+    /// user); otherwise they are listed in `skipped`.
+    pub fn discover(dirs: &[PathBuf], explicit: bool) -> Self {
+        let mut reg = Registry { explicit, ..Registry::default() };
         for dir in dirs {
             let Some(files) = library_files(dir) else {
-                reg.broken.push(Broken { path: dir.clone(), reason: "the plugin directory cannot be read".into() });
+                reg.broken.push(Broken::new(dir.clone(), "the plugin directory cannot be read".into()));
                 continue;
             };
             for path in files {
-                if let Err(reason) = reg.load(&path, &path) {
-                    reg.broken.push(Broken { path, reason });
+                match reg.load(&path) {
+                    Ok(()) => {}
+                    Err(Unused::Broken(b)) => reg.broken.push(b),
+                    Err(Unused::Skipped(b)) => reg.skipped.push(b),
                 }
             }
         }
@@ -134,8 +158,10 @@ impl Registry {
     /// version, which is never unloaded); one that cannot be used is refused, and the version
     /// already loaded, if any, is kept. A library whose file disappeared stays loaded.
     /// Returns the new registry, what was loaded and what was refused.
+    /// A file that could not be used and did not change since is not tried again (nor
+    /// reported again); one that was still being written is.
     pub fn refresh(&self, dirs: &[PathBuf]) -> (Registry, Vec<String>, Vec<String>) {
-        let mut reg = Registry::default();
+        let mut reg = Registry { explicit: self.explicit, ..Registry::default() };
         let (mut loaded, mut refused) = (Vec::new(), Vec::new());
         let mut seen = Vec::new();
         for dir in dirs {
@@ -146,27 +172,43 @@ impl Registry {
             for path in files {
                 let old = self.libraries.iter().find(|l| l.path == path);
                 seen.push(path.clone());
-                if let Some(old) = old.filter(|l| l.fingerprint == fingerprint(&path)) {
+                let now = fingerprint(&path);
+                if let Some(old) = old.filter(|l| l.fingerprint == now) {
                     reg.keep(self, old);
                     continue;
                 }
-                let from = if old.is_some() { private_copy(&path) } else { Ok(path.clone()) };
-                match from.and_then(|from| reg.load(&path, &from)) {
+                let same = |b: &&Broken| b.path == path && b.fingerprint == now && !b.transient;
+                if let Some(b) = self.skipped.iter().find(same) {
+                    reg.skipped.push(b.clone());
+                    continue;
+                }
+                if old.is_none() {
+                    if let Some(b) = self.broken.iter().find(same) {
+                        reg.broken.push(b.clone());
+                        continue;
+                    }
+                }
+                match reg.load(&path) {
                     Ok(()) => {
                         let l = reg.libraries.last().expect("just loaded");
                         loaded.push(format!("{} {} from {}", l.name, l.version, path.display()));
                     }
-                    Err(reason) => match old {
+                    Err(Unused::Skipped(b)) => reg.skipped.push(b),
+                    Err(Unused::Broken(b)) => match old {
                         Some(old) => {
                             refused.push(format!(
-                                "{}: {reason}; the loaded version ({} {}) is kept",
+                                "{}: {}; the loaded version ({} {}) is kept",
                                 path.display(),
+                                b.reason,
                                 old.name,
                                 old.version
                             ));
                             reg.keep(self, old);
                         }
-                        None => reg.broken.push(Broken { path, reason }),
+                        None => {
+                            refused.push(format!("{}: {}", path.display(), b.reason));
+                            reg.broken.push(b);
+                        }
                     },
                 }
             }
@@ -190,22 +232,42 @@ impl Registry {
         self.libraries.push(lib.clone());
     }
 
-    fn load(&mut self, path: &Path, from: &Path) -> Result<(), String> {
-        let fingerprint = fingerprint(path);
+    /// Loads the library at `path` from a checked private copy, unless it cannot be used.
+    fn load(&mut self, path: &Path) -> Result<(), Unused> {
+        let (from, print) = files::private_copy(path).map_err(|n| {
+            Unused::Broken(Broken { path: path.to_path_buf(), reason: n.reason, fingerprint: fingerprint(path), transient: n.transient })
+        })?;
+        let result = self.load_copy(path, &from, print);
+        if result.is_err() {
+            // Unlinking is safe even when the copy was mapped; it is just not needed.
+            let _ = std::fs::remove_file(&from);
+        }
+        result
+    }
+
+    /// Maps `from`, the checked copy of `path`, and reads its manifest.
+    fn load_copy(&mut self, path: &Path, from: &Path, fingerprint: Fingerprint) -> Result<(), Unused> {
+        let broken = |reason: String| Broken { path: path.to_path_buf(), reason, fingerprint, transient: false };
+        let bad = |reason: String| Unused::Broken(broken(reason));
         // SAFETY: loading a library runs its initialisers; plugin directories are trusted
-        // like the host binary itself.
-        let lib = unsafe { libloading::Library::new(from) }.map_err(|e| format!("cannot be loaded: {e}"))?;
+        // like the host binary itself. The file is a private copy whose ELF headers were
+        // checked against its size, so mapping it cannot fault.
+        let lib = unsafe { libloading::Library::new(from) }.map_err(|e| bad(dlopen_reason(&e, path, from)))?;
         // SAFETY: the symbol's type is fixed by the ABI.
         let entry: EntryFn = match unsafe { lib.get::<EntryFn>(abi::ENTRY_SYMBOL) } {
             Ok(sym) => *sym,
-            Err(_) => return Err("not a Weir plugin: it has no `weir_plugin_manifest_v1` symbol".into()),
+            Err(_) => {
+                return Err(
+                    bad("not a Weir plugin: it has no `weir_plugin_manifest_v1` symbol; remove it from the plugin directory".into()),
+                )
+            }
         };
         // Never unloaded, so the manifest's pointers stay valid.
         std::mem::forget(lib);
         // SAFETY: per ABI.md the entry returns a static manifest or null.
         let manifest: &'static Manifest = match unsafe { entry().as_ref() } {
             Some(m) => m,
-            None => return Err("its entry symbol returned no manifest".into()),
+            None => return Err(bad("its entry symbol returned no manifest".into())),
         };
         let (major, minor) = (manifest.abi_major, manifest.abi_minor);
         if major != abi::ABI_MAJOR || minor > abi::ABI_MINOR {
@@ -214,15 +276,22 @@ impl Registry {
             } else {
                 "rebuild the plugin against this weir-plugin SDK"
             };
-            return Err(format!(
+            return Err(bad(format!(
                 "{} was built for plugin ABI {major}.{minor}, but this weir speaks ABI {}.{}: {action}",
                 path.display(),
                 abi::ABI_MAJOR,
                 abi::ABI_MINOR
-            ));
+            )));
         }
-        if (manifest.struct_size as usize) < std::mem::size_of::<Manifest>() {
-            return Err(format!("its manifest is {} bytes, shorter than ABI {major}.{minor} requires", manifest.struct_size));
+        if (manifest.struct_size as usize) < Manifest::MINOR_0_SIZE {
+            return Err(bad(format!("its manifest is {} bytes, shorter than ABI {major}.{minor} requires", manifest.struct_size)));
+        }
+        if !self.explicit && manifest.flags() & abi::LIBRARY_OPT_IN != 0 {
+            return Err(Unused::Skipped(broken(format!(
+                    "{} {}: a test or example library, loaded only from a plugin directory named with --plugins (or WEIR_PLUGINS, or `plugins:` in weir.yaml), not by default from beside the weir binary",
+                    read(manifest.library_name),
+                    read(manifest.library_version)
+            ))));
         }
         let info = Arc::new(LibraryInfo {
             path: path.to_path_buf(),
@@ -235,12 +304,12 @@ impl Registry {
             fingerprint,
         });
         // Read at the library's own descriptor size, so an older minor's shorter ones work.
-        let descriptors = crate::ffi::descriptors(manifest)?;
+        let descriptors = crate::ffi::descriptors(manifest).map_err(bad)?;
         let mut found = Vec::new();
         for d in descriptors {
             let name = read(d.name);
-            let schema: serde_json::Value =
-                serde_json::from_str(&read(d.config_schema)).map_err(|e| format!("plugin {name}: its config schema is not JSON: {e}"))?;
+            let schema: serde_json::Value = serde_json::from_str(&read(d.config_schema))
+                .map_err(|e| bad(format!("plugin {name}: its config schema is not JSON: {e}")))?;
             let complete = match d.kind {
                 Kind::SOURCE => d.start.is_some() && d.stop.is_some(),
                 Kind::TRANSFORM => d.process.is_some(),
@@ -248,14 +317,14 @@ impl Registry {
                 _ => false,
             };
             if !complete {
-                return Err(format!("plugin {name}: kind {} lacks the functions it needs", d.kind.0));
+                return Err(bad(format!("plugin {name}: kind {} lacks the functions it needs", d.kind.0)));
             }
             if let Some(prev) = self.plugins.get(&(name.clone(), d.kind.0)) {
-                return Err(format!(
+                return Err(bad(format!(
                     "{} plugin {name} is also exported by {}; remove one of the two libraries",
                     d.kind.name(),
                     prev.library.path.display()
-                ));
+                )));
             }
             found.push(Plugin { kind: d.kind, name, description: read(d.description), schema, library: info.clone(), descriptor: d });
         }
@@ -281,8 +350,25 @@ impl Registry {
         let mut known: Vec<&str> = self.plugins.values().filter(|p| p.kind == kind).map(|p| p.name.as_str()).collect();
         known.dedup();
         let known = if known.is_empty() { "none; check --plugins".to_owned() } else { known.join(", ") };
-        Err(HostError::Plugin(format!("unknown {} plugin {name:?}; {}s found: {known}", kind.name(), kind.name())))
+        let unusable = match self.broken.len() + self.skipped.len() {
+            0 => String::new(),
+            n => format!(" ({n} library file(s) not loaded, see `weir plugins`)"),
+        };
+        Err(HostError::Plugin(format!("unknown {} plugin {name:?}; {}s found: {known}{unusable}", kind.name(), kind.name())))
     }
+}
+
+/// Why `dlopen` refused `from` (the copy of `path`), in dlerror's own words, which libloading
+/// keeps in the error's source; the copy's name is replaced by the file's.
+fn dlopen_reason(e: &libloading::Error, path: &Path, from: &Path) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    let text = text.replace(&from.display().to_string(), &path.display().to_string());
+    format!("cannot be loaded ({text}); rebuild the plugin, or install the libraries it needs")
 }
 
 impl Plugin {

@@ -425,6 +425,29 @@ pub struct Manifest {
     pub plugin_count: u32,
     /// `plugin_count` descriptors.
     pub plugins: *const PluginDescriptor,
+    /// Minor 1: bits about the library ([`LIBRARY_OPT_IN`]); 0 for none. Read only when
+    /// `struct_size` covers it (see [`Manifest::flags`]).
+    pub flags: u32,
+}
+
+/// [`Manifest::flags`] bit: a test or example library. The host loads it only from a plugin
+/// directory the user named (`--plugins`, `WEIR_PLUGINS`, `plugins:`), never by default from
+/// the directory of the `weir` executable, where a workspace build puts it beside the real
+/// plugins.
+pub const LIBRARY_OPT_IN: u32 = 1;
+
+impl Manifest {
+    /// Size of a manifest of ABI minor 0, which ends with `plugins`.
+    pub const MINOR_0_SIZE: usize = std::mem::offset_of!(Manifest, flags);
+
+    /// The library's flags; 0 for a library whose manifest has no `flags` field (minor 0).
+    pub fn flags(&self) -> u32 {
+        if self.struct_size as usize >= std::mem::offset_of!(Manifest, flags) + std::mem::size_of::<u32>() {
+            self.flags
+        } else {
+            0
+        }
+    }
 }
 
 // SAFETY: the manifest and descriptors are immutable after creation and point only to

@@ -383,8 +383,15 @@ impl ManifestHolder {
             build_info: StrRef::new(&strings[2]),
             plugin_count: descriptors.len() as u32,
             plugins: descriptors.as_ptr(),
+            flags: 0,
         };
         ManifestHolder { manifest, _descriptors: descriptors, _parts: parts, _strings: strings }
+    }
+
+    /// Sets the manifest's flags (such as [`abi::LIBRARY_OPT_IN`]).
+    pub fn with_flags(mut self, flags: u32) -> Self {
+        self.manifest.flags = flags;
+        self
     }
 
     /// The manifest; valid as long as the holder.
@@ -398,9 +405,20 @@ impl ManifestHolder {
 /// ```ignore
 /// weir_plugin::export_plugins!(source HttpSource, sink WebSocketSink);
 /// ```
+///
+/// A library for tests or a tutorial starts the list with `opt_in;`: the host then loads it
+/// only from a plugin directory the user names, not by default from beside the `weir`
+/// executable ([`abi::LIBRARY_OPT_IN`]):
+///
+/// ```ignore
+/// weir_plugin::export_plugins!(opt_in; sink Counter);
+/// ```
 #[macro_export]
 macro_rules! export_plugins {
-    ($($kind:ident $ty:ty),+ $(,)?) => {
+    (opt_in; $($kind:ident $ty:ty),+ $(,)?) => {
+        $crate::export_plugins!(@flags $crate::abi::LIBRARY_OPT_IN; $($kind $ty),+);
+    };
+    (@flags $flags:expr; $($kind:ident $ty:ty),+ $(,)?) => {
         /// The library's entry symbol: returns its Weir plugin manifest.
         #[allow(unsafe_code)]
         #[no_mangle]
@@ -413,8 +431,12 @@ macro_rules! export_plugins {
                         env!("CARGO_PKG_VERSION"),
                         vec![$($crate::export::$kind::<$ty>()),+],
                     )
+                    .with_flags($flags)
                 })
                 .manifest()
         }
+    };
+    ($($kind:ident $ty:ty),+ $(,)?) => {
+        $crate::export_plugins!(@flags 0; $($kind $ty),+);
     };
 }

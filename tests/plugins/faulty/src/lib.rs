@@ -149,4 +149,5 @@ impl Sink for Flaky {
     }
 }
 
-weir_plugin::export_plugins!(transform PanicOn, transform Stamp, sink Slow, sink Flaky);
+// opt_in: only for Weir's own tests; never loaded from beside the weir binary unless named.
+weir_plugin::export_plugins!(opt_in; transform PanicOn, transform Stamp, sink Slow, sink Flaky);
