@@ -516,3 +516,55 @@ fn a_hundred_thousand_events_through_kafka_into_postgresql_survive_three_sigkill
     assert_eq!(missing, "0");
     println!("100000 events, 3 SIGKILLs: lost 0, stored twice 0, peak RSS {peak:.0} MiB, first progress after each restart {recoveries:?}");
 }
+
+#[test]
+fn a_table_renamed_while_running_fails_its_records_loudly_and_is_not_re_created() {
+    let schema = Schema::new("renamed");
+    let table = format!("{}.events", schema.0);
+    let dir = tempfile::tempdir().unwrap();
+    let letters = dir.path().join("dead.jsonl");
+    let port = free_port();
+    write_pipeline(
+        dir.path(),
+        "ingest",
+        &format!(
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\nsinks:\n{}dead_letter: {{plugin: file, config: {{path: {}}}}}\n",
+            nexus_sink(SERVER, &table),
+            letters.display()
+        ),
+    );
+    let weir = Weir::start(dir.path(), &[], &[]);
+    let url = format!("http://127.0.0.1:{port}/produce");
+    let event = |id: &str| {
+        format!(
+            r#"{{"event_id":"{id}","event_type":"t","user_id":"u","service":"s","timestamp":"2024-01-01T00:00:00Z","data":{{"n":12345678901234567890123}}}}"#
+        )
+    };
+    assert_eq!(post_json(&url, &event("before")).status, 200);
+    psql(SERVER, &format!("ALTER TABLE {table} RENAME TO events_old"));
+
+    // Twice: the second time the sink has connected afresh, which must not create it either.
+    for id in ["during-1", "during-2"] {
+        let r = post_json(&url, &event(id));
+        assert_eq!(r.status, 500, "{r:?}");
+        let error = r.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(error.contains(&format!("table {table} does not exist any more")), "{error}");
+        assert!(error.contains("dropped or renamed while the sink was running"), "{error}");
+        assert_eq!(psql(SERVER, &format!("SELECT to_regclass('{table}') IS NULL")), "t", "the table was re-created");
+    }
+    assert_eq!(psql(SERVER, &format!("SELECT string_agg(event_id, ',') FROM {}.events_old", schema.0)), "before");
+    // The failed records went to the dead letters with the reason, as they were sent.
+    let dead = std::fs::read_to_string(&letters).unwrap();
+    let dead: Vec<serde_json::Value> = dead.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0]["outcome"], "failed");
+    assert!(dead[0]["reason"].as_str().unwrap().contains("dropped or renamed"), "{:?}", dead[0]);
+    let raw = std::fs::read_to_string(&letters).unwrap();
+    assert!(raw.contains(&format!(r#""record":{}"#, event("during-1"))), "the dead letter holds the record as sent: {raw}");
+    assert!(weir.logs().contains("dropped or renamed"), "the failure is logged");
+
+    // Renamed back, the sink writes again.
+    psql(SERVER, &format!("ALTER TABLE {}.events_old RENAME TO events", schema.0));
+    assert_eq!(post_json(&url, &event("after")).status, 200);
+    assert_eq!(psql(SERVER, &format!("SELECT string_agg(event_id, ',' ORDER BY event_id) FROM {table}")), "after,before");
+}
