@@ -304,3 +304,30 @@ fn default_discovery_leaves_test_and_example_libraries_out_unless_their_director
     assert!(loaded.iter().any(|n| n == "weir-test-faulty") && loaded.iter().any(|n| n == "custom-sink-example"), "{loaded:?}");
     assert!(named["skipped"].as_array().unwrap().is_empty());
 }
+
+// Observed before: a library that dlopen refuses was listed as "cannot be loaded: dlopen
+// failed", without dlopen's own reason.
+#[test]
+fn a_library_dlopen_refuses_is_listed_with_dlopens_own_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let build = dir.path().join("build");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&build).unwrap();
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::write(build.join("dep.c"), "int weir_dep(void) { return 1; }\n").unwrap();
+    std::fs::write(build.join("needs.c"), "int weir_dep(void);\nint needs(void) { return weir_dep(); }\n").unwrap();
+    let cc = |args: &[&str]| assert!(Command::new("cc").args(args).current_dir(&build).status().expect("a C compiler").success());
+    cc(&["-shared", "-fPIC", "-o", "libweirdep.so", "dep.c"]);
+    let needs = plugins.join("libneeds.so");
+    cc(&["-shared", "-fPIC", "-o", needs.to_str().unwrap(), "needs.c", "-L.", "-lweirdep"]);
+    // The library it needs is gone: a valid ELF file that the dynamic loader refuses.
+    std::fs::remove_file(build.join("libweirdep.so")).unwrap();
+    let out = weir(&["plugins", "--json", "--plugins", plugins.to_str().unwrap()], &[]);
+    assert!(out.status.success());
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reason = listing["broken"][0]["reason"].as_str().unwrap_or_else(|| panic!("{listing}"));
+    println!("{reason}");
+    assert!(reason.contains("libweirdep.so: cannot open shared object file"), "{reason}");
+    assert!(reason.contains("install the libraries it needs"), "says what to do: {reason}");
+    assert!(!reason.contains("weir-plugins-"), "names the file, not the private copy: {reason}");
+}
