@@ -32,6 +32,91 @@ impl Histogram {
     }
 }
 
+/// A histogram's counts, summed over the versions of a stage.
+#[derive(Debug, Default, Clone)]
+struct HistogramTotals {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum_nanos: u64,
+}
+
+impl HistogramTotals {
+    fn add(&mut self, h: &Histogram) {
+        for (t, c) in self.counts.iter_mut().zip(&h.counts) {
+            *t += c.load(Relaxed);
+        }
+        self.count += h.count.load(Relaxed);
+        self.sum_nanos += h.sum_nanos.load(Relaxed);
+    }
+
+    fn merge(&mut self, other: &HistogramTotals) {
+        for (t, c) in self.counts.iter_mut().zip(&other.counts) {
+            *t += c;
+        }
+        self.count += other.count;
+        self.sum_nanos += other.sum_nanos;
+    }
+}
+
+/// One series (a pipeline, stage and plugin): the stage versions running now and the
+/// final counts of those replaced before, added up. Counters so go on across reloads and
+/// restarts instead of starting again from the new version's count, and while an old and a
+/// new version run side by side both add to the same series.
+#[derive(Debug, Default, Clone)]
+struct Totals {
+    counters: [u64; 7],
+    queue_depth: i64,
+    latency: HistogramTotals,
+    ack_latency: HistogramTotals,
+    outcomes: [u64; 4],
+    custom: BTreeMap<String, Custom>,
+}
+
+impl Totals {
+    /// Adds a stage's counts; `running`: also its gauges (a replaced version's gauges are
+    /// not carried: they describe a state that is gone).
+    fn add(&mut self, s: &StageMetrics, running: bool) {
+        let counters = [&s.records_in, &s.records_out, &s.rejected, &s.dropped, &s.errors, &s.batches, &s.backpressure];
+        for (t, c) in self.counters.iter_mut().zip(counters) {
+            *t += c.load(Relaxed);
+        }
+        if running {
+            self.queue_depth += s.queue_depth.load(Relaxed).max(0);
+        }
+        self.latency.add(&s.latency);
+        self.ack_latency.add(&s.ack_latency);
+        for (t, o) in self.outcomes.iter_mut().zip(&s.outcomes) {
+            *t += o.load(Relaxed);
+        }
+        for (name, c) in s.custom.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if c.counter || running {
+                self.add_custom(name, c);
+            }
+        }
+    }
+
+    fn add_custom(&mut self, name: &str, c: &Custom) {
+        let entry = self.custom.entry(name.to_owned()).or_insert_with(|| Custom { value: 0.0, ..c.clone() });
+        entry.value += c.value;
+    }
+
+    /// Adds the counts carried from replaced versions.
+    fn merge(&mut self, other: &Totals) {
+        for (t, c) in self.counters.iter_mut().zip(&other.counters) {
+            *t += c;
+        }
+        self.queue_depth += other.queue_depth;
+        self.latency.merge(&other.latency);
+        self.ack_latency.merge(&other.ack_latency);
+        for (t, o) in self.outcomes.iter_mut().zip(&other.outcomes) {
+            *t += o;
+        }
+        for (name, c) in &other.custom {
+            self.add_custom(name, c);
+        }
+    }
+}
+
 /// A metric a plugin reported through the host.
 #[derive(Debug, Clone, Serialize)]
 pub struct Custom {
@@ -113,6 +198,8 @@ impl StageMetrics {
 #[derive(Debug, Default)]
 pub struct Metrics {
     stages: Mutex<Vec<Arc<StageMetrics>>>,
+    /// By labels: the final counts of stage versions replaced while the series goes on.
+    carried: Mutex<BTreeMap<String, Totals>>,
     /// Plugin libraries that could not be used.
     pub plugin_load_failures: AtomicU64,
     /// Plugin libraries loaded.
@@ -125,18 +212,17 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
 }
 
-fn render_histogram<'a>(out: &mut String, name: &str, help: &str, series: impl Iterator<Item = (&'a String, &'a Histogram)>) {
+fn render_histogram<'a>(out: &mut String, name: &str, help: &str, series: impl Iterator<Item = (&'a String, &'a HistogramTotals)>) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     for (labels, h) in series {
         let mut cumulative = 0;
         for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += h.counts[i].load(Relaxed);
+            cumulative += h.counts[i];
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
         }
-        let count = h.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_nanos.load(Relaxed) as f64 / 1e9);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_nanos as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
     }
 }
 
@@ -158,14 +244,50 @@ impl Metrics {
         m
     }
 
-    /// Forgets the stages of a pipeline that stopped for good.
+    /// Removes the stages of a pipeline version that stopped. Where another version with
+    /// the same labels runs (the one that replaced it), the stopped one's counts carry into
+    /// the series; otherwise (the pipeline or the stage is gone) the series is forgotten.
     pub fn remove(&self, stages: &[Arc<StageMetrics>]) {
-        self.stages.lock().unwrap_or_else(|p| p.into_inner()).retain(|s| !stages.iter().any(|r| Arc::ptr_eq(r, s)));
+        let mut live = self.stages.lock().unwrap_or_else(|p| p.into_inner());
+        live.retain(|s| !stages.iter().any(|r| Arc::ptr_eq(r, s)));
+        let mut carried = self.carried.lock().unwrap_or_else(|p| p.into_inner());
+        for r in stages {
+            if live.iter().any(|s| s.labels == r.labels) {
+                carried.entry(r.labels.clone()).or_default().add(r, false);
+            } else {
+                carried.remove(&r.labels);
+            }
+        }
+    }
+
+    /// Every series, in the order its stages were registered: running versions plus what
+    /// replaced ones carried.
+    fn series(&self) -> Vec<(String, Totals)> {
+        let stages = self.stages.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let carried = self.carried.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut series: Vec<(String, Totals)> = Vec::with_capacity(stages.len());
+        for s in &stages {
+            match series.iter_mut().find(|(l, _)| *l == s.labels) {
+                Some((_, t)) => t.add(s, true),
+                None => {
+                    let mut t = Totals::default();
+                    t.add(s, true);
+                    series.push((s.labels.clone(), t));
+                }
+            }
+        }
+        for (labels, c) in carried {
+            match series.iter_mut().find(|(l, _)| *l == labels) {
+                Some((_, t)) => t.merge(&c),
+                None => series.push((labels, c)),
+            }
+        }
+        series
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let stages = self.stages.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let series = self.series();
         let mut out = String::with_capacity(4096);
         let _ = writeln!(
             out,
@@ -202,64 +324,49 @@ impl Metrics {
             let _ =
                 writeln!(out, "weir_pipeline_up{{pipeline=\"{}\",state=\"{state}\"}} {}", escape_label(name), u8::from(state == "running"));
         }
-        type Get = fn(&StageMetrics) -> f64;
-        let simple: [(&str, &str, &str, Get); 8] = [
-            ("weir_stage_records_in_total", "counter", "Records handed to the stage.", |s| s.records_in.load(Relaxed) as f64),
-            ("weir_stage_records_out_total", "counter", "Records the stage passed on (sources: emitted; sinks: delivered).", |s| {
-                s.records_out.load(Relaxed) as f64
-            }),
-            ("weir_stage_records_rejected_total", "counter", "Records the stage refused, with a reason.", |s| {
-                s.rejected.load(Relaxed) as f64
-            }),
-            ("weir_stage_records_dropped_total", "counter", "Records a transform dropped on purpose (for example duplicates).", |s| {
-                s.dropped.load(Relaxed) as f64
-            }),
-            ("weir_stage_errors_total", "counter", "Failed calls into the stage (errors, panics, refused batches).", |s| {
-                s.errors.load(Relaxed) as f64
-            }),
-            ("weir_stage_batches_total", "counter", "Batches the stage handled.", |s| s.batches.load(Relaxed) as f64),
-            ("weir_stage_backpressure_total", "counter", "Batches a source offered while the pipeline was full (pushed back).", |s| {
-                s.backpressure.load(Relaxed) as f64
-            }),
-            (
-                "weir_stage_queue_depth",
-                "gauge",
-                "Batches waiting in front of the stage (sources: between the source and the transforms).",
-                |s| s.queue_depth.load(Relaxed).max(0) as f64,
-            ),
+        const SIMPLE: [(&str, &str, &str); 8] = [
+            ("weir_stage_records_in_total", "counter", "Records handed to the stage."),
+            ("weir_stage_records_out_total", "counter", "Records the stage passed on (sources: emitted; sinks: delivered)."),
+            ("weir_stage_records_rejected_total", "counter", "Records the stage refused, with a reason."),
+            ("weir_stage_records_dropped_total", "counter", "Records a transform dropped on purpose (for example duplicates)."),
+            ("weir_stage_errors_total", "counter", "Failed calls into the stage (errors, panics, refused batches)."),
+            ("weir_stage_batches_total", "counter", "Batches the stage handled."),
+            ("weir_stage_backpressure_total", "counter", "Batches a source offered while the pipeline was full (pushed back)."),
+            ("weir_stage_queue_depth", "gauge", "Batches waiting in front of the stage (sources: between the source and the transforms)."),
         ];
-        for (name, kind, help, get) in simple {
+        for (i, (name, kind, help)) in SIMPLE.iter().enumerate() {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for s in &stages {
-                let _ = writeln!(out, "{name}{{{}}} {}", s.labels, get(s));
+            for (labels, t) in &series {
+                let value = t.counters.get(i).map_or(t.queue_depth, |&c| c as i64);
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
             }
         }
         let _ = writeln!(
             out,
             "# HELP weir_pipeline_records_total Records its source emitted, by their acknowledged outcome (accepted, rejected, failed, dropped).\n# TYPE weir_pipeline_records_total counter"
         );
-        for s in stages.iter().filter(|s| s.ack_latency.count.load(Relaxed) > 0) {
+        for (labels, t) in series.iter().filter(|(_, t)| t.ack_latency.count > 0) {
             for (code, name) in ["accepted", "rejected", "failed", "dropped"].iter().enumerate() {
-                let _ = writeln!(out, "weir_pipeline_records_total{{{},outcome=\"{name}\"}} {}", s.labels, s.outcomes[code].load(Relaxed));
+                let _ = writeln!(out, "weir_pipeline_records_total{{{labels},outcome=\"{name}\"}} {}", t.outcomes[code]);
             }
         }
         render_histogram(
             &mut out,
             "weir_stage_latency_seconds",
             "Time per call into the stage.",
-            stages.iter().map(|s| (&s.labels, &s.latency)),
+            series.iter().map(|(labels, t)| (labels, &t.latency)),
         );
         render_histogram(
             &mut out,
             "weir_pipeline_ack_latency_seconds",
             "Time from a source emitting a batch to its acknowledgement (delivery to every sink, or acceptance).",
-            stages.iter().filter(|s| s.ack_latency.count.load(Relaxed) > 0).map(|s| (&s.labels, &s.ack_latency)),
+            series.iter().filter(|(_, t)| t.ack_latency.count > 0).map(|(labels, t)| (labels, &t.ack_latency)),
         );
         let mut custom: BTreeMap<String, (Custom, Vec<(String, f64)>)> = BTreeMap::new();
-        for s in &stages {
-            for (n, c) in s.custom.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (labels, t) in &series {
+            for (n, c) in &t.custom {
                 let full = plugin_metric_name(n, c.counter);
-                custom.entry(full).or_insert_with(|| (c.clone(), Vec::new())).1.push((s.labels.clone(), c.value));
+                custom.entry(full).or_insert_with(|| (c.clone(), Vec::new())).1.push((labels.clone(), c.value));
             }
         }
         for (name, (meta, series)) in custom {
@@ -293,5 +400,47 @@ mod tests {
         );
         assert!(text.contains("weir_plugin_connected_clients{pipeline=\"p\",stage=\"ws\",plugin=\"websocket\"} 2"), "{text}");
         assert!(text.contains("weir_plugin_slow_clients_disconnected_total{"), "{text}");
+    }
+
+    #[test]
+    fn counters_go_on_across_versions_and_gauges_do_not_carry() {
+        let m = Metrics::default();
+        let series = |m: &Metrics, name: &str| {
+            let text = m.render();
+            let prefix = format!("{name}{{pipeline=\"p\",stage=\"file\",plugin=\"file\"}} ");
+            let values: Vec<f64> = text.lines().filter_map(|l| l.strip_prefix(&prefix)).map(|v| v.parse().unwrap()).collect();
+            assert!(values.len() <= 1, "one series per label set, not one per version:\n{text}");
+            values.first().copied()
+        };
+        let v1 = m.stage("p", "file", "file");
+        v1.records_in.fetch_add(10, Relaxed);
+        v1.queue_depth.store(3, Relaxed);
+        v1.latency.observe(Duration::from_millis(1));
+        v1.custom("bytes_written", "Bytes.", true, 100.0);
+        v1.custom("open_files", "Files.", false, 1.0);
+        // Make-before-break: the new version runs beside the old one; both add.
+        let v2 = m.stage("p", "file", "file");
+        v2.records_in.fetch_add(5, Relaxed);
+        v2.queue_depth.store(1, Relaxed);
+        assert_eq!(series(&m, "weir_stage_records_in_total"), Some(15.0));
+        assert_eq!(series(&m, "weir_stage_queue_depth"), Some(4.0));
+        // The old one stops: its counts stay in the series, its gauges go.
+        m.remove(&[v1]);
+        assert_eq!(series(&m, "weir_stage_records_in_total"), Some(15.0));
+        assert_eq!(series(&m, "weir_stage_queue_depth"), Some(1.0));
+        assert_eq!(series(&m, "weir_stage_latency_seconds_count"), Some(1.0));
+        assert_eq!(series(&m, "weir_plugin_bytes_written_total"), Some(100.0));
+        assert_eq!(series(&m, "weir_plugin_open_files"), None);
+        v2.records_in.fetch_add(1, Relaxed);
+        assert_eq!(series(&m, "weir_stage_records_in_total"), Some(16.0));
+        // A third version, then the pipeline is removed for good: the series goes.
+        let v3 = m.stage("p", "file", "file");
+        m.remove(&[v2]);
+        assert_eq!(series(&m, "weir_stage_records_in_total"), Some(16.0));
+        m.remove(&[v3]);
+        assert_eq!(series(&m, "weir_stage_records_in_total"), None);
+        let again = m.stage("p", "file", "file");
+        assert_eq!(series(&m, "weir_stage_records_in_total"), Some(0.0), "a pipeline started anew starts from zero");
+        drop(again);
     }
 }
