@@ -380,6 +380,53 @@ mod tests {
         assert!(reason.contains("program headers"), "{reason}");
     }
 
+    /// A minimal shared object with one loadable segment of `len` bytes from offset 0, built by
+    /// hand in either class and byte order.
+    fn hand_made(wide: bool, big: bool, machine: u16, len: u64) -> Vec<u8> {
+        let mut d = vec![0x7f, b'E', b'L', b'F', if wide { 2 } else { 1 }, if big { 2 } else { 1 }, 1];
+        d.resize(16, 0);
+        let put = |d: &mut Vec<u8>, v: u64, n: usize| {
+            let b = v.to_le_bytes();
+            let mut b = b[..n].to_vec();
+            if big {
+                b.reverse();
+            }
+            d.extend(b);
+        };
+        let w = if wide { 8 } else { 4 };
+        let header = if wide { 64 } else { 52 };
+        for (v, n) in [(3, 2), (u64::from(machine), 2), (1, 4), (0, w), (header, w), (0, w), (0, 4), (header, 2)] {
+            put(&mut d, v, n);
+        }
+        for v in [if wide { 56 } else { 32 }, 1, if wide { 64 } else { 40 }, 0, 0] {
+            put(&mut d, v, 2);
+        }
+        if wide {
+            for (v, n) in [(1, 4), (5, 4), (0, 8), (0, 8), (0, 8), (len, 8), (len, 8), (4096, 8)] {
+                put(&mut d, v, n);
+            }
+        } else {
+            for v in [1, 0, 0, 0, len, len, 5, 4096] {
+                put(&mut d, v, 4);
+            }
+        }
+        d.resize(len as usize, 0);
+        d
+    }
+
+    #[test]
+    fn both_classes_and_byte_orders_are_read() {
+        for (wide, big) in [(false, false), (false, true), (true, false), (true, true)] {
+            let target = Target { class: if wide { 2 } else { 1 }, data: if big { 2 } else { 1 }, machine: Some(22) };
+            let lib = hand_made(wide, big, 22, 512);
+            assert_eq!(inspect_bytes(&lib, target), Ok(Layout { needed: 512, loads: 1 }), "wide {wide} big {big}");
+            let reason = inspect_bytes(&lib[..300], target).unwrap_err();
+            assert!(reason.starts_with("truncated: 300 bytes, its program headers need 512"), "{reason}");
+            let reason = inspect_bytes(&hand_made(wide, big, 62, 512), target).unwrap_err();
+            assert!(reason.contains("x86-64; this weir runs on s390x"), "{reason}");
+        }
+    }
+
     #[test]
     fn thousands_separators() {
         assert_eq!(thousands(0), "0");
