@@ -1,4 +1,4 @@
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU64, NonZeroUsize};
 
 use weir_plugin::{Deserialize, JsonSchema};
 
@@ -41,6 +41,18 @@ pub struct HttpConfig {
     /// the request, without outcomes (rejections then go to the dead-letter sink).
     #[serde(default)]
     pub respond_after: RespondAfter,
+    /// Most connections open at once; one more is answered 503 with `Retry-After` and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: NonZeroUsize,
+    /// How long a client may take to send a request's headers, from its first byte, in
+    /// milliseconds; a slower one is disconnected.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: NonZeroU64,
+    /// How long a connection may stay silent, in milliseconds: between requests on a
+    /// keep-alive connection (then it is closed; responses advertise it in `Keep-Alive:
+    /// timeout=`) and between the pieces of a body (then the request is answered 408).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: NonZeroU64,
 }
 
 /// When the `http` source answers a request.
@@ -74,6 +86,15 @@ fn default_ack_timeout() -> u64 {
 }
 fn default_retry_after() -> u32 {
     1
+}
+fn default_max_connections() -> NonZeroUsize {
+    NonZeroUsize::new(4096).expect("non-zero")
+}
+fn default_header_timeout() -> NonZeroU64 {
+    NonZeroU64::new(10_000).expect("non-zero")
+}
+fn default_idle_timeout() -> NonZeroU64 {
+    NonZeroU64::new(30_000).expect("non-zero")
 }
 fn default_health() -> String {
     "/health".into()

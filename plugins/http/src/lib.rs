@@ -1,10 +1,14 @@
 //! The `http` source: clients POST JSON events (one object or an array); the response
 //! comes once the pipeline has taken them, and says which were rejected and why.
 
+mod body;
 mod config;
+mod memory;
+mod server;
 mod source;
 
+pub use body::{parse_events, BodyError};
 pub use config::HttpConfig;
-pub use source::{parse_events, BodyError, HttpSource};
+pub use source::HttpSource;
 
 weir_plugin::export_plugins!(source HttpSource);

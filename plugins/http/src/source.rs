@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::{to_bytes, Body};
+use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,7 +12,9 @@ use serde::Deserialize;
 use weir_plugin::serde_json::{self, json, value::RawValue, Value};
 use weir_plugin::{Ack, BatchBuf, Context, EmitError, Emitter, Head, Outcome, PluginError, Source};
 
+use crate::body::{parse_events, read_body, BodyError, BodyRead};
 use crate::config::{HttpConfig, RespondAfter};
+use crate::server::{self, Limits};
 
 /// The `http` source.
 pub struct HttpSource {
@@ -27,11 +29,6 @@ struct Shared {
     config: HttpConfig,
     emitter: Emitter,
 }
-
-/// How long `stop` waits for in-flight requests.
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long `stop` lets just-accepted connections send their request before closing idle ones.
-const GRACE: Duration = Duration::from_millis(250);
 
 impl Source for HttpSource {
     type Config = HttpConfig;
@@ -60,8 +57,14 @@ impl Source for HttpSource {
         let ctx = self.ctx;
         let rt = weir_plugin::runtime();
         ctx.info(&format!("Listening on {}{}.", self.config.listen, self.config.path));
+        let limits = Limits {
+            max_connections: self.config.max_connections.get(),
+            header_timeout: Duration::from_millis(self.config.header_timeout_ms.get()),
+            idle_timeout: Duration::from_millis(self.config.idle_timeout_ms.get()),
+            retry_after_secs: self.config.retry_after_secs,
+        };
         rt.spawn(async move {
-            serve(listener, app, stop_rx).await;
+            server::serve(listener, app, limits, ctx, stop_rx).await;
             let _ = done_tx.send(());
         });
         self.shutdown = Some(stop_tx);
@@ -74,7 +77,7 @@ impl Source for HttpSource {
             let _ = tx.send(());
         }
         if let Some(done) = self.done.take() {
-            if done.recv_timeout(STOP_TIMEOUT + GRACE + Duration::from_secs(1)).is_err() {
+            if done.recv_timeout(server::STOP_TIMEOUT + Duration::from_secs(2)).is_err() {
                 return Err(PluginError::fatal("in-flight requests did not finish within 30 s"));
             }
         }
@@ -82,64 +85,17 @@ impl Source for HttpSource {
     }
 }
 
-/// Serves connections until `stop` fires; then stops accepting, gives connections a moment
-/// (`GRACE`) to finish on their own — a client that connected just before still sends its
-/// request and gets its answer — and then closes idle connections while in-flight requests
-/// finish, up to `STOP_TIMEOUT`.
-async fn serve(listener: tokio::net::TcpListener, app: Router, mut stop: tokio::sync::oneshot::Receiver<()>) {
-    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
-    let active = Arc::new(());
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone().layer(axum::Extension(ConnectInfo(peer))));
-        let (mut closing, alive) = (closing_rx.clone(), active.clone());
-        tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let closed = async move {
-                loop {
-                    if *closing.borrow() || closing.changed().await.is_err() {
-                        break;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = closed => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-            drop(alive);
-        });
-    }
-    drop(listener);
-    let grace_end = Instant::now() + GRACE;
-    while Arc::strong_count(&active) > 1 && Instant::now() < grace_end {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let _ = closing_tx.send(true);
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while Arc::strong_count(&active) > 1 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// Asks hyper to close the connection after `response` (its body was not read to the end).
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     json_response(status, json!({ "success": false, "error": message.into() }))
 }
 
@@ -191,12 +147,10 @@ async fn produce(State(shared): State<Arc<Shared>>, ConnectInfo(peer): ConnectIn
     if !is_json(&parts.headers) {
         return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
     }
-    let max = config.max_body_bytes.get();
-    let bytes = match to_bytes(body, max).await {
-        Ok(b) => b,
-        Err(_) => {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {max} bytes; send fewer events per request"))
-        }
+    let idle = Duration::from_millis(config.idle_timeout_ms.get());
+    let bytes = match read_body(&parts.headers, body, config.max_body_bytes.get(), idle).await {
+        BodyRead::Complete(b) => b,
+        refused => return closing(refused.response()),
     };
     let (events, single) = match parse_events(&bytes, config.max_events.get()) {
         Ok(parsed) => parsed,
@@ -268,40 +222,6 @@ async fn offer<T, F: std::future::Future<Output = Result<T, EmitError>>>(
             other => return other,
         }
     }
-}
-
-/// Why a request body is refused.
-#[derive(Debug)]
-pub enum BodyError {
-    /// Not JSON (with line and column).
-    Malformed(serde_json::Error),
-    /// JSON, but not events: the status to answer and why.
-    Refused(StatusCode, String),
-}
-
-/// Reads a request body: one JSON object or an array of at most `max_events` objects.
-/// Returns the events, as raw JSON borrowed from `body`, and whether it was a single object.
-pub fn parse_events(body: &[u8], max_events: usize) -> Result<(Vec<&RawValue>, bool), BodyError> {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
-    let (events, single): (Vec<&RawValue>, bool) = if first == Some(b'[') {
-        (serde_json::from_slice::<Vec<&RawValue>>(body).map_err(BodyError::Malformed)?, false)
-    } else {
-        (vec![serde_json::from_slice::<&RawValue>(body).map_err(BodyError::Malformed)?], true)
-    };
-    if events.is_empty() {
-        return Err(BodyError::Refused(StatusCode::BAD_REQUEST, "the array holds no events".into()));
-    }
-    if events.len() > max_events {
-        return Err(BodyError::Refused(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the array holds {} events; the most one request may carry is {max_events}", events.len()),
-        ));
-    }
-    if let Some(i) = events.iter().position(|e| !e.get().starts_with('{')) {
-        let what = if single { "the event".to_owned() } else { format!("event {i}") };
-        return Err(BodyError::Refused(StatusCode::BAD_REQUEST, format!("{what} is not a JSON object")));
-    }
-    Ok((events, single))
 }
 
 fn malformed(e: serde_json::Error) -> Response {
