@@ -2,6 +2,7 @@
 # All of Weir's checks, in the order CI runs them. Fails on the first problem.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "== dependencies"; bash scripts/deps.sh
 echo "== format"; cargo fmt --all --check
 echo "== lints"; cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== build"; cargo build --workspace --quiet

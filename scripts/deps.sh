@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the tests need when it is missing (idempotent, quick when present): the
+# Debian packages (curl, pkg-config, OpenSSL headers, the Prometheus server and promtool,
+# wrk), cargo-nextest, rustfmt and clippy, the Kafka-protocol broker the Kafka tests start
+# (about 11 minutes to build the first time), and Python's confluent-kafka, the independent
+# Kafka client. Needs root for apt-get, or the packages already installed.
+set -euo pipefail
+need() { command -v "$1" >/dev/null 2>&1; }
+apt_missing=()
+need curl || apt_missing+=(curl)
+need pkg-config || apt_missing+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || apt_missing+=(libssl-dev)
+need promtool || apt_missing+=(prometheus)
+need wrk || apt_missing+=(wrk)
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  echo "== installing ${apt_missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${apt_missing[@]}"
+fi
+need cargo-nextest || cargo install cargo-nextest --locked
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+if ! "$HOME/.cargo/bin/tansu" --version 2>/dev/null | grep -q '0.6.0'; then
+  echo "== building the test broker (tansu 0.6.0, about 11 minutes the first time)"
+  cargo install tansu --version 0.6.0 --features dynostore,libsql --locked
+fi
+python3 -c 'import confluent_kafka' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check confluent-kafka==2.16.1
