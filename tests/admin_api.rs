@@ -76,6 +76,8 @@ fn cross_origin_and_non_json_posts_are_refused_and_change_nothing() {
         let r = curl_with("POST", &pause, &args);
         assert_eq!(r.status, 415, "{what}: {r:?}");
         assert!(r.json()["error"].as_str().unwrap().contains("application/json"), "{what}: {r:?}");
+        // The body was not read: the connection is closed, not left to a keep-alive client.
+        assert_eq!(r.headers.to_ascii_lowercase().contains("connection: close"), what != "empty form", "{what}: {r:?}");
     }
     let r = curl_with("POST", &weir.url("/reload"), &["-H", "Content-Type: text/plain", "--data-binary", "x"]);
     assert_eq!(r.status, 415, "{r:?}");

@@ -187,8 +187,14 @@ fn split_port(host: &str) -> (&str, Option<&str>) {
 #[derive(Clone, Copy)]
 struct Anonymous;
 
+/// Marks a response [`guard`] gave instead of the route's.
+#[derive(Clone, Copy)]
+struct Refused;
+
 fn refuse(status: StatusCode, message: String) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
+    let mut resp = (status, Json(serde_json::json!({ "error": message }))).into_response();
+    resp.extensions_mut().insert(Refused);
+    resp
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -202,7 +208,17 @@ fn has_body(headers: &HeaderMap) -> bool {
 }
 
 /// The checks in front of every route (see the module documentation).
-pub async fn guard(AxState(access): AxState<Arc<Access>>, mut req: Request, next: Next) -> Response {
+pub async fn guard(access: AxState<Arc<Access>>, req: Request, next: Next) -> Response {
+    let body = has_body(req.headers());
+    let mut resp = checked(access, req, next).await;
+    if body && resp.extensions().get::<Refused>().is_some() {
+        // The body was not read: close rather than leave it to be taken for the next request.
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+async fn checked(AxState(access): AxState<Arc<Access>>, mut req: Request, next: Next) -> Response {
     let headers = req.headers();
     let host = header_str(headers, header::HOST);
     if let Some(h) = host.filter(|h| !access.host_allowed(h)) {

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -205,24 +205,16 @@ impl Outcomes {
     }
 }
 
-/// What one transform hears of one batch it processed once the batch settled (ABI
-/// minor 1 `acknowledge`): an outcome per record of its input.
-struct SettledBatch {
-    /// Index of the transform in the chain, and the instance generation that processed it.
-    stage: usize,
+/// A transform waiting to hear what became of one batch it processed (ABI minor 1
+/// `acknowledge`).
+struct Part {
+    stage: String,
+    slot: Arc<Mutex<Slot>>,
+    /// The instance generation that processed it, and its number for the batch.
     generation: u64,
-    /// The transform's own number for the batch.
     sequence: u64,
-    codes: Vec<u8>,
-    reasons: Vec<String>,
-}
-
-/// The transforms of a batch waiting for its outcomes, and how to reach their thread.
-struct Awaiting {
-    tx: Sender<SettledBatch>,
-    /// Per transform: its index, generation, batch number, and for each of its input
-    /// records the source record it came from.
-    parts: Vec<(usize, u64, u64, Vec<u32>)>,
+    /// For each of the transform's input records, the source record it came from.
+    origins: Vec<u32>,
 }
 
 /// The acknowledgement owed for one source batch, completed by the last sink.
@@ -232,7 +224,7 @@ struct Tracker {
     ack: Mutex<Option<AckGuard>>,
     /// Transforms that want to hear what became of the batch (always after delivery, also
     /// with `acknowledge: accepted`).
-    awaiting: Mutex<Option<Awaiting>>,
+    awaiting: Mutex<Vec<Part>>,
     /// When the source emitted the batch, and whose metrics get the acknowledgement lag.
     received: Instant,
     source: Arc<StageMetrics>,
@@ -241,7 +233,7 @@ struct Tracker {
 impl Drop for Tracker {
     fn drop(&mut self) {
         // Never completed (a sink thread went away with it): what was not refused failed.
-        if self.awaiting.get_mut().map_or(true, |a| a.is_none()) {
+        if self.awaiting.get_mut().map_or(true, |a| a.is_empty()) {
             return;
         }
         let mut guard = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
@@ -267,15 +259,30 @@ impl Tracker {
         }
     }
 
-    /// Tells the transforms that asked what became of their input records (once).
+    /// Tells the transforms that asked what became of their input records (once), before
+    /// the source hears of it: a transform that keeps state elsewhere (dedupe in Redis) has
+    /// it stored by the time the source commits or answers its client.
     fn settle(&self) {
-        let Some(awaiting) = self.awaiting.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let parts = std::mem::take(&mut *self.awaiting.lock().unwrap_or_else(|p| p.into_inner()));
+        if parts.is_empty() {
+            return;
+        }
         let o = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-        for (stage, generation, sequence, origins) in awaiting.parts {
-            let codes = origins.iter().map(|&i| o.codes[i as usize]).collect();
-            let reasons = origins.iter().map(|&i| o.reasons[i as usize].clone()).collect();
-            // The transform thread is gone only once the pipeline stopped; nothing to tell.
-            let _ = awaiting.tx.send(SettledBatch { stage, generation, sequence, codes, reasons });
+        for part in parts {
+            let codes = part.origins.iter().map(|&i| o.codes[i as usize]).collect();
+            let reasons = part.origins.iter().map(|&i| o.reasons[i as usize].clone()).collect();
+            let mut slot = part.slot.lock().unwrap_or_else(|p| p.into_inner());
+            // A batch processed by an instance since re-created is news to nobody.
+            if slot.generation != part.generation {
+                continue;
+            }
+            let Some(instance) = slot.instance.as_mut() else { continue };
+            if let Err(e) = instance.acknowledge(&[(part.sequence, codes, reasons)]) {
+                tracing::warn!(stage = %part.stage, error = %e, "Transform failed to take an acknowledgement.");
+                if e.poisoned() {
+                    poison(&mut slot);
+                }
+            }
         }
     }
 
@@ -529,6 +536,20 @@ fn restart_backoff(failures: u32) -> Duration {
     Duration::from_millis((100u64 << failures.saturating_sub(1).min(10)).min(10_000))
 }
 
+/// A stage's instance; calls on it are one at a time because they hold this lock.
+struct Slot {
+    instance: Option<Instance>,
+    /// How many times the instance was re-created: acknowledgements go only to the
+    /// instance that processed the batch.
+    generation: u64,
+}
+
+impl Slot {
+    fn new(instance: Instance) -> Arc<Mutex<Slot>> {
+        Arc::new(Mutex::new(Slot { instance: Some(instance), generation: 0 }))
+    }
+}
+
 /// A stage the host can re-create after a panic.
 struct Stage {
     name: String,
@@ -536,15 +557,13 @@ struct Stage {
     config: String,
     host: &'static HostApi,
     metrics: Arc<StageMetrics>,
-    instance: Option<Instance>,
+    /// Shared with the sink threads that tell a transform what became of its batches.
+    slot: Arc<Mutex<Slot>>,
     /// Sinks: how retries wait, and for how long a batch is retried at most.
     retry: RetrySpec,
     max_retry: Option<Duration>,
     /// Failed calls in a row (panics, errors, failed re-creations; not retries).
     failures: u32,
-    /// How many times the instance was re-created: acknowledgements go only to the
-    /// instance that processed the batch.
-    generation: u64,
     health: Arc<Health>,
     /// Sinks: what waits in front of it.
     buffer: Arc<Buffer>,
@@ -573,8 +592,12 @@ impl Stage {
         }
     }
 
-    fn instance(&mut self) -> Result<&mut Instance, String> {
-        if self.instance.is_none() {
+    /// Runs `f` on the instance (re-created first after a panic); also returns the
+    /// instance's generation.
+    fn call<R>(&mut self, f: impl FnOnce(&mut Instance) -> R) -> Result<(R, u64), String> {
+        let slot = self.slot.clone();
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.instance.is_none() {
             // Restart with backoff: a stage that panics on every batch does not spin.
             if self.failures > 0 {
                 std::thread::sleep(restart_backoff(self.failures));
@@ -582,17 +605,22 @@ impl Stage {
             let inst =
                 Instance::create(&self.plugin, &self.config, self.host).map_err(|e| format!("could not re-create the stage: {e}"))?;
             tracing::info!(stage = %self.name, "Stage re-created after a panic.");
-            self.instance = Some(inst);
-            self.generation += 1;
+            slot.instance = Some(inst);
+            slot.generation += 1;
         }
-        Ok(self.instance.as_mut().expect("just created"))
+        let generation = slot.generation;
+        Ok((f(slot.instance.as_mut().expect("just created")), generation))
     }
 
     /// Forgets a poisoned instance (never calling it again, not even to destroy it).
     fn poison(&mut self) {
-        if let Some(inst) = self.instance.take() {
-            std::mem::forget(inst);
-        }
+        poison(&mut self.slot.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+fn poison(slot: &mut Slot) {
+    if let Some(inst) = slot.instance.take() {
+        std::mem::forget(inst);
     }
 }
 
@@ -665,11 +693,10 @@ impl Pipeline {
                     config,
                     host,
                     metrics: m,
-                    instance: Some(instance),
+                    slot: Slot::new(instance),
                     retry,
                     max_retry,
                     failures: 0,
-                    generation: 0,
                     health: health.clone(),
                     buffer: Buffer::new(spec.buffer.clone(), disk),
                 },
@@ -678,7 +705,7 @@ impl Pipeline {
         let settings = &file.spec.settings;
         let abandon = Arc::new(AtomicBool::new(false));
         let mut iter = built.into_iter();
-        let (_, mut source) = iter.next().expect("a pipeline has a source");
+        let (_, source) = iter.next().expect("a pipeline has a source");
         let mut transforms = Vec::new();
         let mut sinks = Vec::new();
         let mut dead_letter = None;
@@ -757,7 +784,7 @@ impl Pipeline {
                 .name(format!("weir-transforms-{name}"))
                 .spawn(move || run_transforms(transforms, rx, sink_txs, heads, source_metrics))?,
         );
-        let mut source_instance = source.instance.take().expect("created above");
+        let mut source_instance = source.slot.lock().unwrap_or_else(|p| p.into_inner()).instance.take().expect("created above");
         if let Err(e) = source_instance.start(ffi::emitter(intake.clone())) {
             intake.close();
             for t in threads {
@@ -956,28 +983,9 @@ fn run_transforms(
     source_metrics: Arc<StageMetrics>,
 ) {
     let tracer = telemetry::tracer();
-    // Transforms that asked (ABI minor 1) hear what became of each batch on this thread,
-    // before the next batch and when idle, so their calls stay one at a time.
-    let (settled_tx, settled_rx) = std::sync::mpsc::channel::<SettledBatch>();
+    // Transforms that asked (ABI minor 1) hear what became of each batch they processed.
     let acknowledging: Vec<bool> = transforms.iter().map(|t| t.plugin.descriptor.acknowledge.is_some()).collect();
-    let wants_acks = acknowledging.contains(&true);
-    loop {
-        let next = if wants_acks {
-            match rx.recv_timeout(ACK_IDLE) {
-                Ok(e) => Some(e),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        } else {
-            match rx.recv() {
-                Ok(e) => Some(e),
-                Err(_) => break,
-            }
-        };
-        if wants_acks {
-            tell_transforms(&mut transforms, None, &settled_rx);
-        }
-        let Some(Envelope { batch, ack, received }) = next else { continue };
+    while let Ok(Envelope { batch, ack, received }) = rx.recv() {
         source_metrics.queue_depth.fetch_sub(1, Relaxed);
         let n = batch.len();
         // The source's span covers the batch from its emission to the transforms taking it.
@@ -1008,16 +1016,18 @@ fn run_transforms(
                 t.start(&site, Some(parent), Vec::new(), input.len(), SystemTime::now())
             });
             let started = Instant::now();
-            let result =
-                stage.instance().map_err(|m| (false, m)).and_then(|inst| inst.process(&input).map_err(|e| (e.poisoned(), e.to_string())));
+            let result = stage
+                .call(|inst| inst.process(&input))
+                .map_err(|m| (false, m))
+                .and_then(|(r, generation)| r.map(|out| (out, generation)).map_err(|e| (e.poisoned(), e.to_string())));
             stage.metrics.latency.observe(started.elapsed());
-            let checked = result.and_then(|out| {
+            let checked = result.and_then(|(out, generation)| {
                 let out_origins = out.origins().map_err(|m| (false, format!("bad output: {m}")))?.to_vec();
                 out.batch().map_err(|e| (false, format!("bad output: {e}")))?;
-                Ok((out, out_origins))
+                Ok((out, out_origins, generation))
             });
             match checked {
-                Ok((out, out_origins)) => {
+                Ok((out, out_origins, generation)) => {
                     let mut kept = vec![false; input.len()];
                     for &o in &out_origins {
                         kept[o as usize] = true;
@@ -1045,7 +1055,13 @@ fn run_transforms(
                         span.count("weir.records.dropped", dropped);
                     }
                     if let Some(sequence) = out.sequence().filter(|_| acknowledging[index]) {
-                        awaiting.push((index, stage.generation, sequence, origins.clone()));
+                        awaiting.push(Part {
+                            stage: stage.name.clone(),
+                            slot: stage.slot.clone(),
+                            generation,
+                            sequence,
+                            origins: origins.clone(),
+                        });
                     }
                     origins = out_origins.iter().map(|&o| origins[o as usize]).collect();
                     current = Current::Plugin(out);
@@ -1080,7 +1096,7 @@ fn run_transforms(
             outcomes: Mutex::new(outcomes),
             remaining: AtomicUsize::new(if origins.is_empty() { 0 } else { total_sinks }),
             ack: Mutex::new(Some(ack)),
-            awaiting: Mutex::new((!awaiting.is_empty()).then(|| Awaiting { tx: settled_tx.clone(), parts: awaiting })),
+            awaiting: Mutex::new(awaiting),
             received,
             source: source_metrics.clone(),
         });
@@ -1148,39 +1164,6 @@ fn run_transforms(
     // version of the pipeline), then stop.
     for (_, _, buffer) in &sinks {
         buffer.finish_writing();
-    }
-    // The transforms hear the fate of what is still in flight before they are destroyed:
-    // the sinks close as their queues empty, and the channel once the last batch settled.
-    drop((sinks, heads, settled_tx));
-    while let Ok(first) = settled_rx.recv() {
-        tell_transforms(&mut transforms, Some(first), &settled_rx);
-    }
-}
-
-/// How long the transform thread waits for a batch before it passes on acknowledgements.
-const ACK_IDLE: Duration = Duration::from_millis(50);
-
-/// Hands every settled batch waiting (and `first`) to its transform, one call per transform.
-fn tell_transforms(transforms: &mut [Stage], first: Option<SettledBatch>, rx: &Receiver<SettledBatch>) {
-    let mut by_stage: Vec<Vec<(u64, Vec<u8>, Vec<String>)>> = transforms.iter().map(|_| Vec::new()).collect();
-    for s in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-        // A batch processed by an instance since re-created is news to nobody.
-        if transforms[s.stage].generation == s.generation {
-            by_stage[s.stage].push((s.sequence, s.codes, s.reasons));
-        }
-    }
-    for (stage, settled) in transforms.iter_mut().zip(by_stage) {
-        if settled.is_empty() {
-            continue;
-        }
-        let Some(instance) = stage.instance.as_mut() else { continue };
-        if let Err(e) = instance.acknowledge(&settled) {
-            stage.metrics.errors.fetch_add(1, Relaxed);
-            tracing::warn!(stage = %stage.name, plugin = %stage.plugin.name, error = %e, batches = settled.len(), "Transform failed to take acknowledgements.");
-            if e.poisoned() {
-                stage.poison();
-            }
-        }
     }
 }
 
@@ -1280,7 +1263,7 @@ fn run_sink(
                             outcomes: Mutex::new(Outcomes::new(n)),
                             remaining: AtomicUsize::new(1),
                             ack: Mutex::new(None),
-                            awaiting: Mutex::new(None),
+                            awaiting: Mutex::new(Vec::new()),
                             received: Instant::now(),
                             source: sink.metrics.clone(),
                         });
@@ -1311,7 +1294,7 @@ fn run_sink(
             }
         }
     }
-    if let Some(inst) = sink.instance.as_mut() {
+    if let Some(inst) = sink.slot.lock().unwrap_or_else(|p| p.into_inner()).instance.as_mut() {
         if let Err(e) = inst.stop() {
             tracing::warn!(stage = %sink.name, error = %e, "Sink did not stop cleanly.");
         }
@@ -1354,9 +1337,9 @@ fn deliver(sink: &mut Stage, ctx: &mut SinkCtx<'_>, job: SinkJob) {
     loop {
         let started = Instant::now();
         let result = sink
-            .instance()
+            .call(|inst| inst.process(&batch))
             .map_err(|m| (Status::FATAL, m, 0))
-            .and_then(|inst| inst.process(&batch).map_err(|e| (e.status, e.to_string(), e.retry_after_ms)));
+            .and_then(|(r, _)| r.map_err(|e| (e.status, e.to_string(), e.retry_after_ms)));
         sink.metrics.latency.observe(started.elapsed());
         match result {
             Ok(out) => {
