@@ -156,7 +156,14 @@ impl Redis {
     }
 
     /// Marks the keys of a batch as pending under `mark`; for each, what it was.
-    fn mark(&mut self, digests: &[Digest], mark: &str, ttl: Duration, mine: Vec<String>, window: Duration) -> Result<Vec<Verdict>, PluginError> {
+    fn mark(
+        &mut self,
+        digests: &[Digest],
+        mark: &str,
+        ttl: Duration,
+        mine: Vec<String>,
+        window: Duration,
+    ) -> Result<Vec<Verdict>, PluginError> {
         if digests.is_empty() {
             return Ok(Vec::new());
         }
@@ -168,9 +175,21 @@ impl Redis {
         let codes = self.call(0, &keys, &args)?;
         if codes.len() != keys.len() {
             self.connection = None;
-            return Err(PluginError::retry(format!("dedupe store {} answered {} verdicts for {} keys", self.shown, codes.len(), keys.len())));
+            return Err(PluginError::retry(format!(
+                "dedupe store {} answered {} verdicts for {} keys",
+                self.shown,
+                codes.len(),
+                keys.len()
+            )));
         }
-        Ok(codes.into_iter().map(|c| match c { 0 => Verdict::New, 1 => Verdict::Seen, _ => Verdict::InFlight }).collect())
+        Ok(codes
+            .into_iter()
+            .map(|c| match c {
+                0 => Verdict::New,
+                1 => Verdict::Seen,
+                _ => Verdict::InFlight,
+            })
+            .collect())
     }
 }
 
@@ -497,7 +516,7 @@ impl Transform for Dedupe {
         let now = Instant::now();
         window.expire(now, self.window);
         self.let_go_of_old_batches(&mut window, now);
-        let owner = (self.id, out.sequence());
+        let owner = (self.id, out.sequence);
         window.inflight.insert(owner);
         let keyed: Vec<Digest> = digests.iter().filter_map(|d| d.1).collect();
         let verdicts = match self.redis.as_mut() {

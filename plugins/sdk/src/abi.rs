@@ -395,8 +395,9 @@ pub struct PluginDescriptor {
         unsafe extern "C" fn(instance: *mut c_void, batch: *const BatchView, output: *mut StageOutput, message: *mut OwnedBytes) -> Status,
     >,
     /// Minor 1, transforms (optional): the outcomes of batches the instance processed, once
-    /// every sink is done with them (`settled` points to `count` of them). Called on the
-    /// transform's thread between `process` calls. Read only when `struct_size` covers it.
+    /// every sink is done with them and before their source is acknowledged (`settled` points
+    /// to `count` of them). From any thread, never concurrently with another call on the
+    /// instance. Read only when `struct_size` covers it.
     pub acknowledge:
         Option<unsafe extern "C" fn(instance: *mut c_void, settled: *const Settled, count: u32, message: *mut OwnedBytes) -> Status>,
 }

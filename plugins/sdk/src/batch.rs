@@ -400,17 +400,13 @@ pub struct Output {
     pub batch: BatchBuf,
     /// Refused input records.
     pub rejections: Rejections,
-    /// This batch's number, unique in the library (see [`Output::sequence`]).
-    pub(crate) sequence: u64,
+    /// The number the SDK gave the batch being processed (unique in the library, set before
+    /// `process` is called): [`crate::Transform::acknowledge`] names the batch by it once its
+    /// records are delivered, refused or failed.
+    pub sequence: u64,
 }
 
 impl Output {
-    /// The number the SDK gave the batch being processed: [`crate::Transform::acknowledge`]
-    /// names the batch by it once its records are delivered, refused or failed.
-    pub fn sequence(&self) -> u64 {
-        self.sequence
-    }
-
     /// The next batch number of this library (never 0).
     pub(crate) fn next_sequence() -> u64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

@@ -11,7 +11,9 @@ use std::sync::Once;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
-use crate::abi::{self, BatchView, EmitterApi, HostApi, Kind, Manifest, OwnedBytes, PluginDescriptor, Settled, StageOutput, Status, StrRef};
+use crate::abi::{
+    self, BatchView, EmitterApi, HostApi, Kind, Manifest, OwnedBytes, PluginDescriptor, Settled, StageOutput, Status, StrRef,
+};
 use crate::batch::{BatchRef, Output};
 use crate::context::{Context, Emitter};
 use crate::error::PluginError;

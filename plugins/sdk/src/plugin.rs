@@ -53,11 +53,12 @@ pub trait Transform: Sized + Send + 'static {
     /// from), reject input records with a reason, or leave them out to drop them.
     fn process(&mut self, input: &BatchRef<'_>, out: &mut Output) -> Result<(), PluginError>;
     /// Learns what became of batches this instance processed without error, once every
-    /// sink is done with them: one [`Settled`] per batch, named by [`Output::sequence`], with
-    /// an outcome per input record (`Accepted` when delivered; `Dropped` for what this or a
-    /// later transform dropped). Called on the transform's thread between `process` calls,
-    /// before the next batch and when the pipeline is idle; never concurrently with them.
-    /// Hosts older than ABI minor 1 never call it. Defaults to doing nothing.
+    /// sink is done with them and before their source hears of it: one [`Settled`] per
+    /// batch, named by [`Output::sequence`], with an outcome per input record (`Accepted`
+    /// when delivered; `Dropped` for what this or a later transform dropped). Called from a
+    /// host thread, never concurrently with `process`, and only when
+    /// [`Transform::ACKNOWLEDGES`] is true. Hosts older than ABI minor 1 never call it.
+    /// Defaults to doing nothing.
     fn acknowledge(&mut self, _settled: &[Settled]) -> Result<(), PluginError> {
         Ok(())
     }

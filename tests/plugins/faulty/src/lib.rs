@@ -116,11 +116,17 @@ pub struct FlakyConfig {
     /// A batch with a record containing this text is answered `Retry` (an outage that never ends).
     #[serde(default)]
     pub outage_marker: Option<String>,
+    /// The first this many batches are failed for good (`Fatal`), whatever they hold.
+    #[serde(default)]
+    pub fail_first_batches: u32,
 }
 
-/// The `test-flaky` sink: rejects marked records, asks to retry marked batches, delivers nowhere.
+/// The `test-flaky` sink: fails the first batches for good, rejects marked records, asks to
+/// retry marked batches, delivers nowhere.
 pub struct Flaky {
     config: FlakyConfig,
+    /// Batches failed so far.
+    failed: u32,
 }
 
 fn contains(value: &[u8], marker: &Option<String>) -> bool {
@@ -133,10 +139,14 @@ impl Sink for Flaky {
     const DESCRIPTION: &'static str = "For Weir's tests: a sink that rejects or keeps retrying marked records.";
 
     fn create(config: FlakyConfig, _ctx: Context) -> Result<Self, PluginError> {
-        Ok(Flaky { config })
+        Ok(Flaky { config, failed: 0 })
     }
 
     fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
+        if self.failed < self.config.fail_first_batches {
+            self.failed += 1;
+            return Err(PluginError::fatal("the destination refused the batch for good"));
+        }
         if batch.iter().any(|r| contains(r.value, &self.config.outage_marker)) {
             return Err(PluginError::retry("the destination is down"));
         }

@@ -1,0 +1,197 @@
+//! Dedupe never loses an event: a key counts as seen only once its record was delivered, so
+//! the retry of an event whose delivery failed is delivered, exactly once, whether the
+//! failure was a sink giving up, a reply from Redis lost on the way, or a SIGKILL.
+
+#[path = "common/broker.rs"]
+mod broker;
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// How many lines of `path` carry `eventId == id`.
+fn count_id(path: &std::path::Path, id: &str) -> usize {
+    lines(path).iter().filter(|v| v["eventId"] == id).count()
+}
+
+/// A key prefix of this test's own in the machine's Redis.
+fn prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("weir:e2e:{test}:{}:{nanos}:", std::process::id())
+}
+
+/// `redis-cli` (an independent client) against the machine's Redis.
+fn redis(args: &[&str]) -> String {
+    let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", "6379"]).args(args).output().expect("redis-cli");
+    assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The values of the keys under `prefix`.
+fn marks(prefix: &str) -> Vec<String> {
+    let keys = redis(&["--scan", "--pattern", &format!("{prefix}*")]);
+    keys.lines().filter(|k| !k.is_empty()).map(|k| redis(&["GET", k])).collect()
+}
+
+fn event(id: &str) -> String {
+    format!(r#"{{"eventType":"click","eventId":"{id}"}}"#)
+}
+
+// Observed before: an event whose delivery failed (500: the sink gave up) and that the client
+// then retried with the same eventId was answered 200 {"duplicate":true} and never delivered:
+// dedupe had remembered its key when it passed, not when it was delivered.
+#[test]
+fn memory_store_the_retry_of_an_event_a_sink_failed_for_good_is_delivered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let port = free_port();
+    // The file sink writes what `test-flaky` delivered; `test-flaky` fails its first batch for good.
+    write_pipeline(
+        dir.path(),
+        "ingest",
+        &format!(
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms: [{{plugin: dedupe, config: {{fields: [/eventId]}}}}]\nsinks:\n  - {{plugin: test-flaky, config: {{fail_first_batches: 1}}}}\n  - {{plugin: file, after: test-flaky, config: {{path: {}}}}}\n",
+            out.display()
+        ),
+    );
+    let weir = Weir::start(dir.path(), &[], &[]);
+    let url = format!("http://127.0.0.1:{port}/produce");
+
+    let first = post_json(&url, &event("e-1"));
+    assert_eq!(first.status, 500, "the sink failed the batch for good: {first:?}");
+    assert_eq!(count_id(&out, "e-1"), 0);
+
+    let retry = post_json(&url, &event("e-1"));
+    assert_eq!(retry.status, 200, "{retry:?}");
+    assert_eq!(retry.json()["success"], true);
+    assert!(retry.json().get("duplicate").is_none(), "the retry is not a duplicate: {}", retry.body);
+    wait_for("the retry in the file", Duration::from_secs(10), || count_id(&out, "e-1") == 1);
+
+    // Now it was delivered: a repeat is a duplicate, and the file still has it once.
+    let again = post_json(&url, &event("e-1"));
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(again.json()["duplicate"], true, "{}", again.body);
+    let other = post_json(&url, &event("e-2"));
+    assert_eq!(other.status, 200, "{other:?}");
+    wait_for("e-2 in the file", Duration::from_secs(10), || count_id(&out, "e-2") == 1);
+    assert_eq!(count_id(&out, "e-1"), 1, "{:?}", lines(&out));
+    assert_eq!(
+        weir.metric(r#"weir_plugin_dedupe_duplicates_total{pipeline="ingest",stage="dedupe",plugin="dedupe"}"#),
+        Some(1.0),
+        "{}",
+        weir.metrics()
+    );
+}
+
+/// A TCP proxy in front of the machine's Redis that, once, forwards a request carrying
+/// `marker` (so Redis applies it), then cuts the connection instead of passing Redis's
+/// (successful) reply back.
+struct CuttingProxy {
+    port: u16,
+    cuts: Arc<AtomicUsize>,
+}
+
+impl CuttingProxy {
+    fn start(marker: &str) -> CuttingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let (marker, done) = (marker.as_bytes().to_vec(), cuts.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let upstream = TcpStream::connect("127.0.0.1:6379").expect("Redis at 127.0.0.1:6379");
+                // Set by the request side before it forwards a request carrying the marker.
+                let marked = Arc::new(AtomicBool::new(false));
+                let (mut c_in, mut u_out) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                let (flag, marker) = (marked.clone(), marker.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        flag.store(buf[..n].windows(marker.len()).any(|w| w == marker), Ordering::SeqCst);
+                        if u_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = u_out.shutdown(Shutdown::Both);
+                });
+                let (mut u_in, mut c_out, done) = (upstream, client, done.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = u_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        // Redis answered the marked request without an error: it applied it.
+                        if marked.load(Ordering::SeqCst) && buf[0] != b'-' && done.load(Ordering::SeqCst) == 0 {
+                            done.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_out.shutdown(Shutdown::Both);
+                    let _ = u_in.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        CuttingProxy { port, cuts }
+    }
+}
+
+// Observed before: with `store: redis://…`, Redis applied a batch's `SET NX` but the reply
+// was lost (connection cut); the batch failed, and the client's retry was taken for a
+// duplicate of itself and dropped: answered as done, never delivered.
+#[test]
+fn redis_store_a_reply_lost_after_redis_applied_the_marks_does_not_swallow_the_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let port = free_port();
+    let prefix = prefix("reply-lost");
+    let proxy = CuttingProxy::start(&prefix);
+    write_pipeline(
+        dir.path(),
+        "ingest",
+        &format!(
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms:\n  - plugin: dedupe\n    config: {{fields: [/eventId], store: \"redis://127.0.0.1:{}\", key_prefix: \"{prefix}\"}}\nsinks: [{{plugin: file, config: {{path: {}}}}}]\n",
+            proxy.port,
+            out.display()
+        ),
+    );
+    let _weir = Weir::start(dir.path(), &[], &[]);
+    let url = format!("http://127.0.0.1:{port}/produce");
+
+    let first = post_json(&url, &event("r-1"));
+    assert_eq!(proxy.cuts.load(Ordering::SeqCst), 1, "the proxy cut the reply");
+    assert_eq!(first.status, 500, "the dedupe store failed the batch: {first:?}");
+    assert!(first.body.contains("dedupe store"), "the reason is given: {}", first.body);
+    let applied = marks(&prefix);
+    assert_eq!(applied.len(), 1, "Redis applied the mark before the reply was lost: {applied:?}");
+    assert!(applied[0].starts_with("p:"), "a pending mark, not a delivered one: {applied:?}");
+
+    let retry = post_json(&url, &event("r-1"));
+    assert_eq!(retry.status, 200, "{retry:?}");
+    assert!(retry.json().get("duplicate").is_none(), "the retry is not a duplicate: {}", retry.body);
+    wait_for("the retry in the file", Duration::from_secs(10), || count_id(&out, "r-1") == 1);
+    wait_for("the key confirmed in Redis", Duration::from_secs(10), || marks(&prefix) == ["c"]);
+
+    let again = post_json(&url, &event("r-1"));
+    assert_eq!(again.json()["duplicate"], true, "delivered now, so a repeat is a duplicate: {}", again.body);
+    assert_eq!(count_id(&out, "r-1"), 1, "{:?}", lines(&out));
+    assert_eq!(proxy.cuts.load(Ordering::SeqCst), 1);
+    redis(&["EVAL", "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end", "0", &format!("{prefix}*")]);
+}
