@@ -39,7 +39,7 @@ fn http_source_answers_each_kind_of_bad_request() {
     let big = format!(r#"{{"eventType":"a","userId":"u","pad":"{}"}}"#, "x".repeat(3000));
     let r = post_json(&url, &big);
     assert_eq!(r.status, 413, "{r:?}");
-    assert!(r.json()["error"].as_str().unwrap().contains("larger than 2000 bytes"));
+    assert!(r.json()["error"].as_str().unwrap().contains("larger than the 2000 allowed"));
 
     let r = post_json(
         &url,
