@@ -163,4 +163,8 @@ fn stage_counters_never_go_back_across_five_reloads_and_a_restart_under_load() {
         .as_f64()
         .unwrap();
     assert!(own < written, "the current version's own count ({own}) is part of the series ({written})");
+    eprintln!(
+        "figures: {} scrapes over 5 reloads and a restart, {written} events written, {accepted} accepted, counted by the series {written}, by the last version alone {own}",
+        scrapes.load(Ordering::Relaxed)
+    );
 }
