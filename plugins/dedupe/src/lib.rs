@@ -24,7 +24,9 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use weir_plugin::serde_json::{self, Value};
+use std::borrow::Cow;
+
+use weir_plugin::serde_json::{self, value::RawValue, Value};
 use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, Outcome, Output, PluginError, Settled, Transform};
 
 /// Config of the `dedupe` transform.
@@ -296,12 +298,39 @@ fn window(config: &DedupeConfig) -> Result<Duration, PluginError> {
         .map_err(|e| PluginError::config(format!("window {:?} is not a duration such as 10m: {e}", config.window)))
 }
 
-fn digest(parts: &[Option<&Value>]) -> Digest {
+/// The text a key field is hashed as: a string as its JSON (escapes normalised), a number
+/// as written (every digit counts: ids that differ in their 20th digit are two keys, which
+/// a float would have merged), anything else as its JSON.
+fn key_part(raw: &RawValue) -> String {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(text).map(|s| Value::String(s).to_string()).unwrap_or_else(|_| text.to_owned()),
+        Some(b'-' | b'0'..=b'9') => text.to_owned(),
+        _ => serde_json::from_str::<Value>(text).map(|v| v.to_string()).unwrap_or_else(|_| text.to_owned()),
+    }
+}
+
+/// The value at a JSON pointer, as written, opening only the objects and arrays on its way.
+fn lookup<'a>(doc: &'a RawValue, pointer: &str) -> Option<&'a RawValue> {
+    let Some(rest) = pointer.strip_prefix('/') else { return pointer.is_empty().then_some(doc) };
+    let mut cur = doc;
+    for seg in rest.split('/') {
+        let seg = seg.replace("~1", "/").replace("~0", "~");
+        let text = cur.get();
+        cur = match text.as_bytes().first()? {
+            b'{' => serde_json::from_str::<HashMap<Cow<'a, str>, &'a RawValue>>(text).ok()?.remove(seg.as_str())?,
+            b'[' => *serde_json::from_str::<Vec<&'a RawValue>>(text).ok()?.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+fn digest(parts: &[Option<String>]) -> Digest {
     let mut a = std::collections::hash_map::DefaultHasher::new();
     let mut b = std::collections::hash_map::DefaultHasher::new();
     0xA5u8.hash(&mut b);
-    for p in parts {
-        let text = p.map(|v| v.to_string());
+    for text in parts {
         text.hash(&mut a);
         text.hash(&mut b);
     }
@@ -501,14 +530,14 @@ impl Transform for Dedupe {
         // Each record's key digest; None for a record without key fields (always passes).
         let mut digests: Vec<(usize, Option<Digest>)> = Vec::with_capacity(input.len());
         for (i, record) in input.iter().enumerate() {
-            let value: Value = match serde_json::from_slice(record.value) {
+            let doc: &RawValue = match serde_json::from_slice(record.value) {
                 Ok(v) => v,
                 Err(e) => {
                     out.reject(i, &format!("not valid JSON: {e}"));
                     continue;
                 }
             };
-            let parts: Vec<Option<&Value>> = self.fields.iter().map(|f| value.pointer(f)).collect();
+            let parts: Vec<Option<String>> = self.fields.iter().map(|f| lookup(doc, f).map(key_part)).collect();
             digests.push((i, (!parts.iter().all(Option::is_none)).then(|| digest(&parts))));
         }
         let keys = self.keys.clone();
@@ -624,6 +653,24 @@ mod tests {
         assert!(run_and_settle(&mut t, &[r#"{"eventId":"b"}"#], Outcome::Accepted).is_empty());
         assert_eq!(host.metric("dedupe_duplicates"), Some(2.0));
         assert_eq!(host.metric("dedupe_pending"), Some(0.0), "every mark was settled");
+    }
+
+    #[test]
+    fn numeric_keys_keep_every_digit_and_strings_their_meaning() {
+        let host = MockHost::for_pipeline("digits");
+        let mut t: Dedupe = host.transform(serde_json::json!({"fields": ["/id", "/u/k"]})).unwrap();
+        let kept = run_and_settle(
+            &mut t,
+            &[
+                r#"{"id":12345678901234567890123}"#,
+                r#"{"id":12345678901234567890124}"#,
+                r#"{"id":12345678901234567890123}"#,
+                r#"{"id":"\u0061","u":{"k":[1]}}"#,
+                r#"{"u":{"k":[1]},"id":"a"}"#,
+            ],
+            Outcome::Accepted,
+        );
+        assert_eq!(kept, &[0, 1, 3], "ids a float cannot tell apart are two keys; an escaped string is the same key");
     }
 
     #[test]
