@@ -9,7 +9,10 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use weir_plugin::serde_json::{self, Value};
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use weir_plugin::serde_json::{self, value::RawValue};
 use weir_plugin::{BatchRef, Context, PluginError, RecordRef, Rejections, Sink};
 
 use crate::config::{describe, SinkConfig};
@@ -76,13 +79,28 @@ fn create_topic(config: &SinkConfig, topic: &str, ctx: &Context) -> Result<(), P
     }
 }
 
+/// The string at a JSON pointer of a record, opening only the objects and arrays on the
+/// way: the record is not parsed whole, so no value elsewhere in it (a number beyond a
+/// float's range) can make the field unreadable.
+fn string_at(value: &[u8], pointer: &str) -> Option<String> {
+    let mut cur: &RawValue = serde_json::from_slice(value).ok()?;
+    for seg in pointer.strip_prefix('/')?.split('/') {
+        let seg = seg.replace("~1", "/").replace("~0", "~");
+        let text = cur.get();
+        cur = match text.as_bytes().first()? {
+            b'{' => serde_json::from_str::<HashMap<Cow<'_, str>, &RawValue>>(text).ok()?.remove(seg.as_str())?,
+            b'[' => *serde_json::from_str::<Vec<&RawValue>>(text).ok()?.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    serde_json::from_str::<String>(cur.get()).ok()
+}
+
 impl KafkaSink {
     fn topic_for<'a>(&'a self, record: &RecordRef<'_>) -> Option<std::borrow::Cow<'a, str>> {
         if let Some(field) = &self.config.topic_field {
-            if let Ok(v) = serde_json::from_slice::<Value>(record.value) {
-                if let Some(t) = v.pointer(field).and_then(Value::as_str).filter(|t| !t.is_empty()) {
-                    return Some(std::borrow::Cow::Owned(t.to_owned()));
-                }
+            if let Some(t) = string_at(record.value, field).filter(|t| !t.is_empty()) {
+                return Some(std::borrow::Cow::Owned(t));
             }
         }
         self.config.topic.as_deref().map(std::borrow::Cow::Borrowed)
@@ -217,5 +235,20 @@ impl Sink for KafkaSink {
 
     fn stop(&mut self) -> Result<(), PluginError> {
         self.producer.flush(SETUP_TIMEOUT).map_err(|e| PluginError::retry(format!("flush failed: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_field_is_read_without_parsing_the_whole_record() {
+        let record = br#"{"n":1e999999,"route":{"topic":"t\u002d1","list":["a","b"]}}"#;
+        assert_eq!(string_at(record, "/route/topic").as_deref(), Some("t-1"), "a number out of a float's range elsewhere is no matter");
+        assert_eq!(string_at(record, "/route/list/1").as_deref(), Some("b"));
+        assert_eq!(string_at(record, "/n"), None, "not a string");
+        assert_eq!(string_at(record, "/missing"), None);
+        assert_eq!(string_at(b"{oops", "/route"), None);
     }
 }
