@@ -183,6 +183,11 @@ fn a_reload_refuses_a_truncated_library_and_the_pipelines_keep_serving() {
         assert_eq!(post_json(&url, &format!(r#"{{"m":{n}}}"#)).status, 200);
     }
     assert_eq!(written(&out), 24);
+    // Reported once: the next reload is clean and still runs the loaded version.
+    let r = curl("POST", &weir.url("/reload"), None, None);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["unchanged"], serde_json::json!(["ingest"]));
+    assert_eq!(post_json(&url, "{}").status, 200);
     assert_eq!(curl("GET", &weir.url("/health"), None, None).status, 200);
 }
 

@@ -154,12 +154,12 @@ impl Registry {
     }
 
     /// Scans `dirs` again for a reload. A library whose file did not change keeps its loaded
-    /// code; a new or rebuilt one is loaded (a rebuilt one from a private copy, beside the old
-    /// version, which is never unloaded); one that cannot be used is refused, and the version
-    /// already loaded, if any, is kept. A library whose file disappeared stays loaded.
-    /// Returns the new registry, what was loaded and what was refused.
+    /// code; a new or rebuilt one is loaded (from a new private copy; a rebuilt one beside the
+    /// old version, which is never unloaded); one that cannot be used is refused, and the
+    /// version already loaded, if any, is kept. A library whose file disappeared stays loaded.
     /// A file that could not be used and did not change since is not tried again (nor
     /// reported again); one that was still being written is.
+    /// Returns the new registry, what was loaded and what was refused.
     pub fn refresh(&self, dirs: &[PathBuf]) -> (Registry, Vec<String>, Vec<String>) {
         let mut reg = Registry { explicit: self.explicit, ..Registry::default() };
         let (mut loaded, mut refused) = (Vec::new(), Vec::new());
@@ -182,11 +182,13 @@ impl Registry {
                     reg.skipped.push(b.clone());
                     continue;
                 }
-                if old.is_none() {
-                    if let Some(b) = self.broken.iter().find(same) {
-                        reg.broken.push(b.clone());
-                        continue;
+                if let Some(b) = self.broken.iter().find(same) {
+                    // Reported when it appeared; an older version may still be loaded.
+                    reg.broken.push(b.clone());
+                    if let Some(old) = old {
+                        reg.keep(self, old);
                     }
+                    continue;
                 }
                 match reg.load(&path) {
                     Ok(()) => {
@@ -204,6 +206,7 @@ impl Registry {
                                 old.version
                             ));
                             reg.keep(self, old);
+                            reg.broken.push(b);
                         }
                         None => {
                             refused.push(format!("{}: {}", path.display(), b.reason));
