@@ -232,11 +232,13 @@ fn kafka_source_a_sigkill_between_dedupe_and_a_slow_sink_loses_nothing_and_dupli
     assert!(left_pending > 0, "the kill left marks of batches not delivered");
     assert!(delivered_before < total, "the kill came before the end: {delivered_before}");
 
+    let restarted = std::time::Instant::now();
     let second = Weir::start(dir.path(), &[], &[]);
     let ids = || lines(&out).iter().map(|l| l["eventId"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
     wait_for("every event in the output after the restart", Duration::from_secs(90), || {
         ids().into_iter().collect::<std::collections::HashSet<_>>().len() == total
     });
+    let recovered = restarted.elapsed();
     // Settled: every key confirmed, none left pending (the dead process's marks taken over).
     wait_for("every key confirmed in Redis", Duration::from_secs(30), || {
         let m = marks(&prefix);
@@ -250,6 +252,8 @@ fn kafka_source_a_sigkill_between_dedupe_and_a_slow_sink_loses_nothing_and_dupli
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id.clone()).collect();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}\n{}", second.logs());
     assert_eq!(all.len(), total);
-    println!("delivered before the kill: {delivered_before}; pending marks the kill left: {left_pending}; after the restart: {total} events, each once");
+    println!(
+        "delivered before the kill: {delivered_before}; pending marks the kill left: {left_pending}; after the restart: {total} events, each once, all in {recovered:.1?}"
+    );
     redis(&["EVAL", "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end", "0", &format!("{prefix}*")]);
 }
