@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is missing (idempotent, quick when present): the
 # Debian packages (curl, pkg-config, OpenSSL headers, the Prometheus server and promtool,
-# wrk), cargo-nextest, rustfmt and clippy, the Kafka-protocol broker the Kafka tests start
+# wrk, chromium), cargo-nextest, rustfmt and clippy, the Kafka-protocol broker the Kafka tests start
 # (about 11 minutes to build the first time), and Python's confluent-kafka, the independent
 # Kafka client. Needs root for apt-get, or the packages already installed.
 set -euo pipefail
@@ -12,6 +12,8 @@ need pkg-config || apt_missing+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || apt_missing+=(libssl-dev)
 need promtool || apt_missing+=(prometheus)
 need wrk || apt_missing+=(wrk)
+# headless Chromium: web pages as clients (CORS).
+need chromium || apt_missing+=(chromium)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "== installing ${apt_missing[*]}"
   sudo=""

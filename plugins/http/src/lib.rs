@@ -3,6 +3,7 @@
 
 mod body;
 mod config;
+mod headers;
 mod memory;
 mod server;
 mod source;

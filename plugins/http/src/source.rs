@@ -51,7 +51,10 @@ impl Source for HttpSource {
         if !self.config.health_path.is_empty() {
             app = app.route(&self.config.health_path, get(health));
         }
-        let app = app.fallback(not_found).with_state(shared);
+        let app = app
+            .fallback(not_found)
+            .with_state(shared)
+            .layer(axum::middleware::from_fn_with_state(crate::headers::Policy::new(&self.config), crate::headers::layer));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let ctx = self.ctx;
