@@ -89,6 +89,27 @@ fn settle(path: &Path) -> Result<Fingerprint, NotMapped> {
     }
 }
 
+/// Whether libraries on this system are ELF files (not Mach-O or PE), which [`elf`] checks.
+const ELF_SYSTEM: bool = cfg!(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly",
+    target_os = "illumos",
+    target_os = "solaris"
+));
+
+/// The ELF check of `path`, on systems whose libraries are ELF files.
+fn check_headers(path: &Path) -> Result<(), String> {
+    if ELF_SYSTEM {
+        elf::inspect_file(path).map(|_| ())
+    } else {
+        Ok(())
+    }
+}
+
 /// This process's directory of private copies, `$TMPDIR/weir-plugins-<pid>`.
 pub fn copies_dir() -> PathBuf {
     std::env::temp_dir().join(format!("{DIR_PREFIX}{}", std::process::id()))
@@ -104,7 +125,7 @@ pub fn private_copy(path: &Path) -> Result<(PathBuf, Fingerprint), NotMapped> {
     loop {
         let before = settle(path)?;
         // Refuse a file that cannot be a library before copying it anywhere.
-        elf::inspect_file(path).map_err(NotMapped::lasting)?;
+        check_headers(path).map_err(NotMapped::lasting)?;
         let dir = copies_dir();
         std::fs::create_dir_all(&dir).map_err(|e| NotMapped::lasting(format!("cannot create {}: {e}", dir.display())))?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -121,7 +142,7 @@ pub fn private_copy(path: &Path) -> Result<(PathBuf, Fingerprint), NotMapped> {
                 transient: true,
             });
         }
-        let checked = elf::inspect_file(&copy).and_then(|_| {
+        let checked = check_headers(&copy).and_then(|()| {
             let size = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
             if size == before.size() {
                 Ok(())
