@@ -166,10 +166,17 @@ fn a_reload_refuses_a_truncated_library_and_the_pipelines_keep_serving() {
         assert_eq!(post_json(&url, &format!(r#"{{"n":{}}}"#, i + 1)).status, 200, "the pipeline still answers");
         assert_eq!(weir.get_json("/health")["last_reload"]["result"], "failed");
     }
+    // The same through SIGHUP.
+    cut(&plugins.join("libcut_hup.so"), 65_536);
+    assert!(Command::new("kill").args(["-HUP", &weir.pid().to_string()]).status().unwrap().success());
+    wait_for("the SIGHUP reload's report", Duration::from_secs(10), || {
+        weir.get_json("/health")["last_reload"]["errors"].to_string().contains("libcut_hup.so: truncated: 65,536 bytes")
+    });
+    assert_eq!(post_json(&url, r#"{"n":"hup"}"#).status, 200, "the pipeline still answers");
     // The same files again: already reported, not tried again; the reload is clean.
     let r = curl("POST", &weir.url("/reload"), None, None);
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(written(&out), 4);
+    assert_eq!(written(&out), 5);
 
     // Cutting a library that is loaded and in use, in place (as `cp` over it or a full disk
     // would): Weir maps a private copy, so the running code is untouched, and the reload
@@ -182,7 +189,7 @@ fn a_reload_refuses_a_truncated_library_and_the_pipelines_keep_serving() {
     for n in 0..20 {
         assert_eq!(post_json(&url, &format!(r#"{{"m":{n}}}"#)).status, 200);
     }
-    assert_eq!(written(&out), 24);
+    assert_eq!(written(&out), 25);
     // Reported once: the next reload is clean and still runs the loaded version.
     let r = curl("POST", &weir.url("/reload"), None, None);
     assert_eq!(r.status, 200, "{r:?}");
