@@ -202,6 +202,9 @@ impl Drop for Weir {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            // Killed, it could not remove its private copies of the plugin libraries (the
+            // next `weir run` would); a test leaves no 100 MiB of debug libraries behind.
+            let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("weir-plugins-{}", c.id())));
         }
     }
 }
