@@ -268,9 +268,16 @@ impl Tracker {
             return;
         }
         let o = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-        for part in parts {
-            let codes = part.origins.iter().map(|&i| o.codes[i as usize]).collect();
-            let reasons = part.origins.iter().map(|&i| o.reasons[i as usize].clone()).collect();
+        let told: Vec<(Part, Vec<u8>, Vec<String>)> = parts
+            .into_iter()
+            .map(|part| {
+                let codes = part.origins.iter().map(|&i| o.codes[i as usize]).collect();
+                let reasons = part.origins.iter().map(|&i| o.reasons[i as usize].clone()).collect();
+                (part, codes, reasons)
+            })
+            .collect();
+        drop(o);
+        for (part, codes, reasons) in told {
             let mut slot = part.slot.lock().unwrap_or_else(|p| p.into_inner());
             // A batch processed by an instance since re-created is news to nobody.
             if slot.generation != part.generation {
@@ -598,9 +605,12 @@ impl Stage {
         let slot = self.slot.clone();
         let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
         if slot.instance.is_none() {
-            // Restart with backoff: a stage that panics on every batch does not spin.
+            // Restart with backoff: a stage that panics on every batch does not spin (and
+            // acknowledgements for the gone instance are not held up meanwhile).
             if self.failures > 0 {
+                drop(slot);
                 std::thread::sleep(restart_backoff(self.failures));
+                slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
             }
             let inst =
                 Instance::create(&self.plugin, &self.config, self.host).map_err(|e| format!("could not re-create the stage: {e}"))?;
@@ -648,6 +658,9 @@ impl Pipeline {
         let errors = check(file, registry);
         if let Some(first) = errors.into_iter().next() {
             return Err(first);
+        }
+        if file.sinks().next().is_none() {
+            tracing::warn!(pipeline = %file.name, "Every sink is turned off (enabled: false): events are accepted and kept nowhere.");
         }
         let base_dir = file.path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
         let base_dir = base_dir.canonicalize().unwrap_or_else(|_| base_dir.to_path_buf());
@@ -735,7 +748,7 @@ impl Pipeline {
             }
         };
         let mut sink_txs = Vec::new();
-        let follows: Vec<(Option<String>, Takes)> = file.spec.sinks.iter().map(|s| (s.after.clone(), s.takes)).collect();
+        let follows: Vec<(Option<String>, Takes)> = file.sinks().map(|s| (s.after.clone(), s.takes)).collect();
         let total_sinks = sinks.len();
         let channels: Vec<_> = sinks.iter().map(|_| sync_channel::<SinkJob>(settings.sink_queue_batches.get())).collect();
         let (txs, rxs): (Vec<_>, Vec<_>) = channels.into_iter().unzip();

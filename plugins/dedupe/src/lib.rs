@@ -441,8 +441,12 @@ impl Dedupe {
     }
 
     fn gauges(&self, window: &Window) {
-        self.ctx.gauge_set("dedupe_entries", "Keys remembered.", window.seen.len() as f64);
-        self.ctx.gauge_set("dedupe_pending", "Keys of records passed on and not yet delivered.", window.pending.len() as f64);
+        let pending = match self.redis {
+            Some(_) => self.inflight.values().map(|(_, marked)| marked.len()).sum(),
+            None => window.pending.len(),
+        };
+        self.ctx.gauge_set("dedupe_entries", "Keys remembered (memory store).", window.seen.len() as f64);
+        self.ctx.gauge_set("dedupe_pending", "Keys of records passed on and not yet delivered.", pending as f64);
     }
 }
 
