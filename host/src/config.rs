@@ -178,6 +178,44 @@ pub struct StageSpec {
     /// Sinks only: how much may wait in front of the sink, and what happens when it is full.
     #[serde(default)]
     pub buffer: Option<BufferSpec>,
+    /// Whether the stage runs: `false` leaves it out of the pipeline, so a switch in the
+    /// environment can turn a sink or transform off without editing the file (`enabled:
+    /// ${KAFKA_ENABLED:-true}`). `true`/`false`, also `1`/`0`, `yes`/`no`, `on`/`off`.
+    #[serde(default = "enabled_by_default", deserialize_with = "switch")]
+    #[schemars(with = "Switch")]
+    pub enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// A boolean a variable may spell as a word or a digit.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum Switch {
+    /// `true` or `false`.
+    Bool(bool),
+    /// `0` or `1`.
+    Number(u8),
+    /// `true`, `false`, `yes`, `no`, `on`, `off`, `1`, `0` (any case).
+    Word(String),
+}
+
+fn switch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    use serde::de::Error;
+    match serde_yaml::Value::deserialize(d)? {
+        serde_yaml::Value::Bool(b) => Ok(b),
+        serde_yaml::Value::Number(n) if n.as_u64() == Some(1) => Ok(true),
+        serde_yaml::Value::Number(n) if n.as_u64() == Some(0) => Ok(false),
+        serde_yaml::Value::String(w) => match w.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" | "" => Ok(false),
+            other => Err(D::Error::custom(format!("enabled: {other:?} is not a switch; write true or false"))),
+        },
+        other => Err(D::Error::custom(format!("enabled: {other:?} is not a switch; write true or false"))),
+    }
 }
 
 /// The memory buffer in front of a sink, bounded by records and bytes (and always by the
@@ -539,6 +577,9 @@ impl PipelineFile {
         if self.spec.sinks.is_empty() {
             return Err(self.error_at("/sinks", "a pipeline needs at least one sink"));
         }
+        if !self.spec.source.enabled {
+            return Err(self.error_at("/source/enabled", "the source cannot be turned off; remove the pipeline file instead"));
+        }
         if !valid_name(&self.name) {
             return Err(self.error_at("/name", format!("pipeline name {:?} may only use letters, digits, `-`, `_` and `.`", self.name)));
         }
@@ -578,6 +619,12 @@ impl PipelineFile {
                 let target = self.spec.sinks.iter().find(|s| s.name.as_ref().unwrap_or(&s.plugin) == after);
                 match target {
                     None => return Err(self.error_at(&format!("{pointer}/after"), format!("no sink is called {after:?}"))),
+                    Some(t) if !t.enabled => {
+                        return Err(self.error_at(
+                            &format!("{pointer}/after"),
+                            format!("sink {after:?} is turned off (enabled: false); turn this one off too, or drop `after`"),
+                        ))
+                    }
                     Some(t) if t.after.is_some() => {
                         return Err(self.error_at(
                             &format!("{pointer}/after"),
@@ -599,13 +646,20 @@ impl PipelineFile {
         h.finish()
     }
 
-    /// Every stage with its JSON pointer in the file, in pipeline order.
+    /// Every stage that runs (not turned off with `enabled: false`) with its JSON pointer in
+    /// the file, in pipeline order.
     pub fn stages(&self) -> Vec<(String, &StageSpec)> {
         let mut v = vec![("/source".to_owned(), &self.spec.source)];
         v.extend(self.spec.transforms.iter().enumerate().map(|(i, s)| (format!("/transforms/{i}"), s)));
         v.extend(self.spec.sinks.iter().enumerate().map(|(i, s)| (format!("/sinks/{i}"), s)));
         v.extend(self.spec.dead_letter.iter().map(|s| ("/dead_letter".to_owned(), s)));
+        v.retain(|(_, s)| s.enabled);
         v
+    }
+
+    /// The sinks that run, in order.
+    pub fn sinks(&self) -> impl Iterator<Item = &StageSpec> {
+        self.spec.sinks.iter().filter(|s| s.enabled)
     }
 
     /// An error about the node at `pointer`, with its line and column.
@@ -751,6 +805,24 @@ mod tests {
         let err =
             parse("source: {plugin: http}\nsinks: [{plugin: file}]\ndead_letter: {plugin: file, after: file}\n").unwrap_err().to_string();
         assert!(err.contains("only sinks may have `after`"), "{err}");
+    }
+
+    #[test]
+    fn stages_turned_off_are_left_out() {
+        let text = "source: {plugin: http}\nsinks:\n  - plugin: kafka\n    enabled: ${KAFKA_ENABLED:-true}\n  - {plugin: file, enabled: \"yes\"}\n";
+        let parse = |v: &str| PipelineFile::parse(Path::new("p.yaml"), text, env(&[("KAFKA_ENABLED", v)]));
+        let on = parse("true").unwrap();
+        assert_eq!(on.sinks().count(), 2);
+        let off = parse("false").unwrap();
+        assert_eq!(off.sinks().map(|s| s.plugin.as_str()).collect::<Vec<_>>(), vec!["file"]);
+        assert_eq!(off.stages().iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), vec!["/source", "/sinks/1"]);
+        assert!(parse("0").unwrap().sinks().count() == 1);
+        let err = parse("maybe").unwrap_err().to_string();
+        assert!(err.contains("p.yaml:3:") && err.contains("is not a switch"), "{err}");
+        let err = PipelineFile::parse(Path::new("p.yaml"), "source: {plugin: http, enabled: false}\nsinks: [{plugin: file}]\n", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the source cannot be turned off"), "{err}");
     }
 
     #[test]
