@@ -444,3 +444,87 @@ pub fn emitter(intake: Arc<dyn Intake>) -> EmitterApi {
         finish: cb_finish,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_plugin::abi::{Kind, ABI_MAJOR};
+
+    unsafe extern "C" fn validate(_: StrRef, _: *mut OwnedBytes) -> Status {
+        Status::OK
+    }
+    unsafe extern "C" fn create(_: StrRef, _: *const HostApi, _: *mut *mut c_void, _: *mut OwnedBytes) -> Status {
+        Status::FATAL
+    }
+    unsafe extern "C" fn destroy(_: *mut c_void) {}
+    unsafe extern "C" fn acknowledge(_: *mut c_void, _: *const Settled, _: u32, _: *mut OwnedBytes) -> Status {
+        Status::OK
+    }
+
+    fn descriptor(name: &'static str, struct_size: usize) -> PluginDescriptor {
+        PluginDescriptor {
+            struct_size: struct_size as u32,
+            kind: Kind::TRANSFORM,
+            name: StrRef::new(name),
+            description: StrRef::EMPTY,
+            config_schema: StrRef::new("{}"),
+            validate,
+            create,
+            destroy,
+            start: None,
+            stop: None,
+            process: None,
+            acknowledge: Some(acknowledge),
+        }
+    }
+
+    fn manifest(plugins: *const PluginDescriptor, count: u32) -> &'static Manifest {
+        Box::leak(Box::new(Manifest {
+            abi_major: ABI_MAJOR,
+            abi_minor: 0,
+            struct_size: std::mem::size_of::<Manifest>() as u32,
+            library_name: StrRef::EMPTY,
+            library_version: StrRef::EMPTY,
+            build_info: StrRef::EMPTY,
+            plugin_count: count,
+            plugins,
+            flags: 0,
+        }))
+    }
+
+    #[test]
+    fn minor_0_descriptors_are_read_at_their_own_size_and_lack_acknowledge() {
+        // Two descriptors laid out as a minor-0 library does: back to back, each ending
+        // with `process`. What follows each in memory is the next one, not `acknowledge`.
+        let size = PluginDescriptor::MINOR_0_SIZE;
+        let words = (2 * size).div_ceil(8);
+        let buffer: &'static mut [u64] = Box::leak(vec![0u64; words].into_boxed_slice());
+        for (i, name) in ["first", "second"].into_iter().enumerate() {
+            let d = descriptor(name, size);
+            // SAFETY: the buffer holds two descriptors of `size` bytes; `d` is a full one.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    (&d as *const PluginDescriptor).cast::<u8>(),
+                    buffer.as_mut_ptr().cast::<u8>().add(i * size),
+                    size,
+                )
+            };
+        }
+        let read = descriptors(manifest(buffer.as_ptr().cast(), 2)).unwrap();
+        assert_eq!(read.len(), 2);
+        // SAFETY: the names are static strings.
+        assert_eq!(unsafe { (read[0].name.as_str(), read[1].name.as_str()) }, ("first", "second"));
+        assert!(read.iter().all(|d| d.acknowledge.is_none()), "a minor-0 descriptor has no acknowledge");
+
+        // A current library's descriptors are used in place, acknowledge included.
+        let current: &'static [PluginDescriptor] = Box::leak(Box::new([descriptor("now", std::mem::size_of::<PluginDescriptor>())]));
+        let read = descriptors(manifest(current.as_ptr(), 1)).unwrap();
+        assert!(read[0].acknowledge.is_some());
+        assert!(std::ptr::eq(read[0], &current[0]));
+
+        // A descriptor shorter than ABI 1.0's is refused with the reason.
+        let short: &'static [PluginDescriptor] = Box::leak(Box::new([descriptor("short", 16)]));
+        let err = descriptors(manifest(short.as_ptr(), 1)).unwrap_err();
+        assert!(err.contains("16 bytes"), "{err}");
+    }
+}
