@@ -323,16 +323,14 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
                 }
-            }
+                Err(_) => out.push(b'%'),
+            },
             b'+' => out.push(b' '),
             b => out.push(b),
         }
@@ -358,7 +356,8 @@ fn on_connect(server: Weak<Server>, socket: SocketRef, auth: Option<Value>) {
     socket.on_fallback(
         async move |socket: SocketRef, Event(event): Event, TryData::<Box<RawValue>>(data), AckId(ack_id): AckId, ack: AckSender| {
             if let Some(server) = weak.upgrade() {
-                dispatch(server, socket, event, data.ok(), ack_id, ack).await;
+                let payload = data.ok().and_then(|packet| event_payload(&event, &packet));
+                dispatch(server, socket, event, payload, ack_id, ack).await;
             }
         },
     );
@@ -448,6 +447,16 @@ fn cors(h: &mut axum::http::HeaderMap, origin: HeaderValue) {
     h.append(header::VARY, HeaderValue::from_static("Origin"));
 }
 
+/// The first argument of an event, byte for byte, from the packet's JSON text
+/// (`["log_event",{…}]`; the raw extractor hands over the whole array). `None` when the
+/// client sent no argument.
+pub(crate) fn event_payload(event: &str, packet: &RawValue) -> Option<Box<RawValue>> {
+    let items: Vec<&RawValue> = serde_json::from_str(packet.get()).ok()?;
+    let named = items.first().and_then(|first| serde_json::from_str::<&str>(first.get()).ok()).is_some_and(|name| name == event);
+    let payload = if named { items.get(1)? } else { packet };
+    Some(payload.to_owned())
+}
+
 /// A record's value as the JSON sent to clients; `None` when it is not JSON.
 pub(crate) fn as_json(value: &[u8]) -> Option<&RawValue> {
     serde_json::from_slice::<&RawValue>(value).ok()
@@ -467,6 +476,14 @@ mod tests {
         assert!(client_types(None, Some("EIO=4")).is_none());
         assert!(client_types(Some(&json!({})), None).is_none());
         assert!(client_types(None, Some("types=")).is_none());
+    }
+
+    #[test]
+    fn the_payload_is_the_first_argument_byte_for_byte() {
+        let packet: Box<RawValue> = serde_json::from_str(r#"["log_event",{"n":1.50,"s":"x"},2]"#).unwrap();
+        assert_eq!(event_payload("log_event", &packet).unwrap().get(), r#"{"n":1.50,"s":"x"}"#);
+        let bare: Box<RawValue> = serde_json::from_str(r#"["log_event"]"#).unwrap();
+        assert!(event_payload("log_event", &bare).is_none());
     }
 
     #[test]

@@ -93,7 +93,15 @@ impl Drop for InFlight<'_> {
 
 impl SourceRole {
     /// Takes one client event into the pipeline and answers the client.
-    pub(crate) async fn handle(&self, ctx: &Context, socket: SocketRef, ip: String, data: Option<Box<RawValue>>, ack_id: Option<i64>, ack: AckSender) {
+    pub(crate) async fn handle(
+        &self,
+        ctx: &Context,
+        socket: SocketRef,
+        ip: String,
+        data: Option<Box<RawValue>>,
+        ack_id: Option<i64>,
+        ack: AckSender,
+    ) {
         self.in_flight.fetch_add(1, SeqCst);
         let _guard = InFlight(&self.in_flight);
         let answer = match data {
