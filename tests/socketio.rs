@@ -227,11 +227,15 @@ fn a_client_that_stops_reading_is_dropped_without_slowing_the_others() {
     let total = 3000;
     let started = Instant::now();
     let mut slowest_post = Duration::ZERO;
+    let mut dropped_after = None;
     for chunk in 0..total / 100 {
         let events: Vec<Value> = (chunk * 100..chunk * 100 + 100).map(|i| json!({"eventType": "tick", "seq": i, "pad": pad})).collect();
         let t = Instant::now();
         post_events(http, &events);
         slowest_post = slowest_post.max(t.elapsed());
+        if dropped_after.is_none() && weir.metric(&series("socketio_slow_clients_disconnected_total", "relay")) == Some(1.0) {
+            dropped_after = Some((started.elapsed(), (chunk + 1) * 100));
+        }
     }
     let posted = started.elapsed();
     for c in [&fast_ws, &fast_poll] {
@@ -240,11 +244,11 @@ fn a_client_that_stops_reading_is_dropped_without_slowing_the_others() {
     }
     let delivered = started.elapsed();
     wait_for("the slow client dropped and counted", Duration::from_secs(10), || {
-        weir.metric(&series("socketio_slow_clients_disconnected", "relay")) == Some(1.0)
+        weir.metric(&series("socketio_slow_clients_disconnected_total", "relay")) == Some(1.0)
             && weir.metric(&series("connected_clients", "relay")) == Some(2.0)
     });
     println!(
-        "{total} events of 8 kB: posted in {posted:?} (slowest POST of 100: {slowest_post:?}), both fast clients had all of them after {delivered:?}; the frozen one was dropped"
+        "{total} events of 8 kB: posted in {posted:?} (slowest POST of 100: {slowest_post:?}), both fast clients had all of them after {delivered:?}; the frozen one was dropped after (time, events) {dropped_after:?}"
     );
     assert!(slowest_post < Duration::from_secs(2), "a POST waited {slowest_post:?}: the frozen client held the pipeline back");
     signal(slow.pid(), "-CONT");
