@@ -493,6 +493,47 @@ mod tests {
         assert_eq!(room_gauge("1st"), "_1st_clients");
     }
 
+    fn options(port: u16, path: &str) -> ServerOptions {
+        let config: crate::config::SinkConfig =
+            serde_json::from_value(json!({"listen": format!("127.0.0.1:{port}"), "path": path})).unwrap();
+        config.server()
+    }
+
+    fn sink(room: &str) -> Role {
+        Role::Sink(SinkRole { room: Some(room.into()), join_event: "join".into(), joined_event: "joined".into() })
+    }
+
+    #[test]
+    fn stages_on_one_address_share_a_server_until_the_last_leaves() {
+        let host = weir_plugin::mock::MockHost::new();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let old = attach(&options(port, "/socket.io/"), host.context(), Origins::default(), sink("a")).unwrap();
+        // A new version attaches before the old one leaves: the same server.
+        let new = attach(&options(port, "/socket.io"), host.context(), Origins::default(), sink("b")).unwrap();
+        assert!(Arc::ptr_eq(old.server(), new.server()));
+        assert_eq!(new.server().handler_for("join").unwrap().id, new.id, "the newest stage takes the clients' events");
+        // Server options must agree: the error names the option, both values and the way out.
+        let err = attach(&options(port, "/io"), host.context(), Origins::default(), sink("c")).err().unwrap().to_string();
+        assert!(err.contains("path /socket.io") && err.contains("asks for /io") && err.contains("another listen address"), "{err}");
+        drop(old);
+        assert!(registry().contains_key(&format!("127.0.0.1:{port}")), "still served for the new version");
+        assert_eq!(new.server().handler_for("join").unwrap().id, new.id);
+        drop(new);
+        assert!(!registry().contains_key(&format!("127.0.0.1:{port}")), "stopped with its last stage");
+    }
+
+    #[test]
+    fn origins_allowed_by_any_stage_on_the_address_may_connect() {
+        let host = weir_plugin::mock::MockHost::new();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let a = attach(&options(port, "/socket.io"), host.context(), Origins::new(&["http://a.example".into()]), sink("a")).unwrap();
+        assert!(a.server().allows(b"http://a.example") && !a.server().allows(b"http://b.example"));
+        let b = attach(&options(port, "/socket.io"), host.context(), Origins::new(&["http://b.example".into()]), sink("b")).unwrap();
+        assert!(a.server().allows(b"http://b.example"));
+        drop(b);
+        assert!(!a.server().allows(b"http://b.example"), "gone with the stage that allowed it");
+    }
+
     #[test]
     fn query_values_are_decoded() {
         assert_eq!(percent_decode("a%2Cb+c"), "a,b c");
