@@ -106,15 +106,14 @@ impl SourceRole {
         let _guard = InFlight(&self.in_flight);
         let answer = match data {
             None => refusal(format!("{} needs one JSON value as its payload", self.event)),
-            Some(value) => self.take(&socket, &ip, &value).await,
+            Some(value) => self.take(&socket.id.to_string(), &ip, &value).await,
         };
         if let Err(e) = server::reply(&socket, &self.confirm_event, ack_id, ack, &answer) {
             ctx.log(weir_plugin::Level::Debug, &format!("Could not answer Socket.IO client {}: {e}", socket.id));
         }
     }
 
-    async fn take(&self, socket: &SocketRef, ip: &str, value: &RawValue) -> Value {
-        let sid = socket.id.to_string();
+    async fn take(&self, sid: &str, ip: &str, value: &RawValue) -> Value {
         let meta: [(&str, &[u8]); 2] = [("socketio.client_ip", ip.as_bytes()), ("socketio.sid", sid.as_bytes())];
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default();
         let mut batch = BatchBuf::with_capacity(1, value.get().len() + 96);
@@ -181,6 +180,42 @@ mod tests {
         let no = answer(&v, &Ack { outcomes: vec![Outcome::Rejected("validate: /: \"userId\" is a required property".into())] });
         assert_eq!(no, json!({"success": false, "error": "validate: /: \"userId\" is a required property"}));
         assert_eq!(answer(&v, &Ack { outcomes: vec![] })["success"], json!(false));
+    }
+
+    fn role(emitter: Emitter, wait_ms: u64) -> SourceRole {
+        SourceRole {
+            event: "log_event".into(),
+            confirm_event: "event_logged".into(),
+            emitter,
+            backpressure_wait: Duration::from_millis(wait_ms),
+            ack_timeout: Duration::from_secs(5),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn an_event_becomes_a_record_with_the_client_in_its_headers() {
+        let (emitter, emitted) = weir_plugin::mock::mock_emitter(false);
+        let role = role(emitter, 0);
+        let value = raw(r#"{"eventType":"song_played","n":1.50}"#);
+        let answer = weir_plugin::runtime().block_on(role.take("sid-1", "10.1.2.3", &value));
+        assert_eq!(answer["success"], true, "{answer}");
+        let batches = emitted.batches.lock().unwrap();
+        let record = batches[0].as_ref().get(0);
+        assert_eq!(record.value, br#"{"eventType":"song_played","n":1.50}"#, "byte for byte");
+        assert_eq!(record.header("socketio.client_ip"), Some(&b"10.1.2.3"[..]));
+        assert_eq!(record.header("socketio.sid"), Some(&b"sid-1"[..]));
+    }
+
+    #[test]
+    fn a_full_pipeline_is_answered_retry_later_after_the_wait() {
+        let (emitter, emitted) = weir_plugin::mock::mock_emitter(true);
+        let role = role(emitter, 100);
+        let t = Instant::now();
+        let answer = weir_plugin::runtime().block_on(role.take("sid-1", "127.0.0.1", &raw("{}")));
+        assert!(t.elapsed() >= Duration::from_millis(100), "kept offering for backpressure_wait_ms");
+        assert_eq!(answer, json!({"success": false, "error": "the pipeline is full; retry later"}));
+        assert!(emitted.values().is_empty());
     }
 
     #[test]
