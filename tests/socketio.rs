@@ -335,4 +335,26 @@ fn log_events_are_confirmed_after_the_file_has_them_and_share_the_server_through
     assert_eq!(seqs(&ws.data("new_event")), vec![10, 12, 13, 14]);
     assert_eq!(weir.get_json("/pipelines/relay")["version"], 4);
     assert_eq!(weir.metric(&series("dashboard_clients", "relay")), Some(1.0), "the room membership survived the reloads");
+
+    // A third stage on the address asking for another path is refused with the reason; the others go on.
+    let other = format!(
+        "name: other\nsource: {{plugin: socketio, config: {{listen: \"127.0.0.1:{sio}\", path: /io/}}}}\nsinks: [{{plugin: discard}}]\n"
+    );
+    write_pipeline(&pipelines, "other", &other);
+    let r = curl("POST", &weir.url("/reload"), None, None);
+    assert_eq!(r.status, 422, "{r:?}");
+    assert!(r.body.contains("path /socket.io") && r.body.contains("another listen address"), "{}", r.body);
+    println!("refused: {}", r.body);
+    std::fs::remove_file(pipelines.join("other.yaml")).unwrap();
+    ws.emit("log_event", json!({"eventType": "song_played", "userId": "u1", "seq": 200}));
+    ws.wait_count("event_logged", 6, Duration::from_secs(10));
+
+    // Both pipelines removed: the server stops with its last stage and its clients hear it.
+    std::fs::remove_file(pipelines.join("relay.yaml")).unwrap();
+    std::fs::remove_file(pipelines.join("logs.yaml")).unwrap();
+    let r = curl("POST", &weir.url("/reload"), None, None);
+    assert_eq!(r.json()["stopped"], json!(["logs", "relay"]), "{r:?}");
+    for c in [&ws, &poll] {
+        c.wait("the disconnect", Duration::from_secs(15), |seen| seen.iter().any(|v| v["on"] == "disconnect"));
+    }
 }

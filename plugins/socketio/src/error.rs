@@ -11,7 +11,7 @@ pub enum SocketIoError {
     /// The stage's server options disagree with those of the server already running on the
     /// same address (the user's error).
     #[error(
-        "{listen} is already served by the socketio {owner} with {field} {theirs}, and this stage asks for {mine}; \
+        "{listen} is already served by a Socket.IO server started by {owner}, with {field} {theirs}, and this stage asks for {mine}; \
          stages on one address share one Socket.IO server, so give them the same {field}, or use another listen address"
     )]
     Conflict {
@@ -23,7 +23,7 @@ pub enum SocketIoError {
         mine: String,
         /// The running server's value.
         theirs: String,
-        /// Which stage started the server (`pipeline/stage`).
+        /// Which stage started the server (`pipeline P (stage S)`).
         owner: String,
     },
     /// The stage could not be started (the socket, the runtime).

@@ -79,7 +79,7 @@ pub(crate) struct Client {
 /// A Socket.IO server on one address.
 pub(crate) struct Server {
     options: ServerOptions,
-    /// `pipeline/stage` of the stage that started it, for errors.
+    /// The stage that started it, for errors.
     owner: String,
     io: SocketIo,
     clients: Mutex<HashMap<Sid, Client>>,
@@ -164,7 +164,7 @@ impl Server {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Arc::new(Server {
             options: options.clone(),
-            owner: format!("{}/{}", ctx.pipeline(), ctx.stage()),
+            owner: format!("pipeline {} (stage {})", ctx.pipeline(), ctx.stage()),
             io: io.clone(),
             clients: Mutex::new(HashMap::new()),
             stages: RwLock::new(vec![first]),
