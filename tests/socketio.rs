@@ -213,7 +213,7 @@ fn events_reach_room_members_over_both_transports_in_order_and_filtered_by_type(
 fn a_client_that_stops_reading_is_dropped_without_slowing_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let (http, sio) = (free_port(), free_port());
-    write_pipeline(dir.path(), "relay", &relay(http, sio, ", client_buffer: 256"));
+    write_pipeline(dir.path(), "relay", &relay(http, sio, ""));
     let weir = Weir::start(dir.path(), &["--no-watch"], &[]);
     let url = format!("http://127.0.0.1:{sio}");
     let fast_ws = Client::connect(&url, json!({"transports": ["websocket"]}));
