@@ -80,14 +80,18 @@ local mine = {}
 for i = 3, #ARGV do mine[ARGV[i]] = true end
 local out = {}
 for i, key in ipairs(KEYS) do
-  local v = redis.call('GET', key)
-  if v == 'c' or v == '1' then
-    out[i] = 1
-  elseif v and mine[v] then
-    out[i] = 2
-  else
-    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+  if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
     out[i] = 0
+  else
+    local v = redis.call('GET', key)
+    if v == 'c' or v == '1' then
+      out[i] = 1
+    elseif v and mine[v] then
+      out[i] = 2
+    else
+      redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+      out[i] = 0
+    end
   end
 end
 return out
