@@ -65,16 +65,15 @@ unsafe extern "C" fn cb_error(ctx: *const c_void, message: StrRef) {
 unsafe extern "C" fn cb_listen(ctx: *const c_void, address: StrRef, fd: *mut i32, message: *mut OwnedBytes) -> Status {
     let c = host_ctx(ctx);
     let addr = address.as_str().to_owned();
-    let result = (|| {
-        let mut map = listeners().lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(l) = map.get(&addr) {
-            return l.try_clone();
-        }
-        let l = TcpListener::bind(&addr)?;
-        let dup = l.try_clone()?;
-        map.insert(addr.clone(), l);
-        Ok(dup)
-    })();
+    let result = if crate::routes::is_shared(&addr) {
+        Err(std::io::Error::other(format!(
+            "{addr} is shared by stages that serve paths on it, and this plugin takes a whole address; give it another address (or a plugin built for ABI 1.2 or later)"
+        )))
+    } else {
+        owned_listener(&addr).inspect(|_| {
+            plain_listeners().lock().unwrap_or_else(|p| p.into_inner()).insert(addr.clone());
+        })
+    };
     match result {
         Ok(l) => {
             use std::os::fd::IntoRawFd;
@@ -85,6 +84,54 @@ unsafe extern "C" fn cb_listen(ctx: *const c_void, address: StrRef, fd: *mut i32
         Err(e) => {
             if !message.is_null() {
                 *message = abi::owned_bytes(e.to_string().into_bytes());
+            }
+            Status::FATAL
+        }
+    }
+}
+
+/// A duplicate of the host's listening socket on `addr`, bound on first use.
+fn owned_listener(addr: &str) -> std::io::Result<TcpListener> {
+    let mut map = listeners().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(l) = map.get(addr) {
+        return l.try_clone();
+    }
+    let l = TcpListener::bind(addr)?;
+    let dup = l.try_clone()?;
+    map.insert(addr.to_owned(), l);
+    Ok(dup)
+}
+
+/// Addresses handed whole to a stage (`listen`), which cannot be shared by routes.
+fn plain_listeners() -> &'static Mutex<std::collections::HashSet<String>> {
+    static P: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+    P.get_or_init(Default::default)
+}
+
+unsafe extern "C" fn cb_listen_routes(
+    ctx: *const c_void,
+    address: StrRef,
+    routes: StrRef,
+    fd: *mut i32,
+    message: *mut OwnedBytes,
+) -> Status {
+    let c = host_ctx(ctx);
+    let addr = address.as_str().to_owned();
+    let routes: Vec<String> = routes.as_str().lines().map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned).collect();
+    let result = if plain_listeners().lock().unwrap_or_else(|p| p.into_inner()).contains(&addr) {
+        Err(format!("{addr} is taken whole by a stage (a plugin built for ABI 1.0 or 1.1); give one of them another address"))
+    } else {
+        owned_listener(&addr).map_err(|e| e.to_string()).and_then(|l| crate::routes::register(&addr, l, &c.pipeline, &c.stage, routes))
+    };
+    match result {
+        Ok(sock) => {
+            use std::os::fd::IntoRawFd;
+            *fd = sock.into_raw_fd();
+            Status::OK
+        }
+        Err(e) => {
+            if !message.is_null() {
+                *message = abi::owned_bytes(e.into_bytes());
             }
             Status::FATAL
         }
@@ -114,6 +161,7 @@ pub fn host_api(pipeline: &str, stage: &str, plugin: &str, base_dir: &str, metri
         pipeline: leak_str(&ctx.pipeline),
         stage: leak_str(&ctx.stage),
         base_dir: leak_str(&ctx.base_dir),
+        listen_routes: Some(cb_listen_routes),
     }))
 }
 

@@ -10,6 +10,7 @@ pub mod host;
 pub mod loader;
 pub mod metrics;
 pub mod pipeline;
+pub mod routes;
 pub mod telemetry;
 pub mod watch;
 pub mod yamlpos;

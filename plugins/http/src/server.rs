@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tower_service::Service;
+use weir_plugin::routes::RoutedListener;
 use weir_plugin::Context;
 
 /// How long stop waits for open connections before cutting them.
@@ -74,11 +75,21 @@ struct ConnState {
     closing: AtomicBool,
     /// A response said `Connection: close`: the client closes after it.
     told_close: AtomicBool,
+    /// On a shared address: what was read since the last answer (the next request as it
+    /// came), to give back with the connection when that request is another stage's.
+    recording: Option<Mutex<Vec<u8>>>,
+    /// Set while a request of this source's own is in flight: nothing to record.
+    own_request: AtomicBool,
+    /// A request arrived for a path another stage serves.
+    foreign: tokio::sync::Notify,
 }
 
 impl ConnState {
-    fn new(clock: Clock) -> Self {
+    fn new(clock: Clock, shared: bool) -> Self {
         ConnState {
+            recording: shared.then(|| Mutex::new(Vec::new())),
+            own_request: AtomicBool::new(false),
+            foreign: tokio::sync::Notify::new(),
             clock,
             activity: AtomicU64::new(clock.now()),
             head_since: AtomicU64::new(0),
@@ -108,6 +119,31 @@ impl ConnState {
     fn request_answered(&self) {
         self.activity.store(self.clock.now(), Relaxed);
         self.in_flight.fetch_sub(1, Relaxed);
+        if let Some(r) = &self.recording {
+            r.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            self.own_request.store(false, Relaxed);
+        }
+    }
+
+    /// Records bytes read on a shared address, outside this source's own requests.
+    fn record(&self, bytes: &[u8]) {
+        if let Some(r) = &self.recording {
+            if !self.own_request.load(Relaxed) {
+                r.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(bytes);
+            }
+        }
+    }
+
+    /// A request of this source's own began: what was recorded is its, not to give back.
+    fn own(&self) {
+        if let Some(r) = &self.recording {
+            self.own_request.store(true, Relaxed);
+            r.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+
+    fn recorded(&self) -> Vec<u8> {
+        self.recording.as_ref().map(|r| std::mem::take(&mut *r.lock().unwrap_or_else(|p| p.into_inner()))).unwrap_or_default()
     }
 }
 
@@ -163,12 +199,14 @@ impl AsyncRead for Io {
             let chunk = self.read.split_to(n);
             buf.put_slice(&chunk);
             self.state.read(n);
+            self.state.record(&chunk);
             return Poll::Ready(Ok(()));
         }
         loop {
             ready!(self.stream.poll_read_ready(cx))?;
             match self.stream.try_read(buf.initialize_unfilled()) {
                 Ok(n) => {
+                    self.state.record(&buf.initialize_unfilled()[..n]);
                     buf.advance(n);
                     self.state.read(n);
                     return Poll::Ready(Ok(()));
@@ -271,15 +309,39 @@ impl Successors {
     }
 }
 
+/// Where connections come from.
+pub enum Listener {
+    /// A listening socket of the source's own (a host older than ABI 1.2).
+    Tcp(TcpListener),
+    /// A shared address: the host hands over connections for these paths.
+    Routed(Arc<RoutedListener>, Arc<Vec<String>>),
+}
+
+impl Listener {
+    async fn accept(&self) -> io::Result<Option<(TcpStream, Bytes)>> {
+        match self {
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Some((s, Bytes::new()))),
+            Listener::Routed(l, _) => l.accept().await.map(|c| c.map(|(s, read)| (s, Bytes::from(read)))),
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `stop` fires, then drains (see the module docs).
-pub async fn serve(listener: TcpListener, app: Router, limits: Limits, ctx: Context, mut stop: tokio::sync::oneshot::Receiver<()>) {
+pub async fn serve(listener: Listener, app: Router, limits: Limits, ctx: Context, mut stop: tokio::sync::oneshot::Receiver<()>) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let clock = Clock(Instant::now());
     let (closing_tx, closing_rx) = watch::channel(false);
     let (cut_tx, cut_rx) = watch::channel(false);
     let open = Arc::new(AtomicUsize::new(0));
     let me = NEXT_ID.fetch_add(1, Relaxed);
-    let addr = listener.local_addr().ok();
+    let routed = match &listener {
+        Listener::Routed(l, routes) => Some((l.clone(), routes.clone())),
+        Listener::Tcp(_) => None,
+    };
+    let addr = match &listener {
+        Listener::Tcp(l) => l.local_addr().ok(),
+        Listener::Routed(..) => None,
+    };
     let (handed_tx, mut handed_rx) = mpsc::unbounded_channel();
     if let Some(addr) = addr {
         servers().push((addr, me, handed_tx));
@@ -289,16 +351,25 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, ctx: Cont
     let spawn = |stream: TcpStream, read: Bytes| {
         peak.fetch_max(open.fetch_add(1, Relaxed) + 1, Relaxed);
         let (open, peak) = (open.clone(), peak.clone());
-        let (app, closing, cut) = (app.clone(), closing_rx.clone(), cut_rx.clone());
+        let (app, closing, cut, routed) = (app.clone(), closing_rx.clone(), cut_rx.clone(), routed.clone());
         tokio::spawn(async move {
-            let conn = Conn { clock, limits, successors };
+            let conn = Conn { clock, limits, successors, routed };
             if conn.serve(stream, read, app, closing, cut).await {
                 ctx.counter_add("http_connections_timed_out_total", "Connections cut because their headers came too slowly.", 1);
             }
             let left = open.fetch_sub(1, Relaxed) - 1;
-            if peak.load(Relaxed) >= left + RETURN_MEMORY_AFTER {
+            let p = peak.load(Relaxed);
+            if p >= left + RETURN_MEMORY_AFTER || (left == 0 && p >= RETURN_MEMORY_AFTER / 4) {
                 peak.store(left, Relaxed);
                 tokio::task::spawn_blocking(crate::memory::return_free_memory);
+                if left == 0 {
+                    // Again once what closed with them (refused connections, buffers freed
+                    // on other threads) is gone too.
+                    tokio::spawn(async {
+                        tokio::time::sleep(REFUSE_LINGER * 2).await;
+                        tokio::task::spawn_blocking(crate::memory::return_free_memory);
+                    });
+                }
             }
         });
     };
@@ -307,14 +378,19 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, ctx: Cont
             _ = &mut stop => break,
             Some(h) = handed_rx.recv() => spawn(h.stream, h.read),
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok(Some((stream, read))) => {
                     let _ = stream.set_nodelay(true);
                     if open.load(Relaxed) >= limits.max_connections {
                         ctx.counter_add("http_connections_refused_total", "Connections refused because max_connections were open.", 1);
                         tokio::spawn(refuse(stream, limits.retry_after_secs));
                     } else {
-                        spawn(stream, Bytes::new());
+                        spawn(stream, read);
                     }
+                }
+                Ok(None) => {
+                    ctx.warn("The host closed the shared address; no more connections will come.");
+                    let _ = (&mut stop).await;
+                    break;
                 }
                 // Out of file descriptors, most likely: let some close.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -322,6 +398,10 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, ctx: Cont
         }
     }
     servers().retain(|(_, id, _)| *id != me);
+    if let Listener::Routed(l, _) = &listener {
+        // The host routes no more here; what it sent meanwhile goes back to it.
+        let _ = l.close().await;
+    }
     drop(listener);
     let _ = closing_tx.send(true);
     // Connections handed here while stopping are served in closing mode (handed on again).
@@ -341,11 +421,13 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, ctx: Cont
 }
 
 /// What every connection of one server shares.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Conn {
     clock: Clock,
     limits: Limits,
     successors: Successors,
+    /// On a shared address: the host's end and the paths this source serves.
+    routed: Option<(Arc<RoutedListener>, Arc<Vec<String>>)>,
 }
 
 type Connection = hyper::server::conn::http1::Connection<hyper_util::rt::TokioIo<Io>, ConnService>;
@@ -357,6 +439,8 @@ struct ConnService {
     peer: SocketAddr,
     state: Arc<ConnState>,
     keep_alive: HeaderValue,
+    /// On a shared address, the paths this source serves.
+    routes: Option<Arc<Vec<String>>>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -365,7 +449,16 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = Pin<Box<dyn Future<Output = Result<axum::response::Response, Infallible>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        if let Some(routes) = &self.routes {
+            if !routes.iter().any(|r| weir_plugin::routes::serves(r, req.uri().path())) {
+                // Another stage's path: the connection goes back to the host with this
+                // request as it came; this future is dropped with the connection.
+                self.state.foreign.notify_one();
+                return Box::pin(std::future::pending());
+            }
+        }
         let (mut app, state, keep_alive) = (self.app.clone(), self.state.clone(), self.keep_alive.clone());
+        state.own();
         state.request_started();
         req.extensions_mut().insert(ConnectInfo(self.peer));
         Box::pin(async move {
@@ -401,7 +494,7 @@ impl Conn {
         mut cut: watch::Receiver<bool>,
     ) -> bool {
         let Ok(peer) = stream.peer_addr() else { return false };
-        let state = Arc::new(ConnState::new(self.clock));
+        let state = Arc::new(ConnState::new(self.clock, self.routed.is_some()));
         let stream = Arc::new(stream);
         let io = Io { stream: stream.clone(), state: state.clone(), read };
         let mut conn: Connection =
@@ -409,11 +502,19 @@ impl Conn {
         let mut is_closing = *closing.borrow();
         let mut wait = Duration::ZERO;
         loop {
-            if is_closing && self.successors.exists() {
+            if is_closing && (self.routed.is_some() || self.successors.exists()) {
                 return self.hand_over(conn, &state, stream, &mut cut).await;
             }
             tokio::select! {
                 _ = &mut conn => return false,
+                _ = state.foreign.notified() => {
+                    drop(conn.into_parts());
+                    let read = state.recorded();
+                    if let (Some((l, _)), Some(stream)) = (&self.routed, Arc::into_inner(stream)) {
+                        let _ = l.give_back(&stream, &read).await;
+                    }
+                    return false;
+                }
                 _ = tokio::time::sleep(wait) => {}
                 changed = closing.changed(), if !is_closing => {
                     is_closing = changed.is_err() || *closing.borrow();
@@ -453,13 +554,20 @@ impl Conn {
         let read = if parts.read_buf.is_empty() { io.read.clone() } else { [&parts.read_buf[..], &io.read[..]].concat().into() };
         drop((io, parts.service));
         let Some(stream) = Arc::into_inner(stream) else { return false };
-        let _ = self.successors.hand(Handed { stream, read });
+        match &self.routed {
+            Some((l, _)) => {
+                let _ = l.give_back(&stream, &read).await;
+            }
+            None => {
+                let _ = self.successors.hand(Handed { stream, read });
+            }
+        }
         false
     }
 
-    fn service(self, app: Router, peer: SocketAddr, state: &Arc<ConnState>) -> ConnService {
+    fn service(&self, app: Router, peer: SocketAddr, state: &Arc<ConnState>) -> ConnService {
         let keep_alive = HeaderValue::from_str(&format!("timeout={}", self.limits.idle_timeout.as_secs().max(1))).expect("ascii");
-        ConnService { app, peer, state: state.clone(), keep_alive }
+        ConnService { app, peer, state: state.clone(), keep_alive, routes: self.routed.as_ref().map(|(_, r)| r.clone()) }
     }
 }
 
@@ -513,7 +621,7 @@ mod tests {
     }
 
     fn state_at(activity: u64) -> ConnState {
-        let s = ConnState::new(Clock(Instant::now()));
+        let s = ConnState::new(Clock(Instant::now()), false);
         s.activity.store(activity, Relaxed);
         s
     }

@@ -20,7 +20,7 @@ use crate::server::{self, Limits};
 pub struct HttpSource {
     config: HttpConfig,
     ctx: Context,
-    listener: Option<tokio::net::TcpListener>,
+    listener: Option<server::Listener>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<std::sync::mpsc::Receiver<()>>,
 }
@@ -40,7 +40,20 @@ impl Source for HttpSource {
     }
 
     fn create(config: HttpConfig, ctx: Context) -> Result<Self, PluginError> {
-        let listener = ctx.listen_async(&config.listen)?;
+        // On a host of ABI 1.2 or later the address may be shared with other stages, each
+        // serving its own paths; an older host hands the whole address over.
+        let mut routes = vec![config.path.clone()];
+        if !config.health_path.is_empty() {
+            routes.push(config.health_path.clone());
+        }
+        let shared = {
+            let _guard = weir_plugin::runtime().enter();
+            ctx.listen_routes(&config.listen, &routes.iter().map(String::as_str).collect::<Vec<_>>())?
+        };
+        let listener = match shared {
+            Some(l) => server::Listener::Routed(Arc::new(l), Arc::new(routes)),
+            None => server::Listener::Tcp(ctx.listen_async(&config.listen)?),
+        };
         Ok(HttpSource { config, ctx, listener: Some(listener), shutdown: None, done: None })
     }
 
@@ -320,7 +333,8 @@ mod tests {
         let host = weir_plugin::mock::MockHost::new();
         let config: HttpConfig = serde_json::from_str(r#"{"listen":"127.0.0.1:0"}"#).unwrap();
         let mut src = HttpSource::create(config, host.context()).unwrap();
-        let addr = src.listener.as_ref().unwrap().local_addr().unwrap();
+        let Some(server::Listener::Tcp(l)) = src.listener.as_ref() else { panic!("the mock host hands a whole address") };
+        let addr = l.local_addr().unwrap();
         let (emitter, emitted) = weir_plugin::mock::mock_emitter(false);
         src.start(emitter).unwrap();
         let body = r#"[{"eventType":"a","userId":"u1"},{"eventType":"b","userId":"u2"}]"#;

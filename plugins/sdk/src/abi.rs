@@ -9,7 +9,7 @@ use std::ffi::c_void;
 /// ABI major version. A host refuses a library with a different major.
 pub const ABI_MAJOR: u16 = 1;
 /// ABI minor version. A host refuses a library with a newer minor than its own.
-pub const ABI_MINOR: u16 = 1;
+pub const ABI_MINOR: u16 = 2;
 /// Name of the one symbol every plugin library exports (NUL-terminated).
 pub const ENTRY_SYMBOL: &[u8] = b"weir_plugin_manifest_v1\0";
 /// Signature of the entry symbol.
@@ -363,6 +363,27 @@ pub struct HostApi {
     pub stage: StrRef,
     /// The directory of the pipeline file; relative paths in configs are relative to it.
     pub base_dir: StrRef,
+    /// Minor 2: serves the HTTP paths `routes` (newline-separated; ending in `/` for a
+    /// prefix) on `address`, which stages of other plugins and pipelines may share. On `OK`
+    /// `*fd` is the stage's end of a Unix `SOCK_SEQPACKET` socket over which connections for
+    /// those paths arrive (see ABI.md, "Shared HTTP addresses"). Read only when
+    /// `struct_size` covers it.
+    pub listen_routes:
+        Option<unsafe extern "C" fn(ctx: *const c_void, address: StrRef, routes: StrRef, fd: *mut i32, message: *mut OwnedBytes) -> Status>,
+}
+
+/// Copies the host's callbacks as far as the host's `struct_size` goes; fields a host of an
+/// older minor does not have are left zero (they are all `Option`s: `None`).
+///
+/// # Safety
+/// `host` points at a `HostApi` whose `struct_size` says how many bytes of it are valid.
+pub unsafe fn read_host_api(host: *const HostApi) -> HostApi {
+    let size = ((*host).struct_size as usize).min(std::mem::size_of::<HostApi>());
+    let mut out = std::mem::MaybeUninit::<HostApi>::zeroed();
+    std::ptr::copy_nonoverlapping(host.cast::<u8>(), out.as_mut_ptr().cast::<u8>(), size);
+    // Every field past a minor-0 host's size is an Option of a function pointer, for which
+    // zero is None.
+    out.assume_init()
 }
 
 /// One plugin in a library.

@@ -137,6 +137,30 @@ impl Context {
 }
 
 impl Context {
+    /// Serves the HTTP paths `routes` on `address`, an address stages of other plugins and
+    /// pipelines may share (a route ending in `/` is a prefix; others match the path
+    /// exactly). `None` when the host is older than ABI minor 2: use [`Context::listen`].
+    /// Must be called inside a tokio runtime (for example [`crate::runtime()`]'s).
+    pub fn listen_routes(&self, address: &str, routes: &[&str]) -> Result<Option<crate::routes::RoutedListener>, PluginError> {
+        let Some(listen_routes) = self.api.listen_routes else { return Ok(None) };
+        let mut fd: i32 = -1;
+        let mut message = OwnedBytes::EMPTY;
+        let routes = routes.join("\n");
+        // SAFETY: as above; `fd` and `message` are valid out-pointers.
+        let status = unsafe { listen_routes(self.api.ctx, StrRef::new(address), StrRef::new(&routes), &mut fd, &mut message) };
+        // SAFETY: filled by the host or still empty.
+        let text = unsafe { abi::take_owned_string(&mut message) };
+        if status != Status::OK || fd < 0 {
+            return Err(PluginError::config(format!("cannot listen on {address}: {text}")));
+        }
+        use std::os::fd::FromRawFd;
+        // SAFETY: on OK the host handed us a new descriptor that we now own.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        crate::routes::RoutedListener::new(fd)
+            .map(Some)
+            .map_err(|e| PluginError::fatal(format!("cannot use the socket for {address}: {e}")))
+    }
+
     /// [`Context::listen`], ready for async use on the library's runtime ([`crate::runtime()`]).
     pub fn listen_async(&self, address: &str) -> Result<tokio::net::TcpListener, PluginError> {
         let listener = self.listen(address)?;

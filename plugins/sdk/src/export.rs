@@ -151,7 +151,7 @@ unsafe extern "C" fn create<E: Erased>(
     if host.is_null() || instance.is_null() {
         return Status::INVALID_ARGUMENT;
     }
-    let ctx = Context::from_api(*host);
+    let ctx = Context::from_api(abi::read_host_api(host));
     run_unguarded(message, || {
         let config = parse_config::<E::Config>(config)?;
         E::check(&config)?;

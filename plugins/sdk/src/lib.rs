@@ -14,6 +14,7 @@ pub mod export;
 pub mod metrics;
 pub mod mock;
 pub mod plugin;
+pub mod routes;
 mod runtime;
 pub mod worker;
 

@@ -113,6 +113,7 @@ impl MockHost {
             pipeline: StrRef::new(self.pipeline),
             stage: StrRef::new("stage"),
             base_dir: StrRef::new(self.base_dir),
+            listen_routes: None,
         };
         // SAFETY: every pointer above lives for the life of the process (the state Arc is leaked).
         unsafe { Context::from_api(api) }
