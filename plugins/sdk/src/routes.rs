@@ -54,6 +54,23 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Room for the ancillary data of one descriptor.
+fn control_buffer() -> Vec<u8> {
+    // SAFETY: CMSG_SPACE is a pure computation.
+    vec![0u8; unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize]
+}
+
+/// A message header over one buffer and room for one descriptor; valid while both live.
+fn header(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    msg
+}
+
 /// Sends one message: a connection's descriptor and the bytes read of it. Non-blocking:
 /// `WouldBlock` when the receiver is behind.
 pub fn send_connection(sock: BorrowedFd<'_>, conn: BorrowedFd<'_>, read: &[u8]) -> io::Result<()> {
@@ -64,15 +81,8 @@ pub fn send_connection(sock: BorrowedFd<'_>, conn: BorrowedFd<'_>, read: &[u8]) 
     data.push(MESSAGE_CONNECTION);
     data.extend_from_slice(read);
     let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let mut control = control_buffer();
+    let msg = header(&mut iov, &mut control);
     // SAFETY: `control` holds CMSG_SPACE(int) bytes, so the first header and its data fit.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
@@ -106,15 +116,8 @@ pub fn recv_message(sock: BorrowedFd<'_>, scratch: &mut Vec<u8>) -> io::Result<M
     scratch.resize(1 + MAX_READ_BYTES, 0);
     let data = scratch;
     let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
-    // SAFETY: as in send_connection.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: as in send_connection.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let mut control = control_buffer();
+    let mut msg = header(&mut iov, &mut control);
     // SAFETY: `msg` points at live buffers; descriptors received are close-on-exec.
     let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
     if n < 0 {

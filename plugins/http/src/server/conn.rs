@@ -1,0 +1,191 @@
+//! One connection's life: serving it with hyper, its timeouts, and where it goes when the
+//! server stops or a request on it is another stage's.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderValue, Request};
+use axum::Router;
+use hyper::body::Incoming;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tower_service::Service;
+use weir_plugin::routes::RoutedListener;
+
+use super::handoff::{Handed, Successors};
+use super::state::{has_unread, verdict, ConnState, Io, Verdict};
+use super::{Clock, Limits};
+
+/// What every connection of one server shares.
+#[derive(Clone)]
+pub(super) struct Conn {
+    pub(super) clock: Clock,
+    pub(super) limits: Limits,
+    pub(super) successors: Successors,
+    /// On a shared address: the host's end and the paths this source serves.
+    pub(super) routed: Option<(Arc<RoutedListener>, Arc<Vec<String>>)>,
+}
+
+type Connection = hyper::server::conn::http1::Connection<hyper_util::rt::TokioIo<Io>, ConnService>;
+
+/// The service for one connection: the app, plus the headers that say whether the
+/// connection stays open.
+struct ConnService {
+    app: Router,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+    keep_alive: HeaderValue,
+    /// On a shared address, the paths this source serves.
+    routes: Option<Arc<Vec<String>>>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<axum::response::Response, Infallible>> + Send>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        if let Some(routes) = &self.routes {
+            if !routes.iter().any(|r| weir_plugin::routes::serves(r, req.uri().path())) {
+                // Another stage's path: the connection goes back to the host with this
+                // request as it came; this future is dropped with the connection.
+                self.state.foreign.notify_one();
+                return Box::pin(std::future::pending());
+            }
+        }
+        let (mut app, state, keep_alive) = (self.app.clone(), self.state.clone(), self.keep_alive.clone());
+        state.own();
+        state.request_started();
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        Box::pin(async move {
+            let answered = Answered(&state);
+            let mut res = match app.call(req).await {
+                Ok(res) => res,
+                Err(never) => match never {},
+            };
+            let headers = res.headers_mut();
+            if state.closing.load(Relaxed) {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            if headers.get(header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close")) {
+                state.told_close.store(true, Relaxed);
+            } else {
+                headers.insert("keep-alive", keep_alive);
+            }
+            drop(answered);
+            Ok(res)
+        })
+    }
+}
+
+impl Conn {
+    /// Serves one connection until it ends or is handed to the next server; returns
+    /// whether it was cut for slow headers.
+    pub(super) async fn serve(
+        self,
+        stream: TcpStream,
+        read: Bytes,
+        app: Router,
+        mut closing: watch::Receiver<bool>,
+        mut cut: watch::Receiver<bool>,
+    ) -> bool {
+        let Ok(peer) = stream.peer_addr() else { return false };
+        let state = Arc::new(ConnState::new(self.clock, self.routed.is_some()));
+        let stream = Arc::new(stream);
+        let io = Io { stream: stream.clone(), state: state.clone(), read };
+        let mut conn: Connection =
+            hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(io), self.service(app, peer, &state));
+        let mut is_closing = *closing.borrow();
+        let mut wait = Duration::ZERO;
+        loop {
+            if is_closing && (self.routed.is_some() || self.successors.exists()) {
+                return self.hand_over(conn, &state, stream, &mut cut).await;
+            }
+            tokio::select! {
+                _ = &mut conn => return false,
+                _ = state.foreign.notified() => {
+                    drop(conn.into_parts());
+                    let read = state.recorded();
+                    if let (Some((l, _)), Some(stream)) = (&self.routed, Arc::into_inner(stream)) {
+                        let _ = l.give_back(&stream, &read).await;
+                    }
+                    return false;
+                }
+                _ = tokio::time::sleep(wait) => {}
+                changed = closing.changed(), if !is_closing => {
+                    is_closing = changed.is_err() || *closing.borrow();
+                    state.closing.store(is_closing, Relaxed);
+                    continue;
+                }
+                _ = cut.changed() => return cut_now(conn, &stream, false).await,
+            }
+            match verdict(self.clock.now(), &state, is_closing, &self.limits, || has_unread(&stream)) {
+                Verdict::Wait(d) => wait = d.max(Duration::from_millis(1)),
+                Verdict::CloseIdle => {
+                    Pin::new(&mut conn).graceful_shutdown();
+                    let _ = conn.await;
+                    return false;
+                }
+                Verdict::Cut => return cut_now(conn, &stream, true).await,
+            }
+        }
+    }
+
+    /// Finishes what the connection is doing (a request in flight is answered with
+    /// `Connection: close`, and then the client closes), and hands an idle one, with any
+    /// bytes read of its next request, to the server that took over the listener.
+    async fn hand_over(self, mut conn: Connection, state: &ConnState, stream: Arc<TcpStream>, cut: &mut watch::Receiver<bool>) -> bool {
+        state.closing.store(true, Relaxed);
+        Pin::new(&mut conn).graceful_shutdown();
+        tokio::select! {
+            done = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
+                if done.is_err() || state.told_close.load(Relaxed) {
+                    return false;
+                }
+            }
+            _ = cut.changed() => return cut_now(conn, &stream, false).await,
+        }
+        let parts = conn.into_parts();
+        let io = parts.io.into_inner();
+        let read = if parts.read_buf.is_empty() { io.read.clone() } else { [&parts.read_buf[..], &io.read[..]].concat().into() };
+        drop((io, parts.service));
+        let Some(stream) = Arc::into_inner(stream) else { return false };
+        match &self.routed {
+            Some((l, _)) => {
+                let _ = l.give_back(&stream, &read).await;
+            }
+            None => {
+                let _ = self.successors.hand(Handed { stream, read });
+            }
+        }
+        false
+    }
+
+    fn service(&self, app: Router, peer: SocketAddr, state: &Arc<ConnState>) -> ConnService {
+        let keep_alive = HeaderValue::from_str(&format!("timeout={}", self.limits.idle_timeout.as_secs().max(1))).expect("ascii");
+        ConnService { app, peer, state: state.clone(), keep_alive, routes: self.routed.as_ref().map(|(_, r)| r.clone()) }
+    }
+}
+
+/// Cuts a connection (both directions) and lets hyper finish with it.
+async fn cut_now<F: Future + Unpin>(conn: F, stream: &TcpStream, timed_out: bool) -> bool {
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Both);
+    let _ = conn.await;
+    timed_out
+}
+
+/// Marks a request answered when dropped (also when its handler is cancelled).
+struct Answered<'a>(&'a ConnState);
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        self.0.request_answered();
+    }
+}

@@ -1,0 +1,191 @@
+//! The accept loop and the life of each connection: limits (connection cap, header and
+//! idle timeouts) and a drain that answers every request it has begun to receive.
+//!
+//! On stop the listener is dropped (the host keeps the socket; the next version of the
+//! pipeline accepts on it), and each open connection is closed only at a moment when no
+//! request can be on its way on it: a request in flight or arriving is answered with
+//! `Connection: close`, and an idle connection is closed once it has been silent for
+//! [`DRAIN_QUIET`] with nothing unread in the socket.
+
+mod conn;
+mod handoff;
+mod state;
+
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::Router;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use weir_plugin::routes::RoutedListener;
+use weir_plugin::Context;
+
+use conn::Conn;
+use handoff::{servers, Successors};
+
+/// How long stop waits for open connections before cutting them.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// During a drain, how long an idle connection must have been silent before it is closed.
+pub const DRAIN_QUIET: Duration = Duration::from_millis(250);
+/// After this many connections closed since the peak, free memory is given back to the
+/// system (the allocator keeps what a burst of connections used otherwise).
+const RETURN_MEMORY_AFTER: usize = 512;
+/// How long a refused connection is given to read its 503 before it is closed.
+const REFUSE_LINGER: Duration = Duration::from_secs(1);
+
+/// The limits one server applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// From a request's first byte to its last header.
+    pub header_timeout: Duration,
+    /// Silence allowed between requests.
+    pub idle_timeout: Duration,
+    /// Seconds put in `Retry-After` on a refused connection.
+    pub retry_after_secs: u32,
+}
+
+/// Milliseconds since the server started: a cheap clock connections share.
+#[derive(Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn now(self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
+/// Where connections come from.
+pub enum Listener {
+    /// A listening socket of the source's own (a host older than ABI 1.2).
+    Tcp(TcpListener),
+    /// A shared address: the host hands over connections for these paths.
+    Routed(Arc<RoutedListener>, Arc<Vec<String>>),
+}
+
+impl Listener {
+    async fn accept(&self) -> io::Result<Option<(TcpStream, Bytes)>> {
+        match self {
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Some((s, Bytes::new()))),
+            Listener::Routed(l, _) => l.accept().await.map(|c| c.map(|(s, read)| (s, Bytes::from(read)))),
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `stop` fires, then drains (see the module docs).
+pub async fn serve(listener: Listener, app: Router, limits: Limits, ctx: Context, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let clock = Clock(Instant::now());
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let (cut_tx, cut_rx) = watch::channel(false);
+    let open = Arc::new(AtomicUsize::new(0));
+    let me = NEXT_ID.fetch_add(1, Relaxed);
+    let routed = match &listener {
+        Listener::Routed(l, routes) => Some((l.clone(), routes.clone())),
+        Listener::Tcp(_) => None,
+    };
+    let addr = match &listener {
+        Listener::Tcp(l) => l.local_addr().ok(),
+        Listener::Routed(..) => None,
+    };
+    let (handed_tx, mut handed_rx) = mpsc::unbounded_channel();
+    if let Some(addr) = addr {
+        servers().push((addr, me, handed_tx));
+    }
+    let successors = Successors { addr, me };
+    let peak = Arc::new(AtomicUsize::new(0));
+    let spawn = |stream: TcpStream, read: Bytes| {
+        peak.fetch_max(open.fetch_add(1, Relaxed) + 1, Relaxed);
+        let (open, peak) = (open.clone(), peak.clone());
+        let (app, closing, cut, routed) = (app.clone(), closing_rx.clone(), cut_rx.clone(), routed.clone());
+        tokio::spawn(async move {
+            let conn = Conn { clock, limits, successors, routed };
+            if conn.serve(stream, read, app, closing, cut).await {
+                ctx.counter_add("http_connections_timed_out_total", "Connections cut because their headers came too slowly.", 1);
+            }
+            let left = open.fetch_sub(1, Relaxed) - 1;
+            let p = peak.load(Relaxed);
+            if p >= left + RETURN_MEMORY_AFTER || (left == 0 && p >= RETURN_MEMORY_AFTER / 4) {
+                peak.store(left, Relaxed);
+                tokio::task::spawn_blocking(crate::memory::return_free_memory);
+                if left == 0 {
+                    // Again once what closed with them (refused connections, buffers freed
+                    // on other threads) is gone too.
+                    tokio::spawn(async {
+                        tokio::time::sleep(REFUSE_LINGER * 2).await;
+                        tokio::task::spawn_blocking(crate::memory::return_free_memory);
+                    });
+                }
+            }
+        });
+    };
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(h) = handed_rx.recv() => spawn(h.stream, h.read),
+            accepted = listener.accept() => match accepted {
+                Ok(Some((stream, read))) => {
+                    let _ = stream.set_nodelay(true);
+                    if open.load(Relaxed) >= limits.max_connections {
+                        ctx.counter_add("http_connections_refused_total", "Connections refused because max_connections were open.", 1);
+                        tokio::spawn(refuse(stream, limits.retry_after_secs));
+                    } else {
+                        spawn(stream, read);
+                    }
+                }
+                Ok(None) => {
+                    ctx.warn("The host closed the shared address; no more connections will come.");
+                    let _ = (&mut stop).await;
+                    break;
+                }
+                // Out of file descriptors, most likely: let some close.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+        }
+    }
+    servers().retain(|(_, id, _)| *id != me);
+    if let Listener::Routed(l, _) = &listener {
+        // The host routes no more here; what it sent meanwhile goes back to it.
+        let _ = l.close().await;
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    // Connections handed here while stopping are served in closing mode (handed on again).
+    handed_rx.close();
+    while let Ok(h) = handed_rx.try_recv() {
+        spawn(h.stream, h.read);
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while open.load(Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = cut_tx.send(true);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while open.load(Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Answers a connection over the cap with 503 and closes it, letting it read the answer.
+async fn refuse(mut stream: TcpStream, retry_after_secs: u32) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = r#"{"success":false,"error":"too many open connections; retry later"}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {retry_after_secs}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(REFUSE_LINGER, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Read what the client sends until it closes, so closing does not reset the
+        // connection before the client has read the answer.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
+}
