@@ -85,7 +85,12 @@ fn the_application_is_answered_at_once_through_a_broker_outage_and_nothing_is_lo
         if missing == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{missing} of {} events not in the topic 120 s after the broker came back:\n{}", sent.len(), weir.logs());
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} events not in the topic 120 s after the broker came back:\n{}",
+            sent.len(),
+            weir.logs()
+        );
     }
     assert_eq!(std::fs::read_to_string(&dead).unwrap_or_default(), "", "nothing was dead-lettered");
     println!(
@@ -113,8 +118,12 @@ fn kafka_enabled_false_turns_the_kafka_sink_off() {
         r#"{"user_id":"u1","event_type":"user_login","occurred_at":"2024-03-01T10:00:00.000Z"}"#,
     );
     assert_eq!(r.status, 202, "{r:?}");
-    let stages: Vec<String> =
-        weir.get_json("/pipelines/activity-ingest")["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect();
+    let stages: Vec<String> = weir.get_json("/pipelines/activity-ingest")["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
     assert!(!stages.contains(&"kafka".to_owned()), "the kafka sink is off: {stages:?}");
     assert!(weir.logs().contains("Every sink is turned off"), "{}", weir.logs());
     // A refused event still reaches the dead letters.

@@ -262,7 +262,10 @@ fn plugins(config: &HostConfig, json: bool) -> anyhow::Result<ExitCode> {
                 serde_json::json!({"path": l.path, "name": l.name, "version": l.version, "abi": l.abi, "build": l.build, "plugins": plugins})
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"libraries": libs, "broken": registry.broken, "skipped": registry.skipped}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"libraries": libs, "broken": registry.broken, "skipped": registry.skipped}))?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     for dir in config.plugin_dirs() {
