@@ -31,7 +31,15 @@ struct Registration {
     pipeline: String,
     stage: String,
     routes: Vec<String>,
-    sock: Arc<AsyncFd<OwnedFd>>,
+    sock: Arc<StageSocket>,
+}
+
+/// The host's end of a stage's socket.
+struct StageSocket {
+    fd: AsyncFd<OwnedFd>,
+    /// Held (shared) while a connection is being sent; taken whole before the bye is
+    /// answered, so every connection sent before it reaches the stage before the answer.
+    sending: tokio::sync::RwLock<()>,
 }
 
 /// One shared address and the stages serving on it.
@@ -104,7 +112,7 @@ pub fn register(
         }
     }
     let (host_end, stage_end) = seqpacket_pair().map_err(|e| format!("cannot create the stage's socket: {e}"))?;
-    let sock = Arc::new(unsafe_register(host_end)?);
+    let sock = Arc::new(StageSocket { fd: unsafe_register(host_end)?, sending: tokio::sync::RwLock::new(()) });
     let id = NEXT.fetch_add(1, Relaxed);
     regs.push(Registration { id, pipeline: pipeline.to_owned(), stage: stage.to_owned(), routes, sock: sock.clone() });
     drop(regs);
@@ -126,8 +134,10 @@ async fn accept_loop(addr: Arc<Address>, listener: tokio::net::TcpListener) {
                 let _ = stream.set_nodelay(true);
                 // One stage here: straight to it, in the order connections came.
                 if let Ok(Some((_, sock))) = pick(&addr, None, None) {
-                    if send_connection(sock.get_ref().as_fd(), stream.as_fd(), &[]).is_ok() {
-                        continue;
+                    if let Ok(_sending) = sock.sending.try_read() {
+                        if send_connection(sock.fd.get_ref().as_fd(), stream.as_fd(), &[]).is_ok() {
+                            continue;
+                        }
                     }
                 }
                 spawn_route(&addr, stream, Vec::new(), None);
@@ -156,10 +166,10 @@ fn spawn_route(addr: &Arc<Address>, stream: TcpStream, read: Vec<u8>, from: Opti
 }
 
 /// Reads a stage's messages: connections it gives back, and its bye.
-async fn read_loop(addr: Arc<Address>, id: u64, sock: Arc<AsyncFd<OwnedFd>>) {
+async fn read_loop(addr: Arc<Address>, id: u64, sock: Arc<StageSocket>) {
     let mut scratch = Vec::new();
     loop {
-        let message = match sock.readable().await {
+        let message = match sock.fd.readable().await {
             Ok(mut guard) => match guard.try_io(|fd| recv_message(fd.get_ref().as_fd(), &mut scratch)) {
                 Ok(m) => m,
                 Err(_would_block) => continue,
@@ -178,8 +188,9 @@ async fn read_loop(addr: Arc<Address>, id: u64, sock: Arc<AsyncFd<OwnedFd>>) {
             Ok(Message::Bye) => {
                 // No more connections go to it; then tell it so (it gives back what came meanwhile).
                 addr.regs.lock().unwrap_or_else(|p| p.into_inner()).retain(|r| r.id != id);
+                let _sent = sock.sending.write().await;
                 let _ = loop {
-                    match sock.writable().await {
+                    match sock.fd.writable().await {
                         Ok(mut guard) => match guard.try_io(|fd| send_bye(fd.get_ref().as_fd())) {
                             Ok(r) => break r,
                             Err(_would_block) => continue,
@@ -250,7 +261,7 @@ async fn answer(mut stream: TcpStream, status: &str, message: &str) {
 /// Where a connection goes: the newest registration serving `path`, or with no path
 /// (nothing read yet) the newest of the only stage on the address. `Err` when the stages on
 /// the address are several and the request line must be read first.
-fn pick(addr: &Address, path: Option<&str>, from: Option<u64>) -> Result<Option<(u64, Arc<AsyncFd<OwnedFd>>)>, ()> {
+fn pick(addr: &Address, path: Option<&str>, from: Option<u64>) -> Result<Option<(u64, Arc<StageSocket>)>, ()> {
     let regs = addr.regs.lock().unwrap_or_else(|p| p.into_inner());
     let others = regs.iter().filter(|r| Some(r.id) != from);
     match path {
@@ -298,8 +309,13 @@ async fn route(addr: &Address, stream: TcpStream, read: Vec<u8>, from: Option<u6
             };
         };
         let sent = tokio::time::timeout(Duration::from_secs(1), async {
+            let _sending = sock.sending.read().await;
+            if !addr.regs.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|r| r.id == id) {
+                // It said bye meanwhile: pick again.
+                return Err(std::io::Error::from(ErrorKind::NotConnected));
+            }
             loop {
-                let mut guard = sock.writable().await?;
+                let mut guard = sock.fd.writable().await?;
                 match guard.try_io(|fd| send_connection(fd.get_ref().as_fd(), stream.as_fd(), &read)) {
                     Ok(r) => return r,
                     Err(_would_block) => continue,
