@@ -150,7 +150,7 @@ pub async fn serve(listener: Listener, app: Router, limits: Limits, ctx: Context
     servers().retain(|(_, id, _)| *id != me);
     if let Listener::Routed(l, _) = &listener {
         // The host routes no more here; what it sent meanwhile goes back to it.
-        let _ = l.close().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), l.close()).await;
     }
     drop(listener);
     let _ = closing_tx.send(true);
