@@ -79,6 +79,11 @@ impl Broker {
         }
     }
 
+    /// What the broker wrote to its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("tansu.log")).unwrap_or_default()
+    }
+
     /// Starts it again on the same port and storage.
     pub fn restart(&mut self) {
         self.stop();
