@@ -21,8 +21,8 @@ pub struct HostConfig {
     #[serde(default = "default_pipelines")]
     pub pipelines: PathBuf,
     /// Directories searched for plugin libraries; empty means the directory of the `weir`
-    /// executable.
-    #[serde(default)]
+    /// executable. In `WEIR_PLUGINS` also as one string, `:`-separated like `PATH`.
+    #[serde(default, deserialize_with = "list::<PathBuf, ':', _>")]
     pub plugins: Vec<PathBuf>,
     /// Address of the admin API (`/health`, `/pipelines`, `/metrics`). An address beyond
     /// loopback (`0.0.0.0`, `::`, a LAN address) needs an admin token.
@@ -35,11 +35,13 @@ pub struct HostConfig {
     pub admin_token_file: Option<PathBuf>,
     /// `Host` names the admin API answers to besides `localhost` and IP addresses (for
     /// example `weir.internal`, or `weir.internal:8083` for one port); others get 421.
-    #[serde(default)]
+    /// In `WEIR_ADMIN_HOSTS` also as one string, `,`-separated.
+    #[serde(default, deserialize_with = "list::<String, ',', _>")]
     pub admin_hosts: Vec<String>,
     /// Web origins whose pages may call the admin API (`https://ops.example.com`, or `*` for
     /// any); a request from another page gets 403.
-    #[serde(default)]
+    /// In `WEIR_ADMIN_ALLOWED_ORIGINS` also as one string, `,`-separated.
+    #[serde(default, deserialize_with = "list::<String, ',', _>")]
     pub admin_allowed_origins: Vec<String>,
     /// Log filter, in `RUST_LOG` syntax (for example `info` or `weir=debug`).
     #[serde(default = "default_log")]
@@ -92,6 +94,20 @@ impl Default for HostConfig {
 }
 
 /// Keys the environment may set, as `WEIR_<KEY>`.
+/// A list, or (as an environment variable gives it) one string of items separated by `SEP`.
+fn list<'de, T: From<String> + Deserialize<'de>, const SEP: char, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany<T> {
+        Many(Vec<T>),
+        One(String),
+    }
+    Ok(match OneOrMany::<T>::deserialize(d)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(s) => s.split(SEP).map(str::trim).filter(|p| !p.is_empty()).map(|p| T::from(p.to_owned())).collect(),
+    })
+}
+
 const ENV_KEYS: &[&str] =
     &["pipelines", "plugins", "admin", "admin_token_file", "admin_hosts", "admin_allowed_origins", "log", "drain_timeout_secs", "watch"];
 
@@ -805,6 +821,15 @@ mod tests {
         let err =
             parse("source: {plugin: http}\nsinks: [{plugin: file}]\ndead_letter: {plugin: file, after: file}\n").unwrap_err().to_string();
         assert!(err.contains("only sinks may have `after`"), "{err}");
+    }
+
+    #[test]
+    fn lists_may_come_as_one_string_from_the_environment() {
+        let c: HostConfig = serde_json::from_value(serde_json::json!({"plugins": "/a:/b", "admin_hosts": "x, y"})).unwrap();
+        assert_eq!(c.plugins, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(c.admin_hosts, vec!["x".to_owned(), "y".to_owned()]);
+        let c: HostConfig = serde_json::from_value(serde_json::json!({"plugins": ["/a:b"]})).unwrap();
+        assert_eq!(c.plugins, vec![PathBuf::from("/a:b")], "a list is taken as it is");
     }
 
     #[test]
