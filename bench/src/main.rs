@@ -39,6 +39,9 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Events per second over all connections; 0 sends as fast as answers come.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
 }
 
 #[derive(Default)]
@@ -110,7 +113,13 @@ async fn connection(args: Args, conn: usize, measure_from: Instant, until: Insta
     let mut stats = Stats::default();
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut seq = 0u64;
+    let pace = (args.rate > 0.0).then(|| std::time::Duration::from_secs_f64(args.connections as f64 * args.batch as f64 / args.rate));
+    let mut next = Instant::now();
     while Instant::now() < until {
+        if let Some(pace) = pace {
+            tokio::time::sleep_until(next.into()).await;
+            next += pace;
+        }
         let payload = body(conn, seq, args.batch, args.event_bytes);
         seq += 1;
         let mut req =
