@@ -21,6 +21,7 @@ use crate::config::HostConfig;
 use crate::error::HostError;
 use crate::host::Host;
 use crate::pipeline::State;
+use weir_plugin::origins::{check_origin, Origins};
 
 /// The admin API's bearer token. Never printed: `Debug` shows `***`.
 #[derive(Clone)]
@@ -82,8 +83,8 @@ pub struct Access {
     token: Option<Token>,
     /// Lower-cased `admin_hosts`.
     hosts: Vec<String>,
-    /// Lower-cased `admin_allowed_origins`, without a trailing `/`.
-    origins: Vec<String>,
+    /// `admin_allowed_origins`.
+    origins: Origins,
 }
 
 impl Access {
@@ -96,19 +97,11 @@ impl Access {
 
     /// With a token (or none), extra `Host` names and allowed browser origins.
     pub fn new(token: Option<Token>, hosts: &[String], origins: &[String]) -> Result<Access, HostError> {
-        let mut allowed = Vec::new();
         for o in origins {
-            let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
-            if o != "*" && o != "null" && !is_origin(&o) {
-                return Err(HostError::Usage(format!(
-                    "admin_allowed_origins: {o:?} is not an origin; write scheme://host[:port] with no path \
-                     (for example https://ops.example.com), or * for any"
-                )));
-            }
-            allowed.push(o);
+            check_origin("admin_allowed_origins", o).map_err(HostError::Usage)?;
         }
         let hosts = hosts.iter().map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect();
-        Ok(Access { token, hosts, origins: allowed })
+        Ok(Access { token, hosts, origins: Origins::new(origins) })
     }
 
     /// Whether a token is required.
@@ -156,21 +149,7 @@ impl Access {
     }
 
     fn origin_listed(&self, origin: &str) -> bool {
-        let origin = origin.to_ascii_lowercase();
-        self.origins.iter().any(|o| o == "*" || *o == origin)
-    }
-}
-
-/// `scheme://host[:port]`, nothing after.
-fn is_origin(o: &str) -> bool {
-    match o.split_once("://") {
-        Some((scheme, rest)) => {
-            !scheme.is_empty()
-                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-                && !rest.is_empty()
-                && !rest.contains(['/', '?', '#', '@', ' '])
-        }
-        None => false,
+        self.origins.lists(origin.as_bytes())
     }
 }
 

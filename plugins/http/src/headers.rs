@@ -8,6 +8,8 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode}
 use axum::middleware::Next;
 use axum::response::Response;
 
+use weir_plugin::origins::Origins;
+
 use crate::config::{CorsConfig, HttpConfig};
 use crate::source::error;
 
@@ -18,8 +20,7 @@ pub struct Policy {
 }
 
 struct Cors {
-    any: bool,
-    origins: Vec<String>,
+    origins: Origins,
     methods: Vec<Method>,
     /// Lower-case names.
     headers: Vec<String>,
@@ -38,8 +39,7 @@ impl Policy {
     /// From a checked config.
     pub fn new(config: &HttpConfig) -> Arc<Policy> {
         let cors = config.cors.as_ref().map(|c: &CorsConfig| Cors {
-            any: c.allowed_origins.iter().any(|o| o == "*"),
-            origins: c.allowed_origins.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect(),
+            origins: Origins::new(&c.allowed_origins),
             methods: c.allowed_methods.iter().filter_map(|m| Method::from_bytes(m.as_bytes()).ok()).collect(),
             headers: c.allowed_headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
             allow_methods: list(&c.allowed_methods),
@@ -53,10 +53,6 @@ impl Policy {
 }
 
 impl Cors {
-    fn allows(&self, origin: &str) -> bool {
-        self.any || self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
-    }
-
     /// The preflight's answer: 204 with what the page may do, or 403 saying what is not allowed.
     fn preflight(&self, origin: &HeaderValue, headers: &HeaderMap) -> Response {
         let method = headers.get(header::ACCESS_CONTROL_REQUEST_METHOD).and_then(|m| Method::from_bytes(m.as_bytes()).ok());
@@ -84,7 +80,7 @@ impl Cors {
     }
 
     fn allow(&self, origin: &HeaderValue, h: &mut HeaderMap) {
-        let value = if self.any && !self.credentials { HeaderValue::from_static("*") } else { origin.clone() };
+        let value = if self.origins.any() && !self.credentials { HeaderValue::from_static("*") } else { origin.clone() };
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
         h.append(header::VARY, HeaderValue::from_static("origin"));
         if self.credentials {
@@ -107,7 +103,7 @@ pub async fn layer(State(policy): State<Arc<Policy>>, req: Request, next: Next) 
     let mut response = match (&policy.cors, origin) {
         (Some(cors), Some(origin)) => {
             let text = origin.to_str().unwrap_or("");
-            if !cors.allows(text) {
+            if !cors.origins.lists(text.as_bytes()) {
                 error(StatusCode::FORBIDDEN, format!("origin {text:?} is not allowed; add it to cors.allowed_origins"))
             } else if req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
                 cors.preflight(&origin, req.headers())
@@ -143,7 +139,7 @@ mod tests {
     #[test]
     fn preflights_say_what_a_page_may_do_or_what_it_may_not() {
         let c = cors(r#"{"cors": {"allowed_origins": ["http://localhost:3000"]}}"#);
-        assert!(c.allows("http://localhost:3000") && !c.allows("http://evil.example"));
+        assert!(c.origins.lists(b"http://localhost:3000") && !c.origins.lists(b"http://evil.example"));
         let origin = HeaderValue::from_static("http://localhost:3000");
         let mut h = HeaderMap::new();
         h.insert(header::ACCESS_CONTROL_REQUEST_METHOD, HeaderValue::from_static("POST"));

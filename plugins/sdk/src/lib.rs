@@ -13,6 +13,7 @@ pub mod error;
 pub mod export;
 pub mod metrics;
 pub mod mock;
+pub mod origins;
 pub mod plugin;
 pub mod routes;
 mod runtime;

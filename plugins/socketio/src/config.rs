@@ -253,7 +253,7 @@ fn check_common(path: &str, origins: &[String]) -> Result<(), SocketIoError> {
         return Err(SocketIoError::Config(format!("path {path:?} must be a URL path starting with / (for example /socket.io/)")));
     }
     for o in origins {
-        crate::origins::check_origin(o)?;
+        weir_plugin::origins::check_origin("allowed_origins", o).map_err(SocketIoError::Config)?;
     }
     Ok(())
 }

@@ -12,7 +12,6 @@
 
 mod config;
 mod error;
-mod origins;
 pub mod server;
 mod sink;
 mod source;

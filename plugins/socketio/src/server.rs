@@ -28,8 +28,8 @@ use weir_plugin::Context;
 
 use crate::config::ServerOptions;
 use crate::error::SocketIoError;
-use crate::origins::Origins;
 use crate::source::SourceRole;
+use weir_plugin::origins::Origins;
 
 /// What an attached sink handles besides broadcasting.
 #[derive(Debug, Clone)]

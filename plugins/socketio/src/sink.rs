@@ -7,8 +7,8 @@ use weir_plugin::serde_json::{self, Value};
 use weir_plugin::{BatchRef, Context, PluginError, Rejections, Sink};
 
 use crate::config::SinkConfig;
-use crate::origins::Origins;
 use crate::server::{self, Attached, Role, SinkRole};
+use weir_plugin::origins::Origins;
 
 /// The `socketio` sink.
 pub struct SocketIoSink {

@@ -11,8 +11,8 @@ use weir_plugin::serde_json::{self, json, value::RawValue, Value};
 use weir_plugin::{Ack, BatchBuf, Context, EmitError, Emitter, Head, Outcome, PluginError, Source};
 
 use crate::config::SourceConfig;
-use crate::origins::Origins;
 use crate::server::{self, Attached, Role};
+use weir_plugin::origins::Origins;
 
 /// A source as the shared server calls it.
 pub(crate) struct SourceRole {

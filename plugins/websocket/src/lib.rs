@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use weir_plugin::origins::{check_origin, Origins};
 use weir_plugin::serde_json::{self, Value};
 use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, PluginError, Rejections, Sink};
 
@@ -37,47 +38,6 @@ pub struct WebSocketConfig {
     /// `Origin` (programs, not browsers) are always accepted.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
-}
-
-/// Which browser origins may open the stream.
-#[derive(Debug, Clone, Default)]
-struct Origins {
-    any: bool,
-    /// Lower-cased, without a trailing `/`.
-    listed: Vec<String>,
-}
-
-impl Origins {
-    fn new(list: &[String]) -> Origins {
-        let listed: Vec<String> = list.iter().map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase()).collect();
-        Origins { any: listed.iter().any(|o| o == "*"), listed }
-    }
-
-    /// `None` (no `Origin` header: not a browser) is always allowed.
-    fn allows(&self, origin: Option<&[u8]>) -> bool {
-        match origin {
-            None => true,
-            Some(o) => self.any || self.listed.iter().any(|l| l.as_bytes().eq_ignore_ascii_case(o)),
-        }
-    }
-}
-
-/// `*`, `null` or `scheme://host[:port]` with nothing after.
-fn check_origin(o: &str) -> Result<(), String> {
-    let o = o.trim().trim_end_matches('/');
-    let ok = o == "*"
-        || o == "null"
-        || o.split_once("://").is_some_and(|(scheme, rest)| {
-            !scheme.is_empty()
-                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-                && !rest.is_empty()
-                && !rest.contains(['/', '?', '#', '@', ' '])
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("allowed_origins: {o:?} is not an origin; write scheme://host[:port] with no path (for example https://dash.example.com), or * for any page"))
-    }
 }
 
 fn default_listen() -> String {
@@ -197,7 +157,7 @@ impl Sink for WebSocketSink {
             return Err(PluginError::config(format!("type_field {:?} must be a JSON pointer such as \"/eventType\"", config.type_field)));
         }
         for o in &config.allowed_origins {
-            check_origin(o).map_err(PluginError::config)?;
+            check_origin("allowed_origins", o).map_err(PluginError::config)?;
         }
         Ok(())
     }
@@ -290,20 +250,6 @@ mod tests {
         assert_eq!(parse_types(Some("types=a,b")).unwrap().len(), 2);
         assert!(parse_types(Some("x=1")).is_none());
         assert!(parse_types(None).is_none());
-    }
-
-    #[test]
-    fn browser_origins_need_a_listing_programs_do_not() {
-        let none = Origins::new(&[]);
-        assert!(none.allows(None));
-        assert!(!none.allows(Some(b"http://evil.example")) && !none.allows(Some(b"null")));
-        let some = Origins::new(&["http://localhost:3000/".into(), "https://Dash.example.com".into()]);
-        assert!(some.allows(Some(b"http://localhost:3000")) && some.allows(Some(b"https://dash.example.com")));
-        assert!(!some.allows(Some(b"http://localhost:3001")) && !some.allows(Some(b"https://dash.example.com.evil.example")));
-        assert!(Origins::new(&["*".into()]).allows(Some(b"http://anything.example")));
-        assert!(check_origin("https://dash.example.com").is_ok() && check_origin("*").is_ok());
-        let err = check_origin("dash.example.com/app").unwrap_err();
-        assert!(err.contains("is not an origin"), "{err}");
     }
 
     #[test]
