@@ -247,3 +247,18 @@ pub fn rss_mb(pid: u32) -> f64 {
         .unwrap_or(0.0)
         / 1024.0
 }
+
+/// `promtool check metrics` on an exposition: whether it passed, and what it said (empty
+/// when clean).
+pub fn promtool_check(text: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/deps.sh)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}

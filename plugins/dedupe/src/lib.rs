@@ -24,8 +24,6 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use std::borrow::Cow;
-
 use weir_plugin::serde_json::{self, value::RawValue, Value};
 use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, Outcome, Output, PluginError, Settled, Transform};
 
@@ -314,22 +312,6 @@ fn key_part(raw: &RawValue) -> String {
     }
 }
 
-/// The value at a JSON pointer, as written, opening only the objects and arrays on its way.
-fn lookup<'a>(doc: &'a RawValue, pointer: &str) -> Option<&'a RawValue> {
-    let Some(rest) = pointer.strip_prefix('/') else { return pointer.is_empty().then_some(doc) };
-    let mut cur = doc;
-    for seg in rest.split('/') {
-        let seg = seg.replace("~1", "/").replace("~0", "~");
-        let text = cur.get();
-        cur = match text.as_bytes().first()? {
-            b'{' => serde_json::from_str::<HashMap<Cow<'a, str>, &'a RawValue>>(text).ok()?.remove(seg.as_str())?,
-            b'[' => *serde_json::from_str::<Vec<&'a RawValue>>(text).ok()?.get(seg.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(cur)
-}
-
 fn digest(parts: &[Option<String>]) -> Digest {
     let mut a = std::collections::hash_map::DefaultHasher::new();
     let mut b = std::collections::hash_map::DefaultHasher::new();
@@ -545,7 +527,7 @@ impl Transform for Dedupe {
                     continue;
                 }
             };
-            let parts: Vec<Option<String>> = self.fields.iter().map(|f| lookup(doc, f).map(key_part)).collect();
+            let parts: Vec<Option<String>> = self.fields.iter().map(|f| weir_plugin::json::pointer(doc, f).map(key_part)).collect();
             digests.push((i, (!parts.iter().all(Option::is_none)).then(|| digest(&parts))));
         }
         let keys = self.keys.clone();

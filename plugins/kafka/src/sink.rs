@@ -9,8 +9,6 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use std::borrow::Cow;
-use std::collections::HashMap;
 
 use weir_plugin::serde_json::{self, value::RawValue};
 use weir_plugin::{BatchRef, Context, PluginError, RecordRef, Rejections, Sink};
@@ -83,17 +81,11 @@ fn create_topic(config: &SinkConfig, topic: &str, ctx: &Context) -> Result<(), P
 /// way: the record is not parsed whole, so no value elsewhere in it (a number beyond a
 /// float's range) can make the field unreadable.
 fn string_at(value: &[u8], pointer: &str) -> Option<String> {
-    let mut cur: &RawValue = serde_json::from_slice(value).ok()?;
-    for seg in pointer.strip_prefix('/')?.split('/') {
-        let seg = seg.replace("~1", "/").replace("~0", "~");
-        let text = cur.get();
-        cur = match text.as_bytes().first()? {
-            b'{' => serde_json::from_str::<HashMap<Cow<'_, str>, &RawValue>>(text).ok()?.remove(seg.as_str())?,
-            b'[' => *serde_json::from_str::<Vec<&RawValue>>(text).ok()?.get(seg.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
+    if !pointer.starts_with('/') {
+        return None;
     }
-    serde_json::from_str::<String>(cur.get()).ok()
+    let doc: &RawValue = serde_json::from_slice(value).ok()?;
+    serde_json::from_str::<String>(weir_plugin::json::pointer(doc, pointer)?.get()).ok()
 }
 
 impl KafkaSink {

@@ -9,6 +9,7 @@ pub mod abi;
 pub mod batch;
 pub mod context;
 pub mod error;
+pub mod json;
 #[doc(hidden)]
 pub mod export;
 pub mod metrics;
