@@ -9,9 +9,9 @@ pub mod abi;
 pub mod batch;
 pub mod context;
 pub mod error;
-pub mod json;
 #[doc(hidden)]
 pub mod export;
+pub mod json;
 pub mod metrics;
 pub mod mock;
 pub mod origins;
