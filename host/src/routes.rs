@@ -132,12 +132,11 @@ async fn accept_loop(addr: Arc<Address>, listener: tokio::net::TcpListener) {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                // One stage here: straight to it, in the order connections came.
-                if let Ok(Some((_, sock))) = pick(&addr, None, None) {
-                    if let Ok(_sending) = sock.sending.try_read() {
-                        if send_connection(sock.fd.get_ref().as_fd(), stream.as_fd(), &[]).is_ok() {
-                            continue;
-                        }
+                // One stage here: straight to it, in the order connections came (a stage that
+                // is behind holds up accepting, as a full backlog would).
+                if let Ok(Some((id, sock))) = pick(&addr, None, None) {
+                    if matches!(send(&addr, id, &sock, &stream, &[]).await, Ok(Ok(()))) {
+                        continue;
                     }
                 }
                 spawn_route(&addr, stream, Vec::new(), None);
@@ -280,6 +279,31 @@ fn pick(addr: &Address, path: Option<&str>, from: Option<u64>) -> Result<Option<
     }
 }
 
+/// Sends a connection to registration `id`, waiting up to a second for room in its socket.
+/// `NotConnected` when the stage said bye meanwhile (pick again); the outer `Err` on timeout.
+async fn send(
+    addr: &Address,
+    id: u64,
+    sock: &StageSocket,
+    stream: &TcpStream,
+    read: &[u8],
+) -> Result<std::io::Result<()>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(Duration::from_secs(1), async {
+        let _sending = sock.sending.read().await;
+        if !addr.regs.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|r| r.id == id) {
+            return Err(std::io::Error::from(ErrorKind::NotConnected));
+        }
+        loop {
+            let mut guard = sock.fd.writable().await?;
+            match guard.try_io(|fd| send_connection(fd.get_ref().as_fd(), stream.as_fd(), read)) {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    })
+    .await
+}
+
 /// Passes a connection on: to the stage serving its next request's path when several
 /// share the address, else straight to the only one.
 async fn route(addr: &Address, stream: TcpStream, read: Vec<u8>, from: Option<u64>) {
@@ -308,22 +332,7 @@ async fn route(addr: &Address, stream: TcpStream, read: Vec<u8>, from: Option<u6
                 None => answer(stream, "503 Service Unavailable", &format!("no pipeline serves on {} now", addr.name)).await,
             };
         };
-        let sent = tokio::time::timeout(Duration::from_secs(1), async {
-            let _sending = sock.sending.read().await;
-            if !addr.regs.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|r| r.id == id) {
-                // It said bye meanwhile: pick again.
-                return Err(std::io::Error::from(ErrorKind::NotConnected));
-            }
-            loop {
-                let mut guard = sock.fd.writable().await?;
-                match guard.try_io(|fd| send_connection(fd.get_ref().as_fd(), stream.as_fd(), &read)) {
-                    Ok(r) => return r,
-                    Err(_would_block) => continue,
-                }
-            }
-        })
-        .await;
-        match sent {
+        match send(addr, id, &sock, &stream, &read).await {
             Ok(Ok(())) => return,
             _ if read.len() > MAX_READ_BYTES => {
                 return answer(stream, "431 Request Header Fields Too Large", "the request is too large to route").await
