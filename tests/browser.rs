@@ -1,8 +1,11 @@
 //! Web pages as clients: a page of an allowed origin, in headless Chromium, posts events to
 //! the `http` source; a page of another origin is stopped by the browser, and what it sent
-//! never enters the pipeline. Preflights and security headers checked with curl.
+//! never enters the pipeline. Preflights and security headers checked with curl. A page
+//! with the real socket.io-client (its browser build from npm) sees its own post arrive.
 
 mod common;
+#[path = "common/socketio.rs"]
+mod socketio;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -20,6 +23,11 @@ impl Page {
     fn serve(html: &str) -> Page {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("index.html"), html).unwrap();
+        // socket.io-client's browser build, served with the page (nothing is downloaded).
+        if html.contains("socket.io.min.js") {
+            let bundle = socketio::node_modules().join("socket.io-client/dist/socket.io.min.js");
+            std::fs::copy(&bundle, dir.path().join("socket.io.min.js")).unwrap();
+        }
         let port = free_port();
         let child = Command::new("python3")
             .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
@@ -116,4 +124,58 @@ fn a_page_of_an_allowed_origin_posts_and_a_page_of_another_is_stopped_by_the_bro
     for h in ["x-content-type-options: nosniff", "x-frame-options: deny", "referrer-policy: no-referrer", "cache-control: no-store"] {
         assert!(headers.contains(h), "{h} missing: {headers}");
     }
+}
+
+const SOCKET_PAGE: &str = r#"<html><body><pre id="out">pending</pre><script src="socket.io.min.js"></script><script>
+// For each address: connect with socket.io-client, join the dashboard, post an event with
+// fetch, and wait for it to come back as new_event.
+function attempt(port) {
+  return new Promise((resolve) => {
+    const base = "http://127.0.0.1:" + port, id = "page-" + port;
+    const socket = io(base, {reconnection: false, timeout: 60000});
+    socket.on("connect_error", (e) => resolve("refused " + e.message));
+    socket.on("connect", () => socket.emit("join_dashboard", {}));
+    socket.on("dashboard_joined", async () => {
+      try {
+        const r = await fetch(base + "/produce", {method: "POST", headers: {"Content-Type": "application/json"},
+          body: JSON.stringify({eventType: "page_view", id: id})});
+        if (r.status !== 200) resolve("post answered " + r.status);
+      } catch (e) { resolve("post blocked " + e.name); }
+    });
+    socket.on("new_event", (e) => {
+      if (e.id === id) { resolve("received " + e.id); socket.close(); }
+    });
+  });
+}
+async function go() {
+  const lines = [];
+  for (const port of [ALLOWED, OTHER]) lines.push(port + " " + await attempt(port));
+  document.getElementById("out").textContent = "done\n" + lines.join("\n");
+}
+go();
+</script></body></html>"#;
+
+fn relay(port: u16, origin: &str) -> String {
+    format!(
+        "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\", path: /produce, cors: {{allowed_origins: [\"{origin}\"]}}}}}}\n\
+         sinks: [{{plugin: socketio, config: {{listen: \"127.0.0.1:{port}\", room: dashboard, allowed_origins: [\"{origin}\"]}}}}]\n"
+    )
+}
+
+#[test]
+fn a_page_posts_with_fetch_and_sees_its_event_on_its_own_socketio_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (allowed, other) = (free_port(), free_port());
+    let page = Page::serve(&SOCKET_PAGE.replace("ALLOWED", &allowed.to_string()).replace("OTHER", &other.to_string()));
+    // Each address serves POST /produce and Socket.IO together, as the Neo example's 3001.
+    write_pipeline(dir.path(), "allowed", &relay(allowed, &page.origin));
+    write_pipeline(dir.path(), "other", &relay(other, "https://dashboard.example"));
+    let weir = Weir::start(dir.path(), &["--no-watch"], &[]);
+
+    let dom = render(&format!("{}/index.html", page.origin));
+    assert!(dom.contains("done"), "the page's script did not finish: {dom}");
+    assert!(dom.contains(&format!("{allowed} received page-{allowed}")), "the allowed page's own event: {dom}");
+    assert!(dom.contains(&format!("{other} refused")), "the other page's handshake: {dom}");
+    let series = r#"weir_plugin_socketio_origins_refused_total{pipeline="other",stage="socketio",plugin="socketio"}"#;
+    assert!(weir.metric(series).is_some_and(|n| n >= 1.0), "the refusal is counted:\n{}", weir.metrics());
 }

@@ -4,8 +4,6 @@
 mod body;
 mod config;
 mod headers;
-mod memory;
-mod server;
 mod source;
 
 pub use body::{parse_events, BodyError};

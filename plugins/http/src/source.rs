@@ -14,7 +14,7 @@ use weir_plugin::{Ack, BatchBuf, Context, EmitError, Emitter, Head, Outcome, Plu
 
 use crate::body::{parse_events, read_body, BodyError, BodyRead};
 use crate::config::{HttpConfig, RespondAfter};
-use crate::server::{self, Limits};
+use weir_plugin::serve::{self as server, Limits};
 
 /// The `http` source.
 pub struct HttpSource {

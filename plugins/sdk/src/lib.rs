@@ -18,6 +18,8 @@ pub mod origins;
 pub mod plugin;
 pub mod routes;
 mod runtime;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod worker;
 
 pub use batch::{BatchBuf, BatchRef, Head, Output, RecordRef, Rejections};

@@ -51,6 +51,10 @@ pub struct SinkConfig {
     /// Largest message a client may send (an HTTP long-polling request body or a WebSocket message), in bytes.
     #[serde(default = "default_max_payload_bytes")]
     pub max_payload_bytes: NonZeroUsize,
+    /// Path on the same address answering `GET` with `{"status", "timestamp",
+    /// "connected_clients", "<room>_clients"}` (the Neo seed's `/health`). Unset: none.
+    #[serde(default)]
+    pub health_path: Option<String>,
 }
 
 /// Config of the `socketio` source.
@@ -202,6 +206,13 @@ impl SinkConfig {
         }
         for (field, name) in [("event", &self.event), ("join_event", &self.join_event), ("joined_event", &self.joined_event)] {
             check_event(field, name)?;
+        }
+        if let Some(health) = &self.health_path {
+            if !health.starts_with('/') || health.contains(['?', '#', ' ']) || normal_path(health) == normal_path(&self.path) {
+                return Err(SocketIoError::Config(format!(
+                    "health_path {health:?} must be a URL path starting with / (for example /health), other than path"
+                )));
+            }
         }
         if let Some(room) = &self.room {
             if room.is_empty() {

@@ -1,9 +1,15 @@
 //! One Socket.IO server per listen address, shared by the stages of this library that name
 //! the same `listen`: a process-wide registry keyed by the address. The first stage to
-//! attach starts the server on the socket the host hands it; later stages attach their
-//! handlers to it; the server stops when the last one detaches. A reloaded pipeline's new
-//! version attaches before the old one detaches (make-before-break), so the server, its
-//! clients and their rooms stay up through the reload.
+//! attach starts the server; later stages attach their handlers to it; the server stops
+//! when the last one detaches. A reloaded pipeline's new version attaches before the old
+//! one detaches (make-before-break), so the server, its clients and their rooms stay up
+//! through the reload.
+//!
+//! Each stage mounts the server's path (and a sink's `health_path`) on the address as
+//! routes the host shares with other plugins' stages (ABI 1.2: the Neo example serves
+//! `/produce` from the `http` source and `/socket.io/` from here on one port); the host
+//! hands it the connections for them, served by [`weir_plugin::serve`]. A host older than
+//! ABI 1.2 hands the whole address to the first stage instead.
 //!
 //! Events from clients are dispatched by name to the newest attached stage that handles
 //! that name (the `join_event` of a sink with a room, the `event` of a source), so during a
@@ -30,6 +36,7 @@ use crate::config::ServerOptions;
 use crate::error::SocketIoError;
 use crate::source::SourceRole;
 use weir_plugin::origins::Origins;
+use weir_plugin::serve::{Limits, Listener};
 
 /// What an attached sink handles besides broadcasting.
 #[derive(Debug, Clone)]
@@ -40,6 +47,8 @@ pub(crate) struct SinkRole {
     pub join_event: String,
     /// Event answering a join.
     pub joined_event: String,
+    /// Path answering `GET` with the clients connected (the Neo seed's `/health`).
+    pub health_path: Option<String>,
 }
 
 /// What a stage brings to the shared server.
@@ -53,6 +62,8 @@ struct Attachment {
     ctx: Context,
     origins: Origins,
     role: Role,
+    /// Stops serving the routes of its own (a sink's `health_path`) on a shared address.
+    serving: Mutex<Vec<Stop>>,
 }
 
 impl Attachment {
@@ -84,9 +95,28 @@ pub(crate) struct Server {
     io: SocketIo,
     clients: Mutex<HashMap<Sid, Client>>,
     stages: RwLock<Vec<Arc<Attachment>>>,
-    shutdown: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    /// The HTTP side: Engine.IO's transports behind the origin check.
+    app: OnceLock<axum::Router>,
+    /// The stage through which the host hands over the connections for the server's path,
+    /// and what stops that.
+    holder: Mutex<Option<(u64, Stop)>>,
+    /// Stops serving a whole address (a host older than ABI 1.2).
+    shutdown: Mutex<Option<Stop>>,
     key: String,
 }
+
+/// Stops one `serve` loop: it stops taking connections, and its connections finish or go
+/// back to the host.
+type Stop = tokio::sync::oneshot::Sender<()>;
+
+fn stop_serving(stop: Stop) {
+    let _ = stop.send(());
+}
+
+/// Limits of the connections the server takes: a long-polling client holds one request
+/// open for up to `ping_interval_ms`, so the idle timeout only applies between requests.
+const LIMITS: Limits =
+    Limits { max_connections: 65_536, header_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(60), retry_after_secs: 1 };
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -116,7 +146,7 @@ impl Drop for Attached {
 /// Attaches a stage to the server on `options.listen`, starting it when there is none.
 pub(crate) fn attach(options: &ServerOptions, ctx: Context, origins: Origins, role: Role) -> Result<Attached, SocketIoError> {
     let id = NEXT_ID.fetch_add(1, Relaxed);
-    let attachment = Arc::new(Attachment { id, ctx, origins, role });
+    let attachment = Arc::new(Attachment { id, ctx, origins, role, serving: Mutex::new(Vec::new()) });
     // Port 0 asks for a new port each time, so it is never shared.
     let key = if options.listen.ends_with(":0") { format!("{}#{id}", options.listen) } else { options.listen.clone() };
     let mut servers = registry();
@@ -124,11 +154,17 @@ pub(crate) fn attach(options: &ServerOptions, ctx: Context, origins: Origins, ro
         if let Some((field, theirs, mine)) = server.options.difference(options) {
             return Err(SocketIoError::Conflict { listen: options.listen.clone(), field, mine, theirs, owner: server.owner.clone() });
         }
+        server.listen(&attachment)?;
         server.stages.write().unwrap_or_else(|p| p.into_inner()).push(attachment);
         server.report();
         return Ok(Attached { server: server.clone(), id });
     }
-    let server = Server::start(options, key.clone(), attachment)?;
+    let server = Server::start(options, key.clone(), attachment.clone())?;
+    if let Err(e) = server.listen(&attachment) {
+        drop(servers);
+        server.detach(id);
+        return Err(e);
+    }
     servers.insert(key, server.clone());
     server.report();
     Ok(Attached { server, id })
@@ -151,7 +187,6 @@ impl FromMessageParts<socketioxide::adapter::LocalAdapter> for AckId {
 impl Server {
     fn start(options: &ServerOptions, key: String, first: Arc<Attachment>) -> Result<Arc<Server>, SocketIoError> {
         let ctx = first.ctx;
-        let listener = ctx.listen_async(&options.listen).map_err(|e| SocketIoError::Start(e.to_string()))?;
         let (layer, io) = SocketIo::builder()
             .req_path(options.path.clone())
             .ping_interval(Duration::from_millis(options.ping_interval_ms))
@@ -161,14 +196,15 @@ impl Server {
             .ws_max_message_size(options.max_payload_bytes)
             .ws_max_frame_size(options.max_payload_bytes)
             .build_layer();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Arc::new(Server {
             options: options.clone(),
             owner: format!("pipeline {} (stage {})", ctx.pipeline(), ctx.stage()),
             io: io.clone(),
             clients: Mutex::new(HashMap::new()),
             stages: RwLock::new(vec![first]),
-            shutdown: Mutex::new(Some(stop_tx)),
+            app: OnceLock::new(),
+            holder: Mutex::new(None),
+            shutdown: Mutex::new(None),
             key,
         });
         let weak = Arc::downgrade(&server);
@@ -179,25 +215,115 @@ impl Server {
             .fallback(not_found)
             .layer(layer)
             .layer(axum::middleware::from_fn_with_state(Arc::downgrade(&server), guard));
-        let rt = weir_plugin::runtime();
-        let path = options.path.clone();
-        rt.spawn(async move {
-            let service = app.into_make_service_with_connect_info::<SocketAddr>();
-            let served = axum::serve(listener, service).with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            });
-            if let Err(e) = served.await {
-                ctx.warn(&format!("The Socket.IO server stopped: {e}"));
-            }
-        });
-        ctx.info(&format!("Socket.IO server listening on {}{}/.", options.listen, path.trim_end_matches('/')));
+        let _ = server.app.set(app);
+        ctx.info(&format!("Socket.IO server listening on {}{}/.", options.listen, options.path.trim_end_matches('/')));
         Ok(server)
+    }
+
+    /// Serves `routes` for `stage`: the host hands it the connections for them until the
+    /// returned sender fires (`None`: on a host older than ABI 1.2, the first call takes the
+    /// whole address for the server instead, and later ones do nothing).
+    fn serve_routes(&self, stage: &Attachment, routes: Vec<String>) -> Result<Option<Stop>, SocketIoError> {
+        let app = self.app.get().cloned().ok_or_else(|| SocketIoError::Start("the Socket.IO server is not built".into()))?;
+        let (ctx, listen) = (stage.ctx, &self.options.listen);
+        let routed = {
+            let _guard = weir_plugin::runtime().enter();
+            ctx.listen_routes(listen, &routes.iter().map(String::as_str).collect::<Vec<_>>())
+        }
+        .map_err(|e| SocketIoError::Config(e.to_string()))?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let listener = match routed {
+            Some(l) => Listener::Routed(Arc::new(l), Arc::new(routes)),
+            None => {
+                let mut whole = self.shutdown.lock().unwrap_or_else(|p| p.into_inner());
+                if whole.is_some() {
+                    return Ok(None);
+                }
+                let l = ctx.listen_async(listen).map_err(|e| SocketIoError::Start(e.to_string()))?;
+                *whole = Some(stop_tx);
+                weir_plugin::runtime().spawn(weir_plugin::serve::serve(Listener::Tcp(l), app, LIMITS, ctx, stop_rx));
+                return Ok(None);
+            }
+        };
+        weir_plugin::runtime().spawn(weir_plugin::serve::serve(listener, app, LIMITS, ctx, stop_rx));
+        Ok(Some(stop_tx))
+    }
+
+    /// Mounts what a newly attached stage serves: the server's path, unless another stage
+    /// of this server holds it already (the host lets one stage and its versions serve a
+    /// path), and a sink's `health_path`.
+    fn listen(&self, stage: &Attachment) -> Result<(), SocketIoError> {
+        let mut holder = self.holder.lock().unwrap_or_else(|p| p.into_inner());
+        let took_path = if holder.is_none() {
+            if let Some(stop) = self.serve_routes(stage, vec![self.route()])? {
+                *holder = Some((stage.id, stop));
+            }
+            true
+        } else {
+            false
+        };
+        if let Role::Sink(SinkRole { health_path: Some(health), .. }) = &stage.role {
+            match self.serve_routes(stage, vec![health.clone()]) {
+                Ok(stop) => stage.serving.lock().unwrap_or_else(|p| p.into_inner()).extend(stop),
+                Err(e) => {
+                    if took_path {
+                        if let Some((_, stop)) = holder.take() {
+                            let _ = stop.send(());
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The server's path as a route: it and everything under it.
+    fn route(&self) -> String {
+        format!("{}/", self.options.path.trim_end_matches('/'))
+    }
+
+    /// Passes the server's path from a detached stage to one still attached: to its own
+    /// new version first (registered before the old one stops, so no connection finds the
+    /// path unserved: make-before-break), else to the newest stage (after the old one
+    /// stopped, since the host lets only one stage hold a path).
+    fn pass_path(&self, gone: &Attachment, stages: &[Arc<Attachment>]) {
+        let mut holder = self.holder.lock().unwrap_or_else(|p| p.into_inner());
+        if holder.as_ref().is_none_or(|(id, _)| *id != gone.id) {
+            return;
+        }
+        let same = |a: &&Arc<Attachment>| a.ctx.pipeline() == gone.ctx.pipeline() && a.ctx.stage() == gone.ctx.stage();
+        let successor = stages.iter().rev().find(same).or_else(|| stages.last());
+        let mut old = holder.take().map(|(_, stop)| stop);
+        if !successor.is_some_and(|s| same(&s)) {
+            if let Some(stop) = old.take() {
+                stop_serving(stop);
+            }
+        }
+        if let Some(next) = successor {
+            match self.serve_routes(next, vec![self.route()]) {
+                Ok(Some(stop)) => *holder = Some((next.id, stop)),
+                Ok(None) => {}
+                Err(e) => next.ctx.warn(&format!("The Socket.IO path {} is no longer served: {e}", self.route())),
+            }
+        }
+        if let Some(stop) = old {
+            stop_serving(stop);
+        }
     }
 
     fn detach(&self, id: u64) {
         let left = {
             let mut stages = self.stages.write().unwrap_or_else(|p| p.into_inner());
-            stages.retain(|a| a.id != id);
+            let gone = stages.iter().position(|a| a.id == id).map(|i| stages.remove(i));
+            if let Some(gone) = gone {
+                // The host routes its paths to the stage serving them now; this one's
+                // connections finish or go back to the host (see weir_plugin::serve).
+                for stop in gone.serving.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+                    stop_serving(stop);
+                }
+                self.pass_path(&gone, &stages);
+            }
             stages.len()
         };
         if left > 0 {
@@ -212,7 +338,7 @@ impl Server {
         servers.remove(&self.key);
         drop(servers);
         if let Some(stop) = self.shutdown.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = stop.send(());
+            stop_serving(stop);
         }
         let io = self.io.clone();
         weir_plugin::runtime().spawn(async move { io.close().await });
@@ -232,6 +358,21 @@ impl Server {
     /// Whether any attached stage lets a page from `origin` connect.
     fn allows(&self, origin: &[u8]) -> bool {
         self.stages.read().unwrap_or_else(|p| p.into_inner()).iter().any(|a| a.origins.allows(Some(origin)))
+    }
+
+    /// The answer of a sink's `health_path`: `status`, `timestamp`, `connected_clients` and
+    /// the clients in its room as `<room>_clients` (the Neo seed's `dashboard_clients`).
+    fn health(&self, path: &str) -> Option<Value> {
+        let room = self.stages.read().unwrap_or_else(|p| p.into_inner()).iter().rev().find_map(|a| match &a.role {
+            Role::Sink(s) if s.health_path.as_deref() == Some(path) => Some(s.room.clone()),
+            _ => None,
+        })?;
+        let clients = self.clients();
+        let mut answer = json!({ "status": "healthy", "timestamp": now_rfc3339(), "connected_clients": clients.len() });
+        if let Some(room) = room {
+            answer[room_gauge(&room)] = json!(clients.values().filter(|c| c.rooms.contains(&room)).count());
+        }
+        Some(answer)
     }
 
     /// Reports the client counts to every attached sink (sources do not, so the host's
@@ -411,6 +552,11 @@ async fn not_found() -> Response {
 /// Refuses pages from origins no stage allows (403) and gives allowed ones the CORS headers
 /// that long-polling from a browser needs (answering their preflight).
 async fn guard(State(server): State<Weak<Server>>, req: Request, next: Next) -> Response {
+    if req.method() == Method::GET {
+        if let Some(health) = server.upgrade().and_then(|s| s.health(req.uri().path())) {
+            return ([(header::CONTENT_TYPE, "application/json")], health.to_string()).into_response();
+        }
+    }
     let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
         return next.run(req).await;
     };
@@ -500,7 +646,7 @@ mod tests {
     }
 
     fn sink(room: &str) -> Role {
-        Role::Sink(SinkRole { room: Some(room.into()), join_event: "join".into(), joined_event: "joined".into() })
+        Role::Sink(SinkRole { room: Some(room.into()), join_event: "join".into(), joined_event: "joined".into(), health_path: None })
     }
 
     #[test]

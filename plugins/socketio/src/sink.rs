@@ -32,6 +32,7 @@ impl Sink for SocketIoSink {
             room: config.room.clone(),
             join_event: config.join_event.clone(),
             joined_event: config.joined_event.clone(),
+            health_path: config.health_path.clone(),
         });
         let attached = server::attach(&config.server(), ctx, Origins::new(&config.allowed_origins), role)?;
         Ok(SocketIoSink { config, ctx, attached: Some(attached) })

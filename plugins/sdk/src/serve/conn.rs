@@ -1,5 +1,5 @@
-//! One connection's life: serving it with hyper, its timeouts, and where it goes when the
-//! server stops or a request on it is another stage's.
+//! One connection's life: serving it with hyper (upgrades included), its timeouts, and
+//! where it goes when the server stops or a request on it is another stage's.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::routes::RoutedListener;
 use axum::body::Bytes;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderValue, Request};
@@ -17,7 +18,6 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tower_service::Service;
-use weir_plugin::routes::RoutedListener;
 
 use super::handoff::{Handed, Successors};
 use super::state::{has_unread, verdict, ConnState, Io, Verdict};
@@ -33,7 +33,7 @@ pub(super) struct Conn {
     pub(super) routed: Option<(Arc<RoutedListener>, Arc<Vec<String>>)>,
 }
 
-type Connection = hyper::server::conn::http1::Connection<hyper_util::rt::TokioIo<Io>, ConnService>;
+type Connection = hyper::server::conn::http1::UpgradeableConnection<hyper_util::rt::TokioIo<Io>, ConnService>;
 
 /// The service for one connection: the app, plus the headers that say whether the
 /// connection stays open.
@@ -53,7 +53,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         if let Some(routes) = &self.routes {
-            if !routes.iter().any(|r| weir_plugin::routes::serves(r, req.uri().path())) {
+            if !routes.iter().any(|r| crate::routes::serves(r, req.uri().path())) {
                 // Another stage's path: the connection goes back to the host with this
                 // request as it came; this future is dropped with the connection.
                 self.state.foreign.notify_one();
@@ -70,6 +70,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 Ok(res) => res,
                 Err(never) => match never {},
             };
+            if res.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS {
+                // The connection becomes the upgrade's (a WebSocket): never given back.
+                state.upgraded.store(true, Relaxed);
+            }
             let headers = res.headers_mut();
             if state.closing.load(Relaxed) {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -100,8 +104,9 @@ impl Conn {
         let state = Arc::new(ConnState::new(self.clock, self.routed.is_some()));
         let stream = Arc::new(stream);
         let io = Io { stream: stream.clone(), state: state.clone(), read };
-        let mut conn: Connection =
-            hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(io), self.service(app, peer, &state));
+        let mut conn: Connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(io), self.service(app, peer, &state))
+            .with_upgrades();
         let mut is_closing = *closing.borrow();
         let mut wait = Duration::ZERO;
         loop {
@@ -143,16 +148,20 @@ impl Conn {
     /// bytes read of its next request, to the server that took over the listener.
     async fn hand_over(self, mut conn: Connection, state: &ConnState, stream: Arc<TcpStream>, cut: &mut watch::Receiver<bool>) -> bool {
         state.closing.store(true, Relaxed);
+        // hyper ends the connection by shutting its writing side, which this one skips:
+        // the connection goes on elsewhere.
+        state.keep_open.store(true, Relaxed);
         Pin::new(&mut conn).graceful_shutdown();
         tokio::select! {
-            done = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
-                if done.is_err() || state.told_close.load(Relaxed) {
+            done = &mut conn => {
+                if done.is_err() || state.told_close.load(Relaxed) || state.upgraded.load(Relaxed) {
                     return false;
                 }
             }
             _ = cut.changed() => return cut_now(conn, &stream, false).await,
         }
-        let parts = conn.into_parts();
+        // `None`: upgraded meanwhile, the upgrade's now.
+        let Some(parts) = conn.into_parts() else { return false };
         let io = parts.io.into_inner();
         let read = if parts.read_buf.is_empty() { io.read.clone() } else { [&parts.read_buf[..], &io.read[..]].concat().into() };
         drop((io, parts.service));

@@ -33,6 +33,10 @@ pub(super) struct ConnState {
     pub(super) own_request: AtomicBool,
     /// A request arrived for a path another stage serves.
     pub(super) foreign: tokio::sync::Notify,
+    /// A response switched protocols: the connection is the upgrade's (nothing recorded).
+    pub(super) upgraded: AtomicBool,
+    /// Set when the connection is handed on: hyper's closing shuts nothing down.
+    pub(super) keep_open: AtomicBool,
 }
 
 impl ConnState {
@@ -41,6 +45,8 @@ impl ConnState {
             recording: shared.then(|| Mutex::new(Vec::new())),
             own_request: AtomicBool::new(false),
             foreign: tokio::sync::Notify::new(),
+            upgraded: AtomicBool::new(false),
+            keep_open: AtomicBool::new(false),
             clock,
             activity: AtomicU64::new(clock.now()),
             head_since: AtomicU64::new(0),
@@ -79,7 +85,7 @@ impl ConnState {
     /// Records bytes read on a shared address, outside this source's own requests.
     pub(super) fn record(&self, bytes: &[u8]) {
         if let Some(r) = &self.recording {
-            if !self.own_request.load(Relaxed) {
+            if !self.own_request.load(Relaxed) && !self.upgraded.load(Relaxed) {
                 r.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(bytes);
             }
         }
@@ -208,6 +214,9 @@ impl AsyncWrite for Io {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        if self.state.keep_open.load(Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
         Poll::Ready(socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write))
     }
 }

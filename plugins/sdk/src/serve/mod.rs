@@ -1,5 +1,8 @@
-//! The accept loop and the life of each connection: limits (connection cap, header and
-//! idle timeouts) and a drain that answers every request it has begun to receive.
+//! Serving an axum `Router` over HTTP/1.1 for a plugin (feature `serve`), on a whole
+//! address or on a shared one ([`crate::routes`]): the accept loop and the life of each
+//! connection, with limits (connection cap, header and idle timeouts), HTTP upgrades
+//! (WebSocket), giving a connection back to the host when a request on it is for another
+//! stage's path, and a drain that answers every request it has begun to receive.
 //!
 //! On stop the listener is dropped (the host keeps the socket; the next version of the
 //! pipeline accepts on it), and each open connection is closed only at a moment when no
@@ -9,6 +12,7 @@
 
 mod conn;
 mod handoff;
+mod memory;
 mod state;
 
 use std::io;
@@ -16,12 +20,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::routes::RoutedListener;
+use crate::Context;
 use axum::body::Bytes;
 use axum::Router;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use weir_plugin::routes::RoutedListener;
-use weir_plugin::Context;
 
 use conn::Conn;
 use handoff::{servers, Successors};
@@ -78,6 +82,9 @@ impl Listener {
 
 /// Serves `app` on `listener` until `stop` fires, then drains (see the module docs).
 pub async fn serve(listener: Listener, app: Router, limits: Limits, ctx: Context, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    // Builds the handlers not yet built once, here: a router used as a service as it is
+    // would build them (and apply its layers) again for every request.
+    let app = app.with_state(());
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let clock = Clock(Instant::now());
     let (closing_tx, closing_rx) = watch::channel(false);
@@ -111,13 +118,13 @@ pub async fn serve(listener: Listener, app: Router, limits: Limits, ctx: Context
             let p = peak.load(Relaxed);
             if p >= left + RETURN_MEMORY_AFTER || (left == 0 && p >= RETURN_MEMORY_AFTER / 4) {
                 peak.store(left, Relaxed);
-                tokio::task::spawn_blocking(crate::memory::return_free_memory);
+                tokio::task::spawn_blocking(memory::return_free_memory);
                 if left == 0 {
                     // Again once what closed with them (refused connections, buffers freed
                     // on other threads) is gone too.
                     tokio::spawn(async {
                         tokio::time::sleep(REFUSE_LINGER * 2).await;
-                        tokio::task::spawn_blocking(crate::memory::return_free_memory);
+                        tokio::task::spawn_blocking(memory::return_free_memory);
                     });
                 }
             }
