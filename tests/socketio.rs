@@ -245,12 +245,16 @@ fn log_events_are_confirmed_after_the_file_has_them_and_share_the_server_through
     ws.emit("log_event", json!({"eventType": "song_played", "userId": "u1", "seq": 200}));
     ws.wait_count("event_logged", 6, Duration::from_secs(10));
 
-    // Both pipelines removed: the server stops with its last stage and its clients hear it.
+    // Both pipelines removed: the server stops with its last stage and its clients lose their
+    // connection, which socket.io-client reconnects by itself (it would not after being told
+    // "io server disconnect").
     std::fs::remove_file(pipelines.join("relay.yaml")).unwrap();
     std::fs::remove_file(pipelines.join("logs.yaml")).unwrap();
     let r = curl("POST", &weir.url("/reload"), None, None);
     assert_eq!(r.json()["stopped"], json!(["logs", "relay"]), "{r:?}");
     for c in [&ws, &poll] {
         c.wait("the disconnect", Duration::from_secs(15), |seen| seen.iter().any(|v| v["on"] == "disconnect"));
+        let reason = c.got("disconnect")[0]["reason"].clone();
+        assert!(reason == "transport close" || reason == "transport error", "{reason}");
     }
 }

@@ -88,6 +88,11 @@ impl Client {
         self.got(event).into_iter().map(|v| v["data"].clone()).collect()
     }
 
+    /// Everything it printed.
+    pub fn seen(&self) -> Vec<Value> {
+        self.seen.lock().unwrap().clone()
+    }
+
     pub fn connected(&self) -> Value {
         self.got("connect").into_iter().next().expect("connected")
     }

@@ -80,7 +80,7 @@ impl Source for HttpSource {
             retry_after_secs: self.config.retry_after_secs,
         };
         rt.spawn(async move {
-            server::serve(listener, app, limits, ctx, stop_rx).await;
+            server::serve(listener, app, limits, server::Connections::default(), ctx, stop_rx).await;
             let _ = done_tx.send(());
         });
         self.shutdown = Some(stop_tx);

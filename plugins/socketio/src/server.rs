@@ -36,7 +36,7 @@ use crate::config::ServerOptions;
 use crate::error::SocketIoError;
 use crate::source::SourceRole;
 use weir_plugin::origins::Origins;
-use weir_plugin::serve::{Limits, Listener};
+use weir_plugin::serve::{Connections, Limits, Listener};
 
 /// What an attached sink handles besides broadcasting.
 #[derive(Debug, Clone)]
@@ -92,7 +92,6 @@ pub(crate) struct Server {
     options: ServerOptions,
     /// The stage that started it, for errors.
     owner: String,
-    io: SocketIo,
     clients: Mutex<HashMap<Sid, Client>>,
     stages: RwLock<Vec<Arc<Attachment>>>,
     /// The HTTP side: Engine.IO's transports behind the origin check.
@@ -102,6 +101,8 @@ pub(crate) struct Server {
     holder: Mutex<Option<(u64, Stop)>>,
     /// Stops serving a whole address (a host older than ABI 1.2).
     shutdown: Mutex<Option<Stop>>,
+    /// The clients' connections (WebSockets and long-polling requests).
+    connections: Connections,
     key: String,
 }
 
@@ -199,12 +200,12 @@ impl Server {
         let server = Arc::new(Server {
             options: options.clone(),
             owner: format!("pipeline {} (stage {})", ctx.pipeline(), ctx.stage()),
-            io: io.clone(),
             clients: Mutex::new(HashMap::new()),
             stages: RwLock::new(vec![first]),
             app: OnceLock::new(),
             holder: Mutex::new(None),
             shutdown: Mutex::new(None),
+            connections: Connections::default(),
             key,
         });
         let weak = Arc::downgrade(&server);
@@ -241,11 +242,18 @@ impl Server {
                 }
                 let l = ctx.listen_async(listen).map_err(|e| SocketIoError::Start(e.to_string()))?;
                 *whole = Some(stop_tx);
-                weir_plugin::runtime().spawn(weir_plugin::serve::serve(Listener::Tcp(l), app, LIMITS, ctx, stop_rx));
+                weir_plugin::runtime().spawn(weir_plugin::serve::serve(
+                    Listener::Tcp(l),
+                    app,
+                    LIMITS,
+                    self.connections.clone(),
+                    ctx,
+                    stop_rx,
+                ));
                 return Ok(None);
             }
         };
-        weir_plugin::runtime().spawn(weir_plugin::serve::serve(listener, app, LIMITS, ctx, stop_rx));
+        weir_plugin::runtime().spawn(weir_plugin::serve::serve(listener, app, LIMITS, self.connections.clone(), ctx, stop_rx));
         Ok(Some(stop_tx))
     }
 
@@ -340,8 +348,10 @@ impl Server {
         if let Some(stop) = self.shutdown.lock().unwrap_or_else(|p| p.into_inner()).take() {
             stop_serving(stop);
         }
-        let io = self.io.clone();
-        weir_plugin::runtime().spawn(async move { io.close().await });
+        // The clients' connections are cut, not told goodbye: socket.io-client reconnects by
+        // itself after a lost connection (to the next server on the address, or once the
+        // pipeline is back), but not after the server disconnected it.
+        self.connections.cut_all();
         self.clients.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 

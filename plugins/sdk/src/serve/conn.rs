@@ -21,7 +21,7 @@ use tower_service::Service;
 
 use super::handoff::{Handed, Successors};
 use super::state::{has_unread, verdict, ConnState, Io, Verdict};
-use super::{Clock, Limits};
+use super::{Clock, Connections, Limits};
 
 /// What every connection of one server shares.
 #[derive(Clone)]
@@ -31,6 +31,8 @@ pub(super) struct Conn {
     pub(super) successors: Successors,
     /// On a shared address: the host's end and the paths this source serves.
     pub(super) routed: Option<(Arc<RoutedListener>, Arc<Vec<String>>)>,
+    /// Where the connections are kept track of.
+    pub(super) connections: Connections,
 }
 
 type Connection = hyper::server::conn::http1::UpgradeableConnection<hyper_util::rt::TokioIo<Io>, ConnService>;
@@ -104,9 +106,10 @@ impl Conn {
         let state = Arc::new(ConnState::new(self.clock, self.routed.is_some()));
         let stream = Arc::new(stream);
         let io = Io { stream: stream.clone(), state: state.clone(), read };
-        let mut conn: Connection = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(io), self.service(app, peer, &state))
-            .with_upgrades();
+        self.connections.push(Arc::downgrade(&stream));
+        let service = self.service(app, peer, &state);
+        let mut conn: Connection =
+            hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(io), service).with_upgrades();
         let mut is_closing = *closing.borrow();
         let mut wait = Duration::ZERO;
         loop {

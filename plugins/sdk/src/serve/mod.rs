@@ -53,6 +53,34 @@ pub struct Limits {
     pub retry_after_secs: u32,
 }
 
+/// The connections of one or more servers, those that switched protocols (WebSockets)
+/// included, which a server's drain leaves to the upgrade's handler. Their owner may cut
+/// them all at once, so that clients see their connection lost (and reconnect, as
+/// socket.io-client does by itself) rather than being told goodbye.
+#[derive(Clone, Default)]
+pub struct Connections(Arc<std::sync::Mutex<Vec<std::sync::Weak<TcpStream>>>>);
+
+impl Connections {
+    fn push(&self, stream: std::sync::Weak<TcpStream>) {
+        let mut list = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Closed ones are forgotten now and then (amortised over the pushes).
+        if list.len() >= 64 && list.len().is_power_of_two() {
+            list.retain(|w| w.strong_count() > 0);
+        }
+        list.push(stream);
+    }
+
+    /// Cuts every connection still open (both directions); returns how many.
+    pub fn cut_all(&self) -> usize {
+        let list = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        let open: Vec<Arc<TcpStream>> = list.iter().filter_map(std::sync::Weak::upgrade).collect();
+        for s in &open {
+            let _ = socket2::SockRef::from(&**s).shutdown(std::net::Shutdown::Both);
+        }
+        open.len()
+    }
+}
+
 /// Milliseconds since the server started: a cheap clock connections share.
 #[derive(Clone, Copy)]
 struct Clock(Instant);
@@ -81,7 +109,15 @@ impl Listener {
 }
 
 /// Serves `app` on `listener` until `stop` fires, then drains (see the module docs).
-pub async fn serve(listener: Listener, app: Router, limits: Limits, ctx: Context, mut stop: tokio::sync::oneshot::Receiver<()>) {
+/// Its connections are recorded in `connections`.
+pub async fn serve(
+    listener: Listener,
+    app: Router,
+    limits: Limits,
+    connections: Connections,
+    ctx: Context,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
     // Builds the handlers not yet built once, here: a router used as a service as it is
     // would build them (and apply its layers) again for every request.
     let app = app.with_state(());
@@ -108,9 +144,10 @@ pub async fn serve(listener: Listener, app: Router, limits: Limits, ctx: Context
     let spawn = |stream: TcpStream, read: Bytes| {
         peak.fetch_max(open.fetch_add(1, Relaxed) + 1, Relaxed);
         let (open, peak) = (open.clone(), peak.clone());
-        let (app, closing, cut, routed) = (app.clone(), closing_rx.clone(), cut_rx.clone(), routed.clone());
+        let (app, closing, cut, routed, connections) =
+            (app.clone(), closing_rx.clone(), cut_rx.clone(), routed.clone(), connections.clone());
         tokio::spawn(async move {
-            let conn = Conn { clock, limits, successors, routed };
+            let conn = Conn { clock, limits, successors, routed, connections };
             if conn.serve(stream, read, app, closing, cut).await {
                 ctx.counter_add("http_connections_timed_out_total", "Connections cut because their headers came too slowly.", 1);
             }
