@@ -4,60 +4,15 @@
 //! with the real socket.io-client (its browser build from npm) sees its own post arrive.
 
 mod common;
+#[path = "common/page.rs"]
+mod page;
 #[path = "common/socketio.rs"]
 mod socketio;
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use common::*;
-
-/// A static page served by Python's http.server on its own port (its own origin).
-struct Page {
-    child: Child,
-    origin: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Page {
-    fn serve(html: &str) -> Page {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("index.html"), html).unwrap();
-        // socket.io-client's browser build, served with the page (nothing is downloaded).
-        if html.contains("socket.io.min.js") {
-            let bundle = socketio::node_modules().join("socket.io-client/dist/socket.io.min.js");
-            std::fs::copy(&bundle, dir.path().join("socket.io.min.js")).unwrap();
-        }
-        let port = free_port();
-        let child = Command::new("python3")
-            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let origin = format!("http://127.0.0.1:{port}");
-        wait_for("the page server", Duration::from_secs(10), || std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_ok());
-        Page { child, origin, _dir: dir }
-    }
-}
-
-impl Drop for Page {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The page's DOM once its scripts ran, as headless Chromium renders it.
-fn render(url: &str) -> String {
-    let out = Command::new("chromium")
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000", "--dump-dom", url])
-        .output()
-        .expect("chromium is installed (scripts/deps.sh)");
-    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use page::{render, Page};
 
 const PAGE: &str = r#"<html><body><pre id="out">pending</pre><script>
 async function go() {
@@ -126,35 +81,6 @@ fn a_page_of_an_allowed_origin_posts_and_a_page_of_another_is_stopped_by_the_bro
     }
 }
 
-const SOCKET_PAGE: &str = r#"<html><body><pre id="out">pending</pre><script src="socket.io.min.js"></script><script>
-// For each address: connect with socket.io-client, join the dashboard, post an event with
-// fetch, and wait for it to come back as new_event.
-function attempt(port) {
-  return new Promise((resolve) => {
-    const base = "http://127.0.0.1:" + port, id = "page-" + port;
-    const socket = io(base, {reconnection: false, timeout: 60000});
-    socket.on("connect_error", (e) => resolve("refused " + e.message));
-    socket.on("connect", () => socket.emit("join_dashboard", {}));
-    socket.on("dashboard_joined", async () => {
-      try {
-        const r = await fetch(base + "/produce", {method: "POST", headers: {"Content-Type": "application/json"},
-          body: JSON.stringify({eventType: "page_view", id: id})});
-        if (r.status !== 200) resolve("post answered " + r.status);
-      } catch (e) { resolve("post blocked " + e.name); }
-    });
-    socket.on("new_event", (e) => {
-      if (e.id === id) { resolve("received " + e.id); socket.close(); }
-    });
-  });
-}
-async function go() {
-  const lines = [];
-  for (const port of [ALLOWED, OTHER]) lines.push(port + " " + await attempt(port));
-  document.getElementById("out").textContent = "done\n" + lines.join("\n");
-}
-go();
-</script></body></html>"#;
-
 fn relay(port: u16, origin: &str) -> String {
     format!(
         "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\", path: /produce, cors: {{allowed_origins: [\"{origin}\"]}}}}}}\n\
@@ -166,7 +92,7 @@ fn relay(port: u16, origin: &str) -> String {
 fn a_page_posts_with_fetch_and_sees_its_event_on_its_own_socketio_connection() {
     let dir = tempfile::tempdir().unwrap();
     let (allowed, other) = (free_port(), free_port());
-    let page = Page::serve(&SOCKET_PAGE.replace("ALLOWED", &allowed.to_string()).replace("OTHER", &other.to_string()));
+    let page = Page::serve(&page::ROUND_TRIP.replace("PORTS", &format!("{allowed}, {other}")));
     // Each address serves POST /produce and Socket.IO together, as the Neo example's 3001.
     write_pipeline(dir.path(), "allowed", &relay(allowed, &page.origin));
     write_pipeline(dir.path(), "other", &relay(other, "https://dashboard.example"));

@@ -5,11 +5,15 @@
 //! `log_event` is confirmed as `event_logged` once Kafka has it (or refused with the
 //! reason); and 20 replacements of the relay pipeline under load lose nothing for a
 //! dashboard that stays connected, while a restarted server's dashboards reconnect by
-//! themselves.
+//! themselves. A dashboard page in headless Chromium posts with fetch and sees its event
+//! come back through Kafka on its own socket.io-client connection; a page of another
+//! origin is refused.
 
 #[path = "common/broker.rs"]
 mod broker;
 mod common;
+#[path = "common/page.rs"]
+mod page;
 #[path = "common/socketio.rs"]
 mod socketio;
 
@@ -47,8 +51,18 @@ struct Neo {
 }
 
 fn start(pipelines: &Path, broker: &Broker, addr: &str) -> Neo {
+    start_for(pipelines, broker, addr, "http://localhost:3000")
+}
+
+/// As [`start`], allowing pages of `origin` (`NEO_DASHBOARD_ORIGIN`).
+fn start_for(pipelines: &Path, broker: &Broker, addr: &str, origin: &str) -> Neo {
     let ws = format!("127.0.0.1:{}", free_port());
-    let envs = [("KAFKA_BROKERS", broker.addr.as_str()), ("NEO_HTTP_LISTEN", addr), ("NEO_WS_LISTEN", ws.as_str())];
+    let envs = [
+        ("KAFKA_BROKERS", broker.addr.as_str()),
+        ("NEO_HTTP_LISTEN", addr),
+        ("NEO_WS_LISTEN", ws.as_str()),
+        ("NEO_DASHBOARD_ORIGIN", origin),
+    ];
     let weir = Weir::start(pipelines, &["--no-watch"], &envs);
     let health = format!("http://{addr}/health");
     wait_for("the shared address", Duration::from_secs(20), || curl("GET", &health, None, None).status == 200);
@@ -263,4 +277,26 @@ fn twenty_relay_replacements_under_load_lose_nothing_and_a_restarted_server_is_r
         d.wait("the event after the restart", Duration::from_secs(20), |seen| seen.iter().any(|v| v["data"]["seq"] == 1_000_000));
     }
     assert_eq!(neo.health()["dashboard_clients"], 2);
+}
+
+#[test]
+fn a_dashboard_page_posts_and_sees_its_event_come_back_through_kafka() {
+    let broker = Broker::memory();
+    broker.create_topic("user_events", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let html = page::ROUND_TRIP.replace("PORTS", &port.to_string());
+    let (dashboard, stranger) = (page::Page::serve(&html), page::Page::serve(&html));
+    let neo = start_for(&example_copy(dir.path()), &broker, &format!("127.0.0.1:{port}"), &dashboard.origin);
+
+    let dom = page::render(&format!("{}/index.html", dashboard.origin));
+    assert!(dom.contains(&format!("{port} received page-{port}")), "the dashboard's own event, through Kafka: {dom}");
+    let dom = page::render(&format!("{}/index.html", stranger.origin));
+    assert!(dom.contains(&format!("{port} refused")), "a page of another origin: {dom}");
+    // The stranger's handshake was refused before it could post: one event reached Kafka.
+    let read = consume(&broker, "user_events", 1, 10);
+    let produced = neo.weir.metric(r#"weir_stage_records_out_total{pipeline="neo-ingest",stage="kafka",plugin="kafka"}"#);
+    assert_eq!(produced, Some(1.0), "only the dashboard's event was produced");
+    assert!(read[0].value.contains(&format!("page-{port}")), "{read:?}");
+    wait_for("the page's connection closed", Duration::from_secs(10), || neo.health()["connected_clients"] == 0);
 }
