@@ -5,8 +5,9 @@
 # Node processes (bench/fanout/fanout.js, added up by bench/fanout/sum.py).
 #
 # For each sink: an unpaced run, then the peak: the highest paced rate (starting from what a
-# dashboard got unpaced, lowered by a fifth until it holds) at which every dashboard gets
-# at least 99% of the events and none is disconnected; then the latency at half that peak.
+# dashboard got unpaced, raised by a quarter while it holds, else lowered by a fifth until it
+# does) at which every dashboard gets at least 99% of the paced events and none is
+# disconnected; then the latency at half that peak.
 #
 #   scripts/bench-fanout.sh      # ROUNDS=1 CLIENTS=100 PROCS=4 SECONDS_PER_RUN=8
 set -euo pipefail
@@ -60,14 +61,17 @@ for _ in $(seq "$ROUNDS"); do
   for mode in ws sio; do
     line=$(run "$mode" 0); echo "unpaced $line"
     rate=$(field "$line" "dashboards['events_per_dashboard_per_sec']")
+    # Up by a quarter while it holds, else down by a fifth until it does.
     peak=0
     for _ in 1 2 3 4 5 6; do
       line=$(run "$mode" "$rate")
       echo "try $line"
       if [ "$(field "$line" "int(dashboards['slowest_dashboard_per_sec'] >= 0.99 * $rate and dashboards['disconnects'] == 0)")" = 1 ]; then
-        peak=$rate; break
+        peak=$rate; rate=$((rate * 5 / 4))
+      else
+        [ "$peak" -gt 0 ] && break
+        rate=$((rate * 4 / 5))
       fi
-      rate=$((rate * 4 / 5))
     done
     echo "peak $mode $peak"
     [ "$peak" -gt 0 ] && { line=$(run "$mode" $((peak / 2))); echo "half $line"; }
