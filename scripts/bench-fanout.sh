@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # Fan-out to dashboards: events/s delivered to CLIENTS connected dashboards and the latency
 # from ingest to arrival, socketio sink against the websocket sink in the same run. Pipeline:
-# http → enrich (receivedAt) → the sink; load from weir-bench; dashboards spread over PROCS
-# Node processes (bench/fanout/fanout.js, added up by bench/fanout/sum.py).
+# http → enrich (receivedAt) → the sink; load from weir-bench, one event per POST as the Neo
+# front end sends them (BATCH, over CONNECTIONS); dashboards spread over PROCS Node processes
+# (bench/fanout/fanout.js, added up by bench/fanout/sum.py), measuring after a warm-up of
+# WARMUP seconds under load (Node's JIT and the connections' first bursts left out).
 #
 # For each sink: an unpaced run, then the peak: the highest paced rate (starting from what a
 # dashboard got unpaced, raised by a quarter while it holds, else lowered by a fifth until it
 # does) at which every dashboard gets at least 99% of the paced events and none is
 # disconnected; then the latency at half that peak.
 #
-#   scripts/bench-fanout.sh      # ROUNDS=1 CLIENTS=100 PROCS=4 SECONDS_PER_RUN=8
+#   scripts/bench-fanout.sh      # ROUNDS=1 CLIENTS=100 PROCS=4 SECONDS_PER_RUN=8 BATCH=1 CONNECTIONS=8 WARMUP=5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-1}
 CLIENTS=${CLIENTS:-100}
 PROCS=${PROCS:-4}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
+BATCH=${BATCH:-1}
+CONNECTIONS=${CONNECTIONS:-8}
+WARMUP=${WARMUP:-5}
 cargo build --release --workspace --quiet
 BIN=target/release
 export NODE_PATH="${WEIR_TEST_NODE_DIR:-$HOME/.cache/weir-test-node}/node_modules"
@@ -36,7 +41,7 @@ run() { # mode rate → one JSON line: the dashboards' figures and the load's
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:3983/health" >/dev/null && break; sleep 0.05; done
   if [ "$mode" = ws ]; then url=ws://127.0.0.1:3912/; else url=http://127.0.0.1:3912; fi
   for i in $(seq "$PROCS"); do
-    node bench/fanout/fanout.js "$mode" "$url" $((CLIENTS / PROCS)) "$SECONDS_PER_RUN" 2 > "$work/out.$i" &
+    node bench/fanout/fanout.js "$mode" "$url" $((CLIENTS / PROCS)) "$SECONDS_PER_RUN" "$WARMUP" > "$work/out.$i" &
     pids+=($!)
   done
   # The load starts once every dashboard is connected (the sink's gauge says so).
@@ -45,8 +50,8 @@ run() { # mode rate → one JSON line: the dashboards' figures and the load's
     [ "${n%.*}" = "$(( (CLIENTS / PROCS) * PROCS ))" ] && break
     sleep 0.05
   done
-  "$BIN/weir-bench" --url http://127.0.0.1:3911/produce --connections 4 --batch 20 --event-bytes 300 \
-    --seconds $((SECONDS_PER_RUN + 2)) --warmup 1 --rate "$rate" --json > "$work/load.json"
+  "$BIN/weir-bench" --url http://127.0.0.1:3911/produce --connections "$CONNECTIONS" --batch "$BATCH" --event-bytes 300 \
+    --seconds $((SECONDS_PER_RUN + WARMUP + 1)) --warmup 1 --rate "$rate" --json > "$work/load.json"
   wait "${pids[@]}" || true
   kill -TERM $pid; wait $pid || true
   local sum
