@@ -205,7 +205,7 @@ impl Server {
             app: OnceLock::new(),
             holder: Mutex::new(None),
             shutdown: Mutex::new(None),
-            connections: Connections::default(),
+            connections: Connections::tracked(),
             key,
         });
         let weak = Arc::downgrade(&server);

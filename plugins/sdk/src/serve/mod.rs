@@ -58,11 +58,18 @@ pub struct Limits {
 /// them all at once, so that clients see their connection lost (and reconnect, as
 /// socket.io-client does by itself) rather than being told goodbye.
 #[derive(Clone, Default)]
-pub struct Connections(Arc<std::sync::Mutex<Vec<std::sync::Weak<TcpStream>>>>);
+pub struct Connections(Option<Arc<std::sync::Mutex<Vec<std::sync::Weak<TcpStream>>>>>);
 
 impl Connections {
+    /// Keeps track of the connections (`Connections::default()` keeps none: nothing to cut,
+    /// and nothing held for a server with many short connections).
+    pub fn tracked() -> Connections {
+        Connections(Some(Arc::default()))
+    }
+
     fn push(&self, stream: std::sync::Weak<TcpStream>) {
-        let mut list = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = &self.0 else { return };
+        let mut list = list.lock().unwrap_or_else(|p| p.into_inner());
         // Closed ones are forgotten now and then (amortised over the pushes).
         if list.len() >= 64 && list.len().is_power_of_two() {
             list.retain(|w| w.strong_count() > 0);
@@ -72,7 +79,8 @@ impl Connections {
 
     /// Cuts every connection still open (both directions); returns how many.
     pub fn cut_all(&self) -> usize {
-        let list = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        let Some(list) = &self.0 else { return 0 };
+        let list = std::mem::take(&mut *list.lock().unwrap_or_else(|p| p.into_inner()));
         let open: Vec<Arc<TcpStream>> = list.iter().filter_map(std::sync::Weak::upgrade).collect();
         for s in &open {
             let _ = socket2::SockRef::from(&**s).shutdown(std::net::Shutdown::Both);
