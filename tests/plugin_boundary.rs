@@ -78,7 +78,8 @@ fn a_panicking_transform_fails_its_batch_and_the_pipeline_goes_on() {
         pipelines.path(),
         "faulty",
         &format!(
-            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms: [{{plugin: test-panic, config: {{marker: BOOM}}}}]\nsinks: [{{plugin: file, config: {{path: {}}}}}]\n",
+            // One worker: the instance that panicked is the one the next batch re-creates.
+            "settings: {{transform_workers: 1}}\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms: [{{plugin: test-panic, config: {{marker: BOOM}}}}]\nsinks: [{{plugin: file, config: {{path: {}}}}}]\n",
             file.display()
         ),
     );

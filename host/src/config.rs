@@ -359,6 +359,10 @@ pub struct PipelineSettings {
     /// When a source's batch counts as done.
     #[serde(default)]
     pub acknowledge: Acknowledge,
+    /// Threads running the transforms, each with its own instances of them; batches reach
+    /// the sinks in source order whatever the number. Unset: one per core.
+    #[serde(default)]
+    pub transform_workers: Option<NonZeroUsize>,
 }
 
 fn default_queue() -> NonZeroUsize {
@@ -367,7 +371,12 @@ fn default_queue() -> NonZeroUsize {
 
 impl Default for PipelineSettings {
     fn default() -> Self {
-        PipelineSettings { queue_batches: default_queue(), sink_queue_batches: default_queue(), acknowledge: Acknowledge::default() }
+        PipelineSettings {
+            queue_batches: default_queue(),
+            sink_queue_batches: default_queue(),
+            acknowledge: Acknowledge::default(),
+            transform_workers: None,
+        }
     }
 }
 

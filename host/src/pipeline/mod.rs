@@ -5,7 +5,7 @@
 //! pipeline and each sink has its own, so a slow plugin cannot stall the admin API.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -24,6 +24,10 @@ use crate::metrics::{Metrics, StageMetrics};
 use crate::telemetry::{self, SpanSite};
 use opentelemetry::trace::SpanContext;
 use std::time::SystemTime;
+
+mod transforms;
+
+use transforms::{Heads, Order};
 
 /// Checks a pipeline against the plugins found, without creating anything: every stage's
 /// plugin exists and has the right kind, and its config passes the plugin's schema and
@@ -569,8 +573,9 @@ struct Stage {
     /// Sinks: how retries wait, and for how long a batch is retried at most.
     retry: RetrySpec,
     max_retry: Option<Duration>,
-    /// Failed calls in a row (panics, errors, failed re-creations; not retries).
-    failures: u32,
+    /// Failed calls in a row (panics, errors, failed re-creations; not retries), counted
+    /// for the stage across the instances of its transform workers.
+    failures: Arc<AtomicU32>,
     health: Arc<Health>,
     /// Sinks: what waits in front of it.
     buffer: Arc<Buffer>,
@@ -579,23 +584,21 @@ struct Stage {
 impl Stage {
     /// Counts a failed call; the fifth in a row marks the pipeline failed.
     fn failed(&mut self, message: &str) {
-        self.failures += 1;
-        if self.failures >= FAILED_AFTER {
-            if self.failures == FAILED_AFTER {
-                tracing::error!(stage = %self.name, failures = self.failures, error = %message, "Stage keeps failing; its pipeline is marked failed until it recovers.");
+        let failures = self.failures.fetch_add(1, Relaxed) + 1;
+        if failures >= FAILED_AFTER {
+            if failures == FAILED_AFTER {
+                tracing::error!(stage = %self.name, failures, error = %message, "Stage keeps failing; its pipeline is marked failed until it recovers.");
             }
-            let why = format!("stage {} failed {} times in a row; last: {message}", self.name, self.failures);
+            let why = format!("stage {} failed {failures} times in a row; last: {message}", self.name);
             self.health.failing.lock().unwrap_or_else(|p| p.into_inner()).insert(self.name.clone(), why);
         }
     }
 
     /// Counts a successful call, clearing a failure streak.
     fn succeeded(&mut self) {
-        if self.failures > 0 {
-            self.failures = 0;
-            if self.health.failing.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.name).is_some() {
-                tracing::info!(stage = %self.name, "Stage recovered.");
-            }
+        if self.failures.swap(0, Relaxed) > 0 && self.health.failing.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.name).is_some()
+        {
+            tracing::info!(stage = %self.name, "Stage recovered.");
         }
     }
 
@@ -607,9 +610,10 @@ impl Stage {
         if slot.instance.is_none() {
             // Restart with backoff: a stage that panics on every batch does not spin (and
             // acknowledgements for the gone instance are not held up meanwhile).
-            if self.failures > 0 {
+            let failures = self.failures.load(Relaxed);
+            if failures > 0 {
                 drop(slot);
-                std::thread::sleep(restart_backoff(self.failures));
+                std::thread::sleep(restart_backoff(failures));
                 slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
             }
             let inst =
@@ -620,6 +624,25 @@ impl Stage {
         }
         let generation = slot.generation;
         Ok((f(slot.instance.as_mut().expect("just created")), generation))
+    }
+
+    /// Another instance of the same stage, sharing its metrics, health and buffer (one per
+    /// transform worker).
+    fn replica(&self) -> Result<Stage, String> {
+        let instance = Instance::create(&self.plugin, &self.config, self.host).map_err(|e| e.to_string())?;
+        Ok(Stage {
+            name: self.name.clone(),
+            plugin: self.plugin.clone(),
+            config: self.config.clone(),
+            host: self.host,
+            metrics: self.metrics.clone(),
+            slot: Slot::new(instance),
+            retry: self.retry.clone(),
+            max_retry: self.max_retry,
+            failures: self.failures.clone(),
+            health: self.health.clone(),
+            buffer: self.buffer.clone(),
+        })
     }
 
     /// Forgets a poisoned instance (never calling it again, not even to destroy it).
@@ -709,7 +732,7 @@ impl Pipeline {
                     slot: Slot::new(instance),
                     retry,
                     max_retry,
-                    failures: 0,
+                    failures: Arc::default(),
                     health: health.clone(),
                     buffer: Buffer::new(spec.buffer.clone(), disk),
                 },
@@ -783,7 +806,7 @@ impl Pipeline {
         let ack_mode = settings.acknowledge;
         let name = file.name.clone();
         let source_metrics = source.metrics.clone();
-        let heads = Heads {
+        let heads = Arc::new(Heads {
             pipeline: name.clone(),
             source: source.name.clone(),
             source_plugin: source.plugin.name.clone(),
@@ -791,12 +814,49 @@ impl Pipeline {
             ack_mode,
             dead_letters,
             abandon: abandon.clone(),
-        };
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("weir-transforms-{name}"))
-                .spawn(move || run_transforms(transforms, rx, sink_txs, heads, source_metrics))?,
-        );
+            sinks: sink_txs,
+            source_metrics,
+        });
+        // One worker per core unless the pipeline says; with no transforms one is enough.
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let workers = if transforms.is_empty() { 1 } else { settings.transform_workers.map_or(cores, |n| n.get()) };
+        let mut chains = vec![transforms];
+        for _ in 1..workers {
+            let chain: Result<Vec<Stage>, _> = chains[0]
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    t.replica().map_err(|e| {
+                        file.error_at(
+                            &format!("/transforms/{i}/config"),
+                            file.redactor.redact(&format!("plugin {} could not start another worker's instance: {e}", t.plugin.name)),
+                        )
+                    })
+                })
+                .collect();
+            match chain {
+                Ok(c) => chains.push(c),
+                Err(e) => {
+                    // The sinks' queues close with their feeders gone, and their threads end.
+                    drop((chains, rx, heads));
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let order = Order::new(rx, workers);
+        for (w, chain) in chains.into_iter().enumerate() {
+            let (order, heads) = (order.clone(), heads.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(if workers == 1 { format!("weir-transforms-{name}") } else { format!("weir-transforms-{name}-{w}") })
+                    .spawn(move || transforms::run_worker(chain, order, heads))?,
+            );
+        }
+        // Only the workers hold the sinks' queues now, so they close as the workers finish.
+        drop((order, heads));
         let mut source_instance = source.slot.lock().unwrap_or_else(|p| p.into_inner()).instance.take().expect("created above");
         if let Err(e) = source_instance.start(ffi::emitter(intake.clone())) {
             intake.close();
@@ -977,209 +1037,6 @@ fn open_disk_buffer(
 }
 
 /// What the transform thread knows of its pipeline.
-struct Heads {
-    pipeline: String,
-    source: String,
-    source_plugin: String,
-    total_sinks: usize,
-    ack_mode: Acknowledge,
-    dead_letters: Option<DeadLetters>,
-    abandon: Arc<AtomicBool>,
-}
-
-/// Runs the transform chain on each batch and fans the result out to the sinks.
-fn run_transforms(
-    mut transforms: Vec<Stage>,
-    rx: Receiver<Envelope>,
-    sinks: Vec<(SyncSender<SinkJob>, Arc<StageMetrics>, Arc<Buffer>)>,
-    heads: Heads,
-    source_metrics: Arc<StageMetrics>,
-) {
-    let tracer = telemetry::tracer();
-    // Transforms that asked (ABI minor 1) hear what became of each batch they processed.
-    let acknowledging: Vec<bool> = transforms.iter().map(|t| t.plugin.descriptor.acknowledge.is_some()).collect();
-    while let Ok(Envelope { batch, ack, received }) = rx.recv() {
-        source_metrics.queue_depth.fetch_sub(1, Relaxed);
-        let n = batch.len();
-        // The source's span covers the batch from its emission to the transforms taking it.
-        let mut trace = tracer.map(|t| {
-            let now = SystemTime::now();
-            let (parent, links) = telemetry::batch_parent(&batch.as_ref());
-            let site = SpanSite { pipeline: &heads.pipeline, stage: &heads.source, plugin: &heads.source_plugin, kind: "source" };
-            let span = t.start(&site, parent.as_ref(), links, n, now.checked_sub(received.elapsed()).unwrap_or(now));
-            let cx = span.context();
-            span.end_at(now);
-            cx
-        });
-        let mut outcomes = Outcomes::new(n);
-        let mut origins: Vec<u32> = (0..n as u32).collect();
-        let mut letters = Letters::default();
-        let keep_letters = heads.dead_letters.is_some();
-        let mut current = Current::Host(batch);
-        let mut awaiting = Vec::new();
-        for (index, stage) in transforms.iter_mut().enumerate() {
-            if origins.is_empty() {
-                break;
-            }
-            let input = current.view();
-            stage.metrics.records_in.fetch_add(input.len() as u64, Relaxed);
-            stage.metrics.batches.fetch_add(1, Relaxed);
-            let mut span = tracer.zip(trace.as_ref()).map(|(t, parent)| {
-                let site = SpanSite { pipeline: &heads.pipeline, stage: &stage.name, plugin: &stage.plugin.name, kind: "transform" };
-                t.start(&site, Some(parent), Vec::new(), input.len(), SystemTime::now())
-            });
-            let started = Instant::now();
-            let result = stage
-                .call(|inst| inst.process(&input))
-                .map_err(|m| (false, m))
-                .and_then(|(r, generation)| r.map(|out| (out, generation)).map_err(|e| (e.poisoned(), e.to_string())));
-            stage.metrics.latency.observe(started.elapsed());
-            let checked = result.and_then(|(out, generation)| {
-                let out_origins = out.origins().map_err(|m| (false, format!("bad output: {m}")))?.to_vec();
-                out.batch().map_err(|e| (false, format!("bad output: {e}")))?;
-                Ok((out, out_origins, generation))
-            });
-            match checked {
-                Ok((out, out_origins, generation)) => {
-                    let mut kept = vec![false; input.len()];
-                    for &o in &out_origins {
-                        kept[o as usize] = true;
-                    }
-                    let rejections = out.rejections();
-                    let rejected = rejections.len();
-                    stage.metrics.rejected.fetch_add(rejected as u64, Relaxed);
-                    for (i, reason) in rejections {
-                        if keep_letters {
-                            letters.add(&input.get(i), origins[i], &stage.name, "rejected", &reason);
-                        }
-                        outcomes.set(origins[i], outcome::REJECTED, format!("{}: {reason}", stage.name));
-                        kept[i] = true;
-                    }
-                    let dropped = kept.iter().filter(|k| !**k).count();
-                    stage.metrics.dropped.fetch_add(dropped as u64, Relaxed);
-                    for (i, k) in kept.iter().enumerate() {
-                        if !k {
-                            outcomes.set(origins[i], outcome::DROPPED, String::new());
-                        }
-                    }
-                    stage.metrics.records_out.fetch_add(out_origins.len() as u64, Relaxed);
-                    if let Some(span) = span.as_mut() {
-                        span.count("weir.records.rejected", rejected);
-                        span.count("weir.records.dropped", dropped);
-                    }
-                    if let Some(sequence) = out.sequence().filter(|_| acknowledging[index]) {
-                        awaiting.push(Part {
-                            stage: stage.name.clone(),
-                            slot: stage.slot.clone(),
-                            generation,
-                            sequence,
-                            origins: origins.clone(),
-                        });
-                    }
-                    origins = out_origins.iter().map(|&o| origins[o as usize]).collect();
-                    current = Current::Plugin(out);
-                    stage.succeeded();
-                }
-                Err((poisoned, message)) => {
-                    stage.metrics.errors.fetch_add(1, Relaxed);
-                    tracing::error!(stage = %stage.name, plugin = %stage.plugin.name, error = %message, records = origins.len(), "Transform failed; its batch is failed.");
-                    if poisoned {
-                        stage.poison();
-                    }
-                    stage.failed(&message);
-                    if let Some(span) = span.as_mut() {
-                        span.fail(&message);
-                    }
-                    for (i, &o) in origins.iter().enumerate() {
-                        if keep_letters {
-                            letters.add(&input.get(i), o, &stage.name, "failed", &message);
-                        }
-                        outcomes.set(o, outcome::FAILED, format!("{}: {message}", stage.name));
-                    }
-                    origins.clear();
-                }
-            }
-            if let Some(span) = span {
-                trace = Some(span.context());
-                span.end();
-            }
-        }
-        let (total_sinks, ack_mode) = (heads.total_sinks, heads.ack_mode);
-        let tracker = Arc::new(Tracker {
-            outcomes: Mutex::new(outcomes),
-            remaining: AtomicUsize::new(if origins.is_empty() { 0 } else { total_sinks }),
-            ack: Mutex::new(Some(ack)),
-            awaiting: Mutex::new(awaiting),
-            received,
-            source: source_metrics.clone(),
-        });
-        // Refused records are kept before the source hears of them.
-        if let Some(dl) = &heads.dead_letters {
-            dl.send(std::mem::take(&mut letters), &tracker, trace.clone());
-        }
-        if tracker.remaining.load(Relaxed) == 0 {
-            tracker.settle();
-        }
-        if ack_mode == Acknowledge::Accepted || tracker.remaining.load(Relaxed) == 0 {
-            tracker.fire();
-        }
-        if origins.is_empty() {
-            continue;
-        }
-        let shared = Arc::new(current);
-        let origins = Arc::new(origins);
-        let (records, bytes) = (shared.view().len(), shared.view().data_len());
-        for (tx, m, buffer) in &sinks {
-            if let Some(log) = &buffer.disk {
-                // On disk is delivered as far as the source is concerned.
-                let block = buffer.spec.when_full == WhenFull::Block;
-                match log.append(&shared.view(), block, &|| heads.abandon.load(Relaxed)) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        m.dropped.fetch_add(records as u64, Relaxed);
-                    }
-                    Err(e) => {
-                        m.errors.fetch_add(1, Relaxed);
-                        tracing::error!(error = %e, "Disk buffer write failed; the batch is failed.");
-                        let mut o = tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-                        for &origin in origins.iter() {
-                            o.set(origin, outcome::FAILED, format!("disk buffer: {e}"));
-                        }
-                    }
-                }
-                m.custom("disk_buffer_bytes", "Bytes waiting in the sink's disk buffer.", false, log.held() as f64);
-                tracker.done();
-                continue;
-            }
-            if !buffer.admit(records, bytes, &heads.abandon) {
-                // drop_newest: this sink does not get the batch (the others do); counted.
-                m.dropped.fetch_add(records as u64, Relaxed);
-                tracker.done();
-                continue;
-            }
-            m.queue_depth.fetch_add(1, Relaxed);
-            let job = SinkJob { batch: shared.clone(), origins: origins.clone(), tracker: tracker.clone(), trace: trace.clone() };
-            if tx.send(job).is_err() {
-                buffer.release(records, bytes);
-                // The sink's thread is gone: its records are not delivered.
-                m.queue_depth.fetch_sub(1, Relaxed);
-                m.errors.fetch_add(1, Relaxed);
-                let mut o = tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-                for &origin in origins.iter() {
-                    o.set(origin, outcome::FAILED, "a sink stopped unexpectedly".into());
-                }
-                drop(o);
-                tracker.done();
-            }
-        }
-    }
-    // No more batches: disk-buffered sinks deliver what is on disk (or hand it to the next
-    // version of the pipeline), then stop.
-    for (_, _, buffer) in &sinks {
-        buffer.finish_writing();
-    }
-}
-
 /// Gives a following sink the records it takes, marked with their outcome here.
 fn hand_on(d: &Downstream, batch: &BatchRef<'_>, job: &SinkJob, refused: &[Option<String>], trace: Option<&SpanContext>) {
     let mut out = BatchBuf::new();

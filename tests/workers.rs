@@ -1,0 +1,137 @@
+//! Transform workers: several threads run a pipeline's transforms at once and the sinks
+//! still get batches in source order; duplicates posted at the same moment from many
+//! connections pass `dedupe` once, whichever worker sees them.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// One keep-alive HTTP/1.1 connection posting JSON; returns each answer's status.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    port: u16,
+}
+
+impl Conn {
+    fn open(port: u16) -> Conn {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Conn { reader: BufReader::new(stream), port }
+    }
+
+    fn post(&mut self, body: &str) -> u16 {
+        let request = format!(
+            "POST /produce HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.port,
+            body.len()
+        );
+        self.reader.get_mut().write_all(request.as_bytes()).unwrap();
+        let mut status = String::new();
+        self.reader.read_line(&mut status).unwrap();
+        let code = status.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).unwrap();
+        code
+    }
+}
+
+fn lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn four_workers_hand_batches_to_the_sinks_in_source_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, out) = (free_port(), dir.path().join("out.jsonl"));
+    // Answered once queued: the next batch is on its way before this one is through, so
+    // batches overtake each other in the workers unless they are put back in order.
+    write_pipeline(
+        dir.path(),
+        "ordered",
+        &format!(
+            "settings: {{transform_workers: 4}}\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\", respond_after: accepted}}}}\n\
+             transforms:\n  - {{plugin: enrich, config: {{set: {{checked: \"yes\"}}}}}}\n  - {{plugin: noop}}\n\
+             sinks: [{{plugin: file, config: {{path: {}}}}}]\n",
+            out.display()
+        ),
+    );
+    let weir = Weir::start(dir.path(), &["--no-watch"], &[]);
+    let (batches, per_batch) = (400, 25);
+    let mut conn = Conn::open(port);
+    for b in 0..batches {
+        let events: Vec<Value> =
+            (0..per_batch).map(|i| json!({"eventType": "tick", "userId": format!("u{}", i % 5), "seq": b * per_batch + i})).collect();
+        assert_eq!(conn.post(&Value::Array(events).to_string()), 202);
+    }
+    let total = (batches * per_batch) as usize;
+    wait_for("every event written", Duration::from_secs(30), || lines(&out).len() >= total);
+    let seqs: Vec<u64> = lines(&out).iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..total as u64).collect::<Vec<_>>(), "the file has the events in the order they were posted");
+    let workers = std::fs::read_dir(format!("/proc/{}/task", weir.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|name| name.starts_with("weir-transforms"))
+        .count();
+    assert_eq!(workers, 4, "four transform threads");
+}
+
+#[test]
+fn duplicates_posted_at_once_from_many_connections_pass_dedupe_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, out) = (free_port(), dir.path().join("out.jsonl"));
+    write_pipeline(
+        dir.path(),
+        "dedupe",
+        &format!(
+            "settings: {{transform_workers: 4}}\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\n\
+             transforms: [{{plugin: dedupe, config: {{fields: [/eventId], window: 10m}}}}]\n\
+             sinks: [{{plugin: file, config: {{path: {}}}}}]\n",
+            out.display()
+        ),
+    );
+    let weir = Weir::start(dir.path(), &["--no-watch"], &[]);
+    // 8 connections post the same 1,500 ids in the same order, 20 to a batch, at once.
+    let ids = 1500;
+    let posters: Vec<_> = (0..8)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(port);
+                for chunk in (0..ids).collect::<Vec<u32>>().chunks(20) {
+                    let events: Vec<Value> = chunk.iter().map(|i| json!({"eventId": format!("e{i}"), "from": c})).collect();
+                    assert_eq!(conn.post(&Value::Array(events).to_string()), 200);
+                }
+            })
+        })
+        .collect();
+    for p in posters {
+        p.join().unwrap();
+    }
+    let written = lines(&out);
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for v in &written {
+        *count.entry(v["eventId"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    let twice: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "written more than once: {twice:?}");
+    let missing: HashSet<u32> = (0..ids).filter(|i| !count.contains_key(&format!("e{i}"))).collect();
+    assert!(missing.is_empty(), "never written: {missing:?}");
+    let dropped = weir.metric(r#"weir_stage_records_dropped_total{pipeline="dedupe",stage="dedupe",plugin="dedupe"}"#);
+    assert_eq!(dropped, Some(7.0 * ids as f64), "the other seven copies of each were dropped as duplicates");
+}
