@@ -134,7 +134,7 @@ async fn connection(args: Args, conn: usize, measure_from: Instant, until: Insta
         }
         stats.latencies_us.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
         match status {
-            200 => stats.ok += 1,
+            200 | 202 => stats.ok += 1,
             503 => stats.busy += 1,
             _ => stats.other += 1,
         }
