@@ -2,7 +2,9 @@
 # Transform workers: the default pipeline as shipped (http → validate → enrich → dedupe →
 # websocket + file, answering after delivery) and the lean pipeline (http → enrich adding
 # two fields → discard, answering once queued) with one transform worker and with the
-# default (one per core), alternately, ROUNDS times; every run printed with its peak RSS.
+# default (one per core), and the physical limit for the lean pipeline's work on this
+# machine: bench's `bare_http`, a hyper server that parses each body into its records and
+# answers 200 (no pipeline); alternately, ROUNDS times; every run printed with its peak RSS.
 #
 #   scripts/bench-workers.sh     # ROUNDS=2 SECONDS_PER_RUN=10 CONNECTIONS=8
 set -euo pipefail
@@ -28,6 +30,17 @@ done
 
 run() { # variant
   local variant=$1 port=3901 admin=3983
+  if [ "$variant" = bare ]; then
+    "$BIN/bare_http" 127.0.0.1:$port &
+    local pid=$!
+    for _ in $(seq 100); do curl -s -o /dev/null -d '[]' "http://127.0.0.1:$port/produce" && break; sleep 0.05; done
+    local result rss
+    result=$("$BIN/weir-bench" --url "http://127.0.0.1:$port/produce" --connections "$CONNECTIONS" --batch 100 --event-bytes 300 --seconds "$SECONDS_PER_RUN" --json)
+    rss=$(awk '/VmHWM/{print $2/1024}' "/proc/$pid/status")
+    kill -TERM $pid; wait $pid || true
+    echo "$variant peak_rss_mib=$rss $result"
+    return
+  fi
   WEIR_HTTP_LISTEN=127.0.0.1:$port WEIR_WS_LISTEN=127.0.0.1:3902 WEIR_EVENTS_FILE="$work/events.jsonl" \
     "$BIN/weir" run --pipelines "$work/$variant" --admin 127.0.0.1:$admin --log warn --no-watch &
   local pid=$!
@@ -43,5 +56,5 @@ run() { # variant
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
 for _ in $(seq "$ROUNDS"); do
-  for v in default-1 default-default lean-1 lean-default; do run "$v"; done
+  for v in default-1 default-default lean-1 lean-default bare; do run "$v"; done
 done
