@@ -166,7 +166,8 @@ fn a_stage_that_keeps_panicking_is_restarted_with_backoff_and_marks_only_its_pip
     write_pipeline(
         dir.path(),
         "bad",
-        &format!("source: {{plugin: http, config: {{listen: \"127.0.0.1:{bad}\"}}}}\ntransforms: [{{plugin: test-panic, config: {{marker: boom}}}}]\nsinks: [{{plugin: discard}}]\n"),
+        // One worker: each batch meets the re-created instance, so the backoff is the stage's.
+        &format!("settings: {{transform_workers: 1}}\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:{bad}\"}}}}\ntransforms: [{{plugin: test-panic, config: {{marker: boom}}}}]\nsinks: [{{plugin: discard}}]\n"),
     );
     write_pipeline(
         dir.path(),
