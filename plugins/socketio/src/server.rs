@@ -233,28 +233,21 @@ impl Server {
         }
         .map_err(|e| SocketIoError::Config(e.to_string()))?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let listener = match routed {
-            Some(l) => Listener::Routed(Arc::new(l), Arc::new(routes)),
+        let (listener, stop) = match routed {
+            Some(l) => (Listener::Routed(Arc::new(l), Arc::new(routes)), Some(stop_tx)),
             None => {
                 let mut whole = self.shutdown.lock().unwrap_or_else(|p| p.into_inner());
                 if whole.is_some() {
                     return Ok(None);
                 }
                 let l = ctx.listen_async(listen).map_err(|e| SocketIoError::Start(e.to_string()))?;
+                // The whole address is the server's: it stops with the last stage.
                 *whole = Some(stop_tx);
-                weir_plugin::runtime().spawn(weir_plugin::serve::serve(
-                    Listener::Tcp(l),
-                    app,
-                    LIMITS,
-                    self.connections.clone(),
-                    ctx,
-                    stop_rx,
-                ));
-                return Ok(None);
+                (Listener::Tcp(l), None)
             }
         };
         weir_plugin::runtime().spawn(weir_plugin::serve::serve(listener, app, LIMITS, self.connections.clone(), ctx, stop_rx));
-        Ok(Some(stop_tx))
+        Ok(stop)
     }
 
     /// Mounts what a newly attached stage serves: the server's path, unless another stage
@@ -276,7 +269,7 @@ impl Server {
                 Err(e) => {
                     if took_path {
                         if let Some((_, stop)) = holder.take() {
-                            let _ = stop.send(());
+                            stop_serving(stop);
                         }
                     }
                     return Err(e);
