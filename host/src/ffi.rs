@@ -374,6 +374,12 @@ impl ForeignOutput {
         }
     }
 
+    /// Whether the output records are input records passed on unchanged (ABI minor 3):
+    /// then only [`ForeignOutput::origins`] is read, never the output batch.
+    pub fn kept(&self) -> bool {
+        StageOutput::has_flags(self.raw.struct_size) && self.raw.flags & abi::OUTPUT_KEPT != 0
+    }
+
     /// The transform's number for the batch (ABI minor 1), to name it in `acknowledge`.
     pub fn sequence(&self) -> Option<u64> {
         StageOutput::has_sequence(self.raw.struct_size).then_some(self.raw.sequence)

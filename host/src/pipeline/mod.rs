@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use weir_plugin::abi::{outcome, HostApi, Kind, Status};
+use weir_plugin::abi::{outcome, HostApi, Kind, RecordMeta, Status};
 use weir_plugin::batch::{BatchBuf, BatchRef};
 
 use crate::config::{stage_name, Acknowledge, BufferSpec, PipelineFile, RetrySpec, Takes, WhenFull};
@@ -315,6 +315,11 @@ impl Tracker {
 enum Current {
     Host(BatchBuf),
     Plugin(ForeignOutput),
+    /// Some records of `base`, unchanged: a transform passed them on by index.
+    Kept {
+        base: Box<Current>,
+        metas: Vec<RecordMeta>,
+    },
 }
 
 impl Current {
@@ -323,7 +328,24 @@ impl Current {
             Current::Host(b) => b.as_ref(),
             // Checked when it was received, so this cannot fail.
             Current::Plugin(o) => o.batch().unwrap_or(BatchRef::EMPTY),
+            // Descriptors of a checked batch over its own data, so this cannot fail either.
+            Current::Kept { base, metas } => BatchRef::new(base.view().data(), metas).unwrap_or(BatchRef::EMPTY),
         }
+    }
+
+    /// The records `origins` names, in that order, without copying their bytes (`origins`
+    /// was checked against the batch).
+    fn keep(self, origins: &[u32]) -> Current {
+        let view = self.view();
+        if origins.len() == view.len() && origins.iter().enumerate().all(|(i, &o)| o as usize == i) {
+            return self;
+        }
+        let metas = origins.iter().map(|&o| view.metas()[o as usize]).collect();
+        let base = match self {
+            Current::Kept { base, .. } => base,
+            other => Box::new(other),
+        };
+        Current::Kept { base, metas }
     }
 }
 

@@ -122,7 +122,9 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
             stage.metrics.latency.observe(started.elapsed());
             let checked = result.and_then(|(out, generation)| {
                 let out_origins = out.origins().map_err(|m| (false, format!("bad output: {m}")))?.to_vec();
-                out.batch().map_err(|e| (false, format!("bad output: {e}")))?;
+                if !out.kept() {
+                    out.batch().map_err(|e| (false, format!("bad output: {e}")))?;
+                }
                 Ok((out, out_origins, generation))
             });
             match checked {
@@ -163,7 +165,7 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
                         });
                     }
                     origins = out_origins.iter().map(|&o| origins[o as usize]).collect();
-                    current = Current::Plugin(out);
+                    current = if out.kept() { current.keep(&out_origins) } else { Current::Plugin(out) };
                     stage.succeeded();
                 }
                 Err((poisoned, message)) => {

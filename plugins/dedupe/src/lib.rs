@@ -24,6 +24,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use weir_plugin::json::{Doc, Pointer};
 use weir_plugin::serde_json::{self, value::RawValue, Value};
 use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, Outcome, Output, PluginError, Settled, Transform};
 
@@ -282,7 +283,7 @@ fn pending_ttl(window: Duration) -> Duration {
 
 /// The `dedupe` transform.
 pub struct Dedupe {
-    fields: Vec<String>,
+    fields: Vec<Pointer>,
     window: Duration,
     max: usize,
     keys: Arc<Mutex<Window>>,
@@ -506,7 +507,7 @@ impl Transform for Dedupe {
         };
         Ok(Dedupe {
             window: window(&config)?,
-            fields: config.fields,
+            fields: config.fields.iter().map(|f| Pointer::parse(f).map_err(PluginError::config)).collect::<Result<_, _>>()?,
             max: config.max_entries.get(),
             keys,
             redis,
@@ -520,14 +521,14 @@ impl Transform for Dedupe {
         // Each record's key digest; None for a record without key fields (always passes).
         let mut digests: Vec<(usize, Option<Digest>)> = Vec::with_capacity(input.len());
         for (i, record) in input.iter().enumerate() {
-            let doc: &RawValue = match serde_json::from_slice(record.value) {
+            let doc = match Doc::parse(record.value) {
                 Ok(v) => v,
                 Err(e) => {
                     out.reject(i, &format!("not valid JSON: {e}"));
                     continue;
                 }
             };
-            let parts: Vec<Option<String>> = self.fields.iter().map(|f| weir_plugin::json::pointer(doc, f).map(key_part)).collect();
+            let parts: Vec<Option<String>> = self.fields.iter().map(|f| doc.get(f).map(key_part)).collect();
             digests.push((i, (!parts.iter().all(Option::is_none)).then(|| digest(&parts))));
         }
         let keys = self.keys.clone();

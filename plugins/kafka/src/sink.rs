@@ -10,7 +10,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use weir_plugin::serde_json::{self, value::RawValue};
 use weir_plugin::{BatchRef, Context, PluginError, RecordRef, Rejections, Sink};
 
 use crate::config::{describe, SinkConfig};
@@ -84,8 +83,8 @@ fn string_at(value: &[u8], pointer: &str) -> Option<String> {
     if !pointer.starts_with('/') {
         return None;
     }
-    let doc: &RawValue = serde_json::from_slice(value).ok()?;
-    serde_json::from_str::<String>(weir_plugin::json::pointer(doc, pointer)?.get()).ok()
+    let at = weir_plugin::json::Pointer::parse(pointer).ok()?;
+    weir_plugin::json::Doc::parse(value).ok()?.get_str(&at).map(std::borrow::Cow::into_owned)
 }
 
 impl KafkaSink {

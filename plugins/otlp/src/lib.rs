@@ -22,6 +22,7 @@ use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{SdkMeterProvider, Temporality};
 use opentelemetry_sdk::Resource;
+use weir_plugin::json::{Doc, Pointer};
 use weir_plugin::metrics::{MetricSpec, MetricType, Registry};
 use weir_plugin::serde_json::Value;
 use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, PluginError, Rejections, Sink};
@@ -161,7 +162,12 @@ impl LogProcessor for QueueProcessor {
 }
 
 struct Logs {
-    spec: LogsConfig,
+    /// `LogsConfig::body`, read once.
+    body: Option<Pointer>,
+    /// `LogsConfig::severity`, read once.
+    severity: Option<Pointer>,
+    /// `LogsConfig::attributes`, their pointers read once.
+    attributes: Vec<(String, Pointer)>,
     logger: SdkLogger,
     provider: SdkLoggerProvider,
 }
@@ -329,7 +335,14 @@ impl Sink for OtlpSink {
                     }
                 });
                 let logger = provider.logger("weir-otlp");
-                Some(Logs { spec: spec.clone(), logger, provider })
+                let at = |p: &String| Pointer::parse(p).map_err(|e| PluginError::config(format!("logs: {e}")));
+                Some(Logs {
+                    body: spec.body.as_ref().map(at).transpose()?,
+                    severity: spec.severity.as_ref().map(at).transpose()?,
+                    attributes: spec.attributes.iter().map(|(k, p)| Ok((k.clone(), at(p)?))).collect::<Result<_, PluginError>>()?,
+                    logger,
+                    provider,
+                })
             }
         };
         ctx.info(&format!(
@@ -354,7 +367,14 @@ impl Sink for OtlpSink {
         let before = self.registry.overflowed();
         for (i, r) in batch.iter().enumerate() {
             let instruments = &self.instruments;
-            let counted = self.registry.observe_with(&r, |spec, labels, v| {
+            let doc = match Doc::parse(r.value) {
+                Ok(doc) => doc,
+                Err(e) => {
+                    rejections.reject(i, &format!("not valid JSON: {e}"));
+                    continue;
+                }
+            };
+            let counted = self.registry.observe_doc(&doc, &r, |spec, labels, v| {
                 let attrs: Vec<KeyValue> = spec.labels.keys().zip(labels).map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
                 match instruments.get(&spec.name) {
                     Some(Instrument::Counter(c)) => c.add(v, &attrs),
@@ -368,24 +388,25 @@ impl Sink for OtlpSink {
                 continue;
             }
             if let Some(logs) = &self.logs {
-                let doc: Value = weir_plugin::serde_json::from_slice(r.value).unwrap_or(Value::Null);
+                // Only the fields the log takes are converted.
+                let value = |p: &Pointer| doc.get(p).and_then(|raw| weir_plugin::serde_json::from_str::<Value>(raw.get()).ok());
                 let mut record = logs.logger.create_log_record();
-                let body = match logs.spec.body.as_deref() {
-                    Some(p) => doc.pointer(p).map(any_value).unwrap_or(AnyValue::from(String::new())),
+                let body = match &logs.body {
+                    Some(p) => value(p).as_ref().map(any_value).unwrap_or(AnyValue::from(String::new())),
                     None => AnyValue::from(String::from_utf8_lossy(r.value).into_owned()),
                 };
                 record.set_body(body);
-                if let Some(word) = logs.spec.severity.as_deref().and_then(|p| doc.pointer(p)).and_then(Value::as_str) {
-                    let (text, number) = severity(word);
+                if let Some(word) = logs.severity.as_ref().and_then(|p| doc.get_str(p)) {
+                    let (text, number) = severity(&word);
                     record.set_severity_text(text);
                     record.set_severity_number(number);
                 }
                 if let Some(ts) = r.timestamp_ms.and_then(|ms| u64::try_from(ms).ok()) {
                     record.set_timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(ts));
                 }
-                for (name, p) in &logs.spec.attributes {
-                    if let Some(v) = doc.pointer(p) {
-                        record.add_attribute(name.clone(), any_value(v));
+                for (name, p) in &logs.attributes {
+                    if let Some(v) = value(p) {
+                        record.add_attribute(name.clone(), any_value(&v));
                     }
                 }
                 logs.logger.emit(record);

@@ -1,11 +1,9 @@
 //! From a record to a row: each mapped column's value, converted for its SQL type.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use std::borrow::Cow;
-use std::collections::HashMap;
 
-use serde::de::{Deserialize, Deserializer, Visitor};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use weir_plugin::json::{Doc, Pointer};
 use weir_plugin::serde_json::{self, value::RawValue, Value};
 use weir_plugin::RecordRef;
 
@@ -276,18 +274,25 @@ pub struct Column {
     pub spec: ColumnSpec,
     /// How values convert.
     pub kind: Kind,
+    /// `spec.from`, read once (`None` when absent or not a pointer).
+    at: Option<Pointer>,
 }
 
 impl Column {
     /// The mapped columns of a config, in order.
     pub fn mapped(specs: &[ColumnSpec]) -> Vec<Column> {
-        specs.iter().filter(|c| c.mapped()).map(|c| Column { spec: c.clone(), kind: Kind::of(&c.sql_type) }).collect()
+        specs
+            .iter()
+            .filter(|c| c.mapped())
+            .map(|c| Column { spec: c.clone(), kind: Kind::of(&c.sql_type), at: c.from.as_deref().and_then(|p| Pointer::parse(p).ok()) })
+            .collect()
     }
 
     fn value(&self, doc: &Doc<'_>, record: &RecordRef<'_>) -> Result<Cell, String> {
         let s = &self.spec;
-        if let Some(p) = &s.from {
-            if let Some(raw) = doc.lookup(p).filter(|r| r.get() != "null") {
+        if let Some(at) = &self.at {
+            let found = if at.segments().is_empty() { Some(doc.text()) } else { doc.get(at).map(RawValue::get) };
+            if let Some(raw) = found.filter(|r| *r != "null") {
                 return convert_raw(self.kind, raw).map_err(|e| format!("column {}: {e}", s.name));
             }
         }
@@ -307,76 +312,9 @@ impl Column {
     }
 }
 
-/// An object key, borrowed from the record unless it holds escapes.
-#[derive(PartialEq, Eq, Hash)]
-struct Key<'a>(Cow<'a, str>);
-
-impl std::borrow::Borrow<str> for Key<'_> {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-type Members<'a> = HashMap<Key<'a>, &'a RawValue>;
-
-/// A record's JSON, read only as far as the columns need: the top level is split into
-/// raw members once, and values are parsed when a column takes them.
-struct Doc<'a> {
-    whole: &'a RawValue,
-    top: Option<Members<'a>>,
-}
-
-impl<'a> Doc<'a> {
-    fn parse(bytes: &'a [u8]) -> Result<Doc<'a>, String> {
-        let whole: &RawValue = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
-        let top = whole.get().trim_start().starts_with('{').then(|| serde_json::from_str(whole.get()).ok()).flatten();
-        Ok(Doc { whole, top })
-    }
-
-    /// The raw value at a JSON pointer.
-    fn lookup(&self, pointer: &str) -> Option<&'a RawValue> {
-        let Some(rest) = pointer.strip_prefix('/') else { return pointer.is_empty().then_some(self.whole) };
-        let mut segs = rest.split('/').map(|s| s.replace("~1", "/").replace("~0", "~"));
-        let mut cur: &'a RawValue = self.top.as_ref()?.get(segs.next()?.as_str()).copied()?;
-        for seg in segs {
-            let text = cur.get().trim_start();
-            cur = if text.starts_with('{') {
-                let m: Members<'a> = serde_json::from_str(cur.get()).ok()?;
-                m.get(seg.as_str()).copied()?
-            } else if text.starts_with('[') {
-                let v: Vec<&'a RawValue> = serde_json::from_str(cur.get()).ok()?;
-                v.get(seg.parse::<usize>().ok()?).copied()?
-            } else {
-                return None;
-            };
-        }
-        Some(cur)
-    }
-}
-
 /// Converts a raw JSON value: documents are kept as their text, strings unescaped, numbers
 /// for text and `numeric` columns taken as written, other scalars parsed.
-fn convert_raw(kind: Kind, raw: &RawValue) -> Result<Cell, String> {
-    let text = raw.get();
+fn convert_raw(kind: Kind, text: &str) -> Result<Cell, String> {
     match kind {
         Kind::Json => Ok(Cell::Json(text.to_owned())),
         Kind::Text if text.starts_with('"') => serde_json::from_str::<String>(text).map(Cell::Text).map_err(|e| e.to_string()),
@@ -390,7 +328,7 @@ fn convert_raw(kind: Kind, raw: &RawValue) -> Result<Cell, String> {
 
 /// The row for one record, or why it cannot be stored.
 pub fn row(columns: &[Column], record: &RecordRef<'_>) -> Result<Vec<Cell>, String> {
-    let doc = Doc::parse(record.value)?;
+    let doc = Doc::parse(record.value).map_err(|e| format!("not valid JSON: {e}"))?;
     columns.iter().map(|c| c.value(&doc, record)).collect()
 }
 

@@ -9,7 +9,7 @@ use std::ffi::c_void;
 /// ABI major version. A host refuses a library with a different major.
 pub const ABI_MAJOR: u16 = 1;
 /// ABI minor version. A host refuses a library with a newer minor than its own.
-pub const ABI_MINOR: u16 = 2;
+pub const ABI_MINOR: u16 = 3;
 /// Name of the one symbol every plugin library exports (NUL-terminated).
 pub const ENTRY_SYMBOL: &[u8] = b"weir_plugin_manifest_v1\0";
 /// Signature of the entry symbol.
@@ -220,12 +220,24 @@ pub struct StageOutput {
     /// Minor 1, transforms with `acknowledge`: the plugin's number for this batch, handed
     /// back with the batch's [`Settled`] outcomes. Read only when `struct_size` covers it.
     pub sequence: u64,
+    /// Minor 3: [`OUTPUT_KEPT`] or 0. Read only when `struct_size` covers it.
+    pub flags: u32,
 }
+
+/// `StageOutput::flags` bit (minor 3): the output records are input records passed on
+/// unchanged, `origins` naming `batch.count` of them in order; `batch.data` and
+/// `batch.records` are not read (null is fine), the host keeps its own bytes.
+pub const OUTPUT_KEPT: u32 = 1;
 
 impl StageOutput {
     /// Whether a `StageOutput` of `struct_size` bytes has the `sequence` field (minor 1).
     pub fn has_sequence(struct_size: u32) -> bool {
         struct_size as usize >= std::mem::offset_of!(StageOutput, sequence) + std::mem::size_of::<u64>()
+    }
+
+    /// Whether a `StageOutput` of `struct_size` bytes has the `flags` field (minor 3).
+    pub fn has_flags(struct_size: u32) -> bool {
+        struct_size as usize >= std::mem::offset_of!(StageOutput, flags) + std::mem::size_of::<u32>()
     }
 
     /// An empty output with nothing to release.
@@ -248,6 +260,7 @@ impl StageOutput {
             release: None,
             private: std::ptr::null_mut(),
             sequence: 0,
+            flags: 0,
         }
     }
 }

@@ -175,6 +175,16 @@ impl<'a> BatchRef<'a> {
         self.data.len()
     }
 
+    /// The data buffer.
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// The record descriptors, one per record.
+    pub fn metas(&self) -> &'a [RecordMeta] {
+        self.metas
+    }
+
     /// The record at `index`. Panics when out of range.
     pub fn get(&self, index: usize) -> RecordRef<'a> {
         let m = &self.metas[index];
@@ -404,6 +414,10 @@ pub struct Output {
     /// `process` is called): [`crate::Transform::acknowledge`] names the batch by it once its
     /// records are delivered, refused or failed.
     pub sequence: u64,
+    /// Input records passed on unchanged by [`Output::pass`] while `batch` was still empty,
+    /// by index; they come before `batch`'s records. When `batch` stays empty the host is
+    /// told only their indexes and keeps its own bytes of them (no copy).
+    pub kept: Vec<u32>,
 }
 
 impl Output {
@@ -418,9 +432,37 @@ impl Output {
         self.batch.push(origin as u32, head, value)
     }
 
-    /// Passes input record `origin` through unchanged.
+    /// Passes input record `origin` through unchanged: while `batch` is empty only its
+    /// index is kept (see [`Output::kept`]), afterwards it is copied into `batch`.
     pub fn pass(&mut self, origin: usize, record: &RecordRef<'_>) {
-        self.batch.push_record(origin as u32, record)
+        if self.batch.is_empty() {
+            self.kept.push(origin as u32);
+        } else {
+            self.batch.push_record(origin as u32, record)
+        }
+    }
+
+    /// The input records passed on, in output order: [`Output::kept`], then `batch`'s.
+    pub fn passed(&self) -> impl Iterator<Item = u32> + '_ {
+        self.kept.iter().chain(self.batch.origins()).copied()
+    }
+
+    /// Copies the kept records from `input` (the batch `process` was given) into `batch`,
+    /// before the records already there, so `batch` holds the whole output.
+    pub fn materialize(&mut self, input: &BatchRef<'_>) {
+        if self.kept.is_empty() {
+            return;
+        }
+        let rest = std::mem::take(&mut self.batch);
+        let mut batch = BatchBuf::with_capacity(self.kept.len() + rest.len(), input.data_len() + rest.data_len());
+        for &k in &self.kept {
+            batch.push_record(k, &input.get(k as usize));
+        }
+        for (r, &origin) in rest.as_ref().iter().zip(rest.origins()) {
+            batch.push_record(origin, &r);
+        }
+        self.batch = batch;
+        self.kept.clear();
     }
 
     /// Refuses input record `index` with a reason.
@@ -428,9 +470,10 @@ impl Output {
         self.rejections.reject(index, reason)
     }
 
-    /// Clears both parts, keeping the memory (and the batch number).
+    /// Clears every part, keeping the memory (and the batch number).
     pub fn clear(&mut self) {
         self.batch.clear();
+        self.kept.clear();
         self.rejections.clear();
     }
 }
@@ -438,6 +481,28 @@ impl Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_passed_unchanged_are_kept_by_index_and_materialize_in_order() {
+        let mut input = BatchBuf::new();
+        for (i, v) in ["a", "b", "c", "d"].iter().enumerate() {
+            input.push(i as u32, Head { key: Some(v.as_bytes()), ..Default::default() }, v.as_bytes());
+        }
+        let input = input.as_ref();
+        let mut out = Output::default();
+        out.pass(0, &input.get(0));
+        out.pass(2, &input.get(2));
+        assert_eq!((out.kept.as_slice(), out.batch.len()), (&[0, 2][..], 0), "no bytes copied while only passing");
+        out.push(3, Head::default(), b"D");
+        out.pass(1, &input.get(1));
+        assert_eq!(out.passed().collect::<Vec<_>>(), [0, 2, 3, 1]);
+        out.materialize(&input);
+        assert!(out.kept.is_empty());
+        let values: Vec<&[u8]> = out.batch.as_ref().iter().map(|r| r.value).collect();
+        assert_eq!(values, [&b"a"[..], b"c", b"D", b"b"]);
+        assert_eq!(out.batch.origins(), &[0, 2, 3, 1]);
+        assert_eq!(out.batch.as_ref().get(1).key, Some(&b"c"[..]), "kept records keep their key");
+    }
 
     #[test]
     fn round_trip_with_headers_and_keys() {

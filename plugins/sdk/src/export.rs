@@ -192,23 +192,34 @@ unsafe extern "C" fn release_output(private: *mut c_void) {
     }
 }
 
-/// Hands `out` to the host through `slot`.
-unsafe fn fill_output(slot: *mut StageOutput, out: Box<Output>, retry_after_ms: u64) {
+/// Hands `out`, made from `input`, to the host through `slot`.
+unsafe fn fill_output(slot: *mut StageOutput, mut out: Box<Output>, input: &BatchRef<'_>, retry_after_ms: u64) {
     if slot.is_null() {
         return;
     }
-    let view = out.batch.as_ref().view();
+    if !out.batch.is_empty() {
+        out.materialize(input);
+    }
+    let kept = !out.kept.is_empty();
+    let mut view = out.batch.as_ref().view();
+    let origins = if kept {
+        view.count = out.kept.len() as u32;
+        out.kept.as_ptr()
+    } else {
+        out.batch.origins().as_ptr()
+    };
     let (rejections, text) = out.rejections.raw();
     *slot = StageOutput {
         struct_size: std::mem::size_of::<StageOutput>() as u32,
         batch: view,
-        origins: out.batch.origins().as_ptr(),
+        origins,
         rejections: rejections.as_ptr(),
         rejection_count: rejections.len() as u32,
         text: text.as_ptr(),
         text_len: text.len(),
         retry_after_ms,
         sequence: out.sequence,
+        flags: if kept { abi::OUTPUT_KEPT } else { 0 },
         release: Some(release_output),
         private: Box::into_raw(out).cast(),
     };
@@ -240,7 +251,7 @@ unsafe fn process_with<E: Erased>(
         }
         r
     });
-    fill_output(output, out, retry_after);
+    fill_output(output, out, &input, retry_after);
     status
 }
 

@@ -1,22 +1,117 @@
 //! Reading records without parsing them whole.
+//!
+//! [`Doc`] reads a record once: it checks the whole text is JSON and, for an object, keeps
+//! where each top-level member's value lies, borrowed from the record as written. A lookup
+//! by [`Pointer`] then opens only the objects and arrays on its way. No tree is built, no
+//! value is copied or converted, so a value elsewhere in the record (a number beyond a
+//! float's range, a long string) costs nothing and cannot make a field unreadable, and the
+//! value found keeps its spelling.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::fmt;
 
+use serde::de::{Deserializer, Error as _, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-/// The value at a JSON pointer (RFC 6901; `""` is the whole document), as written, opening
-/// only the objects and arrays on its way: nothing elsewhere in the record is parsed, so no
-/// value there (a number beyond a float's range) can make the field unreadable, and the
-/// value keeps its spelling. Of repeated keys the last counts.
-pub fn pointer<'a>(doc: &'a RawValue, pointer: &str) -> Option<&'a RawValue> {
-    let Some(rest) = pointer.strip_prefix('/') else { return pointer.is_empty().then_some(doc) };
-    let mut cur = doc;
-    for seg in rest.split('/') {
-        let seg = seg.replace("~1", "/").replace("~0", "~");
+/// A JSON pointer (RFC 6901) split once into its unescaped segments: `""` is the whole
+/// document, `/a/b~1c` the member `b/c` of the member `a`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pointer {
+    text: String,
+    segments: Vec<String>,
+}
+
+impl Pointer {
+    /// Reads a pointer; it is `""` or starts with `/`.
+    pub fn parse(text: &str) -> Result<Pointer, String> {
+        let segments = match text.strip_prefix('/') {
+            None if text.is_empty() => Vec::new(),
+            None => return Err(format!("{text:?} is not a JSON pointer: it must start with `/`, such as \"/{text}\"")),
+            Some(rest) => rest.split('/').map(|s| s.replace("~1", "/").replace("~0", "~")).collect(),
+        };
+        Ok(Pointer { text: text.to_owned(), segments })
+    }
+
+    /// The pointer as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The unescaped segments; none for the whole document.
+    pub fn segments(&self) -> &[String] {
+        &self.segments
+    }
+}
+
+impl fmt::Display for Pointer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// An object's members in order: each key's unescaped name and its value as written.
+type Members<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+
+/// A record's JSON, read once (see the module documentation).
+#[derive(Debug)]
+pub struct Doc<'a> {
+    text: &'a str,
+    /// The top-level members, when the record is an object.
+    members: Option<Members<'a>>,
+}
+
+struct MembersVisitor;
+
+impl<'de> Visitor<'de> for MembersVisitor {
+    type Value = Members<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut members = Vec::with_capacity(map.size_hint().unwrap_or(16));
+        while let Some((key, value)) = map.next_entry::<&'de RawValue, &'de RawValue>()? {
+            members.push((string(key).ok_or_else(|| A::Error::custom("an object key is not a string"))?, value));
+        }
+        Ok(members)
+    }
+}
+
+/// An object's members, or `None` when `text` is not an object.
+fn members(text: &str) -> Result<Option<Members<'_>>, serde_json::Error> {
+    if text.bytes().find(|b| !b.is_ascii_whitespace()) != Some(b'{') {
+        return Ok(None);
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let members = de.deserialize_map(MembersVisitor)?;
+    de.end()?;
+    Ok(Some(members))
+}
+
+/// The last member called `name` (the one a JSON reader keeps when a key repeats).
+fn member<'a>(members: &[(Cow<'a, str>, &'a RawValue)], name: &str) -> Option<&'a RawValue> {
+    members.iter().rev().find(|(k, _)| k == name).map(|(_, v)| *v)
+}
+
+/// The value of a JSON string as text, borrowed when it has no escapes; `None` for any
+/// other value.
+pub fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+/// Follows `segments` from `cur`, opening each object or array on the way.
+fn descend<'a>(mut cur: &'a RawValue, segments: &[String]) -> Option<&'a RawValue> {
+    for seg in segments {
         let text = cur.get();
         cur = match text.as_bytes().first()? {
-            b'{' => serde_json::from_str::<HashMap<Cow<'a, str>, &'a RawValue>>(text).ok()?.remove(seg.as_str())?,
+            b'{' => member(&members(text).ok()??, seg)?,
             b'[' => *serde_json::from_str::<Vec<&'a RawValue>>(text).ok()?.get(seg.parse::<usize>().ok()?)?,
             _ => return None,
         };
@@ -24,16 +119,88 @@ pub fn pointer<'a>(doc: &'a RawValue, pointer: &str) -> Option<&'a RawValue> {
     Some(cur)
 }
 
+impl<'a> Doc<'a> {
+    /// Reads a record: it must be UTF-8 JSON. The error says what is wrong and where.
+    pub fn parse(bytes: &'a [u8]) -> Result<Doc<'a>, serde_json::Error> {
+        let text = std::str::from_utf8(bytes).map_err(|e| serde_json::Error::custom(format!("not UTF-8 text ({e})")))?;
+        match members(text)? {
+            Some(members) => Ok(Doc { text: text.trim(), members: Some(members) }),
+            None => {
+                let whole: &RawValue = serde_json::from_str(text)?;
+                Ok(Doc { text: whole.get(), members: None })
+            }
+        }
+    }
+
+    /// The whole record's text, without surrounding whitespace.
+    pub fn text(&self) -> &'a str {
+        self.text
+    }
+
+    /// The top-level members in order, when the record is an object.
+    pub fn members(&self) -> Option<&[(Cow<'a, str>, &'a RawValue)]> {
+        self.members.as_deref()
+    }
+
+    /// The value at `pointer` as written; `None` when there is none. The whole record
+    /// (`""`) is found only through [`Doc::text`].
+    pub fn get(&self, pointer: &Pointer) -> Option<&'a RawValue> {
+        let (first, rest) = pointer.segments.split_first()?;
+        descend(member(self.members.as_deref()?, first)?, rest)
+    }
+
+    /// The string at `pointer`, unescaped; `None` when there is none or it is not a string.
+    pub fn get_str(&self, pointer: &Pointer) -> Option<Cow<'a, str>> {
+        string(self.get(pointer)?)
+    }
+}
+
+/// The value at a JSON pointer (RFC 6901; `""` is the whole document), as written, opening
+/// only the objects and arrays on its way (see [`Doc`] to look up several fields of one
+/// record). Of repeated keys the last counts.
+pub fn pointer<'a>(doc: &'a RawValue, pointer: &str) -> Option<&'a RawValue> {
+    let pointer = Pointer::parse(pointer).ok()?;
+    descend(doc, &pointer.segments)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const RECORD: &str = r#" {"a":{"b/c":[1,{"n":12345678901234567890123}]},"big":1e400,"a~":2,"s":"x\"y","t":"plain","t":"last"} "#;
+
     #[test]
     fn pointers_read_values_as_written() {
-        let doc: &RawValue = serde_json::from_str(r#"{"a":{"b/c":[1,{"n":12345678901234567890123}]},"big":1e400,"a~":2}"#).unwrap();
+        let doc: &RawValue = serde_json::from_str(RECORD.trim()).unwrap();
         assert_eq!(pointer(doc, "/a/b~1c/1/n").map(RawValue::get), Some("12345678901234567890123"));
         assert_eq!(pointer(doc, "/a~0").map(RawValue::get), Some("2"));
         assert_eq!(pointer(doc, "").map(RawValue::get), Some(doc.get()));
         assert!(pointer(doc, "/a/b~1c/9").is_none() && pointer(doc, "/missing").is_none() && pointer(doc, "nope").is_none());
+    }
+
+    #[test]
+    fn a_doc_is_read_once_and_looked_up_by_pointer() {
+        let doc = Doc::parse(RECORD.as_bytes()).unwrap();
+        let p = |s: &str| Pointer::parse(s).unwrap();
+        assert_eq!(doc.text(), RECORD.trim());
+        assert_eq!(doc.get(&p("/a/b~1c/1/n")).map(RawValue::get), Some("12345678901234567890123"));
+        assert_eq!(doc.get(&p("/big")).map(RawValue::get), Some("1e400"), "a number beyond f64 keeps its spelling");
+        assert_eq!(doc.get_str(&p("/s")).as_deref(), Some("x\"y"));
+        assert!(matches!(doc.get_str(&p("/t")), Some(Cow::Borrowed("last"))), "the last of repeated keys, borrowed");
+        assert_eq!(doc.get_str(&p("/a~")), None, "not a string");
+        assert!(doc.get(&p("/a/b~1c/x")).is_none() && doc.get(&p("/nope/deeper")).is_none() && doc.get(&p("")).is_none());
+        assert_eq!(doc.members().unwrap().len(), 6);
+    }
+
+    #[test]
+    fn non_objects_and_bad_text_are_told_apart() {
+        let array = Doc::parse(b"[1,2]").unwrap();
+        assert!(array.members().is_none() && array.get(&Pointer::parse("/0").unwrap()).is_none());
+        assert_eq!(array.text(), "[1,2]");
+        let e = Doc::parse(br#"{"a":1"#).unwrap_err().to_string();
+        assert!(e.contains("EOF") && e.contains("column 6"), "{e}");
+        assert!(Doc::parse(br#"{"a":1} x"#).unwrap_err().to_string().contains("trailing"));
+        assert!(Doc::parse(b"\"\xff\"").unwrap_err().to_string().contains("not UTF-8"));
+        assert!(Pointer::parse("eventId").unwrap_err().contains("\"/eventId\""));
     }
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::batch::RecordRef;
+use crate::json::{self, Doc, Pointer};
 
 /// Metric types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -108,6 +109,10 @@ pub const OVERFLOW: &str = "other";
 
 struct Metric {
     spec: MetricSpec,
+    /// The pointers of `spec.labels`, in its order, read once (`None`: not a pointer).
+    labels_at: Vec<Option<Pointer>>,
+    /// The pointer of `spec.value`, read once.
+    value_at: Option<Pointer>,
     series: HashMap<Vec<String>, Series>,
     overflowed: u64,
 }
@@ -118,11 +123,16 @@ pub struct Registry {
     max_series: usize,
 }
 
-fn label_value(doc: &Value, pointer: &str) -> String {
-    match doc.pointer(pointer) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(v) => v.to_string(),
+/// A label's value: a string as its text, a missing field or `null` as empty, anything else
+/// as its JSON.
+fn label_value(doc: &Doc<'_>, pointer: Option<&Pointer>) -> String {
+    match pointer.and_then(|p| doc.get(p)) {
+        None => String::new(),
+        Some(raw) => match json::string(raw) {
+            Some(s) => s.into_owned(),
+            None if raw.get() == "null" => String::new(),
+            None => serde_json::from_str::<Value>(raw.get()).map(|v| v.to_string()).unwrap_or_else(|_| raw.get().to_owned()),
+        },
     }
 }
 
@@ -145,7 +155,17 @@ fn number(v: f64) -> String {
 impl Registry {
     /// A registry for `specs`, each capped at `max_series` label sets.
     pub fn new(specs: Vec<MetricSpec>, max_series: usize) -> Self {
-        Registry { metrics: specs.into_iter().map(|spec| Metric { spec, series: HashMap::new(), overflowed: 0 }).collect(), max_series }
+        let metrics = specs
+            .into_iter()
+            .map(|spec| Metric {
+                labels_at: spec.labels.values().map(|p| Pointer::parse(p).ok()).collect(),
+                value_at: spec.value.as_deref().and_then(|p| Pointer::parse(p).ok()),
+                spec,
+                series: HashMap::new(),
+                overflowed: 0,
+            })
+            .collect();
+        Registry { metrics, max_series }
     }
 
     /// Updates every metric from one record, or says why the record cannot be counted
@@ -156,8 +176,18 @@ impl Registry {
 
     /// Like [`Registry::observe`], and tells `applied` each update made: the metric, its
     /// label values (after capping, in the order of the spec's label names) and the value.
-    pub fn observe_with(&mut self, record: &RecordRef<'_>, mut applied: impl FnMut(&MetricSpec, &[String], f64)) -> Result<(), String> {
-        let doc: Value = serde_json::from_slice(record.value).map_err(|e| format!("not valid JSON: {e}"))?;
+    pub fn observe_with(&mut self, record: &RecordRef<'_>, applied: impl FnMut(&MetricSpec, &[String], f64)) -> Result<(), String> {
+        let doc = Doc::parse(record.value).map_err(|e| format!("not valid JSON: {e}"))?;
+        self.observe_doc(&doc, record, applied)
+    }
+
+    /// Like [`Registry::observe_with`], for a record already read as `doc`.
+    pub fn observe_doc(
+        &mut self,
+        doc: &Doc<'_>,
+        record: &RecordRef<'_>,
+        mut applied: impl FnMut(&MetricSpec, &[String], f64),
+    ) -> Result<(), String> {
         let mut values = Vec::with_capacity(self.metrics.len());
         for m in &self.metrics {
             if !m.spec.when.iter().all(|(h, want)| record.header(h) == Some(want.as_bytes())) {
@@ -171,12 +201,16 @@ impl Registry {
                     let ts = record.timestamp_ms.ok_or_else(|| format!("metric {}: the record has no timestamp for @age", m.spec.name))?;
                     ((now - ts).max(0)) as f64 / 1000.0
                 }
-                Some(p) => match doc.pointer(p) {
-                    Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
-                    Some(Value::String(s)) => {
-                        s.trim().parse().map_err(|_| format!("metric {}: the value at {p} ({s:?}) is not a number", m.spec.name))?
+                Some(p) => match m.value_at.as_ref().and_then(|at| doc.get(at)) {
+                    Some(raw) if raw.get().starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) => {
+                        raw.get().parse().unwrap_or(f64::NAN)
                     }
-                    Some(other) => return Err(format!("metric {}: the value at {p} ({other}) is not a number", m.spec.name)),
+                    Some(raw) => match json::string(raw) {
+                        Some(s) => {
+                            s.trim().parse().map_err(|_| format!("metric {}: the value at {p} ({s:?}) is not a number", m.spec.name))?
+                        }
+                        None => return Err(format!("metric {}: the value at {p} ({}) is not a number", m.spec.name, raw.get())),
+                    },
                     None => return Err(format!("metric {}: the record has no value at {p}", m.spec.name)),
                 },
             };
@@ -187,7 +221,7 @@ impl Registry {
         }
         for (m, v) in self.metrics.iter_mut().zip(values) {
             let Some(v) = v else { continue };
-            let mut labels: Vec<String> = m.spec.labels.values().map(|p| label_value(&doc, p)).collect();
+            let mut labels: Vec<String> = m.labels_at.iter().map(|p| label_value(doc, p.as_ref())).collect();
             if !m.series.contains_key(&labels) && m.series.len() >= self.max_series {
                 labels = vec![OVERFLOW.to_owned(); labels.len()];
                 m.overflowed += 1;

@@ -147,6 +147,8 @@ impl MockHost {
 pub fn run_transform<T: Transform>(t: &mut T, input: &BatchBuf) -> Result<Output, PluginError> {
     let mut out = Output { sequence: Output::next_sequence(), ..Output::default() };
     t.process(&input.as_ref(), &mut out)?;
+    // As the host sees it: records passed on unchanged are the input's.
+    out.materialize(&input.as_ref());
     Ok(out)
 }
 

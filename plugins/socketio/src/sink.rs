@@ -3,7 +3,7 @@
 //! only. A client too slow to keep up is disconnected and counted; it never holds the
 //! pipeline back.
 
-use weir_plugin::serde_json::{self, Value};
+use weir_plugin::json::{Doc, Pointer};
 use weir_plugin::{BatchRef, Context, PluginError, Rejections, Sink};
 
 use crate::config::SinkConfig;
@@ -15,6 +15,8 @@ pub struct SocketIoSink {
     config: SinkConfig,
     ctx: Context,
     attached: Option<Attached>,
+    /// `config.type_field`, read once.
+    type_field: Pointer,
 }
 
 impl Sink for SocketIoSink {
@@ -35,7 +37,8 @@ impl Sink for SocketIoSink {
             health_path: config.health_path.clone(),
         });
         let attached = server::attach(&config.server(), ctx, Origins::new(&config.allowed_origins), role)?;
-        Ok(SocketIoSink { config, ctx, attached: Some(attached) })
+        let type_field = Pointer::parse(&config.type_field).map_err(|e| PluginError::config(format!("type_field: {e}")))?;
+        Ok(SocketIoSink { config, ctx, attached: Some(attached), type_field })
     }
 
     fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
@@ -60,16 +63,10 @@ impl Sink for SocketIoSink {
                 if targets.is_empty() {
                     continue;
                 }
-                let event_type = if filtering {
-                    serde_json::from_str::<Value>(json.get())
-                        .ok()
-                        .and_then(|v| v.pointer(&self.config.type_field).and_then(Value::as_str).map(str::to_owned))
-                } else {
-                    None
-                };
+                let event_type = if filtering { Doc::parse(r.value).ok().and_then(|d| d.get_str(&self.type_field)) } else { None };
                 for (sid, c) in &targets {
                     if let Some(types) = &c.types {
-                        if !event_type.as_ref().is_some_and(|t| types.contains(t)) {
+                        if !event_type.as_ref().is_some_and(|t| types.contains(t.as_ref())) {
                             continue;
                         }
                     }

@@ -16,8 +16,8 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use weir_plugin::json::{Doc, Pointer};
 use weir_plugin::origins::{check_origin, Origins};
-use weir_plugin::serde_json::{self, Value};
 use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, PluginError, Rejections, Sink};
 
 /// Config of the `websocket` sink.
@@ -76,10 +76,11 @@ impl Hub {
 
 /// The `websocket` sink.
 pub struct WebSocketSink {
-    config: WebSocketConfig,
     ctx: Context,
     hub: Arc<Hub>,
     accept: tokio::task::JoinHandle<()>,
+    /// `config.type_field`, read once.
+    type_field: Pointer,
 }
 
 fn parse_types(query: Option<&str>) -> Option<HashSet<String>> {
@@ -153,9 +154,7 @@ impl Sink for WebSocketSink {
     const DESCRIPTION: &'static str = "WebSocket server broadcasting each record as a text frame; clients may filter by type.";
 
     fn validate(config: &WebSocketConfig) -> Result<(), PluginError> {
-        if !config.type_field.starts_with('/') {
-            return Err(PluginError::config(format!("type_field {:?} must be a JSON pointer such as \"/eventType\"", config.type_field)));
-        }
+        Pointer::parse(&config.type_field).map_err(|e| PluginError::config(format!("type_field: {e}")))?;
         for o in &config.allowed_origins {
             check_origin("allowed_origins", o).map_err(PluginError::config)?;
         }
@@ -184,7 +183,8 @@ impl Sink for WebSocketSink {
             }
         });
         ctx.info(&format!("WebSocket server listening on {}.", config.listen));
-        Ok(WebSocketSink { config, ctx, hub, accept })
+        let type_field = Pointer::parse(&config.type_field).map_err(|e| PluginError::config(format!("type_field: {e}")))?;
+        Ok(WebSocketSink { ctx, hub, accept, type_field })
     }
 
     fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
@@ -199,17 +199,11 @@ impl Sink for WebSocketSink {
             if clients.is_empty() {
                 continue;
             }
-            let event_type = if filtering {
-                serde_json::from_str::<Value>(text)
-                    .ok()
-                    .and_then(|v| v.pointer(&self.config.type_field).and_then(Value::as_str).map(str::to_owned))
-            } else {
-                None
-            };
+            let event_type = if filtering { Doc::parse(r.value).ok().and_then(|d| d.get_str(&self.type_field)) } else { None };
             let frame = Utf8Bytes::from(text.to_owned());
             for c in clients.iter() {
                 if let Some(types) = &c.types {
-                    if !event_type.as_ref().is_some_and(|t| types.contains(t)) {
+                    if !event_type.as_ref().is_some_and(|t| types.contains(t.as_ref())) {
                         continue;
                     }
                 }
@@ -244,6 +238,7 @@ weir_plugin::export_plugins!(sink WebSocketSink);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_plugin::serde_json;
 
     #[test]
     fn type_filter_is_read_from_the_query() {
