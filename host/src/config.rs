@@ -308,11 +308,51 @@ impl RetrySpec {
     }
 }
 
+/// Where a stage sits in its pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The source.
+    Source,
+    /// The transform at this index of `transforms`.
+    Transform(usize),
+    /// The sink at this index of `sinks`.
+    Sink(usize),
+    /// The dead-letter sink.
+    DeadLetter,
+}
+
+impl Role {
+    /// Its JSON pointer in the pipeline file, for errors with a line and column.
+    pub fn pointer(self) -> String {
+        match self {
+            Role::Source => "/source".into(),
+            Role::Transform(i) => format!("/transforms/{i}"),
+            Role::Sink(i) => format!("/sinks/{i}"),
+            Role::DeadLetter => "/dead_letter".into(),
+        }
+    }
+
+    /// The kind of plugin it runs.
+    pub fn kind(self) -> weir_plugin::abi::Kind {
+        match self {
+            Role::Source => weir_plugin::abi::Kind::SOURCE,
+            Role::Transform(_) => weir_plugin::abi::Kind::TRANSFORM,
+            Role::Sink(_) | Role::DeadLetter => weir_plugin::abi::Kind::SINK,
+        }
+    }
+
+    /// Whether it delivers records (a sink or the dead-letter sink): only those have a
+    /// buffer and retries.
+    pub fn delivers(self) -> bool {
+        matches!(self, Role::Sink(_) | Role::DeadLetter)
+    }
+}
+
 /// A stage's name: its `name`, else its plugin's (`dead_letter` for the dead-letter sink).
-pub fn stage_name(pointer: &str, spec: &StageSpec) -> String {
-    match (&spec.name, pointer) {
+pub fn stage_name(role: Role, spec: &StageSpec) -> String {
+    match (&spec.name, role) {
         (Some(n), _) => n.clone(),
-        (None, "/dead_letter") => "dead_letter".into(),
+        (None, Role::DeadLetter) => "dead_letter".into(),
         (None, _) => spec.plugin.clone(),
     }
 }
@@ -609,8 +649,9 @@ impl PipelineFile {
             return Err(self.error_at("/name", format!("pipeline name {:?} may only use letters, digits, `-`, `_` and `.`", self.name)));
         }
         let mut seen = std::collections::HashSet::new();
-        for (pointer, stage) in self.stages() {
-            let name = stage_name(&pointer, stage);
+        for (role, stage) in self.stages() {
+            let pointer = role.pointer();
+            let name = stage_name(role, stage);
             if !valid_name(&name) {
                 return Err(self
                     .error_at(&format!("{pointer}/name"), format!("stage name {name:?} may only use letters, digits, `-`, `_` and `.`")));
@@ -621,11 +662,11 @@ impl PipelineFile {
             if !stage.config.is_object() {
                 return Err(self.error_at(&format!("{pointer}/config"), "`config` must be a mapping"));
             }
-            if stage.buffer.is_some() && !(pointer.starts_with("/sinks") || pointer == "/dead_letter") {
+            if stage.buffer.is_some() && !role.delivers() {
                 return Err(self.error_at(&format!("{pointer}/buffer"), "only sinks have a buffer; remove `buffer` here"));
             }
             if let Some(retry) = &stage.retry {
-                if !(pointer.starts_with("/sinks") || pointer == "/dead_letter") {
+                if !role.delivers() {
                     return Err(self.error_at(&format!("{pointer}/retry"), "only sinks retry; remove `retry` here"));
                 }
                 if let Err(e) = retry.max_duration() {
@@ -638,7 +679,7 @@ impl PipelineFile {
                 }
             }
             if let Some(after) = &stage.after {
-                if !pointer.starts_with("/sinks") {
+                if !matches!(role, Role::Sink(_)) {
                     return Err(self.error_at(&format!("{pointer}/after"), "only sinks may have `after`"));
                 }
                 let target = self.spec.sinks.iter().find(|s| s.name.as_ref().unwrap_or(&s.plugin) == after);
@@ -671,13 +712,13 @@ impl PipelineFile {
         h.finish()
     }
 
-    /// Every stage that runs (not turned off with `enabled: false`) with its JSON pointer in
-    /// the file, in pipeline order.
-    pub fn stages(&self) -> Vec<(String, &StageSpec)> {
-        let mut v = vec![("/source".to_owned(), &self.spec.source)];
-        v.extend(self.spec.transforms.iter().enumerate().map(|(i, s)| (format!("/transforms/{i}"), s)));
-        v.extend(self.spec.sinks.iter().enumerate().map(|(i, s)| (format!("/sinks/{i}"), s)));
-        v.extend(self.spec.dead_letter.iter().map(|s| ("/dead_letter".to_owned(), s)));
+    /// Every stage that runs (not turned off with `enabled: false`) with its role, in
+    /// pipeline order.
+    pub fn stages(&self) -> Vec<(Role, &StageSpec)> {
+        let mut v = vec![(Role::Source, &self.spec.source)];
+        v.extend(self.spec.transforms.iter().enumerate().map(|(i, s)| (Role::Transform(i), s)));
+        v.extend(self.spec.sinks.iter().enumerate().map(|(i, s)| (Role::Sink(i), s)));
+        v.extend(self.spec.dead_letter.iter().map(|s| (Role::DeadLetter, s)));
         v.retain(|(_, s)| s.enabled);
         v
     }
@@ -821,7 +862,7 @@ mod tests {
         let parse = |yaml: &str| PipelineFile::parse(Path::new("p.yaml"), yaml, env(&[]));
         let f =
             parse("source: {plugin: http}\nsinks: [{plugin: file, retry: {max_duration: 30s}}]\ndead_letter: {plugin: file}\n").unwrap();
-        assert_eq!(f.stages().last().map(|(p, s)| stage_name(p, s)), Some("dead_letter".to_owned()));
+        assert_eq!(f.stages().last().map(|(r, s)| stage_name(*r, s)), Some("dead_letter".to_owned()));
         let err =
             parse("source: {plugin: http}\ntransforms: [{plugin: enrich, retry: {}}]\nsinks: [{plugin: file}]\n").unwrap_err().to_string();
         assert!(err.contains("p.yaml:2:") && err.contains("only sinks retry"), "{err}");
@@ -849,7 +890,7 @@ mod tests {
         assert_eq!(on.sinks().count(), 2);
         let off = parse("false").unwrap();
         assert_eq!(off.sinks().map(|s| s.plugin.as_str()).collect::<Vec<_>>(), vec!["file"]);
-        assert_eq!(off.stages().iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), vec!["/source", "/sinks/1"]);
+        assert_eq!(off.stages().iter().map(|(r, _)| r.pointer()).collect::<Vec<_>>(), vec!["/source", "/sinks/1"]);
         assert!(parse("0").unwrap().sinks().count() == 1);
         let err = parse("maybe").unwrap_err().to_string();
         assert!(err.contains("p.yaml:3:") && err.contains("is not a switch"), "{err}");

@@ -23,7 +23,7 @@ pub(super) struct Heads {
     pub(super) dead_letters: Option<DeadLetters>,
     pub(super) abandon: Arc<AtomicBool>,
     /// The sinks that take batches from the transforms (not those after another sink).
-    pub(super) sinks: Vec<(SyncSender<SinkJob>, Arc<StageMetrics>, Arc<Buffer>)>,
+    pub(super) sinks: Vec<(SinkQueue, Arc<Buffer>)>,
     pub(super) source_metrics: Arc<StageMetrics>,
 }
 
@@ -197,7 +197,7 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
     if order.running.fetch_sub(1, Relaxed) == 1 {
         // No more batches: disk-buffered sinks deliver what is on disk (or hand it to the
         // next version of the pipeline), then stop.
-        for (_, _, buffer) in &heads.sinks {
+        for (_, buffer) in &heads.sinks {
             buffer.finish_writing();
         }
     }
@@ -232,7 +232,8 @@ fn hand_to_sinks(batch: Processed, heads: &Heads) {
     let shared = Arc::new(current);
     let origins = Arc::new(origins);
     let (records, bytes) = (shared.view().len(), shared.view().data_len());
-    for (tx, m, buffer) in &heads.sinks {
+    for (queue, buffer) in &heads.sinks {
+        let m = &queue.metrics;
         if let Some(log) = &buffer.disk {
             // On disk is delivered as far as the source is concerned.
             let block = buffer.spec.when_full == WhenFull::Block;
@@ -260,12 +261,10 @@ fn hand_to_sinks(batch: Processed, heads: &Heads) {
             tracker.done();
             continue;
         }
-        m.queue_depth.fetch_add(1, Relaxed);
         let job = SinkJob { batch: shared.clone(), origins: origins.clone(), tracker: tracker.clone(), trace: trace.clone() };
-        if tx.send(job).is_err() {
+        if queue.send(job).is_err() {
             buffer.release(records, bytes);
             // The sink's thread is gone: its records are not delivered.
-            m.queue_depth.fetch_sub(1, Relaxed);
             m.errors.fetch_add(1, Relaxed);
             let mut o = tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
             for &origin in origins.iter() {
