@@ -224,6 +224,12 @@ impl std::fmt::Display for CallError {
 }
 
 impl CallError {
+    /// A failure the host finds in a call (the stage could not be re-created, its output
+    /// is malformed): the instance is not poisoned by it.
+    pub fn host(message: String) -> CallError {
+        CallError { status: Status::FATAL, message, retry_after_ms: 0 }
+    }
+
     /// Whether the instance can take no more calls (it panicked).
     pub fn poisoned(&self) -> bool {
         matches!(self.status, Status::PANICKED | Status::POISONED)

@@ -3,24 +3,60 @@
 
 use super::*;
 
+/// Why a record was refused or failed: the stage that said so (none when the pipeline
+/// itself failed it) and what it said, kept apart until shown (`stage: text`).
+#[derive(Debug, Clone)]
+pub(super) struct Refusal {
+    pub(super) stage: Option<Arc<str>>,
+    /// Shared by every record of a batch failed whole.
+    pub(super) text: Arc<str>,
+}
+
+impl Refusal {
+    /// What `stage` said.
+    pub(super) fn by(stage: &Arc<str>, text: impl Into<Arc<str>>) -> Refusal {
+        Refusal { stage: Some(stage.clone()), text: text.into() }
+    }
+
+    /// What the pipeline itself says (a disk buffer that failed, a sink thread gone).
+    pub(super) fn pipeline(text: impl Into<Arc<str>>) -> Refusal {
+        Refusal { stage: None, text: text.into() }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.stage {
+            Some(stage) => write!(f, "{stage}: {}", self.text),
+            None => f.write_str(&self.text),
+        }
+    }
+}
+
 /// Everything measured per source record while its batch moves through the pipeline.
 pub(super) struct Outcomes {
     pub(super) codes: Vec<u8>,
-    pub(super) reasons: Vec<String>,
+    reasons: Vec<Option<Refusal>>,
 }
 
 impl Outcomes {
     pub(super) fn new(n: usize) -> Self {
-        Outcomes { codes: vec![outcome::ACCEPTED; n], reasons: vec![String::new(); n] }
+        Outcomes { codes: vec![outcome::ACCEPTED; n], reasons: vec![None; n] }
     }
 
-    pub(super) fn set(&mut self, origin: u32, code: u8, reason: String) {
+    /// Records what became of source record `origin`; a refusal or failure keeps its reason.
+    pub(super) fn set(&mut self, origin: u32, code: u8, reason: Option<Refusal>) {
         let i = origin as usize;
         // The first refusal wins: later stages never saw the record.
         if self.codes[i] == outcome::ACCEPTED || self.codes[i] == outcome::DROPPED {
             self.codes[i] = code;
             self.reasons[i] = reason;
         }
+    }
+
+    /// The reason of source record `origin` as shown to plugins (empty when it has none).
+    fn text(&self, origin: usize) -> String {
+        self.reasons[origin].as_ref().map(Refusal::to_string).unwrap_or_default()
     }
 }
 
@@ -57,10 +93,11 @@ impl Drop for Tracker {
         }
         let mut guard = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
         let o = &mut *guard;
+        let stopped = Refusal::pipeline("the pipeline stopped before the batch was delivered");
         for (code, reason) in o.codes.iter_mut().zip(o.reasons.iter_mut()) {
             if *code == outcome::ACCEPTED {
                 *code = outcome::FAILED;
-                *reason = "the pipeline stopped before the batch was delivered".into();
+                *reason = Some(stopped.clone());
             }
         }
         drop(guard);
@@ -91,7 +128,7 @@ impl Tracker {
             .into_iter()
             .map(|part| {
                 let codes = part.origins.iter().map(|&i| o.codes[i as usize]).collect();
-                let reasons = part.origins.iter().map(|&i| o.reasons[i as usize].clone()).collect();
+                let reasons = part.origins.iter().map(|&i| o.text(i as usize)).collect();
                 (part, codes, reasons)
             })
             .collect();
@@ -115,7 +152,8 @@ impl Tracker {
     pub(super) fn fire(&self) {
         if let Some(ack) = self.ack.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let o = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-            ack.send(&o.codes, &o.reasons);
+            let reasons: Vec<String> = (0..o.codes.len()).map(|i| o.text(i)).collect();
+            ack.send(&o.codes, &reasons);
             for &code in &o.codes {
                 if let Some(c) = self.source.outcomes.get(code as usize) {
                     c.fetch_add(1, Relaxed);

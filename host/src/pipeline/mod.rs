@@ -21,7 +21,7 @@ use weir_plugin::batch::{BatchBuf, BatchRef};
 use crate::config::{stage_name, Acknowledge, BufferSpec, PipelineFile, RetrySpec, Role, Takes, WhenFull};
 use crate::disklog::DiskLog;
 use crate::error::HostError;
-use crate::ffi::{self, AckGuard, ForeignOutput, Instance, Intake};
+use crate::ffi::{self, AckGuard, CallError, ForeignOutput, Instance, Intake};
 use crate::loader::{Plugin, Registry};
 use crate::metrics::{Metrics, StageMetrics};
 use crate::telemetry::{self, SpanSite};
@@ -41,7 +41,7 @@ mod sink;
 mod stage;
 mod transforms;
 
-use ack::{Outcomes, Part, Tracker};
+use ack::{Outcomes, Part, Refusal, Tracker};
 use buffer::{open_disk_buffer, Buffer};
 pub use check::check;
 use current::Current;
@@ -143,7 +143,7 @@ impl Pipeline {
             built.push((
                 role,
                 Stage {
-                    name,
+                    name: name.into(),
                     plugin,
                     config,
                     host,
@@ -192,12 +192,12 @@ impl Pipeline {
         let total_sinks = sinks.len();
         let queues: Vec<_> = sinks.iter().map(|s| sink_queue(settings.sink_queue_batches.get(), &s.metrics)).collect();
         let (txs, inboxes): (Vec<SinkQueue>, Vec<SinkInbox>) = queues.into_iter().unzip();
-        let names: Vec<String> = sinks.iter().map(|s| s.name.clone()).collect();
+        let names: Vec<Arc<str>> = sinks.iter().map(|s| s.name.clone()).collect();
         for (i, (sink, rx)) in sinks.into_iter().zip(inboxes).enumerate() {
             let downstream: Vec<Downstream> = follows
                 .iter()
                 .zip(&txs)
-                .filter(|((after, _), _)| after.as_deref() == Some(names[i].as_str()))
+                .filter(|((after, _), _)| after.as_deref() == Some(&*names[i]))
                 .map(|((_, takes), queue)| Downstream { queue: queue.clone(), takes: *takes })
                 .collect();
             if follows[i].0.is_none() {
@@ -224,7 +224,7 @@ impl Pipeline {
         let source_metrics = source.metrics.clone();
         let heads = Arc::new(Heads {
             pipeline: name.clone(),
-            source: source.name.clone(),
+            source: source.name.to_string(),
             source_plugin: source.plugin.name.clone(),
             total_sinks,
             ack_mode,

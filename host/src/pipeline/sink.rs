@@ -18,7 +18,7 @@ pub(super) struct SinkJob {
 }
 
 /// Gives a following sink the records it takes, marked with their outcome here.
-fn hand_on(d: &Downstream, batch: &BatchRef<'_>, job: &SinkJob, refused: &[Option<String>], trace: Option<&SpanContext>) {
+fn hand_on(d: &Downstream, batch: &BatchRef<'_>, job: &SinkJob, refused: &[Option<Refusal>], trace: Option<&SpanContext>) {
     let mut out = BatchBuf::new();
     let mut origins = Vec::new();
     for (i, reason) in refused.iter().enumerate() {
@@ -31,7 +31,8 @@ fn hand_on(d: &Downstream, batch: &BatchRef<'_>, job: &SinkJob, refused: &[Optio
             continue;
         }
         let r = batch.get(i);
-        let marks: Vec<(&str, &[u8])> = match reason {
+        let why = reason.as_ref().map(Refusal::to_string);
+        let marks: Vec<(&str, &[u8])> = match &why {
             None => vec![("weir.outcome", b"delivered")],
             Some(why) => vec![("weir.outcome", b"refused"), ("weir.reason", why.as_bytes())],
         };
@@ -151,16 +152,13 @@ fn deliver(sink: &mut Stage, ctx: &mut SinkCtx<'_>, job: SinkJob) {
     sink.metrics.records_in.fetch_add(batch.len() as u64, Relaxed);
     sink.metrics.batches.fetch_add(1, Relaxed);
     // Per record of the batch: why it was refused, or None when delivered.
-    let mut refused: Vec<Option<String>> = vec![None; batch.len()];
+    let mut refused: Vec<Option<Refusal>> = vec![None; batch.len()];
     loop {
         let started = Instant::now();
-        let result = sink
-            .call(|inst| inst.process(&batch))
-            .map_err(|m| (Status::FATAL, m, 0))
-            .and_then(|(r, _)| r.map_err(|e| (e.status, e.to_string(), e.retry_after_ms)));
+        let result = sink.process(&batch);
         sink.metrics.latency.observe(started.elapsed());
         match result {
-            Ok(out) => {
+            Ok((out, _)) => {
                 let rejections = out.rejections();
                 sink.metrics.rejected.fetch_add(rejections.len() as u64, Relaxed);
                 sink.metrics.records_out.fetch_add((batch.len() - rejections.len()) as u64, Relaxed);
@@ -169,15 +167,16 @@ fn deliver(sink: &mut Stage, ctx: &mut SinkCtx<'_>, job: SinkJob) {
                 }
                 let mut o = job.tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
                 for (i, reason) in rejections {
-                    let reason = format!("{}: {reason}", sink.name);
-                    o.set(job.origins[i], outcome::REJECTED, reason.clone());
+                    let reason = Refusal::by(&sink.name, reason);
+                    o.set(job.origins[i], outcome::REJECTED, Some(reason.clone()));
                     refused[i] = Some(reason);
                 }
                 drop(o);
                 sink.succeeded();
                 break;
             }
-            Err((status, message, hint)) => {
+            Err(e) => {
+                let (status, hint, message) = (e.status, e.retry_after_ms, e.to_string());
                 sink.metrics.errors.fetch_add(1, Relaxed);
                 if matches!(status, Status::PANICKED | Status::POISONED) {
                     sink.poison();
@@ -203,10 +202,10 @@ fn deliver(sink: &mut Stage, ctx: &mut SinkCtx<'_>, job: SinkJob) {
                     message
                 };
                 failed_all = true;
-                let reason = format!("{}: {message}", sink.name);
+                let reason = Refusal::by(&sink.name, message);
                 let mut o = job.tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
                 for (i, &origin) in job.origins.iter().enumerate() {
-                    o.set(origin, outcome::FAILED, reason.clone());
+                    o.set(origin, outcome::FAILED, Some(reason.clone()));
                     refused[i] = Some(reason.clone());
                 }
                 break;
@@ -227,8 +226,7 @@ fn deliver(sink: &mut Stage, ctx: &mut SinkCtx<'_>, job: SinkJob) {
         let outcome = if failed_all { "failed" } else { "rejected" };
         for (i, why) in refused.iter().enumerate() {
             if let Some(why) = why {
-                let reason = why.strip_prefix(&format!("{}: ", sink.name)).unwrap_or(why);
-                letters.add(&batch.get(i), job.origins[i], &sink.name, outcome, reason);
+                letters.add(&batch.get(i), job.origins[i], &sink.name, outcome, &why.text);
             }
         }
         dl.send(letters, &job.tracker, cx.or(job.trace.clone()));

@@ -34,7 +34,7 @@ impl Slot {
 
 /// A stage the host can re-create after a panic.
 pub(super) struct Stage {
-    pub(super) name: String,
+    pub(super) name: Arc<str>,
     pub(super) plugin: Plugin,
     pub(super) config: String,
     pub(super) host: &'static HostApi,
@@ -61,21 +61,21 @@ impl Stage {
                 tracing::error!(stage = %self.name, failures, error = %message, "Stage keeps failing; its pipeline is marked failed until it recovers.");
             }
             let why = format!("stage {} failed {failures} times in a row; last: {message}", self.name);
-            self.health.failing.lock().unwrap_or_else(|p| p.into_inner()).insert(self.name.clone(), why);
+            self.health.failing.lock().unwrap_or_else(|p| p.into_inner()).insert(self.name.to_string(), why);
         }
     }
 
     /// Counts a successful call, clearing a failure streak.
     pub(super) fn succeeded(&mut self) {
-        if self.failures.swap(0, Relaxed) > 0 && self.health.failing.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.name).is_some()
+        if self.failures.swap(0, Relaxed) > 0 && self.health.failing.lock().unwrap_or_else(|p| p.into_inner()).remove(&*self.name).is_some()
         {
             tracing::info!(stage = %self.name, "Stage recovered.");
         }
     }
 
-    /// Runs `f` on the instance (re-created first after a panic); also returns the
+    /// Runs the instance (re-created first after a panic) on `batch`; also returns the
     /// instance's generation.
-    pub(super) fn call<R>(&mut self, f: impl FnOnce(&mut Instance) -> R) -> Result<(R, u64), String> {
+    pub(super) fn process(&mut self, batch: &BatchRef<'_>) -> Result<(ForeignOutput, u64), CallError> {
         let slot = self.slot.clone();
         let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
         if slot.instance.is_none() {
@@ -87,14 +87,14 @@ impl Stage {
                 std::thread::sleep(restart_backoff(failures));
                 slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
             }
-            let inst =
-                Instance::create(&self.plugin, &self.config, self.host).map_err(|e| format!("could not re-create the stage: {e}"))?;
+            let inst = Instance::create(&self.plugin, &self.config, self.host)
+                .map_err(|e| CallError::host(format!("could not re-create the stage: {e}")))?;
             tracing::info!(stage = %self.name, "Stage re-created after a panic.");
             slot.instance = Some(inst);
             slot.generation += 1;
         }
         let generation = slot.generation;
-        Ok((f(slot.instance.as_mut().expect("just created")), generation))
+        Ok((slot.instance.as_mut().expect("just created").process(batch)?, generation))
     }
 
     /// Another instance of the same stage, sharing its metrics, health and buffer (one per

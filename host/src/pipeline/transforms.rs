@@ -115,15 +115,12 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
                 t.start(&site, Some(parent), Vec::new(), input.len(), SystemTime::now())
             });
             let started = Instant::now();
-            let result = stage
-                .call(|inst| inst.process(&input))
-                .map_err(|m| (false, m))
-                .and_then(|(r, generation)| r.map(|out| (out, generation)).map_err(|e| (e.poisoned(), e.to_string())));
+            let result = stage.process(&input);
             stage.metrics.latency.observe(started.elapsed());
             let checked = result.and_then(|(out, generation)| {
-                let out_origins = out.origins().map_err(|m| (false, format!("bad output: {m}")))?.to_vec();
+                let out_origins = out.origins().map_err(|m| CallError::host(format!("bad output: {m}")))?.to_vec();
                 if !out.kept() {
-                    out.batch().map_err(|e| (false, format!("bad output: {e}")))?;
+                    out.batch().map_err(|e| CallError::host(format!("bad output: {e}")))?;
                 }
                 Ok((out, out_origins, generation))
             });
@@ -140,14 +137,14 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
                         if keep_letters {
                             letters.add(&input.get(i), origins[i], &stage.name, "rejected", &reason);
                         }
-                        outcomes.set(origins[i], outcome::REJECTED, format!("{}: {reason}", stage.name));
+                        outcomes.set(origins[i], outcome::REJECTED, Some(Refusal::by(&stage.name, reason)));
                         kept[i] = true;
                     }
                     let dropped = kept.iter().filter(|k| !**k).count();
                     stage.metrics.dropped.fetch_add(dropped as u64, Relaxed);
                     for (i, k) in kept.iter().enumerate() {
                         if !k {
-                            outcomes.set(origins[i], outcome::DROPPED, String::new());
+                            outcomes.set(origins[i], outcome::DROPPED, None);
                         }
                     }
                     stage.metrics.records_out.fetch_add(out_origins.len() as u64, Relaxed);
@@ -157,7 +154,7 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
                     }
                     if let Some(sequence) = out.sequence().filter(|_| acknowledging[index]) {
                         awaiting.push(Part {
-                            stage: stage.name.clone(),
+                            stage: stage.name.to_string(),
                             slot: stage.slot.clone(),
                             generation,
                             sequence,
@@ -168,7 +165,8 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
                     current = if out.kept() { current.keep(&out_origins) } else { Current::Plugin(out) };
                     stage.succeeded();
                 }
-                Err((poisoned, message)) => {
+                Err(e) => {
+                    let (poisoned, message) = (e.poisoned(), e.to_string());
                     stage.metrics.errors.fetch_add(1, Relaxed);
                     tracing::error!(stage = %stage.name, plugin = %stage.plugin.name, error = %message, records = origins.len(), "Transform failed; its batch is failed.");
                     if poisoned {
@@ -178,11 +176,12 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
                     if let Some(span) = span.as_mut() {
                         span.fail(&message);
                     }
+                    let reason = Refusal::by(&stage.name, message.as_str());
                     for (i, &o) in origins.iter().enumerate() {
                         if keep_letters {
                             letters.add(&input.get(i), o, &stage.name, "failed", &message);
                         }
-                        outcomes.set(o, outcome::FAILED, format!("{}: {message}", stage.name));
+                        outcomes.set(o, outcome::FAILED, Some(reason.clone()));
                     }
                     origins.clear();
                 }
@@ -247,7 +246,7 @@ fn hand_to_sinks(batch: Processed, heads: &Heads) {
                     tracing::error!(error = %e, "Disk buffer write failed; the batch is failed.");
                     let mut o = tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
                     for &origin in origins.iter() {
-                        o.set(origin, outcome::FAILED, format!("disk buffer: {e}"));
+                        o.set(origin, outcome::FAILED, Some(Refusal::pipeline(format!("disk buffer: {e}"))));
                     }
                 }
             }
@@ -268,7 +267,7 @@ fn hand_to_sinks(batch: Processed, heads: &Heads) {
             m.errors.fetch_add(1, Relaxed);
             let mut o = tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
             for &origin in origins.iter() {
-                o.set(origin, outcome::FAILED, "a sink stopped unexpectedly".into());
+                o.set(origin, outcome::FAILED, Some(Refusal::pipeline("a sink stopped unexpectedly")));
             }
             drop(o);
             tracker.done();
