@@ -15,13 +15,9 @@ use std::time::Duration;
 
 use common::*;
 
-fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
 /// How many lines of `path` carry `eventId == id`.
 fn count_id(path: &std::path::Path, id: &str) -> usize {
-    lines(path).iter().filter(|v| v["eventId"] == id).count()
+    json_lines(path).iter().filter(|v| v["eventId"] == id).count()
 }
 
 /// A key prefix of this test's own in the machine's Redis.
@@ -85,7 +81,7 @@ fn memory_store_the_retry_of_an_event_a_sink_failed_for_good_is_delivered_once()
     let other = post_json(&url, &event("e-2"));
     assert_eq!(other.status, 200, "{other:?}");
     wait_for("e-2 in the file", Duration::from_secs(10), || count_id(&out, "e-2") == 1);
-    assert_eq!(count_id(&out, "e-1"), 1, "{:?}", lines(&out));
+    assert_eq!(count_id(&out, "e-1"), 1, "{:?}", json_lines(&out));
     assert_eq!(
         weir.metric(r#"weir_plugin_dedupe_duplicates_total{pipeline="ingest",stage="dedupe",plugin="dedupe"}"#),
         Some(1.0),
@@ -192,7 +188,7 @@ fn redis_store_a_reply_lost_after_redis_applied_the_marks_does_not_swallow_the_r
 
     let again = post_json(&url, &event("r-1"));
     assert_eq!(again.json()["duplicate"], true, "delivered now, so a repeat is a duplicate: {}", again.body);
-    assert_eq!(count_id(&out, "r-1"), 1, "{:?}", lines(&out));
+    assert_eq!(count_id(&out, "r-1"), 1, "{:?}", json_lines(&out));
     assert_eq!(proxy.cuts.load(Ordering::SeqCst), 1);
     redis(&["EVAL", "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end", "0", &format!("{prefix}*")]);
 }
@@ -225,16 +221,16 @@ fn kafka_source_a_sigkill_between_dedupe_and_a_slow_sink_loses_nothing_and_dupli
     let pending = |prefix: &str| marks(prefix).iter().filter(|m| m.starts_with("p:")).count();
     let mut weir = Weir::start(dir.path(), &[], &[]);
     // Killed while batches have passed dedupe (pending marks) and wait for the slow sink.
-    wait_for("batches delivered and more on their way", Duration::from_secs(60), || lines(&out).len() >= 100 && pending(&prefix) > 0);
+    wait_for("batches delivered and more on their way", Duration::from_secs(60), || json_lines(&out).len() >= 100 && pending(&prefix) > 0);
     weir.kill();
-    let delivered_before = lines(&out).len();
+    let delivered_before = json_lines(&out).len();
     let left_pending = pending(&prefix);
     assert!(left_pending > 0, "the kill left marks of batches not delivered");
     assert!(delivered_before < total, "the kill came before the end: {delivered_before}");
 
     let restarted = std::time::Instant::now();
     let second = Weir::start(dir.path(), &[], &[]);
-    let ids = || lines(&out).iter().map(|l| l["eventId"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let ids = || json_lines(&out).iter().map(|l| l["eventId"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
     wait_for("every event in the output after the restart", Duration::from_secs(90), || {
         ids().into_iter().collect::<std::collections::HashSet<_>>().len() == total
     });

@@ -2,23 +2,13 @@
 //! reason while the rest flows) and retries that give up after their maximum duration.
 
 mod common;
+#[path = "common/postgres.rs"]
+mod pg;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn psql(sql: &str) -> String {
-    let out = Command::new("psql").args([PG, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().expect("psql");
-    assert!(out.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
+use pg::{psql, SERVER};
 
 /// `http` → `validate` (requires `id`) → `file` + `test-flaky` (rejects "poison"), with
 /// `dead_letter` as given.
@@ -49,7 +39,7 @@ fn poison_records_reach_the_dead_letter_file_with_stage_and_reason_while_the_res
     assert_eq!(body["accepted"], 2, "{body}");
     assert_eq!(body["rejected"].as_array().unwrap().len(), 2, "{body}");
     // The answer came after the dead letters were written.
-    let letters = lines(&dlq);
+    let letters = json_lines(&dlq);
     assert_eq!(letters.len(), 2, "{letters:?}");
     let validate = letters.iter().find(|l| l["stage"] == "validate").expect("the validate rejection");
     assert_eq!(validate["record"], serde_json::json!({"nope": 2}));
@@ -61,7 +51,7 @@ fn poison_records_reach_the_dead_letter_file_with_stage_and_reason_while_the_res
     assert_eq!(flaky["record"], serde_json::json!({"id": 3, "x": "poison"}));
     assert_eq!(flaky["reason"], "poison record");
     // The rest flows: the file sink has every valid record, and more keep coming.
-    assert_eq!(lines(&out).iter().map(|l| l["id"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 3, 4]);
+    assert_eq!(json_lines(&out).iter().map(|l| l["id"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 3, 4]);
     assert_eq!(post_json(&url, r#"{"id":5}"#).status, 200);
     assert_eq!(weir.metric(r#"weir_stage_records_out_total{pipeline="ingest",stage="dead_letter",plugin="file"}"#), Some(2.0));
     assert_eq!(weir.metric(r#"weir_pipeline_records_total{pipeline="ingest",stage="http",plugin="http",outcome="rejected"}"#), Some(2.0));
@@ -72,23 +62,23 @@ fn dead_letters_can_go_to_a_postgresql_table() {
     let dir = tempfile::tempdir().unwrap();
     let (out, port) = (dir.path().join("out.jsonl"), free_port());
     let table = format!("public.weir_dead_letters_{}", free_port());
-    psql(&format!("DROP TABLE IF EXISTS {table}"));
+    psql(SERVER, &format!("DROP TABLE IF EXISTS {table}"));
     poison_pipeline(
         dir.path(),
         port,
         &out,
         &format!(
-            "  plugin: postgres\n  config:\n    url: \"{PG}\"\n    table: {table}\n    create: true\n    columns:\n      - {{name: stage, type: TEXT NOT NULL, from: /stage}}\n      - {{name: reason, type: TEXT NOT NULL, from: /reason}}\n      - {{name: record, type: JSONB NOT NULL, from: /record}}\n      - {{name: failed_at, type: TIMESTAMPTZ NOT NULL, from: /time}}\n"
+            "  plugin: postgres\n  config:\n    url: \"{SERVER}\"\n    table: {table}\n    create: true\n    columns:\n      - {{name: stage, type: TEXT NOT NULL, from: /stage}}\n      - {{name: reason, type: TEXT NOT NULL, from: /reason}}\n      - {{name: record, type: JSONB NOT NULL, from: /record}}\n      - {{name: failed_at, type: TIMESTAMPTZ NOT NULL, from: /time}}\n"
         ),
     );
     let _weir = Weir::start(dir.path(), &[], &[]);
     assert_eq!(post_json(&format!("http://127.0.0.1:{port}/produce"), BATCH).status, 200);
-    let rows = psql(&format!("SELECT stage, reason, record::text FROM {table} ORDER BY stage DESC"));
+    let rows = psql(SERVER, &format!("SELECT stage, reason, record::text FROM {table} ORDER BY stage DESC"));
     let rows: Vec<&str> = rows.lines().collect();
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert!(rows[0].starts_with("validate|") && rows[0].ends_with(r#"|{"nope": 2}"#), "{rows:?}");
     assert_eq!(rows[1], r#"test-flaky|poison record|{"x": "poison", "id": 3}"#);
-    psql(&format!("DROP TABLE IF EXISTS {table}"));
+    psql(SERVER, &format!("DROP TABLE IF EXISTS {table}"));
 }
 
 #[test]
@@ -111,7 +101,7 @@ fn a_sink_that_keeps_asking_to_retry_gives_up_after_its_maximum_duration_into_th
     assert_eq!(r.status, 500, "{r:?}");
     assert!(r.body.contains("gave up after") && r.body.contains("the destination is down"), "{}", r.body);
     assert!(took >= Duration::from_millis(1500), "gave up after {took:?}");
-    let letters = lines(&dlq);
+    let letters = json_lines(&dlq);
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0]["outcome"], "failed");
     assert_eq!(letters[0]["record"]["id"], "a");
@@ -143,7 +133,7 @@ fn a_dedupe_window_in_redis_survives_a_sigkill_and_restart() {
     let _weir = Weir::start(dir.path(), &[], &[]);
     let r = post_json(&url, r#"[{"id":2},{"id":3}]"#).json();
     assert_eq!((r["accepted"].clone(), r["duplicates"].clone()), (1.into(), 1.into()), "{r}");
-    assert_eq!(lines(&out).iter().map(|l| l["id"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(json_lines(&out).iter().map(|l| l["id"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
 }
 
 #[test]
@@ -164,9 +154,9 @@ fn the_http_source_can_answer_on_acceptance_and_refusals_still_reach_the_dead_le
     let r = post_json(&format!("http://127.0.0.1:{port}/produce"), r#"[{"id":1},{"nope":2}]"#);
     assert_eq!(r.status, 202, "{r:?}");
     assert_eq!(r.json(), serde_json::json!({"success": true, "queued": 2}));
-    wait_for("the accepted event delivered", Duration::from_secs(5), || lines(&out).len() == 1);
-    wait_for("the refused one dead-lettered", Duration::from_secs(5), || lines(&dlq).len() == 1);
-    assert_eq!(lines(&dlq)[0]["record"], serde_json::json!({"nope": 2}));
+    wait_for("the accepted event delivered", Duration::from_secs(5), || json_lines(&out).len() == 1);
+    wait_for("the refused one dead-lettered", Duration::from_secs(5), || json_lines(&dlq).len() == 1);
+    assert_eq!(json_lines(&dlq)[0]["record"], serde_json::json!({"nope": 2}));
 }
 
 #[test]
@@ -187,7 +177,7 @@ fn a_full_drop_newest_buffer_drops_and_counts_for_its_sink_only() {
         let events: Vec<String> = (0..10).map(|i| format!(r#"{{"id":{}}}"#, n * 10 + i)).collect();
         assert_eq!(post_json(&url, &format!("[{}]", events.join(","))).status, 200);
     }
-    wait_for("the file sink to have every event", Duration::from_secs(10), || lines(&out).len() == 300);
+    wait_for("the file sink to have every event", Duration::from_secs(10), || json_lines(&out).len() == 300);
     let slow = r#"{pipeline="ingest",stage="test-slow",plugin="test-slow"}"#;
     let mut dropped = 0.0;
     wait_for("the slow sink to finish", Duration::from_secs(20), || {
@@ -283,8 +273,8 @@ fn replay_into_file(dir: &std::path::Path, port: u16) -> (Vec<u64>, Weir) {
     );
     let weir = Weir::start(dir, &[], &[]);
     let gauge = r#"weir_plugin_disk_buffer_bytes{pipeline="ingest",stage="test-flaky",plugin="file"}"#;
-    wait_for("the disk buffer replayed", Duration::from_secs(10), || weir.metric(gauge) == Some(0.0) && !lines(&out).is_empty());
-    (lines(&out).iter().map(|l| l["id"].as_u64().unwrap()).collect(), weir)
+    wait_for("the disk buffer replayed", Duration::from_secs(10), || weir.metric(gauge) == Some(0.0) && !json_lines(&out).is_empty());
+    (json_lines(&out).iter().map(|l| l["id"].as_u64().unwrap()).collect(), weir)
 }
 
 #[test]

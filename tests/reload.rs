@@ -36,10 +36,6 @@ fn setup(version: u32) -> Setup {
     Setup { _dir: dir, out, port, pipelines }
 }
 
-fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
 #[test]
 fn twenty_reloads_under_load_refuse_nothing_and_write_every_event_once() {
     let Setup { _dir, out, port, pipelines } = setup(0);
@@ -72,13 +68,13 @@ fn twenty_reloads_under_load_refuse_nothing_and_write_every_event_once() {
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.json()["replaced"], serde_json::json!(["ingest"]), "{r:?}");
         // The new config is in effect within 2 s.
-        wait_for("the new version's events", Duration::from_secs(2), || lines(&out).last().is_some_and(|l| l["version"] == version));
+        wait_for("the new version's events", Duration::from_secs(2), || json_lines(&out).last().is_some_and(|l| l["version"] == version));
     }
     stop.store(true, Ordering::Relaxed);
     client.join().expect("the client saw no refused connection");
     assert!(failures.lock().unwrap().is_empty(), "failed requests: {:?}", failures.lock().unwrap());
     let accepted = accepted.lock().unwrap().clone();
-    let written: Vec<String> = lines(&out).iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
+    let written: Vec<String> = json_lines(&out).iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
     let unique: HashSet<&String> = written.iter().collect();
     assert_eq!(unique.len(), written.len(), "an event was written twice");
     assert_eq!(written.len(), accepted.len(), "every accepted event is written, once");
@@ -146,7 +142,7 @@ fn editing_a_pipeline_file_reloads_it_by_itself() {
     let url = format!("http://127.0.0.1:{port}/produce");
     wait_for("version 2 in effect", Duration::from_secs(5), || {
         assert_eq!(post_json(&url, r#"{"id":"w"}"#).status, 200);
-        lines(&out).last().is_some_and(|l| l["version"] == 2)
+        json_lines(&out).last().is_some_and(|l| l["version"] == 2)
     });
     assert_eq!(weir.get_json("/health")["last_reload"]["replaced"], serde_json::json!(["ingest"]));
 }
@@ -160,7 +156,7 @@ fn sighup_reloads() {
     assert!(status.success());
     wait_for("the reload", Duration::from_secs(5), || weir.get_json("/health")["last_reload"]["replaced"] == serde_json::json!(["ingest"]));
     assert_eq!(post_json(&format!("http://127.0.0.1:{port}/produce"), r#"{"id":"h"}"#).status, 200);
-    assert_eq!(lines(&out).last().unwrap()["version"], 7);
+    assert_eq!(json_lines(&out).last().unwrap()["version"], 7);
 }
 
 #[test]
@@ -201,10 +197,10 @@ fn pause_resume_and_restart_through_the_api_under_load() {
     client.join().expect("no refused connection");
     let seen = seen.lock().unwrap().clone();
     assert!(seen.iter().all(|s| s.0 == 200 || s.0 == 503), "{:?}", seen.iter().find(|s| s.0 != 200 && s.0 != 503));
-    let written: HashSet<String> = lines(&out).iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
+    let written: HashSet<String> = json_lines(&out).iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
     let accepted: HashSet<String> = seen.iter().filter(|s| s.0 == 200).map(|s| s.2.clone()).collect();
     assert_eq!(written, accepted, "exactly the accepted events are written");
-    assert_eq!(lines(&out).len(), written.len(), "once each");
+    assert_eq!(json_lines(&out).len(), written.len(), "once each");
 }
 
 /// A plugin directory with the libraries `ingest` needs and the test plugins' library.
@@ -273,7 +269,7 @@ fn a_rebuilt_plugin_library_is_picked_up_on_reload_under_load_and_an_incompatibl
             }
         })
     };
-    let stamped = |stamp: &str| lines(&out).iter().filter(|l| l["stamp"] == stamp).count();
+    let stamped = |stamp: &str| json_lines(&out).iter().filter(|l| l["stamp"] == stamp).count();
     wait_for("events of the first build", Duration::from_secs(5), || stamped("weir-stamp:v0001") > 5);
 
     rebuild(&plugins, b"weir-stamp:v0002");
@@ -284,7 +280,7 @@ fn a_rebuilt_plugin_library_is_picked_up_on_reload_under_load_and_an_incompatibl
     assert_eq!(report["unchanged"], serde_json::json!(["other"]), "{report}");
     assert!(report["libraries_loaded"][0].as_str().unwrap().contains("libweir_test_faulty.so"), "{report}");
     wait_for("events of the rebuilt library", Duration::from_secs(2), || {
-        lines(&out).last().is_some_and(|l| l["stamp"] == "weir-stamp:v0002")
+        json_lines(&out).last().is_some_and(|l| l["stamp"] == "weir-stamp:v0002")
     });
     let p = weir.get_json("/pipelines/ingest");
     assert_eq!(p["version"], 2, "{p}");
@@ -307,7 +303,7 @@ fn a_rebuilt_plugin_library_is_picked_up_on_reload_under_load_and_an_incompatibl
     client.join().expect("no refused connection");
     let seen = seen.lock().unwrap().clone();
     assert!(seen.iter().all(|s| s.0 == 200), "{:?}", seen.iter().find(|s| s.0 != 200));
-    let written: Vec<String> = lines(&out).iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
+    let written: Vec<String> = json_lines(&out).iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
     let unique: HashSet<&String> = written.iter().collect();
     assert_eq!(unique.len(), written.len(), "an event was written twice");
     assert_eq!(written.len(), seen.len(), "every accepted event is written, once");
@@ -361,13 +357,13 @@ fn the_dedupe_window_survives_reloads_under_load() {
     stop.store(true, Ordering::Relaxed);
     client.join().expect("every request answered 200");
     let seen = seen.lock().unwrap().clone();
-    let written: Vec<u64> = lines(&out).iter().map(|l| l["id"].as_u64().unwrap()).collect();
+    let written: Vec<u64> = json_lines(&out).iter().map(|l| l["id"].as_u64().unwrap()).collect();
     let unique: HashSet<u64> = written.iter().copied().collect();
     assert_eq!(unique.len(), written.len(), "a duplicate was written across a reload");
     let firsts: HashSet<u64> = seen.iter().filter(|s| !s.1).map(|s| u64::from(s.0)).collect();
     assert_eq!(unique, firsts, "exactly the first sending of each id is written");
     assert_eq!(seen.iter().filter(|s| s.1).count(), seen.len() - firsts.len(), "every second sending was a duplicate");
-    assert_eq!(lines(&out).iter().map(|l| l["version"].as_u64().unwrap()).max(), Some(5));
+    assert_eq!(json_lines(&out).iter().map(|l| l["version"].as_u64().unwrap()).max(), Some(5));
 }
 
 #[test]
@@ -397,13 +393,13 @@ fn reloads_share_a_disk_buffer_between_versions_and_deliver_every_event_once() {
         write_pipeline(&pipelines, "ingest", &with_disk(version));
         let r = curl("POST", &weir.url("/reload"), None, None);
         assert_eq!(r.json()["replaced"], serde_json::json!(["ingest"]), "{r:?}");
-        wait_for("the new version's events", Duration::from_secs(5), || lines(&out).last().is_some_and(|l| l["version"] == version));
+        wait_for("the new version's events", Duration::from_secs(5), || json_lines(&out).last().is_some_and(|l| l["version"] == version));
     }
     stop.store(true, Ordering::Relaxed);
     client.join().expect("every request answered 200");
     let accepted = accepted.lock().unwrap().clone();
-    wait_for("every accepted event out of the disk buffer", Duration::from_secs(10), || lines(&out).len() >= accepted.len());
-    let written: Vec<String> = lines(&out).iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
+    wait_for("every accepted event out of the disk buffer", Duration::from_secs(10), || json_lines(&out).len() >= accepted.len());
+    let written: Vec<String> = json_lines(&out).iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
     let unique: HashSet<&String> = written.iter().collect();
     assert_eq!(unique.len(), written.len(), "an event was written twice");
     assert_eq!(written.len(), accepted.len(), "every accepted event is written, once");

@@ -7,6 +7,8 @@ mod broker;
 mod common;
 #[path = "common/otlp.rs"]
 mod otlp;
+#[path = "common/postgres.rs"]
+mod pg;
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -15,14 +17,7 @@ use std::time::Duration;
 use broker::Broker;
 use common::*;
 use otlp::Receiver;
-
-const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn psql(sql: &str) -> String {
-    let out = Command::new("psql").args([PG, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().expect("psql");
-    assert!(out.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+use pg::{psql, SERVER};
 
 /// POSTs one JSON body with extra headers, with curl.
 fn post_with(url: &str, body: &str, headers: &[&str]) -> Reply {
@@ -54,7 +49,7 @@ fn one_trace_follows_an_event_from_http_through_kafka_into_postgres_across_two_h
     let broker = Broker::memory();
     broker.create_topic("traced", 1);
     let table = format!("public.weir_traced_{}", free_port());
-    psql(&format!("DROP TABLE IF EXISTS {table}"));
+    psql(SERVER, &format!("DROP TABLE IF EXISTS {table}"));
 
     // Host A: HTTP ingest → validate → Kafka, exporting over gRPC.
     let ingest_dir = tempfile::tempdir().unwrap();
@@ -81,7 +76,7 @@ fn one_trace_follows_an_event_from_http_through_kafka_into_postgres_across_two_h
         store_dir.path(),
         "store",
         &format!(
-            "source:\n  plugin: kafka\n  config: {{brokers: \"{}\", topics: [traced], group_id: weir-traced, session_timeout_ms: 6000}}\nsinks:\n  - plugin: postgres\n    config:\n      url: \"{PG}\"\n      table: {table}\n      create: true\n      unique_key: [event_id]\n      columns:\n        - {{name: event_id, type: TEXT NOT NULL, from: /event_id}}\n        - {{name: data, type: JSONB, from: /data}}\n",
+            "source:\n  plugin: kafka\n  config: {{brokers: \"{}\", topics: [traced], group_id: weir-traced, session_timeout_ms: 6000}}\nsinks:\n  - plugin: postgres\n    config:\n      url: \"{SERVER}\"\n      table: {table}\n      create: true\n      unique_key: [event_id]\n      columns:\n        - {{name: event_id, type: TEXT NOT NULL, from: /event_id}}\n        - {{name: data, type: JSONB, from: /data}}\n",
             broker.addr
         ),
     );
@@ -107,7 +102,7 @@ fn one_trace_follows_an_event_from_http_through_kafka_into_postgres_across_two_h
     );
     assert_eq!(r.status, 200, "{r:?}\n{}", ingest.logs());
     wait_for("the row in PostgreSQL", Duration::from_secs(60), || {
-        psql(&format!("SELECT count(*) FROM {table} WHERE event_id = 'traced-1'")) == "1"
+        psql(SERVER, &format!("SELECT count(*) FROM {table} WHERE event_id = 'traced-1'")) == "1"
     });
 
     let mut spans = Vec::new();
@@ -145,7 +140,7 @@ fn one_trace_follows_an_event_from_http_through_kafka_into_postgres_across_two_h
     assert_eq!(pg.attributes.get("weir.plugin").map(String::as_str), Some("postgres"));
     assert_eq!(pg.attributes.get("weir.records").map(String::as_str), Some("1"));
     assert!(store.metric("weir_telemetry_spans_total{outcome=\"exported\"}").unwrap() >= 2.0);
-    psql(&format!("DROP TABLE IF EXISTS {table}"));
+    psql(SERVER, &format!("DROP TABLE IF EXISTS {table}"));
 }
 
 #[test]

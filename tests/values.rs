@@ -3,12 +3,14 @@
 //! default pipeline and through enrich into the machine's PostgreSQL (read back with psql).
 
 mod common;
+#[path = "common/postgres.rs"]
+mod pg;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use pg::{psql, Schema, SERVER};
 use serde_json::value::RawValue;
 
 /// Members whose bytes must survive: no float would keep any of them as written.
@@ -79,28 +81,10 @@ fn the_default_pipeline_writes_numbers_escapes_and_key_order_byte_for_byte() {
     assert!(order.windows(2).all(|w| w[0] < w[1]), "members keep their order: {}", lines[1]);
 }
 
-const SERVER: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// Runs SQL with psql (an independent client) and returns its unaligned output.
-fn psql(sql: &str) -> String {
-    let out = Command::new("psql").args([SERVER, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().expect("psql");
-    assert!(out.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim_end_matches('\n').to_owned()
-}
-
-/// A schema of the test's own, dropped afterwards.
-struct Schema(String);
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let _ = Command::new("psql").args([SERVER, "-X", "-q", "-c", &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0)]).output();
-    }
-}
-
 #[test]
 fn numeric_columns_get_the_exact_digits_and_json_columns_the_record_as_sent() {
     let schema = Schema(format!("weir_values_{}", free_port()));
-    psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.0));
+    psql(SERVER, &format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.0));
     let table = format!("{}.amounts", schema.0);
     let dir = tempfile::tempdir().unwrap();
     let http = free_port();
@@ -150,18 +134,18 @@ sinks:
     assert_eq!(reply.json()["accepted"], cases.len(), "{reply:?}");
 
     for ((id, amount, shown), sent) in cases.iter().zip(&sent) {
-        assert_eq!(psql(&format!("SELECT amount FROM {table} WHERE id = '{id}'")), *shown, "numeric from {amount}");
-        assert_eq!(psql(&format!("SELECT amount = {shown}::numeric FROM {table} WHERE id = '{id}'")), "t");
+        assert_eq!(psql(SERVER, &format!("SELECT amount FROM {table} WHERE id = '{id}'")), *shown, "numeric from {amount}");
+        assert_eq!(psql(SERVER, &format!("SELECT amount = {shown}::numeric FROM {table} WHERE id = '{id}'")), "t");
         // A json column keeps the record's text: what was sent, plus enrich's member.
-        let doc = psql(&format!("SELECT doc FROM {table} WHERE id = '{id}'"));
+        let doc = psql(SERVER, &format!("SELECT doc FROM {table} WHERE id = '{id}'"));
         assert_eq!(doc, format!("{},\"stored\":true}}", &sent[..sent.len() - 1]), "json column of {id}");
         // jsonb normalises by design (key order, escapes) but the number is still exact.
-        let docb_amount = psql(&format!("SELECT (docb->>'amount')::numeric = {shown}::numeric FROM {table} WHERE id = '{id}'"));
+        let docb_amount = psql(SERVER, &format!("SELECT (docb->>'amount')::numeric = {shown}::numeric FROM {table} WHERE id = '{id}'"));
         assert_eq!(docb_amount, "t", "jsonb amount of {id}");
     }
     // A number into a text column keeps its spelling.
-    assert_eq!(psql(&format!("SELECT amount_text FROM {table} WHERE id = 'e'")), "1e3");
-    assert_eq!(psql(&format!("SELECT scaled FROM {table} WHERE id = 'd'")), "1.1000000000");
+    assert_eq!(psql(SERVER, &format!("SELECT amount_text FROM {table} WHERE id = 'e'")), "1e3");
+    assert_eq!(psql(SERVER, &format!("SELECT scaled FROM {table} WHERE id = 'd'")), "1.1000000000");
 
     // A number numeric cannot hold is refused with the reason, the rest of the batch lands.
     let reply = post_json(
@@ -174,5 +158,5 @@ sinks:
     let reasons: Vec<&str> = body["rejected"].as_array().unwrap().iter().map(|r| r["error"].as_str().unwrap()).collect();
     assert!(reasons[0].contains("column amount") && reasons[0].contains("numeric can hold"), "{reasons:?}");
     assert!(reasons[1].contains(r#""soon" is not a number"#), "{reasons:?}");
-    wait_for("the good record", Duration::from_secs(10), || psql(&format!("SELECT count(*) FROM {table} WHERE id = 'z'")) == "1");
+    wait_for("the good record", Duration::from_secs(10), || psql(SERVER, &format!("SELECT count(*) FROM {table} WHERE id = 'z'")) == "1");
 }

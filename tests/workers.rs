@@ -52,10 +52,6 @@ impl Conn {
     }
 }
 
-fn lines(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
 #[test]
 fn four_workers_hand_batches_to_the_sinks_in_source_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -81,8 +77,8 @@ fn four_workers_hand_batches_to_the_sinks_in_source_order() {
         assert_eq!(conn.post(&Value::Array(events).to_string()), 202);
     }
     let total = (batches * per_batch) as usize;
-    wait_for("every event written", Duration::from_secs(30), || lines(&out).len() >= total);
-    let seqs: Vec<u64> = lines(&out).iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    wait_for("every event written", Duration::from_secs(30), || json_lines(&out).len() >= total);
+    let seqs: Vec<u64> = json_lines(&out).iter().map(|v| v["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (0..total as u64).collect::<Vec<_>>(), "the file has the events in the order they were posted");
     let workers = std::fs::read_dir(format!("/proc/{}/task", weir.pid()))
         .unwrap()
@@ -123,7 +119,7 @@ fn duplicates_posted_at_once_from_many_connections_pass_dedupe_once() {
     for p in posters {
         p.join().unwrap();
     }
-    let written = lines(&out);
+    let written = json_lines(&out);
     let mut count: HashMap<String, usize> = HashMap::new();
     for v in &written {
         *count.entry(v["eventId"].as_str().unwrap().to_owned()).or_default() += 1;

@@ -53,6 +53,17 @@ pub fn weir(args: &[&str], envs: &[(&str, &str)]) -> Output {
         .expect("run weir")
 }
 
+/// The JSON lines of `path` (none when it does not exist yet); panics on a line that is
+/// not JSON, naming it.
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}:{}: not JSON ({e}): {l}", path.display(), i + 1)))
+        .collect()
+}
+
 /// Waits for `cond` to hold, polling, up to `limit`.
 pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -106,6 +117,20 @@ pub fn post_json(url: &str, body: &str) -> Reply {
     curl("POST", url, Some("application/json"), Some(body.as_bytes()))
 }
 
+/// Starts `weir ARGS` from the repository root with the tests' plugins, its log to `log`.
+pub fn spawn_weir(args: &[&str], envs: &[(&str, &str)], log: &Path) -> Child {
+    Command::new(bin_dir().join("weir"))
+        .args(args)
+        .env("WEIR_PLUGINS", plugins_env())
+        .envs(envs.iter().copied())
+        .env("NO_COLOR", "1")
+        .current_dir(repo())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("start weir")
+}
+
 /// A running `weir run`, stopped (SIGTERM, then waited for) when dropped.
 pub struct Weir {
     child: Option<Child>,
@@ -123,16 +148,7 @@ impl Weir {
         let admin = format!("127.0.0.1:{}", free_port());
         let mut args = vec!["run", "--pipelines", pipelines.to_str().unwrap(), "--admin", &admin];
         args.extend_from_slice(extra);
-        let child = Command::new(bin_dir().join("weir"))
-            .args(&args)
-            .env("WEIR_PLUGINS", plugins_env())
-            .envs(envs.iter().copied())
-            .env("NO_COLOR", "1")
-            .current_dir(repo())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start weir");
+        let child = spawn_weir(&args, envs, &log);
         let mut w = Weir { child: Some(child), admin, log, _dir: dir };
         let url = w.url("/health");
         wait_for("the admin API", Duration::from_secs(20), || {
