@@ -62,15 +62,30 @@ weir_plugin::export_plugins!(opt_in; sink Counter);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_plugin::mock::{json_batch, MockHost};
+    use weir_plugin::mock::{json_batch, run_sink, MockHost};
+    use weir_plugin::serde_json::json;
 
     #[test]
     fn counts_and_logs_through_the_mock_host() {
         let host = MockHost::new();
-        let mut sink = Counter::create(CounterConfig { every: 2 }, host.context()).unwrap();
-        sink.write(&json_batch(["{}", "[1]", "2"]).as_ref(), &mut Rejections::new()).unwrap();
+        let mut sink: Counter = host.sink(json!({"every": 2})).unwrap();
+        let refused = run_sink(&mut sink, &json_batch(["{}", "[1]", "2"])).unwrap();
+        assert!(refused.is_empty());
         assert_eq!(host.metric("example_records"), Some(3.0));
         assert_eq!(host.metric("example_bytes"), Some(6.0));
         assert_eq!(host.logs()[0].1, "Counted 3 records (6 bytes).");
+        run_sink(&mut sink, &json_batch(["{}"])).unwrap();
+        assert_eq!(host.logs().last().unwrap().1, "Counted 4 records (8 bytes).", "a line each time 2 more were counted");
+        run_sink(&mut sink, &json_batch(["{}"])).unwrap();
+        assert_eq!(host.logs().len(), 2, "5 records: no new line until the sixth");
+    }
+
+    #[test]
+    fn configs_are_checked_as_the_host_checks_them() {
+        let host = MockHost::new();
+        let zero = host.sink::<Counter>(json!({"every": 0})).err().unwrap();
+        assert!(zero.to_string().contains("every must be at least 1"), "{zero}");
+        let unknown = host.sink::<Counter>(json!({"evrey": 2})).err().unwrap();
+        assert!(unknown.to_string().contains("unknown field `evrey`"), "{unknown}");
     }
 }

@@ -158,17 +158,15 @@ impl Source for FileSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_plugin::mock::{mock_emitter, MockHost};
+    use weir_plugin::mock::{run_source, MockHost};
 
     fn replay_file(name: &str, text: &str, batch: usize) -> weir_plugin::mock::Emitted {
         let dir = std::env::temp_dir().join(format!("weir-file-source-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(name), text).unwrap();
         let host = MockHost::with_base_dir(dir.to_str().unwrap());
-        let config: FileSourceConfig = serde_json::from_value(serde_json::json!({"path": name, "batch_size": batch})).unwrap();
-        let mut src = FileSource::create(config, host.context()).unwrap();
-        let (emitter, emitted) = mock_emitter(false);
-        src.start(emitter).unwrap();
+        let mut src: FileSource = host.source(serde_json::json!({"path": name, "batch_size": batch})).unwrap();
+        let emitted = run_source(&mut src, false).unwrap();
         src.worker.take().unwrap().join();
         emitted
     }
@@ -194,9 +192,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("bad.json"), "[{\"a\":1},").unwrap();
         let host = MockHost::with_base_dir(dir.to_str().unwrap());
-        let config: FileSourceConfig = serde_json::from_value(serde_json::json!({"path": "bad.json"})).unwrap();
-        let mut src = FileSource::create(config, host.context()).unwrap();
-        let err = src.start(mock_emitter(false).0).unwrap_err();
+        let mut src: FileSource = host.source(serde_json::json!({"path": "bad.json"})).unwrap();
+        let err = run_source(&mut src, false).err().unwrap();
         assert!(err.to_string().contains("is not a JSON array"), "{err}");
     }
 }

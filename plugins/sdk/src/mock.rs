@@ -14,10 +14,10 @@ use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 use crate::abi::{self, AckCallback, AckView, BatchView, EmitterApi, HostApi, OwnedBytes, Status, StrRef};
-use crate::batch::{BatchBuf, BatchRef, Output};
+use crate::batch::{BatchBuf, BatchRef, Output, Rejections};
 use crate::context::{Context, Emitter, Level, Outcome};
 use crate::error::PluginError;
-use crate::plugin::{Settled, Transform};
+use crate::plugin::{Settled, Sink, Source, Transform};
 
 #[derive(Default)]
 struct State {
@@ -136,10 +136,45 @@ impl MockHost {
 
     /// Builds a transform from a JSON config, as the host would.
     pub fn transform<T: Transform>(&self, config: serde_json::Value) -> Result<T, PluginError> {
-        let config: T::Config = serde_json::from_value(config).map_err(|e| PluginError::config(e.to_string()))?;
+        let config: T::Config = read_config(config)?;
         T::validate(&config)?;
         T::create(config, self.context())
     }
+
+    /// Builds a sink from a JSON config, as the host would.
+    pub fn sink<S: Sink>(&self, config: serde_json::Value) -> Result<S, PluginError> {
+        let config: S::Config = read_config(config)?;
+        S::validate(&config)?;
+        S::create(config, self.context())
+    }
+
+    /// Builds a source from a JSON config, as the host would (start it with
+    /// [`run_source`]).
+    pub fn source<S: Source>(&self, config: serde_json::Value) -> Result<S, PluginError> {
+        let config: S::Config = read_config(config)?;
+        S::validate(&config)?;
+        S::create(config, self.context())
+    }
+}
+
+/// A plugin's config from JSON, refused as the host refuses it (unknown fields, wrong types).
+fn read_config<C: serde::de::DeserializeOwned>(config: serde_json::Value) -> Result<C, PluginError> {
+    serde_json::from_value(config).map_err(|e| PluginError::config(e.to_string()))
+}
+
+/// Writes one batch to a sink as the host would; returns the records it refused.
+pub fn run_sink<S: Sink>(s: &mut S, batch: &BatchBuf) -> Result<Rejections, PluginError> {
+    let mut rejections = Rejections::new();
+    s.write(&batch.as_ref(), &mut rejections)?;
+    Ok(rejections)
+}
+
+/// Starts a source with a [`mock_emitter`] (accepting every batch, or with `full` refusing
+/// them with backpressure); what it emits collects in the returned [`Emitted`].
+pub fn run_source<S: Source>(s: &mut S, full: bool) -> Result<Emitted, PluginError> {
+    let (emitter, emitted) = mock_emitter(full);
+    s.start(emitter)?;
+    Ok(emitted)
 }
 
 /// Runs one batch through a transform and returns its output (numbered, as the host's
