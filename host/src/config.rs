@@ -400,7 +400,8 @@ pub struct PipelineSettings {
     #[serde(default)]
     pub acknowledge: Acknowledge,
     /// Threads running the transforms, each with its own instances of them; batches reach
-    /// the sinks in source order whatever the number. Unset: one per core.
+    /// the sinks in source order whatever the number, and a transform that needs source
+    /// order (dedupe) takes them in turn. Unset: one per core.
     #[serde(default)]
     pub transform_workers: Option<NonZeroUsize>,
 }

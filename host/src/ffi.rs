@@ -191,7 +191,8 @@ pub fn descriptors(manifest: &'static Manifest) -> Result<Vec<&'static PluginDes
                 // A shorter one is copied over zeroes: the fields it lacks are `None`.
                 let mut copy = std::mem::MaybeUninit::<PluginDescriptor>::zeroed();
                 // SAFETY: `stride` bytes are readable at `at`; every field past them is an
-                // `Option` of a function pointer, for which zero is `None`.
+                // `Option` of a function pointer, for which zero is `None`, or `flags`, for
+                // which zero is none.
                 let copy = unsafe {
                     std::ptr::copy_nonoverlapping(at, copy.as_mut_ptr().cast::<u8>(), stride);
                     copy.assume_init()
@@ -535,6 +536,7 @@ mod tests {
             stop: None,
             process: None,
             acknowledge: Some(acknowledge),
+            flags: 0,
         }
     }
 

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -140,6 +140,7 @@ impl Pipeline {
                 lib: plugin.library.clone(),
                 metrics: m.clone(),
             });
+            let in_order = plugin.descriptor.flags & weir_plugin::abi::PLUGIN_IN_ORDER != 0;
             built.push((
                 role,
                 Stage {
@@ -154,6 +155,7 @@ impl Pipeline {
                     failures: Arc::default(),
                     health: health.clone(),
                     buffer: Buffer::new(spec.buffer.clone(), disk),
+                    in_order,
                 },
             ));
         }
@@ -262,7 +264,7 @@ impl Pipeline {
                 }
             }
         }
-        let order = Order::new(rx, workers);
+        let order = Order::new(rx, workers, chains.first().map_or(0, Vec::len));
         for (w, chain) in chains.into_iter().enumerate() {
             let (order, heads) = (order.clone(), heads.clone());
             threads.push(

@@ -50,6 +50,8 @@ pub(super) struct Stage {
     pub(super) health: Arc<Health>,
     /// Sinks: what waits in front of it.
     pub(super) buffer: Arc<Buffer>,
+    /// Transforms: takes batches one at a time in source order (`PLUGIN_IN_ORDER`).
+    pub(super) in_order: bool,
 }
 
 impl Stage {
@@ -113,6 +115,7 @@ impl Stage {
             failures: self.failures.clone(),
             health: self.health.clone(),
             buffer: self.buffer.clone(),
+            in_order: self.in_order,
         })
     }
 

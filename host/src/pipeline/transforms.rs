@@ -7,7 +7,10 @@
 //! State a transform shares across its instances is the plugin's to keep consistent:
 //! `dedupe` keeps one window per pipeline stage in the library, locked per batch, in which
 //! a key carried by a batch still on its way counts as a duplicate, so two workers never
-//! both pass one key.
+//! both pass one key. A transform whose outcome depends on which record came first asks
+//! for source order (`PLUGIN_IN_ORDER`, as `dedupe` does, so the first copy of a key is
+//! the one passed): workers then take turns at that stage in batch order, while the stages
+//! before it run in parallel.
 
 use std::collections::BTreeMap;
 
@@ -35,11 +38,43 @@ pub(super) struct Order {
     done: Mutex<(u64, BTreeMap<u64, Processed>)>,
     /// Workers still running: the last one to stop finishes the sinks' disk buffers.
     running: AtomicUsize,
+    /// Per transform of the chain, the number of the batch whose turn it is there: a stage
+    /// that asked for source order (`PLUGIN_IN_ORDER`) takes batches only in turn.
+    turns: Vec<(Mutex<u64>, Condvar)>,
+}
+
+/// Batch `number`'s turn at one stage; the next batch's when dropped.
+struct Turn<'a> {
+    at: &'a (Mutex<u64>, Condvar),
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *self.at.0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.at.1.notify_all();
+    }
 }
 
 impl Order {
-    pub(super) fn new(queue: Receiver<Envelope>, workers: usize) -> Arc<Order> {
-        Arc::new(Order { queue: Mutex::new((queue, 0)), done: Mutex::new((0, BTreeMap::new())), running: AtomicUsize::new(workers) })
+    pub(super) fn new(queue: Receiver<Envelope>, workers: usize, transforms: usize) -> Arc<Order> {
+        Arc::new(Order {
+            queue: Mutex::new((queue, 0)),
+            done: Mutex::new((0, BTreeMap::new())),
+            running: AtomicUsize::new(workers),
+            turns: (0..transforms).map(|_| (Mutex::new(0), Condvar::new())).collect(),
+        })
+    }
+
+    /// Waits until it is batch `number`'s turn at transform `index`. Every batch taken is
+    /// on a worker that gets there (one whose records are all gone passes its turn on), and
+    /// batches are numbered as they are taken, so the wait always ends.
+    fn turn(&self, index: usize, number: u64) -> Turn<'_> {
+        let at = &self.turns[index];
+        let mut turn = at.0.lock().unwrap_or_else(|p| p.into_inner());
+        while *turn != number {
+            turn = at.1.wait(turn).unwrap_or_else(|p| p.into_inner());
+        }
+        Turn { at }
     }
 
     /// The next batch and its number; `None` once the source's queue is closed and empty.
@@ -104,8 +139,10 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
         let mut current = Current::Host(batch);
         let mut awaiting = Vec::new();
         for (index, stage) in transforms.iter_mut().enumerate() {
+            // Held to the end of this stage's work on the batch.
+            let _turn = stage.in_order.then(|| order.turn(index, number));
             if origins.is_empty() {
-                break;
+                continue;
             }
             let input = current.view();
             stage.metrics.records_in.fetch_add(input.len() as u64, Relaxed);

@@ -461,6 +461,8 @@ impl Transform for Dedupe {
     const NAME: &'static str = "dedupe";
     const DESCRIPTION: &'static str = "Drops records whose key was delivered within a time window; memory bounded.";
     const ACKNOWLEDGES: bool = true;
+    // The first copy of a key passes, as with one worker.
+    const IN_ORDER: bool = true;
 
     fn validate(config: &DedupeConfig) -> Result<(), PluginError> {
         window(config)?;

@@ -434,7 +434,14 @@ pub struct PluginDescriptor {
     /// instance. Read only when `struct_size` covers it.
     pub acknowledge:
         Option<unsafe extern "C" fn(instance: *mut c_void, settled: *const Settled, count: u32, message: *mut OwnedBytes) -> Status>,
+    /// Minor 3: [`PLUGIN_IN_ORDER`] or 0. Read only when `struct_size` covers it (0 otherwise).
+    pub flags: u32,
 }
+
+/// `PluginDescriptor::flags` bit (minor 3), transforms: the stage must see batches in
+/// source order, one at a time, also when a pipeline runs several transform workers (its
+/// state depends on which record came first: `dedupe` passes the first copy of a key).
+pub const PLUGIN_IN_ORDER: u32 = 1;
 
 impl PluginDescriptor {
     /// Size of a descriptor of ABI minor 0, which ends with `process`.

@@ -304,6 +304,7 @@ pub struct DescriptorParts {
     stop: Option<unsafe extern "C" fn(*mut c_void, *mut OwnedBytes) -> Status>,
     process: Option<unsafe extern "C" fn(*mut c_void, *const BatchView, *mut StageOutput, *mut OwnedBytes) -> Status>,
     acknowledge: Option<unsafe extern "C" fn(*mut c_void, *const Settled, u32, *mut OwnedBytes) -> Status>,
+    flags: u32,
     validate: unsafe extern "C" fn(StrRef, *mut OwnedBytes) -> Status,
     create: unsafe extern "C" fn(StrRef, *const HostApi, *mut *mut c_void, *mut OwnedBytes) -> Status,
     destroy: unsafe extern "C" fn(*mut c_void),
@@ -324,6 +325,7 @@ fn parts<E: Erased>(kind: Kind, name: &'static str, description: &'static str) -
         stop: None,
         process: None,
         acknowledge: None,
+        flags: 0,
         validate: validate::<E>,
         create: create::<E>,
         destroy: destroy::<E>,
@@ -344,6 +346,7 @@ pub fn transform<T: crate::plugin::Transform>() -> DescriptorParts {
     DescriptorParts {
         process: Some(transform_process::<T>),
         acknowledge: if T::ACKNOWLEDGES { Some(transform_acknowledge::<T>) } else { None },
+        flags: if T::IN_ORDER { abi::PLUGIN_IN_ORDER } else { 0 },
         ..parts::<Transform<T>>(Kind::TRANSFORM, T::NAME, T::DESCRIPTION)
     }
 }
@@ -385,6 +388,7 @@ impl ManifestHolder {
                 stop: p.stop,
                 process: p.process,
                 acknowledge: p.acknowledge,
+                flags: p.flags,
             })
             .collect();
         let manifest = Manifest {

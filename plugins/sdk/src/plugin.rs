@@ -42,6 +42,11 @@ pub trait Transform: Sized + Send + 'static {
     /// Whether the host should call [`Transform::acknowledge`]; false by default, so a
     /// transform that does not care costs nothing.
     const ACKNOWLEDGES: bool = false;
+    /// Whether the stage must see batches in source order, one at a time, when the pipeline
+    /// runs several transform workers (the stages before it still run in parallel). For a
+    /// transform whose state depends on which record came first, such as a dedupe that
+    /// passes the first copy of a key. False by default.
+    const IN_ORDER: bool = false;
 
     /// Checks what the schema cannot, without I/O.
     fn validate(_config: &Self::Config) -> Result<(), PluginError> {
