@@ -2,12 +2,13 @@
 //! Prometheus text exposition.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
+use weir_plugin::metrics::exposition::{self, counter, family, gauge, histogram, number, Collector, DescriptorEncoder, MetricType};
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
@@ -64,6 +65,8 @@ impl HistogramTotals {
 /// new version run side by side both add to the same series.
 #[derive(Debug, Default, Clone)]
 struct Totals {
+    /// The series' labels (`pipeline`, `stage`, `plugin`).
+    labels: Labels,
     counters: [u64; 7],
     queue_depth: i64,
     latency: HistogramTotals,
@@ -76,6 +79,9 @@ impl Totals {
     /// Adds a stage's counts; `running`: also its gauges (a replaced version's gauges are
     /// not carried: they describe a state that is gone).
     fn add(&mut self, s: &StageMetrics, running: bool) {
+        if self.labels.is_empty() {
+            self.labels = s.label_set.clone();
+        }
         let counters = [&s.records_in, &s.records_out, &s.rejected, &s.dropped, &s.errors, &s.batches, &s.backpressure];
         for (t, c) in self.counters.iter_mut().zip(counters) {
             *t += c.load(Relaxed);
@@ -102,6 +108,9 @@ impl Totals {
 
     /// Adds the counts carried from replaced versions.
     fn merge(&mut self, other: &Totals) {
+        if self.labels.is_empty() {
+            self.labels = other.labels.clone();
+        }
         for (t, c) in self.counters.iter_mut().zip(&other.counters) {
             *t += c;
         }
@@ -131,8 +140,10 @@ pub struct Custom {
 /// Everything measured for one stage.
 #[derive(Debug, Default)]
 pub struct StageMetrics {
-    /// `pipeline="…",stage="…",plugin="…"`.
+    /// `pipeline="…",stage="…",plugin="…"`: which series it adds to.
     labels: String,
+    /// The same labels, as the exposition writes them.
+    label_set: Labels,
     /// Records handed to the stage.
     pub records_in: AtomicU64,
     /// Records the stage passed on (for a source: emitted; for a sink: delivered).
@@ -173,6 +184,7 @@ impl StageMetrics {
                 escape_label(stage),
                 escape_label(plugin)
             ),
+            label_set: vec![("pipeline", pipeline.to_owned()), ("stage", stage.to_owned()), ("plugin", plugin.to_owned())],
             ..Default::default()
         }
     }
@@ -210,20 +222,6 @@ pub struct Metrics {
     pub reloads_ok: AtomicU64,
     /// Reloads that left at least one pipeline as it was because its new version was invalid.
     pub reloads_failed: AtomicU64,
-}
-
-fn render_histogram<'a>(out: &mut String, name: &str, help: &str, series: impl Iterator<Item = (&'a String, &'a HistogramTotals)>) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    for (labels, h) in series {
-        let mut cumulative = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += h.counts[i];
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_nanos as f64 / 1e9);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
-    }
 }
 
 /// Names a plugin metric: `weir_plugin_<name>`, counters ending in `_total`.
@@ -285,98 +283,108 @@ impl Metrics {
         series
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition, encoded by prometheus-client.
     pub fn render(&self) -> String {
-        let series = self.series();
-        let mut out = String::with_capacity(4096);
-        let _ = writeln!(
-            out,
-            "# HELP weir_build_info Weir version.\n# TYPE weir_build_info gauge\nweir_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        );
-        let _ = writeln!(
-            out,
-            "# HELP weir_plugin_load_failures_total Plugin libraries that could not be used.\n# TYPE weir_plugin_load_failures_total counter\nweir_plugin_load_failures_total {}",
-            self.plugin_load_failures.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP weir_plugin_libraries Plugin libraries loaded.\n# TYPE weir_plugin_libraries gauge\nweir_plugin_libraries {}",
-            self.plugin_libraries.load(Relaxed)
-        );
         let spans = crate::telemetry::stats();
-        let _ = writeln!(
-            out,
-            "# HELP weir_telemetry_spans_total Host trace spans, by what became of them.\n# TYPE weir_telemetry_spans_total counter\nweir_telemetry_spans_total{{outcome=\"exported\"}} {}\nweir_telemetry_spans_total{{outcome=\"dropped_queue_full\"}} {}\nweir_telemetry_spans_total{{outcome=\"dropped_export_failed\"}} {}",
-            spans.exported.load(Relaxed),
-            spans.dropped_queue_full.load(Relaxed),
-            spans.dropped_export_failed.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP weir_reloads_total Reloads, by result.\n# TYPE weir_reloads_total counter\nweir_reloads_total{{result=\"ok\"}} {}\nweir_reloads_total{{result=\"failed\"}} {}",
-            self.reloads_ok.load(Relaxed),
-            self.reloads_failed.load(Relaxed)
-        );
-        let states = self.pipeline_states.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let _ = writeln!(out, "# HELP weir_pipeline_up Whether the pipeline is running (1) or not (0).\n# TYPE weir_pipeline_up gauge");
-        for (name, state) in &states {
-            let _ =
-                writeln!(out, "weir_pipeline_up{{pipeline=\"{}\",state=\"{state}\"}} {}", escape_label(name), u8::from(state == "running"));
-        }
-        const SIMPLE: [(&str, &str, &str); 8] = [
-            ("weir_stage_records_in_total", "counter", "Records handed to the stage."),
-            ("weir_stage_records_out_total", "counter", "Records the stage passed on (sources: emitted; sinks: delivered)."),
-            ("weir_stage_records_rejected_total", "counter", "Records the stage refused, with a reason."),
-            ("weir_stage_records_dropped_total", "counter", "Records a transform dropped on purpose (for example duplicates)."),
-            ("weir_stage_errors_total", "counter", "Failed calls into the stage (errors, panics, refused batches)."),
-            ("weir_stage_batches_total", "counter", "Batches the stage handled."),
-            ("weir_stage_backpressure_total", "counter", "Batches a source offered while the pipeline was full (pushed back)."),
-            ("weir_stage_queue_depth", "gauge", "Batches waiting in front of the stage (sources: between the source and the transforms)."),
+        let scrape = Scrape {
+            series: self.series(),
+            states: self.pipeline_states.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            load_failures: self.plugin_load_failures.load(Relaxed),
+            libraries: self.plugin_libraries.load(Relaxed),
+            spans: [&spans.exported, &spans.dropped_queue_full, &spans.dropped_export_failed].map(|c| c.load(Relaxed)),
+            reloads: [self.reloads_ok.load(Relaxed), self.reloads_failed.load(Relaxed)],
+        };
+        exposition::encode(scrape)
+    }
+}
+
+/// Label pairs of one series, in order.
+type Labels = exposition::Labels<&'static str>;
+
+/// What one scrape shows.
+#[derive(Debug)]
+struct Scrape {
+    series: Vec<(String, Totals)>,
+    states: BTreeMap<String, String>,
+    load_failures: u64,
+    libraries: u64,
+    /// Host spans exported, dropped with the queue full, dropped when the export failed.
+    spans: [u64; 3],
+    /// Reloads that applied every change, and those that did not.
+    reloads: [u64; 2],
+}
+
+/// A histogram's figures as the exposition takes them.
+fn buckets(h: &HistogramTotals) -> (f64, u64, Vec<(f64, u64)>) {
+    (h.sum_nanos as f64 / 1e9, h.count, BUCKETS.iter().copied().zip(h.counts.iter().copied()).collect())
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        use MetricType::{Counter, Gauge, Histogram};
+        let enc = &mut enc;
+        family(enc, "weir_build_info", "Weir version.", Gauge, [(vec![("version", env!("CARGO_PKG_VERSION").to_owned())], 1)], gauge)?;
+        let failures = "Plugin libraries that could not be used.";
+        family(enc, "weir_plugin_load_failures_total", failures, Counter, [(Labels::new(), self.load_failures)], counter)?;
+        family(enc, "weir_plugin_libraries", "Plugin libraries loaded.", Gauge, [(Labels::new(), self.libraries as i64)], gauge)?;
+        let spans = ["exported", "dropped_queue_full", "dropped_export_failed"]
+            .iter()
+            .zip(self.spans)
+            .map(|(o, n)| (vec![("outcome", (*o).to_owned())], n));
+        family(enc, "weir_telemetry_spans_total", "Host trace spans, by what became of them.", Counter, spans, counter)?;
+        let reloads = ["ok", "failed"].iter().zip(self.reloads).map(|(r, n)| (vec![("result", (*r).to_owned())], n));
+        family(enc, "weir_reloads_total", "Reloads, by result.", Counter, reloads, counter)?;
+        let up = self
+            .states
+            .iter()
+            .map(|(name, state)| (vec![("pipeline", name.clone()), ("state", state.clone())], i64::from(state == "running")));
+        family(enc, "weir_pipeline_up", "Whether the pipeline is running (1) or not (0).", Gauge, up, gauge)?;
+        const COUNTERS: [(&str, &str); 7] = [
+            ("weir_stage_records_in_total", "Records handed to the stage."),
+            ("weir_stage_records_out_total", "Records the stage passed on (sources: emitted; sinks: delivered)."),
+            ("weir_stage_records_rejected_total", "Records the stage refused, with a reason."),
+            ("weir_stage_records_dropped_total", "Records a transform dropped on purpose (for example duplicates)."),
+            ("weir_stage_errors_total", "Failed calls into the stage (errors, panics, refused batches)."),
+            ("weir_stage_batches_total", "Batches the stage handled."),
+            ("weir_stage_backpressure_total", "Batches a source offered while the pipeline was full (pushed back)."),
         ];
-        for (i, (name, kind, help)) in SIMPLE.iter().enumerate() {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, t) in &series {
-                let value = t.counters.get(i).map_or(t.queue_depth, |&c| c as i64);
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
-            }
+        for (i, (name, help)) in COUNTERS.iter().enumerate() {
+            family(enc, name, help, Counter, self.series.iter().map(|(_, t)| (t.labels.clone(), t.counters[i])), counter)?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP weir_pipeline_records_total Records its source emitted, by their acknowledged outcome (accepted, rejected, failed, dropped).\n# TYPE weir_pipeline_records_total counter"
-        );
-        for (labels, t) in series.iter().filter(|(_, t)| t.ack_latency.count > 0) {
-            for (code, name) in ["accepted", "rejected", "failed", "dropped"].iter().enumerate() {
-                let _ = writeln!(out, "weir_pipeline_records_total{{{labels},outcome=\"{name}\"}} {}", t.outcomes[code]);
-            }
-        }
-        render_histogram(
-            &mut out,
-            "weir_stage_latency_seconds",
-            "Time per call into the stage.",
-            series.iter().map(|(labels, t)| (labels, &t.latency)),
-        );
-        render_histogram(
-            &mut out,
-            "weir_pipeline_ack_latency_seconds",
-            "Time from a source emitting a batch to its acknowledgement (delivery to every sink, or acceptance).",
-            series.iter().filter(|(_, t)| t.ack_latency.count > 0).map(|(labels, t)| (labels, &t.ack_latency)),
-        );
-        let mut custom: BTreeMap<String, (Custom, Vec<(String, f64)>)> = BTreeMap::new();
-        for (labels, t) in &series {
+        let depth = "Batches waiting in front of the stage (sources: between the source and the transforms).";
+        family(enc, "weir_stage_queue_depth", depth, Gauge, self.series.iter().map(|(_, t)| (t.labels.clone(), t.queue_depth)), gauge)?;
+        let sources = || self.series.iter().map(|(_, t)| t).filter(|t| t.ack_latency.count > 0);
+        let outcomes = sources().flat_map(|t| {
+            ["accepted", "rejected", "failed", "dropped"].iter().zip(t.outcomes).map(|(name, n)| {
+                let mut labels = t.labels.clone();
+                labels.push(("outcome", (*name).to_owned()));
+                (labels, n)
+            })
+        });
+        let records = "Records its source emitted, by their acknowledged outcome (accepted, rejected, failed, dropped).";
+        family(enc, "weir_pipeline_records_total", records, Counter, outcomes, counter)?;
+        let latency: Vec<_> = self.series.iter().map(|(_, t)| (t.labels.clone(), buckets(&t.latency))).collect();
+        let latency = latency.iter().map(|(l, (sum, count, b))| (l.clone(), (*sum, *count, b.as_slice())));
+        family(enc, "weir_stage_latency_seconds", "Time per call into the stage.", Histogram, latency, histogram)?;
+        let ack: Vec<_> = sources().map(|t| (t.labels.clone(), buckets(&t.ack_latency))).collect();
+        let ack = ack.iter().map(|(l, (sum, count, b))| (l.clone(), (*sum, *count, b.as_slice())));
+        let help = "Time from a source emitting a batch to its acknowledgement (delivery to every sink, or acceptance).";
+        family(enc, "weir_pipeline_ack_latency_seconds", help, Histogram, ack, histogram)?;
+        let mut custom: BTreeMap<String, (&Custom, Vec<(Labels, (f64, bool))>)> = BTreeMap::new();
+        for (_, t) in &self.series {
             for (n, c) in &t.custom {
-                let full = plugin_metric_name(n, c.counter);
-                custom.entry(full).or_insert_with(|| (c.clone(), Vec::new())).1.push((labels.clone(), c.value));
+                custom
+                    .entry(plugin_metric_name(n, c.counter))
+                    .or_insert_with(|| (c, Vec::new()))
+                    .1
+                    .push((t.labels.clone(), (c.value, c.counter)));
             }
         }
         for (name, (meta, series)) in custom {
-            let kind = if meta.counter { "counter" } else { "gauge" };
-            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", meta.help.replace('\n', " "));
-            for (labels, v) in series {
-                let _ = writeln!(out, "{name}{{{labels}}} {v}");
-            }
+            let kind = if meta.counter { Counter } else { Gauge };
+            family(enc, &name, &meta.help.replace('\n', " "), kind, series, number)?;
         }
-        out
+        Ok(())
     }
 }
 

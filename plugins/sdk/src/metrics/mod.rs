@@ -3,7 +3,6 @@
 //! the `prometheus` and `otlp` sinks and by any plugin that turns records into metrics.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use schemars::JsonSchema;
@@ -11,6 +10,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::batch::RecordRef;
+#[cfg(feature = "exposition")]
+pub mod exposition;
 use crate::json::{self, Doc, Pointer};
 
 /// Metric types.
@@ -67,6 +68,12 @@ impl MetricSpec {
         if !valid_name(&self.name) {
             return Err(format!("metric name {:?} may only use letters, digits, `_` and `:`", self.name));
         }
+        if self.kind == MetricType::Counter && !self.name.ends_with("_total") {
+            return Err(format!(
+                "counter {:?} must end in `_total` (Prometheus names counters so); call it {}_total",
+                self.name, self.name
+            ));
+        }
         if let Some(l) = self.labels.keys().find(|l| !valid_name(l) || l.starts_with("__")) {
             return Err(format!("metric {}: label name {l:?} is not valid", self.name));
         }
@@ -107,6 +114,7 @@ enum Series {
 /// Label value used once a metric has `max_series` label sets.
 pub const OVERFLOW: &str = "other";
 
+#[derive(Debug, Clone)]
 struct Metric {
     spec: MetricSpec,
     /// The pointers of `spec.labels`, in its order, read once (`None`: not a pointer).
@@ -118,6 +126,7 @@ struct Metric {
 }
 
 /// Every metric's state.
+#[derive(Debug, Clone)]
 pub struct Registry {
     metrics: Vec<Metric>,
     max_series: usize,
@@ -133,22 +142,6 @@ fn label_value(doc: &Doc<'_>, pointer: Option<&Pointer>) -> String {
             None if raw.get() == "null" => String::new(),
             None => serde_json::from_str::<Value>(raw.get()).map(|v| v.to_string()).unwrap_or_else(|_| raw.get().to_owned()),
         },
-    }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-fn number(v: f64) -> String {
-    if v.is_infinite() {
-        if v > 0.0 {
-            "+Inf".into()
-        } else {
-            "-Inf".into()
-        }
-    } else {
-        format!("{v}")
     }
 }
 
@@ -252,57 +245,66 @@ impl Registry {
     pub fn overflowed(&self) -> u64 {
         self.metrics.iter().map(|m| m.overflowed).sum()
     }
+}
 
-    /// The Prometheus text exposition.
+/// One scrape of a [`Registry`], encoded by prometheus-client.
+#[cfg(feature = "exposition")]
+#[derive(Debug)]
+struct Scrape(Registry);
+
+#[cfg(feature = "exposition")]
+impl Registry {
+    /// The Prometheus text exposition (needs the SDK's `exposition` feature).
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        for m in &self.metrics {
-            let (name, spec) = (&m.spec.name, &m.spec);
-            let kind = match spec.kind {
-                MetricType::Counter => "counter",
-                MetricType::Gauge => "gauge",
-                MetricType::Histogram => "histogram",
-            };
-            let help = if spec.help.is_empty() { name.clone() } else { spec.help.replace('\n', " ") };
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        exposition::encode(Scrape(self.clone()))
+    }
+}
+
+#[cfg(feature = "exposition")]
+impl exposition::Collector for Scrape {
+    fn encode(&self, mut enc: exposition::DescriptorEncoder<'_>) -> std::fmt::Result {
+        use exposition::{family, histogram, number, MetricType as Kind};
+        for m in &self.0.metrics {
+            let spec = &m.spec;
+            let help = if spec.help.is_empty() { spec.name.clone() } else { spec.help.replace('\n', " ") };
             let mut series: Vec<(&Vec<String>, &Series)> = m.series.iter().collect();
             series.sort_by(|a, b| a.0.cmp(b.0));
-            for (values, s) in series {
-                let pairs: Vec<String> = spec.labels.keys().zip(values).map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
-                let labels = |extra: Option<String>| {
-                    let mut all = pairs.clone();
-                    all.extend(extra);
-                    if all.is_empty() {
-                        String::new()
-                    } else {
-                        format!("{{{}}}", all.join(","))
-                    }
-                };
-                match s {
-                    Series::Scalar(x) => {
-                        let _ = writeln!(out, "{name}{} {}", labels(None), number(*x));
-                    }
-                    Series::Histogram { counts, sum, count } => {
-                        let mut cumulative = 0;
-                        for (b, c) in spec.buckets.iter().zip(counts) {
-                            cumulative += c;
-                            let _ = writeln!(out, "{name}_bucket{} {cumulative}", labels(Some(format!("le=\"{}\"", number(*b)))));
-                        }
-                        let _ = writeln!(out, "{name}_bucket{} {count}", labels(Some("le=\"+Inf\"".into())));
-                        let _ = writeln!(out, "{name}_sum{} {}", labels(None), number(*sum));
-                        let _ = writeln!(out, "{name}_count{} {count}", labels(None));
-                    }
+            let labels =
+                |values: &Vec<String>| -> exposition::Labels<String> { spec.labels.keys().cloned().zip(values.iter().cloned()).collect() };
+            match spec.kind {
+                MetricType::Histogram => {
+                    let buckets: Vec<Vec<(f64, u64)>> = series
+                        .iter()
+                        .map(|(_, s)| match s {
+                            Series::Histogram { counts, .. } => spec.buckets.iter().copied().zip(counts.iter().copied()).collect(),
+                            Series::Scalar(_) => Vec::new(),
+                        })
+                        .collect();
+                    let values = series.iter().zip(&buckets).map(|((v, s), b)| {
+                        let (sum, count) = match s {
+                            Series::Histogram { sum, count, .. } => (*sum, *count),
+                            Series::Scalar(_) => (0.0, 0),
+                        };
+                        (labels(v), (sum, count, b.as_slice()))
+                    });
+                    family(&mut enc, &spec.name, &help, Kind::Histogram, values, histogram)?;
+                }
+                kind => {
+                    let counter = kind == MetricType::Counter;
+                    let values = series.iter().map(|(v, s)| {
+                        let x = match s {
+                            Series::Scalar(x) => *x,
+                            Series::Histogram { .. } => 0.0,
+                        };
+                        (labels(v), (x, counter))
+                    });
+                    family(&mut enc, &spec.name, &help, if counter { Kind::Counter } else { Kind::Gauge }, values, number)?;
                 }
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP weir_metric_label_overflow_total Records whose label set went to the `other` series because a metric reached max_series.\n# TYPE weir_metric_label_overflow_total counter"
-        );
-        for m in &self.metrics {
-            let _ = writeln!(out, "weir_metric_label_overflow_total{{metric=\"{}\"}} {}", m.spec.name, m.overflowed);
-        }
-        out
+        let overflow = self.0.metrics.iter().map(|m| (vec![("metric", m.spec.name.clone())], m.overflowed));
+        let help = "Records whose label set went to the `other` series because a metric reached max_series.";
+        family(&mut enc, "weir_metric_label_overflow_total", help, Kind::Counter, overflow, exposition::counter)
     }
 }
 
@@ -319,6 +321,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "exposition")]
     fn counters_by_label_gauges_and_histograms() {
         let mut r = registry(
             json!([
@@ -341,6 +344,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "exposition")]
     fn a_value_that_is_not_a_number_rejects_the_record_and_changes_nothing() {
         let mut r = registry(json!([{"name": "a_total", "type": "counter"}, {"name": "g", "type": "gauge", "value": "/v"}]), 10);
         let b = json_batch([r#"{"v":"lots"}"#]);
@@ -350,6 +354,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "exposition")]
     fn label_cardinality_is_capped_into_other() {
         let mut r = registry(json!([{"name": "by_user_total", "type": "counter", "labels": {"user": "/u"}}]), 2);
         let b = json_batch([r#"{"u":"a"}"#, r#"{"u":"b"}"#, r#"{"u":"c"}"#, r#"{"u":"d"}"#, r#"{"u":"a"}"#]);
@@ -363,6 +368,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "exposition")]
     fn when_counts_only_matching_records() {
         let mut r = registry(json!([{"name": "stored_total", "type": "counter", "when": {"weir.outcome": "delivered"}}]), 10);
         let mut b = crate::BatchBuf::new();
