@@ -7,13 +7,22 @@
 # answers 200 (no pipeline); alternately, ROUNDS times; every run printed with its peak RSS.
 #
 #   scripts/bench-workers.sh     # ROUNDS=2 SECONDS_PER_RUN=10 CONNECTIONS=8
+#
+# BIN=DIR runs the binaries and plugins in DIR instead of building (for example a copy of
+# another commit's target/release, to compare two versions in one run); VARIANTS picks the
+# runs (default: "default-1 default-default lean-1 lean-default bare"); RATE=N sends N
+# events/s instead of as fast as answers come (latency at a given load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-2}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 CONNECTIONS=${CONNECTIONS:-8}
-cargo build --release --workspace --quiet
-BIN=target/release
+VARIANTS=${VARIANTS:-default-1 default-default lean-1 lean-default bare}
+RATE=${RATE:-0}
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --workspace --quiet
+  BIN=target/release
+fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -35,7 +44,7 @@ run() { # variant
     local pid=$!
     for _ in $(seq 100); do curl -s -o /dev/null -d '[]' "http://127.0.0.1:$port/produce" && break; sleep 0.05; done
     local result rss
-    result=$("$BIN/weir-bench" --url "http://127.0.0.1:$port/produce" --connections "$CONNECTIONS" --batch 100 --event-bytes 300 --seconds "$SECONDS_PER_RUN" --json)
+    result=$("$BIN/weir-bench" --url "http://127.0.0.1:$port/produce" --connections "$CONNECTIONS" --batch 100 --event-bytes 300 --seconds "$SECONDS_PER_RUN" --rate "$RATE" --json)
     rss=$(awk '/VmHWM/{print $2/1024}' "/proc/$pid/status")
     kill -TERM $pid; wait $pid || true
     echo "$variant peak_rss_mib=$rss $result"
@@ -46,7 +55,7 @@ run() { # variant
   local pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin/health" >/dev/null && break; sleep 0.05; done
   local result
-  result=$("$BIN/weir-bench" --url "http://127.0.0.1:$port/produce" --connections "$CONNECTIONS" --batch 100 --event-bytes 300 --seconds "$SECONDS_PER_RUN" --json)
+  result=$("$BIN/weir-bench" --url "http://127.0.0.1:$port/produce" --connections "$CONNECTIONS" --batch 100 --event-bytes 300 --seconds "$SECONDS_PER_RUN" --rate "$RATE" --json)
   local rss
   rss=$(awk '/VmHWM/{print $2/1024}' "/proc/$pid/status")
   kill -TERM $pid; wait $pid || true
@@ -56,5 +65,5 @@ run() { # variant
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
 for _ in $(seq "$ROUNDS"); do
-  for v in default-1 default-default lean-1 lean-default bare; do run "$v"; done
+  for v in $VARIANTS; do run "$v"; done
 done

@@ -192,7 +192,11 @@ impl StageMetrics {
     /// Updates a plugin metric.
     pub fn custom(&self, name: &str, help: &str, counter: bool, value: f64) {
         let mut map = self.custom.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map.entry(name.to_owned()).or_insert_with(|| Custom { counter, help: help.to_owned(), value: 0.0 });
+        // Plugins report per batch: the name is copied only the first time.
+        if !map.contains_key(name) {
+            map.insert(name.to_owned(), Custom { counter, help: help.to_owned(), value: 0.0 });
+        }
+        let Some(entry) = map.get_mut(name) else { return };
         if counter {
             entry.value += value;
         } else {
