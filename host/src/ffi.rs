@@ -364,6 +364,13 @@ impl ForeignOutput {
         unsafe { BatchRef::from_view(&self.raw.batch) }
     }
 
+    /// The output batch without checking it again: for an output whose [`ForeignOutput::batch`]
+    /// was accepted (the pipeline checks each output once, then reads it at every stage).
+    pub fn checked_batch(&self) -> BatchRef<'_> {
+        // SAFETY: as in `batch`; the memory is unchanged since it was checked.
+        unsafe { BatchRef::from_view_checked(&self.raw.batch) }.unwrap_or(BatchRef::EMPTY)
+    }
+
     /// For each output record, the input record it came from; checked against the input.
     pub fn origins(&self) -> Result<&[u32], String> {
         let n = self.raw.batch.count as usize;

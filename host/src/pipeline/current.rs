@@ -18,10 +18,10 @@ impl Current {
     pub(super) fn view(&self) -> BatchRef<'_> {
         match self {
             Current::Host(b) => b.as_ref(),
-            // Checked when it was received, so this cannot fail.
-            Current::Plugin(o) => o.batch().unwrap_or(BatchRef::EMPTY),
-            // Descriptors of a checked batch over its own data, so this cannot fail either.
-            Current::Kept { base, metas } => BatchRef::new(base.view().data(), metas).unwrap_or(BatchRef::EMPTY),
+            // Checked once when it was received.
+            Current::Plugin(o) => o.checked_batch(),
+            // Descriptors of a checked batch over its own data.
+            Current::Kept { base, metas } => BatchRef::from_checked(base.view().data(), metas),
         }
     }
 

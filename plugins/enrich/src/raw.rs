@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use weir_plugin::serde::de::{Deserializer, MapAccess, Visitor};
+use weir_plugin::serde::de::{Deserializer, Error as _, MapAccess, Visitor};
 use weir_plugin::serde_json::{self, value::RawValue, Map, Value};
 
 /// A member's value.
@@ -71,7 +71,7 @@ impl fmt::Display for EditError {
 struct MembersVisitor;
 
 impl<'de> Visitor<'de> for MembersVisitor {
-    type Value = Vec<(&'de RawValue, &'de RawValue)>;
+    type Value = Vec<(Key<'de>, Member<'de>)>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
@@ -79,8 +79,8 @@ impl<'de> Visitor<'de> for MembersVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
-        while let Some(entry) = map.next_entry::<&'de RawValue, &'de RawValue>()? {
-            members.push(entry);
+        while let Some((key, value)) = map.next_entry::<&'de RawValue, &'de RawValue>()? {
+            members.push((Key::read(key).map_err(A::Error::custom)?, Member::Raw(value)));
         }
         Ok(members)
     }
@@ -102,12 +102,8 @@ impl<'a> Object<'a> {
             });
         }
         let mut de = serde_json::Deserializer::from_str(text);
-        let pairs = de.deserialize_map(MembersVisitor).and_then(|p| de.end().map(|_| p)).map_err(|e| EditError::Invalid(e.to_string()))?;
-        let members = pairs
-            .into_iter()
-            .map(|(k, v)| Ok((Key::read(k)?, Member::Raw(v))))
-            .collect::<Result<Vec<_>, serde_json::Error>>()
-            .map_err(|e| EditError::Invalid(e.to_string()))?;
+        let members =
+            de.deserialize_map(MembersVisitor).and_then(|m| de.end().map(|_| m)).map_err(|e| EditError::Invalid(e.to_string()))?;
         Ok(Object { members })
     }
 

@@ -31,6 +31,9 @@ pub struct Scope {
     pipeline: String,
     now: String,
     rng: u64,
+    /// The last receive time written, by its milliseconds: the records of one request
+    /// share it, so it is formatted once.
+    received: (i64, String),
 }
 
 fn rfc3339_ms(ms: i64) -> String {
@@ -50,12 +53,20 @@ impl Scope {
     pub fn new(pipeline: &str) -> Self {
         let seed =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) ^ (u64::from(std::process::id()) << 32);
-        Scope { hostname: hostname(), pipeline: pipeline.to_owned(), now: String::new(), rng: seed }
+        Scope { hostname: hostname(), pipeline: pipeline.to_owned(), now: String::new(), rng: seed, received: (i64::MIN, String::new()) }
     }
 
     /// Called once per batch: `{{now}}` is the batch's processing time.
     pub fn refresh_now(&mut self) {
         self.now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    }
+
+    /// `ms` as RFC 3339 text.
+    fn received_at(&mut self, ms: i64) -> &str {
+        if self.received.0 != ms {
+            self.received = (ms, rfc3339_ms(ms));
+        }
+        &self.received.1
     }
 
     fn next(&mut self) -> u64 {
@@ -127,7 +138,10 @@ impl Template {
         for p in parts {
             match p {
                 Part::Text(t) => out.push_str(t),
-                Part::Var(Var::ReceivedAt) => out.push_str(&record.timestamp_ms.map(rfc3339_ms).unwrap_or_else(|| scope.now.clone())),
+                Part::Var(Var::ReceivedAt) => match record.timestamp_ms {
+                    Some(ms) => out.push_str(scope.received_at(ms)),
+                    None => out.push_str(&scope.now),
+                },
                 Part::Var(Var::Now) => out.push_str(&scope.now),
                 Part::Var(Var::Hostname) => out.push_str(&scope.hostname),
                 Part::Var(Var::Pipeline) => out.push_str(&scope.pipeline),

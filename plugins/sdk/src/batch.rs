@@ -145,19 +145,47 @@ impl<'a> BatchRef<'a> {
         Ok(BatchRef { data, metas })
     }
 
-    /// Reads a batch received across the boundary.
+    /// A batch from parts already checked against each other by [`BatchRef::new`] (or
+    /// descriptors picked from such a batch, over its data): not checked again. Were a part
+    /// out of bounds after all, reading it would panic, never read outside `data`.
+    pub fn from_checked(data: &'a [u8], metas: &'a [RecordMeta]) -> Self {
+        BatchRef { data, metas }
+    }
+
+    /// The memory a view points to.
     ///
     /// # Safety
-    /// The pointers in `view` must be valid for `'a` as `ABI.md` requires.
+    /// As [`BatchRef::from_view`].
     #[allow(unsafe_code)]
-    pub unsafe fn from_view(view: &BatchView) -> Result<Self, BatchError> {
+    unsafe fn parts(view: &BatchView) -> Result<(&'a [u8], &'a [RecordMeta]), BatchError> {
         let count = view.count as usize;
         if (view.data.is_null() && view.data_len > 0) || (view.records.is_null() && count > 0) {
             return Err(BatchError::Null);
         }
         let data = if view.data_len == 0 { &[][..] } else { std::slice::from_raw_parts(view.data, view.data_len) };
         let metas = if count == 0 { &[][..] } else { std::slice::from_raw_parts(view.records, count) };
+        Ok((data, metas))
+    }
+
+    /// Reads a batch received across the boundary.
+    ///
+    /// # Safety
+    /// The pointers in `view` must be valid for `'a` as `ABI.md` requires.
+    #[allow(unsafe_code)]
+    pub unsafe fn from_view(view: &BatchView) -> Result<Self, BatchError> {
+        let (data, metas) = Self::parts(view)?;
         BatchRef::new(data, metas)
+    }
+
+    /// Reads a batch received across the boundary that [`BatchRef::from_view`] accepted
+    /// before (the same unchanged memory), without checking its records again.
+    ///
+    /// # Safety
+    /// As [`BatchRef::from_view`].
+    #[allow(unsafe_code)]
+    pub unsafe fn from_view_checked(view: &BatchView) -> Result<Self, BatchError> {
+        let (data, metas) = Self::parts(view)?;
+        Ok(BatchRef::from_checked(data, metas))
     }
 
     /// Number of records.
