@@ -21,6 +21,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use weir_plugin::batch::{BatchBuf, BatchRef};
+
+use crate::error::HostError;
+
+/// `e` about `path`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HostError + '_ {
+    move |source| HostError::DiskBuffer { path: path.to_path_buf(), source }
+}
 use weir_plugin::Head;
 
 const MAGIC: &[u8; 4] = b"WEIR";
@@ -163,10 +170,10 @@ fn read_frame(file: &mut File, offset: u64, len: u64) -> Result<Option<Vec<u8>>,
 
 impl DiskLog {
     /// Opens (or creates) the buffer in `dir`, checking every frame not yet delivered.
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<(DiskLog, Opened), String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("disk buffer {}: {e}", dir.display()))?;
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<(DiskLog, Opened), HostError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut segments: Vec<u64> = std::fs::read_dir(dir)
-            .map_err(|e| format!("disk buffer {}: {e}", dir.display()))?
+            .map_err(io(dir))?
             .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
             .collect();
         segments.sort_unstable();
@@ -186,8 +193,8 @@ impl DiskLog {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            let mut file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let len = file.metadata().map_err(|e| e.to_string())?.len();
+            let mut file = OpenOptions::new().read(true).write(true).open(&path).map_err(io(&path))?;
+            let len = file.metadata().map_err(io(&path))?.len();
             let mut offset = if n == read.segment { read.offset.min(len) } else { 0 };
             let start = offset;
             loop {
@@ -199,7 +206,7 @@ impl DiskLog {
                     Ok(None) => break,
                     Err(why) => {
                         opened.corruption = Some(format!("{} at byte {offset}: {why}; cut off there", path.display()));
-                        file.set_len(offset).map_err(|e| e.to_string())?;
+                        file.set_len(offset).map_err(io(&path))?;
                         break;
                     }
                 }
@@ -233,10 +240,10 @@ impl DiskLog {
 
     /// The log in `dir` for one more writer: the one another version of the pipeline has
     /// open, or else opened now (then with what opening found).
-    pub fn shared(dir: &Path, max_bytes: u64) -> Result<(Arc<DiskLog>, Option<Opened>), String> {
+    pub fn shared(dir: &Path, max_bytes: u64) -> Result<(Arc<DiskLog>, Option<Opened>), HostError> {
         static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<DiskLog>>>> = OnceLock::new();
-        std::fs::create_dir_all(dir).map_err(|e| format!("disk buffer {}: {e}", dir.display()))?;
-        let key = dir.canonicalize().map_err(|e| format!("disk buffer {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let key = dir.canonicalize().map_err(io(dir))?;
         let mut open = OPEN.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|_, log| log.strong_count() > 0);
         let (log, opened) = match open.get(&key).and_then(Weak::upgrade) {
@@ -267,7 +274,7 @@ impl DiskLog {
 
     /// Appends a batch and syncs it to disk. With `wait`, waits for room while the buffer
     /// is full (unless `give_up` says stop); without, returns `Ok(false)` when full.
-    pub fn append(&self, batch: &BatchRef<'_>, wait: bool, give_up: &dyn Fn() -> bool) -> Result<bool, String> {
+    pub fn append(&self, batch: &BatchRef<'_>, wait: bool, give_up: &dyn Fn() -> bool) -> Result<bool, HostError> {
         let payload = encode(batch);
         let size = (HEADER + payload.len()) as u64;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -288,7 +295,7 @@ impl DiskLog {
                 None => st.read.segment,
             };
             let path = segment_path(&self.dir, n);
-            let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
             if st.segments.last().map(|s| s.0) != Some(n) {
                 st.segments.push((n, 0));
             }
@@ -300,7 +307,7 @@ impl DiskLog {
         frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         frame.extend_from_slice(&payload);
         let writer = st.writer.as_mut().expect("opened above");
-        writer.write_all(&frame).and_then(|_| writer.sync_data()).map_err(|e| format!("disk buffer {}: {e}", self.dir.display()))?;
+        writer.write_all(&frame).and_then(|_| writer.sync_data()).map_err(io(&self.dir))?;
         if let Some(last) = st.segments.last_mut() {
             last.1 += size;
         }
@@ -310,7 +317,7 @@ impl DiskLog {
     }
 
     /// The next batch to deliver and where the one after it starts, waiting up to `wait`.
-    pub fn next(&self, wait: Duration) -> Result<Option<(BatchBuf, Position)>, String> {
+    pub fn next(&self, wait: Duration) -> Result<Option<(BatchBuf, Position)>, HostError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let read = st.read;
@@ -318,10 +325,12 @@ impl DiskLog {
             match seg {
                 Some((n, len)) if read.offset < len => {
                     let path = segment_path(&self.dir, n);
-                    let mut file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                    let payload = read_frame(&mut file, read.offset, len)?.ok_or("a frame vanished")?;
-                    let batch =
-                        decode(&payload).ok_or_else(|| format!("{}: a frame at byte {} does not decode", path.display(), read.offset))?;
+                    let mut file = File::open(&path).map_err(io(&path))?;
+                    let damaged = |why: &str| HostError::Damaged { path: path.clone(), offset: read.offset, why: why.to_owned() };
+                    let payload = read_frame(&mut file, read.offset, len)
+                        .map_err(|why| damaged(&why))?
+                        .ok_or_else(|| damaged("the frame is gone"))?;
+                    let batch = decode(&payload).ok_or_else(|| damaged("the frame is not a batch"))?;
                     return Ok(Some((batch, Position { segment: n, offset: read.offset + (HEADER + payload.len()) as u64 })));
                 }
                 Some((n, _)) if st.segments.iter().any(|s| s.0 > n) => {
@@ -344,7 +353,7 @@ impl DiskLog {
     }
 
     /// Records that everything before `to` was delivered.
-    pub fn commit(&self, to: Position) -> Result<(), String> {
+    pub fn commit(&self, to: Position) -> Result<(), HostError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let freed = if to.segment == st.read.segment { to.offset.saturating_sub(st.read.offset) } else { to.offset };
         st.read = to;
@@ -352,7 +361,7 @@ impl DiskLog {
         let tmp = self.dir.join("position.tmp");
         std::fs::write(&tmp, format!("{}:{}\n", to.segment, to.offset))
             .and_then(|_| std::fs::rename(&tmp, self.dir.join("position")))
-            .map_err(|e| format!("disk buffer {}: {e}", self.dir.display()))?;
+            .map_err(io(&self.dir))?;
         self.changed.notify_all();
         Ok(())
     }
@@ -380,6 +389,17 @@ impl DiskLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_name_the_file_and_what_the_system_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-directory");
+        std::fs::write(&file, "x").unwrap();
+        let e = DiskLog::open(&file, 1 << 20).err().unwrap();
+        assert!(matches!(&e, HostError::DiskBuffer { path, .. } if path == &file), "{e:?}");
+        assert_eq!(e.class(), crate::error::Class::Internal);
+        assert!(e.to_string().starts_with(&format!("disk buffer {}: ", file.display())), "{e}");
+    }
 
     fn batch(values: &[&str]) -> BatchBuf {
         let mut b = BatchBuf::new();

@@ -100,6 +100,29 @@ pub enum HostError {
         /// What the plugin said.
         message: String,
     },
+    /// A sink's disk buffer cannot be read or written: the file or directory, and what the
+    /// system said.
+    #[error("disk buffer {}: {source}", path.display())]
+    DiskBuffer {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A frame in a sink's disk buffer is damaged (cut short, without its mark, with a
+    /// wrong checksum, or not a batch).
+    #[error("disk buffer {} at byte {offset}: {why}", path.display())]
+    Damaged {
+        /// The segment file.
+        path: PathBuf,
+        /// Where the frame starts.
+        offset: u64,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Traces cannot be turned on as configured (a setting or `OTEL_*` variable).
+    #[error("{0}")]
+    Telemetry(String),
     /// The operating system refused something.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -115,9 +138,9 @@ impl HostError {
     /// Whose fault it is.
     pub fn class(&self) -> Class {
         match self {
-            HostError::File(_) | HostError::Usage(_) => Class::User,
+            HostError::File(_) | HostError::Usage(_) | HostError::Telemetry(_) => Class::User,
             HostError::Plugin(_) | HostError::Stage { .. } => Class::Plugin,
-            HostError::Io(_) => Class::Internal,
+            HostError::DiskBuffer { .. } | HostError::Damaged { .. } | HostError::Io(_) => Class::Internal,
         }
     }
 }

@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use weir_plugin::batch::{encode_header, BatchBuf, BatchRef};
 use weir_plugin::Head;
 
+use crate::error::HostError;
+
 /// How spans reach the OTLP endpoint.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -175,11 +177,13 @@ impl SpanProcessor for QueueProcessor {
 const EXPORT_BATCH: usize = 512;
 
 /// Turns traces on, exporting from the current tokio runtime. Returns what it exports to.
-pub fn init(config: &TracesConfig) -> Result<String, String> {
+pub fn init(config: &TracesConfig) -> Result<String, HostError> {
     let protocol = match env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL")).as_deref() {
         Some("grpc") => Protocol::Grpc,
         Some("http/protobuf") => Protocol::HttpProtobuf,
-        Some(other) => return Err(format!("OTEL_EXPORTER_OTLP_PROTOCOL {other:?} is not supported; use grpc or http/protobuf")),
+        Some(other) => {
+            return Err(HostError::Telemetry(format!("OTEL_EXPORTER_OTLP_PROTOCOL {other:?} is not supported; use grpc or http/protobuf")))
+        }
         None => config.protocol,
     };
     let endpoint = match (env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), env("OTEL_EXPORTER_OTLP_ENDPOINT"), &config.endpoint) {
@@ -191,11 +195,13 @@ pub fn init(config: &TracesConfig) -> Result<String, String> {
         (None, None, None) => "http://127.0.0.1:4317".into(),
     };
     let ratio = match env("OTEL_TRACES_SAMPLER_ARG") {
-        Some(v) => v.parse::<f64>().map_err(|_| format!("OTEL_TRACES_SAMPLER_ARG {v:?} is not a number between 0 and 1"))?,
+        Some(v) => {
+            v.parse::<f64>().map_err(|_| HostError::Telemetry(format!("OTEL_TRACES_SAMPLER_ARG {v:?} is not a number between 0 and 1")))?
+        }
         None => config.sampling_ratio,
     };
     if !(0.0..=1.0).contains(&ratio) {
-        return Err(format!("traces.sampling_ratio {ratio} must be between 0 and 1"));
+        return Err(HostError::Telemetry(format!("traces.sampling_ratio {ratio} must be between 0 and 1")));
     }
     let timeout = Duration::from_millis(config.timeout_ms.max(1));
     let mut exporter = match protocol {
@@ -207,7 +213,7 @@ pub fn init(config: &TracesConfig) -> Result<String, String> {
             .with_timeout(timeout)
             .build(),
     }
-    .map_err(|e| format!("traces: cannot export to {endpoint}: {e}"))?;
+    .map_err(|e| HostError::Telemetry(format!("traces: cannot export to {endpoint}: {e}")))?;
     let mut attributes: Vec<KeyValue> = config.resource.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
     attributes.push(KeyValue::new("service.instance.id", config.instance_id.clone().unwrap_or_else(instance_id)));
     attributes.push(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
@@ -264,7 +270,9 @@ pub fn init(config: &TracesConfig) -> Result<String, String> {
         }
         let _ = done_tx.send(());
     });
-    TRACING.set(Tracing { tracer, provider, stats, flushed: Mutex::new(Some(done_rx)) }).map_err(|_| "traces are already on".to_owned())?;
+    TRACING
+        .set(Tracing { tracer, provider, stats, flushed: Mutex::new(Some(done_rx)) })
+        .map_err(|_| HostError::Telemetry("traces are already on".to_owned()))?;
     Ok(format!("{endpoint} ({protocol:?}, sampling {ratio})"))
 }
 

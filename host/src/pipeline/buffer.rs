@@ -74,7 +74,7 @@ pub(super) fn open_disk_buffer(
     metrics: &Arc<StageMetrics>,
 ) -> Result<Arc<DiskLog>, HostError> {
     let max = spec.and_then(|b| b.max_bytes).map_or(1 << 30, |m| m.get() as u64);
-    let (log, opened) = DiskLog::shared(dir, max).map_err(|e| file.error_at(&format!("{pointer}/buffer/disk"), e))?;
+    let (log, opened) = DiskLog::shared(dir, max).map_err(|e| file.error_at(&format!("{pointer}/buffer/disk"), e.to_string()))?;
     // Already open for the running version of the pipeline: nothing new to report.
     let Some(opened) = opened else { return Ok(log) };
     if let Some(why) = &opened.corruption {
