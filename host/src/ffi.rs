@@ -212,11 +212,15 @@ pub struct CallError {
     pub message: String,
     /// For `RETRY`: the plugin's hint, in milliseconds.
     pub retry_after_ms: u64,
+    /// The host found it (the plugin returned no such status): shown without a status.
+    pub by_host: bool,
 }
 
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.message.is_empty() {
+        if self.by_host {
+            f.write_str(&self.message)
+        } else if self.message.is_empty() {
             write!(f, "{}", self.status.name())
         } else {
             write!(f, "{} ({})", self.message, self.status.name())
@@ -228,7 +232,7 @@ impl CallError {
     /// A failure the host finds in a call (the stage could not be re-created, its output
     /// is malformed): the instance is not poisoned by it.
     pub fn host(message: String) -> CallError {
-        CallError { status: Status::FATAL, message, retry_after_ms: 0 }
+        CallError { status: Status::FATAL, message, retry_after_ms: 0, by_host: true }
     }
 
     /// Whether the instance can take no more calls (it panicked).
@@ -253,7 +257,7 @@ fn finish(status: Status, message: &mut OwnedBytes) -> Result<(), CallError> {
     if status == Status::OK {
         Ok(())
     } else {
-        Err(CallError { status, message: text, retry_after_ms: 0 })
+        Err(CallError { status, message: text, retry_after_ms: 0, by_host: false })
     }
 }
 
@@ -266,7 +270,12 @@ impl Instance {
         let status = unsafe { (plugin.descriptor.create)(StrRef::new(config_json), host, &mut ptr, &mut message) };
         finish(status, &mut message)?;
         if ptr.is_null() {
-            return Err(CallError { status: Status::INVALID_ARGUMENT, message: "create returned no instance".into(), retry_after_ms: 0 });
+            return Err(CallError {
+                status: Status::INVALID_ARGUMENT,
+                message: "create returned no instance".into(),
+                retry_after_ms: 0,
+                by_host: false,
+            });
         }
         Ok(Instance { plugin: plugin.clone(), ptr })
     }
@@ -323,7 +332,12 @@ impl Instance {
     /// Runs a transform or sink on a batch.
     pub fn process(&mut self, batch: &BatchRef<'_>) -> Result<ForeignOutput, CallError> {
         let Some(process) = self.plugin.descriptor.process else {
-            return Err(CallError { status: Status::INVALID_ARGUMENT, message: "not a transform or sink".into(), retry_after_ms: 0 });
+            return Err(CallError {
+                status: Status::INVALID_ARGUMENT,
+                message: "not a transform or sink".into(),
+                retry_after_ms: 0,
+                by_host: false,
+            });
         };
         let view = batch.view();
         let mut out = StageOutput::empty();
@@ -516,6 +530,13 @@ pub fn emitter(intake: Arc<dyn Intake>) -> EmitterApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_the_host_finds_read_without_a_status() {
+        assert_eq!(CallError::host("bad output: x".into()).to_string(), "bad output: x");
+        let plugin = CallError { status: Status::FATAL, message: "boom".into(), retry_after_ms: 0, by_host: false };
+        assert_eq!(plugin.to_string(), "boom (fatal)");
+    }
     use weir_plugin::abi::{Kind, ABI_MAJOR};
 
     unsafe extern "C" fn validate(_: StrRef, _: *mut OwnedBytes) -> Status {

@@ -25,6 +25,18 @@ impl Current {
         }
     }
 
+    /// Bytes its records hold (keys, values, headers), as sink buffers count them: for kept
+    /// records only theirs, not the whole buffer they sit in.
+    pub(super) fn bytes(&self) -> usize {
+        match self {
+            Current::Kept { metas, .. } => metas
+                .iter()
+                .map(|m| if m.key_len == weir_plugin::abi::ABSENT { 0 } else { m.key_len as usize } + m.value_len as usize + m.headers_len as usize)
+                .sum(),
+            other => other.view().data_len(),
+        }
+    }
+
     /// The records `origins` names, in that order, without copying their bytes (`origins`
     /// was checked against the batch).
     pub(super) fn keep(self, origins: &[u32]) -> Current {
@@ -38,5 +50,31 @@ impl Current {
             other => Box::new(other),
         };
         Current::Kept { base, metas }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_plugin::Head;
+
+    #[test]
+    fn kept_records_are_picked_without_copies_and_counted_alone() {
+        let mut b = BatchBuf::new();
+        b.push(0, Head { key: Some(b"k0"), ..Default::default() }, b"first-value");
+        b.push(1, Head::default(), b"second");
+        b.push(2, Head::default(), b"third!");
+        let whole = Current::Host(b);
+        assert_eq!(whole.bytes(), whole.view().data_len());
+        let kept = whole.keep(&[2, 0]);
+        let view = kept.view();
+        let values: Vec<&[u8]> = view.iter().map(|r| r.value).collect();
+        assert_eq!(values, [&b"third!"[..], b"first-value"]);
+        assert_eq!(view.get(1).key, Some(&b"k0"[..]));
+        assert_eq!(kept.bytes(), 6 + 2 + 11, "only the kept records' key and value bytes");
+        let again = kept.keep(&[1]);
+        assert_eq!(again.view().get(0).value, b"first-value", "a selection of a selection reads the first buffer");
+        let all = Current::Host(BatchBuf::new()).keep(&[]);
+        assert!(matches!(all, Current::Host(_)), "keeping everything keeps the batch as it is");
     }
 }

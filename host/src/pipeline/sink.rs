@@ -137,7 +137,7 @@ fn deliver(sink: &mut Stage, ctx: &mut SinkCtx<'_>, job: SinkJob) {
         (ctx.pipeline, ctx.tracer, &ctx.downstream, &ctx.dead_letters, &ctx.abandon);
     let jitter = &mut ctx.jitter;
     let batch = job.batch.view();
-    let held = (batch.len(), batch.data_len());
+    let held = (batch.len(), job.batch.bytes());
     let mut span = tracer.zip(job.trace.as_ref()).map(|(t, parent)| {
         let site = SpanSite { pipeline, stage: &sink.name, plugin: &sink.plugin.name, kind: "sink" };
         t.start(&site, Some(parent), Vec::new(), batch.len(), SystemTime::now())

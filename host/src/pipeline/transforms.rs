@@ -267,7 +267,7 @@ fn hand_to_sinks(batch: Processed, heads: &Heads) {
     }
     let shared = Arc::new(current);
     let origins = Arc::new(origins);
-    let (records, bytes) = (shared.view().len(), shared.view().data_len());
+    let (records, bytes) = (shared.view().len(), shared.bytes());
     for (queue, buffer) in &heads.sinks {
         let m = &queue.metrics;
         if let Some(log) = &buffer.disk {
@@ -283,7 +283,7 @@ fn hand_to_sinks(batch: Processed, heads: &Heads) {
                     tracing::error!(error = %e, "Disk buffer write failed; the batch is failed.");
                     let mut o = tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
                     for &origin in origins.iter() {
-                        o.set(origin, outcome::FAILED, Some(Refusal::pipeline(format!("disk buffer: {e}"))));
+                        o.set(origin, outcome::FAILED, Some(Refusal::pipeline(e.to_string())));
                     }
                 }
             }

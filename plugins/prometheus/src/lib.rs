@@ -61,6 +61,7 @@ impl Sink for PrometheusSink {
             return Err(PluginError::config("metrics needs at least one metric"));
         }
         weir_plugin::metrics::check_all(&config.metrics).map_err(PluginError::config)?;
+        weir_plugin::metrics::check_exposed_names(&config.metrics).map_err(PluginError::config)?;
         if !config.path.starts_with('/') {
             return Err(PluginError::config(format!("path {:?} must start with `/`", config.path)));
         }

@@ -192,13 +192,10 @@ unsafe extern "C" fn release_output(private: *mut c_void) {
     }
 }
 
-/// Hands `out`, made from `input`, to the host through `slot`.
-unsafe fn fill_output(slot: *mut StageOutput, mut out: Box<Output>, input: &BatchRef<'_>, retry_after_ms: u64) {
+/// Hands `out` to the host through `slot`.
+unsafe fn fill_output(slot: *mut StageOutput, out: Box<Output>, retry_after_ms: u64) {
     if slot.is_null() {
         return;
-    }
-    if !out.batch.is_empty() {
-        out.materialize(input);
     }
     let kept = !out.kept.is_empty();
     let mut view = out.batch.as_ref().view();
@@ -246,12 +243,17 @@ unsafe fn process_with<E: Erased>(
     let mut retry_after = 0;
     let status = guarded::<E>(instance, message, |inst| {
         let r = f(inst, &input, &mut out);
+        if r.is_ok() && !out.batch.is_empty() {
+            // Records passed before others were pushed are copied in after all (inside the
+            // guard: a bad index panics here, and becomes this call's error).
+            out.materialize(&input);
+        }
         if let Err(PluginError::Retry { after: Some(d), .. }) = &r {
             retry_after = d.as_millis() as u64;
         }
         r
     });
-    fill_output(output, out, &input, retry_after);
+    fill_output(output, out, retry_after);
     status
 }
 

@@ -58,6 +58,8 @@ pub struct Doc<'a> {
     text: &'a str,
     /// The top-level members, when the record is an object.
     members: Option<Members<'a>>,
+    /// The whole record, when it is not an object.
+    whole: Option<&'a RawValue>,
 }
 
 struct MembersVisitor;
@@ -106,13 +108,19 @@ pub fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
     }
 }
 
+/// An array index as RFC 6901 writes it: digits, no leading zero.
+fn index(seg: &str) -> Option<usize> {
+    let canonical = !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) && (seg == "0" || !seg.starts_with('0'));
+    canonical.then(|| seg.parse().ok()).flatten()
+}
+
 /// Follows `segments` from `cur`, opening each object or array on the way.
 fn descend<'a>(mut cur: &'a RawValue, segments: &[String]) -> Option<&'a RawValue> {
     for seg in segments {
         let text = cur.get();
         cur = match text.as_bytes().first()? {
             b'{' => member(&members(text).ok()??, seg)?,
-            b'[' => *serde_json::from_str::<Vec<&'a RawValue>>(text).ok()?.get(seg.parse::<usize>().ok()?)?,
+            b'[' => *serde_json::from_str::<Vec<&'a RawValue>>(text).ok()?.get(index(seg)?)?,
             _ => return None,
         };
     }
@@ -124,10 +132,10 @@ impl<'a> Doc<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Doc<'a>, serde_json::Error> {
         let text = std::str::from_utf8(bytes).map_err(|e| serde_json::Error::custom(format!("not UTF-8 text ({e})")))?;
         match members(text)? {
-            Some(members) => Ok(Doc { text: text.trim(), members: Some(members) }),
+            Some(members) => Ok(Doc { text: text.trim(), members: Some(members), whole: None }),
             None => {
                 let whole: &RawValue = serde_json::from_str(text)?;
-                Ok(Doc { text: whole.get(), members: None })
+                Ok(Doc { text: whole.get(), members: None, whole: Some(whole) })
             }
         }
     }
@@ -142,11 +150,14 @@ impl<'a> Doc<'a> {
         self.members.as_deref()
     }
 
-    /// The value at `pointer` as written; `None` when there is none. The whole record
-    /// (`""`) is found only through [`Doc::text`].
+    /// The value at `pointer` as written; `None` when there is none. `""` is the whole
+    /// record (for an object read again, once: [`Doc::text`] has it without).
     pub fn get(&self, pointer: &Pointer) -> Option<&'a RawValue> {
-        let (first, rest) = pointer.segments.split_first()?;
-        descend(member(self.members.as_deref()?, first)?, rest)
+        let Some(members) = self.members.as_deref() else { return descend(self.whole?, &pointer.segments) };
+        match pointer.segments.split_first() {
+            Some((first, rest)) => descend(member(members, first)?, rest),
+            None => serde_json::from_str(self.text).ok(),
+        }
     }
 
     /// The string at `pointer`, unescaped; `None` when there is none or it is not a string.
@@ -188,15 +199,19 @@ mod tests {
         assert_eq!(doc.get_str(&p("/s")).as_deref(), Some("x\"y"));
         assert!(matches!(doc.get_str(&p("/t")), Some(Cow::Borrowed("last"))), "the last of repeated keys, borrowed");
         assert_eq!(doc.get_str(&p("/a~")), None, "not a string");
-        assert!(doc.get(&p("/a/b~1c/x")).is_none() && doc.get(&p("/nope/deeper")).is_none() && doc.get(&p("")).is_none());
+        assert!(doc.get(&p("/a/b~1c/x")).is_none() && doc.get(&p("/nope/deeper")).is_none());
         assert_eq!(doc.members().unwrap().len(), 6);
     }
 
     #[test]
     fn non_objects_and_bad_text_are_told_apart() {
-        let array = Doc::parse(b"[1,2]").unwrap();
-        assert!(array.members().is_none() && array.get(&Pointer::parse("/0").unwrap()).is_none());
-        assert_eq!(array.text(), "[1,2]");
+        let array = Doc::parse(br#"[1,{"id":"x"}]"#).unwrap();
+        let p = |s: &str| Pointer::parse(s).unwrap();
+        assert!(array.members().is_none());
+        assert_eq!(array.get_str(&p("/1/id")).as_deref(), Some("x"), "arrays are followed too");
+        assert!(array.get(&p("/01")).is_none() && array.get(&p("/+1")).is_none(), "indexes as RFC 6901 writes them");
+        assert_eq!(array.get(&p("")).map(RawValue::get), Some(r#"[1,{"id":"x"}]"#));
+        assert_eq!(Doc::parse(br#" {"a":1} "#).unwrap().get(&p("")).map(RawValue::get), Some(r#"{"a":1}"#));
         let e = Doc::parse(br#"{"a":1"#).unwrap_err().to_string();
         assert!(e.contains("EOF") && e.contains("column 6"), "{e}");
         assert!(Doc::parse(br#"{"a":1} x"#).unwrap_err().to_string().contains("trailing"));

@@ -154,7 +154,10 @@ impl Sink for WebSocketSink {
     const DESCRIPTION: &'static str = "WebSocket server broadcasting each record as a text frame; clients may filter by type.";
 
     fn validate(config: &WebSocketConfig) -> Result<(), PluginError> {
-        Pointer::parse(&config.type_field).map_err(|e| PluginError::config(format!("type_field: {e}")))?;
+        let field = Pointer::parse(&config.type_field).map_err(|e| PluginError::config(format!("type_field: {e}")))?;
+        if field.segments().is_empty() {
+            return Err(PluginError::config("type_field must name a field, such as \"/eventType\""));
+        }
         for o in &config.allowed_origins {
             check_origin("allowed_origins", o).map_err(PluginError::config)?;
         }

@@ -68,12 +68,6 @@ impl MetricSpec {
         if !valid_name(&self.name) {
             return Err(format!("metric name {:?} may only use letters, digits, `_` and `:`", self.name));
         }
-        if self.kind == MetricType::Counter && !self.name.ends_with("_total") {
-            return Err(format!(
-                "counter {:?} must end in `_total` (Prometheus names counters so); call it {}_total",
-                self.name, self.name
-            ));
-        }
         if let Some(l) = self.labels.keys().find(|l| !valid_name(l) || l.starts_with("__")) {
             return Err(format!("metric {}: label name {l:?} is not valid", self.name));
         }
@@ -89,6 +83,15 @@ impl MetricSpec {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// Checks that every counter's name ends in `_total`, as the Prometheus exposition writes
+/// counters (OTLP has no such rule).
+pub fn check_exposed_names(specs: &[MetricSpec]) -> Result<(), String> {
+    match specs.iter().find(|m| m.kind == MetricType::Counter && !m.name.ends_with("_total")) {
+        Some(m) => Err(format!("counter {:?} must end in `_total`, as Prometheus names counters; call it {}_total", m.name, m.name)),
+        None => Ok(()),
     }
 }
 
@@ -254,7 +257,9 @@ struct Scrape(Registry);
 
 #[cfg(feature = "exposition")]
 impl Registry {
-    /// The Prometheus text exposition (needs the SDK's `exposition` feature).
+    /// The Prometheus text exposition (needs the SDK's `exposition` feature). A counter is
+    /// written with `_total` at the end of its name: name counters so (see
+    /// [`check_exposed_names`]).
     pub fn render(&self) -> String {
         exposition::encode(Scrape(self.clone()))
     }
@@ -387,5 +392,8 @@ mod tests {
         assert!(bad.check().unwrap_err().contains("needs a `value`"));
         let bad: MetricSpec = serde_json::from_value(json!({"name": "1x", "type": "counter"})).unwrap();
         assert!(bad.check().is_err());
+        let plain: MetricSpec = serde_json::from_value(json!({"name": "events", "type": "counter"})).unwrap();
+        assert!(plain.check().is_ok(), "OTLP counters need no suffix");
+        assert!(check_exposed_names(&[plain]).unwrap_err().contains("call it events_total"));
     }
 }
