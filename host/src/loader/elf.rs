@@ -120,40 +120,104 @@ impl Fields<'_> {
 
 const TRUNCATED_HINT: &str = "it may still be being copied — wait for the copy to finish, then reload; otherwise copy the library again";
 
-/// `what` says which part needs the bytes: "its program headers need".
-fn truncated(size: u64, what: &str, needed: u64) -> String {
-    format!("truncated: {} bytes, {what} {}; {TRUNCATED_HINT}", thousands(size), thousands(needed))
+/// Why a file cannot be mapped as a plugin library. Each says what is wrong and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ElfProblem {
+    /// Shorter than its headers say (it may still be being copied): `size` bytes, where
+    /// `part` ("its program headers need") needs `needed`.
+    Truncated {
+        /// The file's size.
+        size: u64,
+        /// Which part needs the bytes.
+        part: &'static str,
+        /// Bytes it needs.
+        needed: u64,
+    },
+    /// It does not start with the ELF magic.
+    NotElf {
+        /// The file's size.
+        size: u64,
+    },
+    /// A header is damaged (what is wrong with it).
+    Damaged(String),
+    /// Built for another machine: what it was built for, and what this weir is.
+    OtherMachine {
+        /// What the file was built for.
+        built: String,
+        /// What this weir is (`is 64-bit little-endian`, `runs on x86-64`).
+        host: String,
+    },
+    /// An ELF file that is not a shared object, and what it is instead.
+    NotSharedObject(&'static str),
+    /// It has no program headers.
+    NoProgramHeaders,
+    /// It has no loadable segments.
+    NoLoadableSegments,
+    /// It cannot be opened or read (what the system said).
+    Unreadable(String),
+}
+
+impl ElfProblem {
+    /// Whether waiting may cure it (a file still being copied).
+    pub fn truncated(&self) -> bool {
+        matches!(self, ElfProblem::Truncated { .. })
+    }
+}
+
+impl std::fmt::Display for ElfProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ElfProblem::Truncated { size, part, needed } => {
+                write!(f, "truncated: {} bytes, {part} {}; {TRUNCATED_HINT}", thousands(*size), thousands(*needed))
+            }
+            ElfProblem::NotElf { size } => write!(
+                f,
+                "not an ELF shared object ({} bytes that do not start with the ELF magic); remove it from the plugin directory, or rebuild the plugin",
+                thousands(*size)
+            ),
+            ElfProblem::Damaged(what) => write!(f, "a damaged ELF file ({what}); copy the library again"),
+            ElfProblem::OtherMachine { built, host } => {
+                write!(f, "built for another machine ({built}; this weir {host}); build the plugin for this machine")
+            }
+            ElfProblem::NotSharedObject(what) => write!(
+                f,
+                "{what}, not a shared library; a plugin is built as a `cdylib` (crate-type = [\"cdylib\"]): rebuild it, or remove this file from the plugin directory"
+            ),
+            ElfProblem::NoProgramHeaders => f.write_str("an ELF file without program headers: not a loadable library; rebuild the plugin"),
+            ElfProblem::NoLoadableSegments => f.write_str("an ELF file without loadable segments: not a usable library; rebuild the plugin"),
+            ElfProblem::Unreadable(why) => f.write_str(why),
+        }
+    }
+}
+
+/// `part` says which part needs the bytes: "its program headers need".
+fn truncated(size: u64, part: &'static str, needed: u64) -> ElfProblem {
+    ElfProblem::Truncated { size, part, needed }
 }
 
 /// Checks the headers of an ELF file of `size` bytes, reading parts of it with `read_at`
 /// (which fills the buffer from that offset, or returns false when it cannot). Returns what
 /// the file needs, or why it cannot be mapped: what is wrong and what to do.
-pub fn inspect(size: u64, target: Target, read_at: &mut dyn FnMut(u64, &mut [u8]) -> bool) -> Result<Layout, String> {
+pub fn inspect(size: u64, target: Target, read_at: &mut dyn FnMut(u64, &mut [u8]) -> bool) -> Result<Layout, ElfProblem> {
     let mut ident = [0u8; 16];
     let short = size < 16 || !read_at(0, &mut ident);
     if short || ident[..4] != MAGIC {
         if short && size >= 4 && read_at(0, &mut ident[..4]) && ident[..4] == MAGIC {
             return Err(truncated(size, "its ELF header needs", 16));
         }
-        return Err(format!(
-            "not an ELF shared object ({} bytes that do not start with the ELF magic); remove it from the plugin directory, or rebuild the plugin",
-            thousands(size)
-        ));
+        return Err(ElfProblem::NotElf { size });
     }
     let (class, data) = (ident[4], ident[5]);
     if class != 1 && class != 2 || data != 1 && data != 2 {
-        return Err(format!("a damaged ELF file (class {class}, data encoding {data}); copy the library again"));
+        return Err(ElfProblem::Damaged(format!("class {class}, data encoding {data}")));
     }
     let bits = |c: u8| if c == 2 { "64-bit" } else { "32-bit" };
     let order = |d: u8| if d == 1 { "little-endian" } else { "big-endian" };
     if class != target.class || data != target.data {
-        return Err(format!(
-            "built for another machine ({} {}; this weir is {} {}); build the plugin for this machine",
-            bits(class),
-            order(data),
-            bits(target.class),
-            order(target.data)
-        ));
+        return Err(ElfProblem::OtherMachine {
+            built: format!("{} {}", bits(class), order(data)),
+            host: format!("is {} {}", bits(target.class), order(target.data)),
+        });
     }
     let wide = class == 2;
     let header_len: u64 = if wide { 64 } else { 52 };
@@ -165,15 +229,11 @@ pub fn inspect(size: u64, target: Target, read_at: &mut dyn FnMut(u64, &mut [u8]
         return Err(truncated(size, "its ELF header needs", header_len));
     }
     let h = Fields { bytes: &header, little: data == 1 };
-    let bad = |what: &str| format!("a damaged ELF file ({what}); copy the library again");
+    let bad = |what: &str| ElfProblem::Damaged(what.to_owned());
     let e_type = h.u16(16).ok_or_else(|| bad("no type"))?;
     let e_machine = h.u16(18).ok_or_else(|| bad("no machine"))?;
     if let Some(m) = target.machine.filter(|&m| m != e_machine) {
-        return Err(format!(
-            "built for another machine ({}; this weir runs on {}); build the plugin for this machine",
-            machine_name(e_machine),
-            machine_name(m)
-        ));
+        return Err(ElfProblem::OtherMachine { built: machine_name(e_machine), host: format!("runs on {}", machine_name(m)) });
     }
     if e_type != ET_DYN {
         let what = match e_type {
@@ -182,9 +242,7 @@ pub fn inspect(size: u64, target: Target, read_at: &mut dyn FnMut(u64, &mut [u8]
             4 => "a core dump",
             _ => "not a shared object",
         };
-        return Err(format!(
-            "{what}, not a shared library; a plugin is built as a `cdylib` (crate-type = [\"cdylib\"]): rebuild it, or remove this file from the plugin directory"
-        ));
+        return Err(ElfProblem::NotSharedObject(what));
     }
     let (phoff, shoff) = if wide { (h.u64(32), h.u64(40)) } else { (h.u32(28).map(u64::from), h.u32(32).map(u64::from)) };
     let (phoff, shoff) = (phoff.ok_or_else(|| bad("no e_phoff"))?, shoff.ok_or_else(|| bad("no e_shoff"))?);
@@ -196,7 +254,7 @@ pub fn inspect(size: u64, target: Target, read_at: &mut dyn FnMut(u64, &mut [u8]
     };
     let (min_ph, min_sh) = if wide { (56, 64) } else { (32, 40) };
     if phnum == 0 || phoff == 0 {
-        return Err("an ELF file without program headers: not a loadable library; rebuild the plugin".into());
+        return Err(ElfProblem::NoProgramHeaders);
     }
     // Real entries are exactly `min_ph` bytes; a few times that is allowed, no more.
     if !(min_ph..=4 * min_ph).contains(&phentsize) {
@@ -252,7 +310,7 @@ pub fn inspect(size: u64, target: Target, read_at: &mut dyn FnMut(u64, &mut [u8]
         loads += usize::from(p_type == PT_LOAD);
     }
     if loads == 0 {
-        return Err("an ELF file without loadable segments: not a usable library; rebuild the plugin".into());
+        return Err(ElfProblem::NoLoadableSegments);
     }
     if furthest > size {
         return Err(truncated(size, "its program headers need", furthest));
@@ -272,7 +330,7 @@ pub fn inspect(size: u64, target: Target, read_at: &mut dyn FnMut(u64, &mut [u8]
 }
 
 /// [`inspect`] over bytes in memory (the whole file).
-pub fn inspect_bytes(bytes: &[u8], target: Target) -> Result<Layout, String> {
+pub fn inspect_bytes(bytes: &[u8], target: Target) -> Result<Layout, ElfProblem> {
     inspect(bytes.len() as u64, target, &mut |offset, buf| {
         let Ok(start) = usize::try_from(offset) else { return false };
         match start.checked_add(buf.len()).and_then(|end| bytes.get(start..end)) {
@@ -286,9 +344,9 @@ pub fn inspect_bytes(bytes: &[u8], target: Target) -> Result<Layout, String> {
 }
 
 /// [`inspect`] over a file, reading only its headers.
-pub fn inspect_file(path: &Path) -> Result<Layout, String> {
-    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot be opened: {e}"))?;
-    let size = file.metadata().map_err(|e| format!("cannot be read: {e}"))?.len();
+pub fn inspect_file(path: &Path) -> Result<Layout, ElfProblem> {
+    let mut file = std::fs::File::open(path).map_err(|e| ElfProblem::Unreadable(format!("cannot be opened: {e}")))?;
+    let size = file.metadata().map_err(|e| ElfProblem::Unreadable(format!("cannot be read: {e}")))?.len();
     inspect(size, Target::HOST, &mut |offset, buf| file.seek(SeekFrom::Start(offset)).is_ok() && file.read_exact(buf).is_ok())
 }
 
@@ -332,7 +390,7 @@ mod tests {
             match inspect_bytes(&lib[..len], Target::HOST) {
                 Ok(layout) => assert!(len >= needed && layout.needed as usize <= len, "a {len}-byte prefix passed: {layout:?}"),
                 Err(reason) => assert!(
-                    len < needed && (reason.starts_with("truncated: ") || len < 4 || reason.starts_with("not an ELF")),
+                    len < needed && (reason.truncated() || len < 4 || matches!(reason, ElfProblem::NotElf { .. })),
                     "{len} bytes: {reason}"
                 ),
             }
@@ -342,10 +400,10 @@ mod tests {
     #[test]
     fn a_truncated_library_says_how_big_it_is_what_it_needs_and_what_to_do() {
         let lib = real_library();
-        let reason = inspect_bytes(&lib[..65_536], Target::HOST).unwrap_err();
+        let reason = inspect_bytes(&lib[..65_536], Target::HOST).unwrap_err().to_string();
         assert!(reason.starts_with("truncated: 65,536 bytes, its "), "{reason}");
         assert!(reason.contains("wait for the copy to finish, then reload"), "{reason}");
-        let reason = inspect_bytes(&lib[..10], Target::HOST).unwrap_err();
+        let reason = inspect_bytes(&lib[..10], Target::HOST).unwrap_err().to_string();
         assert!(reason.starts_with("truncated: 10 bytes, its ELF header needs 16"), "{reason}");
     }
 
@@ -353,15 +411,18 @@ mod tests {
     fn foreign_and_non_library_files_are_refused_with_the_reason() {
         let lib = real_library();
         let other = Target { machine: Some(if Target::HOST.machine == Some(183) { 62 } else { 183 }), ..Target::HOST };
-        assert!(inspect_bytes(&lib, other).unwrap_err().starts_with("built for another machine"), "machine");
+        assert!(inspect_bytes(&lib, other).unwrap_err().to_string().starts_with("built for another machine"), "machine");
         let narrow = Target { class: 3 - Target::HOST.class, ..Target::HOST };
-        assert!(inspect_bytes(&lib, narrow).unwrap_err().contains("this weir is"), "class");
+        assert!(inspect_bytes(&lib, narrow).unwrap_err().to_string().contains("this weir is"), "class");
         let mut exe = lib.clone();
         let little = Target::HOST.data == 1;
         exe[16..18].copy_from_slice(&if little { 2u16.to_le_bytes() } else { 2u16.to_be_bytes() });
-        assert!(inspect_bytes(&exe, Target::HOST).unwrap_err().starts_with("an executable, not a shared library"));
-        assert!(inspect_bytes(b"#!/bin/sh\necho not a library\n", Target::HOST).unwrap_err().starts_with("not an ELF shared object"));
-        assert!(inspect_bytes(b"", Target::HOST).unwrap_err().starts_with("not an ELF shared object (0 bytes"));
+        assert!(inspect_bytes(&exe, Target::HOST).unwrap_err().to_string().starts_with("an executable, not a shared library"));
+        assert!(inspect_bytes(b"#!/bin/sh\necho not a library\n", Target::HOST)
+            .unwrap_err()
+            .to_string()
+            .starts_with("not an ELF shared object"));
+        assert!(inspect_bytes(b"", Target::HOST).unwrap_err().to_string().starts_with("not an ELF shared object (0 bytes"));
     }
 
     #[test]
@@ -377,7 +438,7 @@ mod tests {
         } else {
             huge[at..at + 4].copy_from_slice(&if little { u32::MAX.to_le_bytes() } else { u32::MAX.to_be_bytes() });
         }
-        let reason = inspect_bytes(&huge, Target::HOST).unwrap_err();
+        let reason = inspect_bytes(&huge, Target::HOST).unwrap_err().to_string();
         assert!(reason.contains("program headers"), "{reason}");
     }
 
@@ -421,9 +482,9 @@ mod tests {
             let target = Target { class: if wide { 2 } else { 1 }, data: if big { 2 } else { 1 }, machine: Some(22) };
             let lib = hand_made(wide, big, 22, 512);
             assert_eq!(inspect_bytes(&lib, target), Ok(Layout { needed: 512, loads: 1 }), "wide {wide} big {big}");
-            let reason = inspect_bytes(&lib[..300], target).unwrap_err();
+            let reason = inspect_bytes(&lib[..300], target).unwrap_err().to_string();
             assert!(reason.starts_with("truncated: 300 bytes, its program headers need 512"), "{reason}");
-            let reason = inspect_bytes(&hand_made(wide, big, 62, 512), target).unwrap_err();
+            let reason = inspect_bytes(&hand_made(wide, big, 62, 512), target).unwrap_err().to_string();
             assert!(reason.contains("x86-64; this weir runs on s390x"), "{reason}");
         }
     }

@@ -104,7 +104,7 @@ const ELF_SYSTEM: bool = cfg!(any(
 /// The ELF check of `path`, on systems whose libraries are ELF files.
 fn check_headers(path: &Path) -> Result<(), String> {
     if ELF_SYSTEM {
-        elf::inspect_file(path).map(|_| ())
+        elf::inspect_file(path).map(|_| ()).map_err(|problem| problem.to_string())
     } else {
         Ok(())
     }
