@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use weir_plugin::serde_json::Value;
 use weir_plugin::{BatchRef, Context, Deserialize, Head, JsonSchema, Output, PluginError, RecordRef, Transform};
 
-use raw::Object;
+use raw::{Object, Seg};
 use template::{Scope, Template};
 
 /// Config of the `enrich` transform.
@@ -33,7 +33,7 @@ pub struct EnrichConfig {
 
 /// One field to set.
 struct Field {
-    path: Vec<String>,
+    path: Vec<Seg>,
     value: Template,
     only_if_missing: bool,
 }
@@ -68,7 +68,7 @@ fn fields(config: &EnrichConfig) -> Result<Vec<Field>, PluginError> {
     set.chain(missing)
         .map(|(name, value, only_if_missing)| {
             Ok(Field {
-                path: parse_path(name)?,
+                path: parse_path(name)?.iter().map(|s| Seg::new(s)).collect(),
                 value: Template::parse(value).map_err(|e| PluginError::config(format!("field {name:?}: {e}")))?,
                 only_if_missing,
             })

@@ -36,9 +36,23 @@ impl<'a> Key<'a> {
         Ok(Key { raw: Cow::Borrowed(text), name })
     }
 
-    fn new(name: &str) -> Key<'a> {
-        let raw = serde_json::to_string(name).expect("a string always serializes");
-        Key { raw: Cow::Owned(raw), name: Cow::Owned(name.to_owned()) }
+    fn of(seg: &'a Seg) -> Key<'a> {
+        Key { raw: Cow::Borrowed(&seg.raw), name: Cow::Borrowed(&seg.name) }
+    }
+}
+
+/// One key of a field's path: its name and its JSON text (quoted, escaped), made once
+/// when the transform is created rather than for every record.
+#[derive(Debug, Clone)]
+pub struct Seg {
+    name: String,
+    raw: String,
+}
+
+impl Seg {
+    /// The key called `name`.
+    pub fn new(name: &str) -> Seg {
+        Seg { raw: serde_json::to_string(name).expect("a string always serializes"), name: name.to_owned() }
     }
 }
 
@@ -115,17 +129,17 @@ impl<'a> Object<'a> {
     /// Sets `value` at `path` (object keys), creating objects on the way; with
     /// `only_if_missing`, a member that is there and not `null` is kept. A member that is
     /// replaced keeps its position; a new one is appended.
-    pub fn set(&mut self, path: &[String], value: Value, only_if_missing: bool) -> Result<(), EditError> {
-        let in_the_way = || EditError::ParentNotObject(format!("/{}", path.join("/")));
+    pub fn set(&mut self, path: &'a [Seg], value: Value, only_if_missing: bool) -> Result<(), EditError> {
+        let in_the_way = || EditError::ParentNotObject(path.iter().map(|s| format!("/{}", s.name)).collect());
         let (first, rest) = path.split_first().expect("paths are never empty");
-        if self.find(first).is_none() {
+        if self.find(&first.name).is_none() {
             if rest.is_empty() {
-                self.members.push((Key::new(first), Member::Set(value)));
+                self.members.push((Key::of(first), Member::Set(value)));
                 return Ok(());
             }
-            self.members.push((Key::new(first), Member::Object(Object { members: Vec::new() })));
+            self.members.push((Key::of(first), Member::Object(Object { members: Vec::new() })));
         }
-        let member = self.find(first).expect("found or just added");
+        let member = self.find(&first.name).expect("found or just added");
         if rest.is_empty() {
             if !only_if_missing || member.is_null() {
                 *member = Member::Set(value);
@@ -243,18 +257,18 @@ fn lookup_raw<'a>(raw: &'a RawValue, segs: &[String]) -> Option<&'a RawValue> {
 
 /// Sets `value` at `path` inside a value this transform built. False when a non-object
 /// is in the way.
-fn set_in_value(map: &mut Map<String, Value>, path: &[String], value: Value, only_if_missing: bool) -> bool {
+fn set_in_value(map: &mut Map<String, Value>, path: &[Seg], value: Value, only_if_missing: bool) -> bool {
     let (last, parents) = path.split_last().expect("paths are never empty");
     let mut cur = map;
     for seg in parents {
-        let next = cur.entry(seg.clone()).or_insert_with(|| Value::Object(Map::new()));
+        let next = cur.entry(seg.name.clone()).or_insert_with(|| Value::Object(Map::new()));
         match next {
             Value::Object(m) => cur = m,
             _ => return false,
         }
     }
-    if !(only_if_missing && cur.get(last).is_some_and(|v| !v.is_null())) {
-        cur.insert(last.clone(), value);
+    if !(only_if_missing && cur.get(&last.name).is_some_and(|v| !v.is_null())) {
+        cur.insert(last.name.clone(), value);
     }
     true
 }
@@ -264,14 +278,19 @@ mod tests {
     use super::*;
     use weir_plugin::serde_json::json;
 
-    fn path(p: &str) -> Vec<String> {
+    fn names(p: &str) -> Vec<String> {
         p.split('/').map(str::to_owned).collect()
     }
 
+    fn path(p: &str) -> Vec<Seg> {
+        p.split('/').map(Seg::new).collect()
+    }
+
     fn edit(text: &str, edits: &[(&str, Value, bool)]) -> Result<String, EditError> {
+        let paths: Vec<Vec<Seg>> = edits.iter().map(|(p, ..)| path(p)).collect();
         let mut o = Object::parse(text)?;
-        for (p, v, only_if_missing) in edits {
-            o.set(&path(p), v.clone(), *only_if_missing)?;
+        for (p, (_, v, only_if_missing)) in paths.iter().zip(edits) {
+            o.set(p, v.clone(), *only_if_missing)?;
         }
         let mut out = Vec::new();
         o.write(&mut out).unwrap();
@@ -337,15 +356,16 @@ mod tests {
 
     #[test]
     fn lookup_finds_raw_opened_and_set_values() {
+        let (extra, set) = (path("u/extra"), path("set"));
         let mut o = Object::parse(r#"{"u":{"id":12345678901234567890123},"s":"x\"y","arr":[{"k":"v"}],"n":null}"#).unwrap();
-        let key = |o: &Object<'_>, p: &str| o.lookup(&path(p)).and_then(|f| f.key_bytes()).map(|b| String::from_utf8(b).unwrap());
+        let key = |o: &Object<'_>, p: &str| o.lookup(&names(p)).and_then(|f| f.key_bytes()).map(|b| String::from_utf8(b).unwrap());
         assert_eq!(key(&o, "u/id").as_deref(), Some("12345678901234567890123"));
         assert_eq!(key(&o, "s").as_deref(), Some("x\"y"));
         assert_eq!(key(&o, "arr/0/k").as_deref(), Some("v"));
         assert_eq!(key(&o, "n"), None);
         assert_eq!(key(&o, "missing"), None);
-        o.set(&path("u/extra"), json!(1), false).unwrap();
-        o.set(&path("set"), json!({"deep": "d"}), false).unwrap();
+        o.set(&extra, json!(1), false).unwrap();
+        o.set(&set, json!({"deep": "d"}), false).unwrap();
         assert_eq!(key(&o, "u/id").as_deref(), Some("12345678901234567890123"));
         assert_eq!(key(&o, "u").as_deref(), Some(r#"{"id":12345678901234567890123,"extra":1}"#));
         assert_eq!(key(&o, "set/deep").as_deref(), Some("d"));
