@@ -80,7 +80,7 @@ impl Totals {
     /// not carried: they describe a state that is gone).
     fn add(&mut self, s: &StageMetrics, running: bool) {
         if self.labels.is_empty() {
-            self.labels = s.label_set.clone();
+            self.labels = s.labels.clone();
         }
         let counters = [&s.records_in, &s.records_out, &s.rejected, &s.dropped, &s.errors, &s.batches, &s.backpressure];
         for (t, c) in self.counters.iter_mut().zip(counters) {
@@ -140,10 +140,8 @@ pub struct Custom {
 /// Everything measured for one stage.
 #[derive(Debug, Default)]
 pub struct StageMetrics {
-    /// `pipeline="…",stage="…",plugin="…"`: which series it adds to.
-    labels: String,
-    /// The same labels, as the exposition writes them.
-    label_set: Labels,
+    /// `pipeline`, `stage`, `plugin`: which series it adds to.
+    labels: Labels,
     /// Records handed to the stage.
     pub records_in: AtomicU64,
     /// Records the stage passed on (for a source: emitted; for a sink: delivered).
@@ -170,21 +168,11 @@ pub struct StageMetrics {
     pub custom: Mutex<BTreeMap<String, Custom>>,
 }
 
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
 impl StageMetrics {
     /// Metrics for one stage.
     pub fn new(pipeline: &str, stage: &str, plugin: &str) -> Self {
         StageMetrics {
-            labels: format!(
-                "pipeline=\"{}\",stage=\"{}\",plugin=\"{}\"",
-                escape_label(pipeline),
-                escape_label(stage),
-                escape_label(plugin)
-            ),
-            label_set: vec![("pipeline", pipeline.to_owned()), ("stage", stage.to_owned()), ("plugin", plugin.to_owned())],
+            labels: vec![("pipeline", pipeline.to_owned()), ("stage", stage.to_owned()), ("plugin", plugin.to_owned())],
             ..Default::default()
         }
     }
@@ -215,7 +203,7 @@ impl StageMetrics {
 pub struct Metrics {
     stages: Mutex<Vec<Arc<StageMetrics>>>,
     /// By labels: the final counts of stage versions replaced while the series goes on.
-    carried: Mutex<BTreeMap<String, Totals>>,
+    carried: Mutex<BTreeMap<Labels, Totals>>,
     /// Plugin libraries that could not be used.
     pub plugin_load_failures: AtomicU64,
     /// Plugin libraries loaded.
@@ -264,24 +252,24 @@ impl Metrics {
 
     /// Every series, in the order its stages were registered: running versions plus what
     /// replaced ones carried.
-    fn series(&self) -> Vec<(String, Totals)> {
+    fn series(&self) -> Vec<Totals> {
         let stages = self.stages.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let carried = self.carried.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut series: Vec<(String, Totals)> = Vec::with_capacity(stages.len());
+        let mut series: Vec<Totals> = Vec::with_capacity(stages.len());
         for s in &stages {
-            match series.iter_mut().find(|(l, _)| *l == s.labels) {
-                Some((_, t)) => t.add(s, true),
+            match series.iter_mut().find(|t| t.labels == s.labels) {
+                Some(t) => t.add(s, true),
                 None => {
                     let mut t = Totals::default();
                     t.add(s, true);
-                    series.push((s.labels.clone(), t));
+                    series.push(t);
                 }
             }
         }
-        for (labels, c) in carried {
-            match series.iter_mut().find(|(l, _)| *l == labels) {
-                Some((_, t)) => t.merge(&c),
-                None => series.push((labels, c)),
+        for c in carried.into_values() {
+            match series.iter_mut().find(|t| t.labels == c.labels) {
+                Some(t) => t.merge(&c),
+                None => series.push(c),
             }
         }
         series
@@ -308,7 +296,7 @@ type Labels = exposition::Labels<&'static str>;
 /// What one scrape shows.
 #[derive(Debug)]
 struct Scrape {
-    series: Vec<(String, Totals)>,
+    series: Vec<Totals>,
     states: BTreeMap<String, String>,
     load_failures: u64,
     libraries: u64,
@@ -353,11 +341,11 @@ impl Collector for Scrape {
             ("weir_stage_backpressure_total", "Batches a source offered while the pipeline was full (pushed back)."),
         ];
         for (i, (name, help)) in COUNTERS.iter().enumerate() {
-            family(enc, name, help, Counter, self.series.iter().map(|(_, t)| (t.labels.clone(), t.counters[i])), counter)?;
+            family(enc, name, help, Counter, self.series.iter().map(|t| (t.labels.clone(), t.counters[i])), counter)?;
         }
         let depth = "Batches waiting in front of the stage (sources: between the source and the transforms).";
-        family(enc, "weir_stage_queue_depth", depth, Gauge, self.series.iter().map(|(_, t)| (t.labels.clone(), t.queue_depth)), gauge)?;
-        let sources = || self.series.iter().map(|(_, t)| t).filter(|t| t.ack_latency.count > 0);
+        family(enc, "weir_stage_queue_depth", depth, Gauge, self.series.iter().map(|t| (t.labels.clone(), t.queue_depth)), gauge)?;
+        let sources = || self.series.iter().filter(|t| t.ack_latency.count > 0);
         let outcomes = sources().flat_map(|t| {
             ["accepted", "rejected", "failed", "dropped"].iter().zip(t.outcomes).map(|(name, n)| {
                 let mut labels = t.labels.clone();
@@ -367,7 +355,7 @@ impl Collector for Scrape {
         });
         let records = "Records its source emitted, by their acknowledged outcome (accepted, rejected, failed, dropped).";
         family(enc, "weir_pipeline_records_total", records, Counter, outcomes, counter)?;
-        let latency: Vec<_> = self.series.iter().map(|(_, t)| (t.labels.clone(), buckets(&t.latency))).collect();
+        let latency: Vec<_> = self.series.iter().map(|t| (t.labels.clone(), buckets(&t.latency))).collect();
         let latency = latency.iter().map(|(l, (sum, count, b))| (l.clone(), (*sum, *count, b.as_slice())));
         family(enc, "weir_stage_latency_seconds", "Time per call into the stage.", Histogram, latency, histogram)?;
         let ack: Vec<_> = sources().map(|t| (t.labels.clone(), buckets(&t.ack_latency))).collect();
@@ -375,7 +363,7 @@ impl Collector for Scrape {
         let help = "Time from a source emitting a batch to its acknowledgement (delivery to every sink, or acceptance).";
         family(enc, "weir_pipeline_ack_latency_seconds", help, Histogram, ack, histogram)?;
         let mut custom: BTreeMap<String, (&Custom, Vec<(Labels, (f64, bool))>)> = BTreeMap::new();
-        for (_, t) in &self.series {
+        for t in &self.series {
             for (n, c) in &t.custom {
                 custom
                     .entry(plugin_metric_name(n, c.counter))

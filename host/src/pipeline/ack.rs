@@ -63,7 +63,7 @@ impl Outcomes {
 /// A transform waiting to hear what became of one batch it processed (ABI minor 1
 /// `acknowledge`).
 pub(super) struct Part {
-    pub(super) stage: String,
+    pub(super) stage: Arc<str>,
     pub(super) slot: Arc<Mutex<Slot>>,
     /// The instance generation that processed it, and its number for the batch.
     pub(super) generation: u64,

@@ -191,7 +191,7 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
                     }
                     if let Some(sequence) = out.sequence().filter(|_| acknowledging[index]) {
                         awaiting.push(Part {
-                            stage: stage.name.to_string(),
+                            stage: stage.name.clone(),
                             slot: stage.slot.clone(),
                             generation,
                             sequence,
@@ -281,9 +281,10 @@ fn hand_to_sinks(batch: Processed, heads: &Heads) {
                 Err(e) => {
                     m.errors.fetch_add(1, Relaxed);
                     tracing::error!(error = %e, "Disk buffer write failed; the batch is failed.");
+                    let reason = Refusal::pipeline(e.to_string());
                     let mut o = tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
                     for &origin in origins.iter() {
-                        o.set(origin, outcome::FAILED, Some(Refusal::pipeline(e.to_string())));
+                        o.set(origin, outcome::FAILED, Some(reason.clone()));
                     }
                 }
             }
@@ -302,9 +303,10 @@ fn hand_to_sinks(batch: Processed, heads: &Heads) {
             buffer.release(records, bytes);
             // The sink's thread is gone: its records are not delivered.
             m.errors.fetch_add(1, Relaxed);
+            let reason = Refusal::pipeline("a sink stopped unexpectedly");
             let mut o = tracker.outcomes.lock().unwrap_or_else(|p| p.into_inner());
             for &origin in origins.iter() {
-                o.set(origin, outcome::FAILED, Some(Refusal::pipeline("a sink stopped unexpectedly")));
+                o.set(origin, outcome::FAILED, Some(reason.clone()));
             }
             drop(o);
             tracker.done();
