@@ -114,7 +114,7 @@ unsafe fn run_unguarded(message: *mut OwnedBytes, f: impl FnOnce() -> Result<(),
 }
 
 /// The trait-independent parts each kind shares.
-trait Erased: Sized + Send + 'static {
+pub(crate) trait Erased: Sized + Send + 'static {
     type Config: DeserializeOwned + JsonSchema;
     fn check(config: &Self::Config) -> Result<(), PluginError>;
     fn build(config: Self::Config, ctx: Context) -> Result<Self, PluginError>;
@@ -122,7 +122,7 @@ trait Erased: Sized + Send + 'static {
 
 macro_rules! erased {
     ($tr:ident) => {
-        struct $tr<T>(T);
+        pub(crate) struct $tr<T>(pub(crate) T);
         impl<T: crate::plugin::$tr> Erased for $tr<T> {
             type Config = T::Config;
             fn check(config: &Self::Config) -> Result<(), PluginError> {

@@ -17,6 +17,7 @@ use crate::abi::{self, AckCallback, AckView, BatchView, EmitterApi, HostApi, Own
 use crate::batch::{BatchBuf, BatchRef, Output, Rejections};
 use crate::context::{Context, Emitter, Level, Outcome};
 use crate::error::PluginError;
+use crate::export::{self, Erased};
 use crate::plugin::{Settled, Sink, Source, Transform};
 
 #[derive(Default)]
@@ -134,32 +135,29 @@ impl MockHost {
         self.state.lock().unwrap().metrics.get(name).copied()
     }
 
+    /// Builds a plugin of any kind from a JSON config, as the host would: the config is
+    /// refused as the host refuses it (unknown fields, wrong types), then checked, then built.
+    fn build<E: Erased>(&self, config: serde_json::Value) -> Result<E, PluginError> {
+        let config: E::Config = serde_json::from_value(config).map_err(|e| PluginError::config(e.to_string()))?;
+        E::check(&config)?;
+        E::build(config, self.context())
+    }
+
     /// Builds a transform from a JSON config, as the host would.
     pub fn transform<T: Transform>(&self, config: serde_json::Value) -> Result<T, PluginError> {
-        let config: T::Config = read_config(config)?;
-        T::validate(&config)?;
-        T::create(config, self.context())
+        self.build::<export::Transform<T>>(config).map(|t| t.0)
     }
 
     /// Builds a sink from a JSON config, as the host would.
     pub fn sink<S: Sink>(&self, config: serde_json::Value) -> Result<S, PluginError> {
-        let config: S::Config = read_config(config)?;
-        S::validate(&config)?;
-        S::create(config, self.context())
+        self.build::<export::Sink<S>>(config).map(|s| s.0)
     }
 
     /// Builds a source from a JSON config, as the host would (start it with
     /// [`run_source`]).
     pub fn source<S: Source>(&self, config: serde_json::Value) -> Result<S, PluginError> {
-        let config: S::Config = read_config(config)?;
-        S::validate(&config)?;
-        S::create(config, self.context())
+        self.build::<export::Source<S>>(config).map(|s| s.0)
     }
-}
-
-/// A plugin's config from JSON, refused as the host refuses it (unknown fields, wrong types).
-fn read_config<C: serde::de::DeserializeOwned>(config: serde_json::Value) -> Result<C, PluginError> {
-    serde_json::from_value(config).map_err(|e| PluginError::config(e.to_string()))
 }
 
 /// Writes one batch to a sink as the host would; returns the records it refused.

@@ -83,6 +83,15 @@ pub struct WebSocketSink {
     type_field: Pointer,
 }
 
+/// `config.type_field` as a pointer to a field.
+fn type_field(config: &WebSocketConfig) -> Result<Pointer, PluginError> {
+    let field = Pointer::parse(&config.type_field).map_err(|e| PluginError::config(format!("type_field: {e}")))?;
+    if field.segments().is_empty() {
+        return Err(PluginError::config("type_field must name a field, such as \"/eventType\""));
+    }
+    Ok(field)
+}
+
 fn parse_types(query: Option<&str>) -> Option<HashSet<String>> {
     let query = query?;
     let list = query.split('&').find_map(|kv| kv.strip_prefix("types="))?;
@@ -154,10 +163,7 @@ impl Sink for WebSocketSink {
     const DESCRIPTION: &'static str = "WebSocket server broadcasting each record as a text frame; clients may filter by type.";
 
     fn validate(config: &WebSocketConfig) -> Result<(), PluginError> {
-        let field = Pointer::parse(&config.type_field).map_err(|e| PluginError::config(format!("type_field: {e}")))?;
-        if field.segments().is_empty() {
-            return Err(PluginError::config("type_field must name a field, such as \"/eventType\""));
-        }
+        type_field(config)?;
         for o in &config.allowed_origins {
             check_origin("allowed_origins", o).map_err(PluginError::config)?;
         }
@@ -186,8 +192,7 @@ impl Sink for WebSocketSink {
             }
         });
         ctx.info(&format!("WebSocket server listening on {}.", config.listen));
-        let type_field = Pointer::parse(&config.type_field).map_err(|e| PluginError::config(format!("type_field: {e}")))?;
-        Ok(WebSocketSink { ctx, hub, accept, type_field })
+        Ok(WebSocketSink { ctx, hub, accept, type_field: type_field(&config)? })
     }
 
     fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
