@@ -168,7 +168,7 @@ pub fn host_api(pipeline: &str, stage: &str, plugin: &str, base_dir: &str, metri
 /// The descriptors of a manifest, read at the library's own descriptor size (the first
 /// descriptor's `struct_size`): a library of an older minor has shorter descriptors, whose
 /// missing (optional) functions read as absent.
-pub fn descriptors(manifest: &'static Manifest) -> Result<Vec<&'static PluginDescriptor>, String> {
+pub fn descriptors(manifest: &'static Manifest) -> Result<Vec<&'static PluginDescriptor>, crate::loader::LoadProblem> {
     if manifest.plugin_count == 0 || manifest.plugins.is_null() {
         return Ok(Vec::new());
     }
@@ -177,7 +177,7 @@ pub fn descriptors(manifest: &'static Manifest) -> Result<Vec<&'static PluginDes
     // starting with its `struct_size`.
     let stride = unsafe { base.cast::<u32>().read() } as usize;
     if stride < PluginDescriptor::MINOR_0_SIZE || stride % std::mem::align_of::<PluginDescriptor>() != 0 {
-        return Err(format!("its plugin descriptors are {stride} bytes; ABI 1.0 needs at least {}", PluginDescriptor::MINOR_0_SIZE));
+        return Err(crate::loader::LoadProblem::ShortDescriptors { stride, needed: PluginDescriptor::MINOR_0_SIZE });
     }
     let full = std::mem::size_of::<PluginDescriptor>();
     Ok((0..manifest.plugin_count as usize)
@@ -615,6 +615,7 @@ mod tests {
         // A descriptor shorter than ABI 1.0's is refused with the reason.
         let short: &'static [PluginDescriptor] = Box::leak(Box::new([descriptor("short", 16)]));
         let err = descriptors(manifest(short.as_ptr(), 1)).unwrap_err();
-        assert!(err.contains("16 bytes"), "{err}");
+        assert_eq!(err, crate::loader::LoadProblem::ShortDescriptors { stride: 16, needed: PluginDescriptor::MINOR_0_SIZE });
+        assert!(err.to_string().contains("16 bytes"), "{err}");
     }
 }

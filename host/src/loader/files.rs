@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::elf;
+use super::{elf, LoadProblem};
 
 /// How long a library file must have been left alone (its modification time this far in the
 /// past) before it is copied and mapped.
@@ -43,30 +43,14 @@ fn look(path: &Path) -> std::io::Result<(Fingerprint, SystemTime)> {
     Ok((Fingerprint(m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()), m.modified()?))
 }
 
-/// Why a file was not mapped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotMapped {
-    /// What is wrong and what to do.
-    pub reason: String,
-    /// Whether looking again later may succeed without the file changing (it was still
-    /// being written).
-    pub transient: bool,
-}
-
-impl NotMapped {
-    fn lasting(reason: String) -> Self {
-        NotMapped { reason, transient: false }
-    }
-}
-
 /// Waits (up to [`SETTLE_LIMIT`]) until nobody has written `path` for [`QUIET`]; returns
 /// its fingerprint then. A modification time in the future (a clock set differently
 /// elsewhere) counts as settled once two looks [`POLL`] apart agree.
-fn settle(path: &Path) -> Result<Fingerprint, NotMapped> {
+fn settle(path: &Path) -> Result<Fingerprint, LoadProblem> {
     let started = Instant::now();
     let mut previous: Option<Fingerprint> = None;
     loop {
-        let (print, modified) = look(path).map_err(|e| NotMapped::lasting(format!("cannot be read: {e}")))?;
+        let (print, modified) = look(path).map_err(|e| LoadProblem::Unreadable(e.to_string()))?;
         let quiet = match SystemTime::now().duration_since(modified) {
             Ok(age) => age >= QUIET,
             Err(_) => previous == Some(print),
@@ -75,14 +59,7 @@ fn settle(path: &Path) -> Result<Fingerprint, NotMapped> {
             return Ok(print);
         }
         if started.elapsed() >= SETTLE_LIMIT {
-            return Err(NotMapped {
-                reason: format!(
-                    "still being written: its size or modification time kept changing for {} s ({} bytes now); wait for the copy to finish, then reload",
-                    SETTLE_LIMIT.as_secs(),
-                    elf::thousands(print.size())
-                ),
-                transient: true,
-            });
+            return Err(LoadProblem::StillWritten { seconds: SETTLE_LIMIT.as_secs(), size: print.size() });
         }
         previous = Some(print);
         std::thread::sleep(POLL);
@@ -102,9 +79,9 @@ const ELF_SYSTEM: bool = cfg!(any(
 ));
 
 /// The ELF check of `path`, on systems whose libraries are ELF files.
-fn check_headers(path: &Path) -> Result<(), String> {
+fn check_headers(path: &Path) -> Result<(), LoadProblem> {
     if ELF_SYSTEM {
-        elf::inspect_file(path).map(|_| ()).map_err(|problem| problem.to_string())
+        elf::inspect_file(path).map(|_| ()).map_err(LoadProblem::Elf)
     } else {
         Ok(())
     }
@@ -118,47 +95,38 @@ pub fn copies_dir() -> PathBuf {
 /// Makes the private copy of `path` that will be mapped: once the file has settled, copies
 /// it, checks that the original did not change meanwhile, and checks the copy's ELF headers
 /// (the copy is what is mapped). Returns the copy and the original's fingerprint.
-pub fn private_copy(path: &Path) -> Result<(PathBuf, Fingerprint), NotMapped> {
+pub fn private_copy(path: &Path) -> Result<(PathBuf, Fingerprint), LoadProblem> {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let started = Instant::now();
     loop {
         let before = settle(path)?;
         // Refuse a file that cannot be a library before copying it anywhere.
-        check_headers(path).map_err(NotMapped::lasting)?;
+        check_headers(path)?;
         let dir = copies_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| NotMapped::lasting(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| LoadProblem::CopiesDirectory { dir: dir.clone(), error: e.to_string() })?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let copy = dir.join(format!("{}-{name}", NEXT.fetch_add(1, Relaxed)));
-        std::fs::copy(path, &copy).map_err(|e| NotMapped::lasting(format!("cannot copy it to {}: {e}", copy.display())))?;
+        std::fs::copy(path, &copy).map_err(|e| LoadProblem::CannotCopy { copy: copy.clone(), error: e.to_string() })?;
         if fingerprint(path) != before {
             // Written to while being copied: the copy may mix two versions.
             let _ = std::fs::remove_file(&copy);
             if started.elapsed() < SETTLE_LIMIT {
                 continue;
             }
-            return Err(NotMapped {
-                reason: "still being written: it changed while Weir copied it; wait for the copy to finish, then reload".into(),
-                transient: true,
-            });
+            return Err(LoadProblem::ChangedWhileCopied);
         }
         let checked = check_headers(&copy).and_then(|()| {
             let size = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
             if size == before.size() {
                 Ok(())
             } else {
-                Err(format!(
-                    "its private copy {} has {} bytes instead of {}; check the free space in {}",
-                    copy.display(),
-                    elf::thousands(size),
-                    elf::thousands(before.size()),
-                    dir.display()
-                ))
+                Err(LoadProblem::CopySize { copy: copy.clone(), size, expected: before.size(), dir: dir.clone() })
             }
         });
-        if let Err(reason) = checked {
+        if let Err(problem) = checked {
             let _ = std::fs::remove_file(&copy);
-            return Err(NotMapped::lasting(reason));
+            return Err(problem);
         }
         return Ok((copy, before));
     }

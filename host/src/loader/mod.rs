@@ -8,6 +8,7 @@
 
 pub mod elf;
 pub mod files;
+mod problem;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use crate::config::HostConfig;
 use crate::error::HostError;
 use files::{fingerprint, Fingerprint};
 pub use files::{remove_private_copies, remove_stale_copies};
+pub use problem::LoadProblem;
 
 /// A plugin one library exports.
 #[derive(Debug, Clone)]
@@ -67,28 +69,25 @@ pub struct Broken {
     /// The file.
     pub path: PathBuf,
     /// Why it cannot be used.
-    pub reason: String,
+    pub reason: LoadProblem,
     /// The file as it was looked at: a reload tries it again only once it changed.
     #[serde(skip)]
     fingerprint: Fingerprint,
-    /// Whether it may become usable without changing (it was still being written).
-    #[serde(skip)]
-    transient: bool,
 }
 
 impl Broken {
-    fn new(path: PathBuf, reason: String) -> Self {
+    fn new(path: PathBuf, reason: LoadProblem) -> Self {
         let fingerprint = fingerprint(&path);
-        Broken { path, reason, fingerprint, transient: false }
+        Broken { path, reason, fingerprint }
     }
 }
 
 /// Why [`Registry::load`] did not add a library.
 enum Unused {
     /// It cannot be used.
-    Broken(Broken),
+    Broken(Box<Broken>),
     /// An opt-in library (tests, examples) in a directory that was not named explicitly.
-    Skipped(Broken),
+    Skipped(Box<Broken>),
 }
 
 /// Every plugin found.
@@ -139,14 +138,14 @@ impl Registry {
         let mut reg = Registry { explicit, ..Registry::default() };
         for dir in dirs {
             let Some(files) = library_files(dir) else {
-                reg.broken.push(Broken::new(dir.clone(), "the plugin directory cannot be read".into()));
+                reg.broken.push(Broken::new(dir.clone(), LoadProblem::DirectoryUnreadable));
                 continue;
             };
             for path in files {
                 match reg.load(&path) {
                     Ok(()) => {}
-                    Err(Unused::Broken(b)) => reg.broken.push(b),
-                    Err(Unused::Skipped(b)) => reg.skipped.push(b),
+                    Err(Unused::Broken(b)) => reg.broken.push(*b),
+                    Err(Unused::Skipped(b)) => reg.skipped.push(*b),
                 }
             }
         }
@@ -166,7 +165,7 @@ impl Registry {
         let mut seen = Vec::new();
         for dir in dirs {
             let Some(files) = library_files(dir) else {
-                refused.push(format!("the plugin directory {} cannot be read", dir.display()));
+                refused.push(format!("{}: {}", dir.display(), LoadProblem::DirectoryUnreadable));
                 continue;
             };
             for path in files {
@@ -177,7 +176,7 @@ impl Registry {
                     reg.keep(self, old);
                     continue;
                 }
-                let same = |b: &&Broken| b.path == path && b.fingerprint == now && !b.transient;
+                let same = |b: &&Broken| b.path == path && b.fingerprint == now && !b.reason.transient();
                 if let Some(b) = self.skipped.iter().find(same) {
                     reg.skipped.push(b.clone());
                     continue;
@@ -195,7 +194,7 @@ impl Registry {
                         let l = reg.libraries.last().expect("just loaded");
                         loaded.push(format!("{} {} from {}", l.name, l.version, path.display()));
                     }
-                    Err(Unused::Skipped(b)) => reg.skipped.push(b),
+                    Err(Unused::Skipped(b)) => reg.skipped.push(*b),
                     Err(Unused::Broken(b)) => match old {
                         Some(old) => {
                             refused.push(format!(
@@ -206,11 +205,11 @@ impl Registry {
                                 old.version
                             ));
                             reg.keep(self, old);
-                            reg.broken.push(b);
+                            reg.broken.push(*b);
                         }
                         None => {
                             refused.push(format!("{}: {}", path.display(), b.reason));
-                            reg.broken.push(b);
+                            reg.broken.push(*b);
                         }
                     },
                 }
@@ -237,9 +236,7 @@ impl Registry {
 
     /// Loads the library at `path` from a checked private copy, unless it cannot be used.
     fn load(&mut self, path: &Path) -> Result<(), Unused> {
-        let (from, print) = files::private_copy(path).map_err(|n| {
-            Unused::Broken(Broken { path: path.to_path_buf(), reason: n.reason, fingerprint: fingerprint(path), transient: n.transient })
-        })?;
+        let (from, print) = files::private_copy(path).map_err(|problem| Unused::Broken(Box::new(Broken::new(path.to_path_buf(), problem))))?;
         let result = self.load_copy(path, &from, print);
         if result.is_err() {
             // Unlinking is safe even when the copy was mapped; it is just not needed.
@@ -250,8 +247,8 @@ impl Registry {
 
     /// Maps `from`, the checked copy of `path`, and reads its manifest.
     fn load_copy(&mut self, path: &Path, from: &Path, fingerprint: Fingerprint) -> Result<(), Unused> {
-        let broken = |reason: String| Broken { path: path.to_path_buf(), reason, fingerprint, transient: false };
-        let bad = |reason: String| Unused::Broken(broken(reason));
+        let broken = |reason: LoadProblem| Box::new(Broken { path: path.to_path_buf(), reason, fingerprint });
+        let bad = |reason: LoadProblem| Unused::Broken(broken(reason));
         // SAFETY: loading a library runs its initialisers; plugin directories are trusted
         // like the host binary itself. The file is a private copy whose ELF headers were
         // checked against its size, so mapping it cannot fault.
@@ -259,42 +256,25 @@ impl Registry {
         // SAFETY: the symbol's type is fixed by the ABI.
         let entry: EntryFn = match unsafe { lib.get::<EntryFn>(abi::ENTRY_SYMBOL) } {
             Ok(sym) => *sym,
-            Err(_) => {
-                return Err(
-                    bad("not a Weir plugin: it has no `weir_plugin_manifest_v1` symbol; remove it from the plugin directory".into()),
-                )
-            }
+            Err(_) => return Err(bad(LoadProblem::NoEntrySymbol)),
         };
         // Never unloaded, so the manifest's pointers stay valid.
         std::mem::forget(lib);
         // SAFETY: per ABI.md the entry returns a static manifest or null.
         let manifest: &'static Manifest = match unsafe { entry().as_ref() } {
             Some(m) => m,
-            None => return Err(bad("its entry symbol returned no manifest".into())),
+            None => return Err(bad(LoadProblem::NoManifest)),
         };
         let (major, minor) = (manifest.abi_major, manifest.abi_minor);
         if major != abi::ABI_MAJOR || minor > abi::ABI_MINOR {
-            let action = if major > abi::ABI_MAJOR || (major == abi::ABI_MAJOR && minor > abi::ABI_MINOR) {
-                "upgrade weir, or rebuild the plugin against an older weir-plugin"
-            } else {
-                "rebuild the plugin against this weir-plugin SDK"
-            };
-            return Err(bad(format!(
-                "{} was built for plugin ABI {major}.{minor}, but this weir speaks ABI {}.{}: {action}",
-                path.display(),
-                abi::ABI_MAJOR,
-                abi::ABI_MINOR
-            )));
+            return Err(bad(LoadProblem::Abi { path: path.to_path_buf(), built: (major, minor) }));
         }
         if (manifest.struct_size as usize) < Manifest::MINOR_0_SIZE {
-            return Err(bad(format!("its manifest is {} bytes, shorter than ABI {major}.{minor} requires", manifest.struct_size)));
+            return Err(bad(LoadProblem::ShortManifest { size: manifest.struct_size, abi: (major, minor) }));
         }
         if !self.explicit && manifest.flags() & abi::LIBRARY_OPT_IN != 0 {
-            return Err(Unused::Skipped(broken(format!(
-                    "{} {}: a test or example library, loaded only from a plugin directory named with --plugins (or WEIR_PLUGINS, or `plugins:` in weir.yaml), not by default from beside the weir binary",
-                    read(manifest.library_name),
-                    read(manifest.library_version)
-            ))));
+            let (name, version) = (read(manifest.library_name), read(manifest.library_version));
+            return Err(Unused::Skipped(broken(LoadProblem::OptIn { name, version })));
         }
         let info = Arc::new(LibraryInfo {
             path: path.to_path_buf(),
@@ -312,7 +292,7 @@ impl Registry {
         for d in descriptors {
             let name = read(d.name);
             let schema: serde_json::Value = serde_json::from_str(&read(d.config_schema))
-                .map_err(|e| bad(format!("plugin {name}: its config schema is not JSON: {e}")))?;
+                .map_err(|e| bad(LoadProblem::SchemaNotJson { plugin: name.clone(), error: e.to_string() }))?;
             let complete = match d.kind {
                 Kind::SOURCE => d.start.is_some() && d.stop.is_some(),
                 Kind::TRANSFORM => d.process.is_some(),
@@ -320,14 +300,10 @@ impl Registry {
                 _ => false,
             };
             if !complete {
-                return Err(bad(format!("plugin {name}: kind {} lacks the functions it needs", d.kind.0)));
+                return Err(bad(LoadProblem::Incomplete { plugin: name, kind: d.kind.0 }));
             }
             if let Some(prev) = self.plugins.get(&(name.clone(), d.kind.0)) {
-                return Err(bad(format!(
-                    "{} plugin {name} is also exported by {}; remove one of the two libraries",
-                    d.kind.name(),
-                    prev.library.path.display()
-                )));
+                return Err(bad(LoadProblem::Duplicate { kind: d.kind.name(), plugin: name, other: prev.library.path.clone() }));
             }
             found.push(Plugin { kind: d.kind, name, description: read(d.description), schema, library: info.clone(), descriptor: d });
         }
@@ -363,15 +339,14 @@ impl Registry {
 
 /// Why `dlopen` refused `from` (the copy of `path`), in dlerror's own words, which libloading
 /// keeps in the error's source; the copy's name is replaced by the file's.
-fn dlopen_reason(e: &libloading::Error, path: &Path, from: &Path) -> String {
+fn dlopen_reason(e: &libloading::Error, path: &Path, from: &Path) -> LoadProblem {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         text = format!("{text}: {s}");
         source = s.source();
     }
-    let text = text.replace(&from.display().to_string(), &path.display().to_string());
-    format!("cannot be loaded ({text}); rebuild the plugin, or install the libraries it needs")
+    LoadProblem::Dlopen(text.replace(&from.display().to_string(), &path.display().to_string()))
 }
 
 impl Plugin {
