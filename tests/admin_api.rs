@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -29,19 +28,12 @@ fn curl_with(method: &str, url: &str, args: &[&str]) -> Reply {
     Reply { status, headers: head.to_owned(), body: body.to_owned() }
 }
 
-/// A pipeline `ingest`: http on a free port into a file.
-fn ingest(dir: &Path) -> String {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let out = dir.join("events.jsonl");
-    write_pipeline(
-        dir,
+/// A pipeline `ingest`: http on the scene's port into a file.
+fn ingest(scene: &Scene) {
+    scene.pipeline(
         "ingest",
-        &format!(
-            "source: {{plugin: http, config: {{listen: \"{listen}\"}}}}\nsinks: [{{plugin: file, config: {{path: \"{}\"}}}}]\n",
-            out.display()
-        ),
+        "source: {plugin: http, config: {listen: \"127.0.0.1:@PORT@\"}}\nsinks: [{plugin: file, config: {path: \"@DIR@/events.jsonl\"}}]\n",
     );
-    listen
 }
 
 fn paused(weir: &Weir, token: Option<&str>) -> bool {
@@ -56,9 +48,9 @@ fn paused(weir: &Weir, token: Option<&str>) -> bool {
 // `Content-Type: text/plain` or a form body answered 200 and paused the pipeline.
 #[test]
 fn cross_origin_and_non_json_posts_are_refused_and_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    ingest(dir.path());
-    let weir = Weir::start(dir.path(), &[], &[("WEIR_ADMIN_ALLOWED_ORIGINS", "[https://ops.example.com]")]);
+    let scene = Scene::new();
+    ingest(&scene);
+    let weir = scene.start(&[], &[("WEIR_ADMIN_ALLOWED_ORIGINS", "[https://ops.example.com]")]);
     let pause = weir.url("/pipelines/ingest/pause");
 
     let r = curl_with("POST", &pause, &["-H", "Origin: http://evil.example"]);
@@ -116,9 +108,9 @@ fn cross_origin_and_non_json_posts_are_refused_and_change_nothing() {
 // resolving to 127.0.0.1) could read `/pipelines` and POST `/reload`.
 #[test]
 fn a_host_that_is_not_loopback_an_address_or_configured_is_refused_on_get_too() {
-    let dir = tempfile::tempdir().unwrap();
-    ingest(dir.path());
-    let weir = Weir::start(dir.path(), &[], &[("WEIR_ADMIN_HOSTS", "[weir.internal]")]);
+    let scene = Scene::new();
+    ingest(&scene);
+    let weir = scene.start(&[], &[("WEIR_ADMIN_HOSTS", "[weir.internal]")]);
     let port = weir.admin.rsplit_once(':').unwrap().1.to_owned();
     let evil = format!("Host: evil.example:{port}");
     for (method, path) in
@@ -143,9 +135,9 @@ fn a_host_that_is_not_loopback_an_address_or_configured_is_refused_on_get_too() 
 #[test]
 fn a_token_when_set_is_required_and_never_shows() {
     let token = "adm-tok-3f9a8c1e5b7d";
-    let dir = tempfile::tempdir().unwrap();
-    ingest(dir.path());
-    let weir = Weir::start(dir.path(), &[], &[("WEIR_ADMIN_TOKEN", token)]);
+    let scene = Scene::new();
+    ingest(&scene);
+    let weir = scene.start(&[], &[("WEIR_ADMIN_TOKEN", token)]);
     let bearer = format!("Authorization: Bearer {token}");
     let mut shown = Vec::new();
     for (method, path) in
@@ -194,11 +186,11 @@ impl Drop for Exposed {
 // Observed before: `--admin 0.0.0.0:PORT` started with no warning, open to the network.
 #[test]
 fn beyond_loopback_the_admin_api_needs_a_token_to_start() {
-    let dir = tempfile::tempdir().unwrap();
-    ingest(dir.path());
+    let scene = Scene::new();
+    ingest(&scene);
     let port = free_port();
     let any = format!("0.0.0.0:{port}");
-    let pipelines = dir.path().to_str().unwrap();
+    let pipelines = scene.pipelines.to_str().unwrap();
     let out = weir(&["run", "--pipelines", pipelines, "--admin", &any], &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -208,7 +200,7 @@ fn beyond_loopback_the_admin_api_needs_a_token_to_start() {
         "says how to fix it: {err}"
     );
 
-    let token_file = dir.path().join("admin.token");
+    let token_file = scene.path("admin.token");
     std::fs::write(&token_file, "\n").unwrap();
     let out = weir(&["run", "--pipelines", pipelines, "--admin", &any], &[("WEIR_ADMIN_TOKEN_FILE", token_file.to_str().unwrap())]);
     assert!(!out.status.success());
@@ -216,7 +208,7 @@ fn beyond_loopback_the_admin_api_needs_a_token_to_start() {
     assert!(err.contains("is empty"), "an empty token is refused: {err}");
 
     std::fs::write(&token_file, "file-token-77c2e0\n").unwrap();
-    let log = dir.path().join("weir.log");
+    let log = scene.path("weir.log");
     let child = Command::new(bin_dir().join("weir"))
         .args(["run", "--pipelines", pipelines, "--admin", &any])
         .env("WEIR_ADMIN_TOKEN_FILE", &token_file)
@@ -253,14 +245,13 @@ async fn next_text(ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungste
 // Observed before: any web page could open the event stream (user ids, client IPs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_websocket_sink_refuses_origins_it_does_not_list() {
-    let dir = tempfile::tempdir().unwrap();
-    let (http, ws) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    write_pipeline(
-        dir.path(),
+    let scene = Scene::new();
+    let ws = format!("127.0.0.1:{}", free_port());
+    scene.pipeline(
         "live",
-        &format!("source: {{plugin: http, config: {{listen: \"{http}\"}}}}\nsinks:\n  - plugin: websocket\n    config: {{listen: \"{ws}\", allowed_origins: [\"https://dash.example.com\"]}}\n"),
+        &format!("source: {{plugin: http, config: {{listen: \"127.0.0.1:@PORT@\"}}}}\nsinks:\n  - plugin: websocket\n    config: {{listen: \"{ws}\", allowed_origins: [\"https://dash.example.com\"]}}\n"),
     );
-    let weir = tokio::task::block_in_place(|| Weir::start(dir.path(), &[], &[]));
+    let weir = tokio::task::block_in_place(|| scene.start(&[], &[]));
     let with_origin = |origin: &str| {
         let mut req = format!("ws://{ws}/").into_client_request().unwrap();
         req.headers_mut().insert("Origin", origin.parse().unwrap());
@@ -278,7 +269,7 @@ async fn the_websocket_sink_refuses_origins_it_does_not_list() {
     tokio::task::block_in_place(|| {
         wait_for("two clients", Duration::from_secs(10), || curl("GET", &health, None, None).json()["connected_clients"] == 2)
     });
-    let r = tokio::task::block_in_place(|| post_json(&format!("http://{http}/produce"), r#"{"eventType":"x","userId":"u1"}"#));
+    let r = tokio::task::block_in_place(|| post_json(&scene.url("/produce"), r#"{"eventType":"x","userId":"u1"}"#));
     assert_eq!(r.status, 200, "{r:?}");
     assert!(next_text(&mut dash).await.contains("\"u1\""));
     assert!(next_text(&mut program).await.contains("\"u1\""));
@@ -291,10 +282,9 @@ async fn the_websocket_sink_refuses_origins_it_does_not_list() {
 // Observed before: a `listen` address from `${VAR}` showed as `***` in errors.
 #[test]
 fn addresses_from_variables_show_in_errors_passwords_do_not() {
-    let dir = tempfile::tempdir().unwrap();
+    let scene = Scene::new();
     let listen_from = |var: &str| {
-        write_pipeline(
-            dir.path(),
+        scene.pipeline(
             "p",
             &format!("source:\n  plugin: http\n  config:\n    listen: \"${{{var}}}\"\nsinks:\n  - plugin: file\n    config: {{path: x}}\n"),
         )
@@ -313,14 +303,13 @@ fn addresses_from_variables_show_in_errors_passwords_do_not() {
     // Running: a taken port from `${VAR}` is named in the error.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap().to_string();
-    ingest(dir.path());
+    ingest(&scene);
     std::fs::remove_file(&path).unwrap();
-    write_pipeline(
-        dir.path(),
+    scene.pipeline(
         "busy",
         "source: {plugin: http, config: {listen: \"${P2_BUSY_LISTEN}\"}}\nsinks: [{plugin: file, config: {path: \"-\"}}]\n",
     );
-    let weir = Weir::start(dir.path(), &[], &[("P2_BUSY_LISTEN", &taken_addr)]);
+    let weir = scene.start(&[], &[("P2_BUSY_LISTEN", &taken_addr)]);
     let report = weir.get_json("/pipelines");
     let busy = report.as_array().unwrap().iter().find(|p| p["name"] == "busy").expect("the failed pipeline is listed");
     assert_eq!(busy["state"], "failed", "{busy}");

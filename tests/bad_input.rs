@@ -5,26 +5,23 @@ mod common;
 
 use common::*;
 
-fn start_ingest() -> (Weir, String, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+fn start_ingest() -> (Weir, String, Scene) {
+    let scene = Scene::new();
     let schema = repo().join("schemas/neo-event.schema.json");
-    write_pipeline(
-        dir.path(),
+    scene.pipeline(
         "ingest",
         &format!(
-            "source:\n  plugin: http\n  config:\n    listen: 127.0.0.1:{port}\n    max_body_bytes: 2000\n    max_events: 3\ntransforms:\n  - plugin: validate\n    config:\n      schema: {}\nsinks:\n  - plugin: file\n    config:\n      path: {}\n",
-            schema.display(),
-            dir.path().join("out.jsonl").display()
+            "source:\n  plugin: http\n  config:\n    listen: 127.0.0.1:@PORT@\n    max_body_bytes: 2000\n    max_events: 3\ntransforms:\n  - plugin: validate\n    config:\n      schema: {}\nsinks:\n  - plugin: file\n    config:\n      path: @DIR@/out.jsonl\n",
+            schema.display()
         ),
     );
-    let weir = Weir::start(dir.path(), &[], &[]);
-    (weir, format!("http://127.0.0.1:{port}/produce"), dir)
+    let weir = scene.start(&[], &[]);
+    (weir, scene.url("/produce"), scene)
 }
 
 #[test]
 fn http_source_answers_each_kind_of_bad_request() {
-    let (_weir, url, _dir) = start_ingest();
+    let (_weir, url, _scene) = start_ingest();
 
     let r = post_json(&url, "{\"eventType\": \"a\",\n \"userId\": }");
     assert_eq!(r.status, 400, "{r:?}");

@@ -49,20 +49,15 @@ fn event(id: &str) -> String {
 // dedupe had remembered its key when it passed, not when it was delivered.
 #[test]
 fn memory_store_the_retry_of_an_event_a_sink_failed_for_good_is_delivered_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("events.jsonl");
-    let port = free_port();
+    let scene = Scene::new();
+    let out = scene.path("events.jsonl");
     // The file sink writes what `test-flaky` delivered; `test-flaky` fails its first batch for good.
-    write_pipeline(
-        dir.path(),
+    scene.pipeline(
         "ingest",
-        &format!(
-            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms: [{{plugin: dedupe, config: {{fields: [/eventId]}}}}]\nsinks:\n  - {{plugin: test-flaky, config: {{fail_first_batches: 1}}}}\n  - {{plugin: file, after: test-flaky, config: {{path: {}}}}}\n",
-            out.display()
-        ),
+        "source: {plugin: http, config: {listen: \"127.0.0.1:@PORT@\"}}\ntransforms: [{plugin: dedupe, config: {fields: [/eventId]}}]\nsinks:\n  - {plugin: test-flaky, config: {fail_first_batches: 1}}\n  - {plugin: file, after: test-flaky, config: {path: @DIR@/events.jsonl}}\n",
     );
-    let weir = Weir::start(dir.path(), &[], &[]);
-    let url = format!("http://127.0.0.1:{port}/produce");
+    let weir = scene.start(&[], &[]);
+    let url = scene.url("/produce");
 
     let first = post_json(&url, &event("e-1"));
     assert_eq!(first.status, 500, "the sink failed the batch for good: {first:?}");
@@ -155,22 +150,19 @@ impl CuttingProxy {
 // duplicate of itself and dropped: answered as done, never delivered.
 #[test]
 fn redis_store_a_reply_lost_after_redis_applied_the_marks_does_not_swallow_the_retry() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("events.jsonl");
-    let port = free_port();
+    let scene = Scene::new();
+    let out = scene.path("events.jsonl");
     let prefix = prefix("reply-lost");
     let proxy = CuttingProxy::start(&prefix);
-    write_pipeline(
-        dir.path(),
+    scene.pipeline(
         "ingest",
         &format!(
-            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms:\n  - plugin: dedupe\n    config: {{fields: [/eventId], store: \"redis://127.0.0.1:{}\", key_prefix: \"{prefix}\"}}\nsinks: [{{plugin: file, config: {{path: {}}}}}]\n",
-            proxy.port,
-            out.display()
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:@PORT@\"}}}}\ntransforms:\n  - plugin: dedupe\n    config: {{fields: [/eventId], store: \"redis://127.0.0.1:{}\", key_prefix: \"{prefix}\"}}\nsinks: [{{plugin: file, config: {{path: @DIR@/events.jsonl}}}}]\n",
+            proxy.port
         ),
     );
-    let _weir = Weir::start(dir.path(), &[], &[]);
-    let url = format!("http://127.0.0.1:{port}/produce");
+    let _weir = scene.start(&[], &[]);
+    let url = scene.url("/produce");
 
     let first = post_json(&url, &event("r-1"));
     assert_eq!(proxy.cuts.load(Ordering::SeqCst), 1, "the proxy cut the reply");

@@ -10,29 +10,23 @@ use std::time::{Duration, Instant};
 use common::*;
 use pg::{psql, SERVER};
 
-/// `http` → `validate` (requires `id`) → `file` + `test-flaky` (rejects "poison"), with
-/// `dead_letter` as given.
-fn poison_pipeline(dir: &std::path::Path, port: u16, out: &std::path::Path, dead_letter: &str) {
-    std::fs::write(dir.join("event.schema.json"), r#"{"type":"object","required":["id"]}"#).unwrap();
-    write_pipeline(
-        dir,
-        "ingest",
-        &format!(
-            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms: [{{plugin: validate, config: {{schema: event.schema.json}}}}]\nsinks:\n  - {{plugin: file, config: {{path: {}}}}}\n  - {{plugin: test-flaky, config: {{reject_marker: poison}}}}\ndead_letter:\n{dead_letter}",
-            out.display()
-        ),
-    );
+/// `http` → `validate` (requires `id`) → `file` (`out.jsonl`) + `test-flaky` (rejects
+/// "poison"), with `dead_letter` as given.
+fn poison_pipeline(scene: &Scene, dead_letter: &str) {
+    std::fs::write(scene.path("event.schema.json"), r#"{"type":"object","required":["id"]}"#).unwrap();
+    let yaml = "source: {plugin: http, config: {listen: \"127.0.0.1:@PORT@\"}}\ntransforms: [{plugin: validate, config: {schema: event.schema.json}}]\nsinks:\n  - {plugin: file, config: {path: @DIR@/out.jsonl}}\n  - {plugin: test-flaky, config: {reject_marker: poison}}\ndead_letter:\n";
+    scene.pipeline("ingest", &format!("{yaml}{dead_letter}"));
 }
 
 const BATCH: &str = r#"[{"id":1},{"nope":2},{"id":3,"x":"poison"},{"id":4}]"#;
 
 #[test]
 fn poison_records_reach_the_dead_letter_file_with_stage_and_reason_while_the_rest_flows() {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, dlq, port) = (dir.path().join("out.jsonl"), dir.path().join("dlq.jsonl"), free_port());
-    poison_pipeline(dir.path(), port, &out, &format!("  plugin: file\n  config: {{path: {}}}\n", dlq.display()));
-    let weir = Weir::start(dir.path(), &[], &[]);
-    let url = format!("http://127.0.0.1:{port}/produce");
+    let scene = Scene::new();
+    let (out, dlq) = (scene.path("out.jsonl"), scene.path("dlq.jsonl"));
+    poison_pipeline(&scene, "  plugin: file\n  config: {path: @DIR@/dlq.jsonl}\n");
+    let weir = scene.start(&[], &[]);
+    let url = scene.url("/produce");
     let r = post_json(&url, BATCH);
     assert_eq!(r.status, 200, "{r:?}");
     let body = r.json();
@@ -59,20 +53,17 @@ fn poison_records_reach_the_dead_letter_file_with_stage_and_reason_while_the_res
 
 #[test]
 fn dead_letters_can_go_to_a_postgresql_table() {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, port) = (dir.path().join("out.jsonl"), free_port());
+    let scene = Scene::new();
     let table = format!("public.weir_dead_letters_{}", free_port());
     psql(SERVER, &format!("DROP TABLE IF EXISTS {table}"));
     poison_pipeline(
-        dir.path(),
-        port,
-        &out,
+        &scene,
         &format!(
             "  plugin: postgres\n  config:\n    url: \"{SERVER}\"\n    table: {table}\n    create: true\n    columns:\n      - {{name: stage, type: TEXT NOT NULL, from: /stage}}\n      - {{name: reason, type: TEXT NOT NULL, from: /reason}}\n      - {{name: record, type: JSONB NOT NULL, from: /record}}\n      - {{name: failed_at, type: TIMESTAMPTZ NOT NULL, from: /time}}\n"
         ),
     );
-    let _weir = Weir::start(dir.path(), &[], &[]);
-    assert_eq!(post_json(&format!("http://127.0.0.1:{port}/produce"), BATCH).status, 200);
+    let _weir = scene.start(&[], &[]);
+    assert_eq!(post_json(&scene.url("/produce"), BATCH).status, 200);
     let rows = psql(SERVER, &format!("SELECT stage, reason, record::text FROM {table} ORDER BY stage DESC"));
     let rows: Vec<&str> = rows.lines().collect();
     assert_eq!(rows.len(), 2, "{rows:?}");
@@ -83,18 +74,14 @@ fn dead_letters_can_go_to_a_postgresql_table() {
 
 #[test]
 fn a_sink_that_keeps_asking_to_retry_gives_up_after_its_maximum_duration_into_the_dead_letters() {
-    let dir = tempfile::tempdir().unwrap();
-    let (dlq, port) = (dir.path().join("dlq.jsonl"), free_port());
-    write_pipeline(
-        dir.path(),
+    let scene = Scene::new();
+    let dlq = scene.path("dlq.jsonl");
+    scene.pipeline(
         "ingest",
-        &format!(
-            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\nsinks:\n  - plugin: test-flaky\n    config: {{outage_marker: down}}\n    retry: {{initial_backoff_ms: 20, max_backoff_ms: 200, max_duration: 1500ms}}\ndead_letter: {{plugin: file, config: {{path: {}}}}}\n",
-            dlq.display()
-        ),
+        "source: {plugin: http, config: {listen: \"127.0.0.1:@PORT@\"}}\nsinks:\n  - plugin: test-flaky\n    config: {outage_marker: down}\n    retry: {initial_backoff_ms: 20, max_backoff_ms: 200, max_duration: 1500ms}\ndead_letter: {plugin: file, config: {path: @DIR@/dlq.jsonl}}\n",
     );
-    let weir = Weir::start(dir.path(), &[], &[]);
-    let url = format!("http://127.0.0.1:{port}/produce");
+    let weir = scene.start(&[], &[]);
+    let url = scene.url("/produce");
     let started = Instant::now();
     let r = post_json(&url, r#"{"id":"a","status":"down"}"#);
     let took = started.elapsed();
@@ -115,22 +102,20 @@ fn a_sink_that_keeps_asking_to_retry_gives_up_after_its_maximum_duration_into_th
 
 #[test]
 fn a_dedupe_window_in_redis_survives_a_sigkill_and_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, port) = (dir.path().join("out.jsonl"), free_port());
+    let scene = Scene::new();
+    let out = scene.path("out.jsonl");
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    write_pipeline(
-        dir.path(),
+    scene.pipeline(
         "ingest",
         &format!(
-            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms:\n  - plugin: dedupe\n    config: {{fields: [/id], store: \"redis://127.0.0.1:6379\", key_prefix: \"weir:e2e:{nanos}:\"}}\nsinks: [{{plugin: file, config: {{path: {}}}}}]\n",
-            out.display()
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:@PORT@\"}}}}\ntransforms:\n  - plugin: dedupe\n    config: {{fields: [/id], store: \"redis://127.0.0.1:6379\", key_prefix: \"weir:e2e:{nanos}:\"}}\nsinks: [{{plugin: file, config: {{path: @DIR@/out.jsonl}}}}]\n"
         ),
     );
-    let url = format!("http://127.0.0.1:{port}/produce");
-    let mut weir = Weir::start(dir.path(), &[], &[]);
+    let url = scene.url("/produce");
+    let mut weir = scene.start(&[], &[]);
     assert_eq!(post_json(&url, r#"[{"id":1},{"id":2}]"#).json()["accepted"], 2);
     weir.kill();
-    let _weir = Weir::start(dir.path(), &[], &[]);
+    let _weir = scene.start(&[], &[]);
     let r = post_json(&url, r#"[{"id":2},{"id":3}]"#).json();
     assert_eq!((r["accepted"].clone(), r["duplicates"].clone()), (1.into(), 1.into()), "{r}");
     assert_eq!(json_lines(&out).iter().map(|l| l["id"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
@@ -138,20 +123,15 @@ fn a_dedupe_window_in_redis_survives_a_sigkill_and_restart() {
 
 #[test]
 fn the_http_source_can_answer_on_acceptance_and_refusals_still_reach_the_dead_letters() {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, dlq, port) = (dir.path().join("out.jsonl"), dir.path().join("dlq.jsonl"), free_port());
-    std::fs::write(dir.path().join("event.schema.json"), r#"{"type":"object","required":["id"]}"#).unwrap();
-    write_pipeline(
-        dir.path(),
+    let scene = Scene::new();
+    let (out, dlq) = (scene.path("out.jsonl"), scene.path("dlq.jsonl"));
+    std::fs::write(scene.path("event.schema.json"), r#"{"type":"object","required":["id"]}"#).unwrap();
+    scene.pipeline(
         "ingest",
-        &format!(
-            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\", respond_after: accepted}}}}\ntransforms: [{{plugin: validate, config: {{schema: event.schema.json}}}}]\nsinks: [{{plugin: file, config: {{path: {}}}}}]\ndead_letter: {{plugin: file, config: {{path: {}}}}}\n",
-            out.display(),
-            dlq.display()
-        ),
+        "source: {plugin: http, config: {listen: \"127.0.0.1:@PORT@\", respond_after: accepted}}\ntransforms: [{plugin: validate, config: {schema: event.schema.json}}]\nsinks: [{plugin: file, config: {path: @DIR@/out.jsonl}}]\ndead_letter: {plugin: file, config: {path: @DIR@/dlq.jsonl}}\n",
     );
-    let _weir = Weir::start(dir.path(), &[], &[]);
-    let r = post_json(&format!("http://127.0.0.1:{port}/produce"), r#"[{"id":1},{"nope":2}]"#);
+    let _weir = scene.start(&[], &[]);
+    let r = post_json(&scene.url("/produce"), r#"[{"id":1},{"nope":2}]"#);
     assert_eq!(r.status, 202, "{r:?}");
     assert_eq!(r.json(), serde_json::json!({"success": true, "queued": 2}));
     wait_for("the accepted event delivered", Duration::from_secs(5), || json_lines(&out).len() == 1);
@@ -161,18 +141,14 @@ fn the_http_source_can_answer_on_acceptance_and_refusals_still_reach_the_dead_le
 
 #[test]
 fn a_full_drop_newest_buffer_drops_and_counts_for_its_sink_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, port) = (dir.path().join("out.jsonl"), free_port());
-    write_pipeline(
-        dir.path(),
+    let scene = Scene::new();
+    let out = scene.path("out.jsonl");
+    scene.pipeline(
         "ingest",
-        &format!(
-            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\nsinks:\n  - plugin: test-slow\n    config: {{delay_ms: 200}}\n    buffer: {{max_events: 20, when_full: drop_newest}}\n  - plugin: file\n    config: {{path: {}}}\nsettings: {{acknowledge: accepted}}\n",
-            out.display()
-        ),
+        "source: {plugin: http, config: {listen: \"127.0.0.1:@PORT@\"}}\nsinks:\n  - plugin: test-slow\n    config: {delay_ms: 200}\n    buffer: {max_events: 20, when_full: drop_newest}\n  - plugin: file\n    config: {path: @DIR@/out.jsonl}\nsettings: {acknowledge: accepted}\n",
     );
-    let weir = Weir::start(dir.path(), &[], &[]);
-    let url = format!("http://127.0.0.1:{port}/produce");
+    let weir = scene.start(&[], &[]);
+    let url = scene.url("/produce");
     for n in 0..30 {
         let events: Vec<String> = (0..10).map(|i| format!(r#"{{"id":{}}}"#, n * 10 + i)).collect();
         assert_eq!(post_json(&url, &format!("[{}]", events.join(","))).status, 200);
@@ -190,17 +166,13 @@ fn a_full_drop_newest_buffer_drops_and_counts_for_its_sink_only() {
 
 #[test]
 fn a_full_blocking_buffer_pushes_back_to_503_and_recovers_by_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    write_pipeline(
-        dir.path(),
+    let scene = Scene::new();
+    scene.pipeline(
         "ingest",
-        &format!(
-            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\", backpressure_wait_ms: 0}}}}\nsinks:\n  - plugin: test-slow\n    config: {{delay_ms: 300}}\n    buffer: {{max_bytes: 200}}\nsettings: {{acknowledge: accepted, queue_batches: 1}}\n"
-        ),
+        "source: {plugin: http, config: {listen: \"127.0.0.1:@PORT@\", backpressure_wait_ms: 0}}\nsinks:\n  - plugin: test-slow\n    config: {delay_ms: 300}\n    buffer: {max_bytes: 200}\nsettings: {acknowledge: accepted, queue_batches: 1}\n",
     );
-    let weir = Weir::start(dir.path(), &[], &[]);
-    let url = format!("http://127.0.0.1:{port}/produce");
+    let weir = scene.start(&[], &[]);
+    let url = scene.url("/produce");
     let body = format!("[{}]", (0..10).map(|i| format!(r#"{{"id":{i},"pad":"{}"}}"#, "x".repeat(10))).collect::<Vec<_>>().join(","));
     // Ten clients at once against a sink that takes 300 ms per batch and a buffer of 200 bytes.
     let clients: Vec<_> = (0..10)
@@ -230,19 +202,15 @@ fn a_full_blocking_buffer_pushes_back_to_503_and_recovers_by_itself() {
 }
 
 /// Accepts 20 requests of 5 events into a disk buffer in front of a sink that is down, then
-/// kills `weir` with SIGKILL. Returns the pipeline directory, the buffer and the accepted ids.
-fn fill_disk_buffer_and_crash(graceful: bool) -> (tempfile::TempDir, std::path::PathBuf, u16) {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    write_pipeline(
-        dir.path(),
+/// kills `weir` with SIGKILL. Returns the pipeline directory (with its port) and the buffer.
+fn fill_disk_buffer_and_crash(graceful: bool) -> (Scene, std::path::PathBuf) {
+    let scene = Scene::new();
+    scene.pipeline(
         "ingest",
-        &format!(
-            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\nsinks:\n  - plugin: test-flaky\n    config: {{outage_marker: down}}\n    buffer: {{disk: buffer}}\n"
-        ),
+        "source: {plugin: http, config: {listen: \"127.0.0.1:@PORT@\"}}\nsinks:\n  - plugin: test-flaky\n    config: {outage_marker: down}\n    buffer: {disk: buffer}\n",
     );
-    let mut weir = Weir::start(dir.path(), &[], &[("WEIR_DRAIN_TIMEOUT_SECS", "1")]);
-    let url = format!("http://127.0.0.1:{port}/produce");
+    let mut weir = scene.start(&[], &[("WEIR_DRAIN_TIMEOUT_SECS", "1")]);
+    let url = scene.url("/produce");
     for n in 0..20 {
         let events: Vec<String> =
             (0..5).map(|i| format!(r#"{{"id":{},"state":"{}"}}"#, n * 5 + i, if n == 0 { "down" } else { "ok" })).collect();
@@ -255,23 +223,19 @@ fn fill_disk_buffer_and_crash(graceful: bool) -> (tempfile::TempDir, std::path::
     } else {
         weir.kill();
     }
-    let buffer = dir.path().join("buffer");
-    (dir, buffer, port)
+    let buffer = scene.path("buffer");
+    (scene, buffer)
 }
 
 /// Restarts the pipeline with a working `file` sink on the same disk buffer; returns the
 /// ids it writes once the buffer is empty, and the running `weir`.
-fn replay_into_file(dir: &std::path::Path, port: u16) -> (Vec<u64>, Weir) {
-    let out = dir.join("out.jsonl");
-    write_pipeline(
-        dir,
+fn replay_into_file(scene: &Scene) -> (Vec<u64>, Weir) {
+    let out = scene.path("out.jsonl");
+    scene.pipeline(
         "ingest",
-        &format!(
-            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\nsinks:\n  - plugin: file\n    name: test-flaky\n    config: {{path: {}}}\n    buffer: {{disk: buffer}}\n",
-            out.display()
-        ),
+        "source: {plugin: http, config: {listen: \"127.0.0.1:@PORT@\"}}\nsinks:\n  - plugin: file\n    name: test-flaky\n    config: {path: @DIR@/out.jsonl}\n    buffer: {disk: buffer}\n",
     );
-    let weir = Weir::start(dir, &[], &[]);
+    let weir = scene.start(&[], &[]);
     let gauge = r#"weir_plugin_disk_buffer_bytes{pipeline="ingest",stage="test-flaky",plugin="file"}"#;
     wait_for("the disk buffer replayed", Duration::from_secs(10), || weir.metric(gauge) == Some(0.0) && !json_lines(&out).is_empty());
     (json_lines(&out).iter().map(|l| l["id"].as_u64().unwrap()).collect(), weir)
@@ -280,8 +244,8 @@ fn replay_into_file(dir: &std::path::Path, port: u16) -> (Vec<u64>, Weir) {
 #[test]
 fn a_disk_buffer_keeps_what_was_accepted_across_a_sigkill_or_a_stop_and_replays_it() {
     for graceful in [false, true] {
-        let (dir, _buffer, port) = fill_disk_buffer_and_crash(graceful);
-        let (ids, weir) = replay_into_file(dir.path(), port);
+        let (scene, _buffer) = fill_disk_buffer_and_crash(graceful);
+        let (ids, weir) = replay_into_file(&scene);
         assert_eq!(ids, (0..100).collect::<Vec<u64>>(), "every accepted event, once, in order (graceful stop: {graceful})");
         assert!(!weir.logs().contains("damaged"), "{}", weir.logs());
     }
@@ -289,12 +253,12 @@ fn a_disk_buffer_keeps_what_was_accepted_across_a_sigkill_or_a_stop_and_replays_
 
 #[test]
 fn a_corrupted_last_segment_is_reported_and_the_rest_delivered() {
-    let (dir, buffer, port) = fill_disk_buffer_and_crash(false);
+    let (scene, buffer) = fill_disk_buffer_and_crash(false);
     let segment = buffer.join(format!("{:020}.seg", 0));
     let mut bytes = std::fs::read(&segment).unwrap();
     *bytes.last_mut().unwrap() ^= 0xff;
     std::fs::write(&segment, bytes).unwrap();
-    let (ids, weir) = replay_into_file(dir.path(), port);
+    let (ids, weir) = replay_into_file(&scene);
     assert_eq!(ids, (0..95).collect::<Vec<u64>>(), "all but the damaged last batch");
     assert!(weir.logs().contains("Disk buffer damaged") && weir.logs().contains("checksum"), "{}", weir.logs());
     assert_eq!(weir.metric(r#"weir_plugin_disk_buffer_corruptions_total{pipeline="ingest",stage="test-flaky",plugin="file"}"#), Some(1.0));

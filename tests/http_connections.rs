@@ -12,28 +12,19 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn ingest(port: u16, out: &std::path::Path, version: u32, http: &str) -> String {
+/// Pipeline `ingest` at `version`: http (with the extra config `http`) → enrich → `out.jsonl`.
+fn ingest(version: u32, http: &str) -> String {
     format!(
-        "name: ingest\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"{http}}}}}\ntransforms:\n  - plugin: enrich\n    config: {{set: {{version: {version}}}}}\nsinks:\n  - plugin: file\n    config: {{path: {}}}\n",
-        out.display()
+        "name: ingest\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:@PORT@\"{http}}}}}\ntransforms:\n  - plugin: enrich\n    config: {{set: {{version: {version}}}}}\nsinks:\n  - plugin: file\n    config: {{path: @DIR@/out.jsonl}}\n"
     )
 }
 
-struct Setup {
-    dir: tempfile::TempDir,
-    out: std::path::PathBuf,
-    port: u16,
-    pipelines: std::path::PathBuf,
-}
-
-fn setup(http: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.jsonl");
-    let port = free_port();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
-    write_pipeline(&pipelines, "ingest", &ingest(port, &out, 0, http));
-    Setup { dir, out, port, pipelines }
+/// `ingest` at version 0 in its own directory, and its output file.
+fn setup(http: &str) -> (Scene, std::path::PathBuf) {
+    let s = Scene::nested();
+    s.pipeline("ingest", &ingest(0, http));
+    let out = s.path("out.jsonl");
+    (s, out)
 }
 
 fn written_ids(path: &std::path::Path) -> Vec<String> {
@@ -46,14 +37,14 @@ fn written_ids(path: &std::path::Path) -> Vec<String> {
 
 /// Replaces the pipeline `count` times through the admin API, each time waiting until the
 /// new version writes.
-fn reload_times(weir: &Weir, s: &Setup, count: u32) {
+fn reload_times(weir: &Weir, s: &Scene, count: u32) {
     for version in 1..=count {
-        write_pipeline(&s.pipelines, "ingest", &ingest(s.port, &s.out, version, ""));
+        s.pipeline("ingest", &ingest(version, ""));
         let r = curl("POST", &weir.url("/reload"), None, None);
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.json()["replaced"], serde_json::json!(["ingest"]), "{r:?}");
         wait_for("the new version's events", Duration::from_secs(5), || {
-            std::fs::read_to_string(&s.out)
+            std::fs::read_to_string(s.path("out.jsonl"))
                 .unwrap_or_default()
                 .lines()
                 .last()
@@ -76,29 +67,29 @@ fn assert_written_once(out: &std::path::Path, answered: &[String]) {
 // that were sending their next request.
 #[test]
 fn twenty_reloads_under_wrk_leave_no_socket_error() {
-    let s = setup("");
-    let weir = Weir::start(&s.pipelines, &["--no-watch"], &[]);
+    let (s, out) = setup("");
+    let weir = s.start(&["--no-watch"], &[]);
     let script = repo().join("tests/clients/wrk-events.lua");
     let wrk = Command::new("wrk")
         .args(["-t2", "-c16", "-d60s", "--latency", "-s"])
         .arg(&script)
-        .arg(format!("http://127.0.0.1:{}/produce", s.port))
+        .arg(s.url("/produce"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("wrk is installed (scripts/deps.sh)");
-    wait_for("wrk's first events", Duration::from_secs(10), || written_ids(&s.out).len() > 100);
+    wait_for("wrk's first events", Duration::from_secs(10), || written_ids(&out).len() > 100);
     reload_times(&weir, &s, 20);
     let pid = wrk.id().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
-    let out = wrk.wait_with_output().unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(report.contains("requests in"), "wrk printed no summary: {report}\n{}", String::from_utf8_lossy(&out.stderr));
+    let wrk = wrk.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&wrk.stdout);
+    assert!(report.contains("requests in"), "wrk printed no summary: {report}\n{}", String::from_utf8_lossy(&wrk.stderr));
     assert!(!report.contains("Socket errors"), "socket errors across reloads:\n{report}");
     assert!(!report.contains("Non-2xx"), "failed requests across reloads:\n{report}");
     let requests: u64 =
         report.lines().find_map(|l| l.trim().split_once(" requests in").and_then(|(n, _)| n.trim().parse().ok())).expect("request count");
-    let written = written_ids(&s.out);
+    let written = written_ids(&out);
     assert!(written.len() as u64 >= requests, "wrk saw {requests} answers, {} events written", written.len());
     let unique: HashSet<&String> = written.iter().collect();
     assert_eq!(unique.len(), written.len(), "an event was written twice");
@@ -110,9 +101,9 @@ fn twenty_reloads_under_wrk_leave_no_socket_error() {
 // the new version with the listener, not closed under the client.
 #[test]
 fn keep_alive_clients_across_reloads_get_every_answer() {
-    let s = setup("");
-    let weir = Weir::start(&s.pipelines, &["--no-watch"], &[]);
-    let stop = s.dir.path().join("stop");
+    let (s, out) = setup("");
+    let weir = s.start(&["--no-watch"], &[]);
+    let stop = s.path("stop");
     let client = Command::new("python3")
         .arg(repo().join("tests/clients/keepalive.py"))
         .arg(s.port.to_string())
@@ -122,17 +113,17 @@ fn keep_alive_clients_across_reloads_get_every_answer() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the clients' first events", Duration::from_secs(10), || written_ids(&s.out).len() > 50);
+    wait_for("the clients' first events", Duration::from_secs(10), || written_ids(&out).len() > 50);
     reload_times(&weir, &s, 20);
     std::fs::write(&stop, "").unwrap();
-    let out = client.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let client = client.wait_with_output().unwrap();
+    assert!(client.status.success(), "{}", String::from_utf8_lossy(&client.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&client.stdout).unwrap();
     assert_eq!(summary["errors"], serde_json::json!([]), "requests without an answer: {summary}");
     assert_eq!(summary["statuses"], serde_json::json!({}), "requests not answered 200: {summary}");
     let ok: Vec<String> = summary["ok"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
     assert!(ok.len() > 100, "too few requests to mean anything: {}", ok.len());
-    assert_written_once(&s.out, &ok);
+    assert_written_once(&out, &ok);
     println!("keep-alive clients across 20 reloads: {} requests, 0 errors", summary["requests"]);
 }
 
@@ -153,8 +144,8 @@ fn request(path: &str, body: &str) -> String {
 fn connections_beyond_max_connections_are_refused_and_memory_returns() {
     const MAX: usize = 4000;
     const OPEN: usize = 10_000;
-    let s = setup(&format!(", max_connections: {MAX}, idle_timeout_ms: 120000, header_timeout_ms: 120000"));
-    let weir = Weir::start(&s.pipelines, &["--no-watch"], &[]);
+    let (s, _) = setup(&format!(", max_connections: {MAX}, idle_timeout_ms: 120000, header_timeout_ms: 120000"));
+    let weir = s.start(&["--no-watch"], &[]);
     let addr = format!("127.0.0.1:{}", s.port);
     for i in 0..200 {
         assert_eq!(post_json(&format!("http://{addr}/produce"), &format!(r#"{{"id":"warm-{i}"}}"#)).status, 200);
@@ -199,8 +190,8 @@ fn connections_beyond_max_connections_are_refused_and_memory_returns() {
 
 #[test]
 fn slow_headers_and_idle_keep_alive_connections_are_closed() {
-    let s = setup(", header_timeout_ms: 300, idle_timeout_ms: 600");
-    let _weir = Weir::start(&s.pipelines, &["--no-watch"], &[]);
+    let (s, _) = setup(", header_timeout_ms: 300, idle_timeout_ms: 600");
+    let _weir = s.start(&["--no-watch"], &[]);
     let addr = format!("127.0.0.1:{}", s.port);
     // Headers that never finish: cut after the header timeout.
     let mut slow = TcpStream::connect(&addr).unwrap();
@@ -227,8 +218,8 @@ fn slow_headers_and_idle_keep_alive_connections_are_closed() {
 // Observed before: a body shorter than its Content-Length answered 413 "larger than".
 #[test]
 fn a_body_shorter_than_its_content_length_gets_the_truth() {
-    let s = setup(", idle_timeout_ms: 500");
-    let _weir = Weir::start(&s.pipelines, &["--no-watch"], &[]);
+    let (s, out) = setup(", idle_timeout_ms: 500");
+    let _weir = s.start(&["--no-watch"], &[]);
     let addr = format!("127.0.0.1:{}", s.port);
     let body = r#"{"id":"short"}"#;
     // The client stops sending (and says so): 400 with what arrived.
@@ -244,15 +235,15 @@ fn a_body_shorter_than_its_content_length_gets_the_truth() {
     let answer = read_all(&mut c, Duration::from_secs(5));
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("no byte of the body arrived for 500 ms"), "{answer}");
-    assert_eq!(written_ids(&s.out), Vec::<String>::new(), "nothing of a broken body is taken");
+    assert_eq!(written_ids(&out), Vec::<String>::new(), "nothing of a broken body is taken");
 }
 
 // Observed before: an 8 MiB body sent by Python's urllib ended in BrokenPipeError before
 // the client could read the 413.
 #[test]
 fn a_client_sending_a_large_body_before_reading_gets_its_413() {
-    let s = setup("");
-    let _weir = Weir::start(&s.pipelines, &["--no-watch"], &[]);
+    let (s, _) = setup("");
+    let _weir = s.start(&["--no-watch"], &[]);
     let script = format!(
         r#"
 import json, urllib.request, urllib.error

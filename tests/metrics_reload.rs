@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use common::*;
 
-fn pipeline(port: u16, out: &std::path::Path, version: u32) -> String {
+/// Pipeline `counted` at `version`: http on the scene's port → noop → `out.jsonl`.
+fn pipeline(version: u32) -> String {
     format!(
-        "name: counted\ndescription: version {version}\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms:\n  - plugin: noop\nsinks:\n  - plugin: file\n    config: {{path: {}}}\n",
-        out.display()
+        "name: counted\ndescription: version {version}\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:@PORT@\"}}}}\ntransforms:\n  - plugin: noop\nsinks:\n  - plugin: file\n    config: {{path: @DIR@/out.jsonl}}\n"
     )
 }
 
@@ -39,14 +39,11 @@ fn counters(text: &str) -> Result<BTreeMap<String, f64>, String> {
 
 #[test]
 fn stage_counters_never_go_back_across_five_reloads_and_a_restart_under_load() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.jsonl");
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
-    let port = free_port();
-    write_pipeline(&pipelines, "counted", &pipeline(port, &out, 0));
-    let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
-    let produce = format!("http://127.0.0.1:{port}/produce");
+    let scene = Scene::nested();
+    let out = scene.path("out.jsonl");
+    scene.pipeline("counted", &pipeline(0));
+    let weir = scene.start(&["--no-watch"], &[]);
+    let produce = scene.url("/produce");
     let metrics_url = weir.url("/metrics");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -104,7 +101,7 @@ fn stage_counters_never_go_back_across_five_reloads_and_a_restart_under_load() {
     wait_for("records before the first reload", Duration::from_secs(10), || weir.metric(in_total).unwrap_or(0.0) > 0.0);
     for version in 1..=5u32 {
         let before = weir.metric(in_total).unwrap();
-        write_pipeline(&pipelines, "counted", &pipeline(port, &out, version));
+        scene.pipeline("counted", &pipeline(version));
         let r = curl("POST", &weir.url("/reload"), None, None);
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.json()["replaced"], serde_json::json!(["counted"]), "{r:?}");

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use common::*;
 
-fn nexus_metrics_pipeline(dir: &std::path::Path, http: u16, metrics: u16) {
-    write_pipeline(
-        dir,
+/// `http` on the scene's port → `prometheus` on port `metrics`.
+fn nexus_metrics_pipeline(scene: &Scene, metrics: u16) {
+    scene.pipeline(
         "metrics",
         &format!(
-            r#"source: {{plugin: http, config: {{listen: "127.0.0.1:{http}"}}}}
+            r#"source: {{plugin: http, config: {{listen: "127.0.0.1:@PORT@"}}}}
 sinks:
   - plugin: prometheus
     config:
@@ -44,11 +44,11 @@ fn event(kind: &str, service: &str, items: &str) -> String {
 
 #[test]
 fn records_become_metrics_that_promtool_accepts_and_labels_are_capped() {
-    let dir = tempfile::tempdir().unwrap();
-    let (http, metrics) = (free_port(), free_port());
-    nexus_metrics_pipeline(dir.path(), http, metrics);
-    let weir = Weir::start(dir.path(), &[], &[]);
-    let url = format!("http://127.0.0.1:{http}/produce");
+    let scene = Scene::new();
+    let metrics = free_port();
+    nexus_metrics_pipeline(&scene, metrics);
+    let weir = scene.start(&[], &[]);
+    let url = scene.url("/produce");
     let batch = format!(
         "[{},{},{}]",
         event("user.login", "auth-service", "3"),
@@ -83,14 +83,14 @@ fn records_become_metrics_that_promtool_accepts_and_labels_are_capped() {
 
 #[test]
 fn a_real_prometheus_server_scrapes_the_sink_and_the_admin_api() {
-    let dir = tempfile::tempdir().unwrap();
-    let (http, metrics, prom) = (free_port(), free_port(), free_port());
-    nexus_metrics_pipeline(dir.path(), http, metrics);
-    let weir = Weir::start(dir.path(), &[], &[]);
+    let scene = Scene::new();
+    let (metrics, prom) = (free_port(), free_port());
+    nexus_metrics_pipeline(&scene, metrics);
+    let weir = scene.start(&[], &[]);
     for _ in 0..5 {
-        assert_eq!(post_json(&format!("http://127.0.0.1:{http}/produce"), &event("user.login", "auth-service", "2")).status, 200);
+        assert_eq!(post_json(&scene.url("/produce"), &event("user.login", "auth-service", "2")).status, 200);
     }
-    let config = dir.path().join("prometheus.yml");
+    let config = scene.path("prometheus.yml");
     std::fs::write(
         &config,
         format!(
@@ -103,7 +103,7 @@ fn a_real_prometheus_server_scrapes_the_sink_and_the_admin_api() {
         Command::new("prometheus")
             .args([
                 &format!("--config.file={}", config.display()),
-                &format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
+                &format!("--storage.tsdb.path={}", scene.path("tsdb").display()),
                 &format!("--web.listen-address=127.0.0.1:{prom}"),
             ])
             .stdout(Stdio::null())

@@ -11,36 +11,26 @@ use std::time::Duration;
 
 use common::*;
 
-fn ingest(port: u16, out: &std::path::Path, version: u32) -> String {
+/// Pipeline `ingest` at `version`: http on the scene's port → enrich → `out.jsonl`.
+fn ingest(version: u32) -> String {
     format!(
-        "name: ingest\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms:\n  - plugin: enrich\n    config: {{set: {{version: {version}}}}}\nsinks:\n  - plugin: file\n    config: {{path: {}}}\n",
-        out.display()
+        "name: ingest\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:@PORT@\"}}}}\ntransforms:\n  - plugin: enrich\n    config: {{set: {{version: {version}}}}}\nsinks:\n  - plugin: file\n    config: {{path: @DIR@/out.jsonl}}\n"
     )
 }
 
-/// A pipeline directory holding `ingest` at `version`, its output file and its port.
-struct Setup {
-    _dir: tempfile::TempDir,
-    out: std::path::PathBuf,
-    port: u16,
-    pipelines: std::path::PathBuf,
-}
-
-fn setup(version: u32) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.jsonl");
-    let port = free_port();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
-    write_pipeline(&pipelines, "ingest", &ingest(port, &out, version));
-    Setup { _dir: dir, out, port, pipelines }
+/// A pipeline directory holding `ingest` at `version` (its output `out.jsonl` beside it).
+fn setup(version: u32) -> Scene {
+    let s = Scene::nested();
+    s.pipeline("ingest", &ingest(version));
+    s
 }
 
 #[test]
 fn twenty_reloads_under_load_refuse_nothing_and_write_every_event_once() {
-    let Setup { _dir, out, port, pipelines } = setup(0);
-    let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
-    let url = format!("http://127.0.0.1:{port}/produce");
+    let s = setup(0);
+    let out = s.path("out.jsonl");
+    let weir = s.start(&["--no-watch"], &[]);
+    let url = s.url("/produce");
 
     let stop = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -63,7 +53,7 @@ fn twenty_reloads_under_load_refuse_nothing_and_write_every_event_once() {
         })
     };
     for version in 1..=20u32 {
-        write_pipeline(&pipelines, "ingest", &ingest(port, &out, version));
+        s.pipeline("ingest", &ingest(version));
         let r = curl("POST", &weir.url("/reload"), None, None);
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.json()["replaced"], serde_json::json!(["ingest"]), "{r:?}");
@@ -83,9 +73,9 @@ fn twenty_reloads_under_load_refuse_nothing_and_write_every_event_once() {
 
 #[test]
 fn an_invalid_new_version_leaves_the_old_one_serving() {
-    let Setup { _dir, port, pipelines, .. } = setup(1);
-    let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
-    let url = format!("http://127.0.0.1:{port}/produce");
+    let s = setup(1);
+    let weir = s.start(&["--no-watch"], &[]);
+    let url = s.url("/produce");
     let bad = [
         ("name: ingest\nsource: {plugin: http\n", "ingest.yaml:"),
         ("name: ingest\nsource: {plugin: http}\nsinks: [{plugin: nope}]\n", "unknown sink plugin \\\"nope\\\""),
@@ -94,7 +84,7 @@ fn an_invalid_new_version_leaves_the_old_one_serving() {
         ("name: ingest\nsource: {plugin: http}\nsinks: [{plugin: file, config: {path: /etc/hostname/out.jsonl}}]\n", "could not start"),
     ];
     for (yaml, expect) in bad {
-        write_pipeline(&pipelines, "ingest", yaml);
+        s.pipeline("ingest", yaml);
         let r = curl("POST", &weir.url("/reload"), None, None);
         assert_eq!(r.status, 422, "{r:?}");
         assert!(r.body.contains(expect), "{expect} in {}", r.body);
@@ -110,25 +100,18 @@ fn an_invalid_new_version_leaves_the_old_one_serving() {
 
 #[test]
 fn files_added_and_removed_start_and_stop_only_those_pipelines() {
-    let dir = tempfile::tempdir().unwrap();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
-    let (a, b) = (free_port(), free_port());
-    let out = dir.path().join("a.jsonl");
-    write_pipeline(&pipelines, "a", &ingest(a, &out, 1).replace("name: ingest", "name: a"));
-    let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
-    write_pipeline(
-        &pipelines,
-        "b",
-        &format!("source: {{plugin: http, config: {{listen: \"127.0.0.1:{b}\"}}}}\nsinks: [{{plugin: discard}}]\n"),
-    );
+    let s = Scene::nested();
+    let b = free_port();
+    s.pipeline("a", &ingest(1).replace("name: ingest", "name: a").replace("out.jsonl", "a.jsonl"));
+    let weir = s.start(&["--no-watch"], &[]);
+    s.pipeline("b", &format!("source: {{plugin: http, config: {{listen: \"127.0.0.1:{b}\"}}}}\nsinks: [{{plugin: discard}}]\n"));
     let r = curl("POST", &weir.url("/reload"), None, None).json();
     assert_eq!((r["started"].clone(), r["unchanged"].clone()), (serde_json::json!(["b"]), serde_json::json!(["a"])), "{r}");
     assert_eq!(post_json(&format!("http://127.0.0.1:{b}/produce"), "{}").status, 200);
-    std::fs::remove_file(pipelines.join("b.yaml")).unwrap();
+    std::fs::remove_file(s.pipelines.join("b.yaml")).unwrap();
     let r = curl("POST", &weir.url("/reload"), None, None).json();
     assert_eq!(r["stopped"], serde_json::json!(["b"]), "{r}");
-    assert_eq!(post_json(&format!("http://127.0.0.1:{a}/produce"), r#"{"id":"x"}"#).status, 200, "a kept running");
+    assert_eq!(post_json(&s.url("/produce"), r#"{"id":"x"}"#).status, 200, "a kept running");
     let names: Vec<String> =
         weir.get_json("/pipelines").as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_owned()).collect();
     assert_eq!(names, vec!["a".to_owned()]);
@@ -136,10 +119,11 @@ fn files_added_and_removed_start_and_stop_only_those_pipelines() {
 
 #[test]
 fn editing_a_pipeline_file_reloads_it_by_itself() {
-    let Setup { _dir, out, port, pipelines } = setup(1);
-    let weir = Weir::start(&pipelines, &[], &[]);
-    write_pipeline(&pipelines, "ingest", &ingest(port, &out, 2));
-    let url = format!("http://127.0.0.1:{port}/produce");
+    let s = setup(1);
+    let out = s.path("out.jsonl");
+    let weir = s.start(&[], &[]);
+    s.pipeline("ingest", &ingest(2));
+    let url = s.url("/produce");
     wait_for("version 2 in effect", Duration::from_secs(5), || {
         assert_eq!(post_json(&url, r#"{"id":"w"}"#).status, 200);
         json_lines(&out).last().is_some_and(|l| l["version"] == 2)
@@ -149,23 +133,25 @@ fn editing_a_pipeline_file_reloads_it_by_itself() {
 
 #[test]
 fn sighup_reloads() {
-    let Setup { _dir, out, port, pipelines } = setup(1);
-    let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
-    write_pipeline(&pipelines, "ingest", &ingest(port, &out, 7));
+    let s = setup(1);
+    let out = s.path("out.jsonl");
+    let weir = s.start(&["--no-watch"], &[]);
+    s.pipeline("ingest", &ingest(7));
     let status = std::process::Command::new("kill").args(["-HUP", &weir.pid().to_string()]).status().unwrap();
     assert!(status.success());
     wait_for("the reload", Duration::from_secs(5), || weir.get_json("/health")["last_reload"]["replaced"] == serde_json::json!(["ingest"]));
-    assert_eq!(post_json(&format!("http://127.0.0.1:{port}/produce"), r#"{"id":"h"}"#).status, 200);
+    assert_eq!(post_json(&s.url("/produce"), r#"{"id":"h"}"#).status, 200);
     assert_eq!(json_lines(&out).last().unwrap()["version"], 7);
 }
 
 #[test]
 fn pause_resume_and_restart_through_the_api_under_load() {
-    let Setup { _dir, out, port, pipelines } = setup(1);
+    let s = setup(1);
+    let out = s.path("out.jsonl");
     // Answer 503 at once while paused.
-    write_pipeline(&pipelines, "ingest", &ingest(port, &out, 1).replace("listen: \"", "backpressure_wait_ms: 0, listen: \""));
-    let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
-    let url = format!("http://127.0.0.1:{port}/produce");
+    s.pipeline("ingest", &ingest(1).replace("listen: \"", "backpressure_wait_ms: 0, listen: \""));
+    let weir = s.start(&["--no-watch"], &[]);
+    let url = s.url("/produce");
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Vec::<(u16, bool, String)>::new()));
     let client = {
@@ -228,31 +214,23 @@ fn rebuild(plugins: &std::path::Path, stamp: &[u8; 16]) {
 
 #[test]
 fn a_rebuilt_plugin_library_is_picked_up_on_reload_under_load_and_an_incompatible_one_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = plugin_dir(dir.path());
-    let out = dir.path().join("out.jsonl");
-    let port = free_port();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
-    write_pipeline(
-        &pipelines,
+    let s = Scene::nested();
+    let plugins = plugin_dir(s.dir.path());
+    let out = s.path("out.jsonl");
+    s.pipeline(
         "ingest",
-        &format!(
-            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms: [{{plugin: test-stamp}}]\nsinks: [{{plugin: file, config: {{path: {}}}}}]\n",
-            out.display()
-        ),
+        "source: {plugin: http, config: {listen: \"127.0.0.1:@PORT@\"}}\ntransforms: [{plugin: test-stamp}]\nsinks: [{plugin: file, config: {path: @DIR@/out.jsonl}}]\n",
     );
     // A second pipeline that does not use the rebuilt library is left alone.
-    write_pipeline(
-        &pipelines,
+    s.pipeline(
         "other",
         &format!(
             "source: {{plugin: http, config: {{listen: \"127.0.0.1:{}\"}}}}\nsinks: [{{plugin: file, config: {{path: \"-\"}}}}]\n",
             free_port()
         ),
     );
-    let weir = Weir::start(&pipelines, &["--no-watch", "--plugins", plugins.to_str().unwrap()], &[]);
-    let url = format!("http://127.0.0.1:{port}/produce");
+    let weir = s.start(&["--no-watch", "--plugins", plugins.to_str().unwrap()], &[]);
+    let url = s.url("/produce");
     let other_started = weir.get_json("/pipelines/other")["started_at"].clone();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -312,21 +290,17 @@ fn a_rebuilt_plugin_library_is_picked_up_on_reload_under_load_and_an_incompatibl
 
 #[test]
 fn the_dedupe_window_survives_reloads_under_load() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.jsonl");
-    let port = free_port();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
+    let s = Scene::nested();
+    let out = s.path("out.jsonl");
     let version = |v: u32| {
         format!(
-            "name: ingest\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms:\n  - plugin: dedupe\n    config: {{fields: [/id], max_entries: {}}}\n  - plugin: enrich\n    config: {{set: {{version: {v}}}}}\nsinks:\n  - plugin: file\n    config: {{path: {}}}\n",
-            100_000 + v,
-            out.display()
+            "name: ingest\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:@PORT@\"}}}}\ntransforms:\n  - plugin: dedupe\n    config: {{fields: [/id], max_entries: {}}}\n  - plugin: enrich\n    config: {{set: {{version: {v}}}}}\nsinks:\n  - plugin: file\n    config: {{path: @DIR@/out.jsonl}}\n",
+            100_000 + v
         )
     };
-    write_pipeline(&pipelines, "ingest", &version(0));
-    let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
-    let url = format!("http://127.0.0.1:{port}/produce");
+    s.pipeline("ingest", &version(0));
+    let weir = s.start(&["--no-watch"], &[]);
+    let url = s.url("/produce");
     let stop = Arc::new(AtomicBool::new(false));
     // (id, answered as a duplicate) for every request, each id sent twice, the second time
     // some requests later (often across a reload).
@@ -348,7 +322,7 @@ fn the_dedupe_window_survives_reloads_under_load() {
     for v in 1..=5u32 {
         let before = seen.lock().unwrap().len();
         wait_for("traffic", Duration::from_secs(5), || seen.lock().unwrap().len() > before + 20);
-        write_pipeline(&pipelines, "ingest", &version(v));
+        s.pipeline("ingest", &version(v));
         let r = curl("POST", &weir.url("/reload"), None, None);
         assert_eq!(r.json()["replaced"], serde_json::json!(["ingest"]), "{r:?}");
     }
@@ -368,12 +342,13 @@ fn the_dedupe_window_survives_reloads_under_load() {
 
 #[test]
 fn reloads_share_a_disk_buffer_between_versions_and_deliver_every_event_once() {
-    let Setup { _dir, out, port, pipelines } = setup(0);
+    let s = setup(0);
+    let out = s.path("out.jsonl");
     // The same pipeline with a disk buffer in front of its file sink (relative to the pipeline file).
-    let with_disk = |version: u32| format!("{}    buffer: {{disk: buffer}}\n", ingest(port, &out, version));
-    write_pipeline(&pipelines, "ingest", &with_disk(0));
-    let weir = Weir::start(&pipelines, &["--no-watch"], &[]);
-    let url = format!("http://127.0.0.1:{port}/produce");
+    let with_disk = |version: u32| format!("{}    buffer: {{disk: buffer}}\n", ingest(version));
+    s.pipeline("ingest", &with_disk(0));
+    let weir = s.start(&["--no-watch"], &[]);
+    let url = s.url("/produce");
     let stop = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
     let client = {
@@ -390,7 +365,7 @@ fn reloads_share_a_disk_buffer_between_versions_and_deliver_every_event_once() {
         })
     };
     for version in 1..=10u32 {
-        write_pipeline(&pipelines, "ingest", &with_disk(version));
+        s.pipeline("ingest", &with_disk(version));
         let r = curl("POST", &weir.url("/reload"), None, None);
         assert_eq!(r.json()["replaced"], serde_json::json!(["ingest"]), "{r:?}");
         wait_for("the new version's events", Duration::from_secs(5), || json_lines(&out).last().is_some_and(|l| l["version"] == version));

@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use common::*;
 
-fn pipeline(name: &str, port: u16, path: &str, out: &std::path::Path, version: u32) -> String {
+/// Pipeline `name` at `version` serving `path` on the scene's port, into the file `out` of
+/// the scene's directory.
+fn pipeline(name: &str, path: &str, out: &str, version: u32) -> String {
     format!(
-        "name: {name}\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\", path: {path}, health_path: \"{}\"}}}}\ntransforms: [{{plugin: enrich, config: {{set: {{version: {version}}}}}}}]\nsinks: [{{plugin: file, config: {{path: {}}}}}]\n",
-        if name == "ingest" { "/health" } else { "" },
-        out.display()
+        "name: {name}\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:@PORT@\", path: {path}, health_path: \"{}\"}}}}\ntransforms: [{{plugin: enrich, config: {{set: {{version: {version}}}}}}}]\nsinks: [{{plugin: file, config: {{path: @DIR@/{out}}}}}]\n",
+        if name == "ingest" { "/health" } else { "" }
     )
 }
 
@@ -27,35 +28,28 @@ fn ids(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-struct Setup {
-    dir: tempfile::TempDir,
-    port: u16,
-    produce: std::path::PathBuf,
-    log: std::path::PathBuf,
-}
-
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let (produce, log) = (dir.path().join("produce.jsonl"), dir.path().join("log.jsonl"));
-    write_pipeline(dir.path(), "ingest", &pipeline("ingest", port, "/produce", &produce, 0));
-    write_pipeline(dir.path(), "legacy", &pipeline("legacy", port, "/api/log", &log, 0));
-    Setup { dir, port, produce, log }
+/// `ingest` (`/produce`) and `legacy` (`/api/log`) on one address; their output files.
+fn setup() -> (Scene, std::path::PathBuf, std::path::PathBuf) {
+    let s = Scene::new();
+    let (produce, log) = (s.path("produce.jsonl"), s.path("log.jsonl"));
+    s.pipeline("ingest", &pipeline("ingest", "/produce", "produce.jsonl", 0));
+    s.pipeline("legacy", &pipeline("legacy", "/api/log", "log.jsonl", 0));
+    (s, produce, log)
 }
 
 // Before, two pipelines naming one address both accepted on it and took each other's
 // requests at random (each answering 404 for the other's path).
 #[test]
 fn two_pipelines_serve_their_own_paths_on_one_address() {
-    let s = setup();
-    let _weir = Weir::start(s.dir.path(), &["--no-watch"], &[]);
-    let base = format!("http://127.0.0.1:{}", s.port);
+    let (s, produce, log) = setup();
+    let _weir = s.start(&["--no-watch"], &[]);
+    let base = s.url("");
     for i in 0..20 {
         assert_eq!(post_json(&format!("{base}/produce"), &format!(r#"{{"id":"p{i}"}}"#)).status, 200);
         assert_eq!(post_json(&format!("{base}/api/log"), &format!(r#"{{"id":"l{i}"}}"#)).status, 200);
     }
-    assert_eq!(ids(&s.produce), (0..20).map(|i| format!("p{i}")).collect::<Vec<_>>());
-    assert_eq!(ids(&s.log), (0..20).map(|i| format!("l{i}")).collect::<Vec<_>>());
+    assert_eq!(ids(&produce), (0..20).map(|i| format!("p{i}")).collect::<Vec<_>>());
+    assert_eq!(ids(&log), (0..20).map(|i| format!("l{i}")).collect::<Vec<_>>());
     let health = curl("GET", &format!("{base}/health"), None, None);
     assert_eq!((health.status, health.json()["status"].as_str()), (200, Some("healthy")), "{health:?}");
     let unknown = curl("GET", &format!("{base}/nothing"), None, None);
@@ -81,7 +75,7 @@ print(json.dumps(statuses))
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let statuses: Vec<u16> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(statuses, vec![200; 50]);
-    let (p, l) = (ids(&s.produce), ids(&s.log));
+    let (p, l) = (ids(&produce), ids(&log));
     for i in 0..50 {
         let id = format!("k{i}");
         assert!(
@@ -93,37 +87,37 @@ print(json.dumps(statuses))
 
 #[test]
 fn a_second_pipeline_cannot_take_a_path_already_served() {
-    let s = setup();
-    write_pipeline(s.dir.path(), "thief", &pipeline("thief", s.port, "/produce", &s.dir.path().join("t.jsonl"), 0));
-    let weir = Weir::start(s.dir.path(), &["--no-watch"], &[]);
+    let (s, _, _) = setup();
+    s.pipeline("thief", &pipeline("thief", "/produce", "t.jsonl", 0));
+    let weir = s.start(&["--no-watch"], &[]);
     let thief = weir.get_json("/pipelines/thief");
     let error = thief["error"].as_str().unwrap_or_default().to_owned();
     assert!(error.contains("/produce on 127.0.0.1:") && error.contains("is already served by pipeline ingest"), "{thief}");
-    assert_eq!(post_json(&format!("http://127.0.0.1:{}/produce", s.port), r#"{"id":"x"}"#).status, 200);
+    assert_eq!(post_json(&s.url("/produce"), r#"{"id":"x"}"#).status, 200);
 }
 
 // A reload of one pipeline on a shared address, under keep-alive load on both paths: no
 // socket error, every request answered 200, every event written once, in its own pipeline.
 #[test]
 fn reloads_of_one_pipeline_on_a_shared_address_lose_nothing() {
-    let s = setup();
-    let weir = Weir::start(s.dir.path(), &["--no-watch"], &[]);
+    let (s, produce, log) = setup();
+    let weir = s.start(&["--no-watch"], &[]);
     let wrk = Command::new("wrk")
         .args(["-t1", "-c8", "-d60s", "-s"])
         .arg(repo().join("tests/clients/wrk-events.lua"))
-        .arg(format!("http://127.0.0.1:{}/produce", s.port))
+        .arg(s.url("/produce"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("wrk is installed (scripts/deps.sh)");
-    wait_for("wrk's first events", Duration::from_secs(10), || ids(&s.produce).len() > 100);
+    wait_for("wrk's first events", Duration::from_secs(10), || ids(&produce).len() > 100);
     for version in 1..=10u32 {
-        write_pipeline(s.dir.path(), "ingest", &pipeline("ingest", s.port, "/produce", &s.produce, version));
+        s.pipeline("ingest", &pipeline("ingest", "/produce", "produce.jsonl", version));
         let r = curl("POST", &weir.url("/reload"), None, None);
         assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(post_json(&format!("http://127.0.0.1:{}/api/log", s.port), &format!(r#"{{"id":"during-{version}"}}"#)).status, 200);
+        assert_eq!(post_json(&s.url("/api/log"), &format!(r#"{{"id":"during-{version}"}}"#)).status, 200);
         wait_for("the new version's events", Duration::from_secs(5), || {
-            std::fs::read_to_string(&s.produce)
+            std::fs::read_to_string(&produce)
                 .unwrap_or_default()
                 .lines()
                 .last()
@@ -135,9 +129,9 @@ fn reloads_of_one_pipeline_on_a_shared_address_lose_nothing() {
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("requests in"), "{report}");
     assert!(!report.contains("Socket errors") && !report.contains("Non-2xx"), "across reloads on a shared address:\n{report}");
-    let written = ids(&s.produce);
+    let written = ids(&produce);
     assert_eq!(written.iter().collect::<HashSet<_>>().len(), written.len(), "an event was written twice");
-    assert_eq!(ids(&s.log), (1..=10).map(|v| format!("during-{v}")).collect::<Vec<_>>());
+    assert_eq!(ids(&log), (1..=10).map(|v| format!("during-{v}")).collect::<Vec<_>>());
 }
 
 // Plugins built for ABI 1.0 (before opt-in flags, transform acknowledgements and shared
@@ -146,24 +140,18 @@ fn reloads_of_one_pipeline_on_a_shared_address_lose_nothing() {
 fn a_plugin_built_for_abi_1_0_still_loads_and_runs() {
     let libs = tempfile::tempdir().unwrap();
     cdylib(libs.path(), "legacy", &std::fs::read_to_string(repo().join("tests/fixtures/abi_1_0_sink.rs")).unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let counts = dir.path().join("counts.txt");
-    write_pipeline(
-        dir.path(),
+    let scene = Scene::new();
+    let counts = scene.path("counts.txt");
+    scene.pipeline(
         "old",
-        &format!(
-            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\nsinks: [{{plugin: legacy-count, config: {{path: {}}}}}]\n",
-            counts.display()
-        ),
+        "source: {plugin: http, config: {listen: \"127.0.0.1:@PORT@\"}}\nsinks: [{plugin: legacy-count, config: {path: @DIR@/counts.txt}}]\n",
     );
     let listed = weir(&["plugins", "--plugins", libs.path().to_str().unwrap()], &[]);
     let text = String::from_utf8_lossy(&listed.stdout);
     assert!(text.contains("legacy-plugins") && text.contains("1.0") && text.contains("legacy-count"), "{text}");
     let bins = bin_dir();
-    let _weir =
-        Weir::start(dir.path(), &["--no-watch", "--plugins", libs.path().to_str().unwrap(), "--plugins", bins.to_str().unwrap()], &[]);
-    let r = post_json(&format!("http://127.0.0.1:{port}/produce"), r#"[{"id":"a"},{"id":"b"},{"id":"c"}]"#);
+    let _weir = scene.start(&["--no-watch", "--plugins", libs.path().to_str().unwrap(), "--plugins", bins.to_str().unwrap()], &[]);
+    let r = post_json(&scene.url("/produce"), r#"[{"id":"a"},{"id":"b"},{"id":"c"}]"#);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(std::fs::read_to_string(&counts).unwrap(), "3\n");
 }

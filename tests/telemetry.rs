@@ -52,23 +52,18 @@ fn one_trace_follows_an_event_from_http_through_kafka_into_postgres_across_two_h
     psql(SERVER, &format!("DROP TABLE IF EXISTS {table}"));
 
     // Host A: HTTP ingest → validate → Kafka, exporting over gRPC.
-    let ingest_dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    std::fs::write(ingest_dir.path().join("event.schema.json"), r#"{"type":"object","required":["event_id"]}"#).unwrap();
-    write_pipeline(
-        ingest_dir.path(),
+    let ingest_scene = Scene::new();
+    std::fs::write(ingest_scene.path("event.schema.json"), r#"{"type":"object","required":["event_id"]}"#).unwrap();
+    ingest_scene.pipeline(
         "ingest",
         &format!(
-            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms:\n  - plugin: validate\n    config: {{schema: event.schema.json}}\nsinks:\n  - plugin: kafka\n    config: {{brokers: \"{}\", topic: traced}}\n",
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:@PORT@\"}}}}\ntransforms:\n  - plugin: validate\n    config: {{schema: event.schema.json}}\nsinks:\n  - plugin: kafka\n    config: {{brokers: \"{}\", topic: traced}}\n",
             broker.addr
         ),
     );
     let grpc = receiver.grpc_url();
-    let ingest = Weir::start(
-        ingest_dir.path(),
-        &[],
-        &[("WEIR_TRACES_ENABLED", "true"), ("WEIR_TRACES_ENDPOINT", &grpc), ("WEIR_TRACES_SERVICE_NAME", "weir-ingest")],
-    );
+    let ingest = ingest_scene
+        .start(&[], &[("WEIR_TRACES_ENABLED", "true"), ("WEIR_TRACES_ENDPOINT", &grpc), ("WEIR_TRACES_SERVICE_NAME", "weir-ingest")]);
 
     // Host B: Kafka → PostgreSQL, exporting over HTTP/protobuf.
     let store_dir = tempfile::tempdir().unwrap();
@@ -96,7 +91,7 @@ fn one_trace_follows_an_event_from_http_through_kafka_into_postgres_across_two_h
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let client_span = "00f067aa0ba902b7";
     let r = post_with(
-        &format!("http://127.0.0.1:{port}/produce"),
+        &ingest_scene.url("/produce"),
         r#"{"event_id":"traced-1","data":{"n":1}}"#,
         &[&format!("traceparent: 00-{trace_id}-{client_span}-01")],
     );
@@ -145,16 +140,13 @@ fn one_trace_follows_an_event_from_http_through_kafka_into_postgres_across_two_h
 
 #[test]
 fn an_otlp_endpoint_that_is_down_drops_and_counts_spans_and_logs_and_the_pipeline_does_not_notice() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let scene = Scene::new();
     let dead = free_port();
-    write_pipeline(
-        dir.path(),
+    scene.pipeline(
         "p",
-        &format!("source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\ntransforms: [{{plugin: enrich, config: {{set: {{seen: \"yes\"}}}}}}]\nsinks:\n  - plugin: discard\n  - plugin: otlp\n    config: {{endpoint: \"http://127.0.0.1:{dead}\", interval_ms: 200, timeout_ms: 500, metrics: [{{name: seen_total, type: counter}}], logs: {{queue: 256}}}}\n"),
+        &format!("source: {{plugin: http, config: {{listen: \"127.0.0.1:@PORT@\"}}}}\ntransforms: [{{plugin: enrich, config: {{set: {{seen: \"yes\"}}}}}}]\nsinks:\n  - plugin: discard\n  - plugin: otlp\n    config: {{endpoint: \"http://127.0.0.1:{dead}\", interval_ms: 200, timeout_ms: 500, metrics: [{{name: seen_total, type: counter}}], logs: {{queue: 256}}}}\n"),
     );
-    let weir = Weir::start(
-        dir.path(),
+    let weir = scene.start(
         &[],
         &[
             ("WEIR_TRACES_ENABLED", "true"),
@@ -163,7 +155,7 @@ fn an_otlp_endpoint_that_is_down_drops_and_counts_spans_and_logs_and_the_pipelin
             ("WEIR_TRACES_TIMEOUT_MS", "500"),
         ],
     );
-    let url = format!("http://127.0.0.1:{port}/produce");
+    let url = scene.url("/produce");
     let send = |n: usize| {
         for i in 0..n {
             let r = post_json(&url, &format!(r#"{{"i":{i}}}"#));
@@ -196,13 +188,11 @@ fn an_otlp_endpoint_that_is_down_drops_and_counts_spans_and_logs_and_the_pipelin
 fn the_otlp_sink_exports_event_metrics_and_logs_and_rejects_a_value_that_is_not_a_number() {
     let receiver = Receiver::start();
     for (protocol, endpoint) in [("grpc", receiver.grpc_url()), ("http_protobuf", receiver.http_url())] {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        write_pipeline(
-            dir.path(),
+        let scene = Scene::new();
+        scene.pipeline(
             "metrics",
             &format!(
-                r#"source: {{plugin: http, config: {{listen: "127.0.0.1:{port}"}}}}
+                r#"source: {{plugin: http, config: {{listen: "127.0.0.1:@PORT@"}}}}
 sinks:
   - plugin: otlp
     config:
@@ -218,8 +208,8 @@ sinks:
 "#
             ),
         );
-        let weir = Weir::start(dir.path(), &[], &[]);
-        let url = format!("http://127.0.0.1:{port}/produce");
+        let weir = scene.start(&[], &[]);
+        let url = scene.url("/produce");
         for (t, s, d) in [("login", "auth", 0.05), ("login", "auth", 0.5), ("view", "web", 2.0), ("buy", "shop", 0.2)] {
             let body = format!(r#"{{"event_type":"{t}","service":"{s}","duration":{d},"message":"{t} by {s}","level":"warn"}}"#);
             assert_eq!(post_json(&url, &body).status, 200);
@@ -289,15 +279,10 @@ fn the_observability_example_checks_out_with_promtool_and_names_only_metrics_wei
     }
 
     // Every weir_* metric the dashboard reads is in a running Weir's exposition.
-    let pipelines = tempfile::tempdir().unwrap();
-    let port = free_port();
-    write_pipeline(
-        pipelines.path(),
-        "p",
-        &format!("source: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\nsinks: [{{plugin: discard}}]\n"),
-    );
-    let weir = Weir::start(pipelines.path(), &[], &[]);
-    assert_eq!(post_json(&format!("http://127.0.0.1:{port}/produce"), r#"{"a":1}"#).status, 200);
+    let scene = Scene::new();
+    scene.pipeline("p", "source: {plugin: http, config: {listen: \"127.0.0.1:@PORT@\"}}\nsinks: [{plugin: discard}]\n");
+    let weir = scene.start(&[], &[]);
+    assert_eq!(post_json(&scene.url("/produce"), r#"{"a":1}"#).status, 200);
     let exposition = weir.metrics();
     for e in &exprs {
         for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("weir_")) {

@@ -86,13 +86,11 @@ fn numeric_columns_get_the_exact_digits_and_json_columns_the_record_as_sent() {
     let schema = Schema(format!("weir_values_{}", free_port()));
     psql(SERVER, &format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.0));
     let table = format!("{}.amounts", schema.0);
-    let dir = tempfile::tempdir().unwrap();
-    let http = free_port();
-    write_pipeline(
-        dir.path(),
+    let scene = Scene::new();
+    scene.pipeline(
         "amounts",
         &format!(
-            r#"source: {{plugin: http, config: {{listen: "127.0.0.1:{http}"}}}}
+            r#"source: {{plugin: http, config: {{listen: "127.0.0.1:@PORT@"}}}}
 transforms:
   - plugin: enrich
     config: {{set: {{stored: true}}}}
@@ -113,7 +111,7 @@ sinks:
 "#
         ),
     );
-    let _weir = Weir::start(dir.path(), &[], &[]);
+    let _weir = scene.start(&[], &[]);
     // (id, amount as sent, what numeric shows: its digits and its scale as written).
     let cases = [
         ("a", "12345678901234567890123", "12345678901234567890123"),
@@ -129,7 +127,7 @@ sinks:
         .iter()
         .map(|(id, amount, _)| format!(r#"{{"id":"{id}","amount":{amount},"note":"caf\u00e9","k":{{"z":1,"a":2}}}}"#))
         .collect();
-    let reply = post_json(&format!("http://127.0.0.1:{http}/produce"), &format!("[{}]", sent.join(",")));
+    let reply = post_json(&scene.url("/produce"), &format!("[{}]", sent.join(",")));
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.json()["accepted"], cases.len(), "{reply:?}");
 
@@ -148,10 +146,7 @@ sinks:
     assert_eq!(psql(SERVER, &format!("SELECT scaled FROM {table} WHERE id = 'd'")), "1.1000000000");
 
     // A number numeric cannot hold is refused with the reason, the rest of the batch lands.
-    let reply = post_json(
-        &format!("http://127.0.0.1:{http}/produce"),
-        r#"[{"id":"x","amount":1e999999},{"id":"y","amount":"soon"},{"id":"z","amount":7}]"#,
-    );
+    let reply = post_json(&scene.url("/produce"), r#"[{"id":"x","amount":1e999999},{"id":"y","amount":"soon"},{"id":"z","amount":7}]"#);
     assert_eq!(reply.status, 200, "{reply:?}");
     let body = reply.json();
     assert_eq!(body["accepted"], 1, "{body}");

@@ -54,23 +54,19 @@ impl Conn {
 
 #[test]
 fn four_workers_hand_batches_to_the_sinks_in_source_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let (port, out) = (free_port(), dir.path().join("out.jsonl"));
+    let scene = Scene::new();
+    let out = scene.path("out.jsonl");
     // Answered once queued: the next batch is on its way before this one is through, so
     // batches overtake each other in the workers unless they are put back in order.
-    write_pipeline(
-        dir.path(),
+    scene.pipeline(
         "ordered",
-        &format!(
-            "settings: {{transform_workers: 4}}\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\", respond_after: accepted}}}}\n\
-             transforms:\n  - {{plugin: enrich, config: {{set: {{checked: \"yes\"}}}}}}\n  - {{plugin: noop}}\n\
-             sinks: [{{plugin: file, config: {{path: {}}}}}]\n",
-            out.display()
-        ),
+        "settings: {transform_workers: 4}\nsource: {plugin: http, config: {listen: \"127.0.0.1:@PORT@\", respond_after: accepted}}\n\
+         transforms:\n  - {plugin: enrich, config: {set: {checked: \"yes\"}}}\n  - {plugin: noop}\n\
+         sinks: [{plugin: file, config: {path: @DIR@/out.jsonl}}]\n",
     );
-    let weir = Weir::start(dir.path(), &["--no-watch"], &[]);
+    let weir = scene.start(&["--no-watch"], &[]);
     let (batches, per_batch) = (400, 25);
-    let mut conn = Conn::open(port);
+    let mut conn = Conn::open(scene.port);
     for b in 0..batches {
         let events: Vec<Value> =
             (0..per_batch).map(|i| json!({"eventType": "tick", "userId": format!("u{}", i % 5), "seq": b * per_batch + i})).collect();
@@ -90,19 +86,15 @@ fn four_workers_hand_batches_to_the_sinks_in_source_order() {
 
 #[test]
 fn duplicates_posted_at_once_from_many_connections_pass_dedupe_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (port, out) = (free_port(), dir.path().join("out.jsonl"));
-    write_pipeline(
-        dir.path(),
+    let scene = Scene::new();
+    let (port, out) = (scene.port, scene.path("out.jsonl"));
+    scene.pipeline(
         "dedupe",
-        &format!(
-            "settings: {{transform_workers: 4}}\nsource: {{plugin: http, config: {{listen: \"127.0.0.1:{port}\"}}}}\n\
-             transforms: [{{plugin: dedupe, config: {{fields: [/eventId], window: 10m}}}}]\n\
-             sinks: [{{plugin: file, config: {{path: {}}}}}]\n",
-            out.display()
-        ),
+        "settings: {transform_workers: 4}\nsource: {plugin: http, config: {listen: \"127.0.0.1:@PORT@\"}}\n\
+         transforms: [{plugin: dedupe, config: {fields: [/eventId], window: 10m}}]\n\
+         sinks: [{plugin: file, config: {path: @DIR@/out.jsonl}}]\n",
     );
-    let weir = Weir::start(dir.path(), &["--no-watch"], &[]);
+    let weir = scene.start(&["--no-watch"], &[]);
     // 8 connections post the same 1,500 ids in the same order, 20 to a batch, at once.
     let ids = 1500;
     let posters: Vec<_> = (0..8)

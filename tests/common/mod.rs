@@ -232,6 +232,65 @@ pub fn write_pipeline(dir: &Path, name: &str, yaml: &str) -> PathBuf {
     path
 }
 
+/// A temporary directory for one test's pipelines and outputs, with a free port for its
+/// HTTP source: the usual prologue (temp dir, port, pipeline file, `weir run`) in one place.
+///
+/// Pipeline text given to [`Scene::pipeline`] may name the port as `@PORT@` and the
+/// directory as `@DIR@`; they are replaced before the file is written, so the YAML needs
+/// neither `format!` nor doubled braces for them. The `@…@` form is not Rust's `{…}` (it
+/// passes through a `format!` unchanged) nor weir's own `${VAR}`, which is left for weir
+/// to expand from the environment.
+pub struct Scene {
+    /// The temporary directory, removed when the scene is dropped.
+    pub dir: tempfile::TempDir,
+    /// A free port, for the pipelines' HTTP source (`@PORT@`).
+    pub port: u16,
+    /// Where the pipeline files go and weir reads them: `dir` itself, or its `pipelines`
+    /// subdirectory (see [`Scene::nested`]).
+    pub pipelines: PathBuf,
+}
+
+impl Scene {
+    /// A new directory holding the pipeline files itself, and a free port.
+    pub fn new() -> Scene {
+        let dir = tempfile::tempdir().unwrap();
+        let pipelines = dir.path().to_path_buf();
+        Scene { dir, port: free_port(), pipelines }
+    }
+
+    /// As [`Scene::new`], with the pipeline files in the subdirectory `pipelines`, apart
+    /// from the outputs (`@DIR@` and [`Scene::path`] stay the directory above).
+    pub fn nested() -> Scene {
+        let mut scene = Scene::new();
+        scene.pipelines = scene.dir.path().join("pipelines");
+        std::fs::create_dir(&scene.pipelines).unwrap();
+        scene
+    }
+
+    /// A path inside the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes pipeline `name` from `yaml` with `@PORT@` replaced by the port and `@DIR@` by
+    /// the directory (nothing else is touched); returns the file's path.
+    pub fn pipeline(&self, name: &str, yaml: &str) -> PathBuf {
+        let yaml = yaml.replace("@PORT@", &self.port.to_string()).replace("@DIR@", &self.dir.path().display().to_string());
+        write_pipeline(&self.pipelines, name, &yaml)
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Starts `weir run` on the pipeline files ([`Weir::start`] with these arguments and
+    /// environment).
+    pub fn start(&self, extra: &[&str], envs: &[(&str, &str)]) -> Weir {
+        Weir::start(&self.pipelines, extra, envs)
+    }
+}
+
 /// Builds a shared library from Rust source with rustc.
 pub fn cdylib(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
     let src = dir.join(format!("{name}.rs"));
