@@ -89,8 +89,16 @@ impl Reply {
 
 /// Sends a request with curl (an independent HTTP client).
 pub fn curl(method: &str, url: &str, content_type: Option<&str>, body: Option<&[u8]>) -> Reply {
+    curl_with(method, url, &[], content_type, body)
+}
+
+/// Sends a request with curl and extra headers.
+pub fn curl_with(method: &str, url: &str, headers: &[(&str, &str)], content_type: Option<&str>, body: Option<&[u8]>) -> Reply {
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "-D", "-", "-X", method, url, "--max-time", "20"]);
+    for (k, v) in headers {
+        cmd.args(["-H", &format!("{k}: {v}")]);
+    }
     if let Some(ct) = content_type {
         cmd.args(["-H", &format!("Content-Type: {ct}")]);
     }

@@ -236,7 +236,8 @@ impl Registry {
 
     /// Loads the library at `path` from a checked private copy, unless it cannot be used.
     fn load(&mut self, path: &Path) -> Result<(), Unused> {
-        let (from, print) = files::private_copy(path).map_err(|problem| Unused::Broken(Box::new(Broken::new(path.to_path_buf(), problem))))?;
+        let (from, print) =
+            files::private_copy(path).map_err(|problem| Unused::Broken(Box::new(Broken::new(path.to_path_buf(), problem))))?;
         let result = self.load_copy(path, &from, print);
         if result.is_err() {
             // Unlinking is safe even when the copy was mapped; it is just not needed.

@@ -21,8 +21,7 @@ pub struct HttpSource {
     config: HttpConfig,
     ctx: Context,
     listener: Option<server::Listener>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<std::sync::mpsc::Receiver<()>>,
+    serving: Option<server::Serving>,
 }
 
 struct Shared {
@@ -54,7 +53,7 @@ impl Source for HttpSource {
             Some(l) => server::Listener::Routed(Arc::new(l), Arc::new(routes)),
             None => server::Listener::Tcp(ctx.listen_async(&config.listen)?),
         };
-        Ok(HttpSource { config, ctx, listener: Some(listener), shutdown: None, done: None })
+        Ok(HttpSource { config, ctx, listener: Some(listener), serving: None })
     }
 
     fn start(&mut self, emitter: Emitter) -> Result<(), PluginError> {
@@ -68,10 +67,7 @@ impl Source for HttpSource {
             .fallback(not_found)
             .with_state(shared)
             .layer(axum::middleware::from_fn_with_state(crate::headers::Policy::new(&self.config), crate::headers::layer));
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
         let ctx = self.ctx;
-        let rt = weir_plugin::runtime();
         ctx.info(&format!("Listening on {}{}.", self.config.listen, self.config.path));
         let limits = Limits {
             max_connections: self.config.max_connections.get(),
@@ -79,25 +75,12 @@ impl Source for HttpSource {
             idle_timeout: Duration::from_millis(self.config.idle_timeout_ms.get()),
             retry_after_secs: self.config.retry_after_secs,
         };
-        rt.spawn(async move {
-            server::serve(listener, app, limits, server::Connections::default(), ctx, stop_rx).await;
-            let _ = done_tx.send(());
-        });
-        self.shutdown = Some(stop_tx);
-        self.done = Some(done_rx);
+        self.serving = Some(server::Serving::start(listener, app, limits, server::Connections::default(), ctx, None));
         Ok(())
     }
 
     fn stop(&mut self) -> Result<(), PluginError> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(done) = self.done.take() {
-            if done.recv_timeout(server::STOP_TIMEOUT + Duration::from_secs(2)).is_err() {
-                return Err(PluginError::fatal("in-flight requests did not finish within 30 s"));
-            }
-        }
-        Ok(())
+        self.serving.as_mut().map_or(Ok(()), server::Serving::stop)
     }
 }
 

@@ -116,6 +116,51 @@ impl Listener {
     }
 }
 
+/// A server started on the plugin runtime with [`Serving::start`], served until
+/// [`Serving::stop`].
+pub struct Serving {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Serving {
+    /// Serves `app` on `listener` on the plugin runtime ([`serve`]); `alongside`, a task
+    /// that lives as long as the server, is aborted when it has drained.
+    pub fn start(
+        listener: Listener,
+        app: Router,
+        limits: Limits,
+        connections: Connections,
+        ctx: Context,
+        alongside: Option<tokio::task::JoinHandle<()>>,
+    ) -> Serving {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        crate::runtime().spawn(async move {
+            serve(listener, app, limits, connections, ctx, stop_rx).await;
+            if let Some(task) = alongside {
+                task.abort();
+            }
+            let _ = done_tx.send(());
+        });
+        Serving { stop: Some(stop_tx), done: Some(done_rx) }
+    }
+
+    /// Stops accepting, answers what was begun, and waits for the drain (at most
+    /// [`STOP_TIMEOUT`] and a little). Calling it again does nothing.
+    pub fn stop(&mut self) -> Result<(), crate::PluginError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            if done.recv_timeout(STOP_TIMEOUT + Duration::from_secs(2)).is_err() {
+                return Err(crate::PluginError::fatal(format!("in-flight requests did not finish within {} s", STOP_TIMEOUT.as_secs())));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Serves `app` on `listener` until `stop` fires, then drains (see the module docs).
 /// Its connections are recorded in `connections`.
 pub async fn serve(

@@ -1,0 +1,139 @@
+//! The `analytics` source's config.
+
+use weir_plugin::{Deserialize, JsonSchema};
+
+/// Config of the `analytics` source.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyticsConfig {
+    /// Address to listen on, `host:port` (the seed's API is on port 3000).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// PostgreSQL connection string: the events table the pipeline's `postgres` sink writes,
+    /// and the keys table this source keeps. Its password is never shown.
+    pub database_url: String,
+    /// The events table (`schema.table`) the queries read: the one the pipeline's `postgres`
+    /// sink writes, with the columns of `examples/event-analytics`.
+    #[serde(default = "default_events_table")]
+    pub events_table: String,
+    /// Schema of the tables this source keeps (`api_keys`); created when missing.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// Secret of the `X-Admin-Key` header that creates, lists and revokes API keys (for
+    /// example `${ANALYTICS_ADMIN_KEY}`). Empty: key management answers 403.
+    #[serde(default)]
+    pub admin_key: String,
+    /// Also accept the seed's development key `sample-api-key-789` (org `sample-org`,
+    /// project `sample-project`, every permission). Off by default; a warning is logged when on.
+    #[serde(default)]
+    pub dev_key: bool,
+    /// Rate limit of a key that sets none of its own (the seed's 100 requests per 15 minutes).
+    #[serde(default)]
+    pub rate_limit: RateLimit,
+    /// Most events one ingest request may carry; more get 413.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// Largest request body accepted, in bytes; a larger one gets 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// How long an ingest request waits for the pipeline's acknowledgement, in milliseconds,
+    /// before it is answered 503 (the events may still be stored: retry with the same `eventId`s).
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout_ms: u64,
+    /// Most events one journey page holds (the `limit` parameter's upper bound and default).
+    #[serde(default = "default_journey_limit")]
+    pub journey_limit: u32,
+}
+
+/// A fixed-window rate limit: at most `max` requests per `window_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all(serialize = "camelCase"))]
+pub struct RateLimit {
+    /// Requests allowed per window.
+    pub max: u32,
+    /// The window, in milliseconds (`windowMs` in the keys API).
+    #[serde(alias = "windowMs")]
+    pub window_ms: u64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit { max: 100, window_ms: 900_000 }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:3000".into()
+}
+fn default_events_table() -> String {
+    "analytics.event_log".into()
+}
+fn default_schema() -> String {
+    "analytics".into()
+}
+fn default_max_events() -> usize {
+    1000
+}
+fn default_max_body() -> usize {
+    10 << 20
+}
+fn default_ack_timeout() -> u64 {
+    30_000
+}
+fn default_journey_limit() -> u32 {
+    1000
+}
+
+/// Whether `name` is a plain SQL identifier (letters, digits, `_`, not starting with a digit).
+fn identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl AnalyticsConfig {
+    /// What is wrong with the config, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        if self.database_url.trim().is_empty() {
+            return Err("database_url is empty; set it to the PostgreSQL the pipeline's postgres sink writes (e.g. ${DATABASE_URL})".into());
+        }
+        let parts: Vec<&str> = self.events_table.split('.').collect();
+        if parts.len() > 2 || !parts.iter().all(|p| identifier(p)) {
+            return Err(format!("events_table {:?} must be `table` or `schema.table` of letters, digits and _", self.events_table));
+        }
+        if !identifier(&self.schema) {
+            return Err(format!("schema {:?} must be letters, digits and _", self.schema));
+        }
+        if self.rate_limit.max == 0 || self.rate_limit.window_ms == 0 {
+            return Err("rate_limit.max and rate_limit.window_ms must be above 0".into());
+        }
+        if self.max_events == 0 || self.max_body_bytes == 0 || self.journey_limit == 0 {
+            return Err("max_events, max_body_bytes and journey_limit must be above 0".into());
+        }
+        if !self.admin_key.is_empty() && self.admin_key.len() < 16 {
+            return Err(
+                "admin_key is shorter than 16 characters; use a long random secret (or leave it empty to turn key management off)".into()
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: weir_plugin::serde_json::Value) -> AnalyticsConfig {
+        let mut base = weir_plugin::serde_json::json!({"database_url": "postgres://localhost/test"});
+        base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        weir_plugin::serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn table_names_cannot_carry_sql() {
+        assert!(config(weir_plugin::serde_json::json!({})).check().is_ok());
+        let bad = config(weir_plugin::serde_json::json!({"events_table": "x; DROP TABLE y"}));
+        assert!(bad.check().unwrap_err().contains("events_table"));
+        assert!(config(weir_plugin::serde_json::json!({"schema": "a-b"})).check().is_err());
+        assert!(config(weir_plugin::serde_json::json!({"admin_key": "short"})).check().unwrap_err().contains("admin_key"));
+    }
+}

@@ -1,0 +1,308 @@
+//! The analytics queries over the events table, always within the key's tenant:
+//! `events/summary`, `metrics` and a user's `journey`.
+//!
+//! Dates are `YYYY-MM-DD` (whole UTC days, `endDate` inclusive) or RFC 3339 times (then
+//! `endDate` is the last instant included). Without `startDate` / `endDate` a query covers
+//! all time.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
+use tokio_postgres::types::ToSql;
+use weir_plugin::serde_json::{json, Map, Value};
+use weir_plugin::Context;
+
+use crate::db::{detail, Db};
+use crate::ingest::parse_time;
+use crate::keys::{iso, KeyRecord};
+use crate::reply::ApiError;
+
+/// Most buckets one metrics answer holds.
+const MAX_BUCKETS: usize = 10_000;
+
+/// A half-open time range `[start, end)`; `None` is unbounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Range {
+    /// First instant included.
+    pub start: Option<DateTime<Utc>>,
+    /// First instant after the range.
+    pub end: Option<DateTime<Utc>>,
+}
+
+fn day(date: NaiveDate) -> DateTime<Utc> {
+    Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).expect("midnight exists"))
+}
+
+/// Reads `startDate` / `endDate`.
+pub fn range(params: &HashMap<String, String>) -> Result<Range, ApiError> {
+    let read = |name: &str, end: bool| -> Result<Option<DateTime<Utc>>, ApiError> {
+        let Some(text) = params.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) else { return Ok(None) };
+        if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            return Ok(Some(if end { day(date) + Duration::days(1) } else { day(date) }));
+        }
+        match parse_time(text) {
+            Some(t) if end => Ok(Some(t + Duration::microseconds(1))),
+            Some(t) => Ok(Some(t)),
+            None => Err(ApiError::parameter(format!("{name} {text:?} is not a date (YYYY-MM-DD) or an ISO-8601 time"))),
+        }
+    };
+    let r = Range { start: read("startDate", false)?, end: read("endDate", true)? };
+    if let (Some(s), Some(e)) = (r.start, r.end) {
+        if s >= e {
+            return Err(ApiError::parameter("startDate is after endDate"));
+        }
+    }
+    Ok(r)
+}
+
+/// The queries' shared parts.
+pub struct Queries {
+    /// The connection.
+    pub db: std::sync::Arc<Db>,
+    /// The events table.
+    pub table: String,
+    /// The schema of the tables the API keeps (funnels).
+    pub schema: String,
+    /// For logging database errors (which clients do not see).
+    pub ctx: Context,
+}
+
+/// The tenant and range condition on parameters `$1`–`$4`.
+const SCOPE: &str =
+    "org_id = $1 AND project_id = $2 AND ($3::timestamptz IS NULL OR timestamp >= $3) AND ($4::timestamptz IS NULL OR timestamp < $4)";
+
+impl Queries {
+    async fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<tokio_postgres::Row>, ApiError> {
+        let client = self.db.client().await.map_err(|e| {
+            self.ctx.warn(&e);
+            ApiError::unavailable()
+        })?;
+        match client.query(sql, params).await {
+            Ok(rows) => Ok(rows),
+            // The table appears with the first batch the postgres sink writes.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(Vec::new()),
+            Err(e) => {
+                self.ctx.warn(&format!("analytics query failed: {}", detail(&e)));
+                Err(ApiError::unavailable())
+            }
+        }
+    }
+
+    /// `GET /api/v1/events/summary`.
+    pub async fn summary(&self, key: &KeyRecord, params: &HashMap<String, String>) -> Result<Value, ApiError> {
+        let r = range(params)?;
+        let scope: [&(dyn ToSql + Sync); 4] = [&key.org_id, &key.project_id, &r.start, &r.end];
+        let t = &self.table;
+        let totals = self
+            .rows(
+                &format!("SELECT count(*)::bigint, count(DISTINCT user_id)::bigint, min(timestamp), max(timestamp) FROM {t} WHERE {SCOPE}"),
+                &scope,
+            )
+            .await?;
+        let names = self
+            .rows(&format!("SELECT event_name, count(*)::bigint FROM {t} WHERE {SCOPE} GROUP BY event_name ORDER BY event_name"), &scope)
+            .await?;
+        let mut by_name = Map::new();
+        for row in &names {
+            by_name.insert(row.get::<_, String>(0), json!(row.get::<_, i64>(1)));
+        }
+        let (total, users, first, last) = match totals.first() {
+            Some(row) => {
+                (row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, Option<DateTime<Utc>>>(2), row.get::<_, Option<DateTime<Utc>>>(3))
+            }
+            None => (0, 0, None, None),
+        };
+        Ok(json!({
+            "totalEvents": total, "uniqueUsers": users, "eventsByName": by_name,
+            "firstEventAt": first.map(iso), "lastEventAt": last.map(iso),
+        }))
+    }
+
+    /// `GET /api/v1/metrics`: counts and unique users per bucket; with both dates, every
+    /// bucket of the range is listed (empty ones with 0).
+    pub async fn metrics(&self, key: &KeyRecord, params: &HashMap<String, String>) -> Result<Value, ApiError> {
+        let r = range(params)?;
+        let interval = params.get("interval").map(String::as_str).unwrap_or("daily");
+        let unit = Unit::parse(interval)?;
+        let event = params.get("event").filter(|e| !e.is_empty());
+        if let (Some(s), Some(e)) = (r.start, r.end) {
+            if unit.count(s, e) > MAX_BUCKETS {
+                return Err(ApiError::parameter(format!(
+                    "the range holds more than {MAX_BUCKETS} {interval} buckets; choose a longer interval or a shorter range"
+                )));
+            }
+        }
+        let sql = format!(
+            "SELECT date_trunc('{}', timestamp AT TIME ZONE 'UTC') AS b, count(*)::bigint, count(DISTINCT user_id)::bigint
+             FROM {} WHERE {SCOPE} AND ($5::text IS NULL OR event_name = $5) GROUP BY b ORDER BY b",
+            unit.sql(),
+            self.table
+        );
+        let rows = self.rows(&sql, &[&key.org_id, &key.project_id, &r.start, &r.end, &event]).await?;
+        let found: Vec<(NaiveDateTime, i64, i64)> = rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect();
+        let bucket = |start: NaiveDateTime, count: i64, users: i64| json!({"start": iso(Utc.from_utc_datetime(&start)), "count": count, "uniqueUsers": users});
+        let buckets: Vec<Value> = match (r.start, r.end) {
+            (Some(s), Some(e)) => {
+                let mut at = unit.floor(s.naive_utc());
+                let mut rows = found.iter().peekable();
+                let mut out = Vec::new();
+                while at < e.naive_utc() {
+                    match rows.peek() {
+                        Some((b, c, u)) if *b == at => {
+                            out.push(bucket(at, *c, *u));
+                            rows.next();
+                        }
+                        _ => out.push(bucket(at, 0, 0)),
+                    }
+                    at = unit.next(at);
+                }
+                out
+            }
+            _ => found.iter().map(|(b, c, u)| bucket(*b, *c, *u)).collect(),
+        };
+        Ok(json!({"event": event, "interval": interval, "buckets": buckets}))
+    }
+
+    /// `GET /api/v1/users/{userId}/journey`: the user's events in time order, a page at a
+    /// time (`limit`, and `cursor` from the previous page's `nextCursor`).
+    pub async fn journey(&self, key: &KeyRecord, user: &str, params: &HashMap<String, String>, most: u32) -> Result<Value, ApiError> {
+        let r = range(params)?;
+        let limit = match params.get("limit") {
+            None => most,
+            Some(l) => match l.parse::<u32>() {
+                Ok(n) if (1..=most).contains(&n) => n,
+                _ => return Err(ApiError::parameter(format!("limit {l:?} must be a whole number from 1 to {most}"))),
+            },
+        };
+        let (after_time, after_id) = match params.get("cursor").filter(|c| !c.is_empty()) {
+            None => (None, None),
+            Some(c) => {
+                let parsed = c.split_once('_').and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id.parse::<i64>().ok()?)));
+                let (micros, id) =
+                    parsed.ok_or_else(|| ApiError::parameter("cursor is not one this API gave; use nextCursor as it came"))?;
+                (DateTime::<Utc>::from_timestamp_micros(micros), Some(id))
+            }
+        };
+        let sql = format!(
+            "SELECT event_name, timestamp, properties, session_id, page_url, id FROM {} WHERE {SCOPE} AND user_id = $5
+             AND ($6::timestamptz IS NULL OR (timestamp, id) > ($6, $7)) ORDER BY timestamp, id LIMIT $8",
+            self.table
+        );
+        let fetch = i64::from(limit) + 1;
+        let rows = self.rows(&sql, &[&key.org_id, &key.project_id, &r.start, &r.end, &user, &after_time, &after_id, &fetch]).await?;
+        let more = rows.len() > limit as usize;
+        let page = &rows[..rows.len().min(limit as usize)];
+        let events: Vec<Value> = page
+            .iter()
+            .map(|row| {
+                json!({
+                    "eventName": row.get::<_, String>(0), "timestamp": iso(row.get(1)),
+                    "properties": row.get::<_, Option<Value>>(2).unwrap_or_else(|| json!({})),
+                    "sessionId": row.get::<_, Option<String>>(3), "pageUrl": row.get::<_, Option<String>>(4),
+                })
+            })
+            .collect();
+        let next = match page.last() {
+            Some(row) if more => Some(format!("{}_{}", row.get::<_, DateTime<Utc>>(1).timestamp_micros(), row.get::<_, i64>(5))),
+            _ => None,
+        };
+        Ok(json!({"userId": user, "events": events, "nextCursor": next}))
+    }
+}
+
+/// A metrics bucket's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+impl Unit {
+    fn parse(interval: &str) -> Result<Unit, ApiError> {
+        Ok(match interval {
+            "hourly" => Unit::Hour,
+            "daily" => Unit::Day,
+            "weekly" => Unit::Week,
+            "monthly" => Unit::Month,
+            other => return Err(ApiError::parameter(format!("interval {other:?} must be hourly, daily, weekly or monthly"))),
+        })
+    }
+
+    fn sql(self) -> &'static str {
+        match self {
+            Unit::Hour => "hour",
+            Unit::Day => "day",
+            Unit::Week => "week",
+            Unit::Month => "month",
+        }
+    }
+
+    /// The start of the bucket holding `t` (weeks start on Monday, as PostgreSQL's).
+    fn floor(self, t: NaiveDateTime) -> NaiveDateTime {
+        let date = t.date();
+        let midnight = |d: NaiveDate| d.and_hms_opt(0, 0, 0).expect("midnight exists");
+        match self {
+            Unit::Hour => date.and_hms_opt(t.hour(), 0, 0).expect("an hour exists"),
+            Unit::Day => midnight(date),
+            Unit::Week => midnight(date - Duration::days(i64::from(date.weekday().num_days_from_monday()))),
+            Unit::Month => midnight(date.with_day(1).expect("the first exists")),
+        }
+    }
+
+    fn next(self, t: NaiveDateTime) -> NaiveDateTime {
+        match self {
+            Unit::Hour => t + Duration::hours(1),
+            Unit::Day => t + Duration::days(1),
+            Unit::Week => t + Duration::weeks(1),
+            Unit::Month => {
+                let d = t.date();
+                let (y, m) = if d.month() == 12 { (d.year() + 1, 1) } else { (d.year(), d.month() + 1) };
+                NaiveDate::from_ymd_opt(y, m, 1).expect("a first of the month").and_hms_opt(0, 0, 0).expect("midnight exists")
+            }
+        }
+    }
+
+    /// Buckets from `start` to `end`, counted up to just past [`MAX_BUCKETS`].
+    fn count(self, start: DateTime<Utc>, end: DateTime<Utc>) -> usize {
+        let (mut at, end) = (self.floor(start.naive_utc()), end.naive_utc());
+        let mut n = 0;
+        while at < end && n <= MAX_BUCKETS {
+            at = self.next(at);
+            n += 1;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn dates_are_whole_utc_days_with_end_inclusive() {
+        let r = range(&params(&[("startDate", "2024-01-01"), ("endDate", "2024-01-31")])).unwrap();
+        assert_eq!(iso(r.start.unwrap()), "2024-01-01T00:00:00.000Z");
+        assert_eq!(iso(r.end.unwrap()), "2024-02-01T00:00:00.000Z");
+        assert_eq!(range(&params(&[])).unwrap(), Range::default());
+        let e = range(&params(&[("startDate", "Jan 1")])).unwrap_err();
+        assert!(e.message.starts_with("startDate"), "{e:?}");
+        assert_eq!(e.status.as_u16(), 422);
+        assert!(range(&params(&[("startDate", "2024-02-01"), ("endDate", "2024-01-01")])).is_err());
+    }
+
+    #[test]
+    fn buckets_step_through_months_and_weeks() {
+        let t = |s: &str| parse_time(s).unwrap().naive_utc();
+        assert_eq!(Unit::Week.floor(t("2024-01-03T10:00:00Z")), t("2024-01-01T00:00:00Z"));
+        assert_eq!(Unit::Month.next(t("2024-12-01T00:00:00Z")), t("2025-01-01T00:00:00Z"));
+        assert_eq!(Unit::Hour.floor(t("2024-01-03T10:59:59Z")), t("2024-01-03T10:00:00Z"));
+        assert_eq!(Unit::Day.count(parse_time("2024-01-01T00:00:00Z").unwrap(), parse_time("2024-02-01T00:00:00Z").unwrap()), 31);
+        assert!(Unit::parse("yearly").unwrap_err().message.contains("interval"));
+    }
+}

@@ -1,0 +1,503 @@
+//! The `analytics` source: the API's listener, its routes, key authentication and rate
+//! limits, and ingest into the pipeline.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Router};
+use chrono::Utc;
+use weir_plugin::serde_json::{self, json, Value};
+use weir_plugin::serve::{self as server, Limits};
+use weir_plugin::{BatchBuf, Context, EmitError, Emitter, Head, Outcome, PluginError, Source};
+
+use crate::config::AnalyticsConfig;
+use crate::db::Db;
+use crate::ingest::{self, Client};
+use crate::keys::{self, KeyRecord, Keys, NewKey};
+use crate::limit::Limiter;
+use crate::query::Queries;
+use crate::reply::{json_response, ApiError};
+
+/// How often the key cache is reloaded (so a key revoked through another instance stops
+/// working here too) and `lastUsed` written back.
+const REFRESH: Duration = Duration::from_secs(5);
+/// How long an ingest request waits for room in a full pipeline.
+const BACKPRESSURE_WAIT: Duration = Duration::from_secs(2);
+/// Seconds in `Retry-After` when the pipeline is full.
+const RETRY_AFTER_FULL: u32 = 1;
+
+/// The `analytics` source.
+pub struct AnalyticsSource {
+    config: AnalyticsConfig,
+    ctx: Context,
+    listener: Option<server::Listener>,
+    serving: Option<server::Serving>,
+}
+
+/// What every request shares.
+struct Shared {
+    config: AnalyticsConfig,
+    emitter: Emitter,
+    keys: Keys,
+    limiter: Limiter,
+    queries: Queries,
+    db: Arc<Db>,
+    ctx: Context,
+}
+
+impl Source for AnalyticsSource {
+    type Config = AnalyticsConfig;
+    const NAME: &'static str = "analytics";
+    const DESCRIPTION: &'static str =
+        "The Event Analytics Platform API: authenticated multi-tenant ingest, API keys, rate limits, summary, metrics and journeys.";
+
+    fn validate(config: &AnalyticsConfig) -> Result<(), PluginError> {
+        config.check().map_err(PluginError::config)
+    }
+
+    fn create(config: AnalyticsConfig, ctx: Context) -> Result<Self, PluginError> {
+        let listener = server::Listener::Tcp(ctx.listen_async(&config.listen)?);
+        if config.dev_key {
+            ctx.warn(&format!(
+                "dev_key is on: the public development key {} can write and read project sample-project; turn it off outside development",
+                keys::DEV_KEY
+            ));
+        }
+        Ok(AnalyticsSource { config, ctx, listener: Some(listener), serving: None })
+    }
+
+    fn start(&mut self, emitter: Emitter) -> Result<(), PluginError> {
+        let listener = self.listener.take().ok_or_else(|| PluginError::fatal("the source was already started"))?;
+        let ctx = self.ctx;
+        let db = Arc::new(Db::new(&self.config.database_url, ctx));
+        let shared = Arc::new(Shared {
+            keys: Keys::new(db.clone(), &self.config.schema, self.config.dev_key),
+            limiter: Limiter::default(),
+            queries: Queries { db: db.clone(), table: self.config.events_table.clone(), schema: self.config.schema.clone(), ctx },
+            config: self.config.clone(),
+            emitter,
+            db,
+            ctx,
+        });
+        let tenant = Router::new()
+            .route("/api/v1/events", post(ingest_events))
+            .route("/api/v1/events/summary", get(summary))
+            .route("/api/v1/metrics", get(metrics))
+            .route("/api/v1/users/{user}/journey", get(journey))
+            .route("/api/v1/retention", get(retention))
+            .route("/api/v1/funnels", post(create_funnel).get(list_funnels))
+            .route("/api/v1/funnels/{id}", get(get_funnel).delete(delete_funnel))
+            .route("/api/v1/funnels/{id}/analytics", get(funnel_analytics))
+            .route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
+        let app = Router::new()
+            .route("/health", get(health))
+            .route("/api/v1/keys", post(create_key).get(list_keys))
+            .route("/api/v1/keys/{id}", delete(revoke_key))
+            .merge(tenant)
+            .fallback(|| async { ApiError::not_found("no such endpoint") })
+            .with_state(shared.clone());
+        ctx.info(&format!("Analytics API listening on {}.", self.config.listen));
+        let limits = Limits {
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            retry_after_secs: 1,
+        };
+        let background = weir_plugin::runtime().spawn(refresh(shared));
+        self.serving = Some(server::Serving::start(listener, app, limits, server::Connections::default(), ctx, Some(background)));
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<(), PluginError> {
+        self.serving.as_mut().map_or(Ok(()), server::Serving::stop)
+    }
+}
+
+/// Creates the keys table once the database answers, then keeps the key cache fresh and
+/// writes `lastUsed` back.
+async fn refresh(shared: Arc<Shared>) {
+    let mut prepared = false;
+    loop {
+        if !prepared {
+            prepared = prepare(&shared).await;
+        }
+        if prepared {
+            if let Err(e) = shared.keys.load().await {
+                shared.ctx.warn(&e);
+            }
+            shared.keys.write_back().await;
+        }
+        tokio::time::sleep(REFRESH).await;
+    }
+}
+
+/// Creates the schema and the keys table (under a lock, as several instances may start at once).
+async fn prepare(shared: &Shared) -> bool {
+    let ddl = format!(
+        "BEGIN; SELECT pg_advisory_xact_lock(hashtext('weir-analytics')); CREATE SCHEMA IF NOT EXISTS {}; {} {} COMMIT;",
+        shared.config.schema,
+        shared.keys.ddl(),
+        crate::funnels::ddl(&shared.config.schema)
+    );
+    let result = match shared.db.client().await {
+        Ok(client) => {
+            client.batch_execute(&ddl).await.map_err(|e| format!("cannot create the keys and funnels tables: {}", crate::db::detail(&e)))
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            shared.ctx.warn(&format!("{e}; retrying in {} s", REFRESH.as_secs()));
+            false
+        }
+    }
+}
+
+async fn health() -> Response {
+    json_response(StatusCode::OK, json!({"status": "healthy", "timestamp": keys::iso(Utc::now())}))
+}
+
+/// The query string's parameters (the last of a repeated one wins).
+fn params(req_query: Option<&str>) -> HashMap<String, String> {
+    form_urlencoded::parse(req_query.unwrap_or("").as_bytes()).into_owned().collect()
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut r = ApiError { status: StatusCode::UNAUTHORIZED, message: message.into() }.into_response();
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey header=\"X-API-Key\""));
+    r
+}
+
+/// Finds the request's key, counts it against its rate limit, and hands it to the handler.
+async fn authenticate(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+    let Some(secret) = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty()) else {
+        return unauthorized("missing X-API-Key header; send the key this project was given");
+    };
+    let key = match shared.keys.find(secret).await {
+        Ok(Some(k)) => k,
+        Ok(None) => return unauthorized("unknown or revoked API key"),
+        Err(e) => {
+            shared.ctx.warn(&e);
+            return ApiError::unavailable().into_response();
+        }
+    };
+    let limit = key.rate_limit.unwrap_or(shared.config.rate_limit);
+    let standing = shared.limiter.take(&key.id, limit, Instant::now());
+    let mut response = if standing.allowed {
+        req.extensions_mut().insert(Arc::new(key));
+        next.run(req).await
+    } else {
+        let mut r = ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "this key is over its limit of {} requests per {} s; retry after {} s",
+                limit.max,
+                limit.window_ms / 1000,
+                standing.reset_secs
+            ),
+        }
+        .into_response();
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(standing.reset_secs));
+        r
+    };
+    let h = response.headers_mut();
+    h.insert("ratelimit-limit", HeaderValue::from(standing.limit));
+    h.insert("ratelimit-remaining", HeaderValue::from(standing.remaining));
+    h.insert("ratelimit-reset", HeaderValue::from(standing.reset_secs));
+    response
+}
+
+fn forbidden(permission: &str) -> Response {
+    ApiError { status: StatusCode::FORBIDDEN, message: format!("this key lacks the {permission} permission") }.into_response()
+}
+
+async fn summary(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, req: Request) -> Response {
+    if !key.may(keys::READ) {
+        return forbidden(keys::READ);
+    }
+    answer(shared.queries.summary(&key, &params(req.uri().query())).await)
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, req: Request) -> Response {
+    if !key.may(keys::READ) {
+        return forbidden(keys::READ);
+    }
+    answer(shared.queries.metrics(&key, &params(req.uri().query())).await)
+}
+
+async fn journey(
+    State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Arc<KeyRecord>>,
+    Path(user): Path<String>,
+    req: Request,
+) -> Response {
+    if !key.may(keys::READ) {
+        return forbidden(keys::READ);
+    }
+    answer(shared.queries.journey(&key, &user, &params(req.uri().query()), shared.config.journey_limit).await)
+}
+
+async fn retention(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, req: Request) -> Response {
+    if !key.may(keys::READ) {
+        return forbidden(keys::READ);
+    }
+    answer(shared.queries.retention(&key, &params(req.uri().query())).await)
+}
+
+async fn create_funnel(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, body: Bytes) -> Response {
+    if !key.may(keys::READ) {
+        return forbidden(keys::READ);
+    }
+    let new: crate::funnels::NewFunnel = match serde_json::from_slice(&body) {
+        Ok(n) => n,
+        Err(e) => return ApiError::body(format!("the funnel is not valid: {e}")).into_response(),
+    };
+    match shared.queries.create_funnel(&key, new).await {
+        Ok(body) => json_response(StatusCode::CREATED, body),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn list_funnels(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>) -> Response {
+    if !key.may(keys::READ) {
+        return forbidden(keys::READ);
+    }
+    answer(shared.queries.list_funnels(&key).await)
+}
+
+async fn get_funnel(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, Path(id): Path<String>) -> Response {
+    if !key.may(keys::READ) {
+        return forbidden(keys::READ);
+    }
+    answer(shared.queries.get_funnel(&key, &id).await)
+}
+
+async fn delete_funnel(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, Path(id): Path<String>) -> Response {
+    if !key.may(keys::READ) {
+        return forbidden(keys::READ);
+    }
+    answer(shared.queries.delete_funnel(&key, &id).await)
+}
+
+async fn funnel_analytics(
+    State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Arc<KeyRecord>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    if !key.may(keys::READ) {
+        return forbidden(keys::READ);
+    }
+    answer(shared.queries.funnel_analytics(&key, &id, &params(req.uri().query())).await)
+}
+
+fn answer(result: Result<Value, ApiError>) -> Response {
+    match result {
+        Ok(body) => json_response(StatusCode::OK, body),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The refusal for a request without the admin key (compared by digest, in constant time).
+fn not_admin(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    if shared.config.admin_key.is_empty() {
+        return Some(
+            ApiError { status: StatusCode::FORBIDDEN, message: "key management is off: set the source's admin_key".into() }.into_response(),
+        );
+    }
+    let given = headers.get("x-admin-key").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if given.is_empty() || !keys::same(keys::digest(given).as_bytes(), keys::digest(&shared.config.admin_key).as_bytes()) {
+        return Some(unauthorized("missing or wrong X-Admin-Key header"));
+    }
+    None
+}
+
+async fn create_key(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = not_admin(&shared, &headers) {
+        return r;
+    }
+    let new: NewKey = match serde_json::from_slice(&body) {
+        Ok(n) => n,
+        Err(e) => return ApiError::body(format!("the key request is not valid: {e}")).into_response(),
+    };
+    if let Err(e) = new.check() {
+        return ApiError::body(e).into_response();
+    }
+    match shared.keys.create(new).await {
+        Ok(body) => json_response(StatusCode::CREATED, body),
+        Err(e) => {
+            shared.ctx.warn(&e);
+            ApiError::unavailable().into_response()
+        }
+    }
+}
+
+async fn list_keys(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(r) = not_admin(&shared, &headers) {
+        return r;
+    }
+    match shared.keys.list().await {
+        Ok(body) => json_response(StatusCode::OK, body),
+        Err(e) => {
+            shared.ctx.warn(&e);
+            ApiError::unavailable().into_response()
+        }
+    }
+}
+
+async fn revoke_key(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(r) = not_admin(&shared, &headers) {
+        return r;
+    }
+    match shared.keys.revoke(&id).await {
+        Ok(true) => json_response(StatusCode::OK, json!({"success": true, "id": id, "isActive": false})),
+        Ok(false) => ApiError::not_found(format!("no active key with id {id:?}")).into_response(),
+        Err(e) => {
+            shared.ctx.warn(&e);
+            ApiError::unavailable().into_response()
+        }
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// `POST /api/v1/events`.
+async fn ingest_events(
+    State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Arc<KeyRecord>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if !key.may(keys::WRITE) {
+        return forbidden(keys::WRITE);
+    }
+    if !is_json(&headers) {
+        return ApiError { status: StatusCode::UNSUPPORTED_MEDIA_TYPE, message: "Content-Type must be application/json".into() }
+            .into_response();
+    }
+    let max = shared.config.max_body_bytes;
+    let Ok(bytes) = axum::body::to_bytes(body, max).await else {
+        return ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("the body is larger than the {max} bytes allowed (or was cut short); send fewer events per request"),
+        }
+        .into_response();
+    };
+    let parsed: Result<Value, _> = serde_json::from_slice(&bytes);
+    let events = match parsed {
+        Ok(Value::Array(events)) => events,
+        Ok(single) => vec![single],
+        Err(e) => return ApiError::body(format!("malformed JSON: {e}")).into_response(),
+    };
+    if events.is_empty() {
+        return ApiError::body("the array holds no events").into_response();
+    }
+    if events.len() > shared.config.max_events {
+        return ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("the array holds {} events; the most one request may carry is {}", events.len(), shared.config.max_events),
+        }
+        .into_response();
+    }
+    let ip = peer.ip().to_string();
+    let client = Client { ip: &ip, user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()), received: Utc::now() };
+    let mut rejected: Vec<(usize, String)> = Vec::new();
+    let mut records: Vec<(usize, Value)> = Vec::with_capacity(events.len());
+    for (i, event) in events.iter().enumerate() {
+        match ingest::record(event, &key, &client, || keys::uuid().unwrap_or_else(|_| format!("{}-{i}", Utc::now().timestamp_micros()))) {
+            Ok(r) => records.push((i, r)),
+            Err(e) => rejected.push((i, e)),
+        }
+    }
+    let now_ms = client.received.timestamp_millis();
+    let mut batch = BatchBuf::with_capacity(records.len(), bytes.len() + records.len() * 256);
+    let meta: [(&str, &[u8]); 1] = [("http.client_ip", ip.as_bytes())];
+    for (n, (_, r)) in records.iter().enumerate() {
+        let user = r["userId"].as_str().unwrap_or_default().as_bytes();
+        let text = r.to_string();
+        batch.push(n as u32, Head { key: Some(user), headers_raw: &[], extra_headers: &meta, timestamp_ms: Some(now_ms) }, text.as_bytes());
+    }
+    let mut failed: Vec<(usize, String)> = Vec::new();
+    let (mut accepted, mut duplicates) = (0usize, 0usize);
+    if !records.is_empty() {
+        let ack = match send(&shared, &batch).await {
+            Ok(ack) => ack,
+            Err(r) => return r,
+        };
+        for ((index, _), outcome) in records.iter().zip(ack.outcomes.iter()) {
+            match outcome {
+                Outcome::Accepted => accepted += 1,
+                Outcome::Dropped => duplicates += 1,
+                Outcome::Rejected(reason) => rejected.push((*index, reason.clone())),
+                Outcome::Failed(reason) => failed.push((*index, reason.clone())),
+            }
+        }
+    }
+    rejected.sort_by_key(|(i, _)| *i);
+    let list = |items: &[(usize, String)]| -> Vec<Value> { items.iter().map(|(i, e)| json!({"index": i, "error": e})).collect() };
+    let status = if !failed.is_empty() {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else if accepted + duplicates == 0 {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let mut body = json!({
+        "success": rejected.is_empty() && failed.is_empty(),
+        "accepted": accepted, "duplicates": duplicates, "rejected": list(&rejected),
+    });
+    if !failed.is_empty() {
+        body["failed"] = Value::Array(list(&failed));
+    }
+    if status == StatusCode::BAD_REQUEST {
+        if let Some((i, e)) = rejected.first() {
+            body["error"] = Value::String(if events.len() == 1 { e.clone() } else { format!("event {i}: {e}") });
+        }
+    }
+    json_response(status, body)
+}
+
+/// Hands `batch` to the pipeline and waits for its outcomes, waiting a little for room when
+/// the pipeline is full.
+async fn send(shared: &Shared, batch: &BatchBuf) -> Result<weir_plugin::Ack, Response> {
+    let busy = |message: String| {
+        let mut r = ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message }.into_response();
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_FULL));
+        r
+    };
+    let deadline = Instant::now() + BACKPRESSURE_WAIT;
+    let mut pause = Duration::from_millis(1);
+    let view = batch.as_ref();
+    let timeout = Duration::from_millis(shared.config.ack_timeout_ms);
+    loop {
+        match tokio::time::timeout(timeout, shared.emitter.send(&view)).await {
+            Ok(Ok(ack)) => return Ok(ack),
+            Ok(Err(EmitError::Full)) if Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Ok(Err(EmitError::Full)) => return Err(busy("the pipeline is full; retry later".into())),
+            Ok(Err(e)) => return Err(busy(format!("the pipeline is not taking events: {e}"))),
+            Err(_) => {
+                return Err(busy(format!(
+                    "the pipeline did not confirm storage within {} ms; the events may still be stored, so retry with the same eventIds",
+                    shared.config.ack_timeout_ms
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! The Event Analytics Platform example as shipped (`examples/event-analytics`), end to end
+//! with the real PostgreSQL and Redis: keys, authenticated multi-tenant ingest, dedupe of a
+//! retried batch, and each query against answers computed here from the generated events.
+
+mod common;
+#[path = "common/postgres.rs"]
+mod pg;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::*;
+use pg::{psql, Schema, SERVER};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "e2e-admin-key-0123456789abcdef";
+
+/// A request with curl and extra headers; the status, the headers (lower-cased) and the body.
+fn api(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&Value>) -> (u16, String, Value) {
+    let text = body.map(Value::to_string);
+    let r = curl_with(method, url, headers, text.as_ref().map(|_| "application/json"), text.as_deref().map(str::as_bytes));
+    let json = if r.body.is_empty() { Value::Null } else { r.json() };
+    (r.status, r.headers.to_ascii_lowercase(), json)
+}
+
+/// The generated events: `users` users over five days of January 2024, seeded.
+fn events(users: usize, per_user: usize) -> Vec<Value> {
+    const NAMES: [&str; 5] = ["page_view", "add_to_cart", "checkout_start", "purchase", "signup"];
+    let mut seed: u64 = 42;
+    let mut next = move |n: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let mut out = Vec::new();
+    for u in 0..users {
+        for e in 0..per_user {
+            let (day, hour, minute) = (1 + next(5), next(24), next(60));
+            out.push(json!({
+                "eventId": format!("e-{u}-{e}"),
+                "userId": format!("user{u}"),
+                "eventName": NAMES[next(5) as usize],
+                "timestamp": format!("2024-01-{day:02}T{hour:02}:{minute:02}:{:02}Z", e % 60),
+                "properties": {"n": e, "plan": if u % 3 == 0 { "pro" } else { "free" }},
+                "sessionId": format!("s-{u}-{}", e / 4),
+                "orgId": "someone-else", "projectId": "not-mine",
+            }));
+        }
+    }
+    out
+}
+
+struct Api {
+    weir: Weir,
+    base: String,
+    listen: String,
+    _schema: Schema,
+}
+
+impl Api {
+    fn start() -> Api {
+        let schema = Schema::new("analytics");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let weir = Self::run(&schema.0, &listen);
+        Api { weir, base: format!("http://{listen}"), listen, _schema: schema }
+    }
+
+    /// `weir run` of the example on `schema`, once its API answers.
+    fn run(schema: &str, listen: &str) -> Weir {
+        let envs = [("DATABASE_URL", SERVER), ("ANALYTICS_ADMIN_KEY", ADMIN), ("ANALYTICS_SCHEMA", schema), ("EVENTS_HTTP_LISTEN", listen)];
+        let weir = Weir::start(&repo().join("examples/event-analytics"), &[], &envs);
+        let health = format!("http://{listen}/health");
+        wait_for("the analytics API", std::time::Duration::from_secs(20), || api("GET", &health, &[], None).0 == 200);
+        weir
+    }
+
+    /// Stops weir and starts it again on the same tables.
+    fn restart(&mut self) {
+        assert!(self.weir.stop().success());
+        self.weir = Self::run(&self._schema.0, &self.listen);
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn key(&self, name: &str, org: &str, project: &str, extra: Value) -> (String, String) {
+        let mut body = json!({"name": name, "orgId": org, "projectId": project});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let (status, _, created) = api("POST", &self.url("/api/v1/keys"), &[("X-Admin-Key", ADMIN)], Some(&body));
+        assert_eq!(status, 201, "{created}");
+        (created["id"].as_str().unwrap().to_owned(), created["key"].as_str().unwrap().to_owned())
+    }
+
+    fn get(&self, key: &str, path: &str) -> (u16, Value) {
+        let (status, _, body) = api("GET", &self.url(path), &[("X-API-Key", key)], None);
+        (status, body)
+    }
+
+    fn post_events(&self, key: &str, events: &Value) -> (u16, Value) {
+        let (status, _, body) = api("POST", &self.url("/api/v1/events"), &[("X-API-Key", key)], Some(events));
+        (status, body)
+    }
+}
+
+#[test]
+fn keys_tenancy_ingest_dedupe_and_queries_answer_as_computed_from_the_events() {
+    let api_ = Api::start();
+    let (status, _, _) = api("POST", &api_.url("/api/v1/keys"), &[], Some(&json!({"name": "x", "orgId": "o", "projectId": "p"})));
+    assert_eq!(status, 401, "creating a key needs the admin key");
+    let (_, key_a) = api_.key("web", "org-a", "proj-a", json!({}));
+    let (_, key_b) = api_.key("other tenant", "org-b", "proj-b", json!({}));
+    let (_, listed, keys) = api("GET", &api_.url("/api/v1/keys"), &[("X-Admin-Key", ADMIN)], None);
+    assert!(listed.starts_with("http/1.1 200"), "{listed}");
+    let text = keys.to_string();
+    assert!(!text.contains(&key_a) && !text.contains(&key_b), "secrets are never listed: {text}");
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 2, "{keys}");
+    let stored = psql(SERVER, &format!("SELECT string_agg(key_digest, ',') FROM {}.api_keys", api_._schema.0));
+    assert!(!stored.contains(&key_a[3..]), "keys are stored as digests");
+
+    // Ingest in batches of up to 1,000 (the seed's limit), one single event, one bad event.
+    let all = events(40, 30);
+    for chunk in all.chunks(1000) {
+        let (status, body) = api_.post_events(&key_a, &Value::Array(chunk.to_vec()));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["accepted"], chunk.len(), "{body}");
+        assert_eq!(body["duplicates"], 0, "{body}");
+    }
+    let (status, body) = api_.post_events(&key_a, &json!({"eventName": "page_view"}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("userId"), "400 names the field: {body}");
+    let (status, body) = api_.post_events(&key_a, &json!([all[0].clone(), {"userId": "u", "eventName": "e", "timestamp": "soon"}]));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["duplicates"], 1, "a retried event is a duplicate: {body}");
+    assert_eq!(body["rejected"], json!([{"index": 1, "error": "timestamp \"soon\" is not an ISO-8601 time such as 2024-01-01T10:00:00Z"}]));
+    // The retried first batch stores nothing twice.
+    let (status, body) = api_.post_events(&key_a, &Value::Array(all[..1000].to_vec()));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["accepted"].as_u64(), body["duplicates"].as_u64()), (Some(0), Some(1000)), "{body}");
+    // The other tenant may use the same event ids: they are its own.
+    let (status, body) = api_.post_events(&key_b, &Value::Array(all[..10].to_vec()));
+    assert_eq!((status, body["accepted"].as_u64()), (200, Some(10)), "{body}");
+    let rows = psql(SERVER, &format!("SELECT org_id, project_id, count(*) FROM {}.event_log GROUP BY 1, 2 ORDER BY 1", api_._schema.0));
+    assert_eq!(rows, "org-a|proj-a|1200\norg-b|proj-b|10", "the tenant comes from the key, never from the body");
+
+    // Summary over a range, computed here.
+    let in_range: Vec<&Value> = all.iter().filter(|e| e["timestamp"].as_str().unwrap() < "2024-01-04").collect();
+    let (status, summary) = api_.get(&key_a, "/api/v1/events/summary?startDate=2024-01-01&endDate=2024-01-03");
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["totalEvents"], in_range.len(), "{summary}");
+    let users: BTreeSet<&str> = in_range.iter().map(|e| e["userId"].as_str().unwrap()).collect();
+    assert_eq!(summary["uniqueUsers"], users.len());
+    let mut by_name: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in &in_range {
+        *by_name.entry(e["eventName"].as_str().unwrap()).or_default() += 1;
+    }
+    assert_eq!(summary["eventsByName"], json!(by_name));
+    let times: Vec<&str> = in_range.iter().map(|e| e["timestamp"].as_str().unwrap()).collect();
+    assert_eq!(summary["firstEventAt"], times.iter().min().unwrap().replace('Z', ".000Z"));
+    assert_eq!(summary["lastEventAt"], times.iter().max().unwrap().replace('Z', ".000Z"));
+    let (_, whole) = api_.get(&key_b, "/api/v1/events/summary");
+    assert_eq!(whole["totalEvents"], 10, "another tenant sees only its own: {whole}");
+
+    // Daily purchases with unique users, every day of the range listed.
+    let (status, metrics) = api_.get(&key_a, "/api/v1/metrics?event=purchase&interval=daily&startDate=2024-01-01&endDate=2024-01-07");
+    assert_eq!(status, 200, "{metrics}");
+    let buckets = metrics["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 7, "{metrics}");
+    for (d, b) in buckets.iter().enumerate() {
+        let day = format!("2024-01-{:02}", d + 1);
+        assert_eq!(b["start"], format!("{day}T00:00:00.000Z"));
+        let of_day: Vec<&Value> =
+            all.iter().filter(|e| e["eventName"] == "purchase" && e["timestamp"].as_str().unwrap().starts_with(&day)).collect();
+        assert_eq!(b["count"], of_day.len(), "{day}: {b}");
+        let users: BTreeSet<&str> = of_day.iter().map(|e| e["userId"].as_str().unwrap()).collect();
+        assert_eq!(b["uniqueUsers"], users.len(), "{day}: {b}");
+    }
+
+    // One user's journey in time order, two pages.
+    let mut mine: Vec<&Value> = all.iter().filter(|e| e["userId"] == "user7").collect();
+    mine.sort_by_key(|e| e["timestamp"].as_str().unwrap().to_owned());
+    let (status, page1) = api_.get(&key_a, "/api/v1/users/user7/journey?limit=20");
+    assert_eq!(status, 200, "{page1}");
+    let cursor = page1["nextCursor"].as_str().expect("a second page").to_owned();
+    let (_, page2) = api_.get(&key_a, &format!("/api/v1/users/user7/journey?limit=20&cursor={cursor}"));
+    assert!(page2["nextCursor"].is_null(), "{page2}");
+    let got: Vec<Value> = page1["events"].as_array().unwrap().iter().chain(page2["events"].as_array().unwrap()).cloned().collect();
+    assert_eq!(got.len(), mine.len());
+    for (g, e) in got.iter().zip(&mine) {
+        assert_eq!(g["timestamp"], e["timestamp"].as_str().unwrap().replace('Z', ".000Z"));
+        assert_eq!(g["eventName"], e["eventName"]);
+        assert_eq!(g["properties"], e["properties"]);
+        assert_eq!(g["sessionId"], e["sessionId"]);
+    }
+    let (_, theirs) = api_.get(&key_b, "/api/v1/users/user20/journey");
+    assert_eq!(theirs["events"], json!([]), "another tenant's user is not visible: {theirs}");
+    drop(api_.weir);
+}
+
+#[test]
+fn missing_unknown_revoked_and_limited_keys_are_refused_with_the_status_and_headers_the_contract_names() {
+    let api_ = Api::start();
+    let summary = "/api/v1/events/summary";
+    assert_eq!(api_.get("", summary).0, 401, "no key");
+    assert_eq!(api_.get("wk_not-a-key", summary).0, 401, "unknown key");
+    let (writer_id, writer) = api_.key("ingest only", "org-a", "proj-a", json!({"permissions": ["events:write"]}));
+    let (status, body) = api_.get(&writer, summary);
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("analytics:read"), "{body}");
+    let (status, body) = api_.get(&writer, "/api/v1/metrics?interval=yearly");
+    assert_eq!(status, 403, "permission before parameters: {body}");
+    let (_, reader) = api_.key("dashboard", "org-a", "proj-a", json!({"rateLimit": {"max": 3, "windowMs": 60000}}));
+    let (status, body) = api_.get(&reader, "/api/v1/metrics?interval=yearly");
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"].as_str().unwrap().starts_with("interval"), "422 names the parameter: {body}");
+    let (status, head, _) = api("GET", &api_.url("/api/v1/events/summary?startDate=01/02/2024"), &[("X-API-Key", &reader)], None);
+    assert_eq!(status, 422);
+    assert!(head.contains("ratelimit-remaining: 1"), "{head}");
+    assert_eq!(api_.get(&reader, summary).0, 200);
+    let (status, head, body) = api("GET", &api_.url(summary), &[("X-API-Key", &reader)], None);
+    assert_eq!(status, 429, "{body}");
+    assert!(head.contains("retry-after: "), "{head}");
+    assert!(head.contains("ratelimit-limit: 3") && head.contains("ratelimit-remaining: 0"), "{head}");
+    // Revoked: refused at once.
+    let (status, _, _) = api("DELETE", &api_.url(&format!("/api/v1/keys/{writer_id}")), &[("X-Admin-Key", ADMIN)], None);
+    assert_eq!(status, 200);
+    let (status, body) = api_.post_events(&writer, &json!({"userId": "u", "eventName": "e"}));
+    assert_eq!(status, 401, "{body}");
+    let (status, _, _) = api("DELETE", &api_.url(&format!("/api/v1/keys/{writer_id}")), &[("X-Admin-Key", ADMIN)], None);
+    assert_eq!(status, 404, "already revoked");
+    assert!(!api_.weir.logs().contains(&reader), "secrets never reach the log");
+}
+
+/// Seconds between two UTC times written `YYYY-MM-DDTHH:MM:SSZ`.
+fn secs(a: &str, b: &str) -> f64 {
+    fn epoch(s: &str) -> i64 {
+        let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().unwrap();
+        let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+        // Days from 1970-01-01 to the civil date (Howard Hinnant's algorithm).
+        let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * m + 2) / 5 + d - 1;
+        let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+        days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)
+    }
+    (epoch(b) - epoch(a)) as f64
+}
+
+/// The median as PostgreSQL's `percentile_cont(0.5)` has it.
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// A funnel's users and times to convert per step, counted here event by event: entry at
+/// each user's first step-1 event in `[start, end)`, then each step's first event strictly
+/// after the step before, within `window` seconds of the entry and the step's own window.
+fn reference_funnel(all: &[Value], steps: &[Value], start: &str, end: &str, window: f64) -> Vec<(usize, Vec<f64>)> {
+    let matches = |e: &Value, step: &Value| {
+        e["eventName"] == step["eventName"] && step["filters"].as_object().is_none_or(|f| f.iter().all(|(k, v)| e["properties"][k] == *v))
+    };
+    let mut per_step: Vec<(usize, Vec<f64>)> = vec![(0, Vec::new()); steps.len()];
+    let users: BTreeSet<&str> = all.iter().map(|e| e["userId"].as_str().unwrap()).collect();
+    for user in users {
+        let mut mine: Vec<&Value> = all.iter().filter(|e| e["userId"] == user).collect();
+        mine.sort_by_key(|e| e["timestamp"].as_str().unwrap().to_owned());
+        let time = |e: &Value| e["timestamp"].as_str().unwrap().to_owned();
+        let Some(entry) = mine.iter().find(|e| matches(e, &steps[0]) && time(e).as_str() >= start && time(e).as_str() < end) else {
+            continue;
+        };
+        let t0 = time(entry);
+        per_step[0].0 += 1;
+        let mut prev = t0.clone();
+        for (k, step) in steps.iter().enumerate().skip(1) {
+            let found = mine.iter().map(|e| (e, time(e))).find(|(e, t)| {
+                matches(e, step) && *t > prev && secs(&t0, t) <= window && step["timeWindow"].as_f64().is_none_or(|w| secs(&prev, t) <= w)
+            });
+            let Some((_, t)) = found else { break };
+            per_step[k].0 += 1;
+            per_step[k].1.push(secs(&prev, &t));
+            prev = t;
+        }
+    }
+    per_step
+}
+
+/// Retention counted here: each user's first `cohort` event ever decides their cohort day;
+/// `retained[k]` counts the cohort's users with any event on day k after (or on day k or later).
+fn reference_retention(
+    all: &[Value],
+    cohort: &str,
+    days: usize,
+    start: &str,
+    end: &str,
+    on_or_after: bool,
+) -> BTreeMap<String, (usize, Vec<usize>)> {
+    let mut out = BTreeMap::new();
+    let day = |e: &Value| e["timestamp"].as_str().unwrap()[..10].to_owned();
+    let users: BTreeSet<&str> = all.iter().map(|e| e["userId"].as_str().unwrap()).collect();
+    let day_number = |d: &str| secs("2024-01-01T00:00:00Z", &format!("{d}T00:00:00Z")) as i64 / 86_400;
+    for user in users {
+        let mine: Vec<&Value> = all.iter().filter(|e| e["userId"] == user).collect();
+        let Some(first) = mine.iter().filter(|e| e["eventName"] == cohort).map(|e| e["timestamp"].as_str().unwrap()).min() else {
+            continue;
+        };
+        if !(first >= start && first < end) {
+            continue;
+        }
+        let cohort_day = first[..10].to_owned();
+        let entry = out.entry(cohort_day.clone()).or_insert((0, vec![0; days + 1]));
+        entry.0 += 1;
+        let offsets: BTreeSet<i64> = mine.iter().map(|e| day_number(&day(e)) - day_number(&cohort_day)).filter(|k| *k >= 0).collect();
+        for k in 0..=days as i64 {
+            let back = if on_or_after { offsets.range(k..).next().is_some() } else { offsets.contains(&k) };
+            if back {
+                entry.1[k as usize] += 1;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn funnels_and_retention_answer_as_counted_event_by_event_and_survive_a_restart() {
+    assert_eq!(secs("1970-01-01T00:00:00Z", "2024-01-01T00:00:00Z"), 1_704_067_200.0, "the reference's clock");
+    let mut api_ = Api::start();
+    let (_, key) = api_.key("analyst", "org-f", "proj-f", json!({}));
+    let (_, other) = api_.key("other", "org-g", "proj-g", json!({}));
+    let all = events(60, 25);
+    for chunk in all.chunks(1000) {
+        let (status, body) = api_.post_events(&key, &Value::Array(chunk.to_vec()));
+        assert_eq!((status, body["accepted"].as_u64()), (200, Some(chunk.len() as u64)), "{body}");
+    }
+
+    // Stored funnels, per tenant.
+    let steps = json!([
+        {"eventName": "page_view"},
+        {"eventName": "add_to_cart", "filters": {"plan": "free"}},
+        {"eventName": "purchase", "timeWindow": 36000}
+    ]);
+    let (status, _, created) =
+        api("POST", &api_.url("/api/v1/funnels"), &[("X-API-Key", &key)], Some(&json!({"name": "checkout", "steps": steps})));
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, _, bad) =
+        api("POST", &api_.url("/api/v1/funnels"), &[("X-API-Key", &key)], Some(&json!({"name": "x", "steps": [{"eventName": "a"}]})));
+    assert_eq!(status, 400, "{bad}");
+    assert!(bad["error"].as_str().unwrap().starts_with("steps"), "{bad}");
+    assert_eq!(api_.get(&other, &format!("/api/v1/funnels/{id}")).0, 404, "another tenant's funnel is not found");
+    assert_eq!(api_.get(&key, "/api/v1/funnels").1["funnels"].as_array().unwrap().len(), 1);
+
+    // Users entering late (from 2024-01-02), later steps past endDate but inside the window.
+    let check = |path: &str, start: &str, end: &str, window: f64| {
+        let (status, got) = api_.get(&key, path);
+        assert_eq!(status, 200, "{got}");
+        let expected = reference_funnel(&all, steps.as_array().unwrap(), start, end, window);
+        let first = expected[0].0 as f64;
+        assert!(expected[2].0 > 0, "the data makes someone convert: {expected:?}");
+        for (k, (users, times)) in expected.iter().enumerate() {
+            let step = &got["steps"][k];
+            assert_eq!(step["users"], *users, "step {k}: {got}");
+            let rate = if first == 0.0 { 0.0 } else { *users as f64 / first };
+            assert!((step["conversionRate"].as_f64().unwrap() - rate).abs() < 1e-9, "step {k}: {step}");
+            let before = if k == 0 { *users } else { expected[k - 1].0 };
+            assert_eq!(step["dropOff"], before - users, "step {k}");
+            if k > 0 {
+                let avg = times.iter().sum::<f64>() / times.len() as f64;
+                assert!((step["avgTimeToConvertSeconds"].as_f64().unwrap() - avg).abs() < 1e-6, "step {k}: {step} vs {avg}");
+                assert!(
+                    (step["medianTimeToConvertSeconds"].as_f64().unwrap() - median(times.clone()).unwrap()).abs() < 1e-6,
+                    "step {k}: {step}"
+                );
+            }
+        }
+        let overall = expected[2].0 as f64 / first;
+        assert!((got["overallConversionRate"].as_f64().unwrap() - overall).abs() < 1e-9, "{got}");
+    };
+    check(&format!("/api/v1/funnels/{id}/analytics?startDate=2024-01-02&endDate=2024-01-03"), "2024-01-02", "2024-01-04", 604_800.0);
+    check(
+        &format!("/api/v1/funnels/{id}/analytics?startDate=2024-01-01&endDate=2024-01-05&windowSeconds=86400"),
+        "2024-01-01",
+        "2024-01-06",
+        86_400.0,
+    );
+
+    // Retention: cohorts by first signup, both modes, any return event.
+    for (mode, on_or_after) in [("on", false), ("on_or_after", true)] {
+        let (status, got) =
+            api_.get(&key, &format!("/api/v1/retention?cohort=signup&days=4&startDate=2024-01-01&endDate=2024-01-03&mode={mode}"));
+        assert_eq!(status, 200, "{got}");
+        let expected = reference_retention(&all, "signup", 4, "2024-01-01", "2024-01-04", on_or_after);
+        let cohorts = got["cohorts"].as_array().unwrap();
+        assert_eq!(cohorts.len(), 3, "every day of the range: {got}");
+        for c in cohorts {
+            let (users, retained) = expected.get(c["date"].as_str().unwrap()).cloned().unwrap_or((0, vec![0; 5]));
+            assert_eq!(c["users"], users, "{c}");
+            assert_eq!(c["retained"], json!(retained), "{mode}: {c}");
+        }
+    }
+    let (status, got) = api_.get(&key, "/api/v1/retention?days=3");
+    assert_eq!(status, 422, "{got}");
+    assert!(got["error"].as_str().unwrap().starts_with("cohort"), "{got}");
+
+    // Keys and funnels are in PostgreSQL: a restarted weir has them.
+    api_.restart();
+    let (status, again) = api_.get(&key, &format!("/api/v1/funnels/{id}"));
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["steps"], steps);
+    let (status, _, gone) = api("DELETE", &api_.url(&format!("/api/v1/funnels/{id}")), &[("X-API-Key", &key)], None);
+    assert_eq!(status, 200, "{gone}");
+    assert_eq!(api_.get(&key, &format!("/api/v1/funnels/{id}")).0, 404);
+}
