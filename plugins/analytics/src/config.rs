@@ -1,5 +1,6 @@
 //! The `analytics` source's config.
 
+use weir_plugin::serve::auth::RateLimit;
 use weir_plugin::{Deserialize, JsonSchema};
 
 /// Config of the `analytics` source.
@@ -28,7 +29,7 @@ pub struct AnalyticsConfig {
     #[serde(default)]
     pub dev_key: bool,
     /// Rate limit of a key that sets none of its own (the seed's 100 requests per 15 minutes).
-    #[serde(default)]
+    #[serde(default = "default_rate_limit")]
     pub rate_limit: RateLimit,
     /// Most events one ingest request may carry; more get 413.
     #[serde(default = "default_max_events")]
@@ -45,23 +46,9 @@ pub struct AnalyticsConfig {
     pub journey_limit: u32,
 }
 
-/// A fixed-window rate limit: at most `max` requests per `window_ms`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
-#[serde(deny_unknown_fields, rename_all(serialize = "camelCase"))]
-pub struct RateLimit {
-    /// Requests allowed per window.
-    pub max: u32,
-    /// The window, in milliseconds (`windowMs` in the keys API).
-    #[serde(alias = "windowMs")]
-    pub window_ms: u64,
+fn default_rate_limit() -> RateLimit {
+    RateLimit { max: 100, window_ms: 900_000 }
 }
-
-impl Default for RateLimit {
-    fn default() -> Self {
-        RateLimit { max: 100, window_ms: 900_000 }
-    }
-}
-
 fn default_listen() -> String {
     "127.0.0.1:3000".into()
 }
@@ -103,9 +90,7 @@ impl AnalyticsConfig {
         if !identifier(&self.schema) {
             return Err(format!("schema {:?} must be letters, digits and _", self.schema));
         }
-        if self.rate_limit.max == 0 || self.rate_limit.window_ms == 0 {
-            return Err("rate_limit.max and rate_limit.window_ms must be above 0".into());
-        }
+        self.rate_limit.check("rate_limit")?;
         if self.max_events == 0 || self.max_body_bytes == 0 || self.journey_limit == 0 {
             return Err("max_events, max_body_bytes and journey_limit must be above 0".into());
         }

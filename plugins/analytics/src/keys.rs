@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
 use weir_plugin::serde_json::{json, Value};
 
-use crate::config::RateLimit;
 use crate::db::{detail, Db};
+use weir_plugin::serve::auth::RateLimit;
+pub use weir_plugin::serve::auth::{digest, same};
 
 /// Every permission a key can hold.
 pub const PERMISSIONS: [&str; 2] = [WRITE, READ];
@@ -50,20 +50,6 @@ impl KeyRecord {
     pub fn may(&self, permission: &str) -> bool {
         self.permissions.iter().any(|p| p == permission)
     }
-}
-
-/// The hex SHA-256 digest of a secret.
-pub fn digest(secret: &str) -> String {
-    let mut hex = String::with_capacity(64);
-    for b in Sha256::digest(secret.as_bytes()) {
-        let _ = write!(hex, "{b:02x}");
-    }
-    hex
-}
-
-/// Whether two byte strings are equal, in time that depends only on their lengths.
-pub fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `n` random bytes as hex.
@@ -109,9 +95,7 @@ impl NewKey {
             return Err(format!("permissions: unknown permission {p:?}; use {}", PERMISSIONS.join(", ")));
         }
         if let Some(r) = &self.rate_limit {
-            if r.max == 0 || r.window_ms == 0 {
-                return Err("rateLimit.max and rateLimit.windowMs must be above 0".into());
-            }
+            r.check("rateLimit")?;
         }
         Ok(())
     }
@@ -349,14 +333,6 @@ pub fn iso(t: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn digests_and_comparison() {
-        assert_eq!(digest("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-        assert!(same(b"abc", b"abc"));
-        assert!(!same(b"abc", b"abd"));
-        assert!(!same(b"abc", b"ab"));
-    }
 
     #[test]
     fn uuids_are_version_4() {

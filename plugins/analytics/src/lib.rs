@@ -12,13 +12,12 @@ mod db;
 mod funnels;
 mod ingest;
 mod keys;
-mod limit;
 mod query;
 mod reply;
 mod retention;
 mod source;
 
-pub use config::{AnalyticsConfig, RateLimit};
+pub use config::AnalyticsConfig;
 pub use source::AnalyticsSource;
 
 weir_plugin::export_plugins!(source AnalyticsSource);

@@ -15,6 +15,7 @@ use axum::routing::{delete, get, post};
 use axum::{Extension, Router};
 use chrono::Utc;
 use weir_plugin::serde_json::{self, json, Value};
+use weir_plugin::serve::auth::Limiter;
 use weir_plugin::serve::{self as server, Limits};
 use weir_plugin::{BatchBuf, Context, EmitError, Emitter, Head, Outcome, PluginError, Source};
 
@@ -22,7 +23,6 @@ use crate::config::AnalyticsConfig;
 use crate::db::Db;
 use crate::ingest::{self, Client};
 use crate::keys::{self, KeyRecord, Keys, NewKey};
-use crate::limit::Limiter;
 use crate::query::Queries;
 use crate::reply::{json_response, ApiError};
 
@@ -196,7 +196,7 @@ async fn authenticate(State(shared): State<Arc<Shared>>, mut req: Request, next:
         req.extensions_mut().insert(Arc::new(key));
         next.run(req).await
     } else {
-        let mut r = ApiError {
+        ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,
             message: format!(
                 "this key is over its limit of {} requests per {} s; retry after {} s",
@@ -205,14 +205,9 @@ async fn authenticate(State(shared): State<Arc<Shared>>, mut req: Request, next:
                 standing.reset_secs
             ),
         }
-        .into_response();
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(standing.reset_secs));
-        r
+        .into_response()
     };
-    let h = response.headers_mut();
-    h.insert("ratelimit-limit", HeaderValue::from(standing.limit));
-    h.insert("ratelimit-remaining", HeaderValue::from(standing.remaining));
-    h.insert("ratelimit-reset", HeaderValue::from(standing.reset_secs));
+    standing.stamp(response.headers_mut());
     response
 }
 

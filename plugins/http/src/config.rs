@@ -62,6 +62,10 @@ pub struct HttpConfig {
     /// no-store`, a `Content-Security-Policy` that allows nothing).
     #[serde(default = "default_true")]
     pub security_headers: bool,
+    /// API keys: every POST must carry one (401 otherwise), each with its own name, record
+    /// headers and rate limit (429 over it). Unset: anyone who reaches the address may post.
+    #[serde(default)]
+    pub auth: Option<crate::auth::AuthConfig>,
 }
 
 /// Which web pages of other origins may call the source.
@@ -160,6 +164,9 @@ impl HttpConfig {
         }
         if let Some(cors) = &self.cors {
             cors.check()?;
+        }
+        if let Some(auth) = &self.auth {
+            auth.check()?;
         }
         if self.listen.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
             return Err(format!("listen {:?} must be host:port", self.listen));

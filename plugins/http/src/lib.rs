@@ -1,6 +1,7 @@
 //! The `http` source: clients POST JSON events (one object or an array); the response
 //! comes once the pipeline has taken them, and says which were rejected and why.
 
+mod auth;
 mod body;
 mod config;
 mod headers;

@@ -59,7 +59,11 @@ impl Source for HttpSource {
     fn start(&mut self, emitter: Emitter) -> Result<(), PluginError> {
         let listener = self.listener.take().ok_or_else(|| PluginError::fatal("the source was already started"))?;
         let shared = Arc::new(Shared { config: self.config.clone(), emitter });
-        let mut app = Router::new().route(&self.config.path, post(produce));
+        let mut ingest = post(produce);
+        if let Some(auth) = &self.config.auth {
+            ingest = ingest.layer(axum::middleware::from_fn_with_state(crate::auth::Keys::new(auth), crate::auth::layer));
+        }
+        let mut app = Router::new().route(&self.config.path, ingest);
         if !self.config.health_path.is_empty() {
             app = app.route(&self.config.health_path, get(health));
         }
@@ -158,7 +162,11 @@ async fn produce(State(shared): State<Arc<Shared>>, ConnectInfo(peer): ConnectIn
     };
     let ip = client_ip(&parts.headers, peer, config.trust_forwarded_for);
     let ua = parts.headers.get(header::USER_AGENT).map(HeaderValue::as_bytes).unwrap_or_default();
+    let key = parts.extensions.get::<Arc<crate::auth::Key>>().cloned();
     let mut meta: Vec<(&str, &[u8])> = vec![("http.client_ip", ip.as_bytes())];
+    if let Some(key) = &key {
+        meta.extend(key.stamps.iter().map(|(h, v)| (h.as_str(), v.as_slice())));
+    }
     if !ua.is_empty() {
         meta.push(("http.user_agent", ua));
     }

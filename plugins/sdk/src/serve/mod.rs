@@ -10,6 +10,7 @@
 //! `Connection: close`, and an idle connection is closed once it has been silent for
 //! [`DRAIN_QUIET`] with nothing unread in the socket.
 
+pub mod auth;
 mod conn;
 mod handoff;
 mod memory;
