@@ -3,7 +3,7 @@
 # Debian packages (curl, pkg-config, OpenSSL headers, the Prometheus server and promtool,
 # wrk, chromium), cargo-nextest, rustfmt and clippy, the Kafka-protocol broker the Kafka tests start
 # (about 11 minutes to build the first time), and Python's confluent-kafka, the independent
-# Kafka client, and npm's socket.io-client@4 (into $HOME/.cache/weir-test-node). Needs root for apt-get, or the packages already installed.
+# Kafka client, schemathesis (checks the analytics API against its OpenAPI document), and npm's socket.io-client@4 (into $HOME/.cache/weir-test-node). Needs root for apt-get, or the packages already installed.
 set -euo pipefail
 need() { command -v "$1" >/dev/null 2>&1; }
 apt_missing=()
@@ -31,6 +31,8 @@ if ! "$HOME/.cargo/bin/tansu" --version 2>/dev/null | grep -q '0.6.0'; then
   cargo install tansu --version 0.6.0 --features dynostore,libsql --locked
 fi
 python3 -c 'import confluent_kafka' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check confluent-kafka==2.16.1
+# schemathesis checks the analytics API against its OpenAPI document.
+schemathesis --version 2>/dev/null | grep -q '4.32.5' || python3 -m pip install -q --disable-pip-version-check schemathesis==4.32.5
 # socket.io-client@4 (npm) for tests/socketio.rs, in a cache outside the work tree.
 node_dir="${WEIR_TEST_NODE_DIR:-$HOME/.cache/weir-test-node}"
 [ -f "$node_dir/node_modules/socket.io-client/package.json" ] || npm install --prefix "$node_dir" --no-audit --no-fund --silent socket.io-client@4

@@ -413,3 +413,38 @@ fn funnels_and_retention_answer_as_counted_event_by_event_and_survive_a_restart(
     assert_eq!(status, 200, "{gone}");
     assert_eq!(api_.get(&key, &format!("/api/v1/funnels/{id}")).0, 404);
 }
+
+#[test]
+fn the_api_answers_as_its_openapi_document_says_and_serves_its_swagger_ui() {
+    let api_ = Api::start();
+    let (_, key) = api_.key("schemathesis", "org-s", "proj-s", json!({"rateLimit": {"max": 1_000_000, "windowMs": 60_000}}));
+    let (status, body) = api_.post_events(&key, &Value::Array(events(5, 10)));
+    assert_eq!(status, 200, "{body}");
+    let (status, _, doc) = api("GET", &api_.url("/api-docs/openapi.json"), &[], None);
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    let page = curl("GET", &api_.url("/api-docs"), None, None);
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("/api-docs/swagger-ui-bundle.js"), "{}", page.body);
+    let bundle = curl("GET", &api_.url("/api-docs/swagger-ui-bundle.js"), None, None);
+    assert!(bundle.status == 200 && bundle.body.len() > 1_000_000, "the Swagger UI is built in, not fetched");
+    // An independent client generates requests from the document and checks every answer
+    // against it. Revoking keys is left out: it would revoke the key the run uses.
+    let out = std::process::Command::new("schemathesis")
+        .args(["run", &api_.url("/api-docs/openapi.json"), "--no-color", "--seed", "7", "--max-examples", "25"])
+        .args(["-H", &format!("X-API-Key: {key}"), "-H", &format!("X-Admin-Key: {ADMIN}")])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance",
+        ])
+        .args(["--exclude-path", "/api/v1/keys/{id}"])
+        .output()
+        .expect("schemathesis is installed (scripts/deps.sh)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found answers that break the document:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!api_.weir.logs().contains(&key), "secrets never reach the log");
+}

@@ -18,7 +18,6 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::types::ToSql;
 use weir_plugin::serde_json::{json, Map, Value};
 
-use crate::db::detail;
 use crate::keys::{self, iso, KeyRecord};
 use crate::query::{range, Queries};
 use crate::reply::ApiError;
@@ -59,9 +58,12 @@ impl NewFunnel {
         if !(2..=10).contains(&self.steps.len()) {
             return Err(format!("steps must hold 2 to 10 steps, not {}", self.steps.len()));
         }
+        if self.name.contains('\0') || weir_plugin::serde_json::to_string(&self.steps).is_ok_and(|t| t.contains("\\u0000")) {
+            return Err("the funnel holds the NUL character (\\u0000), which cannot be stored; remove it".into());
+        }
         for (i, s) in self.steps.iter().enumerate() {
-            if s.event_name.trim().is_empty() {
-                return Err(format!("steps[{i}].eventName must not be empty"));
+            if s.event_name.trim().is_empty() || s.event_name.chars().count() > 200 {
+                return Err(format!("steps[{i}].eventName must be a non-empty string of at most 200 characters"));
             }
             if s.time_window.is_some_and(|w| !(1..=MAX_WINDOW_SECS).contains(&w)) {
                 return Err(format!("steps[{i}].timeWindow must be from 1 to {MAX_WINDOW_SECS} seconds"));
@@ -109,8 +111,7 @@ impl Queries {
     }
 
     fn failed(&self, e: &tokio_postgres::Error) -> ApiError {
-        self.ctx.warn(&format!("funnel query failed: {}", detail(e)));
-        ApiError::unavailable()
+        self.refused("funnel query", e)
     }
 
     /// `POST /api/v1/funnels`.

@@ -73,7 +73,11 @@ pub fn record(event: &Value, key: &KeyRecord, client: &Client<'_>, new_id: impl 
         out.insert(field.into(), v.map(Value::from).unwrap_or(Value::Null));
     }
     out.insert("ipAddress".into(), ip.into());
-    Ok(Value::Object(out))
+    let record = Value::Object(out);
+    if record.to_string().contains("\\u0000") {
+        return Err("the event holds the NUL character (\\u0000), which cannot be stored; remove it".into());
+    }
+    Ok(record)
 }
 
 #[cfg(test)]
@@ -117,5 +121,7 @@ mod tests {
         assert!(bad(json!({"userId": "u", "eventName": "e", "timestamp": "yesterday"})).starts_with("timestamp"));
         assert_eq!(bad(json!({"userId": "u", "eventName": "e", "properties": [1]})), "properties must be an object");
         assert_eq!(bad(json!([1])), "the event is not a JSON object");
+        assert!(bad(json!({"userId": "u\u{0}", "eventName": "e"})).contains("NUL"));
+        assert!(bad(json!({"userId": "u", "eventName": "e", "properties": {"a": ["\u{0}"]}})).contains("NUL"));
     }
 }

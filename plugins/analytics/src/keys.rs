@@ -87,8 +87,8 @@ impl NewKey {
     /// What is wrong with the request, naming the field.
     pub fn check(&self) -> Result<(), String> {
         for (field, v) in [("name", &self.name), ("orgId", &self.org_id), ("projectId", &self.project_id)] {
-            if v.trim().is_empty() || v.len() > 200 {
-                return Err(format!("{field} must be a non-empty string of at most 200 characters"));
+            if v.trim().is_empty() || v.chars().count() > 200 || v.contains('\0') {
+                return Err(format!("{field} must be a non-empty string of at most 200 characters, without NUL"));
             }
         }
         if let Some(p) = self.permissions.iter().flatten().find(|p| !PERMISSIONS.contains(&p.as_str())) {

@@ -72,6 +72,19 @@ const SCOPE: &str =
     "org_id = $1 AND project_id = $2 AND ($3::timestamptz IS NULL OR timestamp >= $3) AND ($4::timestamptz IS NULL OR timestamp < $4)";
 
 impl Queries {
+    /// The answer for a query PostgreSQL refused: 422 when a value cannot be compared (a
+    /// data exception, such as the NUL character in a parameter), 503 otherwise (logged).
+    pub fn refused(&self, what: &str, e: &tokio_postgres::Error) -> ApiError {
+        if e.code().is_some_and(|c| c.code().starts_with("22")) {
+            return ApiError::parameter(format!(
+                "a parameter holds a value PostgreSQL cannot take ({}); remove NUL characters and keep numbers in range",
+                e.as_db_error().map(|d| d.message()).unwrap_or("a data exception")
+            ));
+        }
+        self.ctx.warn(&format!("{what} failed: {}", detail(e)));
+        ApiError::unavailable()
+    }
+
     async fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<tokio_postgres::Row>, ApiError> {
         let client = self.db.client().await.map_err(|e| {
             self.ctx.warn(&e);
@@ -81,10 +94,7 @@ impl Queries {
             Ok(rows) => Ok(rows),
             // The table appears with the first batch the postgres sink writes.
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(Vec::new()),
-            Err(e) => {
-                self.ctx.warn(&format!("analytics query failed: {}", detail(&e)));
-                Err(ApiError::unavailable())
-            }
+            Err(e) => Err(self.refused("analytics query", &e)),
         }
     }
 

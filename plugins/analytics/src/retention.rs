@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{Duration, NaiveDate};
 use weir_plugin::serde_json::{json, Value};
 
-use crate::db::detail;
 use crate::keys::KeyRecord;
 use crate::query::{range, Queries};
 use crate::reply::ApiError;
@@ -87,10 +86,7 @@ impl Queries {
         let rows = match client.query(&sql, &[&key.org_id, &key.project_id, cohort, &r.start, &r.end, &returning, &days]).await {
             Ok(rows) => rows,
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
-            Err(e) => {
-                self.ctx.warn(&format!("retention query failed: {}", detail(&e)));
-                return Err(ApiError::unavailable());
-            }
+            Err(e) => return Err(self.refused("retention query", &e)),
         };
         let width = days as usize + 1;
         let mut by_day: BTreeMap<NaiveDate, (i64, Vec<i64>)> = BTreeMap::new();

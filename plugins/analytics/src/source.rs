@@ -43,7 +43,7 @@ pub struct AnalyticsSource {
 }
 
 /// What every request shares.
-struct Shared {
+pub(crate) struct Shared {
     config: AnalyticsConfig,
     emitter: Emitter,
     keys: Keys,
@@ -99,6 +99,11 @@ impl Source for AnalyticsSource {
             .route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
         let app = Router::new()
             .route("/health", get(health))
+            .route("/api-docs", get(crate::openapi::page))
+            .route("/api-docs/openapi.json", get(crate::openapi::document))
+            .route("/api-docs/swagger-ui-bundle.js", get(crate::openapi::bundle))
+            .route("/api-docs/swagger-ui.css", get(crate::openapi::css))
+            .route("/api-docs/init.js", get(crate::openapi::init))
             .route("/api/v1/keys", post(create_key).get(list_keys))
             .route("/api/v1/keys/{id}", delete(revoke_key))
             .merge(tenant)
@@ -162,7 +167,8 @@ async fn prepare(shared: &Shared) -> bool {
     }
 }
 
-async fn health() -> Response {
+#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, description = "up", body = crate::openapi::Health)))]
+pub(crate) async fn health() -> Response {
     json_response(StatusCode::OK, json!({"status": "healthy", "timestamp": keys::iso(Utc::now())}))
 }
 
@@ -215,21 +221,24 @@ fn forbidden(permission: &str) -> Response {
     ApiError { status: StatusCode::FORBIDDEN, message: format!("this key lacks the {permission} permission") }.into_response()
 }
 
-async fn summary(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, req: Request) -> Response {
+#[utoipa::path(get, path = "/api/v1/events/summary", tag = "analytics", params(crate::openapi::RangeParams), security(("api_key" = [])), responses((status = 200, description = "totals", body = crate::openapi::Summary), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn summary(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, req: Request) -> Response {
     if !key.may(keys::READ) {
         return forbidden(keys::READ);
     }
     answer(shared.queries.summary(&key, &params(req.uri().query())).await)
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, req: Request) -> Response {
+#[utoipa::path(get, path = "/api/v1/metrics", tag = "analytics", params(crate::openapi::MetricsParams, crate::openapi::RangeParams), security(("api_key" = [])), responses((status = 200, description = "buckets", body = crate::openapi::Metrics), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn metrics(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, req: Request) -> Response {
     if !key.may(keys::READ) {
         return forbidden(keys::READ);
     }
     answer(shared.queries.metrics(&key, &params(req.uri().query())).await)
 }
 
-async fn journey(
+#[utoipa::path(get, path = "/api/v1/users/{userId}/journey", tag = "analytics", params(("userId" = String, Path, description = "The user"), crate::openapi::PageParams, crate::openapi::RangeParams), security(("api_key" = [])), responses((status = 200, description = "a page of events", body = crate::openapi::Journey), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn journey(
     State(shared): State<Arc<Shared>>,
     Extension(key): Extension<Arc<KeyRecord>>,
     Path(user): Path<String>,
@@ -241,14 +250,16 @@ async fn journey(
     answer(shared.queries.journey(&key, &user, &params(req.uri().query()), shared.config.journey_limit).await)
 }
 
-async fn retention(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, req: Request) -> Response {
+#[utoipa::path(get, path = "/api/v1/retention", tag = "analytics", params(crate::openapi::RetentionParams, crate::openapi::RangeParams), security(("api_key" = [])), responses((status = 200, description = "cohorts", body = crate::openapi::Retention), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn retention(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, req: Request) -> Response {
     if !key.may(keys::READ) {
         return forbidden(keys::READ);
     }
     answer(shared.queries.retention(&key, &params(req.uri().query())).await)
 }
 
-async fn create_funnel(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, body: Bytes) -> Response {
+#[utoipa::path(post, path = "/api/v1/funnels", tag = "funnels", request_body = crate::openapi::NewFunnel, security(("api_key" = [])), responses((status = 201, description = "stored", body = crate::openapi::Funnel), (status = 400, description = "a bad funnel, the field named", body = crate::openapi::ErrorBody), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn create_funnel(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, body: Bytes) -> Response {
     if !key.may(keys::READ) {
         return forbidden(keys::READ);
     }
@@ -262,28 +273,40 @@ async fn create_funnel(State(shared): State<Arc<Shared>>, Extension(key): Extens
     }
 }
 
-async fn list_funnels(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>) -> Response {
+#[utoipa::path(get, path = "/api/v1/funnels", tag = "funnels", security(("api_key" = [])), responses((status = 200, description = "the project's funnels", body = crate::openapi::FunnelList), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn list_funnels(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>) -> Response {
     if !key.may(keys::READ) {
         return forbidden(keys::READ);
     }
     answer(shared.queries.list_funnels(&key).await)
 }
 
-async fn get_funnel(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, Path(id): Path<String>) -> Response {
+#[utoipa::path(get, path = "/api/v1/funnels/{id}", tag = "funnels", params(("id" = String, Path, description = "The funnel")), security(("api_key" = [])), responses((status = 200, description = "the funnel", body = crate::openapi::Funnel), (status = 404, description = "no such funnel in this project", body = crate::openapi::ErrorBody), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn get_funnel(
+    State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Arc<KeyRecord>>,
+    Path(id): Path<String>,
+) -> Response {
     if !key.may(keys::READ) {
         return forbidden(keys::READ);
     }
     answer(shared.queries.get_funnel(&key, &id).await)
 }
 
-async fn delete_funnel(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, Path(id): Path<String>) -> Response {
+#[utoipa::path(delete, path = "/api/v1/funnels/{id}", tag = "funnels", params(("id" = String, Path, description = "The funnel")), security(("api_key" = [])), responses((status = 200, description = "deleted", body = crate::openapi::Deleted), (status = 404, description = "no such funnel in this project", body = crate::openapi::ErrorBody), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn delete_funnel(
+    State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Arc<KeyRecord>>,
+    Path(id): Path<String>,
+) -> Response {
     if !key.may(keys::READ) {
         return forbidden(keys::READ);
     }
     answer(shared.queries.delete_funnel(&key, &id).await)
 }
 
-async fn funnel_analytics(
+#[utoipa::path(get, path = "/api/v1/funnels/{id}/analytics", tag = "funnels", params(("id" = String, Path, description = "The funnel"), crate::openapi::FunnelParams, crate::openapi::RangeParams), security(("api_key" = [])), responses((status = 200, description = "figures per step", body = crate::openapi::FunnelAnalytics), (status = 404, description = "no such funnel in this project", body = crate::openapi::ErrorBody), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn funnel_analytics(
     State(shared): State<Arc<Shared>>,
     Extension(key): Extension<Arc<KeyRecord>>,
     Path(id): Path<String>,
@@ -316,7 +339,8 @@ fn not_admin(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     None
 }
 
-async fn create_key(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+#[utoipa::path(post, path = "/api/v1/keys", tag = "keys", request_body = crate::openapi::NewKey, security(("admin_key" = [])), responses((status = 201, description = "created; the secret is shown this once", body = crate::openapi::CreatedKey), (status = 400, description = "a bad request, the field named", body = crate::openapi::ErrorBody), (status = 401, description = "missing or wrong X-Admin-Key", body = crate::openapi::ErrorBody), (status = 403, description = "key management is off", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn create_key(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(r) = not_admin(&shared, &headers) {
         return r;
     }
@@ -336,7 +360,8 @@ async fn create_key(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
     }
 }
 
-async fn list_keys(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+#[utoipa::path(get, path = "/api/v1/keys", tag = "keys", security(("admin_key" = [])), responses((status = 200, description = "every key, no secrets", body = crate::openapi::KeyList), (status = 401, description = "missing or wrong X-Admin-Key", body = crate::openapi::ErrorBody), (status = 403, description = "key management is off", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn list_keys(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Some(r) = not_admin(&shared, &headers) {
         return r;
     }
@@ -349,7 +374,8 @@ async fn list_keys(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Res
     }
 }
 
-async fn revoke_key(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+#[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys", params(("id" = String, Path, description = "The key")), security(("admin_key" = [])), responses((status = 200, description = "revoked", body = crate::openapi::Revoked), (status = 401, description = "missing or wrong X-Admin-Key", body = crate::openapi::ErrorBody), (status = 403, description = "key management is off", body = crate::openapi::ErrorBody), (status = 404, description = "no such active key", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn revoke_key(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Some(r) = not_admin(&shared, &headers) {
         return r;
     }
@@ -370,7 +396,8 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// `POST /api/v1/events`.
-async fn ingest_events(
+#[utoipa::path(post, path = "/api/v1/events", tag = "events", request_body = crate::openapi::IngestBody, security(("api_key" = [])), responses((status = 200, description = "what became of each event", body = crate::openapi::IngestAnswer), (status = 500, description = "some events could not be stored", body = crate::openapi::IngestAnswer), (status = 400, description = "nothing taken: the first reason, naming the field (also malformed JSON)", body = crate::openapi::ErrorBody), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks events:write", body = crate::openapi::ErrorBody), (status = 413, description = "too many events or bytes", body = crate::openapi::ErrorBody), (status = 415, description = "not JSON", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the pipeline is full or the database is not available (Retry-After)", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn ingest_events(
     State(shared): State<Arc<Shared>>,
     Extension(key): Extension<Arc<KeyRecord>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -43,10 +43,19 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
+    /// The most requests per window a limit may allow.
+    pub const MAX_REQUESTS: u32 = 1_000_000_000;
+    /// The longest window, in milliseconds (366 days).
+    pub const MAX_WINDOW_MS: u64 = 366 * 24 * 3600 * 1000;
+
     /// What is wrong with it, if anything (`field` names it in the message).
     pub fn check(&self, field: &str) -> Result<(), String> {
-        if self.max == 0 || self.window_ms == 0 {
-            return Err(format!("{field}: max and window_ms must be above 0"));
+        if !(1..=Self::MAX_REQUESTS).contains(&self.max) || !(1..=Self::MAX_WINDOW_MS).contains(&self.window_ms) {
+            return Err(format!(
+                "{field}: max must be from 1 to {} and window_ms from 1 to {} (366 days)",
+                Self::MAX_REQUESTS,
+                Self::MAX_WINDOW_MS
+            ));
         }
         Ok(())
     }
@@ -137,5 +146,13 @@ mod tests {
         assert_eq!(h.get("ratelimit-remaining").unwrap(), "0");
         assert!(l.take("other", limit, t0).allowed, "keys are counted apart");
         assert!(l.take("k", limit, t0 + Duration::from_secs(10)).allowed, "a new window");
+    }
+
+    #[test]
+    fn a_limit_fits_what_stores_and_clocks_can_hold() {
+        assert!(RateLimit { max: 100, window_ms: 900_000 }.check("x").is_ok());
+        assert!(RateLimit { max: 0, window_ms: 1 }.check("x").unwrap_err().starts_with("x:"));
+        assert!(RateLimit { max: 1, window_ms: u64::MAX / 2 }.check("x").is_err());
+        assert!(RateLimit { max: u32::MAX, window_ms: 1 }.check("x").is_err());
     }
 }
