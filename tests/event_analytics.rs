@@ -68,7 +68,11 @@ impl Api {
         let envs = [("DATABASE_URL", SERVER), ("ANALYTICS_ADMIN_KEY", ADMIN), ("ANALYTICS_SCHEMA", schema), ("EVENTS_HTTP_LISTEN", listen)];
         let weir = Weir::start(&repo().join("examples/event-analytics"), &[], &envs);
         let health = format!("http://{listen}/health");
-        wait_for("the analytics API", std::time::Duration::from_secs(20), || api("GET", &health, &[], None).0 == 200);
+        // Up, with its rollups kept (so whole-day queries read them).
+        wait_for("the analytics API", std::time::Duration::from_secs(20), || {
+            let (status, _, body) = api("GET", &health, &[], None);
+            status == 200 && body["rollups"] == true
+        });
         weir
     }
 
@@ -140,38 +144,45 @@ fn keys_tenancy_ingest_dedupe_and_queries_answer_as_computed_from_the_events() {
     assert_eq!((status, body["accepted"].as_u64()), (200, Some(10)), "{body}");
     let rows = psql(SERVER, &format!("SELECT org_id, project_id, count(*) FROM {}.event_log GROUP BY 1, 2 ORDER BY 1", api_._schema.0));
     assert_eq!(rows, "org-a|proj-a|1200\norg-b|proj-b|10", "the tenant comes from the key, never from the body");
+    let rolled = psql(SERVER, &format!("SELECT org_id, sum(events) FROM {}.rollup_daily GROUP BY 1 ORDER BY 1", api_._schema.0));
+    assert_eq!(rolled, "org-a|1200\norg-b|10", "the rollups count each stored event once, retries included");
 
     // Summary over a range, computed here.
     let in_range: Vec<&Value> = all.iter().filter(|e| e["timestamp"].as_str().unwrap() < "2024-01-04").collect();
-    let (status, summary) = api_.get(&key_a, "/api/v1/events/summary?startDate=2024-01-01&endDate=2024-01-03");
-    assert_eq!(status, 200, "{summary}");
-    assert_eq!(summary["totalEvents"], in_range.len(), "{summary}");
-    let users: BTreeSet<&str> = in_range.iter().map(|e| e["userId"].as_str().unwrap()).collect();
-    assert_eq!(summary["uniqueUsers"], users.len());
-    let mut by_name: BTreeMap<&str, usize> = BTreeMap::new();
-    for e in &in_range {
-        *by_name.entry(e["eventName"].as_str().unwrap()).or_default() += 1;
+    // Whole days are read from the rollups; a range given as times, from the events.
+    for range in ["startDate=2024-01-01&endDate=2024-01-03", "startDate=2024-01-01T00:00:00Z&endDate=2024-01-03T23:59:59.999Z"] {
+        let (status, summary) = api_.get(&key_a, &format!("/api/v1/events/summary?{range}"));
+        assert_eq!(status, 200, "{summary}");
+        assert_eq!(summary["totalEvents"], in_range.len(), "{summary}");
+        let users: BTreeSet<&str> = in_range.iter().map(|e| e["userId"].as_str().unwrap()).collect();
+        assert_eq!(summary["uniqueUsers"], users.len());
+        let mut by_name: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in &in_range {
+            *by_name.entry(e["eventName"].as_str().unwrap()).or_default() += 1;
+        }
+        assert_eq!(summary["eventsByName"], json!(by_name));
+        let times: Vec<&str> = in_range.iter().map(|e| e["timestamp"].as_str().unwrap()).collect();
+        assert_eq!(summary["firstEventAt"], times.iter().min().unwrap().replace('Z', ".000Z"));
+        assert_eq!(summary["lastEventAt"], times.iter().max().unwrap().replace('Z', ".000Z"));
     }
-    assert_eq!(summary["eventsByName"], json!(by_name));
-    let times: Vec<&str> = in_range.iter().map(|e| e["timestamp"].as_str().unwrap()).collect();
-    assert_eq!(summary["firstEventAt"], times.iter().min().unwrap().replace('Z', ".000Z"));
-    assert_eq!(summary["lastEventAt"], times.iter().max().unwrap().replace('Z', ".000Z"));
     let (_, whole) = api_.get(&key_b, "/api/v1/events/summary");
     assert_eq!(whole["totalEvents"], 10, "another tenant sees only its own: {whole}");
 
     // Daily purchases with unique users, every day of the range listed.
-    let (status, metrics) = api_.get(&key_a, "/api/v1/metrics?event=purchase&interval=daily&startDate=2024-01-01&endDate=2024-01-07");
-    assert_eq!(status, 200, "{metrics}");
-    let buckets = metrics["buckets"].as_array().unwrap();
-    assert_eq!(buckets.len(), 7, "{metrics}");
-    for (d, b) in buckets.iter().enumerate() {
-        let day = format!("2024-01-{:02}", d + 1);
-        assert_eq!(b["start"], format!("{day}T00:00:00.000Z"));
-        let of_day: Vec<&Value> =
-            all.iter().filter(|e| e["eventName"] == "purchase" && e["timestamp"].as_str().unwrap().starts_with(&day)).collect();
-        assert_eq!(b["count"], of_day.len(), "{day}: {b}");
-        let users: BTreeSet<&str> = of_day.iter().map(|e| e["userId"].as_str().unwrap()).collect();
-        assert_eq!(b["uniqueUsers"], users.len(), "{day}: {b}");
+    for range in ["startDate=2024-01-01&endDate=2024-01-07", "startDate=2024-01-01T00:00:00Z&endDate=2024-01-07T23:59:59.999Z"] {
+        let (status, metrics) = api_.get(&key_a, &format!("/api/v1/metrics?event=purchase&interval=daily&{range}"));
+        assert_eq!(status, 200, "{metrics}");
+        let buckets = metrics["buckets"].as_array().unwrap();
+        assert_eq!(buckets.len(), 7, "{metrics}");
+        for (d, b) in buckets.iter().enumerate() {
+            let day = format!("2024-01-{:02}", d + 1);
+            assert_eq!(b["start"], format!("{day}T00:00:00.000Z"));
+            let of_day: Vec<&Value> =
+                all.iter().filter(|e| e["eventName"] == "purchase" && e["timestamp"].as_str().unwrap().starts_with(&day)).collect();
+            assert_eq!(b["count"], of_day.len(), "{day}: {b}");
+            let users: BTreeSet<&str> = of_day.iter().map(|e| e["userId"].as_str().unwrap()).collect();
+            assert_eq!(b["uniqueUsers"], users.len(), "{day}: {b}");
+        }
     }
 
     // One user's journey in time order, two pages.
@@ -387,9 +398,9 @@ fn funnels_and_retention_answer_as_counted_event_by_event_and_survive_a_restart(
     );
 
     // Retention: cohorts by first signup, both modes, any return event.
-    for (mode, on_or_after) in [("on", false), ("on_or_after", true)] {
-        let (status, got) =
-            api_.get(&key, &format!("/api/v1/retention?cohort=signup&days=4&startDate=2024-01-01&endDate=2024-01-03&mode={mode}"));
+    let ranges = ["startDate=2024-01-01&endDate=2024-01-03", "startDate=2024-01-01T00:00:00Z&endDate=2024-01-03T23:59:59.999Z"];
+    for ((mode, on_or_after), range) in [("on", false), ("on_or_after", true)].into_iter().flat_map(|m| ranges.map(|r| (m, r))) {
+        let (status, got) = api_.get(&key, &format!("/api/v1/retention?cohort=signup&days=4&{range}&mode={mode}"));
         assert_eq!(status, 200, "{got}");
         let expected = reference_retention(&all, "signup", 4, "2024-01-01", "2024-01-04", on_or_after);
         let cohorts = got["cohorts"].as_array().unwrap();

@@ -16,6 +16,7 @@ mod openapi;
 mod query;
 mod reply;
 mod retention;
+mod rollup;
 mod source;
 
 pub use config::AnalyticsConfig;

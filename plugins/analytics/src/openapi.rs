@@ -392,6 +392,8 @@ pub struct Health {
     status: String,
     /// Now.
     timestamp: String,
+    /// Whether the rollups are kept (queries over whole days read them).
+    rollups: bool,
 }
 
 /// `startDate` / `endDate`.

@@ -61,8 +61,11 @@ pub struct Queries {
     pub db: std::sync::Arc<Db>,
     /// The events table.
     pub table: String,
-    /// The schema of the tables the API keeps (funnels).
+    /// The schema of the tables the API keeps (funnels, rollups).
     pub schema: String,
+    /// Whether the rollups are kept (the trigger is on the events table): queries over whole
+    /// days then read them instead of the events.
+    pub rolled: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// For logging database errors (which clients do not see).
     pub ctx: Context,
 }
@@ -85,7 +88,7 @@ impl Queries {
         ApiError::unavailable()
     }
 
-    async fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<tokio_postgres::Row>, ApiError> {
+    pub(crate) async fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<tokio_postgres::Row>, ApiError> {
         let client = self.db.client().await.map_err(|e| {
             self.ctx.warn(&e);
             ApiError::unavailable()
@@ -98,9 +101,40 @@ impl Queries {
         }
     }
 
-    /// `GET /api/v1/events/summary`.
+    /// Whether the rollups can be read.
+    pub fn rolled(&self) -> bool {
+        self.rolled.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// `GET /api/v1/events/summary`: from the rollups over whole days or all time, else from the events.
     pub async fn summary(&self, key: &KeyRecord, params: &HashMap<String, String>) -> Result<Value, ApiError> {
         let r = range(params)?;
+        let days = match (r.start, r.end) {
+            (None, None) => Some(None),
+            _ => crate::rollup::whole_days(&r).map(Some),
+        };
+        if let Some(days) = days.filter(|_| self.rolled()) {
+            let daily = self.daily(key, days).await?;
+            let mut by_name: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+            for (_, name, n) in daily {
+                *by_name.entry(name).or_default() += n;
+            }
+            let users = self.active_users(key, days).await?;
+            let ends = self
+                .rows(
+                    &format!("SELECT min(timestamp), max(timestamp) FROM {} WHERE {SCOPE}", self.table),
+                    &[&key.org_id, &key.project_id, &r.start, &r.end],
+                )
+                .await?;
+            let (first, last) = ends
+                .first()
+                .map(|row| (row.get::<_, Option<DateTime<Utc>>>(0), row.get::<_, Option<DateTime<Utc>>>(1)))
+                .unwrap_or((None, None));
+            return Ok(json!({
+                "totalEvents": by_name.values().sum::<i64>(), "uniqueUsers": users, "eventsByName": by_name,
+                "firstEventAt": first.map(iso), "lastEventAt": last.map(iso),
+            }));
+        }
         let scope: [&(dyn ToSql + Sync); 4] = [&key.org_id, &key.project_id, &r.start, &r.end];
         let t = &self.table;
         let totals = self
@@ -142,14 +176,19 @@ impl Queries {
                 )));
             }
         }
-        let sql = format!(
-            "SELECT date_trunc('{}', timestamp AT TIME ZONE 'UTC') AS b, count(*)::bigint, count(DISTINCT user_id)::bigint
-             FROM {} WHERE {SCOPE} AND ($5::text IS NULL OR event_name = $5) GROUP BY b ORDER BY b",
-            unit.sql(),
-            self.table
-        );
-        let rows = self.rows(&sql, &[&key.org_id, &key.project_id, &r.start, &r.end, &event]).await?;
-        let found: Vec<(NaiveDateTime, i64, i64)> = rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect();
+        let found = match crate::rollup::whole_days(&r).filter(|_| self.rolled() && unit != Unit::Hour) {
+            Some(days) => self.buckets_rolled(key, unit, days, event.map(String::as_str)).await?,
+            None => {
+                let sql = format!(
+                    "SELECT date_trunc('{}', timestamp AT TIME ZONE 'UTC') AS b, count(*)::bigint, count(DISTINCT user_id)::bigint
+                     FROM {} WHERE {SCOPE} AND ($5::text IS NULL OR event_name = $5) GROUP BY b ORDER BY b",
+                    unit.sql(),
+                    self.table
+                );
+                let rows = self.rows(&sql, &[&key.org_id, &key.project_id, &r.start, &r.end, &event]).await?;
+                rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect()
+            }
+        };
         let bucket = |start: NaiveDateTime, count: i64, users: i64| json!({"start": iso(Utc.from_utc_datetime(&start)), "count": count, "uniqueUsers": users});
         let buckets: Vec<Value> = match (r.start, r.end) {
             (Some(s), Some(e)) => {
@@ -217,6 +256,43 @@ impl Queries {
             _ => None,
         };
         Ok(json!({"userId": user, "events": events, "nextCursor": next}))
+    }
+}
+
+impl Queries {
+    /// Events and unique users per bucket of whole days `[start, end)`, from the rollups:
+    /// counts from `rollup_daily`, users from each user's day masks.
+    async fn buckets_rolled(
+        &self,
+        key: &KeyRecord,
+        unit: Unit,
+        (start, end): (NaiveDate, NaiveDate),
+        event: Option<&str>,
+    ) -> Result<Vec<(NaiveDateTime, i64, i64)>, ApiError> {
+        let midnight = |d: NaiveDate| d.and_hms_opt(0, 0, 0).expect("midnight exists");
+        let mut counts: std::collections::BTreeMap<NaiveDateTime, (i64, i64)> = std::collections::BTreeMap::new();
+        for (day, name, n) in self.daily(key, Some((start, end))).await? {
+            if event.is_none_or(|e| e == name) {
+                counts.entry(unit.floor(midnight(day))).or_default().0 += n;
+            }
+        }
+        let months = crate::rollup::months(start, end);
+        let month_list: Vec<NaiveDate> = months.iter().map(|(m, _)| *m).collect();
+        let inside: HashMap<NaiveDate, i32> = months.into_iter().collect();
+        let mut seen: Vec<NaiveDateTime> = Vec::new();
+        for rows in self.masks(key, event.unwrap_or(""), &month_list).await?.into_values() {
+            seen.clear();
+            for (month, days) in rows {
+                for day in crate::rollup::days_of(month, days & inside.get(&month).copied().unwrap_or(0)) {
+                    let b = unit.floor(midnight(day));
+                    if !seen.contains(&b) {
+                        seen.push(b);
+                        counts.entry(b).or_default().1 += 1;
+                    }
+                }
+            }
+        }
+        Ok(counts.into_iter().map(|(b, (c, u))| (b, c, u)).collect())
     }
 }
 

@@ -54,6 +54,66 @@ impl Queries {
                 return Err(ApiError::parameter(format!("the range holds more than {MAX_COHORTS} days of cohorts; shorten it")));
             }
         }
+        let bounds = match (r.start, r.end) {
+            (None, None) => Some(None),
+            _ => crate::rollup::whole_days(&r).map(Some),
+        };
+        let counts = match bounds.filter(|_| self.rolled()) {
+            Some(bounds) => self.cohorts_rolled(key, cohort, returning.map(String::as_str), days, mode, bounds).await?,
+            None => self.cohorts_raw(key, cohort, returning, days, mode, &r).await?,
+        };
+        let width = days as usize + 1;
+        let mut by_day: BTreeMap<NaiveDate, (i64, Vec<i64>)> = BTreeMap::new();
+        if let (Some(s), Some(e)) = (r.start, r.end) {
+            let mut d = s.date_naive();
+            while d < e.date_naive() || (d == e.date_naive() && e.time() != chrono::NaiveTime::MIN) {
+                by_day.insert(d, (0, vec![0; width]));
+                d += Duration::days(1);
+            }
+        }
+        for (day, k, n) in counts {
+            let entry = by_day.entry(day).or_insert_with(|| (0, vec![0; width]));
+            match k {
+                -1 => entry.0 = n,
+                k if (0..width as i32).contains(&k) => entry.1[k as usize] += n,
+                _ => {}
+            }
+        }
+        let cohorts: Vec<Value> = by_day
+            .into_iter()
+            .map(|(day, (users, mut retained))| {
+                if mode == Mode::OnOrAfter {
+                    // Counted at each user's latest return day: on or after k is the sum from k on.
+                    for k in (0..width.saturating_sub(1)).rev() {
+                        retained[k] += retained[k + 1];
+                    }
+                }
+                let rates: Vec<f64> = retained.iter().map(|n| if users == 0 { 0.0 } else { *n as f64 / users as f64 }).collect();
+                json!({"date": day.format("%Y-%m-%d").to_string(), "users": users, "retained": retained, "rates": rates})
+            })
+            .collect();
+        Ok(json!({
+            "cohortEvent": cohort, "returnEvent": returning, "days": days,
+            "mode": if mode == Mode::On { "on" } else { "on_or_after" }, "cohorts": cohorts,
+        }))
+    }
+}
+
+/// Per cohort day: `(day, -1, users)`, and `(day, k, users)` back on day k (mode on) or
+/// whose latest return is on day k (mode on_or_after, k capped at `days`).
+type Counts = Vec<(NaiveDate, i32, i64)>;
+
+impl Queries {
+    /// The cohorts counted over the events.
+    async fn cohorts_raw(
+        &self,
+        key: &KeyRecord,
+        cohort: &str,
+        returning: Option<&String>,
+        days: i32,
+        mode: Mode,
+        r: &crate::query::Range,
+    ) -> Result<Counts, ApiError> {
         let t = &self.table;
         // Each user's cohort day; then, per cohort day and day offset k, users with a return
         // on day k (mode on, k ≤ days) or each user's latest return day (mode on_or_after).
@@ -83,45 +143,57 @@ impl Queries {
             self.ctx.warn(&e);
             ApiError::unavailable()
         })?;
-        let rows = match client.query(&sql, &[&key.org_id, &key.project_id, cohort, &r.start, &r.end, &returning, &days]).await {
+        let rows = match client.query(&sql, &[&key.org_id, &key.project_id, &cohort, &r.start, &r.end, &returning, &days]).await {
             Ok(rows) => rows,
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
             Err(e) => return Err(self.refused("retention query", &e)),
         };
-        let width = days as usize + 1;
-        let mut by_day: BTreeMap<NaiveDate, (i64, Vec<i64>)> = BTreeMap::new();
-        if let (Some(s), Some(e)) = (r.start, r.end) {
-            let mut d = s.date_naive();
-            while d < e.date_naive() || (d == e.date_naive() && e.time() != chrono::NaiveTime::MIN) {
-                by_day.insert(d, (0, vec![0; width]));
-                d += Duration::days(1);
-            }
-        }
-        for row in &rows {
-            let (day, k, n): (NaiveDate, i32, i64) = (row.get(0), row.get(1), row.get(2));
-            let entry = by_day.entry(day).or_insert_with(|| (0, vec![0; width]));
-            match k {
-                -1 => entry.0 = n,
-                k if (0..width as i32).contains(&k) => entry.1[k as usize] += n,
-                _ => {}
-            }
-        }
-        let cohorts: Vec<Value> = by_day
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect())
+    }
+
+    /// The cohorts counted from the rollups' day masks: each user's first `cohort` day, then
+    /// the days they came back.
+    async fn cohorts_rolled(
+        &self,
+        key: &KeyRecord,
+        cohort: &str,
+        returning: Option<&str>,
+        days: i32,
+        mode: Mode,
+        bounds: Option<(NaiveDate, NaiveDate)>,
+    ) -> Result<Counts, ApiError> {
+        let first_day = |rows: &[(NaiveDate, i32)]| {
+            rows.iter().filter(|(_, m)| *m != 0).map(|(month, m)| *month + Duration::days(i64::from(m.trailing_zeros()))).min()
+        };
+        let cohorts: Vec<(String, NaiveDate)> = self
+            .masks(key, cohort, &[])
+            .await?
             .into_iter()
-            .map(|(day, (users, mut retained))| {
-                if mode == Mode::OnOrAfter {
-                    // Counted at each user's latest return day: on or after k is the sum from k on.
-                    for k in (0..width.saturating_sub(1)).rev() {
-                        retained[k] += retained[k + 1];
+            .filter_map(|(user, rows)| first_day(&rows).map(|d| (user, d)))
+            .filter(|(_, d)| bounds.is_none_or(|(s, e)| *d >= s && *d < e))
+            .collect();
+        let back = self.masks(key, returning.unwrap_or(""), &[]).await?;
+        let mut counts: std::collections::HashMap<(NaiveDate, i32), i64> = std::collections::HashMap::new();
+        for (user, day) in cohorts {
+            *counts.entry((day, -1)).or_default() += 1;
+            let Some(rows) = back.get(&user) else { continue };
+            let active = rows.iter().flat_map(|(month, m)| crate::rollup::days_of(*month, *m)).filter(|d| *d >= day);
+            match mode {
+                Mode::On => {
+                    let mut ks: Vec<i32> = active.map(|d| (d - day).num_days() as i32).filter(|k| *k <= days).collect();
+                    ks.sort_unstable();
+                    ks.dedup();
+                    for k in ks {
+                        *counts.entry((day, k)).or_default() += 1;
                     }
                 }
-                let rates: Vec<f64> = retained.iter().map(|n| if users == 0 { 0.0 } else { *n as f64 / users as f64 }).collect();
-                json!({"date": day.format("%Y-%m-%d").to_string(), "users": users, "retained": retained, "rates": rates})
-            })
-            .collect();
-        Ok(json!({
-            "cohortEvent": cohort, "returnEvent": returning, "days": days,
-            "mode": if mode == Mode::On { "on" } else { "on_or_after" }, "cohorts": cohorts,
-        }))
+                Mode::OnOrAfter => {
+                    if let Some(latest) = active.max() {
+                        *counts.entry((day, ((latest - day).num_days() as i32).min(days))).or_default() += 1;
+                    }
+                }
+            }
+        }
+        Ok(counts.into_iter().map(|((d, k), n)| (d, k, n)).collect())
     }
 }

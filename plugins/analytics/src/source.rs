@@ -81,7 +81,13 @@ impl Source for AnalyticsSource {
         let shared = Arc::new(Shared {
             keys: Keys::new(db.clone(), &self.config.schema, self.config.dev_key),
             limiter: Limiter::default(),
-            queries: Queries { db: db.clone(), table: self.config.events_table.clone(), schema: self.config.schema.clone(), ctx },
+            queries: Queries {
+                db: db.clone(),
+                table: self.config.events_table.clone(),
+                schema: self.config.schema.clone(),
+                rolled: Arc::default(),
+                ctx,
+            },
             config: self.config.clone(),
             emitter,
             db,
@@ -139,8 +145,42 @@ async fn refresh(shared: Arc<Shared>) {
                 shared.ctx.warn(&e);
             }
             shared.keys.write_back().await;
+            if !shared.queries.rolled() {
+                roll_up(&shared).await;
+            }
         }
-        tokio::time::sleep(REFRESH).await;
+        // Until the rollups are on, look again soon: the events table appears with the
+        // postgres sink's start.
+        let pause = if shared.queries.rolled() { REFRESH } else { Duration::from_millis(500) };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Once the events table exists: creates the rollups and the trigger that keeps them, and
+/// rolls up what is stored (under the same lock as [`prepare`]).
+async fn roll_up(shared: &Shared) {
+    let (schema, events) = (&shared.config.schema, &shared.config.events_table);
+    let Ok(client) = shared.db.client().await else { return };
+    let exists = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[events]).await.map(|r| r.get::<_, bool>(0));
+    if !matches!(exists, Ok(true)) {
+        return;
+    }
+    let sql = format!(
+        "BEGIN; SELECT pg_advisory_xact_lock(hashtext('weir-analytics')); {} {} COMMIT;",
+        crate::rollup::ddl(schema),
+        crate::rollup::attach(schema, events)
+    );
+    match client.batch_execute(&sql).await {
+        Ok(()) => {
+            shared.queries.rolled.store(true, std::sync::atomic::Ordering::Release);
+            shared.ctx.info(&format!("Rollups of {events} kept in {schema}.rollup_daily and {schema}.rollup_user_days."));
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            shared
+                .ctx
+                .warn(&format!("cannot set up the rollups of {events}: {}; queries read the events meanwhile", crate::db::detail(&e)));
+        }
     }
 }
 
@@ -168,8 +208,8 @@ async fn prepare(shared: &Shared) -> bool {
 }
 
 #[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, description = "up", body = crate::openapi::Health)))]
-pub(crate) async fn health() -> Response {
-    json_response(StatusCode::OK, json!({"status": "healthy", "timestamp": keys::iso(Utc::now())}))
+pub(crate) async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    json_response(StatusCode::OK, json!({"status": "healthy", "timestamp": keys::iso(Utc::now()), "rollups": shared.queries.rolled()}))
 }
 
 /// The query string's parameters (the last of a repeated one wins).
