@@ -266,9 +266,10 @@ impl ToSql for Bound {
 /// The funnel query: `$1`–`$4` the tenant and range, then per step its event name, its
 /// filters and its window. `s0` holds each user's entry; `sK` each user who made step K,
 /// with the entry time `t0`, the time of the step before `tp` and their own `t`: the user's
-/// first matching event strictly after `tp` (a lateral lookup on the user's events, which
-/// the `(org_id, project_id, user_id, timestamp)` index serves). Returns one row per step:
-/// its index, users, and mean and median seconds from the step before.
+/// first matching event strictly after `tp` (a join the planner may run as one pass over the
+/// step's events or as lookups in the `(org_id, project_id, user_id, event_name, timestamp)`
+/// index). Returns one row per step: its index, users, and mean and median seconds from
+/// the step before.
 fn funnel_sql(table: &str, steps: &[Step], window: i64) -> (String, Vec<Bound>) {
     let mut values = Vec::new();
     let mut bind = |v: Bound| {
@@ -297,9 +298,10 @@ fn funnel_sql(table: &str, steps: &[Step], window: i64) -> (String, Vec<Bound>) 
             None => String::new(),
         };
         sql.push_str(&format!(
-            ", s{k} AS (SELECT p.user_id, p.t0, p.t AS tp, m.t FROM s{pk} p CROSS JOIN LATERAL (
-                 SELECT min(e.timestamp) AS t FROM {table} e WHERE {scope} AND e.user_id = p.user_id AND e.event_name = {name}{f}
-                   AND e.timestamp > p.t AND e.timestamp <= p.t0 + make_interval(secs => {win}){own}) m WHERE m.t IS NOT NULL)",
+            ", s{k} AS (SELECT p.user_id, p.t0, p.t AS tp, min(e.timestamp) AS t FROM s{pk} p JOIN {table} e
+                 ON {scope} AND e.user_id = p.user_id AND e.event_name = {name}{f}
+                AND e.timestamp > p.t AND e.timestamp <= p.t0 + make_interval(secs => {win}){own}
+               GROUP BY p.user_id, p.t0, p.t)",
             pk = k - 1,
         ));
         selects.push(format!(
