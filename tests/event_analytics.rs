@@ -415,8 +415,10 @@ fn funnels_and_retention_answer_as_counted_event_by_event_and_survive_a_restart(
     assert_eq!(status, 422, "{got}");
     assert!(got["error"].as_str().unwrap().starts_with("cohort"), "{got}");
 
-    // Keys and funnels are in PostgreSQL: a restarted weir has them.
+    // Keys, funnels and rollups are in PostgreSQL: a restarted weir has them.
     api_.restart();
+    let (status, summary) = api_.get(&key, "/api/v1/events/summary?startDate=2024-01-01&endDate=2024-01-31");
+    assert_eq!((status, summary["totalEvents"].as_u64()), (200, Some(all.len() as u64)), "{summary}");
     let (status, again) = api_.get(&key, &format!("/api/v1/funnels/{id}"));
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["steps"], steps);
@@ -458,4 +460,53 @@ fn the_api_answers_as_its_openapi_document_says_and_serves_its_swagger_ui() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!api_.weir.logs().contains(&key), "secrets never reach the log");
+}
+
+#[test]
+fn a_live_stream_carries_the_keys_project_events_as_they_are_stored() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let api_ = Api::start();
+    let (_, key_a) = api_.key("live", "org-l", "proj-l", json!({}));
+    let (_, key_b) = api_.key("other", "org-m", "proj-m", json!({}));
+    let url = api_.url("/api/v1/events/live").replace("http://", "ws://");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut program = url.as_str().into_client_request().unwrap();
+        program.headers_mut().insert("X-API-Key", key_a.parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(program).await.expect("a WebSocket with the key in a header");
+        let mut browser = url.as_str().into_client_request().unwrap();
+        browser.headers_mut().insert("Sec-WebSocket-Protocol", format!("api-key, {key_a}").parse().unwrap());
+        let (mut page, answer) = tokio_tungstenite::connect_async(browser).await.expect("a WebSocket with the key as a subprotocol");
+        assert_eq!(answer.headers()["sec-websocket-protocol"], "api-key");
+        let refused = tokio_tungstenite::connect_async(url.as_str()).await.err().expect("no key, no stream");
+        assert!(refused.to_string().contains("401"), "{refused}");
+
+        // The other tenant's events first: a stream that leaked them would show them first.
+        let (status, _) = api_.post_events(&key_b, &json!([{"userId": "u", "eventName": "theirs", "eventId": "b1"}]));
+        assert_eq!(status, 200);
+        let (status, _) = api_.post_events(
+            &key_a,
+            &json!([{"userId": "u1", "eventName": "mine", "eventId": "a1"}, {"userId": "u2", "eventName": "mine", "eventId": "a2"}]),
+        );
+        assert_eq!(status, 200);
+        let (status, body) = api_.post_events(&key_a, &json!({"userId": "u1", "eventName": "mine", "eventId": "a1"}));
+        assert_eq!((status, body["duplicates"].as_u64()), (200, Some(1)), "a duplicate is not stored, so not streamed: {body}");
+        let (status, _) = api_.post_events(&key_a, &json!({"userId": "u3", "eventName": "last", "eventId": "a3"}));
+        assert_eq!(status, 200);
+        for stream in [&mut ws, &mut page] {
+            let mut got = Vec::new();
+            while got.len() < 3 {
+                let msg = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+                    .await
+                    .expect("an event in time")
+                    .unwrap()
+                    .unwrap();
+                got.push(serde_json::from_str::<Value>(msg.to_text().unwrap()).unwrap());
+            }
+            let ids: Vec<&str> = got.iter().map(|e| e["eventId"].as_str().unwrap()).collect();
+            assert_eq!(ids, ["a1", "a2", "a3"], "{got:?}");
+            assert!(got.iter().all(|e| e["orgId"] == "org-l" && e["projectId"] == "proj-l"), "{got:?}");
+        }
+    });
 }

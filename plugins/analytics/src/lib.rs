@@ -12,6 +12,7 @@ mod db;
 mod funnels;
 mod ingest;
 mod keys;
+mod live;
 mod openapi;
 mod query;
 mod reply;

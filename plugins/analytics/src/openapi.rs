@@ -477,6 +477,7 @@ impl Modify for Security {
         crate::source::health,
         crate::source::ingest_events,
         crate::source::summary,
+        crate::source::live,
         crate::source::metrics,
         crate::source::journey,
         crate::source::retention,

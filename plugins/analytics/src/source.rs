@@ -48,6 +48,7 @@ pub(crate) struct Shared {
     emitter: Emitter,
     keys: Keys,
     limiter: Limiter,
+    live: crate::live::Live,
     queries: Queries,
     db: Arc<Db>,
     ctx: Context,
@@ -81,6 +82,7 @@ impl Source for AnalyticsSource {
         let shared = Arc::new(Shared {
             keys: Keys::new(db.clone(), &self.config.schema, self.config.dev_key),
             limiter: Limiter::default(),
+            live: crate::live::Live::default(),
             queries: Queries {
                 db: db.clone(),
                 table: self.config.events_table.clone(),
@@ -96,6 +98,7 @@ impl Source for AnalyticsSource {
         let tenant = Router::new()
             .route("/api/v1/events", post(ingest_events))
             .route("/api/v1/events/summary", get(summary))
+            .route("/api/v1/events/live", get(live))
             .route("/api/v1/metrics", get(metrics))
             .route("/api/v1/users/{user}/journey", get(journey))
             .route("/api/v1/retention", get(retention))
@@ -225,9 +228,11 @@ fn unauthorized(message: &str) -> Response {
 
 /// Finds the request's key, counts it against its rate limit, and hands it to the handler.
 async fn authenticate(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
-    let Some(secret) = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty()) else {
+    let header = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let Some(secret) = header.or_else(|| crate::live::key_from_protocols(req.headers())) else {
         return unauthorized("missing X-API-Key header; send the key this project was given");
     };
+    let secret = secret.as_str();
     let key = match shared.keys.find(secret).await {
         Ok(Some(k)) => k,
         Ok(None) => return unauthorized("unknown or revoked API key"),
@@ -259,6 +264,14 @@ async fn authenticate(State(shared): State<Arc<Shared>>, mut req: Request, next:
 
 fn forbidden(permission: &str) -> Response {
     ApiError { status: StatusCode::FORBIDDEN, message: format!("this key lacks the {permission} permission") }.into_response()
+}
+
+#[utoipa::path(get, path = "/api/v1/events/live", tag = "events", security(("api_key" = [])), responses((status = 101, description = "a WebSocket of the project's events as they are stored, one text message each"), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 426, description = "not a WebSocket request", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn live(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, req: Request) -> Response {
+    if !key.may(keys::READ) {
+        return forbidden(keys::READ);
+    }
+    shared.live.upgrade(&key, req)
 }
 
 #[utoipa::path(get, path = "/api/v1/events/summary", tag = "analytics", params(crate::openapi::RangeParams), security(("api_key" = [])), responses((status = 200, description = "totals", body = crate::openapi::Summary), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
@@ -488,10 +501,12 @@ pub(crate) async fn ingest_events(
     let now_ms = client.received.timestamp_millis();
     let mut batch = BatchBuf::with_capacity(records.len(), bytes.len() + records.len() * 256);
     let meta: [(&str, &[u8]); 1] = [("http.client_ip", ip.as_bytes())];
+    let mut texts: Vec<Arc<str>> = Vec::with_capacity(records.len());
     for (n, (_, r)) in records.iter().enumerate() {
         let user = r["userId"].as_str().unwrap_or_default().as_bytes();
-        let text = r.to_string();
+        let text: Arc<str> = r.to_string().into();
         batch.push(n as u32, Head { key: Some(user), headers_raw: &[], extra_headers: &meta, timestamp_ms: Some(now_ms) }, text.as_bytes());
+        texts.push(text);
     }
     let mut failed: Vec<(usize, String)> = Vec::new();
     let (mut accepted, mut duplicates) = (0usize, 0usize);
@@ -500,6 +515,9 @@ pub(crate) async fn ingest_events(
             Ok(ack) => ack,
             Err(r) => return r,
         };
+        let tenant = Arc::new((key.org_id.clone(), key.project_id.clone()));
+        let stored = texts.iter().zip(&ack.outcomes).filter(|(_, o)| **o == Outcome::Accepted);
+        shared.live.publish(stored.map(|(t, _)| crate::live::Stored { tenant: tenant.clone(), text: t.clone() }));
         for ((index, _), outcome) in records.iter().zip(ack.outcomes.iter()) {
             match outcome {
                 Outcome::Accepted => accepted += 1,
