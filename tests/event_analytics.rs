@@ -479,7 +479,7 @@ fn a_live_stream_carries_the_keys_project_events_as_they_are_stored() {
         browser.headers_mut().insert("Sec-WebSocket-Protocol", format!("api-key, {key_a}").parse().unwrap());
         let (mut page, answer) = tokio_tungstenite::connect_async(browser).await.expect("a WebSocket with the key as a subprotocol");
         assert_eq!(answer.headers()["sec-websocket-protocol"], "api-key");
-        let refused = tokio_tungstenite::connect_async(url.as_str()).await.err().expect("no key, no stream");
+        let Err(refused) = tokio_tungstenite::connect_async(url.as_str()).await else { panic!("no key, no stream") };
         assert!(refused.to_string().contains("401"), "{refused}");
 
         // The other tenant's events first: a stream that leaked them would show them first.
