@@ -3,7 +3,7 @@
 //! users (200,000) over `--days` days (30, from 2024-01-01) with ten event names, one
 //! project, each event with its `eventId`, sent in batches of `--batch` (1,000) over
 //! `--connections` keep-alive connections; a 503 or 429 is retried after a pause. Prints the
-//! events/s and what was refused.
+//! events/s and what was refused. With `--print`, writes the events as JSON lines instead.
 //!
 //! ```text
 //! analytics_load --url http://127.0.0.1:3000/api/v1/events --key wk_… --events 10000000
@@ -59,6 +59,12 @@ struct Args {
     /// The generator's seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// The first event's number (to load more after an earlier run, with new ids).
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    /// Print the events as JSON lines instead of sending them (for a bulk load with `COPY`).
+    #[arg(long)]
+    print: bool,
 }
 
 /// SplitMix64: event `i`'s random numbers depend only on the seed and `i`.
@@ -178,10 +184,10 @@ async fn connection(args: Arc<Args>, conn: u64, next: Arc<AtomicU64>, counts: Ar
     let mut body = Vec::new();
     loop {
         let first = next.fetch_add(args.batch, Relaxed);
-        if first >= args.events {
+        if first >= args.first + args.events {
             break;
         }
-        let last = (first + args.batch).min(args.events);
+        let last = (first + args.batch).min(args.first + args.events);
         body.clear();
         body.push(b'[');
         for i in first..last {
@@ -220,8 +226,23 @@ async fn connection(args: Arc<Args>, conn: u64, next: Arc<AtomicU64>, counts: Ar
 
 fn main() {
     let args = Arc::new(Args::parse());
+    if args.print {
+        use std::io::Write as _;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        let mut line = Vec::with_capacity(512);
+        for i in args.first..args.first + args.events {
+            line.clear();
+            event(&args, i, &mut line);
+            line.push(b'\n');
+            if out.write_all(&line).is_err() {
+                return;
+            }
+        }
+        let _ = out.flush();
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("a runtime");
-    let next = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(args.first));
     let counts = Arc::new(Counts::default());
     let started = Instant::now();
     rt.block_on(async {
