@@ -185,6 +185,30 @@ fn keys_tenancy_ingest_dedupe_and_queries_answer_as_computed_from_the_events() {
         }
     }
 
+    // Weekly (2024-01-01 is a Monday) and monthly, from the rollups and from the events.
+    for range in ["startDate=2024-01-01&endDate=2024-01-14", "startDate=2024-01-01T00:00:00Z&endDate=2024-01-14T23:59:59.999Z"] {
+        let (_, weekly) = api_.get(&key_a, &format!("/api/v1/metrics?interval=weekly&{range}"));
+        let weeks = weekly["buckets"].as_array().unwrap();
+        assert_eq!(weeks.len(), 2, "{weekly}");
+        for (w, b) in weeks.iter().enumerate() {
+            let days: Vec<String> = (1 + 7 * w..=7 + 7 * w).map(|d| format!("2024-01-{d:02}")).collect();
+            let of_week: Vec<&Value> =
+                all.iter().filter(|e| days.iter().any(|d| e["timestamp"].as_str().unwrap().starts_with(d.as_str()))).collect();
+            assert_eq!(b["count"], of_week.len(), "{range} week {w}: {b}");
+            let users: BTreeSet<&str> = of_week.iter().map(|e| e["userId"].as_str().unwrap()).collect();
+            assert_eq!(b["uniqueUsers"], users.len(), "{range} week {w}: {b}");
+        }
+        let (_, monthly) = api_.get(&key_a, &format!("/api/v1/metrics?interval=monthly&event=page_view&{range}"));
+        let in_range: Vec<&Value> =
+            all.iter().filter(|e| e["eventName"] == "page_view" && e["timestamp"].as_str().unwrap() < "2024-01-15").collect();
+        let users: BTreeSet<&str> = in_range.iter().map(|e| e["userId"].as_str().unwrap()).collect();
+        assert_eq!(
+            monthly["buckets"],
+            json!([{"start": "2024-01-01T00:00:00.000Z", "count": in_range.len(), "uniqueUsers": users.len()}]),
+            "{range}"
+        );
+    }
+
     // One user's journey in time order, two pages.
     let mut mine: Vec<&Value> = all.iter().filter(|e| e["userId"] == "user7").collect();
     mine.sort_by_key(|e| e["timestamp"].as_str().unwrap().to_owned());

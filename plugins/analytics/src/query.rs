@@ -279,15 +279,32 @@ impl Queries {
         let months = crate::rollup::months(start, end);
         let month_list: Vec<NaiveDate> = months.iter().map(|(m, _)| *m).collect();
         let inside: HashMap<NaiveDate, i32> = months.into_iter().collect();
-        let mut seen: Vec<NaiveDateTime> = Vec::new();
-        for rows in self.masks(key, event.unwrap_or(""), &month_list).await?.into_values() {
-            seen.clear();
-            for (month, days) in rows {
-                for day in crate::rollup::days_of(month, days & inside.get(&month).copied().unwrap_or(0)) {
-                    let b = unit.floor(midnight(day));
-                    if !seen.contains(&b) {
-                        seen.push(b);
-                        counts.entry(b).or_default().1 += 1;
+        if matches!(unit, Unit::Day | Unit::Month) {
+            // A day or a month lies in one month: each (user, month) mask counts on its own.
+            for (month, days) in self.month_masks(key, event.unwrap_or(""), &month_list).await? {
+                let days = days & inside.get(&month).copied().unwrap_or(0);
+                if unit == Unit::Month {
+                    if days != 0 {
+                        counts.entry(midnight(month)).or_default().1 += 1;
+                    }
+                    continue;
+                }
+                for day in crate::rollup::days_of(month, days) {
+                    counts.entry(midnight(day)).or_default().1 += 1;
+                }
+            }
+        } else {
+            // A week may span two months: a user's masks are taken together.
+            let mut seen: Vec<NaiveDateTime> = Vec::new();
+            for rows in self.masks(key, event.unwrap_or(""), &month_list).await?.into_values() {
+                seen.clear();
+                for (month, days) in rows {
+                    for day in crate::rollup::days_of(month, days & inside.get(&month).copied().unwrap_or(0)) {
+                        let b = unit.floor(midnight(day));
+                        if !seen.contains(&b) {
+                            seen.push(b);
+                            counts.entry(b).or_default().1 += 1;
+                        }
                     }
                 }
             }

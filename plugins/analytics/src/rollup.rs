@@ -115,6 +115,21 @@ impl crate::query::Queries {
         Ok(out)
     }
 
+    /// Every `(month, days)` mask for `event` (`""`: any event) in `months`, without the user.
+    pub async fn month_masks(
+        &self,
+        key: &crate::keys::KeyRecord,
+        event: &str,
+        months: &[NaiveDate],
+    ) -> Result<Vec<(NaiveDate, i32)>, crate::reply::ApiError> {
+        let sql = format!(
+            "SELECT month, days FROM {}.rollup_user_days WHERE org_id = $1 AND project_id = $2 AND event_name = $3 AND month = ANY($4)",
+            self.schema
+        );
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&key.org_id, &key.project_id, &event, &months];
+        Ok(self.rows(&sql, &params).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Events per day and event name from `rollup_daily` in `[start, end)` (all days when `None`).
     pub async fn daily(
         &self,
