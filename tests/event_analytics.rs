@@ -146,6 +146,11 @@ fn keys_tenancy_ingest_dedupe_and_queries_answer_as_computed_from_the_events() {
     assert_eq!(rows, "org-a|proj-a|1200\norg-b|proj-b|10", "the tenant comes from the key, never from the body");
     let rolled = psql(SERVER, &format!("SELECT org_id, sum(events) FROM {}.rollup_daily GROUP BY 1 ORDER BY 1", api_._schema.0));
     assert_eq!(rolled, "org-a|1200\norg-b|10", "the rollups count each stored event once, retries included");
+    let user_days: BTreeSet<(&str, &str)> =
+        all.iter().map(|e| (e["userId"].as_str().unwrap(), &e["timestamp"].as_str().unwrap()[..10])).collect();
+    let counted =
+        psql(SERVER, &format!("SELECT sum(users) FROM {}.rollup_daily_users WHERE org_id = 'org-a' AND event_name = ''", api_._schema.0));
+    assert_eq!(counted, user_days.len().to_string(), "each user counted once per day, across batches");
 
     // Summary over a range, computed here.
     let in_range: Vec<&Value> = all.iter().filter(|e| e["timestamp"].as_str().unwrap() < "2024-01-04").collect();

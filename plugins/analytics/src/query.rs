@@ -279,18 +279,16 @@ impl Queries {
         let months = crate::rollup::months(start, end);
         let month_list: Vec<NaiveDate> = months.iter().map(|(m, _)| *m).collect();
         let inside: HashMap<NaiveDate, i32> = months.into_iter().collect();
-        if matches!(unit, Unit::Day | Unit::Month) {
-            // A day or a month lies in one month: each (user, month) mask counts on its own.
+        if unit == Unit::Day {
+            // Kept per day by the trigger.
+            for (day, users) in self.daily_users(key, event.unwrap_or(""), (start, end)).await? {
+                counts.entry(midnight(day)).or_default().1 += users;
+            }
+        } else if unit == Unit::Month {
+            // A month's users: each (user, month) mask with a day in the range counts once.
             for (month, days) in self.month_masks(key, event.unwrap_or(""), &month_list).await? {
-                let days = days & inside.get(&month).copied().unwrap_or(0);
-                if unit == Unit::Month {
-                    if days != 0 {
-                        counts.entry(midnight(month)).or_default().1 += 1;
-                    }
-                    continue;
-                }
-                for day in crate::rollup::days_of(month, days) {
-                    counts.entry(midnight(day)).or_default().1 += 1;
+                if days & inside.get(&month).copied().unwrap_or(0) != 0 {
+                    counts.entry(midnight(month)).or_default().1 += 1;
                 }
             }
         } else {

@@ -5,31 +5,48 @@
 //!
 //! - `rollup_daily`: events per tenant, UTC day and event name;
 //! - `rollup_user_days`: per tenant, user, month and event name (and `''` for any event), a
-//!   31-bit mask of the days of that month the user had such an event.
+//!   31-bit mask of the days of that month the user had such an event;
+//! - `rollup_daily_users`: users per tenant, UTC day and event name (and `''`), counted
+//!   when a day's bit first appears in a user's mask (writers take turns at the trigger, so
+//!   the mask read and the mask written are the same one).
 //!
-//! Unique users over any whole-day range, per day, week or month, and retention cohorts
-//! are then counted from the masks (one row per user and month) rather than from every event.
+//! Unique users per day are then one row per day; over any whole-day range, per week or
+//! month, and retention cohorts, they are counted from the masks (one row per user and
+//! month) rather than from every event.
 //! When the trigger is first created, the events already stored are rolled up in the same
 //! transaction, under a lock that holds writers back meanwhile.
 
 use chrono::{Datelike, Duration, NaiveDate};
 
-/// The trigger's name.
-const TRIGGER: &str = "weir_analytics_rollup";
+/// The trigger's name; a new version of the rollups has a new name, and replaces the
+/// trigger of the version before, rolling up again what is stored.
+const TRIGGER: &str = "weir_analytics_rollup_v2";
+/// Triggers of earlier versions.
+const OLD_TRIGGERS: [&str; 1] = ["weir_analytics_rollup"];
 
 /// The statements that add the rows of `weir_new_rows` to the rollups.
 fn statements(schema: &str) -> String {
     format!(
-        "INSERT INTO {schema}.rollup_daily AS r (org_id, project_id, day, event_name, events)
+        "PERFORM pg_advisory_xact_lock(hashtext('{schema}.weir_rollups'));
+         INSERT INTO {schema}.rollup_daily AS r (org_id, project_id, day, event_name, events)
            SELECT org_id, project_id, (timestamp AT TIME ZONE 'UTC')::date, event_name, count(*) FROM weir_new_rows
            GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
            ON CONFLICT (org_id, project_id, day, event_name) DO UPDATE SET events = r.events + excluded.events;
-         INSERT INTO {schema}.rollup_user_days AS u (org_id, project_id, event_name, month, user_id, days)
-           SELECT org_id, project_id, n.name, date_trunc('month', timestamp AT TIME ZONE 'UTC')::date, user_id,
-                  bit_or(1 << (extract(day FROM timestamp AT TIME ZONE 'UTC')::int - 1))
-           FROM weir_new_rows CROSS JOIN LATERAL (VALUES (event_name), ('')) AS n(name)
-           GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
-           ON CONFLICT (org_id, project_id, event_name, month, user_id) DO UPDATE SET days = u.days | excluded.days;"
+         WITH agg AS (
+             SELECT org_id, project_id, n.name AS event_name, date_trunc('month', timestamp AT TIME ZONE 'UTC')::date AS month, user_id,
+                    bit_or(1 << (extract(day FROM timestamp AT TIME ZONE 'UTC')::int - 1)) AS days
+             FROM weir_new_rows CROSS JOIN LATERAL (VALUES (event_name), ('')) AS n(name) GROUP BY 1, 2, 3, 4, 5),
+           fresh AS (
+             SELECT a.*, a.days & ~coalesce(u.days, 0) AS new_days FROM agg a
+             LEFT JOIN {schema}.rollup_user_days u USING (org_id, project_id, event_name, month, user_id)),
+           masks AS (
+             INSERT INTO {schema}.rollup_user_days AS u (org_id, project_id, event_name, month, user_id, days)
+               SELECT org_id, project_id, event_name, month, user_id, days FROM fresh ORDER BY 1, 2, 3, 4, 5
+               ON CONFLICT (org_id, project_id, event_name, month, user_id) DO UPDATE SET days = u.days | excluded.days)
+         INSERT INTO {schema}.rollup_daily_users AS d (org_id, project_id, day, event_name, users)
+           SELECT org_id, project_id, month + b, event_name, count(*) FROM fresh, generate_series(0, 30) AS b
+           WHERE new_days & (1 << b) <> 0 GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+           ON CONFLICT (org_id, project_id, day, event_name) DO UPDATE SET users = d.users + excluded.users;"
     )
 }
 
@@ -39,6 +56,9 @@ pub fn ddl(schema: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {schema}.rollup_daily (
            org_id TEXT NOT NULL, project_id TEXT NOT NULL, day DATE NOT NULL, event_name TEXT NOT NULL, events BIGINT NOT NULL,
+           PRIMARY KEY (org_id, project_id, day, event_name));
+         CREATE TABLE IF NOT EXISTS {schema}.rollup_daily_users (
+           org_id TEXT NOT NULL, project_id TEXT NOT NULL, day DATE NOT NULL, event_name TEXT NOT NULL, users BIGINT NOT NULL,
            PRIMARY KEY (org_id, project_id, day, event_name));
          CREATE TABLE IF NOT EXISTS {schema}.rollup_user_days (
            org_id TEXT NOT NULL, project_id TEXT NOT NULL, event_name TEXT NOT NULL, month DATE NOT NULL, user_id TEXT NOT NULL,
@@ -53,11 +73,14 @@ pub fn ddl(schema: &str) -> String {
 /// Creates the trigger on the events table and rolls up what is already stored, once (in
 /// the caller's transaction, after [`ddl`], once the events table exists).
 pub fn attach(schema: &str, events: &str) -> String {
+    let drop_old: String = OLD_TRIGGERS.iter().map(|t| format!("DROP TRIGGER IF EXISTS {t} ON {events};")).collect();
     format!(
         "DO $attach$ BEGIN
            IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = '{TRIGGER}' AND tgrelid = '{events}'::regclass) THEN
              LOCK TABLE {events} IN SHARE ROW EXCLUSIVE MODE;
+             {drop_old}
              DELETE FROM {schema}.rollup_daily;
+             DELETE FROM {schema}.rollup_daily_users;
              DELETE FROM {schema}.rollup_user_days;
              CREATE TEMP TABLE weir_new_rows ON COMMIT DROP AS SELECT * FROM {events};
              PERFORM {schema}.weir_rollup_backfill();
@@ -113,6 +136,21 @@ impl crate::query::Queries {
             out.entry(row.get(0)).or_default().push((row.get(1), row.get(2)));
         }
         Ok(out)
+    }
+
+    /// Users per day for `event` (`""`: any event) in `[start, end)`, from `rollup_daily_users`.
+    pub async fn daily_users(
+        &self,
+        key: &crate::keys::KeyRecord,
+        event: &str,
+        (start, end): (NaiveDate, NaiveDate),
+    ) -> Result<Vec<(NaiveDate, i64)>, crate::reply::ApiError> {
+        let sql = format!(
+            "SELECT day, users FROM {}.rollup_daily_users WHERE org_id = $1 AND project_id = $2 AND event_name = $3 AND day >= $4 AND day < $5",
+            self.schema
+        );
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [&key.org_id, &key.project_id, &event, &start, &end];
+        Ok(self.rows(&sql, &params).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Every `(month, days)` mask for `event` (`""`: any event) in `months`, without the user.
@@ -188,6 +226,7 @@ mod tests {
     fn the_trigger_and_the_backfill_run_the_same_statements() {
         let ddl = ddl("s");
         assert_eq!(ddl.matches("INSERT INTO s.rollup_user_days").count(), 2, "{ddl}");
+        assert_eq!(ddl.matches("INSERT INTO s.rollup_daily_users").count(), 2, "{ddl}");
         assert!(attach("s", "s.event_log").contains("'s.event_log'::regclass"));
     }
 }
