@@ -128,7 +128,11 @@ fn editing_a_pipeline_file_reloads_it_by_itself() {
         assert_eq!(post_json(&url, r#"{"id":"w"}"#).status, 200);
         json_lines(&out).last().is_some_and(|l| l["version"] == 2)
     });
-    assert_eq!(weir.get_json("/health")["last_reload"]["replaced"], serde_json::json!(["ingest"]));
+    // The report is written once the old version has drained, which may be after the new
+    // one took its first event.
+    wait_for("the reload reported", Duration::from_secs(10), || {
+        weir.get_json("/health")["last_reload"]["replaced"] == serde_json::json!(["ingest"])
+    });
 }
 
 #[test]
