@@ -5,10 +5,13 @@
 //! weir-bench --url http://127.0.0.1:3001/produce --batch 100 --event-bytes 300 --seconds 10
 //! ```
 
+mod http1;
+
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http1::{parse_url, read_response};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Load generator for Weir's HTTP ingest benchmark.
@@ -52,12 +55,6 @@ struct Stats {
     latencies_us: Vec<u32>,
 }
 
-fn parse_url(url: &str) -> (String, String) {
-    let rest = url.strip_prefix("http://").expect("only http:// URLs");
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    (host.to_owned(), path)
-}
-
 /// One request body: `batch` unique events of about `size` bytes each.
 fn body(conn: usize, seq: u64, batch: usize, size: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(batch * (size + 2) + 2);
@@ -78,32 +75,6 @@ fn body(conn: usize, seq: u64, batch: usize, size: usize) -> Vec<u8> {
     }
     out.push(b']');
     out
-}
-
-/// Reads one HTTP/1.1 response; returns its status.
-async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<u16> {
-    buf.clear();
-    let mut chunk = [0u8; 8192];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-            let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Ok(status);
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
 }
 
 async fn connection(args: Args, conn: usize, measure_from: Instant, until: Instant) -> Stats {
@@ -128,7 +99,7 @@ async fn connection(args: Args, conn: usize, measure_from: Instant, until: Insta
         req.extend_from_slice(&payload);
         let started = Instant::now();
         stream.write_all(&req).await.expect("send");
-        let status = read_response(&mut stream, &mut buf).await.expect("response");
+        let (status, _) = read_response(&mut stream, &mut buf).await.expect("response");
         if started < measure_from {
             continue;
         }

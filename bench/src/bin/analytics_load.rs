@@ -13,8 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "../http1.rs"]
+mod http1;
+
 use clap::Parser;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http1::{parse_url, read_response};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// The names, most frequent first (a funnel's steps are rarer than page views).
@@ -133,32 +137,6 @@ fn date(days: u64) -> (u64, u64, u64) {
     (y, m as u64 + 1, left + 1)
 }
 
-/// Reads one response; its status and body.
-async fn response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<(u16, String)> {
-    buf.clear();
-    let mut chunk = [0u8; 16384];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-            let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Ok((status, String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned()));
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 #[derive(Default)]
 struct Counts {
     accepted: AtomicU64,
@@ -176,8 +154,7 @@ fn field(body: &str, name: &str) -> u64 {
 }
 
 async fn connection(args: Arc<Args>, conn: u64, next: Arc<AtomicU64>, counts: Arc<Counts>) {
-    let rest = args.url.strip_prefix("http://").expect("only http:// URLs");
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h.to_owned(), format!("/{p}"))).expect("a path");
+    let (host, path) = parse_url(&args.url);
     let mut stream = TcpStream::connect(&host).await.expect("connect to the endpoint");
     stream.set_nodelay(true).ok();
     let mut buf = Vec::new();
@@ -206,7 +183,8 @@ async fn connection(args: Arc<Args>, conn: u64, next: Arc<AtomicU64>, counts: Ar
         req.extend_from_slice(&body);
         loop {
             stream.write_all(&req).await.expect("send");
-            let (status, text) = response(&mut stream, &mut buf).await.expect("an answer");
+            let (status, body) = read_response(&mut stream, &mut buf).await.expect("an answer");
+            let text = String::from_utf8_lossy(&buf[body]).into_owned();
             match status {
                 200 | 400 => {
                     counts.accepted.fetch_add(field(&text, "accepted"), Relaxed);
