@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::types::ToSql;
 use weir_plugin::serde_json::{json, Map, Value};
 
+use crate::ingest::map_has_nul;
 use crate::keys::{self, iso, KeyRecord};
 use crate::query::{range, Queries};
 use crate::reply::ApiError;
@@ -58,7 +59,8 @@ impl NewFunnel {
         if !(2..=10).contains(&self.steps.len()) {
             return Err(format!("steps must hold 2 to 10 steps, not {}", self.steps.len()));
         }
-        if self.name.contains('\0') || weir_plugin::serde_json::to_string(&self.steps).is_ok_and(|t| t.contains("\\u0000")) {
+        let nul = |s: &Step| s.event_name.contains('\0') || s.filters.as_ref().is_some_and(map_has_nul);
+        if self.name.contains('\0') || self.steps.iter().any(nul) {
             return Err("the funnel holds the NUL character (\\u0000), which cannot be stored; remove it".into());
         }
         for (i, s) in self.steps.iter().enumerate() {
@@ -101,13 +103,6 @@ const COLUMNS: &str = "id, name, steps, org_id, project_id, created_at, updated_
 impl Queries {
     fn funnels(&self) -> String {
         format!("{}.funnels", self.schema)
-    }
-
-    async fn client(&self) -> Result<std::sync::Arc<tokio_postgres::Client>, ApiError> {
-        self.db.client().await.map_err(|e| {
-            self.ctx.warn(&e);
-            ApiError::unavailable()
-        })
     }
 
     fn failed(&self, e: &tokio_postgres::Error) -> ApiError {
@@ -196,12 +191,7 @@ impl Queries {
         let (sql, values) = funnel_sql(&self.table, &steps, window);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&key.org_id, &key.project_id, &r.start, &r.end];
         params.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
-        let client = self.client().await?;
-        let rows = match client.query(&sql, &params).await {
-            Ok(rows) => rows,
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
-            Err(e) => return Err(self.failed(&e)),
-        };
+        let rows = self.rows(&sql, &params).await?;
         // One row per step: users, and seconds from the step before (mean, median).
         let mut counts = vec![(0i64, None::<f64>, None::<f64>); steps.len()];
         for row in &rows {

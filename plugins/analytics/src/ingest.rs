@@ -37,6 +37,22 @@ pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
 }
 
+/// Whether a string or key anywhere in `v` holds the NUL character, which PostgreSQL's text
+/// and JSONB cannot store.
+pub fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(m) => map_has_nul(m),
+        _ => false,
+    }
+}
+
+/// [`has_nul`] for an object's members.
+pub fn map_has_nul(m: &Map<String, Value>) -> bool {
+    m.iter().any(|(k, v)| k.contains('\0') || has_nul(v))
+}
+
 /// The record stored for `event`, for the key's tenant, or why it is refused (naming the field).
 pub fn record(event: &Value, key: &KeyRecord, client: &Client<'_>, new_id: impl FnOnce() -> String) -> Result<Value, String> {
     let Value::Object(event) = event else {
@@ -74,7 +90,7 @@ pub fn record(event: &Value, key: &KeyRecord, client: &Client<'_>, new_id: impl 
     }
     out.insert("ipAddress".into(), ip.into());
     let record = Value::Object(out);
-    if record.to_string().contains("\\u0000") {
+    if has_nul(&record) {
         return Err("the event holds the NUL character (\\u0000), which cannot be stored; remove it".into());
     }
     Ok(record)

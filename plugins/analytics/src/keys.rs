@@ -4,7 +4,6 @@
 //! second, so guessing keys cannot load the database), `lastUsed` written back in batches.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -56,11 +55,7 @@ impl KeyRecord {
 fn random_hex(n: usize) -> Result<String, String> {
     let mut bytes = vec![0u8; n];
     getrandom::fill(&mut bytes).map_err(|e| format!("no randomness from the system: {e}"))?;
-    let mut hex = String::with_capacity(2 * n);
-    for b in bytes {
-        let _ = write!(hex, "{b:02x}");
-    }
-    Ok(hex)
+    Ok(weir_plugin::serve::auth::hex(&bytes))
 }
 
 /// A random version 4 UUID.

@@ -88,12 +88,17 @@ impl Queries {
         ApiError::unavailable()
     }
 
-    pub(crate) async fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<tokio_postgres::Row>, ApiError> {
-        let client = self.db.client().await.map_err(|e| {
+    /// The shared connection, or 503 (the reason logged).
+    pub(crate) async fn client(&self) -> Result<std::sync::Arc<tokio_postgres::Client>, ApiError> {
+        self.db.client().await.map_err(|e| {
             self.ctx.warn(&e);
             ApiError::unavailable()
-        })?;
-        match client.query(sql, params).await {
+        })
+    }
+
+    /// A query's rows; none while the events table does not exist yet.
+    pub(crate) async fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<tokio_postgres::Row>, ApiError> {
+        match self.client().await?.query(sql, params).await {
             Ok(rows) => Ok(rows),
             // The table appears with the first batch the postgres sink writes.
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(Vec::new()),
@@ -109,11 +114,7 @@ impl Queries {
     /// `GET /api/v1/events/summary`: from the rollups over whole days or all time, else from the events.
     pub async fn summary(&self, key: &KeyRecord, params: &HashMap<String, String>) -> Result<Value, ApiError> {
         let r = range(params)?;
-        let days = match (r.start, r.end) {
-            (None, None) => Some(None),
-            _ => crate::rollup::whole_days(&r).map(Some),
-        };
-        if let Some(days) = days.filter(|_| self.rolled()) {
+        if let Some(days) = crate::rollup::bounds(&r).filter(|_| self.rolled()) {
             let daily = self.daily(key, days).await?;
             let mut by_name: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
             for (_, name, n) in daily {

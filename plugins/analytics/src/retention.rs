@@ -54,11 +54,7 @@ impl Queries {
                 return Err(ApiError::parameter(format!("the range holds more than {MAX_COHORTS} days of cohorts; shorten it")));
             }
         }
-        let bounds = match (r.start, r.end) {
-            (None, None) => Some(None),
-            _ => crate::rollup::whole_days(&r).map(Some),
-        };
-        let counts = match bounds.filter(|_| self.rolled()) {
+        let counts = match crate::rollup::bounds(&r).filter(|_| self.rolled()) {
             Some(bounds) => self.cohorts_rolled(key, cohort, returning.map(String::as_str), days, mode, bounds).await?,
             None => self.cohorts_raw(key, cohort, returning, days, mode, &r).await?,
         };
@@ -139,15 +135,7 @@ impl Queries {
                  UNION ALL SELECT day, LEAST(k, $7::int), count(*)::bigint FROM latest GROUP BY day, LEAST(k, $7::int)"
             ),
         };
-        let client = self.db.client().await.map_err(|e| {
-            self.ctx.warn(&e);
-            ApiError::unavailable()
-        })?;
-        let rows = match client.query(&sql, &[&key.org_id, &key.project_id, &cohort, &r.start, &r.end, &returning, &days]).await {
-            Ok(rows) => rows,
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
-            Err(e) => return Err(self.refused("retention query", &e)),
-        };
+        let rows = self.rows(&sql, &[&key.org_id, &key.project_id, &cohort, &r.start, &r.end, &returning, &days]).await?;
         Ok(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect())
     }
 

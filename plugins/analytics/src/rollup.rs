@@ -118,6 +118,15 @@ pub fn whole_days(r: &crate::query::Range) -> Option<(NaiveDate, NaiveDate)> {
     Some((midnight(r.start?)?, midnight(r.end?)?))
 }
 
+/// What the rollups can answer for `r`: all time (`Some(None)`), whole days
+/// (`Some(Some(days))`), or nothing when a bound is a time within a day (`None`).
+pub fn bounds(r: &crate::query::Range) -> Option<Option<(NaiveDate, NaiveDate)>> {
+    match (r.start, r.end) {
+        (None, None) => Some(None),
+        _ => whole_days(r).map(Some),
+    }
+}
+
 /// One user's masks for one event name: `(month, days)` rows, by user.
 pub type Masks = std::collections::HashMap<String, Vec<(NaiveDate, i32)>>;
 

@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     keys: Keys,
     limiter: Limiter,
     live: crate::live::Live,
+    /// The digest of `admin_key`; `None` when key management is off.
+    admin_digest: Option<String>,
     queries: Queries,
     db: Arc<Db>,
     ctx: Context,
@@ -83,6 +85,7 @@ impl Source for AnalyticsSource {
             keys: Keys::new(db.clone(), &self.config.schema, self.config.dev_key),
             limiter: Limiter::default(),
             live: crate::live::Live::default(),
+            admin_digest: (!self.config.admin_key.is_empty()).then(|| keys::digest(&self.config.admin_key)),
             queries: Queries {
                 db: db.clone(),
                 table: self.config.events_table.clone(),
@@ -95,8 +98,9 @@ impl Source for AnalyticsSource {
             db,
             ctx,
         });
-        let tenant = Router::new()
-            .route("/api/v1/events", post(ingest_events))
+        let write =
+            Router::new().route("/api/v1/events", post(ingest_events)).route_layer(middleware::from_fn_with_state(keys::WRITE, permitted));
+        let read = Router::new()
             .route("/api/v1/events/summary", get(summary))
             .route("/api/v1/events/live", get(live))
             .route("/api/v1/metrics", get(metrics))
@@ -105,7 +109,9 @@ impl Source for AnalyticsSource {
             .route("/api/v1/funnels", post(create_funnel).get(list_funnels))
             .route("/api/v1/funnels/{id}", get(get_funnel).delete(delete_funnel))
             .route("/api/v1/funnels/{id}/analytics", get(funnel_analytics))
-            .route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
+            .route_layer(middleware::from_fn_with_state(keys::READ, permitted));
+        // The key is found first, then its permission for the route checked.
+        let tenant = read.merge(write).route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
         let app = Router::new()
             .route("/health", get(health))
             .route("/api-docs", get(crate::openapi::page))
@@ -262,31 +268,31 @@ async fn authenticate(State(shared): State<Arc<Shared>>, mut req: Request, next:
     response
 }
 
-fn forbidden(permission: &str) -> Response {
-    ApiError { status: StatusCode::FORBIDDEN, message: format!("this key lacks the {permission} permission") }.into_response()
+/// 403 unless the request's key holds `permission` (after [`authenticate`]).
+async fn permitted(
+    State(permission): State<&'static str>,
+    Extension(key): Extension<Arc<KeyRecord>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !key.may(permission) {
+        return ApiError { status: StatusCode::FORBIDDEN, message: format!("this key lacks the {permission} permission") }.into_response();
+    }
+    next.run(req).await
 }
 
 #[utoipa::path(get, path = "/api/v1/events/live", tag = "events", security(("api_key" = [])), responses((status = 101, description = "a WebSocket of the project's events as they are stored, one text message each"), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 426, description = "not a WebSocket request", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn live(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, req: Request) -> Response {
-    if !key.may(keys::READ) {
-        return forbidden(keys::READ);
-    }
     shared.live.upgrade(&key, req)
 }
 
 #[utoipa::path(get, path = "/api/v1/events/summary", tag = "analytics", params(crate::openapi::RangeParams), security(("api_key" = [])), responses((status = 200, description = "totals", body = crate::openapi::Summary), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn summary(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, req: Request) -> Response {
-    if !key.may(keys::READ) {
-        return forbidden(keys::READ);
-    }
     answer(shared.queries.summary(&key, &params(req.uri().query())).await)
 }
 
 #[utoipa::path(get, path = "/api/v1/metrics", tag = "analytics", params(crate::openapi::MetricsParams, crate::openapi::RangeParams), security(("api_key" = [])), responses((status = 200, description = "buckets", body = crate::openapi::Metrics), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn metrics(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, req: Request) -> Response {
-    if !key.may(keys::READ) {
-        return forbidden(keys::READ);
-    }
     answer(shared.queries.metrics(&key, &params(req.uri().query())).await)
 }
 
@@ -297,25 +303,16 @@ pub(crate) async fn journey(
     Path(user): Path<String>,
     req: Request,
 ) -> Response {
-    if !key.may(keys::READ) {
-        return forbidden(keys::READ);
-    }
     answer(shared.queries.journey(&key, &user, &params(req.uri().query()), shared.config.journey_limit).await)
 }
 
 #[utoipa::path(get, path = "/api/v1/retention", tag = "analytics", params(crate::openapi::RetentionParams, crate::openapi::RangeParams), security(("api_key" = [])), responses((status = 200, description = "cohorts", body = crate::openapi::Retention), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn retention(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, req: Request) -> Response {
-    if !key.may(keys::READ) {
-        return forbidden(keys::READ);
-    }
     answer(shared.queries.retention(&key, &params(req.uri().query())).await)
 }
 
 #[utoipa::path(post, path = "/api/v1/funnels", tag = "funnels", request_body = crate::openapi::NewFunnel, security(("api_key" = [])), responses((status = 201, description = "stored", body = crate::openapi::Funnel), (status = 400, description = "a bad funnel, the field named", body = crate::openapi::ErrorBody), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn create_funnel(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, body: Bytes) -> Response {
-    if !key.may(keys::READ) {
-        return forbidden(keys::READ);
-    }
     let new: crate::funnels::NewFunnel = match serde_json::from_slice(&body) {
         Ok(n) => n,
         Err(e) => return ApiError::body(format!("the funnel is not valid: {e}")).into_response(),
@@ -328,9 +325,6 @@ pub(crate) async fn create_funnel(State(shared): State<Arc<Shared>>, Extension(k
 
 #[utoipa::path(get, path = "/api/v1/funnels", tag = "funnels", security(("api_key" = [])), responses((status = 200, description = "the project's funnels", body = crate::openapi::FunnelList), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn list_funnels(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>) -> Response {
-    if !key.may(keys::READ) {
-        return forbidden(keys::READ);
-    }
     answer(shared.queries.list_funnels(&key).await)
 }
 
@@ -340,9 +334,6 @@ pub(crate) async fn get_funnel(
     Extension(key): Extension<Arc<KeyRecord>>,
     Path(id): Path<String>,
 ) -> Response {
-    if !key.may(keys::READ) {
-        return forbidden(keys::READ);
-    }
     answer(shared.queries.get_funnel(&key, &id).await)
 }
 
@@ -352,9 +343,6 @@ pub(crate) async fn delete_funnel(
     Extension(key): Extension<Arc<KeyRecord>>,
     Path(id): Path<String>,
 ) -> Response {
-    if !key.may(keys::READ) {
-        return forbidden(keys::READ);
-    }
     answer(shared.queries.delete_funnel(&key, &id).await)
 }
 
@@ -365,9 +353,6 @@ pub(crate) async fn funnel_analytics(
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
-    if !key.may(keys::READ) {
-        return forbidden(keys::READ);
-    }
     answer(shared.queries.funnel_analytics(&key, &id, &params(req.uri().query())).await)
 }
 
@@ -380,13 +365,13 @@ fn answer(result: Result<Value, ApiError>) -> Response {
 
 /// The refusal for a request without the admin key (compared by digest, in constant time).
 fn not_admin(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
-    if shared.config.admin_key.is_empty() {
+    let Some(admin) = &shared.admin_digest else {
         return Some(
             ApiError { status: StatusCode::FORBIDDEN, message: "key management is off: set the source's admin_key".into() }.into_response(),
         );
-    }
+    };
     let given = headers.get("x-admin-key").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if given.is_empty() || !keys::same(keys::digest(given).as_bytes(), keys::digest(&shared.config.admin_key).as_bytes()) {
+    if given.is_empty() || !keys::same(keys::digest(given).as_bytes(), admin.as_bytes()) {
         return Some(unauthorized("missing or wrong X-Admin-Key header"));
     }
     None
@@ -442,12 +427,6 @@ pub(crate) async fn revoke_key(State(shared): State<Arc<Shared>>, headers: Heade
     }
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-}
-
 /// `POST /api/v1/events`.
 #[utoipa::path(post, path = "/api/v1/events", tag = "events", request_body = crate::openapi::IngestBody, security(("api_key" = [])), responses((status = 200, description = "what became of each event", body = crate::openapi::IngestAnswer), (status = 500, description = "some events could not be stored", body = crate::openapi::IngestAnswer), (status = 400, description = "nothing taken: the first reason, naming the field (also malformed JSON)", body = crate::openapi::ErrorBody), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks events:write", body = crate::openapi::ErrorBody), (status = 413, description = "too many events or bytes", body = crate::openapi::ErrorBody), (status = 415, description = "not JSON", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the pipeline is full or the database is not available (Retry-After)", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn ingest_events(
@@ -457,10 +436,7 @@ pub(crate) async fn ingest_events(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if !key.may(keys::WRITE) {
-        return forbidden(keys::WRITE);
-    }
-    if !is_json(&headers) {
+    if !server::is_json(&headers) {
         return ApiError { status: StatusCode::UNSUPPORTED_MEDIA_TYPE, message: "Content-Type must be application/json".into() }
             .into_response();
     }
@@ -559,25 +535,15 @@ async fn send(shared: &Shared, batch: &BatchBuf) -> Result<weir_plugin::Ack, Res
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_FULL));
         r
     };
-    let deadline = Instant::now() + BACKPRESSURE_WAIT;
-    let mut pause = Duration::from_millis(1);
     let view = batch.as_ref();
-    let timeout = Duration::from_millis(shared.config.ack_timeout_ms);
-    loop {
-        match tokio::time::timeout(timeout, shared.emitter.send(&view)).await {
-            Ok(Ok(ack)) => return Ok(ack),
-            Ok(Err(EmitError::Full)) if Instant::now() < deadline => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            Ok(Err(EmitError::Full)) => return Err(busy("the pipeline is full; retry later".into())),
-            Ok(Err(e)) => return Err(busy(format!("the pipeline is not taking events: {e}"))),
-            Err(_) => {
-                return Err(busy(format!(
-                    "the pipeline did not confirm storage within {} ms; the events may still be stored, so retry with the same eventIds",
-                    shared.config.ack_timeout_ms
-                )))
-            }
-        }
+    let sent = Emitter::offer(BACKPRESSURE_WAIT, || shared.emitter.send(&view));
+    match tokio::time::timeout(Duration::from_millis(shared.config.ack_timeout_ms), sent).await {
+        Ok(Ok(ack)) => Ok(ack),
+        Ok(Err(EmitError::Full)) => Err(busy("the pipeline is full; retry later".into())),
+        Ok(Err(e)) => Err(busy(format!("the pipeline is not taking events: {e}"))),
+        Err(_) => Err(busy(format!(
+            "the pipeline did not confirm storage within {} ms; the events may still be stored, so retry with the same eventIds",
+            shared.config.ack_timeout_ms
+        ))),
     }
 }

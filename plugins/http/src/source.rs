@@ -1,6 +1,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -114,14 +114,6 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-}
-
 fn client_ip(headers: &HeaderMap, peer: SocketAddr, trust_forwarded: bool) -> String {
     if trust_forwarded {
         if let Some(first) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next()) {
@@ -147,7 +139,7 @@ fn raw_to_value(raw: Option<&RawValue>) -> Value {
 async fn produce(State(shared): State<Arc<Shared>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
     let config = &shared.config;
     let (parts, body): (_, Body) = req.into_parts();
-    if !is_json(&parts.headers) {
+    if !server::is_json(&parts.headers) {
         return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
     }
     let idle = Duration::from_millis(config.idle_timeout_ms.get());
@@ -186,14 +178,15 @@ async fn produce(State(shared): State<Arc<Shared>>, ConnectInfo(peer): ConnectIn
         r
     };
     if config.respond_after == RespondAfter::Accepted {
-        return match offer(&shared, || std::future::ready(shared.emitter.emit(&batch.as_ref(), |_| {}))).await {
+        let wait = Duration::from_millis(config.backpressure_wait_ms);
+        return match Emitter::offer(wait, || std::future::ready(shared.emitter.emit(&batch.as_ref(), |_| {}))).await {
             Ok(()) => json_response(StatusCode::ACCEPTED, json!({ "success": true, "queued": events.len() })),
             Err(EmitError::Full) => busy("the pipeline is full; retry later".into()),
             Err(e) => busy(format!("the pipeline is not taking events: {e}")),
         };
     }
     let view = batch.as_ref();
-    let sent = offer(&shared, || shared.emitter.send(&view));
+    let sent = Emitter::offer(Duration::from_millis(config.backpressure_wait_ms), || shared.emitter.send(&view));
     let ack = match tokio::time::timeout(Duration::from_millis(config.ack_timeout_ms), sent).await {
         Ok(Ok(ack)) => ack,
         Ok(Err(EmitError::Full)) => return busy("the pipeline is full; retry later".into()),
@@ -209,25 +202,6 @@ async fn produce(State(shared): State<Arc<Shared>>, ConnectInfo(peer): ConnectIn
         respond_single(events[0], &ack)
     } else {
         respond_many(&ack)
-    }
-}
-
-/// Offers a batch with `try_once`, trying again for up to the configured time while the
-/// pipeline is full.
-async fn offer<T, F: std::future::Future<Output = Result<T, EmitError>>>(
-    shared: &Shared,
-    mut try_once: impl FnMut() -> F,
-) -> Result<T, EmitError> {
-    let deadline = Instant::now() + Duration::from_millis(shared.config.backpressure_wait_ms);
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match try_once().await {
-            Err(EmitError::Full) if Instant::now() < deadline => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            other => return other,
-        }
     }
 }
 
@@ -314,9 +288,9 @@ mod tests {
     fn content_type_check_accepts_json_variants() {
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
-        assert!(is_json(&h));
+        assert!(server::is_json(&h));
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        assert!(!is_json(&h));
+        assert!(!server::is_json(&h));
     }
 
     #[test]

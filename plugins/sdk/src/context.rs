@@ -293,6 +293,27 @@ impl Emitter {
         unsafe { (self.api.finish)(self.api.ctx) }
     }
 
+    /// Runs `try_once` (an [`Emitter::emit`] or [`Emitter::send`]) and, while the pipeline
+    /// is full, again for up to `wait`, pausing 1 ms, then twice as long each time up to
+    /// 50 ms: a source that can hold its caller a little (an HTTP request) rides out a
+    /// short burst instead of refusing it.
+    pub async fn offer<T, F: std::future::Future<Output = Result<T, EmitError>>>(
+        wait: std::time::Duration,
+        mut try_once: impl FnMut() -> F,
+    ) -> Result<T, EmitError> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            match try_once().await {
+                Err(EmitError::Full) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Offers a batch and waits for its acknowledgement.
     pub async fn send(&self, batch: &BatchRef<'_>) -> Result<Ack, EmitError> {
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -19,11 +19,16 @@ const MAX_KEYS: usize = 100_000;
 
 /// The hex SHA-256 digest of a secret.
 pub fn digest(secret: &str) -> String {
-    let mut hex = String::with_capacity(64);
-    for b in Sha256::digest(secret.as_bytes()) {
-        let _ = write!(hex, "{b:02x}");
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+/// Bytes as lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
     }
-    hex
+    out
 }
 
 /// Whether two byte strings are equal, in time that depends only on their lengths.

@@ -117,6 +117,16 @@ impl Listener {
     }
 }
 
+/// Whether a request's `Content-Type` is JSON (`application/json`, or any
+/// `application/…+json`), parameters such as `charset` aside.
+pub fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
 /// A server started on the plugin runtime with [`Serving::start`], served until
 /// [`Serving::stop`].
 pub struct Serving {
