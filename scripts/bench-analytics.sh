@@ -30,7 +30,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 psql "$DB" -qXc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" 2>/dev/null
 redis-cli -n 7 flushdb >/dev/null
 
-DATABASE_URL=$DB ANALYTICS_SCHEMA=$SCHEMA ANALYTICS_ADMIN_KEY=$ADMIN REDIS_URL=redis://127.0.0.1:6379/7 \
+# The query cache is off (CACHE_TTL=0) unless asked for: the figures are the queries' own.
+DATABASE_URL=$DB ANALYTICS_SCHEMA=$SCHEMA ANALYTICS_ADMIN_KEY=$ADMIN REDIS_URL=redis://127.0.0.1:6379/7 ANALYTICS_CACHE_TTL=${CACHE_TTL:-0} \
   EVENTS_HTTP_LISTEN=127.0.0.1:$PORT "$BIN/weir" run --plugins "$BIN" --pipelines examples/event-analytics \
   --admin 127.0.0.1:$((PORT + 1)) --log warn --no-watch 2>"$work/weir.log" &
 pid=$!

@@ -3,12 +3,17 @@
 //! retried batch, and each query against answers computed here from the generated events.
 
 mod common;
+#[path = "common/page.rs"]
+mod page;
 #[path = "common/postgres.rs"]
 mod pg;
+#[path = "common/socketio.rs"]
+mod socketio;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::*;
+use page::{render, Page};
 use pg::{psql, Schema, SERVER};
 use serde_json::{json, Value};
 
@@ -57,15 +62,22 @@ struct Api {
 
 impl Api {
     fn start() -> Api {
+        Self::start_with(&[])
+    }
+
+    /// With more environment variables for the example.
+    fn start_with(more: &[(&str, &str)]) -> Api {
         let schema = Schema::new("analytics");
         let listen = format!("127.0.0.1:{}", free_port());
-        let weir = Self::run(&schema.0, &listen);
+        let weir = Self::run(&schema.0, &listen, more);
         Api { weir, base: format!("http://{listen}"), listen, _schema: schema }
     }
 
     /// `weir run` of the example on `schema`, once its API answers.
-    fn run(schema: &str, listen: &str) -> Weir {
-        let envs = [("DATABASE_URL", SERVER), ("ANALYTICS_ADMIN_KEY", ADMIN), ("ANALYTICS_SCHEMA", schema), ("EVENTS_HTTP_LISTEN", listen)];
+    fn run(schema: &str, listen: &str, more: &[(&str, &str)]) -> Weir {
+        let mut envs =
+            vec![("DATABASE_URL", SERVER), ("ANALYTICS_ADMIN_KEY", ADMIN), ("ANALYTICS_SCHEMA", schema), ("EVENTS_HTTP_LISTEN", listen)];
+        envs.extend_from_slice(more);
         let weir = Weir::start(&repo().join("examples/event-analytics"), &[], &envs);
         let health = format!("http://{listen}/health");
         // Up, with its rollups kept (so whole-day queries read them).
@@ -79,7 +91,7 @@ impl Api {
     /// Stops weir and starts it again on the same tables.
     fn restart(&mut self) {
         assert!(self.weir.stop().success());
-        self.weir = Self::run(&self._schema.0, &self.listen);
+        self.weir = Self::run(&self._schema.0, &self.listen, &[]);
     }
 
     fn url(&self, path: &str) -> String {
@@ -538,4 +550,113 @@ fn a_live_stream_carries_the_keys_project_events_as_they_are_stored() {
             assert!(got.iter().all(|e| e["orgId"] == "org-l" && e["projectId"] == "proj-l"), "{got:?}");
         }
     });
+}
+
+#[test]
+fn pages_of_other_origins_may_use_a_key_only_from_the_origins_it_allows() {
+    let api_ = Api::start();
+    // The page is served by Python's HTTP server on another port: another origin.
+    let page = Page::serve("<html></html>");
+    let html = format!(
+        r#"<html><body><pre id="out">pending</pre><script>
+async function go() {{
+  const lines = [];
+  for (const key of ["MINE", "ELSEWHERE"]) {{
+    try {{
+      const r = await fetch("{}/api/v1/events/summary", {{headers: {{"X-API-Key": key}}}});
+      const j = await r.json();
+      lines.push(r.status + " " + j.totalEvents);
+    }} catch (e) {{ lines.push("blocked " + e.name); }}
+  }}
+  document.getElementById("out").textContent = "done\n" + lines.join("\n");
+}}
+go();
+</script></body></html>"#,
+        api_.base
+    );
+    let origin = page.origin.clone();
+    let (_, mine) = api_.key("browser sdk", "org-c", "proj-c", json!({"allowedOrigins": [origin]}));
+    let (_, elsewhere) = api_.key("other site", "org-c", "proj-c", json!({"allowedOrigins": ["https://app.example.com"]}));
+    let (_, plain) = api_.key("server side", "org-c", "proj-c", json!({}));
+    let (status, body) = api_.post_events(&mine, &json!([{"userId": "u1", "eventName": "page_view", "timestamp": "2024-01-02T10:00:00Z"}]));
+    assert_eq!(status, 200, "{body}");
+
+    // Preflights: for the origin a key lists, with what the page may send; not for others.
+    let preflight = |from: &str| {
+        let headers = [("Origin", from), ("Access-Control-Request-Method", "GET"), ("Access-Control-Request-Headers", "x-api-key")];
+        api("OPTIONS", &api_.url("/api/v1/events/summary"), &headers, None)
+    };
+    let (status, head, _) = preflight(&origin);
+    assert_eq!(status, 204, "{head}");
+    assert!(head.contains(&format!("access-control-allow-origin: {origin}")), "{head}");
+    assert!(head.contains("access-control-allow-headers: content-type, x-api-key"), "{head}");
+    let (status, head, body) = preflight("https://evil.example");
+    assert_eq!(status, 403, "{head}");
+    assert!(body["error"].as_str().unwrap().contains("allowedOrigins"), "the refusal says what to do: {body}");
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+
+    // Requests: each key only from its own origins; a page of the server itself is not cross-origin.
+    let from = |key: &str, origin: &str| api("GET", &api_.url("/api/v1/events/summary"), &[("X-API-Key", key), ("Origin", origin)], None);
+    let (status, head, body) = from(&mine, &origin);
+    assert_eq!((status, body["totalEvents"].as_u64()), (200, Some(1)), "{body}");
+    assert!(
+        head.contains(&format!("access-control-allow-origin: {origin}"))
+            && head.contains("access-control-expose-headers: retry-after, ratelimit-limit"),
+        "{head}"
+    );
+    let (status, _, body) = from(&elsewhere, &origin);
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("allowedOrigins"), "{body}");
+    assert_eq!(from(&plain, &origin).0, 403, "a key without allowedOrigins, with no cors config, works from no other site");
+    assert_eq!(from(&mine, "https://evil.example").0, 403);
+    assert_eq!(from(&plain, &api_.base).0, 200, "the API's own pages (Swagger UI) are not cross-origin");
+
+    // A real browser, which enforces CORS itself: the page reads the answer with its key,
+    // and only the refusal with the key of another site.
+    page.write(&html.replace("MINE", &mine).replace("ELSEWHERE", &elsewhere));
+    let dom = render(&format!("{origin}/index.html"));
+    assert!(dom.contains("done\n200 1\n403 undefined"), "{dom}");
+}
+
+#[test]
+fn rate_limits_and_the_query_cache_live_in_redis_and_hold_across_a_restart() {
+    let mut api_ = Api::start();
+    let (limited_id, limited) = api_.key("dashboard", "org-r", "proj-r", json!({"rateLimit": {"max": 5, "windowMs": 600_000}}));
+    let (_, writer) = api_.key("ingest", "org-r", "proj-r", json!({}));
+    let (_, other) = api_.key("other tenant", "org-q", "proj-q", json!({}));
+    let url = api_.url("/api/v1/events/summary");
+    let summary = |key: &str| {
+        let (status, head, body) = api("GET", &url, &[("X-API-Key", key)], None);
+        let cache = head.lines().find_map(|l| l.strip_prefix("x-cache: ")).unwrap_or("").trim().to_owned();
+        (status, cache, body["totalEvents"].as_u64())
+    };
+    let two = json!([{"userId": "u1", "eventName": "a", "eventId": "r1"}, {"userId": "u2", "eventName": "b", "eventId": "r2"}]);
+    assert_eq!(api_.post_events(&writer, &two).0, 200);
+    assert_eq!(summary(&limited), (200, "miss".into(), Some(2)));
+    assert_eq!(summary(&writer), (200, "hit".into(), Some(2)), "the tenant's keys share its cached answers");
+    assert_eq!(summary(&other), (200, "miss".into(), Some(0)), "another tenant never gets them");
+    // A row stored outside the API is not seen while the answer is cached (at most the TTL)...
+    psql(
+        SERVER,
+        &format!(
+            "INSERT INTO {}.event_log (event_id, user_id, event_name, timestamp, org_id, project_id) VALUES ('r3', 'u3', 'c', now(), 'org-r', 'proj-r')",
+            api_._schema.0
+        ),
+    );
+    assert_eq!(summary(&limited), (200, "hit".into(), Some(2)));
+    // ...and any event stored through the API retires the tenant's cached answers at once.
+    assert_eq!(api_.post_events(&writer, &json!({"userId": "u4", "eventName": "d", "eventId": "r4"})).0, 200);
+    assert_eq!(summary(&limited), (200, "miss".into(), Some(4)));
+    // The key's window is in Redis (three requests so far), so it outlives this weir.
+    let count = std::process::Command::new("redis-cli")
+        .args(["GET", &format!("weir:{}:rate:{limited_id}", api_._schema.0)])
+        .output()
+        .expect("redis-cli");
+    assert_eq!(String::from_utf8_lossy(&count.stdout).trim(), "3");
+    api_.restart();
+    assert_eq!(summary(&limited).0, 200);
+    assert_eq!(summary(&limited).0, 200);
+    let (status, head, body) = api("GET", &url, &[("X-API-Key", &limited)], None);
+    assert_eq!(status, 429, "the sixth request in the window, two of them before the restart: {body}");
+    assert!(head.contains("retry-after: ") && head.contains("ratelimit-remaining: 0"), "{head}");
 }

@@ -35,6 +35,11 @@ impl Page {
         wait_for("the page server", Duration::from_secs(10), || std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_ok());
         Page { child, origin, _dir: dir }
     }
+
+    /// Replaces the page (served as it is at each request).
+    pub fn write(&self, html: &str) {
+        std::fs::write(self._dir.path().join("index.html"), html).unwrap();
+    }
 }
 
 impl Drop for Page {

@@ -1,6 +1,7 @@
 //! The `analytics` source's config.
 
 use weir_plugin::serve::auth::RateLimit;
+use weir_plugin::serve::cors::CorsConfig;
 use weir_plugin::{Deserialize, JsonSchema};
 
 /// Config of the `analytics` source.
@@ -44,10 +45,37 @@ pub struct AnalyticsConfig {
     /// Most events one journey page holds (the `limit` parameter's upper bound and default).
     #[serde(default = "default_journey_limit")]
     pub journey_limit: u32,
+    /// Calls from web pages of other origins (browser SDKs sending `X-API-Key`): the origins
+    /// from which any key may be used, and what pages may send and read. A key created with
+    /// its own `allowedOrigins` may be used only from those. Unset: only keys with their own
+    /// `allowedOrigins` can be used from pages of other origins.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+    /// Redis (`redis://host:port/db`, e.g. `${REDIS_URL}`): per-key rate limits counted
+    /// there, so a key's limit holds across every instance of the API and across restarts,
+    /// and query answers cached there. Unset: limits counted in this process, no cache. Its
+    /// password is never shown.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Prefix of the Redis keys this source writes (rate windows, cache, generations).
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+    /// How long a query answer (summary, metrics, retention, funnel analytics) stays in the
+    /// cache, in seconds; 0 turns the cache off. Any change to a tenant's data through the
+    /// API (events stored, a funnel created or deleted) retires its cached answers at once;
+    /// the TTL bounds how long a change made outside the API may go unseen.
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl_secs: u64,
 }
 
 fn default_rate_limit() -> RateLimit {
     RateLimit { max: 100, window_ms: 900_000 }
+}
+fn default_redis_prefix() -> String {
+    "weir:analytics:".into()
+}
+fn default_cache_ttl() -> u64 {
+    60
 }
 fn default_listen() -> String {
     "127.0.0.1:3000".into()
@@ -91,6 +119,9 @@ impl AnalyticsConfig {
             return Err(format!("schema {:?} must be letters, digits and _", self.schema));
         }
         self.rate_limit.check("rate_limit")?;
+        if let Some(cors) = &self.cors {
+            cors.check("cors")?;
+        }
         if self.max_events == 0 || self.max_body_bytes == 0 || self.journey_limit == 0 {
             return Err("max_events, max_body_bytes and journey_limit must be above 0".into());
         }

@@ -11,8 +11,10 @@ use chrono::{DateTime, Utc};
 use weir_plugin::serde_json::{json, Value};
 
 use crate::db::{detail, Db};
+use weir_plugin::origins::Origins;
 use weir_plugin::serve::auth::RateLimit;
 pub use weir_plugin::serve::auth::{digest, same};
+use weir_plugin::serve::cors::check_origins;
 
 /// Every permission a key can hold.
 pub const PERMISSIONS: [&str; 2] = [WRITE, READ];
@@ -40,6 +42,8 @@ pub struct KeyRecord {
     pub permissions: Vec<String>,
     /// Its own rate limit, if any.
     pub rate_limit: Option<RateLimit>,
+    /// The origins of the web pages that may use it, if it has its own.
+    pub origins: Option<Origins>,
     /// Its digest, hex.
     digest: String,
 }
@@ -76,6 +80,8 @@ pub struct NewKey {
     permissions: Option<Vec<String>>,
     #[serde(default)]
     rate_limit: Option<RateLimit>,
+    #[serde(default)]
+    allowed_origins: Option<Vec<String>>,
 }
 
 impl NewKey {
@@ -91,6 +97,9 @@ impl NewKey {
         }
         if let Some(r) = &self.rate_limit {
             r.check("rateLimit")?;
+        }
+        if let Some(o) = &self.allowed_origins {
+            check_origins("allowedOrigins", o, false)?;
         }
         Ok(())
     }
@@ -117,6 +126,7 @@ impl Keys {
             project_id: "sample-project".into(),
             permissions: PERMISSIONS.iter().map(|p| p.to_string()).collect(),
             rate_limit: None,
+            origins: None,
             digest: digest(DEV_KEY),
         });
         Keys {
@@ -145,7 +155,8 @@ impl Keys {
                is_active BOOLEAN NOT NULL DEFAULT true,
                last_used TIMESTAMPTZ,
                created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-               updated_at TIMESTAMPTZ NOT NULL DEFAULT now());",
+               updated_at TIMESTAMPTZ NOT NULL DEFAULT now());
+             ALTER TABLE {t} ADD COLUMN IF NOT EXISTS allowed_origins TEXT[];",
             t = self.table
         )
     }
@@ -156,7 +167,7 @@ impl Keys {
         let rows = client
             .query(
                 &format!(
-                    "SELECT id, key_digest, name, org_id, project_id, permissions, rate_max, rate_window_ms FROM {} WHERE is_active",
+                    "SELECT id, key_digest, name, org_id, project_id, permissions, rate_max, rate_window_ms, allowed_origins FROM {} WHERE is_active",
                     self.table
                 ),
                 &[],
@@ -179,6 +190,7 @@ impl Keys {
                     project_id: row.get(4),
                     permissions: row.get(5),
                     rate_limit,
+                    origins: row.get::<_, Option<Vec<String>>>(8).map(|o| Origins::new(&o)),
                     digest,
                 },
             );
@@ -221,8 +233,8 @@ impl Keys {
         let row = client
             .query_one(
                 &format!(
-                    "INSERT INTO {} (id, key_digest, prefix, name, org_id, project_id, permissions, rate_max, rate_window_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING created_at",
+                    "INSERT INTO {} (id, key_digest, prefix, name, org_id, project_id, permissions, rate_max, rate_window_ms, allowed_origins)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING created_at",
                     self.table
                 ),
                 &[
@@ -235,6 +247,7 @@ impl Keys {
                     &permissions,
                     &new.rate_limit.map(|r| r.max as i32),
                     &new.rate_limit.map(|r| r.window_ms as i64),
+                    &new.allowed_origins,
                 ],
             )
             .await
@@ -243,7 +256,8 @@ impl Keys {
         self.load().await?;
         Ok(json!({
             "id": id, "key": secret, "name": new.name, "orgId": new.org_id, "projectId": new.project_id,
-            "permissions": permissions, "rateLimit": new.rate_limit, "isActive": true, "createdAt": iso(created),
+            "permissions": permissions, "rateLimit": new.rate_limit, "allowedOrigins": new.allowed_origins,
+            "isActive": true, "createdAt": iso(created),
         }))
     }
 
@@ -254,7 +268,8 @@ impl Keys {
         let rows = client
             .query(
                 &format!(
-                    "SELECT id, prefix, name, org_id, project_id, permissions, rate_max, rate_window_ms, is_active, last_used, created_at, updated_at
+                    "SELECT id, prefix, name, org_id, project_id, permissions, rate_max, rate_window_ms, is_active, last_used, created_at, updated_at,
+                            allowed_origins
                      FROM {} ORDER BY created_at, id",
                     self.table
                 ),
@@ -275,10 +290,18 @@ impl Keys {
                     "permissions": r.get::<_, Vec<String>>(5), "rateLimit": rate, "isActive": r.get::<_, bool>(8),
                     "lastUsed": r.get::<_, Option<DateTime<Utc>>>(9).map(iso),
                     "createdAt": iso(r.get(10)), "updatedAt": iso(r.get(11)),
+                    "allowedOrigins": r.get::<_, Option<Vec<String>>>(12),
                 })
             })
             .collect();
         Ok(json!({ "keys": keys }))
+    }
+
+    /// Whether any active key lists `origin` among its own origins (a preflight carries no
+    /// key, so it is answered for the origins of every key).
+    pub fn origin_listed(&self, origin: &[u8]) -> bool {
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        cache.values().any(|k| k.origins.as_ref().is_some_and(|o| o.lists(origin)))
     }
 
     /// Revokes key `id`; whether there was such an active key.
@@ -316,6 +339,7 @@ pub fn tests_key(org: &str, project: &str) -> KeyRecord {
         project_id: project.into(),
         permissions: PERMISSIONS.iter().map(|p| p.to_string()).collect(),
         rate_limit: None,
+        origins: None,
         digest: digest("secret"),
     }
 }
@@ -345,5 +369,10 @@ mod tests {
         let perm: NewKey =
             weir_plugin::serde_json::from_value(json!({"name": "k", "orgId": "o", "projectId": "p", "permissions": ["root"]})).unwrap();
         assert!(perm.check().unwrap_err().contains("root"));
+        let origins: NewKey = weir_plugin::serde_json::from_value(
+            json!({"name": "k", "orgId": "o", "projectId": "p", "allowedOrigins": ["https://a.example/x"]}),
+        )
+        .unwrap();
+        assert!(origins.check().unwrap_err().contains("allowedOrigins"));
     }
 }

@@ -8,6 +8,7 @@
 //! analytics, `/api/v1/funnels`). See `examples/event-analytics`.
 
 mod config;
+mod cross_origin;
 mod db;
 mod funnels;
 mod ingest;
@@ -19,6 +20,7 @@ mod reply;
 mod retention;
 mod rollup;
 mod source;
+mod store;
 
 pub use config::AnalyticsConfig;
 pub use source::AnalyticsSource;

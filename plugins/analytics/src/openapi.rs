@@ -312,6 +312,9 @@ pub struct NewKey {
     permissions: Option<Vec<String>>,
     /// Its own rate limit.
     rate_limit: Option<Limit>,
+    /// Origins of the web pages that may use it (`https://app.example.com`; `*` for any);
+    /// unset: those of the source's `cors` config.
+    allowed_origins: Option<Vec<String>>,
 }
 
 /// A key just created: the only time its secret is shown.
@@ -332,6 +335,8 @@ pub struct CreatedKey {
     permissions: Vec<String>,
     /// Its own rate limit.
     rate_limit: Option<Limit>,
+    /// Origins of the web pages that may use it.
+    allowed_origins: Option<Vec<String>>,
     /// Always true.
     is_active: bool,
     /// When.
@@ -356,6 +361,8 @@ pub struct KeyInfo {
     permissions: Vec<String>,
     /// Its own rate limit.
     rate_limit: Option<Limit>,
+    /// Origins of the web pages that may use it.
+    allowed_origins: Option<Vec<String>>,
     /// Whether it works.
     is_active: bool,
     /// When it was last used.

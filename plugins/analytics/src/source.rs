@@ -16,6 +16,7 @@ use axum::{Extension, Router};
 use chrono::Utc;
 use weir_plugin::serde_json::{self, json, Value};
 use weir_plugin::serve::auth::Limiter;
+use weir_plugin::serve::cors::Cors;
 use weir_plugin::serve::{self as server, Limits};
 use weir_plugin::{BatchBuf, Context, EmitError, Emitter, Head, Outcome, PluginError, Source};
 
@@ -25,6 +26,7 @@ use crate::ingest::{self, Client};
 use crate::keys::{self, KeyRecord, Keys, NewKey};
 use crate::query::Queries;
 use crate::reply::{json_response, ApiError};
+use crate::store::Store;
 
 /// How often the key cache is reloaded (so a key revoked through another instance stops
 /// working here too) and `lastUsed` written back.
@@ -39,6 +41,8 @@ pub struct AnalyticsSource {
     config: AnalyticsConfig,
     ctx: Context,
     listener: Option<server::Listener>,
+    /// Redis, when the config names one (moved into [`Shared`] at start).
+    store: Option<Store>,
     serving: Option<server::Serving>,
 }
 
@@ -46,12 +50,16 @@ pub struct AnalyticsSource {
 pub(crate) struct Shared {
     config: AnalyticsConfig,
     emitter: Emitter,
-    keys: Keys,
+    pub(crate) keys: Keys,
     limiter: Limiter,
     live: crate::live::Live,
     /// The digest of `admin_key`; `None` when key management is off.
     admin_digest: Option<String>,
     queries: Queries,
+    /// Calls from pages of other origins.
+    pub(crate) cors: Cors,
+    /// Shared rate limits and the query cache, when there is a Redis.
+    store: Option<Store>,
     db: Arc<Db>,
     ctx: Context,
 }
@@ -74,7 +82,13 @@ impl Source for AnalyticsSource {
                 keys::DEV_KEY
             ));
         }
-        Ok(AnalyticsSource { config, ctx, listener: Some(listener), serving: None })
+        let store = match &config.redis_url {
+            Some(url) => {
+                Some(Store::new(url, &config.redis_prefix, Duration::from_secs(config.cache_ttl_secs), ctx).map_err(PluginError::config)?)
+            }
+            None => None,
+        };
+        Ok(AnalyticsSource { config, ctx, listener: Some(listener), store, serving: None })
     }
 
     fn start(&mut self, emitter: Emitter) -> Result<(), PluginError> {
@@ -93,6 +107,8 @@ impl Source for AnalyticsSource {
                 rolled: Arc::default(),
                 ctx,
             },
+            cors: crate::cross_origin::policy(&self.config),
+            store: self.store.take(),
             config: self.config.clone(),
             emitter,
             db,
@@ -123,6 +139,7 @@ impl Source for AnalyticsSource {
             .route("/api/v1/keys/{id}", delete(revoke_key))
             .merge(tenant)
             .fallback(|| async { ApiError::not_found("no such endpoint") })
+            .layer(middleware::from_fn_with_state(shared.clone(), crate::cross_origin::layer))
             .with_state(shared.clone());
         ctx.info(&format!("Analytics API listening on {}.", self.config.listen));
         let limits = Limits {
@@ -247,8 +264,15 @@ async fn authenticate(State(shared): State<Arc<Shared>>, mut req: Request, next:
             return ApiError::unavailable().into_response();
         }
     };
+    if let Some(refused) = crate::cross_origin::refusal(&shared.cors, &key, req.headers()) {
+        return refused;
+    }
     let limit = key.rate_limit.unwrap_or(shared.config.rate_limit);
-    let standing = shared.limiter.take(&key.id, limit, Instant::now());
+    let shared_window = match &shared.store {
+        Some(store) => store.take(&key.id, limit).await,
+        None => None,
+    };
+    let standing = shared_window.unwrap_or_else(|| shared.limiter.take(&key.id, limit, Instant::now()));
     let mut response = if standing.allowed {
         req.extensions_mut().insert(Arc::new(key));
         next.run(req).await
@@ -288,12 +312,12 @@ pub(crate) async fn live(State(shared): State<Arc<Shared>>, Extension(key): Exte
 
 #[utoipa::path(get, path = "/api/v1/events/summary", tag = "analytics", params(crate::openapi::RangeParams), security(("api_key" = [])), responses((status = 200, description = "totals", body = crate::openapi::Summary), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn summary(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, req: Request) -> Response {
-    answer(shared.queries.summary(&key, &params(req.uri().query())).await)
+    cached(&shared, &key, req.uri(), shared.queries.summary(&key, &params(req.uri().query()))).await
 }
 
 #[utoipa::path(get, path = "/api/v1/metrics", tag = "analytics", params(crate::openapi::MetricsParams, crate::openapi::RangeParams), security(("api_key" = [])), responses((status = 200, description = "buckets", body = crate::openapi::Metrics), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn metrics(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, req: Request) -> Response {
-    answer(shared.queries.metrics(&key, &params(req.uri().query())).await)
+    cached(&shared, &key, req.uri(), shared.queries.metrics(&key, &params(req.uri().query()))).await
 }
 
 #[utoipa::path(get, path = "/api/v1/users/{userId}/journey", tag = "analytics", params(("userId" = String, Path, description = "The user"), crate::openapi::PageParams, crate::openapi::RangeParams), security(("api_key" = [])), responses((status = 200, description = "a page of events", body = crate::openapi::Journey), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
@@ -308,7 +332,7 @@ pub(crate) async fn journey(
 
 #[utoipa::path(get, path = "/api/v1/retention", tag = "analytics", params(crate::openapi::RetentionParams, crate::openapi::RangeParams), security(("api_key" = [])), responses((status = 200, description = "cohorts", body = crate::openapi::Retention), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn retention(State(shared): State<Arc<Shared>>, Extension(key): Extension<Arc<KeyRecord>>, req: Request) -> Response {
-    answer(shared.queries.retention(&key, &params(req.uri().query())).await)
+    cached(&shared, &key, req.uri(), shared.queries.retention(&key, &params(req.uri().query()))).await
 }
 
 #[utoipa::path(post, path = "/api/v1/funnels", tag = "funnels", request_body = crate::openapi::NewFunnel, security(("api_key" = [])), responses((status = 201, description = "stored", body = crate::openapi::Funnel), (status = 400, description = "a bad funnel, the field named", body = crate::openapi::ErrorBody), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
@@ -318,7 +342,10 @@ pub(crate) async fn create_funnel(State(shared): State<Arc<Shared>>, Extension(k
         Err(e) => return ApiError::body(format!("the funnel is not valid: {e}")).into_response(),
     };
     match shared.queries.create_funnel(&key, new).await {
-        Ok(body) => json_response(StatusCode::CREATED, body),
+        Ok(body) => {
+            changed(&shared, &key).await;
+            json_response(StatusCode::CREATED, body)
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -343,7 +370,11 @@ pub(crate) async fn delete_funnel(
     Extension(key): Extension<Arc<KeyRecord>>,
     Path(id): Path<String>,
 ) -> Response {
-    answer(shared.queries.delete_funnel(&key, &id).await)
+    let deleted = shared.queries.delete_funnel(&key, &id).await;
+    if deleted.is_ok() {
+        changed(&shared, &key).await;
+    }
+    answer(deleted)
 }
 
 #[utoipa::path(get, path = "/api/v1/funnels/{id}/analytics", tag = "funnels", params(("id" = String, Path, description = "The funnel"), crate::openapi::FunnelParams, crate::openapi::RangeParams), security(("api_key" = [])), responses((status = 200, description = "figures per step", body = crate::openapi::FunnelAnalytics), (status = 404, description = "no such funnel in this project", body = crate::openapi::ErrorBody), (status = 401, description = "missing, unknown or revoked key", body = crate::openapi::ErrorBody), (status = 403, description = "the key lacks analytics:read", body = crate::openapi::ErrorBody), (status = 422, description = "a bad parameter, named", body = crate::openapi::ErrorBody), (status = 429, description = "over the key's rate limit (Retry-After)", body = crate::openapi::ErrorBody), (status = 503, description = "the database is not available", body = crate::openapi::ErrorBody)))]
@@ -353,7 +384,47 @@ pub(crate) async fn funnel_analytics(
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
-    answer(shared.queries.funnel_analytics(&key, &id, &params(req.uri().query())).await)
+    cached(&shared, &key, req.uri(), shared.queries.funnel_analytics(&key, &id, &params(req.uri().query()))).await
+}
+
+/// A query's answer: from the cache when it holds one for this tenant and request (path and
+/// query), else from `query`, then kept. `X-Cache` says which.
+async fn cached(
+    shared: &Shared,
+    key: &KeyRecord,
+    uri: &axum::http::Uri,
+    query: impl std::future::Future<Output = Result<Value, ApiError>>,
+) -> Response {
+    let request = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let entry = match &shared.store {
+        Some(store) => store.cached(key, request).await,
+        None => None,
+    };
+    let with_cache = |text: String, state: &'static str| {
+        let mut r = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], text).into_response();
+        r.headers_mut().insert("x-cache", HeaderValue::from_static(state));
+        r
+    };
+    match entry {
+        Some((_, Some(hit))) => with_cache(hit, "hit"),
+        entry => match query.await {
+            Ok(body) => {
+                let text = body.to_string();
+                if let (Some(store), Some((entry, None))) = (&shared.store, &entry) {
+                    store.keep(entry, &text).await;
+                }
+                with_cache(text, if entry.is_some() { "miss" } else { "off" })
+            }
+            Err(e) => e.into_response(),
+        },
+    }
+}
+
+/// The key's tenant changed its data: its cached answers go.
+async fn changed(shared: &Shared, key: &KeyRecord) {
+    if let Some(store) = &shared.store {
+        store.changed(key).await;
+    }
 }
 
 fn answer(result: Result<Value, ApiError>) -> Response {
@@ -502,6 +573,9 @@ pub(crate) async fn ingest_events(
                 Outcome::Failed(reason) => failed.push((*index, reason.clone())),
             }
         }
+    }
+    if accepted > 0 {
+        changed(&shared, &key).await;
     }
     rejected.sort_by_key(|(i, _)| *i);
     let list = |items: &[(usize, String)]| -> Vec<Value> { items.iter().map(|(i, e)| json!({"index": i, "error": e})).collect() };

@@ -198,13 +198,6 @@ impl Redis {
     }
 }
 
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
-
 fn default_window() -> String {
     "10m".into()
 }
@@ -480,7 +473,7 @@ impl Transform for Dedupe {
             redis::Client::open(config.store.as_str()).map_err(|e| {
                 PluginError::config(format!(
                     "store {:?} is neither `memory` nor a Redis URL such as redis://127.0.0.1:6379: {e}",
-                    redacted(&config.store)
+                    weir_plugin::error::redacted_url(&config.store)
                 ))
             })?;
         }
@@ -497,15 +490,16 @@ impl Transform for Dedupe {
         let redis = match config.store.as_str() {
             "memory" => None,
             url => {
-                let client = redis::Client::open(url).map_err(|e| PluginError::config(format!("store {}: {e}", redacted(url))))?;
+                let client = redis::Client::open(url)
+                    .map_err(|e| PluginError::config(format!("store {}: {e}", weir_plugin::error::redacted_url(url))))?;
                 let prefix = config.key_prefix.clone().unwrap_or_else(|| format!("weir:dedupe:{}:{}:", ctx.pipeline(), ctx.stage()));
-                ctx.info(&format!("Dedupe window in {} under {prefix}*.", redacted(url)));
+                ctx.info(&format!("Dedupe window in {} under {prefix}*.", weir_plugin::error::redacted_url(url)));
                 Some(Redis {
                     client,
                     connection: None,
                     scripts: Default::default(),
                     prefix,
-                    shown: redacted(url),
+                    shown: weir_plugin::error::redacted_url(url),
                     unsettled: Vec::new(),
                     unconfirmed: HashSet::new(),
                 })

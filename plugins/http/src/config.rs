@@ -56,7 +56,7 @@ pub struct HttpConfig {
     /// Cross-origin requests from web pages (CORS). Unset: no CORS headers, so a browser
     /// lets no page of another origin post or read an answer.
     #[serde(default)]
-    pub cors: Option<CorsConfig>,
+    pub cors: Option<weir_plugin::serve::cors::CorsConfig>,
     /// Send the usual security headers with every answer (`X-Content-Type-Options:
     /// nosniff`, `X-Frame-Options: DENY`, `Referrer-Policy: no-referrer`, `Cache-Control:
     /// no-store`, a `Content-Security-Policy` that allows nothing).
@@ -66,31 +66,6 @@ pub struct HttpConfig {
     /// headers and rate limit (429 over it). Unset: anyone who reaches the address may post.
     #[serde(default)]
     pub auth: Option<crate::auth::AuthConfig>,
-}
-
-/// Which web pages of other origins may call the source.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CorsConfig {
-    /// Origins whose pages may call, as browsers send them (`https://app.example.com`,
-    /// `http://localhost:3000`); `*` for any. A request from another origin gets 403.
-    pub allowed_origins: Vec<String>,
-    /// Methods a page may use.
-    #[serde(default = "default_cors_methods")]
-    pub allowed_methods: Vec<String>,
-    /// Request headers a page may send, besides the ones browsers always allow.
-    #[serde(default = "default_cors_headers")]
-    pub allowed_headers: Vec<String>,
-    /// Answer headers a page may read, besides the ones browsers always show.
-    #[serde(default = "default_cors_expose")]
-    pub expose_headers: Vec<String>,
-    /// Let pages send cookies and HTTP authentication (then `allowed_origins` must list
-    /// origins, not `*`).
-    #[serde(default)]
-    pub allow_credentials: bool,
-    /// How long a browser may keep a preflight's answer, in seconds.
-    #[serde(default = "default_cors_max_age")]
-    pub max_age_secs: u32,
 }
 
 /// When the `http` source answers a request.
@@ -137,18 +112,6 @@ fn default_idle_timeout() -> NonZeroU64 {
 fn default_true() -> bool {
     true
 }
-fn default_cors_methods() -> Vec<String> {
-    vec!["POST".into(), "GET".into()]
-}
-fn default_cors_headers() -> Vec<String> {
-    vec!["content-type".into(), "traceparent".into(), "tracestate".into()]
-}
-fn default_cors_expose() -> Vec<String> {
-    vec!["retry-after".into()]
-}
-fn default_cors_max_age() -> u32 {
-    600
-}
 fn default_health() -> String {
     "/health".into()
 }
@@ -163,47 +126,13 @@ impl HttpConfig {
             return Err(format!("health_path {:?} must start with `/` and differ from path", self.health_path));
         }
         if let Some(cors) = &self.cors {
-            cors.check()?;
+            cors.check("cors")?;
         }
         if let Some(auth) = &self.auth {
             auth.check()?;
         }
         if self.listen.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
             return Err(format!("listen {:?} must be host:port", self.listen));
-        }
-        Ok(())
-    }
-}
-
-impl CorsConfig {
-    /// Checks the origins and names.
-    pub fn check(&self) -> Result<(), String> {
-        if self.allowed_origins.is_empty() {
-            return Err("cors.allowed_origins is empty: list the origins of the pages that may call (or leave cors out)".into());
-        }
-        for origin in &self.allowed_origins {
-            if origin == "*" {
-                if self.allow_credentials {
-                    return Err("cors.allowed_origins `*` cannot go with allow_credentials: list the origins".into());
-                }
-                continue;
-            }
-            let rest = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
-            if !rest.is_some_and(|r| !r.is_empty() && !r.contains('/')) {
-                return Err(format!(
-                    "cors.allowed_origins: {origin:?} is not an origin: write scheme://host[:port] with no path, e.g. https://app.example.com"
-                ));
-            }
-        }
-        for name in self.allowed_headers.iter().chain(&self.expose_headers) {
-            if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(format!("cors: {name:?} is not a header name"));
-            }
-        }
-        for method in &self.allowed_methods {
-            if axum::http::Method::from_bytes(method.as_bytes()).is_err() {
-                return Err(format!("cors.allowed_methods: {method:?} is not a method"));
-            }
         }
         Ok(())
     }

@@ -39,3 +39,21 @@ impl PluginError {
         PluginError::Fatal(message.into())
     }
 }
+
+/// A connection URL as it may be shown in logs and errors: its password (anything between
+/// `://` and the last `@`) replaced by `***`.
+pub fn redacted_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    #[test]
+    fn passwords_in_urls_are_not_shown() {
+        assert_eq!(super::redacted_url("redis://:s3cret@127.0.0.1:6379/2"), "redis://***@127.0.0.1:6379/2");
+        assert_eq!(super::redacted_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

@@ -12,6 +12,7 @@
 
 pub mod auth;
 mod conn;
+pub mod cors;
 mod handoff;
 mod memory;
 mod state;

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Where the Event Analytics Platform's ingest time goes on the PostgreSQL side, without
+# Weir (issue: Event Analytics Platform as Weir pipelines): N generated events (default
+# 200,000; 200,000 users, 30 days, ten names, as bench/src/bin/analytics_load.rs) inserted
+# in batches of 1,000, one transaction each (as the postgres sink writes), into the
+# example's events table with its indexes and rollup trigger, then with less of each.
+# Uses the machine's PostgreSQL, schema bench_sql (dropped first and at the end).
+#
+#   scripts/bench-analytics-sql.sh            # N=200000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-200000}
+DB=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+P() { psql "$DB" -qX -v ON_ERROR_STOP=1 "$@"; }
+P -c "DROP SCHEMA IF EXISTS bench_sql CASCADE" -c "CREATE SCHEMA bench_sql" 2>/dev/null
+P -c "CREATE UNLOGGED TABLE bench_sql.src AS
+  SELECT i, 'e' || i AS event_id, 'user' || (abs(hashint8(i)) % 200000) AS user_id,
+    (ARRAY['page_view','page_view','page_view','click','signup','add_to_cart','purchase','search','logout','share'])[1 + abs(hashint8(i * 7)) % 10] AS event_name,
+    timestamptz '2024-01-01' + (abs(hashint8(i * 13)) % (30 * 86400)) * interval '1 second' AS ts,
+    jsonb_build_object('plan', 'pro', 'n', i % 100) AS properties, 's' || i % 200000 || '-' || i % 30 AS session_id, '/p/' || i % 50 AS page_url
+  FROM generate_series(1, $N) i" -c "CREATE INDEX ON bench_sql.src (i)" -c "ANALYZE bench_sql.src"
+# The rollup tables and trigger exactly as the analytics source creates them.
+trigger=$(sed -n '/^fn statements/,/^}/p' plugins/analytics/src/rollup.rs | sed -n '/"PERFORM/,/excluded.users;"/p' | sed 's/^ *"//; s/"$//; s/{schema}/bench_sql/g')
+tables=$(sed -n '/^pub fn ddl/,/^}/p' plugins/analytics/src/rollup.rs | sed -n '/CREATE TABLE IF NOT EXISTS {schema}.rollup_daily (/,/PRIMARY KEY (org_id, project_id, event_name, month, user_id));/p' | sed 's/^ *"//; s/{schema}/bench_sql/g')
+run() { # name indexes trigger(0|1)
+  P -c "DROP TABLE IF EXISTS bench_sql.ev, bench_sql.rollup_daily, bench_sql.rollup_daily_users, bench_sql.rollup_user_days CASCADE" \
+    -c "CREATE TABLE bench_sql.ev (id BIGSERIAL PRIMARY KEY, event_id VARCHAR(64) NOT NULL, user_id VARCHAR(200) NOT NULL,
+          event_name VARCHAR(200) NOT NULL, timestamp TIMESTAMPTZ NOT NULL, org_id VARCHAR(200) NOT NULL, project_id VARCHAR(200) NOT NULL,
+          properties JSONB, session_id VARCHAR(200), page_url TEXT, user_agent TEXT, ip_address VARCHAR(64),
+          created_at TIMESTAMPTZ NOT NULL DEFAULT now(), updated_at TIMESTAMPTZ NOT NULL DEFAULT now());
+        CREATE UNIQUE INDEX ON bench_sql.ev (org_id, project_id, event_id); $2" 2>/dev/null
+  if [ "$3" = 1 ]; then
+    P -c "$tables" -c "CREATE OR REPLACE FUNCTION bench_sql.roll() RETURNS trigger LANGUAGE plpgsql AS \$body\$ BEGIN $trigger RETURN NULL; END \$body\$;
+      CREATE TRIGGER t AFTER INSERT ON bench_sql.ev REFERENCING NEW TABLE AS weir_new_rows FOR EACH STATEMENT EXECUTE FUNCTION bench_sql.roll()"
+  fi
+  local start end
+  start=$(date +%s.%N)
+  P -c "DO \$\$ BEGIN FOR b IN 0..($N / 1000 - 1) LOOP
+      INSERT INTO bench_sql.ev (event_id, user_id, event_name, timestamp, org_id, project_id, properties, session_id, page_url)
+        SELECT event_id, user_id, event_name, ts, 'bench', 'bench', properties, session_id, page_url FROM bench_sql.src WHERE i > b * 1000 AND i <= (b + 1) * 1000;
+      COMMIT; END LOOP; END \$\$"
+  end=$(date +%s.%N)
+  printf '%-58s %8.0f events/s\n' "$1" "$(echo "$N / ($end - $start)" | bc -l)"
+}
+FOUR="CREATE INDEX ON bench_sql.ev (org_id, project_id, timestamp); CREATE INDEX ON bench_sql.ev (org_id, project_id, user_id, event_name, timestamp);
+      CREATE INDEX ON bench_sql.ev (org_id, project_id, event_name, timestamp); CREATE INDEX ON bench_sql.ev (org_id, project_id, session_id);"
+ONE="CREATE INDEX ON bench_sql.ev (org_id, project_id, user_id, event_name, timestamp);"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(psql "$DB" -AtXc 'SHOW server_version')"
+run "as shipped: four indexes + unique + key, rollup trigger" "$FOUR" 1
+run "four indexes + unique + key, no trigger" "$FOUR" 0
+run "one index (user, name, time) + unique + key, trigger" "$ONE" 1
+run "one index (user, name, time) + unique + key, no trigger" "$ONE" 0
+run "unique + key only, no trigger" "" 0
+P -c "DROP SCHEMA bench_sql CASCADE"
