@@ -7,8 +7,9 @@
 //! - `rollup_user_days`: per tenant, user, month and event name (and `''` for any event), a
 //!   31-bit mask of the days of that month the user had such an event;
 //! - `rollup_daily_users`: users per tenant, UTC day and event name (and `''`), counted
-//!   when a day's bit first appears in a user's mask (writers take turns at the trigger, so
-//!   the mask read and the mask written are the same one).
+//!   when a day's bit first appears in a user's mask: the mask's upsert keeps the value it
+//!   replaced (`prev`) and returns the new bits, and skips masks that gain none (writers
+//!   take turns at the trigger, so no two see the same mask at once).
 //!
 //! Unique users per day are then one row per day; over any whole-day range, per week or
 //! month, and retention cohorts, they are counted from the masks (one row per user and
@@ -20,9 +21,9 @@ use chrono::{Datelike, Duration, NaiveDate};
 
 /// The trigger's name; a new version of the rollups has a new name, and replaces the
 /// trigger of the version before, rolling up again what is stored.
-const TRIGGER: &str = "weir_analytics_rollup_v2";
+const TRIGGER: &str = "weir_analytics_rollup_v3";
 /// Triggers of earlier versions.
-const OLD_TRIGGERS: [&str; 1] = ["weir_analytics_rollup"];
+const OLD_TRIGGERS: [&str; 2] = ["weir_analytics_rollup", "weir_analytics_rollup_v2"];
 
 /// The statements that add the rows of `weir_new_rows` to the rollups.
 fn statements(schema: &str) -> String {
@@ -32,19 +33,17 @@ fn statements(schema: &str) -> String {
            SELECT org_id, project_id, (timestamp AT TIME ZONE 'UTC')::date, event_name, count(*) FROM weir_new_rows
            GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
            ON CONFLICT (org_id, project_id, day, event_name) DO UPDATE SET events = r.events + excluded.events;
-         WITH agg AS (
-             SELECT org_id, project_id, n.name AS event_name, date_trunc('month', timestamp AT TIME ZONE 'UTC')::date AS month, user_id,
-                    bit_or(1 << (extract(day FROM timestamp AT TIME ZONE 'UTC')::int - 1)) AS days
-             FROM weir_new_rows CROSS JOIN LATERAL (VALUES (event_name), ('')) AS n(name) GROUP BY 1, 2, 3, 4, 5),
-           fresh AS (
-             SELECT a.*, a.days & ~coalesce(u.days, 0) AS new_days FROM agg a
-             LEFT JOIN {schema}.rollup_user_days u USING (org_id, project_id, event_name, month, user_id)),
-           masks AS (
-             INSERT INTO {schema}.rollup_user_days AS u (org_id, project_id, event_name, month, user_id, days)
-               SELECT org_id, project_id, event_name, month, user_id, days FROM fresh ORDER BY 1, 2, 3, 4, 5
-               ON CONFLICT (org_id, project_id, event_name, month, user_id) DO UPDATE SET days = u.days | excluded.days)
+         WITH masks AS (
+             INSERT INTO {schema}.rollup_user_days AS u (org_id, project_id, event_name, month, user_id, days, prev)
+               SELECT org_id, project_id, n.name, date_trunc('month', timestamp AT TIME ZONE 'UTC')::date, user_id,
+                      bit_or(1 << (extract(day FROM timestamp AT TIME ZONE 'UTC')::int - 1)), 0
+               FROM weir_new_rows CROSS JOIN LATERAL (VALUES (event_name), ('')) AS n(name)
+               GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+               ON CONFLICT (org_id, project_id, event_name, month, user_id) DO UPDATE SET prev = u.days, days = u.days | excluded.days
+                 WHERE u.days | excluded.days <> u.days
+               RETURNING org_id, project_id, event_name, month, days & ~prev AS new_days)
          INSERT INTO {schema}.rollup_daily_users AS d (org_id, project_id, day, event_name, users)
-           SELECT org_id, project_id, month + b, event_name, count(*) FROM fresh, generate_series(0, 30) AS b
+           SELECT org_id, project_id, month + b, event_name, count(*) FROM masks, generate_series(0, 30) AS b
            WHERE new_days & (1 << b) <> 0 GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
            ON CONFLICT (org_id, project_id, day, event_name) DO UPDATE SET users = d.users + excluded.users;"
     )
@@ -62,7 +61,8 @@ pub fn ddl(schema: &str) -> String {
            PRIMARY KEY (org_id, project_id, day, event_name));
          CREATE TABLE IF NOT EXISTS {schema}.rollup_user_days (
            org_id TEXT NOT NULL, project_id TEXT NOT NULL, event_name TEXT NOT NULL, month DATE NOT NULL, user_id TEXT NOT NULL,
-           days INTEGER NOT NULL, PRIMARY KEY (org_id, project_id, event_name, month, user_id));
+           days INTEGER NOT NULL, prev INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (org_id, project_id, event_name, month, user_id));
+         ALTER TABLE {schema}.rollup_user_days ADD COLUMN IF NOT EXISTS prev INTEGER NOT NULL DEFAULT 0;
          CREATE OR REPLACE FUNCTION {schema}.weir_rollup_events() RETURNS trigger LANGUAGE plpgsql AS $body$
            BEGIN {add} RETURN NULL; END $body$;
          CREATE OR REPLACE FUNCTION {schema}.weir_rollup_backfill() RETURNS void LANGUAGE plpgsql AS $body$
