@@ -14,6 +14,15 @@ pub struct AnalyticsConfig {
     /// PostgreSQL connection string: the events table the pipeline's `postgres` sink writes,
     /// and the keys table this source keeps. Its password is never shown.
     pub database_url: String,
+    /// Connections to PostgreSQL the API keeps, taken in turn (a long query holds up only
+    /// the requests sharing its connection).
+    #[serde(default = "default_connections")]
+    pub database_connections: usize,
+    /// Memory each sort or hash of a query may use in PostgreSQL (`work_mem` of the API's
+    /// sessions, e.g. `64MB`): funnels and retention over millions of events spill to disk
+    /// with the server's default of 4MB.
+    #[serde(default = "default_work_mem")]
+    pub work_mem: String,
     /// The events table (`schema.table`) the queries read: the one the pipeline's `postgres`
     /// sink writes, with the columns of `examples/event-analytics`.
     #[serde(default = "default_events_table")]
@@ -71,6 +80,12 @@ pub struct AnalyticsConfig {
 fn default_rate_limit() -> RateLimit {
     RateLimit { max: 100, window_ms: 900_000 }
 }
+fn default_connections() -> usize {
+    4
+}
+fn default_work_mem() -> String {
+    "64MB".into()
+}
 fn default_redis_prefix() -> String {
     "weir:analytics:".into()
 }
@@ -119,6 +134,14 @@ impl AnalyticsConfig {
             return Err(format!("schema {:?} must be letters, digits and _", self.schema));
         }
         self.rate_limit.check("rate_limit")?;
+        if !(1..=64).contains(&self.database_connections) {
+            return Err(format!("database_connections {} must be from 1 to 64", self.database_connections));
+        }
+        let digits = self.work_mem.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let unit = &self.work_mem[digits.len()..];
+        if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) || !["kB", "MB", "GB"].contains(&unit) {
+            return Err(format!("work_mem {:?} must be a whole number and a unit, kB, MB or GB (e.g. 64MB)", self.work_mem));
+        }
         if let Some(cors) = &self.cors {
             cors.check("cors")?;
         }
@@ -151,5 +174,8 @@ mod tests {
         assert!(bad.check().unwrap_err().contains("events_table"));
         assert!(config(weir_plugin::serde_json::json!({"schema": "a-b"})).check().is_err());
         assert!(config(weir_plugin::serde_json::json!({"admin_key": "short"})).check().unwrap_err().contains("admin_key"));
+        assert!(config(weir_plugin::serde_json::json!({"work_mem": "64MB'; DROP TABLE x; --"})).check().unwrap_err().contains("work_mem"));
+        assert!(config(weir_plugin::serde_json::json!({"work_mem": "512kB"})).check().is_ok());
+        assert!(config(weir_plugin::serde_json::json!({"database_connections": 0})).check().is_err());
     }
 }

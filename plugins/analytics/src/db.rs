@@ -1,6 +1,10 @@
-//! The PostgreSQL connection the API shares: opened on first use, opened again after the
-//! server closed it. One `tokio_postgres::Client` pipelines the concurrent queries.
+//! The PostgreSQL connections the API shares: a few, each opened on first use and opened
+//! again after the server closed it, taken in turn, so that a long query (a funnel over
+//! months) holds up only the requests that happen to share its connection. Each
+//! `tokio_postgres::Client` pipelines its concurrent queries; each session gets the
+//! configured `work_mem`, so the queries' sorts and hashes stay in memory.
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,10 +15,13 @@ use weir_plugin::Context;
 /// How long to wait for the server to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The shared connection.
+/// The shared connections.
 pub struct Db {
     url: String,
-    client: Mutex<Option<Arc<Client>>>,
+    clients: Vec<Mutex<Option<Arc<Client>>>>,
+    next: AtomicUsize,
+    /// `SET work_mem = …` for each new session.
+    setup: String,
     ctx: Context,
 }
 
@@ -35,14 +42,22 @@ pub fn masked(url: &str) -> String {
 }
 
 impl Db {
-    /// A connection to `url`, opened on first use.
-    pub fn new(url: &str, ctx: Context) -> Db {
-        Db { url: url.to_owned(), client: Mutex::new(None), ctx }
+    /// `connections` connections to `url` (at least one), opened on first use, each session
+    /// with `work_mem` (checked: digits and a unit).
+    pub fn new(url: &str, connections: usize, work_mem: &str, ctx: Context) -> Db {
+        Db {
+            url: url.to_owned(),
+            clients: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+            setup: format!("SET work_mem = '{work_mem}'"),
+            ctx,
+        }
     }
 
-    /// The open connection, opening it when there is none or the last one closed.
+    /// The next connection in turn, opening it when there is none or the last one closed.
     pub async fn client(&self) -> Result<Arc<Client>, String> {
-        let mut held = self.client.lock().await;
+        let slot = &self.clients[self.next.fetch_add(1, Relaxed) % self.clients.len()];
+        let mut held = slot.lock().await;
         if let Some(c) = held.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
@@ -58,6 +73,7 @@ impl Db {
                 ctx.warn(&format!("PostgreSQL connection closed: {}", detail(&e)));
             }
         });
+        client.batch_execute(&self.setup).await.map_err(|e| format!("cannot set work_mem on {url}: {}", detail(&e)))?;
         let client = Arc::new(client);
         *held = Some(client.clone());
         Ok(client)

@@ -256,9 +256,10 @@ impl ToSql for Bound {
 /// The funnel query: `$1`–`$4` the tenant and range, then per step its event name, its
 /// filters and its window. `s0` holds each user's entry; `sK` each user who made step K,
 /// with the entry time `t0`, the time of the step before `tp` and their own `t`: the user's
-/// first matching event strictly after `tp` (a join the planner may run as one pass over the
-/// step's events or as lookups in the `(org_id, project_id, user_id, event_name, timestamp)`
-/// index). Returns one row per step: its index, users, and mean and median seconds from
+/// first matching event strictly after `tp`. With the example's `(org_id, project_id,
+/// event_name, user_id, timestamp)` index each step is one index-only pass over the step's
+/// events in user order (the entry grouped without a sort, the later steps merged or hashed
+/// with the step before), rather than a lookup per user. Returns one row per step: its index, users, and mean and median seconds from
 /// the step before.
 fn funnel_sql(table: &str, steps: &[Step], window: i64) -> (String, Vec<Bound>) {
     let mut values = Vec::new();
@@ -274,9 +275,9 @@ fn funnel_sql(table: &str, steps: &[Step], window: i64) -> (String, Vec<Bound>) 
     let name = bind(Bound::Text(steps[0].event_name.clone()));
     let f = filter(&steps[0].filters, &mut bind);
     let mut sql = format!(
-        "WITH s0 AS (SELECT e.user_id, min(e.timestamp) AS t0, min(e.timestamp) AS tp, min(e.timestamp) AS t FROM {table} e
+        "WITH s0 AS (SELECT user_id, t0, t0 AS t FROM (SELECT e.user_id, min(e.timestamp) AS t0 FROM {table} e
            WHERE {scope} AND e.event_name = {name}{f}
-           AND ($3::timestamptz IS NULL OR e.timestamp >= $3) AND ($4::timestamptz IS NULL OR e.timestamp < $4) GROUP BY e.user_id)"
+           AND ($3::timestamptz IS NULL OR e.timestamp >= $3) AND ($4::timestamptz IS NULL OR e.timestamp < $4) GROUP BY e.user_id) f)"
     );
     let win = bind(Bound::Seconds(window as f64));
     let mut selects = vec!["SELECT 0 AS k, count(*)::bigint AS users, NULL::float8 AS avg, NULL::float8 AS median FROM s0".to_owned()];
