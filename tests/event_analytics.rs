@@ -660,3 +660,24 @@ fn rate_limits_and_the_query_cache_live_in_redis_and_hold_across_a_restart() {
     assert_eq!(status, 429, "the sixth request in the window, two of them before the restart: {body}");
     assert!(head.contains("retry-after: ") && head.contains("ratelimit-remaining: 0"), "{head}");
 }
+
+#[test]
+fn the_api_and_its_sink_reach_postgresql_over_tls_when_asked() {
+    let app = format!("weir-analytics-tls-{}", free_port());
+    let url = format!("{SERVER}?application_name={app}");
+    let api_ = Api::start_with(&[("DATABASE_URL", &url), ("DATABASE_TLS", "require")]);
+    let (_, key) = api_.key("tls", "org-t", "proj-t", json!({}));
+    assert_eq!(api_.post_events(&key, &json!({"userId": "u", "eventName": "e", "eventId": "t1"})).0, 200);
+    let (status, body) = api_.get(&key, "/api/v1/events/summary");
+    assert_eq!((status, body["totalEvents"].as_u64()), (200, Some(1)), "{body}");
+    // Every connection of this weir (the API's and the sink's), as the server sees them.
+    let seen = psql(
+        SERVER,
+        &format!(
+            "SELECT count(*) || ' ' || bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = '{app}'"
+        ),
+    );
+    let (count, all_tls) = seen.trim().split_once(' ').unwrap();
+    assert!(count.parse::<u32>().unwrap() >= 2, "the API's and the sink's connections: {seen}");
+    assert_eq!(all_tls, "true", "every connection uses TLS: {seen}");
+}

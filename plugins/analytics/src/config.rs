@@ -1,5 +1,6 @@
 //! The `analytics` source's config.
 
+use weir_plugin::pg::TlsMode;
 use weir_plugin::serve::auth::RateLimit;
 use weir_plugin::serve::cors::CorsConfig;
 use weir_plugin::{Deserialize, JsonSchema};
@@ -14,6 +15,13 @@ pub struct AnalyticsConfig {
     /// PostgreSQL connection string: the events table the pipeline's `postgres` sink writes,
     /// and the keys table this source keeps. Its password is never shown.
     pub database_url: String,
+    /// TLS for the connections to PostgreSQL (as libpq's `sslmode`; as the `postgres` sink's `tls`).
+    #[serde(default)]
+    pub database_tls: TlsMode,
+    /// PEM file of the certificate authority that signed the server's certificate (for
+    /// `verify_ca` / `verify_full`); a relative path is taken from the pipeline file's directory.
+    #[serde(default)]
+    pub database_tls_ca_file: Option<std::path::PathBuf>,
     /// Connections to PostgreSQL the API keeps, taken in turn (a long query holds up only
     /// the requests sharing its connection).
     #[serde(default = "default_connections")]

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+use weir_plugin::pg::{masked_url, ConnectError, TlsMode};
 use weir_plugin::Context;
 
 /// How long to wait for the server to accept a connection.
@@ -18,6 +19,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The shared connections.
 pub struct Db {
     url: String,
+    tls: TlsMode,
+    ca_file: Option<std::path::PathBuf>,
     clients: Vec<Mutex<Option<Arc<Client>>>>,
     next: AtomicUsize,
     /// `SET work_mem = …` for each new session.
@@ -25,28 +28,14 @@ pub struct Db {
     ctx: Context,
 }
 
-/// The connection string with its password replaced by `***`.
-pub fn masked(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((auth, host)) = rest.rsplit_once('@') {
-            if let Some((user, _)) = auth.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}");
-            }
-        }
-        return url.to_owned();
-    }
-    url.split_whitespace()
-        .map(|kv| if kv.starts_with("password=") { "password=***".to_owned() } else { kv.to_owned() })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 impl Db {
-    /// `connections` connections to `url` (at least one), opened on first use, each session
-    /// with `work_mem` (checked: digits and a unit).
-    pub fn new(url: &str, connections: usize, work_mem: &str, ctx: Context) -> Db {
+    /// `connections` connections to `url` (at least one) with `tls` (`ca_file` resolved),
+    /// opened on first use, each session with `work_mem` (checked: digits and a unit).
+    pub fn new(url: &str, tls: TlsMode, ca_file: Option<std::path::PathBuf>, connections: usize, work_mem: &str, ctx: Context) -> Db {
         Db {
             url: url.to_owned(),
+            tls,
+            ca_file,
             clients: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             setup: format!("SET work_mem = '{work_mem}'"),
@@ -61,18 +50,16 @@ impl Db {
         if let Some(c) = held.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
-        let url = masked(&self.url);
-        let (client, connection) = match tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(&self.url, NoTls)).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => return Err(format!("cannot connect to {url}: {}", detail(&e))),
-            Err(_) => return Err(format!("cannot connect to {url}: no answer within {} s", CONNECT_TIMEOUT.as_secs())),
-        };
-        let ctx = self.ctx;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                ctx.warn(&format!("PostgreSQL connection closed: {}", detail(&e)));
-            }
-        });
+        let url = masked_url(&self.url);
+        let client =
+            match tokio::time::timeout(CONNECT_TIMEOUT, weir_plugin::pg::connect(&self.url, self.tls, self.ca_file.as_deref(), self.ctx))
+                .await
+            {
+                Ok(Ok(client)) => client,
+                Ok(Err(ConnectError::Config(m))) => return Err(m),
+                Ok(Err(ConnectError::Server(e))) => return Err(format!("cannot connect to {url}: {}", detail(&e))),
+                Err(_) => return Err(format!("cannot connect to {url}: no answer within {} s", CONNECT_TIMEOUT.as_secs())),
+            };
         client.batch_execute(&self.setup).await.map_err(|e| format!("cannot set work_mem on {url}: {}", detail(&e)))?;
         let client = Arc::new(client);
         *held = Some(client.clone());
@@ -85,17 +72,5 @@ pub fn detail(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => e.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::masked;
-
-    #[test]
-    fn passwords_are_masked() {
-        assert_eq!(masked("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(masked("host=h password=secret dbname=d"), "host=h password=*** dbname=d");
-        assert_eq!(masked("postgres://h/db"), "postgres://h/db");
     }
 }

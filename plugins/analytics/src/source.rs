@@ -94,7 +94,9 @@ impl Source for AnalyticsSource {
     fn start(&mut self, emitter: Emitter) -> Result<(), PluginError> {
         let listener = self.listener.take().ok_or_else(|| PluginError::fatal("the source was already started"))?;
         let ctx = self.ctx;
-        let db = Arc::new(Db::new(&self.config.database_url, self.config.database_connections, &self.config.work_mem, ctx));
+        let c = &self.config;
+        let ca = c.database_tls_ca_file.as_ref().map(|ca| ctx.resolve(ca));
+        let db = Arc::new(Db::new(&c.database_url, c.database_tls, ca, c.database_connections, &c.work_mem, ctx));
         let shared = Arc::new(Shared {
             keys: Keys::new(db.clone(), &self.config.schema, self.config.dev_key),
             limiter: Limiter::default(),

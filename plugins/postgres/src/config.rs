@@ -44,20 +44,7 @@ impl ColumnSpec {
     }
 }
 
-/// Whether and how the connection is encrypted (as libpq's `sslmode`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum TlsMode {
-    /// No TLS.
-    #[default]
-    Disable,
-    /// TLS, without checking the server's certificate.
-    Require,
-    /// TLS, checking the certificate chain (against `tls_ca_file` or the system's roots) but not the host name.
-    VerifyCa,
-    /// TLS, checking the chain and that the certificate names the host.
-    VerifyFull,
-}
+pub use weir_plugin::pg::{masked_url, TlsMode};
 
 /// Config of the `postgres` sink.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -179,19 +166,6 @@ impl PostgresConfig {
     }
 }
 
-/// The connection string with its password masked.
-pub fn masked_url(url: &str) -> String {
-    if let Some(rest) = url.split_once("://").map(|(_, r)| r) {
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            let user = userinfo.split(':').next().unwrap_or("");
-            let scheme = &url[..url.len() - rest.len()];
-            return format!("{scheme}{user}:***@{host}");
-        }
-        return url.to_owned();
-    }
-    url.split_whitespace().map(|kv| if kv.starts_with("password=") { "password=***" } else { kv }).collect::<Vec<_>>().join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,15 +213,6 @@ mod tests {
         assert!(ours.starts_with(seed_columns), "{ours}");
         assert!(ours.ends_with(",\n    event_id VARCHAR(200) NOT NULL\n);"), "{ours}");
         assert_eq!(ddl[2], "CREATE UNIQUE INDEX IF NOT EXISTS events_event_id_key ON analytics.events (event_id);");
-    }
-
-    #[test]
-    fn passwords_are_masked() {
-        assert_eq!(
-            masked_url("postgres://nexuscore:nexuscore123@localhost:5432/nexuscore"),
-            "postgres://nexuscore:***@localhost:5432/nexuscore"
-        );
-        assert_eq!(masked_url("host=x password=secret dbname=y"), "host=x password=*** dbname=y");
     }
 
     #[test]

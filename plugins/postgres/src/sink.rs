@@ -10,10 +10,10 @@ use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Statement, Transaction};
+use tokio_postgres::{Client, Statement, Transaction};
 use weir_plugin::{BatchRef, Context, PluginError, Rejections, Sink};
 
-use crate::config::{masked_url, PostgresConfig, TlsMode};
+use crate::config::{masked_url, PostgresConfig};
 use crate::mapping::{row, Cell, Column};
 
 /// What a failed statement means for the batch.
@@ -85,19 +85,6 @@ fn quoted(names: &[&str]) -> String {
     names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
 }
 
-/// Drives a connection until it closes.
-fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>, ctx: Context)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            ctx.warn(&format!("PostgreSQL connection closed: {e}"));
-        }
-    });
-}
-
 /// The error for a table that disappeared while the sink was running.
 fn table_gone(table: &str, detail: &str) -> PluginError {
     PluginError::fatal(format!(
@@ -110,43 +97,19 @@ fn table_gone(table: &str, detail: &str) -> PluginError {
 impl PostgresSink {
     /// Opens a connection, with TLS as configured.
     async fn open(config: &PostgresConfig, ctx: &Context) -> Result<Client, PluginError> {
-        let url = masked_url(&config.url);
-        let failed = |e: tokio_postgres::Error| match classify(&e) {
-            Failure::Fatal(m) | Failure::Data(m) | Failure::TableGone(m) => PluginError::config(format!("cannot connect to {url}: {m}")),
-            Failure::Retry(m) => PluginError::retry(format!("cannot connect to {url}: {m}")),
-        };
-        let mut pg: tokio_postgres::Config =
-            config.url.parse().map_err(|e| PluginError::config(format!("url {url} is not a connection string: {e}")))?;
-        if pg.get_application_name().is_none() {
-            pg.application_name("weir");
-        }
-        if config.tls == TlsMode::Disable {
-            let (client, connection) = pg.connect(NoTls).await.map_err(failed)?;
-            spawn_connection(connection, *ctx);
-            return Ok(client);
-        }
-        let mut builder = native_tls::TlsConnector::builder();
-        if let Some(ca) = &config.tls_ca_file {
-            let path = ctx.resolve(ca);
-            let pem = std::fs::read(&path).map_err(|e| PluginError::config(format!("cannot read tls_ca_file {}: {e}", path.display())))?;
-            let cert =
-                native_tls::Certificate::from_pem(&pem).map_err(|e| PluginError::config(format!("tls_ca_file {}: {e}", path.display())))?;
-            builder.add_root_certificate(cert);
-        }
-        match config.tls {
-            TlsMode::Require => {
-                builder.danger_accept_invalid_certs(true).danger_accept_invalid_hostnames(true);
+        let ca = config.tls_ca_file.as_ref().map(|ca| ctx.resolve(ca));
+        weir_plugin::pg::connect(&config.url, config.tls, ca.as_deref(), *ctx).await.map_err(|e| match e {
+            weir_plugin::pg::ConnectError::Config(m) => PluginError::config(m),
+            weir_plugin::pg::ConnectError::Server(e) => {
+                let url = masked_url(&config.url);
+                match classify(&e) {
+                    Failure::Fatal(m) | Failure::Data(m) | Failure::TableGone(m) => {
+                        PluginError::config(format!("cannot connect to {url}: {m}"))
+                    }
+                    Failure::Retry(m) => PluginError::retry(format!("cannot connect to {url}: {m}")),
+                }
             }
-            TlsMode::VerifyCa => {
-                builder.danger_accept_invalid_hostnames(true);
-            }
-            _ => {}
-        }
-        let connector = builder.build().map_err(|e| PluginError::config(format!("cannot set up TLS: {e}")))?;
-        pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-        let (client, connection) = pg.connect(postgres_native_tls::MakeTlsConnector::new(connector)).await.map_err(failed)?;
-        spawn_connection(connection, *ctx);
-        Ok(client)
+        })
     }
 
     /// Connects and prepares the statements; `at_start`: the first connection of this sink,

@@ -15,6 +15,8 @@ pub mod json;
 pub mod metrics;
 pub mod mock;
 pub mod origins;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod plugin;
 pub mod routes;
 mod runtime;
