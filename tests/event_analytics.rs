@@ -67,18 +67,27 @@ impl Api {
 
     /// With more environment variables for the example.
     fn start_with(more: &[(&str, &str)]) -> Api {
+        Self::start_from(&repo().join("examples/event-analytics"), more)
+    }
+
+    /// The pipelines in `dir` (the example's, or a variant of it).
+    fn start_from(dir: &std::path::Path, more: &[(&str, &str)]) -> Api {
         let schema = Schema::new("analytics");
         let listen = format!("127.0.0.1:{}", free_port());
-        let weir = Self::run(&schema.0, &listen, more);
+        let weir = Self::run_from(dir, &schema.0, &listen, more);
         Api { weir, base: format!("http://{listen}"), listen, _schema: schema }
     }
 
     /// `weir run` of the example on `schema`, once its API answers.
     fn run(schema: &str, listen: &str, more: &[(&str, &str)]) -> Weir {
+        Self::run_from(&repo().join("examples/event-analytics"), schema, listen, more)
+    }
+
+    fn run_from(dir: &std::path::Path, schema: &str, listen: &str, more: &[(&str, &str)]) -> Weir {
         let mut envs =
             vec![("DATABASE_URL", SERVER), ("ANALYTICS_ADMIN_KEY", ADMIN), ("ANALYTICS_SCHEMA", schema), ("EVENTS_HTTP_LISTEN", listen)];
         envs.extend_from_slice(more);
-        let weir = Weir::start(&repo().join("examples/event-analytics"), &[], &envs);
+        let weir = Weir::start(dir, &[], &envs);
         let health = format!("http://{listen}/health");
         // Up, with its rollups kept (so whole-day queries read them).
         wait_for("the analytics API", std::time::Duration::from_secs(20), || {
@@ -680,4 +689,35 @@ fn the_api_and_its_sink_reach_postgresql_over_tls_when_asked() {
     let (count, all_tls) = seen.trim().split_once(' ').unwrap();
     assert!(count.parse::<u32>().unwrap() >= 2, "the API's and the sink's connections: {seen}");
     assert_eq!(all_tls, "true", "every connection uses TLS: {seen}");
+}
+
+#[test]
+fn a_projects_origins_let_its_keys_without_their_own_be_used_from_those_pages() {
+    // The example with one line more: origins for project org-p/proj-p.
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(repo().join("examples/event-analytics/api.yaml")).unwrap();
+    let variant = example.replacen(
+        "    max_events: 1000\n",
+        "    max_events: 1000\n    project_origins: {\"org-p/proj-p\": [\"https://shop.example\"]}\n",
+        1,
+    );
+    assert_ne!(variant, example, "the example still has its max_events line");
+    std::fs::write(dir.path().join("api.yaml"), variant).unwrap();
+    let api_ = Api::start_from(dir.path(), &[]);
+    let (_, shop) = api_.key("shop", "org-p", "proj-p", json!({}));
+    let (_, own) = api_.key("own list", "org-p", "proj-p", json!({"allowedOrigins": ["https://admin.example"]}));
+    let (_, other) = api_.key("other project", "org-q", "proj-q", json!({}));
+    let from = |key: &str, origin: &str| api("GET", &api_.url("/api/v1/events/summary"), &[("X-API-Key", key), ("Origin", origin)], None);
+    let (status, head, _) = from(&shop, "https://shop.example");
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("access-control-allow-origin: https://shop.example"), "{head}");
+    let (status, _, body) = from(&shop, "https://other.example");
+    assert_eq!(status, 403);
+    assert!(body["error"].as_str().unwrap().contains("project_origins"), "{body}");
+    assert_eq!(from(&other, "https://shop.example").0, 403, "another project's key is not covered by this project's origins");
+    assert_eq!(from(&own, "https://shop.example").0, 403, "a key's own list replaces its project's");
+    assert_eq!(from(&own, "https://admin.example").0, 200);
+    let headers =
+        [("Origin", "https://shop.example"), ("Access-Control-Request-Method", "GET"), ("Access-Control-Request-Headers", "x-api-key")];
+    assert_eq!(api("OPTIONS", &api_.url("/api/v1/events/summary"), &headers, None).0, 204);
 }

@@ -68,6 +68,11 @@ pub struct AnalyticsConfig {
     /// `allowedOrigins` can be used from pages of other origins.
     #[serde(default)]
     pub cors: Option<CorsConfig>,
+    /// Origins per project, as `orgId/projectId: [origins]`: pages of these origins may use
+    /// any key of the project that has no `allowedOrigins` of its own (in place of
+    /// `cors.allowed_origins` for that project). Methods and headers come from `cors`.
+    #[serde(default)]
+    pub project_origins: std::collections::BTreeMap<String, Vec<String>>,
     /// Redis (`redis://host:port/db`, e.g. `${REDIS_URL}`): per-key rate limits counted
     /// there, so a key's limit holds across every instance of the API and across restarts,
     /// and query answers cached there. Unset: limits counted in this process, no cache. Its
@@ -153,6 +158,12 @@ impl AnalyticsConfig {
         if let Some(cors) = &self.cors {
             cors.check("cors")?;
         }
+        for (tenant, origins) in &self.project_origins {
+            if !tenant.split_once('/').is_some_and(|(o, p)| !o.is_empty() && !p.is_empty() && !p.contains('/')) {
+                return Err(format!("project_origins: {tenant:?} must be orgId/projectId"));
+            }
+            weir_plugin::serve::cors::check_origins(&format!("project_origins.{tenant}"), origins, false)?;
+        }
         if self.max_events == 0 || self.max_body_bytes == 0 || self.journey_limit == 0 {
             return Err("max_events, max_body_bytes and journey_limit must be above 0".into());
         }
@@ -185,5 +196,9 @@ mod tests {
         assert!(config(weir_plugin::serde_json::json!({"work_mem": "64MB'; DROP TABLE x; --"})).check().unwrap_err().contains("work_mem"));
         assert!(config(weir_plugin::serde_json::json!({"work_mem": "512kB"})).check().is_ok());
         assert!(config(weir_plugin::serde_json::json!({"database_connections": 0})).check().is_err());
+        let bad = config(weir_plugin::serde_json::json!({"project_origins": {"proj-only": ["https://a.example"]}}));
+        assert!(bad.check().unwrap_err().contains("orgId/projectId"));
+        let bad = config(weir_plugin::serde_json::json!({"project_origins": {"o/p": ["https://a.example/x"]}}));
+        assert!(bad.check().unwrap_err().contains("project_origins.o/p"));
     }
 }

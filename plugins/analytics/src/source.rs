@@ -16,7 +16,6 @@ use axum::{Extension, Router};
 use chrono::Utc;
 use weir_plugin::serde_json::{self, json, Value};
 use weir_plugin::serve::auth::Limiter;
-use weir_plugin::serve::cors::Cors;
 use weir_plugin::serve::{self as server, Limits};
 use weir_plugin::{BatchBuf, Context, EmitError, Emitter, Head, Outcome, PluginError, Source};
 
@@ -57,7 +56,7 @@ pub(crate) struct Shared {
     admin_digest: Option<String>,
     queries: Queries,
     /// Calls from pages of other origins.
-    pub(crate) cors: Cors,
+    pub(crate) cors: crate::cross_origin::Policy,
     /// Shared rate limits and the query cache, when there is a Redis.
     store: Option<Store>,
     db: Arc<Db>,
@@ -109,7 +108,7 @@ impl Source for AnalyticsSource {
                 rolled: Arc::default(),
                 ctx,
             },
-            cors: crate::cross_origin::policy(&self.config),
+            cors: crate::cross_origin::Policy::new(&self.config),
             store: self.store.take(),
             config: self.config.clone(),
             emitter,
