@@ -24,8 +24,8 @@ use crate::source::Shared;
 pub struct Policy {
     /// From `cors` (no origins of its own when the config has none), with the methods the API uses.
     pub cors: Cors,
-    /// `project_origins`, by `(orgId, projectId)`.
-    projects: HashMap<(String, String), Origins>,
+    /// `project_origins`, by orgId, then projectId (looked up by the key's ids as they are).
+    projects: HashMap<String, HashMap<String, Origins>>,
 }
 
 impl Policy {
@@ -35,24 +35,23 @@ impl Policy {
         if config.cors.is_none() {
             c.allowed_methods = ["GET", "POST", "DELETE"].map(String::from).to_vec();
         }
-        let projects = config
-            .project_origins
-            .iter()
-            .filter_map(|(tenant, list)| {
-                tenant.split_once('/').map(|(org, project)| ((org.to_owned(), project.to_owned()), Origins::new(list)))
-            })
-            .collect();
+        let mut projects: HashMap<String, HashMap<String, Origins>> = HashMap::new();
+        for (tenant, list) in &config.project_origins {
+            if let Some((org, project)) = tenant.split_once('/') {
+                projects.entry(org.to_owned()).or_default().insert(project.to_owned(), Origins::new(list));
+            }
+        }
         Policy { cors: Cors::new(&c), projects }
     }
 
     /// The list `key` is held to when it has none of its own.
     fn for_project(&self, key: &KeyRecord) -> &Origins {
-        self.projects.get(&(key.org_id.clone(), key.project_id.clone())).unwrap_or(&self.cors.origins)
+        self.projects.get(&key.org_id).and_then(|p| p.get(&key.project_id)).unwrap_or(&self.cors.origins)
     }
 
     /// Whether any list of the config names `origin`.
     fn lists(&self, origin: &[u8]) -> bool {
-        self.cors.origins.lists(origin) || self.projects.values().any(|o| o.lists(origin))
+        self.cors.origins.lists(origin) || self.projects.values().flat_map(HashMap::values).any(|o| o.lists(origin))
     }
 }
 
@@ -69,7 +68,7 @@ pub async fn layer(State(shared): State<Arc<Shared>>, req: Request, next: Next) 
     if is_preflight(req.method(), req.headers()) {
         if !(by_config || by_key) {
             return forbidden(format!(
-                "origin {:?} is not allowed; create the key with it in allowedOrigins, or add it to the source's cors.allowed_origins",
+                "origin {:?} is not allowed; create the key with it in allowedOrigins, or add it to the source's project_origins or cors.allowed_origins",
                 origin.to_str().unwrap_or("?")
             ));
         }

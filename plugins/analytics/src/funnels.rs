@@ -259,8 +259,8 @@ impl ToSql for Bound {
 /// first matching event strictly after `tp`. With the example's `(org_id, project_id,
 /// event_name, user_id, timestamp)` index each step is one index-only pass over the step's
 /// events in user order (the entry grouped without a sort, the later steps merged or hashed
-/// with the step before), rather than a lookup per user. Returns one row per step: its index, users, and mean and median seconds from
-/// the step before.
+/// with the step before), rather than a lookup per user. Returns one row per step: its
+/// index, users, and mean and median seconds from the step before.
 fn funnel_sql(table: &str, steps: &[Step], window: i64) -> (String, Vec<Bound>) {
     let mut values = Vec::new();
     let mut bind = |v: Bound| {

@@ -110,6 +110,8 @@ pub struct Keys {
     db: Arc<Db>,
     table: String,
     cache: RwLock<HashMap<String, KeyRecord>>,
+    /// Every origin the cached keys list, together (for preflights, which carry no key).
+    listed: RwLock<Origins>,
     loaded: Mutex<Option<Instant>>,
     dev: Option<KeyRecord>,
     /// Keys used since the last write-back, and when.
@@ -133,6 +135,7 @@ impl Keys {
             db,
             table: format!("{schema}.api_keys"),
             cache: RwLock::new(HashMap::new()),
+            listed: RwLock::new(Origins::default()),
             loaded: Mutex::new(None),
             dev,
             used: Mutex::new(HashMap::new()),
@@ -175,6 +178,7 @@ impl Keys {
             .await
             .map_err(|e| format!("cannot read the API keys: {}", detail(&e)))?;
         let mut fresh = HashMap::with_capacity(rows.len());
+        let mut listed: Vec<String> = Vec::new();
         for row in rows {
             let rate_limit = match (row.get::<_, Option<i32>>(6), row.get::<_, Option<i64>>(7)) {
                 (Some(max), Some(window)) if max > 0 && window > 0 => Some(RateLimit { max: max as u32, window_ms: window as u64 }),
@@ -190,12 +194,16 @@ impl Keys {
                     project_id: row.get(4),
                     permissions: row.get(5),
                     rate_limit,
-                    origins: row.get::<_, Option<Vec<String>>>(8).map(|o| Origins::new(&o)),
+                    origins: row.get::<_, Option<Vec<String>>>(8).map(|o| {
+                        listed.extend_from_slice(&o);
+                        Origins::new(&o)
+                    }),
                     digest,
                 },
             );
         }
         *self.cache.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        *self.listed.write().unwrap_or_else(|p| p.into_inner()) = Origins::new(&listed);
         *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         Ok(())
     }
@@ -300,8 +308,7 @@ impl Keys {
     /// Whether any active key lists `origin` among its own origins (a preflight carries no
     /// key, so it is answered for the origins of every key).
     pub fn origin_listed(&self, origin: &[u8]) -> bool {
-        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
-        cache.values().any(|k| k.origins.as_ref().is_some_and(|o| o.lists(origin)))
+        self.listed.read().unwrap_or_else(|p| p.into_inner()).lists(origin)
     }
 
     /// Revokes key `id`; whether there was such an active key.

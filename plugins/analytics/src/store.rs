@@ -117,8 +117,13 @@ impl Store {
         })
     }
 
-    fn generation_key(&self, key: &KeyRecord) -> String {
-        format!("{}generation:{}", self.prefix, digest(&format!("{}\0{}", key.org_id, key.project_id)))
+    /// The key's tenant as it appears in Redis keys (a digest: ids may hold any character).
+    fn tenant(key: &KeyRecord) -> String {
+        digest(&format!("{}\0{}", key.org_id, key.project_id))
+    }
+
+    fn generation_key(&self, tenant: &str) -> String {
+        format!("{}generation:{tenant}", self.prefix)
     }
 
     /// The cache entry of `request` (path and query) for `key`'s tenant, and the cached
@@ -127,14 +132,9 @@ impl Store {
         if self.ttl.is_zero() {
             return None;
         }
-        let generation: Option<u64> = self.run(redis::cmd("GET").arg(self.generation_key(key))).await?;
-        let entry = format!(
-            "{}cache:{}:{}:{}",
-            self.prefix,
-            digest(&format!("{}\0{}", key.org_id, key.project_id)),
-            generation.unwrap_or(0),
-            digest(request)
-        );
+        let tenant = Self::tenant(key);
+        let generation: Option<u64> = self.run(redis::cmd("GET").arg(self.generation_key(&tenant))).await?;
+        let entry = format!("{}cache:{tenant}:{}:{}", self.prefix, generation.unwrap_or(0), digest(request));
         let hit: Option<String> = self.run(redis::cmd("GET").arg(&entry)).await?;
         Some((entry, hit))
     }
@@ -150,7 +150,7 @@ impl Store {
         if self.ttl.is_zero() {
             return;
         }
-        let _: Option<u64> = self.run(redis::cmd("INCR").arg(self.generation_key(key))).await;
+        let _: Option<u64> = self.run(redis::cmd("INCR").arg(self.generation_key(&Self::tenant(key)))).await;
     }
 }
 
