@@ -3,7 +3,7 @@
 # Debian packages (curl, pkg-config, OpenSSL headers, the Prometheus server and promtool,
 # wrk, chromium), cargo-nextest, rustfmt and clippy, the Kafka-protocol broker the Kafka tests start
 # (about 11 minutes to build the first time), and Python's confluent-kafka, the independent
-# Kafka client, schemathesis (checks the analytics API against its OpenAPI document), and npm's socket.io-client@4 (into $HOME/.cache/weir-test-node). Needs root for apt-get, or the packages already installed.
+# Kafka client, schemathesis (checks the analytics API against its OpenAPI document), moto (S3 and DynamoDB servers) with boto3, and npm's socket.io-client@4 (into $HOME/.cache/weir-test-node). Needs root for apt-get, or the packages already installed.
 set -euo pipefail
 need() { command -v "$1" >/dev/null 2>&1; }
 apt_missing=()
@@ -33,6 +33,9 @@ fi
 python3 -c 'import confluent_kafka' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check confluent-kafka==2.16.1
 # schemathesis checks the analytics API against its OpenAPI document.
 schemathesis --version 2>/dev/null | grep -q '4.32.5' || python3 -m pip install -q --disable-pip-version-check schemathesis==4.32.5
+# moto serves S3 and DynamoDB on loopback for the object_store and dynamodb tests; boto3 reads back what Weir wrote.
+python3 -c 'import moto, boto3, flask' 2>/dev/null && python3 -c 'import moto; assert moto.__version__ == "5.2.5"' 2>/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check 'moto[server]==5.2.5' boto3
 # socket.io-client@4 (npm) for tests/socketio.rs, in a cache outside the work tree.
 node_dir="${WEIR_TEST_NODE_DIR:-$HOME/.cache/weir-test-node}"
 [ -f "$node_dir/node_modules/socket.io-client/package.json" ] || npm install --prefix "$node_dir" --no-audit --no-fund --silent socket.io-client@4

@@ -4,12 +4,13 @@
   kafka_client.py produce BROKER TOPIC            < JSON lines {"key": k|null, "value": v}
   kafka_client.py consume BROKER TOPIC GROUP N SECS   > JSON lines {"key","value","partition","offset","headers"}
       (N = 0: read until nothing arrives for 3 s)
+  kafka_client.py committed BROKER TOPIC GROUP    > JSON {"committed": total committed offset, "end": total high watermark}
 """
 import json
 import sys
 import time
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 
 def produce(broker, topic):
@@ -60,11 +61,25 @@ def consume(broker, topic, group, count, secs):
         sys.exit(f"read {got} of {count} messages from {topic} within {secs} s")
 
 
+def committed(broker, topic, group):
+    c = Consumer({"bootstrap.servers": broker, "group.id": group, "enable.auto.commit": False})
+    meta = c.list_topics(topic, timeout=10)
+    parts = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
+    total, end = 0, 0
+    for tp in c.committed(parts, timeout=10):
+        total += max(tp.offset, 0)
+        end += c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)[1]
+    c.close()
+    print(json.dumps({"committed": total, "end": end}))
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "produce":
         produce(sys.argv[2], sys.argv[3])
     elif cmd == "consume":
         consume(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
+    elif cmd == "committed":
+        committed(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         sys.exit(__doc__)

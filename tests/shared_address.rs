@@ -150,8 +150,14 @@ fn a_plugin_built_for_abi_1_0_still_loads_and_runs() {
     let text = String::from_utf8_lossy(&listed.stdout);
     assert!(text.contains("legacy-plugins") && text.contains("1.0") && text.contains("legacy-count"), "{text}");
     let bins = bin_dir();
-    let _weir = scene.start(&["--no-watch", "--plugins", libs.path().to_str().unwrap(), "--plugins", bins.to_str().unwrap()], &[]);
+    let weir = scene.start(&["--no-watch", "--plugins", libs.path().to_str().unwrap(), "--plugins", bins.to_str().unwrap()], &[]);
     let r = post_json(&scene.url("/produce"), r#"[{"id":"a"},{"id":"b"},{"id":"c"}]"#);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(std::fs::read_to_string(&counts).unwrap(), "3\n");
+    // It knows no dependency health (ABI 1.4): the host shows none for it rather than a guess.
+    let p = weir.get_json("/pipelines/old");
+    let sink = p["stages"].as_array().unwrap().iter().find(|s| s["plugin"] == "legacy-count").unwrap().clone();
+    assert_eq!(sink["health"], serde_json::json!({}), "{sink}");
+    assert!(!weir.metrics().contains("weir_stage_up{"), "no weir_stage_up series without a report");
+    assert_eq!(weir.get_json("/health")["dependencies"], serde_json::json!({}));
 }

@@ -345,6 +345,18 @@ async fn health(AxState(host): AxState<Arc<Host>>, anonymous: Option<axum::Exten
     let states: serde_json::Map<String, serde_json::Value> =
         pipelines.iter().map(|p| (p.name.clone(), p.state().0.name().into())).collect();
     let clients: f64 = pipelines.iter().map(|p| p.gauge("connected_clients")).sum();
+    let dependencies: serde_json::Map<String, serde_json::Value> = pipelines
+        .iter()
+        .map(|p| (p.name.clone(), p.dependency_health()))
+        .filter(|(_, h)| !h.is_empty())
+        .map(|(name, h)| (name, serde_json::to_value(h).unwrap_or_default()))
+        .collect();
+    let down = dependencies
+        .values()
+        .flat_map(|stages| stages.as_object().into_iter().flat_map(|s| s.values()))
+        .flat_map(|deps| deps.as_object().into_iter().flat_map(|d| d.values()))
+        .filter(|h| h["up"] == false)
+        .count();
     let body = serde_json::json!({
         "status": health,
         "timestamp": timestamp,
@@ -352,6 +364,8 @@ async fn health(AxState(host): AxState<Arc<Host>>, anonymous: Option<axum::Exten
         "pipelines": states,
         "connected_clients": clients as u64,
         "last_reload": host.last_reload(),
+        "dependencies": dependencies,
+        "dependencies_down": down,
     });
     (status, Json(body)).into_response()
 }

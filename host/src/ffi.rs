@@ -31,7 +31,12 @@ pub struct HostCtx {
     plugin: String,
     base_dir: String,
     metrics: Arc<StageMetrics>,
+    /// Every stage of the same pipeline version, this one included (for `pipeline_health`).
+    siblings: Siblings,
 }
+
+/// The stages of one pipeline version, as they are created.
+pub type Siblings = Arc<Mutex<Vec<Arc<StageMetrics>>>>;
 
 fn host_ctx<'a>(ctx: *const c_void) -> &'a HostCtx {
     // SAFETY: every HostApi the host hands out points at a leaked HostCtx.
@@ -138,18 +143,44 @@ unsafe extern "C" fn cb_listen_routes(
     }
 }
 
+unsafe extern "C" fn cb_report_health(ctx: *const c_void, dependency: StrRef, target: StrRef, up: u32, message: StrRef) {
+    let c = host_ctx(ctx);
+    c.metrics.report_health(dependency.as_str(), target.as_str(), up != 0, message.as_str());
+}
+
+unsafe extern "C" fn cb_pipeline_health(ctx: *const c_void, out: *mut OwnedBytes) -> Status {
+    let c = host_ctx(ctx);
+    let stages = c.siblings.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let health: serde_json::Map<String, serde_json::Value> =
+        stages.iter().map(|s| (s.stage_name().to_owned(), serde_json::to_value(s.health()).unwrap_or_default())).collect();
+    if !out.is_null() {
+        *out = abi::owned_bytes(serde_json::Value::Object(health).to_string().into_bytes());
+    }
+    Status::OK
+}
+
 fn leak_str(s: &str) -> StrRef {
     StrRef::new(Box::leak(s.to_owned().into_boxed_str()))
 }
 
 /// Builds the callbacks for one stage. They live for the life of the process.
-pub fn host_api(pipeline: &str, stage: &str, plugin: &str, base_dir: &str, metrics: Arc<StageMetrics>) -> &'static HostApi {
+/// `siblings`: the pipeline version's stages so far, which this one joins.
+pub fn host_api(
+    pipeline: &str,
+    stage: &str,
+    plugin: &str,
+    base_dir: &str,
+    metrics: Arc<StageMetrics>,
+    siblings: &Siblings,
+) -> &'static HostApi {
+    siblings.lock().unwrap_or_else(|p| p.into_inner()).push(metrics.clone());
     let ctx: &'static HostCtx = Box::leak(Box::new(HostCtx {
         pipeline: pipeline.to_owned(),
         stage: stage.to_owned(),
         plugin: plugin.to_owned(),
         base_dir: base_dir.to_owned(),
         metrics,
+        siblings: siblings.clone(),
     }));
     Box::leak(Box::new(HostApi {
         struct_size: std::mem::size_of::<HostApi>() as u32,
@@ -162,6 +193,8 @@ pub fn host_api(pipeline: &str, stage: &str, plugin: &str, base_dir: &str, metri
         stage: leak_str(&ctx.stage),
         base_dir: leak_str(&ctx.base_dir),
         listen_routes: Some(cb_listen_routes),
+        report_health: Some(cb_report_health),
+        pipeline_health: Some(cb_pipeline_health),
     }))
 }
 

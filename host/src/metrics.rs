@@ -73,6 +73,8 @@ struct Totals {
     ack_latency: HistogramTotals,
     outcomes: [u64; 4],
     custom: BTreeMap<String, Custom>,
+    /// Running versions' dependency reports: down wins over up.
+    health: BTreeMap<String, bool>,
 }
 
 impl Totals {
@@ -88,6 +90,10 @@ impl Totals {
         }
         if running {
             self.queue_depth += s.queue_depth.load(Relaxed).max(0);
+            for (dependency, h) in s.health.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                let up = self.health.entry(dependency.clone()).or_insert(true);
+                *up &= h.up;
+            }
         }
         self.latency.add(&s.latency);
         self.ack_latency.add(&s.ack_latency);
@@ -166,6 +172,21 @@ pub struct StageMetrics {
     pub outcomes: [AtomicU64; 4],
     /// Metrics the plugin reports.
     pub custom: Mutex<BTreeMap<String, Custom>>,
+    /// What the stage last reported of each external system it depends on (ABI minor 4).
+    pub health: Mutex<BTreeMap<String, DependencyHealth>>,
+}
+
+/// The last report of a stage on one external system it depends on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DependencyHealth {
+    /// Whether it answers.
+    pub up: bool,
+    /// Where it is (`s3://event-archive`, `127.0.0.1:9092`), as the plugin names it.
+    pub target: String,
+    /// Why it does not answer.
+    pub message: Option<String>,
+    /// Since when `up` has had its value (RFC 3339).
+    pub since: String,
 }
 
 impl StageMetrics {
@@ -190,6 +211,39 @@ impl StageMetrics {
         } else {
             entry.value = value;
         }
+    }
+
+    /// Keeps a stage's report on `dependency`; `since` moves only when `up` changes.
+    pub fn report_health(&self, dependency: &str, target: &str, up: bool, message: &str) {
+        let mut map = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let message = Some(message.to_owned()).filter(|m| !m.is_empty());
+        match map.get_mut(dependency) {
+            Some(h) if h.up == up => {
+                if h.target != target {
+                    h.target = target.to_owned();
+                }
+                h.message = message;
+            }
+            _ => {
+                let since = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+                if !up {
+                    tracing::warn!(stage = %self.labels[1].1, dependency, target, "Dependency down: {}", message.as_deref().unwrap_or("no answer"));
+                } else if map.contains_key(dependency) {
+                    tracing::info!(stage = %self.labels[1].1, dependency, target, "Dependency up again.");
+                }
+                map.insert(dependency.to_owned(), DependencyHealth { up, target: target.to_owned(), message, since });
+            }
+        }
+    }
+
+    /// The stage's name.
+    pub fn stage_name(&self) -> &str {
+        &self.labels[1].1
+    }
+
+    /// The stage's health reports, by dependency.
+    pub fn health(&self) -> BTreeMap<String, DependencyHealth> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A plugin gauge's value, if reported.
@@ -345,6 +399,15 @@ impl Collector for Scrape {
         }
         let depth = "Batches waiting in front of the stage (sources: between the source and the transforms).";
         family(enc, "weir_stage_queue_depth", depth, Gauge, self.series.iter().map(|t| (t.labels.clone(), t.queue_depth)), gauge)?;
+        let up = self.series.iter().flat_map(|t| {
+            t.health.iter().map(|(dependency, up)| {
+                let mut labels = t.labels.clone();
+                labels.push(("dependency", dependency.clone()));
+                (labels, i64::from(*up))
+            })
+        });
+        let help = "Whether an external system the stage depends on answers (1) or not (0), as the stage last reported.";
+        family(enc, "weir_stage_up", help, Gauge, up, gauge)?;
         let sources = || self.series.iter().filter(|t| t.ack_latency.count > 0);
         let outcomes = sources().flat_map(|t| {
             ["accepted", "rejected", "failed", "dropped"].iter().zip(t.outcomes).map(|(name, n)| {

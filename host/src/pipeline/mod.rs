@@ -7,6 +7,7 @@
 //! Plugin calls never run on the async runtime: the transform workers and each sink have
 //! threads of their own, so a slow plugin cannot stall the admin API.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -108,6 +109,7 @@ impl Pipeline {
         let mut infos = Vec::new();
         let mut built: Vec<(Role, Stage)> = Vec::new();
         let health = Arc::new(Health::default());
+        let siblings = ffi::Siblings::default();
         for (role, spec) in file.stages() {
             let pointer = role.pointer();
             let plugin = registry.get(&spec.plugin, role.kind())?.clone();
@@ -119,7 +121,7 @@ impl Pipeline {
                 Some(dir) => Some(open_disk_buffer(file, &pointer, &base_dir.join(dir), spec.buffer.as_ref(), &name, &m)?),
             };
             let max_retry = retry.max_duration().map_err(|e| file.error_at(&format!("{pointer}/retry/max_duration"), e))?;
-            let host = ffi::host_api(&file.name, &name, &plugin.name, &base_dir.to_string_lossy(), m.clone());
+            let host = ffi::host_api(&file.name, &name, &plugin.name, &base_dir.to_string_lossy(), m.clone(), &siblings);
             let config = spec.config.to_string();
             let instance = match Instance::create(&plugin, &config, host) {
                 Ok(i) => i,
@@ -381,6 +383,7 @@ impl Pipeline {
                 errors: s.metrics.errors.load(Relaxed),
                 queue_depth: s.metrics.queue_depth.load(Relaxed).max(0),
                 metrics: s.metrics.custom.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.value)).collect(),
+                health: s.metrics.health(),
             })
             .collect();
         serde_json::json!({
@@ -394,6 +397,12 @@ impl Pipeline {
             "acknowledge": self.acknowledge,
             "stages": stages,
         })
+    }
+
+    /// What each stage last reported of the external systems it depends on, by stage; only
+    /// stages that report.
+    pub fn dependency_health(&self) -> BTreeMap<String, BTreeMap<String, crate::metrics::DependencyHealth>> {
+        self.stages.iter().map(|s| (s.name.clone(), s.metrics.health())).filter(|(_, h)| !h.is_empty()).collect()
     }
 
     /// Pauses or resumes taking records: while paused the source is pushed back (the HTTP

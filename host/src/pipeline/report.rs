@@ -27,6 +27,9 @@ pub struct StageReport {
     pub queue_depth: i64,
     /// Metrics the plugin reports.
     pub metrics: std::collections::BTreeMap<String, f64>,
+    /// What the stage last reported of each external system it depends on (empty when the
+    /// plugin reports none, as plugins built before ABI 1.4 do).
+    pub health: std::collections::BTreeMap<String, crate::metrics::DependencyHealth>,
 }
 
 /// A pipeline's life.

@@ -24,9 +24,19 @@ pub struct GroupContext {
     paused: Arc<AtomicBool>,
     start_at: Option<i64>,
     ctx: Context,
+    /// The brokers, as the health reports name them.
+    brokers: String,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode::{AllBrokersDown, BrokerTransportFailure, Resolve};
+        if matches!(error.rdkafka_error_code(), Some(AllBrokersDown | BrokerTransportFailure | Resolve)) {
+            self.ctx.report_health("kafka", &self.brokers, false, &format!("{error}: {reason}"));
+        }
+        self.ctx.warn(&format!("Kafka consumer: {error}: {reason}"));
+    }
+}
 
 fn tps(list: &TopicPartitionList) -> Vec<Tp> {
     list.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect()
@@ -96,6 +106,7 @@ impl ConsumerContext for GroupContext {
                 let _ = consumer.pause(list);
             }
             self.ctx.info(&format!("Assigned {} partition(s).", list.count()));
+            self.ctx.report_health("kafka", &self.brokers, true, "");
         }
     }
 }
@@ -174,6 +185,9 @@ impl Loop {
                     }
                 }
             }
+        }
+        if !batch.is_empty() {
+            self.ctx.report_health("kafka", &self.consumer.context().brokers, true, "");
         }
         (!batch.is_empty()).then_some((batch, origins))
     }
@@ -271,10 +285,10 @@ impl Source for KafkaSource {
         let start_at = config.start_at.as_deref().map(start_at_ms).transpose()?;
         let client = config.client();
         ctx.log(weir_plugin::Level::Debug, &format!("Kafka consumer settings: {}", describe(&client)));
-        let group = GroupContext { tracker: tracker.clone(), paused: paused.clone(), start_at, ctx };
+        let group = GroupContext { tracker: tracker.clone(), paused: paused.clone(), start_at, ctx, brokers: config.brokers.clone() };
         let consumer: BaseConsumer<GroupContext> =
             client.create_with_context(group).map_err(|e| PluginError::config(format!("cannot create the Kafka consumer: {e}")))?;
-        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        let topics: Vec<&str> = config.topics.iter().flat_map(|t| t.split(',')).map(str::trim).filter(|t| !t.is_empty()).collect();
         consumer.subscribe(&topics).map_err(|e| PluginError::config(format!("cannot subscribe to {topics:?}: {e}")))?;
         Ok(KafkaSource { config, ctx, consumer: Some(consumer), tracker, paused, worker: None })
     }

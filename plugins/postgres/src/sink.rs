@@ -296,10 +296,30 @@ impl Sink for PostgresSink {
             Err(e) => return Err(e),
         };
         let started = conn.is_some();
-        Ok(PostgresSink { config, columns, conn, started, ctx })
+        let sink = PostgresSink { config, columns, conn, started, ctx };
+        sink.report_health(if started { Ok(()) } else { Err("cannot connect; retrying") });
+        Ok(sink)
     }
 
     fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
+        let result = self.write_batch(batch, rejections);
+        match &result {
+            Ok(()) => self.report_health(Ok(())),
+            Err(PluginError::Retry { message, .. }) => self.report_health(Err(message)),
+            Err(_) => {}
+        }
+        result
+    }
+}
+
+impl PostgresSink {
+    /// Tells the host whether the database answers.
+    fn report_health(&self, state: Result<(), &str>) {
+        let target = masked_url(&self.config.url);
+        self.ctx.report_health("postgres", &target, state.is_ok(), state.err().unwrap_or(""));
+    }
+
+    fn write_batch(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
         if batch.is_empty() {
             return Ok(());
         }

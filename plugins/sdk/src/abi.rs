@@ -9,7 +9,7 @@ use std::ffi::c_void;
 /// ABI major version. A host refuses a library with a different major.
 pub const ABI_MAJOR: u16 = 1;
 /// ABI minor version. A host refuses a library with a newer minor than its own.
-pub const ABI_MINOR: u16 = 3;
+pub const ABI_MINOR: u16 = 4;
 /// Name of the one symbol every plugin library exports (NUL-terminated).
 pub const ENTRY_SYMBOL: &[u8] = b"weir_plugin_manifest_v1\0";
 /// Signature of the entry symbol.
@@ -383,6 +383,16 @@ pub struct HostApi {
     /// `struct_size` covers it.
     pub listen_routes:
         Option<unsafe extern "C" fn(ctx: *const c_void, address: StrRef, routes: StrRef, fd: *mut i32, message: *mut OwnedBytes) -> Status>,
+    /// Minor 4: reports whether an external system the stage depends on answers.
+    /// `dependency` names it (`kafka`, `s3`, `postgres`), `target` says where it is (no
+    /// secrets), `up` is 1 or 0, `message` says why not (may be empty). The host keeps the
+    /// last report per dependency (see ABI.md, "Dependency health"). Read only when
+    /// `struct_size` covers it.
+    pub report_health: Option<unsafe extern "C" fn(ctx: *const c_void, dependency: StrRef, target: StrRef, up: u32, message: StrRef)>,
+    /// Minor 4: the last health reports of every stage of the stage's pipeline, as JSON in
+    /// `*out` (release it): `{"STAGE": {"DEPENDENCY": {"up", "target", "message", "since"}}}`.
+    /// Read only when `struct_size` covers it.
+    pub pipeline_health: Option<unsafe extern "C" fn(ctx: *const c_void, out: *mut OwnedBytes) -> Status>,
 }
 
 /// Copies the host's callbacks as far as the host's `struct_size` goes; fields a host of an

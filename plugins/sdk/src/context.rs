@@ -161,6 +161,33 @@ impl Context {
             .map_err(|e| PluginError::fatal(format!("cannot use the socket for {address}: {e}")))
     }
 
+    /// Reports whether the external system `dependency` (`kafka`, `s3`, `postgres`) at
+    /// `target` (where it is, without secrets) answers; `message` says why not. The host
+    /// shows the last report per dependency in `/health`, `/pipelines/{name}` and as
+    /// `weir_stage_up`. Does nothing on a host older than ABI minor 4.
+    pub fn report_health(&self, dependency: &str, target: &str, up: bool, message: &str) {
+        if let Some(report) = self.api.report_health {
+            // SAFETY: as above.
+            unsafe { report(self.api.ctx, StrRef::new(dependency), StrRef::new(target), u32::from(up), StrRef::new(message)) }
+        }
+    }
+
+    /// The last health reports of every stage of this pipeline:
+    /// `{"STAGE": {"DEPENDENCY": {"up", "target", "message", "since"}}}`. `None` on a host
+    /// older than ABI minor 4.
+    pub fn pipeline_health(&self) -> Option<serde_json::Value> {
+        let get = self.api.pipeline_health?;
+        let mut out = OwnedBytes::EMPTY;
+        // SAFETY: as above; `out` is a valid out-pointer.
+        let status = unsafe { get(self.api.ctx, &mut out) };
+        // SAFETY: filled by the host or still empty.
+        let text = unsafe { abi::take_owned_string(&mut out) };
+        if status != Status::OK {
+            return None;
+        }
+        serde_json::from_str(&text).ok()
+    }
+
     /// [`Context::listen`], ready for async use on the library's runtime ([`crate::runtime()`]).
     pub fn listen_async(&self, address: &str) -> Result<tokio::net::TcpListener, PluginError> {
         let listener = self.listen(address)?;

@@ -25,6 +25,7 @@ struct State {
     logs: Vec<(Level, String)>,
     errors: Vec<String>,
     metrics: HashMap<String, f64>,
+    health: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// Records what a plugin tells its host.
@@ -84,6 +85,17 @@ unsafe extern "C" fn listen(_ctx: *const c_void, address: StrRef, fd: *mut i32, 
     }
 }
 
+unsafe extern "C" fn report_health(ctx: *const c_void, dependency: StrRef, target: StrRef, up: u32, message: StrRef) {
+    let entry = serde_json::json!({"up": up != 0, "target": target.as_str(), "message": Some(message.as_str()).filter(|m| !m.is_empty())});
+    state(ctx).lock().unwrap().health.insert(dependency.as_str().to_owned(), entry);
+}
+
+unsafe extern "C" fn pipeline_health(ctx: *const c_void, out: *mut OwnedBytes) -> Status {
+    let health = state(ctx).lock().unwrap().health.clone();
+    *out = abi::owned_bytes(serde_json::json!({ "stage": health }).to_string().into_bytes());
+    Status::OK
+}
+
 impl MockHost {
     /// A host whose pipeline directory is the current directory.
     pub fn new() -> Self {
@@ -115,6 +127,8 @@ impl MockHost {
             stage: StrRef::new("stage"),
             base_dir: StrRef::new(self.base_dir),
             listen_routes: None,
+            report_health: Some(report_health),
+            pipeline_health: Some(pipeline_health),
         };
         // SAFETY: every pointer above lives for the life of the process (the state Arc is leaked).
         unsafe { Context::from_api(api) }
@@ -128,6 +142,11 @@ impl MockHost {
     /// Errors reported so far.
     pub fn errors(&self) -> Vec<String> {
         self.state.lock().unwrap().errors.clone()
+    }
+
+    /// The last health report for `dependency` (`{"up", "target", "message"}`), from any stage.
+    pub fn health(&self, dependency: &str) -> Option<serde_json::Value> {
+        self.state.lock().unwrap().health.get(dependency).cloned()
     }
 
     /// A metric's current value.
