@@ -79,12 +79,14 @@ impl World {
         curl("GET", &format!("http://127.0.0.1:{}/health", self.health), None, None)
     }
 
-    fn committed(&self) -> (u64, u64) {
-        committed(&self.broker, TOPIC, GROUP)
+    /// Offsets the group committed, summed over the partitions (the broker's own high
+    /// watermarks are not relied on: the test knows how many it produced).
+    fn committed(&self) -> u64 {
+        committed(&self.broker, TOPIC, GROUP).0
     }
 
     fn wait_all_committed(&self, total: u64, limit: Duration) {
-        wait_for(&format!("{total} offsets committed"), limit, || self.committed() == (total, total));
+        wait_for(&format!("{total} offsets committed"), limit, || self.committed() == total);
     }
 
     /// The archive as boto3 reads it: object key → body.
@@ -202,8 +204,8 @@ fn an_s3_outage_under_load_pauses_and_loses_nothing() {
     assert_eq!(h["services"]["dynamodb"]["status"], "healthy", "{h}");
     // While S3 is away no offset beyond what the archive has is committed.
     while down.elapsed() < Duration::from_secs(20) {
-        let (done, end) = world.committed();
-        assert!(done < end && end == 600, "committed {done} of {end} while S3 is down");
+        let done = world.committed();
+        assert!(done < 600, "committed {done} of 600 while S3 is down");
         std::thread::sleep(Duration::from_millis(500));
     }
     world.gate.open();
@@ -224,10 +226,10 @@ fn a_sigkill_mid_stream_loses_nothing() {
     let world = World::new();
     let mut weir = world.start();
     produce_range(&world.broker, 0..1500);
-    wait_for("some events archived", Duration::from_secs(60), || world.committed().0 >= 200);
+    wait_for("some events archived", Duration::from_secs(60), || world.committed() >= 200);
     weir.kill();
-    let (done, end) = world.committed();
-    assert!(done < end, "killed mid-stream: committed {done} of {end}");
+    let done = world.committed();
+    assert!(done < 1500, "killed mid-stream: committed {done} of 1500");
     let _weir = world.start();
     world.wait_all_committed(1500, Duration::from_secs(90));
     let archive = world.archive();

@@ -9,6 +9,7 @@
 import gzip
 import json
 import sys
+from decimal import Decimal
 
 import boto3
 from boto3.dynamodb.types import TypeDeserializer
@@ -24,7 +25,7 @@ def plain(v):
         return {k: plain(x) for k, x in v.items()}
     if isinstance(v, list):
         return [plain(x) for x in v]
-    if hasattr(v, "is_integer"):
+    if isinstance(v, Decimal):
         return int(v) if v == v.to_integral_value() else float(v)
     return v
 

@@ -152,8 +152,9 @@ pub fn consume(broker: &Broker, topic: &str, count: usize, secs: u64) -> Vec<Con
         .collect()
 }
 
-/// The group's committed offsets on `topic` and the topic's end offsets, each summed over
-/// the partitions, as the independent client reads them: `(committed, end)`.
+/// The group's committed offsets on `topic` and the topic's end offsets (high watermarks, as
+/// the broker reports them), each summed over the partitions, as the independent client
+/// reads them: `(committed, end)`.
 pub fn committed(broker: &Broker, topic: &str, group: &str) -> (u64, u64) {
     let v: serde_json::Value = serde_json::from_str(client(&["committed", &broker.addr, topic, group], "").trim()).unwrap();
     (v["committed"].as_u64().unwrap(), v["end"].as_u64().unwrap())

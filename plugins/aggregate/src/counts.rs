@@ -106,11 +106,13 @@ impl Counts {
         }
     }
 
-    /// Removes buckets older than the `keep` latest widths before `now_ms` (the periodic cleanup).
-    pub fn clean(&mut self, config: &AggregateConfig, now_ms: i64) {
-        if let Some(spec) = &config.buckets {
+    /// Removes buckets more than `keep` widths older than the latest record (the periodic
+    /// cleanup). The stream's own time, not the clock: replayed or late history keeps its
+    /// latest hours, and a live stream's latest record is now.
+    pub fn clean(&mut self, config: &AggregateConfig) {
+        if let (Some(spec), Some(latest)) = (&config.buckets, self.last_event_at) {
             let width = spec.width_secs as i64;
-            let oldest = (now_ms.div_euclid(1000).div_euclid(width) - spec.keep.get() as i64 + 1) * width;
+            let oldest = (latest.div_euclid(1000).div_euclid(width) - spec.keep.get() as i64 + 1) * width;
             self.buckets.retain(|&start, _| start >= oldest);
         }
     }
@@ -211,6 +213,16 @@ mod tests {
         assert_eq!(hours, ["2024-01-15T11:00:00.000Z", "2024-01-15T12:00:00.000Z"]);
         assert_eq!(out["productStatus"], json!({"entities": 2, "byValue": {"ProductUpdated": 1, "ProductCreated": 1}}));
         assert_eq!(out["firstEventAt"], "2024-01-15T09:00:00.000Z");
+        // The cleanup keeps the two hours up to the latest record's.
+        let mut sparse = Counts::default();
+        add_all(
+            &mut sparse,
+            &config,
+            &[e("ProductCreated", "2024-01-15T09:00:00Z", "p1"), e("ProductCreated", "2024-01-15T12:00:00Z", "p1")],
+        );
+        assert_eq!(sparse.buckets.len(), 2);
+        sparse.clean(&config);
+        assert_eq!(sparse.buckets.keys().map(|s| s % 86_400 / 3600).collect::<Vec<_>>(), [12]);
         let snapshot: Counts = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(snapshot, c, "a snapshot restores every count");
     }

@@ -177,7 +177,7 @@ impl Sink for AggregateSink {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                s.counts.lock().unwrap_or_else(|p| p.into_inner()).clean(&s.config, Utc::now().timestamp_millis());
+                s.counts.lock().unwrap_or_else(|p| p.into_inner()).clean(&s.config);
                 if let Some(path) = &path {
                     if let Err(e) = s.snapshot(path) {
                         s.ctx.warn(&format!("cannot write snapshot {}: {e}", path.display()));
