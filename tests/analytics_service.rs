@@ -62,8 +62,9 @@ impl World {
     }
 
     fn start(&self) -> Weir {
-        let snapshot = self.dir.path().join("aggregates.json");
-        let (minio, snapshot) = (self.gate.endpoint(), snapshot.display().to_string());
+        let snapshot = self.dir.path().join("aggregates.json").display().to_string();
+        let dead = self.dir.path().join("dead-letters.jsonl").display().to_string();
+        let minio = self.gate.endpoint();
         let envs = [
             ("KAFKA_BROKERS", self.broker.addr.as_str()),
             ("DYNAMO_ENDPOINT", self.moto.endpoint.as_str()),
@@ -71,6 +72,7 @@ impl World {
             ("HEALTH_LISTEN", "127.0.0.1"),
             ("HEALTH_PORT", self.health.as_str()),
             ("AGGREGATE_SNAPSHOT", snapshot.as_str()),
+            ("DEAD_LETTER_FILE", dead.as_str()),
         ];
         Weir::start(&repo().join("examples/analytics-service"), &[], &envs)
     }
@@ -225,18 +227,19 @@ fn an_s3_outage_under_load_pauses_and_loses_nothing() {
 fn a_sigkill_mid_stream_loses_nothing() {
     let world = World::new();
     let mut weir = world.start();
-    produce_range(&world.broker, 0..1500);
-    wait_for("some events archived", Duration::from_secs(60), || world.committed() >= 200);
+    produce_range(&world.broker, 0..1000);
+    wait_for("some events archived", Duration::from_secs(60), || world.committed() >= 150);
     weir.kill();
     let done = world.committed();
-    assert!(done < 1500, "killed mid-stream: committed {done} of 1500");
+    assert!(done < 1000, "killed mid-stream: committed {done} of 1000");
+    // The killed member's partitions move once its session (the seed's 30 s) expires.
     let _weir = world.start();
-    world.wait_all_committed(1500, Duration::from_secs(90));
+    world.wait_all_committed(1000, Duration::from_secs(180));
     let archive = world.archive();
-    assert_eq!(archive.len(), 1500);
-    for i in (0..1500).step_by(37) {
+    assert_eq!(archive.len(), 1000);
+    for i in (0..1000).step_by(37) {
         let e = event(i);
         assert_eq!(archive.get(&archive_key(&e)), Some(&e));
     }
-    assert_eq!(world.table().len(), 1500);
+    assert_eq!(world.table().len(), 1000);
 }

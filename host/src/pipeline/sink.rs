@@ -161,7 +161,7 @@ fn deliver(sink: &mut Stage, ctx: &mut SinkCtx<'_>, job: SinkJob) {
             Ok((out, _)) => {
                 let rejections = out.rejections();
                 sink.metrics.rejected.fetch_add(rejections.len() as u64, Relaxed);
-                sink.metrics.records_out.fetch_add((batch.len() - rejections.len()) as u64, Relaxed);
+                sink.metrics.records_out.fetch_add(batch.len().saturating_sub(rejections.len()) as u64, Relaxed);
                 if let Some(span) = span.as_mut() {
                     span.count("weir.records.rejected", rejections.len());
                 }

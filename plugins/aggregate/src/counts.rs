@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{SecondsFormat, TimeZone, Utc};
 use weir_plugin::serde_json::{json, Map, Value};
 use weir_plugin::RecordRef;
 
@@ -48,15 +48,6 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// ISO-8601 text or epoch seconds / milliseconds, as epoch milliseconds.
-fn millis(v: &Value) -> Option<i64> {
-    match v {
-        Value::String(s) => DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis()),
-        Value::Number(n) => n.as_f64().map(|x| if x.abs() >= 1e11 { x as i64 } else { (x * 1000.0) as i64 }),
-        _ => None,
-    }
-}
-
 fn iso(ms: i64) -> String {
     Utc.timestamp_millis_opt(ms).single().map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)).unwrap_or_default()
 }
@@ -72,12 +63,16 @@ impl Counts {
             bump(counter, text(v), max_keys, &mut self.overflowed);
         }
         let time_field = config.buckets.as_ref().and_then(|b| b.time_field.as_deref());
-        let at = time_field.and_then(|p| value.pointer(p)).and_then(millis).or(record.timestamp_ms).unwrap_or(now_ms);
+        let at =
+            time_field.and_then(|p| value.pointer(p)).and_then(weir_plugin::json::time_millis).or(record.timestamp_ms).unwrap_or(now_ms);
+        // A time more than a day ahead of the clock is taken as now: one bad timestamp must not
+        // become the latest record and have the cleanup drop every real bucket.
+        let at = if at > now_ms.saturating_add(86_400_000) { now_ms } else { at };
         self.first_event_at = Some(self.first_event_at.map_or(at, |f| f.min(at)));
         self.last_event_at = Some(self.last_event_at.map_or(at, |l| l.max(at)));
         if let Some(spec) = &config.buckets {
             let width = spec.width_secs as i64;
-            let start = at.div_euclid(1000).div_euclid(width) * width;
+            let start = at.div_euclid(1000).div_euclid(width).saturating_mul(width);
             let keep = spec.keep.get();
             // A record older than every kept bucket, when all are taken, is not counted in one.
             let too_old = self.buckets.len() >= keep && self.buckets.keys().next().is_some_and(|&first| start < first);
@@ -133,7 +128,7 @@ impl Counts {
                     if spec.by.is_some() {
                         v["by"] = json!(b.by);
                     }
-                    (iso(start * 1000), v)
+                    (iso(start.saturating_mul(1000)), v)
                 })
                 .collect();
             out.insert(spec.name.clone(), Value::Object(buckets));
@@ -184,7 +179,7 @@ mod tests {
         let text: Vec<String> = events.iter().map(Value::to_string).collect();
         let batch = json_batch(text.iter().map(String::as_str));
         for (r, v) in batch.as_ref().iter().zip(events) {
-            counts.add(config, &r, v, 0);
+            counts.add(config, &r, v, Utc::now().timestamp_millis());
         }
     }
 
@@ -223,6 +218,14 @@ mod tests {
         assert_eq!(sparse.buckets.len(), 2);
         sparse.clean(&config);
         assert_eq!(sparse.buckets.keys().map(|s| s % 86_400 / 3600).collect::<Vec<_>>(), [12]);
+        // A time far ahead of the clock counts as now, so it cannot push the real hours out.
+        let mut ahead = Counts::default();
+        add_all(
+            &mut ahead,
+            &config,
+            &[e("ProductCreated", "2024-01-15T12:00:00Z", "p1"), e("ProductCreated", "9999-12-31T00:00:00Z", "p1")],
+        );
+        assert!(ahead.last_event_at.unwrap() <= Utc::now().timestamp_millis());
         let snapshot: Counts = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(snapshot, c, "a snapshot restores every count");
     }

@@ -101,7 +101,10 @@ impl Shared {
 
     fn snapshot(&self, path: &std::path::Path) -> std::io::Result<()> {
         let text = serde_json::to_vec(&*self.counts.lock().unwrap_or_else(|p| p.into_inner())).map_err(std::io::Error::other)?;
-        let tmp = path.with_extension("tmp");
+        // Its own temporary name: during a reload the old and the new version both write.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, path)
     }

@@ -68,6 +68,8 @@ struct Redis {
     unsettled: Vec<(String, String)>,
     /// Pending marks whose confirmation is in `unsettled`: their records were delivered.
     unconfirmed: HashSet<String>,
+    /// For health reports (`redis`).
+    ctx: Context,
 }
 
 /// Per key: `c` or `1` (the mark of older versions) is a duplicate; a pending mark of a batch
@@ -115,8 +117,18 @@ impl Redis {
         format!("{}{d:032x}", self.prefix)
     }
 
-    /// Runs script `which` (0 mark, 1 settle); a lost connection is dropped and reported.
+    /// Runs script `which` (0 mark, 1 settle); a lost connection is dropped and reported, to
+    /// the caller and as the stage's `redis` health.
     fn call(&mut self, which: usize, keys: &[String], args: &[String]) -> Result<Vec<i64>, PluginError> {
+        let result = self.call_once(which, keys, args);
+        match &result {
+            Ok(_) => self.ctx.report_health("redis", &self.shown, true, ""),
+            Err(e) => self.ctx.report_health("redis", &self.shown, false, &e.to_string()),
+        }
+        result
+    }
+
+    fn call_once(&mut self, which: usize, keys: &[String], args: &[String]) -> Result<Vec<i64>, PluginError> {
         if self.connection.is_none() {
             let mut c = self
                 .client
@@ -502,6 +514,7 @@ impl Transform for Dedupe {
                     shown: weir_plugin::error::redacted_url(url),
                     unsettled: Vec::new(),
                     unconfirmed: HashSet::new(),
+                    ctx,
                 })
             }
         };

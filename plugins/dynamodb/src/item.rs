@@ -25,15 +25,7 @@ pub fn attribute(v: &Value) -> AttributeValue {
 
 /// ISO-8601 text or epoch seconds / milliseconds.
 pub fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
-    match v {
-        Value::String(s) => DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).ok(),
-        Value::Number(n) => {
-            let x = n.as_f64()?;
-            let ms = if x.abs() >= 1e11 { x } else { x * 1000.0 };
-            Utc.timestamp_millis_opt(ms as i64).single()
-        }
-        _ => None,
-    }
+    weir_plugin::json::time_millis(v).and_then(|ms| Utc.timestamp_millis_opt(ms).single())
 }
 
 /// Maps records to items by the config.

@@ -71,17 +71,22 @@ fn backoff(attempt: u32) -> Duration {
 
 impl DynamoDbSink {
     fn client(config: &DynamoDbConfig) -> Result<Client, PluginError> {
-        let id = config.access_key_id.clone().or_else(|| env("AWS_ACCESS_KEY_ID"));
-        let secret = config.secret_access_key.clone().or_else(|| env("AWS_SECRET_ACCESS_KEY"));
+        let id = config.access_key_id.clone().filter(|v| !v.is_empty()).or_else(|| env("AWS_ACCESS_KEY_ID"));
+        let secret = config.secret_access_key.clone().filter(|v| !v.is_empty()).or_else(|| env("AWS_SECRET_ACCESS_KEY"));
         let (Some(id), Some(secret)) = (id, secret) else {
             return Err(PluginError::config(
                 "no DynamoDB credentials: set access_key_id and secret_access_key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
                  (DynamoDB Local accepts any)",
             ));
         };
-        let token = config.session_token.clone().or_else(|| env("AWS_SESSION_TOKEN"));
-        let region =
-            config.region.clone().or_else(|| env("AWS_REGION")).or_else(|| env("AWS_DEFAULT_REGION")).unwrap_or_else(|| "us-east-1".into());
+        let token = config.session_token.clone().filter(|v| !v.is_empty()).or_else(|| env("AWS_SESSION_TOKEN"));
+        let region = config
+            .region
+            .clone()
+            .filter(|v| !v.is_empty())
+            .or_else(|| env("AWS_REGION"))
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| "us-east-1".into());
         let timeout = Duration::from_secs(config.request_timeout_secs.max(1));
         let mut b = aws_sdk_dynamodb::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -182,6 +187,18 @@ impl DynamoDbSink {
     }
 }
 
+/// Whether version `a` is lower than `b`, as DynamoDB compares them (numbers by value, text by
+/// its bytes).
+fn version_lt(a: Option<&AttributeValue>, b: Option<&AttributeValue>) -> bool {
+    match (a, b) {
+        (Some(AttributeValue::N(x)), Some(AttributeValue::N(y))) => {
+            x.parse::<f64>().ok().zip(y.parse::<f64>().ok()).is_some_and(|(x, y)| x < y)
+        }
+        (Some(AttributeValue::S(x)), Some(AttributeValue::S(y))) => x < y,
+        _ => false,
+    }
+}
+
 impl Sink for DynamoDbSink {
     type Config = DynamoDbConfig;
     const NAME: &'static str = "dynamodb";
@@ -197,10 +214,25 @@ impl Sink for DynamoDbSink {
         let mapper = Mapper::new(&config);
         let target = format!("{}/{}", config.endpoint().unwrap_or("aws"), config.table);
         // Until the first write says, a look at the table.
-        let (probe, table, t) = (client.clone(), config.table.clone(), target.clone());
+        let (probe, table, t, key) = (client.clone(), config.table.clone(), target.clone(), config.key.clone());
         weir_plugin::runtime().spawn(async move {
             match probe.describe_table().table_name(&table).send().await {
-                Ok(_) => ctx.report_health("dynamodb", &t, true, ""),
+                Ok(out) => {
+                    // HASH first, then RANGE, as `key` lists them.
+                    let mut schema: Vec<(String, bool)> = out
+                        .table()
+                        .map(|t| t.key_schema().iter().map(|k| (k.attribute_name().to_owned(), k.key_type().as_str() == "RANGE")).collect())
+                        .unwrap_or_default();
+                    schema.sort_by_key(|(_, range)| *range);
+                    let names: Vec<String> = schema.into_iter().map(|(n, _)| n).collect();
+                    if !names.is_empty() && names != key {
+                        let m = format!("table {table}'s key is {names:?} but the sink's key is {key:?}: every write would be refused; set key: {names:?}");
+                        ctx.report_error(&m);
+                        ctx.report_health("dynamodb", &t, false, &m);
+                    } else {
+                        ctx.report_health("dynamodb", &t, true, "");
+                    }
+                }
                 Err(e) => {
                     let why = match classify(&table, &e) {
                         Failure::Retry(m) | Failure::Item(m) | Failure::Throttled(m) => m,
@@ -215,20 +247,48 @@ impl Sink for DynamoDbSink {
 
     fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
         let now = Utc::now();
-        // The last record of each key wins; earlier ones with the same key are delivered by it.
-        let mut latest: HashMap<String, (usize, Item)> = HashMap::with_capacity(batch.len());
+        // One item per key in a batch (BatchWriteItem refuses repeats), the one the condition
+        // would keep: the last record (none), the first (absent), the highest version (newer).
+        // The others are delivered by it.
+        let mut chosen: HashMap<String, (usize, Item)> = HashMap::with_capacity(batch.len());
         for (i, r) in batch.iter().enumerate() {
             let item = serde_json::from_slice::<Value>(r.value)
                 .map_err(|e| format!("not valid JSON, so it cannot be an item: {e}"))
                 .and_then(|v| self.mapper.item(&v, now));
-            match item {
-                Ok(item) => {
-                    latest.insert(self.mapper.key_of(&item), (i, item));
+            let item = match item {
+                Ok(item) => item,
+                Err(reason) => {
+                    rejections.reject(i, &reason);
+                    continue;
                 }
-                Err(reason) => rejections.reject(i, &reason),
+            };
+            match self.config.condition {
+                Condition::None => {
+                    chosen.insert(self.mapper.key_of(&item), (i, item));
+                }
+                Condition::Absent => {
+                    chosen.entry(self.mapper.key_of(&item)).or_insert((i, item));
+                }
+                Condition::Newer => {
+                    let v = self.config.version.as_deref().expect("checked");
+                    if !matches!(item.get(v), Some(AttributeValue::N(_) | AttributeValue::S(_))) {
+                        rejections.reject(i, &format!("the record has no {v} (a number or text), which condition: newer compares"));
+                        continue;
+                    }
+                    match chosen.entry(self.mapper.key_of(&item)) {
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert((i, item));
+                        }
+                        std::collections::hash_map::Entry::Occupied(mut e) => {
+                            if version_lt(e.get().1.get(v), item.get(v)) {
+                                e.insert((i, item));
+                            }
+                        }
+                    }
+                }
             }
         }
-        let mut items: Vec<(usize, Item)> = latest.into_values().collect();
+        let mut items: Vec<(usize, Item)> = chosen.into_values().collect();
         items.sort_by_key(|(i, _)| *i);
         let this = &*self;
         let refused: Result<Vec<(usize, String)>, PluginError> = weir_plugin::runtime().block_on(async {

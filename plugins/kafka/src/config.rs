@@ -147,8 +147,8 @@ pub struct SourceConfig {
     /// Bootstrap brokers, comma-separated `host:port`.
     #[serde(default = "default_brokers")]
     pub brokers: String,
-    /// Topics; a name starting with `^` is a regular expression. An entry may list several,
-    /// comma-separated (`${KAFKA_TOPICS}` as `a,b`).
+    /// Topics; a name starting with `^` is a regular expression. Another entry may list
+    /// several names, comma-separated (`${KAFKA_TOPICS}` as `a,b`).
     pub topics: Vec<String>,
     /// Consumer group; instances in one group share the partitions.
     pub group_id: String,

@@ -26,6 +26,9 @@ pub struct GroupContext {
     ctx: Context,
     /// The brokers, as the health reports name them.
     brokers: String,
+    /// Whether the last health report said the brokers were down (an idle consumer then
+    /// asks for metadata now and then, to report them up again).
+    down: AtomicBool,
 }
 
 impl ClientContext for GroupContext {
@@ -33,6 +36,7 @@ impl ClientContext for GroupContext {
         use rdkafka::types::RDKafkaErrorCode::{AllBrokersDown, BrokerTransportFailure, Resolve};
         if matches!(error.rdkafka_error_code(), Some(AllBrokersDown | BrokerTransportFailure | Resolve)) {
             self.ctx.report_health("kafka", &self.brokers, false, &format!("{error}: {reason}"));
+            self.down.store(true, Relaxed);
         }
         self.ctx.warn(&format!("Kafka consumer: {error}: {reason}"));
     }
@@ -107,6 +111,7 @@ impl ConsumerContext for GroupContext {
             }
             self.ctx.info(&format!("Assigned {} partition(s).", list.count()));
             self.ctx.report_health("kafka", &self.brokers, true, "");
+            self.down.store(false, Relaxed);
         }
     }
 }
@@ -133,7 +138,12 @@ struct Loop {
     stop: StopFlag,
     batch_size: usize,
     batch_wait: Duration,
+    /// When the brokers were last asked for metadata while they were reported down.
+    last_probe: std::cell::Cell<Instant>,
 }
+
+/// How often an idle consumer whose brokers were reported down asks them again.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 impl Loop {
     fn commit_ready(&self, mode: CommitMode) {
@@ -186,8 +196,17 @@ impl Loop {
                 }
             }
         }
+        let group = self.consumer.context();
         if !batch.is_empty() {
-            self.ctx.report_health("kafka", &self.consumer.context().brokers, true, "");
+            group.down.store(false, Relaxed);
+            self.ctx.report_health("kafka", &group.brokers, true, "");
+        } else if group.down.load(Relaxed) && self.last_probe.get().elapsed() >= PROBE_EVERY {
+            // Idle since the brokers were lost: ask them, so health can say they are back.
+            self.last_probe.set(Instant::now());
+            if self.consumer.fetch_metadata(None, Duration::from_secs(2)).is_ok() {
+                group.down.store(false, Relaxed);
+                self.ctx.report_health("kafka", &group.brokers, true, "");
+            }
         }
         (!batch.is_empty()).then_some((batch, origins))
     }
@@ -285,10 +304,24 @@ impl Source for KafkaSource {
         let start_at = config.start_at.as_deref().map(start_at_ms).transpose()?;
         let client = config.client();
         ctx.log(weir_plugin::Level::Debug, &format!("Kafka consumer settings: {}", describe(&client)));
-        let group = GroupContext { tracker: tracker.clone(), paused: paused.clone(), start_at, ctx, brokers: config.brokers.clone() };
+        let group = GroupContext {
+            tracker: tracker.clone(),
+            paused: paused.clone(),
+            start_at,
+            ctx,
+            brokers: config.brokers.clone(),
+            down: AtomicBool::new(false),
+        };
         let consumer: BaseConsumer<GroupContext> =
             client.create_with_context(group).map_err(|e| PluginError::config(format!("cannot create the Kafka consumer: {e}")))?;
-        let topics: Vec<&str> = config.topics.iter().flat_map(|t| t.split(',')).map(str::trim).filter(|t| !t.is_empty()).collect();
+        // A regular expression (`^…`) is one entry; a list of names may be one comma-separated entry.
+        let topics: Vec<&str> = config
+            .topics
+            .iter()
+            .flat_map(|t| if t.starts_with('^') { vec![t.as_str()] } else { t.split(',').collect() })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect();
         consumer.subscribe(&topics).map_err(|e| PluginError::config(format!("cannot subscribe to {topics:?}: {e}")))?;
         Ok(KafkaSource { config, ctx, consumer: Some(consumer), tracker, paused, worker: None })
     }
@@ -299,7 +332,8 @@ impl Source for KafkaSource {
         let (batch_size, batch_wait) = (self.config.batch_size.get(), Duration::from_millis(self.config.batch_wait_ms));
         self.ctx.info(&format!("Consuming {:?} as group {}.", self.config.topics, self.config.group_id));
         self.worker = Some(Worker::spawn("weir-kafka-source", move |stop| {
-            Loop { consumer, emitter, ctx, tracker, paused, stop, batch_size, batch_wait }.run()
+            Loop { consumer, emitter, ctx, tracker, paused, stop, batch_size, batch_wait, last_probe: std::cell::Cell::new(Instant::now()) }
+                .run()
         })?);
         Ok(())
     }

@@ -146,6 +146,17 @@ impl ObjectStoreConfig {
             }
         }
         let template = Template::parse(&self.key).map_err(|e| PluginError::config(format!("key {:?}: {e}", self.key)))?;
+        let prefix = match &target {
+            Target::S3 { prefix, .. } if !prefix.is_empty() => format!("{prefix}/"),
+            _ => String::new(),
+        };
+        let shape = format!("{prefix}{}", template.shape());
+        if let Err(e) = object_store::path::Path::parse(&shape) {
+            return Err(PluginError::config(format!(
+                "url {:?} and key {:?} do not make a valid object key ({shape}): {e}",
+                self.url, self.key
+            )));
+        }
         match self.mode {
             Mode::Record if template.has_batch() => {
                 return Err(PluginError::config(format!(

@@ -64,12 +64,16 @@ impl Template {
         if !rest.is_empty() {
             parts.push(Part::Literal(rest.to_owned()));
         }
-        // The key's shape with every placeholder standing for a plain value.
-        let shape: String = parts.iter().map(|p| if let Part::Literal(l) = p { l.as_str() } else { "x" }).collect();
+        let shape = Template { parts: parts.clone() }.shape();
         if shape.starts_with('/') || shape.contains("//") || shape.split('/').any(|s| s == "." || s == "..") {
             return Err("a key has no leading `/`, no empty segment and no `.` or `..` segment".into());
         }
         Ok(Template { parts })
+    }
+
+    /// The key with each placeholder standing for a plain value (`x`), to check its shape.
+    pub fn shape(&self) -> String {
+        self.parts.iter().map(|p| if let Part::Literal(l) = p { l.as_str() } else { "x" }).collect()
     }
 
     /// Whether the template has a `{batch}` placeholder.

@@ -12,7 +12,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{Attribute, Attributes, BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, RetryConfig};
+use object_store::{Attribute, Attributes, BackoffConfig, ClientOptions, ObjectStore, PutOptions, PutPayload, RetryConfig};
 use sha2::{Digest, Sha256};
 use weir_plugin::serde_json::{self, Value};
 use weir_plugin::{BatchRef, Context, PluginError, RecordRef, Rejections, Sink};
@@ -36,6 +36,9 @@ pub struct ObjectStoreSink {
     ctx: Context,
 }
 
+/// The longest object key S3 takes, in bytes.
+const MAX_KEY_BYTES: usize = 1024;
+
 /// One object to write.
 struct Object {
     path: Path,
@@ -57,10 +60,11 @@ impl ObjectStoreSink {
                 Ok((Arc::new(store), String::new(), dir.display().to_string(), false))
             }
             Target::S3 { bucket, prefix } => {
-                let region = config.region.clone().or_else(|| env("AWS_REGION")).or_else(|| env("AWS_DEFAULT_REGION"));
+                let region =
+                    config.region.clone().filter(|v| !v.is_empty()).or_else(|| env("AWS_REGION")).or_else(|| env("AWS_DEFAULT_REGION"));
                 let mut b = AmazonS3Builder::new().with_bucket_name(&bucket).with_region(region.unwrap_or_else(|| "us-east-1".into()));
-                let key_id = config.access_key_id.clone().or_else(|| env("AWS_ACCESS_KEY_ID"));
-                let secret = config.secret_access_key.clone().or_else(|| env("AWS_SECRET_ACCESS_KEY"));
+                let key_id = config.access_key_id.clone().filter(|v| !v.is_empty()).or_else(|| env("AWS_ACCESS_KEY_ID"));
+                let secret = config.secret_access_key.clone().filter(|v| !v.is_empty()).or_else(|| env("AWS_SECRET_ACCESS_KEY"));
                 match (key_id, secret) {
                     (Some(id), Some(secret)) => b = b.with_access_key_id(id).with_secret_access_key(secret),
                     (None, None) => {}
@@ -71,7 +75,7 @@ impl ObjectStoreSink {
                         ))
                     }
                 }
-                if let Some(token) = config.session_token.clone().or_else(|| env("AWS_SESSION_TOKEN")) {
+                if let Some(token) = config.session_token.clone().filter(|v| !v.is_empty()).or_else(|| env("AWS_SESSION_TOKEN")) {
                     b = b.with_token(token);
                 }
                 let mut options = ClientOptions::new().with_timeout(Duration::from_secs(config.request_timeout_secs.max(1)));
@@ -129,6 +133,14 @@ impl ObjectStoreSink {
             };
             let key = self.time(&r, value.as_ref()).and_then(|t| self.template.render(&r, value.as_ref(), t));
             let key = match key {
+                // S3's limit; the digest placeholder is longer than the 24 hex digits it becomes.
+                Ok(k) if self.prefix.len() + k.len() > MAX_KEY_BYTES + BATCH_MARK.len() => {
+                    rejections.reject(
+                        i,
+                        &format!("its object key would be {} bytes, more than S3's {MAX_KEY_BYTES}: {k:.80}…", self.prefix.len() + k.len()),
+                    );
+                    continue;
+                }
                 Ok(k) => format!("{}{k}", self.prefix),
                 Err(e) => {
                     rejections.reject(i, &e);
@@ -164,12 +176,10 @@ impl ObjectStoreSink {
             };
             match Path::parse(&key) {
                 Ok(path) => records.push(Object { path, body: PutPayload::from(body) }),
+                // `check` has vetted the template's shape and placeholders' values are
+                // encoded, so a rendered key always parses; if not, retrying tells the user.
                 Err(e) => {
-                    // Every record of the group shares the key's fault; it comes from the
-                    // template's literal part, which `check` has already vetted.
-                    for i in 0..batch.len() {
-                        rejections.reject(i, &format!("object key {key:?} is not valid: {e}"));
-                    }
+                    self.ctx.report_error(&format!("object key {key:?} is not valid: {e}"));
                     return Vec::new();
                 }
             }
@@ -178,20 +188,9 @@ impl ObjectStoreSink {
     }
 }
 
-/// ISO-8601 text (with or without an offset: UTC), or epoch seconds or milliseconds.
+/// ISO-8601 text (without an offset: UTC), or epoch seconds or milliseconds.
 fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
-    match v {
-        Value::String(s) => DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&Utc))
-            .ok()
-            .or_else(|| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").ok().map(|n| n.and_utc())),
-        Value::Number(n) => {
-            let x = n.as_f64()?;
-            let ms = if x.abs() >= 1e11 { x } else { x * 1000.0 };
-            Utc.timestamp_millis_opt(ms as i64).single()
-        }
-        _ => None,
-    }
+    weir_plugin::json::time_millis(v).and_then(|ms| Utc.timestamp_millis_opt(ms).single())
 }
 
 impl Sink for ObjectStoreSink {
@@ -210,8 +209,9 @@ impl Sink for ObjectStoreSink {
         // Until the first write says, a look at the store: a missing object is an answer.
         let (probe, target) = (store.clone(), label.clone());
         weir_plugin::runtime().spawn(async move {
-            match probe.head(&Path::from("weir-health-probe")).await {
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => ctx.report_health(dependency, &target, true, ""),
+            // Listing a prefix answers for a bucket that exists (empty or not), and fails for one that does not.
+            match probe.list_with_delimiter(Some(&Path::from("weir-health-probe"))).await {
+                Ok(_) => ctx.report_health(dependency, &target, true, ""),
                 Err(e) => ctx.report_health(dependency, &target, false, &one_line(&e)),
             }
         });

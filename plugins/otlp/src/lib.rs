@@ -122,13 +122,20 @@ struct Stats {
 struct CountingExporter {
     inner: opentelemetry_otlp::MetricExporter,
     stats: Arc<Stats>,
+    /// For health reports (`otlp`) on each export.
+    ctx: Context,
+    endpoint: String,
 }
 
 impl PushMetricExporter for CountingExporter {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
         let result = self.inner.export(metrics).await;
-        if result.is_err() {
-            self.stats.metric_exports_failed.fetch_add(1, Relaxed);
+        match &result {
+            Ok(()) => self.ctx.report_health("otlp", &self.endpoint, true, ""),
+            Err(e) => {
+                self.stats.metric_exports_failed.fetch_add(1, Relaxed);
+                self.ctx.report_health("otlp", &self.endpoint, false, &e.to_string());
+            }
         }
         result
     }
@@ -286,7 +293,7 @@ impl Sink for OtlpSink {
         if !config.metrics.is_empty() {
             let inner = exporter!(opentelemetry_otlp::MetricExporter, &config, "metrics");
             let reader = opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader::builder(
-                CountingExporter { inner, stats: stats.clone() },
+                CountingExporter { inner, stats: stats.clone(), ctx, endpoint: endpoint(&config, "metrics") },
                 opentelemetry_sdk::runtime::Tokio,
             )
             .with_interval(Duration::from_millis(config.interval_ms.max(100)))

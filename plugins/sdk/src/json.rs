@@ -219,3 +219,105 @@ mod tests {
         assert!(Pointer::parse("eventId").unwrap_err().contains("\"/eventId\""));
     }
 }
+
+/// A time in a record as epoch milliseconds: RFC 3339 / ISO-8601 text (with an offset, or
+/// without one, taken as UTC; fractions of a second kept to the millisecond), or a number of
+/// epoch seconds (below 10^11) or milliseconds. `None` for anything else or out of range.
+pub fn time_millis(v: &serde_json::Value) -> Option<i64> {
+    match v {
+        serde_json::Value::String(s) => text_millis(s),
+        serde_json::Value::Number(n) => {
+            let x = n.as_f64()?;
+            let ms = if x.abs() >= 1e11 { x } else { x * 1000.0 };
+            // Years 0 to 9999.
+            (-62_167_219_200_000.0..=253_402_300_799_999.0).contains(&ms).then_some(ms as i64)
+        }
+        _ => None,
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fff…][Z|±HH:MM]` (a space for `T` too) as epoch milliseconds.
+fn text_millis(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
+    };
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') || b[13] != b':' || b[16] != b':'
+    {
+        return None;
+    }
+    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut ms = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let first3: String = frac[..digits].chars().chain("000".chars()).take(3).collect();
+        ms = first3.parse::<i64>().ok()?;
+        rest = &frac[digits..];
+    }
+    let offset_min = match rest {
+        "" | "Z" | "z" => 0,
+        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+            let m = num_of(&o[1..3])? * 60 + num_of(&o[4..6])?;
+            if o.starts_with('-') {
+                -m
+            } else {
+                m
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(y, mo, d);
+    Some(((days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60) * 1000) + ms)
+}
+
+fn num_of(s: &str) -> Option<i64> {
+    s.bytes().all(|c| c.is_ascii_digit()).then(|| s.parse().ok())?
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::time_millis;
+    use serde_json::json;
+
+    #[test]
+    fn times_as_records_write_them() {
+        assert_eq!(time_millis(&json!("1970-01-01T00:00:00Z")), Some(0));
+        assert_eq!(time_millis(&json!("2024-01-15T10:00:00.123456Z")), Some(1_705_312_800_123));
+        assert_eq!(time_millis(&json!("2024-01-15T12:00:00+02:00")), Some(1_705_312_800_000));
+        assert_eq!(time_millis(&json!("2024-01-15T10:00:00")), Some(1_705_312_800_000), "no offset: UTC");
+        assert_eq!(time_millis(&json!("2024-02-29T00:00:00Z")), Some(1_709_164_800_000));
+        assert_eq!(time_millis(&json!(1_705_312_800)), Some(1_705_312_800_000), "seconds");
+        assert_eq!(time_millis(&json!(1_705_312_800_000i64)), Some(1_705_312_800_000), "milliseconds");
+        for bad in [json!("2023-02-29T00:00:00Z"), json!("yesterday"), json!("2024-01-15T10:00:00.Z"), json!(1e300), json!(true)] {
+            assert_eq!(time_millis(&bad), None, "{bad}");
+        }
+    }
+}
