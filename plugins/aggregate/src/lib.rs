@@ -229,3 +229,33 @@ impl Sink for AggregateSink {
 }
 
 weir_plugin::export_plugins!(sink AggregateSink);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_plugin::mock::{json_batch, run_sink, MockHost};
+
+    #[test]
+    fn a_restart_goes_on_from_the_snapshot() {
+        let dir = std::env::temp_dir().join(format!("weir-aggregate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let host = MockHost::with_base_dir(dir.to_str().unwrap());
+        let config = json!({"listen": "127.0.0.1:0", "count_by": {"eventsByType": "/eventType"}, "snapshot": {"path": "state/agg.json"}});
+        let mut first: AggregateSink = host.sink(config.clone()).unwrap();
+        let batch = json_batch([r#"{"eventType":"A"}"#, r#"{"eventType":"B"}"#, "not json"]);
+        let rejections = run_sink(&mut first, &batch).unwrap();
+        assert_eq!(rejections.iter().map(|(i, _)| i).collect::<Vec<_>>(), [2]);
+        first.stop().unwrap();
+        let mut second: AggregateSink = host.sink(config).unwrap();
+        run_sink(&mut second, &json_batch([r#"{"eventType":"A"}"#])).unwrap();
+        let m = second.shared.metrics();
+        assert_eq!(m["totalEvents"], 3);
+        assert_eq!(m["eventsByType"], json!({"A": 2, "B": 1}));
+        let (status, health) = second.shared.health();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(health["metrics"]["totalEvents"], 3);
+        std::fs::write(dir.join("state/agg.json"), "{oops").unwrap();
+        let err = host.sink::<AggregateSink>(json!({"listen": "127.0.0.1:0", "snapshot": {"path": "state/agg.json"}})).err().unwrap();
+        assert!(err.to_string().contains("move it away to start from zero"), "{err}");
+    }
+}

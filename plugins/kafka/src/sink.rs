@@ -147,6 +147,23 @@ impl Sink for KafkaSink {
     }
 
     fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
+        let result = self.send(batch, rejections);
+        match &result {
+            Ok(()) => self.ctx.report_health("kafka", &self.config.brokers, true, ""),
+            Err(PluginError::Retry { message, .. }) => self.ctx.report_health("kafka", &self.config.brokers, false, message),
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn stop(&mut self) -> Result<(), PluginError> {
+        self.producer.flush(SETUP_TIMEOUT).map_err(|e| PluginError::retry(format!("flush failed: {e}")))
+    }
+}
+
+impl KafkaSink {
+    /// Sends a batch and waits for every delivery report.
+    fn send(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
         let mut pending = Vec::with_capacity(batch.len());
         let mut immediate: Option<String> = None;
         for (i, r) in batch.iter().enumerate() {
@@ -222,10 +239,6 @@ impl Sink for KafkaSink {
             self.failures = 0;
         }
         Err(PluginError::Retry { message: format!("Kafka did not acknowledge the batch: {message}"), after: None })
-    }
-
-    fn stop(&mut self) -> Result<(), PluginError> {
-        self.producer.flush(SETUP_TIMEOUT).map_err(|e| PluginError::retry(format!("flush failed: {e}")))
     }
 }
 
