@@ -16,6 +16,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload};
+use weir_dynamodb::attribute;
 use weir_plugin::serde_json::{self, Value};
 
 fn report(n: usize, started: Instant) {
@@ -51,17 +52,6 @@ async fn s3(endpoint: &str, bucket: &str, file: &str, per_object: usize) {
     .await
     .expect("put");
     report(lines.len(), started);
-}
-
-fn attribute(v: &Value) -> AttributeValue {
-    match v {
-        Value::Null => AttributeValue::Null(true),
-        Value::Bool(b) => AttributeValue::Bool(*b),
-        Value::Number(n) => AttributeValue::N(n.to_string()),
-        Value::String(s) => AttributeValue::S(s.clone()),
-        Value::Array(a) => AttributeValue::L(a.iter().map(attribute).collect()),
-        Value::Object(o) => AttributeValue::M(o.iter().map(|(k, v)| (k.clone(), attribute(v))).collect()),
-    }
 }
 
 async fn dynamodb(endpoint: &str, table: &str, file: &str) {

@@ -8,6 +8,7 @@ mod item;
 mod sink;
 
 pub use config::{AttributeSpec, Condition, DynamoDbConfig, TtlSpec};
+pub use item::attribute;
 pub use sink::DynamoDbSink;
 
 weir_plugin::export_plugins!(sink DynamoDbSink);
