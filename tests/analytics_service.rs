@@ -73,6 +73,10 @@ impl World {
             ("HEALTH_PORT", self.health.as_str()),
             ("AGGREGATE_SNAPSHOT", snapshot.as_str()),
             ("DEAD_LETTER_FILE", dead.as_str()),
+            // Shorter than the seed's 30 s and 60 s, so a killed member's partitions move sooner.
+            ("KAFKA_SESSION_TIMEOUT_MS", "6000"),
+            ("KAFKA_HEARTBEAT_INTERVAL_MS", "1000"),
+            ("KAFKA_REBALANCE_TIMEOUT_MS", "10000"),
         ];
         Weir::start(&repo().join("examples/analytics-service"), &[], &envs)
     }
@@ -232,7 +236,7 @@ fn a_sigkill_mid_stream_loses_nothing() {
     weir.kill();
     let done = world.committed();
     assert!(done < 1000, "killed mid-stream: committed {done} of 1000");
-    // The killed member's partitions move once its session (the seed's 30 s) expires.
+    // The killed member's partitions move once its session (6 s here) expires.
     let _weir = world.start();
     world.wait_all_committed(1000, Duration::from_secs(180));
     let archive = world.archive();

@@ -51,6 +51,18 @@ impl Db {
             return Ok(c.clone());
         }
         let url = masked_url(&self.url);
+        let opened = self.open(&url).await;
+        // Each connection opened, or not, says whether the database answers.
+        match &opened {
+            Ok(_) => self.ctx.report_health("postgres", &url, true, ""),
+            Err(e) => self.ctx.report_health("postgres", &url, false, e),
+        }
+        let client = Arc::new(opened?);
+        *held = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn open(&self, url: &str) -> Result<Client, String> {
         let client =
             match tokio::time::timeout(CONNECT_TIMEOUT, weir_plugin::pg::connect(&self.url, self.tls, self.ca_file.as_deref(), self.ctx))
                 .await
@@ -61,8 +73,6 @@ impl Db {
                 Err(_) => return Err(format!("cannot connect to {url}: no answer within {} s", CONNECT_TIMEOUT.as_secs())),
             };
         client.batch_execute(&self.setup).await.map_err(|e| format!("cannot set work_mem on {url}: {}", detail(&e)))?;
-        let client = Arc::new(client);
-        *held = Some(client.clone());
         Ok(client)
     }
 }

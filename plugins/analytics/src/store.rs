@@ -85,8 +85,12 @@ impl Store {
         }
         .await;
         match result {
-            Ok(v) => Some(v),
+            Ok(v) => {
+                self.ctx.report_health("redis", &self.shown, true, "");
+                Some(v)
+            }
             Err(e) => {
+                self.ctx.report_health("redis", &self.shown, false, &e);
                 *self.conn.lock().await = None;
                 let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
                 failed.0 = Some(Instant::now());

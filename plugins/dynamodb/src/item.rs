@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use weir_plugin::serde_json::Value;
 
-use crate::config::{ttl_seconds, DynamoDbConfig};
+use crate::config::{ttl_seconds, Condition, DynamoDbConfig};
 
 /// An item: attribute names to values.
 pub type Item = HashMap<String, AttributeValue>;
@@ -80,6 +80,42 @@ impl Mapper {
         Ok(item)
     }
 
+    /// One item per key of a batch (BatchWriteItem refuses repeats): the one the condition
+    /// would keep, the last record (`none`), the first (`absent`) or the highest version
+    /// (`newer`); the others are delivered by it. In record order; beside them the records
+    /// refused (with `newer`, those without a version).
+    pub fn one_per_key(&self, items: Vec<(usize, Item)>) -> (Vec<(usize, Item)>, Vec<(usize, String)>) {
+        let mut chosen: HashMap<String, (usize, Item)> = HashMap::with_capacity(items.len());
+        let mut refused = Vec::new();
+        for (i, item) in items {
+            let key = self.key_of(&item);
+            match self.config.condition {
+                Condition::None => {
+                    chosen.insert(key, (i, item));
+                }
+                Condition::Absent => {
+                    chosen.entry(key).or_insert((i, item));
+                }
+                Condition::Newer => {
+                    let v = self.config.version.as_deref().unwrap_or_default();
+                    if !matches!(item.get(v), Some(AttributeValue::N(_) | AttributeValue::S(_))) {
+                        refused.push((i, format!("the record has no {v} (a number or text), which condition: newer compares")));
+                        continue;
+                    }
+                    match chosen.get(&key) {
+                        Some((_, kept)) if !version_lt(kept.get(v), item.get(v)) => {}
+                        _ => {
+                            chosen.insert(key, (i, item));
+                        }
+                    }
+                }
+            }
+        }
+        let mut items: Vec<(usize, Item)> = chosen.into_values().collect();
+        items.sort_by_key(|(i, _)| *i);
+        (items, refused)
+    }
+
     /// The item's key, as text, to find repeats within a batch.
     pub fn key_of(&self, item: &Item) -> String {
         let mut key = String::new();
@@ -92,6 +128,18 @@ impl Mapper {
             key.push('\u{0}');
         }
         key
+    }
+}
+
+/// Whether version `a` is lower than `b`, as DynamoDB compares them (numbers by value, text by
+/// its bytes).
+fn version_lt(a: Option<&AttributeValue>, b: Option<&AttributeValue>) -> bool {
+    match (a, b) {
+        (Some(AttributeValue::N(x)), Some(AttributeValue::N(y))) => {
+            x.parse::<f64>().ok().zip(y.parse::<f64>().ok()).is_some_and(|(x, y)| x < y)
+        }
+        (Some(AttributeValue::S(x)), Some(AttributeValue::S(y))) => x < y,
+        _ => false,
     }
 }
 
@@ -126,6 +174,35 @@ mod tests {
         let AttributeValue::M(data) = &item["data"] else { panic!("data is a map") };
         let AttributeValue::M(inner) = &data["data"] else { panic!("nested map") };
         assert_eq!(inner["price"], AttributeValue::N("9.5".into()));
+    }
+
+    #[test]
+    fn repeats_in_a_batch_keep_the_copy_the_condition_would() {
+        let config = |extra: weir_plugin::serde_json::Value| -> DynamoDbConfig {
+            let mut c = json!({"table": "Things", "key": ["id"], "attributes": {"id": {"from": "/id"}, "v": {"from": "/v"}}});
+            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(c).unwrap()
+        };
+        let items = |m: &Mapper| {
+            [json!({"id": "a", "v": 5}), json!({"id": "b", "v": 1}), json!({"id": "a", "v": 3}), json!({"id": "a"})]
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (i, m.item(r, Utc::now()).unwrap()))
+                .collect::<Vec<_>>()
+        };
+        let picked = |c: DynamoDbConfig| {
+            c.check().unwrap();
+            let m = Mapper::new(&c);
+            let (kept, refused) = m.one_per_key(items(&m));
+            (kept.iter().map(|(i, _)| *i).collect::<Vec<_>>(), refused.iter().map(|(i, _)| *i).collect::<Vec<_>>())
+        };
+        assert_eq!(picked(config(json!({}))), (vec![1, 3], vec![]), "none: the last of each key");
+        assert_eq!(picked(config(json!({"condition": "absent"}))), (vec![0, 1], vec![]), "absent: the first");
+        assert_eq!(
+            picked(config(json!({"condition": "newer", "version": "v"}))),
+            (vec![0, 1], vec![3]),
+            "newer: the highest; none without v"
+        );
     }
 
     #[test]

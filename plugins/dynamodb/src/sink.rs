@@ -2,7 +2,6 @@
 //! sent again with backoff), or one conditional `PutItem` per item. Whatever cannot be
 //! written now retries the whole batch, which is idempotent, so the pipeline pushes back.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::config::retry::RetryConfig;
@@ -187,18 +186,6 @@ impl DynamoDbSink {
     }
 }
 
-/// Whether version `a` is lower than `b`, as DynamoDB compares them (numbers by value, text by
-/// its bytes).
-fn version_lt(a: Option<&AttributeValue>, b: Option<&AttributeValue>) -> bool {
-    match (a, b) {
-        (Some(AttributeValue::N(x)), Some(AttributeValue::N(y))) => {
-            x.parse::<f64>().ok().zip(y.parse::<f64>().ok()).is_some_and(|(x, y)| x < y)
-        }
-        (Some(AttributeValue::S(x)), Some(AttributeValue::S(y))) => x < y,
-        _ => false,
-    }
-}
-
 impl Sink for DynamoDbSink {
     type Config = DynamoDbConfig;
     const NAME: &'static str = "dynamodb";
@@ -247,49 +234,20 @@ impl Sink for DynamoDbSink {
 
     fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
         let now = Utc::now();
-        // One item per key in a batch (BatchWriteItem refuses repeats), the one the condition
-        // would keep: the last record (none), the first (absent), the highest version (newer).
-        // The others are delivered by it.
-        let mut chosen: HashMap<String, (usize, Item)> = HashMap::with_capacity(batch.len());
+        let mut items = Vec::with_capacity(batch.len());
         for (i, r) in batch.iter().enumerate() {
             let item = serde_json::from_slice::<Value>(r.value)
                 .map_err(|e| format!("not valid JSON, so it cannot be an item: {e}"))
                 .and_then(|v| self.mapper.item(&v, now));
-            let item = match item {
-                Ok(item) => item,
-                Err(reason) => {
-                    rejections.reject(i, &reason);
-                    continue;
-                }
-            };
-            match self.config.condition {
-                Condition::None => {
-                    chosen.insert(self.mapper.key_of(&item), (i, item));
-                }
-                Condition::Absent => {
-                    chosen.entry(self.mapper.key_of(&item)).or_insert((i, item));
-                }
-                Condition::Newer => {
-                    let v = self.config.version.as_deref().expect("checked");
-                    if !matches!(item.get(v), Some(AttributeValue::N(_) | AttributeValue::S(_))) {
-                        rejections.reject(i, &format!("the record has no {v} (a number or text), which condition: newer compares"));
-                        continue;
-                    }
-                    match chosen.entry(self.mapper.key_of(&item)) {
-                        std::collections::hash_map::Entry::Vacant(e) => {
-                            e.insert((i, item));
-                        }
-                        std::collections::hash_map::Entry::Occupied(mut e) => {
-                            if version_lt(e.get().1.get(v), item.get(v)) {
-                                e.insert((i, item));
-                            }
-                        }
-                    }
-                }
+            match item {
+                Ok(item) => items.push((i, item)),
+                Err(reason) => rejections.reject(i, &reason),
             }
         }
-        let mut items: Vec<(usize, Item)> = chosen.into_values().collect();
-        items.sort_by_key(|(i, _)| *i);
+        let (items, refused) = self.mapper.one_per_key(items);
+        for (i, reason) in &refused {
+            rejections.reject(*i, reason);
+        }
         let this = &*self;
         let refused: Result<Vec<(usize, String)>, PluginError> = weir_plugin::runtime().block_on(async {
             match this.config.condition {
