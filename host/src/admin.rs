@@ -345,18 +345,16 @@ async fn health(AxState(host): AxState<Arc<Host>>, anonymous: Option<axum::Exten
     let states: serde_json::Map<String, serde_json::Value> =
         pipelines.iter().map(|p| (p.name.clone(), p.state().0.name().into())).collect();
     let clients: f64 = pipelines.iter().map(|p| p.gauge("connected_clients")).sum();
+    let mut down = 0;
     let dependencies: serde_json::Map<String, serde_json::Value> = pipelines
         .iter()
         .map(|p| (p.name.clone(), p.dependency_health()))
         .filter(|(_, h)| !h.is_empty())
-        .map(|(name, h)| (name, serde_json::to_value(h).unwrap_or_default()))
+        .map(|(name, h)| {
+            down += h.values().flat_map(|deps| deps.values()).filter(|d| !d.up).count();
+            (name, serde_json::to_value(h).unwrap_or_default())
+        })
         .collect();
-    let down = dependencies
-        .values()
-        .flat_map(|stages| stages.as_object().into_iter().flat_map(|s| s.values()))
-        .flat_map(|deps| deps.as_object().into_iter().flat_map(|d| d.values()))
-        .filter(|h| h["up"] == false)
-        .count();
     let body = serde_json::json!({
         "status": health,
         "timestamp": timestamp,

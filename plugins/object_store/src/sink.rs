@@ -115,7 +115,7 @@ impl ObjectStoreSink {
     }
 
     /// The objects of a batch; records that cannot be named are rejected with the reason.
-    fn objects(&self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Vec<Object> {
+    fn objects(&self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<Vec<Object>, PluginError> {
         let parse = self.template.needs_value() || self.config.time_field.is_some();
         let mut records = Vec::new();
         let mut groups: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -177,14 +177,12 @@ impl ObjectStoreSink {
             match Path::parse(&key) {
                 Ok(path) => records.push(Object { path, body: PutPayload::from(body) }),
                 // `check` has vetted the template's shape and placeholders' values are
-                // encoded, so a rendered key always parses; if not, retrying tells the user.
-                Err(e) => {
-                    self.ctx.report_error(&format!("object key {key:?} is not valid: {e}"));
-                    return Vec::new();
-                }
+                // encoded, so a rendered key always parses; if not, the batch fails with the
+                // reason rather than counting as written.
+                Err(e) => return Err(PluginError::fatal(format!("object key {key:?} is not valid: {e}"))),
             }
         }
-        records
+        Ok(records)
     }
 }
 
@@ -219,7 +217,7 @@ impl Sink for ObjectStoreSink {
     }
 
     fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
-        let objects = self.objects(batch, rejections);
+        let objects = self.objects(batch, rejections)?;
         let content_type = self.config.content_type.clone().unwrap_or_else(|| {
             match self.config.mode {
                 Mode::Record => "application/json",
