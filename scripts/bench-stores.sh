@@ -11,13 +11,25 @@
 # sink from the same topic, a bare rdkafka consumer of it, and the object_store sink fed by the
 # file source (the sink without the broker), in the same run.
 #
-#   scripts/bench-stores.sh          # EVENTS=100000 DYNAMO_EVENTS=20000 BATCH=1000 ROUNDS=2
+#   scripts/bench-stores.sh          # EVENTS=100000 DYNAMO_EVENTS=20000 BATCH=1000 ROUNDS=2 WORKERS=8
+#
+# WORKERS is the object_store sink's `workers` (batches written at once). STORAGE is the
+# broker's storage engine (sqlite, or memory), KAFKA_SETTINGS more librdkafka settings
+# (`name=value ...`) given to the bare consumer and the kafka source alike.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-100000}
 DYNAMO_EVENTS=${DYNAMO_EVENTS:-20000}
 BATCH=${BATCH:-1000}
 ROUNDS=${ROUNDS:-2}
+WORKERS=${WORKERS:-8}
+STORAGE=${STORAGE:-sqlite}
+KAFKA_SETTINGS=${KAFKA_SETTINGS:-}
+export KAFKA_SETTINGS
+pairs=()
+for kv in $KAFKA_SETTINGS; do pairs+=("\"${kv%%=*}\": \"${kv#*=}\""); done
+librdkafka="{$(IFS=,; echo "${pairs[*]:-}")}"
+case $STORAGE in sqlite) storage=sqlite://bench.db ;; memory) storage=memory://tansu/ ;; *) echo "STORAGE is sqlite or memory" >&2; exit 2 ;; esac
 TANSU=${TANSU:-$HOME/.cargo/bin/tansu}
 if [ -z "${BIN:-}" ]; then
   cargo build --release --workspace --quiet
@@ -28,7 +40,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 broker=127.0.0.1:$port
-(cd "$work" && "$TANSU" broker --listener-url "tcp://$broker" --advertised-listener-url "tcp://$broker" --storage-engine sqlite://bench.db >tansu.log 2>&1) &
+(cd "$work" && "$TANSU" broker --listener-url "tcp://$broker" --advertised-listener-url "tcp://$broker" --storage-engine "$storage" >tansu.log 2>&1) &
 moto_port=$(free_port)
 moto=http://127.0.0.1:$moto_port
 python3 -m moto.server -H 127.0.0.1 -p "$moto_port" >"$work/moto.log" 2>&1 &
@@ -45,6 +57,7 @@ for i in range(int(sys.argv[1])):
                      separators=(",", ":")))
 PY
 head -n "$DYNAMO_EVENTS" "$work/events.jsonl" > "$work/dynamo.jsonl"
+echo "broker storage: $STORAGE; object_store workers: $WORKERS; librdkafka: $librdkafka"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); events of $(head -1 "$work/events.jsonl" | wc -c) bytes; moto $(python3 -c 'import moto; print(moto.__version__)')"
 
 # Polls the sink's delivered count; prints the rate from its first delivered record to the last.
@@ -97,26 +110,26 @@ for r in $(seq "$ROUNDS"); do
 
   echo "round $r object store bare $("$BIN/stores_bare" s3 "$moto" "bare-$r" "$work/events.jsonl" "$BATCH")"
   echo "round $r object store weir $(run_weir "os-$r" "name: os
-source: {plugin: kafka, config: {brokers: \"$broker\", topics: [archive-$r], group_id: bench-$r, batch_size: $BATCH}}
+source: {plugin: kafka, config: {brokers: \"$broker\", topics: [archive-$r], group_id: bench-$r, batch_size: $BATCH, librdkafka: $librdkafka}}
 sinks:
-  - {name: archive, plugin: object_store, config: {url: \"s3://weir-$r\", endpoint: \"$moto\", mode: batch, key: \"archive/{yyyy}/{MM}/{dd}/{HH}/{batch}.jsonl\", time_field: /timestamp, access_key_id: bench, secret_access_key: bench}}" \
+  - {name: archive, plugin: object_store, workers: $WORKERS, config: {url: \"s3://weir-$r\", endpoint: \"$moto\", mode: batch, key: \"archive/{yyyy}/{MM}/{dd}/{HH}/{batch}.jsonl\", time_field: /timestamp, access_key_id: bench, secret_access_key: bench}}" \
     "$EVENTS" 'weir_stage_records_out_total{pipeline="os",stage="archive",plugin="object_store"}')"
   # The sink alone, fed from a file instead of the broker: the same records, batches of BATCH.
   aws create-bucket "file-$r"
   echo "round $r file to object store weir $(run_weir "fos-$r" "name: fos
 source: {plugin: file, config: {path: \"$work/events.jsonl\", batch_size: $BATCH}}
 sinks:
-  - {name: archive, plugin: object_store, config: {url: \"s3://file-$r\", endpoint: \"$moto\", mode: batch, key: \"archive/{yyyy}/{MM}/{dd}/{HH}/{batch}.jsonl\", time_field: /timestamp, access_key_id: bench, secret_access_key: bench}}" \
+  - {name: archive, plugin: object_store, workers: $WORKERS, config: {url: \"s3://file-$r\", endpoint: \"$moto\", mode: batch, key: \"archive/{yyyy}/{MM}/{dd}/{HH}/{batch}.jsonl\", time_field: /timestamp, access_key_id: bench, secret_access_key: bench}}" \
     "$EVENTS" 'weir_stage_records_out_total{pipeline="fos",stage="archive",plugin="object_store"}')"
   # What the broker gives a bare consumer, and the Kafka source alone (fresh groups), for scale.
   echo "round $r kafka consume bare $("$BIN/kafka_bare" consume "$broker" "archive-$r" "$EVENTS")"
   # What the Kafka source alone delivers from the same topic (a fresh group), for scale.
   echo "round $r kafka to discard weir $(run_weir "kd-$r" "name: kd
-source: {plugin: kafka, config: {brokers: \"$broker\", topics: [archive-$r], group_id: bench-discard-$r, batch_size: $BATCH}}
+source: {plugin: kafka, config: {brokers: \"$broker\", topics: [archive-$r], group_id: bench-discard-$r, batch_size: $BATCH, librdkafka: $librdkafka}}
 sinks: [{name: discard, plugin: discard}]" "$EVENTS" 'weir_stage_records_out_total{pipeline="kd",stage="discard",plugin="discard"}')"
   echo "round $r dynamodb bare $("$BIN/stores_bare" dynamodb "$moto" "bare_$r" "$work/dynamo.jsonl")"
   echo "round $r dynamodb weir $(run_weir "db-$r" "name: db
-source: {plugin: kafka, config: {brokers: \"$broker\", topics: [recent-$r], group_id: bench-$r, batch_size: $BATCH}}
+source: {plugin: kafka, config: {brokers: \"$broker\", topics: [recent-$r], group_id: bench-$r, batch_size: $BATCH, librdkafka: $librdkafka}}
 sinks:
   - name: recent
     plugin: dynamodb

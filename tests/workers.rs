@@ -123,3 +123,65 @@ fn duplicates_posted_at_once_from_many_connections_pass_dedupe_once() {
     let dropped = weir.metric(r#"weir_stage_records_dropped_total{pipeline="dedupe",stage="dedupe",plugin="dedupe"}"#);
     assert_eq!(dropped, Some(7.0 * ids as f64), "the other seven copies of each were dropped as duplicates");
 }
+
+/// Writes `n` JSON lines `{"id": i, "mark": …}` with every 50th record marked `poison`.
+fn marked_records(path: &std::path::Path, n: usize) {
+    let lines: String = (0..n).map(|i| format!("{{\"id\":{i},\"mark\":\"{}\"}}\n", if i % 50 == 0 { "poison" } else { "ok" })).collect();
+    std::fs::write(path, lines).unwrap();
+}
+
+/// The `id` of each JSON line of `path` (of its `record` for dead letters), counted.
+fn ids(path: &std::path::Path, pointer: &str) -> HashMap<u64, usize> {
+    let mut seen = HashMap::new();
+    for v in common::json_lines(path) {
+        *seen.entry(v.pointer(pointer).and_then(Value::as_u64).unwrap_or_else(|| panic!("no {pointer} in {v}"))).or_default() += 1;
+    }
+    seen
+}
+
+#[test]
+fn a_sinks_workers_write_batches_at_once_and_every_record_is_settled_once() {
+    let scene = Scene::new();
+    marked_records(&scene.path("in.jsonl"), 2_000);
+    // `test-meet` passes a batch only once four batches are being written at the same
+    // moment, so the pipeline finishes only if the four workers overlap.
+    scene.pipeline(
+        "fan",
+        "source: {plugin: file, config: {path: @DIR@/in.jsonl, batch_size: 20}}\nsinks:\n  - {name: meet, plugin: test-meet, workers: 4, config: {together: 4}}\n  - {name: flaky, plugin: test-flaky, workers: 3, config: {reject_marker: poison}}\n  - {name: out, plugin: file, after: flaky, takes: delivered, config: {path: @DIR@/out.jsonl}}\ndead_letter: {plugin: file, config: {path: @DIR@/dlq.jsonl}}\n",
+    );
+    let admin = format!("127.0.0.1:{}", free_port());
+    let out = weir(&["run", "--once", "--no-watch", "--pipelines", scene.pipelines.to_str().unwrap(), "--admin", &admin], &[]);
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{logs}");
+    assert!(!logs.contains("Sink failed the batch"), "no batch failed: {logs}");
+    let poison: HashSet<u64> = (0..2_000).step_by(50).collect();
+    let delivered = ids(&scene.path("out.jsonl"), "/id");
+    assert_eq!(delivered.len(), 2_000 - poison.len(), "every record not refused reaches the sink after `flaky`");
+    assert!(delivered.iter().all(|(id, &n)| n == 1 && !poison.contains(id)), "each once, none refused");
+    let letters = common::json_lines(&scene.path("dlq.jsonl"));
+    let refused = ids(&scene.path("dlq.jsonl"), "/record/id");
+    assert_eq!(refused.keys().copied().collect::<HashSet<_>>(), poison, "exactly the poison records are dead letters");
+    assert!(refused.values().all(|&n| n == 1), "each once: {refused:?}");
+    assert!(letters.iter().all(|l| l["stage"] == "flaky" && l["reason"] == "poison record"), "{:?}", letters.first());
+}
+
+#[test]
+fn without_workers_a_sink_writes_one_batch_at_a_time() {
+    // The same meeting sink with one instance: its batches never overlap, so each fails for
+    // good with the reason and goes to the dead letters (the test above can fail).
+    let scene = Scene::new();
+    marked_records(&scene.path("in.jsonl"), 40);
+    scene.pipeline(
+        "single",
+        "source: {plugin: file, config: {path: @DIR@/in.jsonl, batch_size: 20}}\nsinks: [{name: meet, plugin: test-meet, config: {together: 2, timeout_ms: 200}}]\ndead_letter: {plugin: file, config: {path: @DIR@/dlq.jsonl}}\n",
+    );
+    let admin = format!("127.0.0.1:{}", free_port());
+    let out = weir(&["run", "--once", "--no-watch", "--pipelines", scene.pipelines.to_str().unwrap(), "--admin", &admin], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let letters = common::json_lines(&scene.path("dlq.jsonl"));
+    assert_eq!(letters.len(), 40, "{:?}", letters.first());
+    let why = |l: &Value| {
+        l["stage"] == "meet" && l["reason"].as_str().is_some_and(|r| r.starts_with("only 1 batches were written at once, not 2"))
+    };
+    assert!(letters.iter().all(why), "{:?}", letters.iter().find(|l| !why(l)));
+}

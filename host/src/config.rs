@@ -194,6 +194,13 @@ pub struct StageSpec {
     /// Sinks only: how much may wait in front of the sink, and what happens when it is full.
     #[serde(default)]
     pub buffer: Option<BufferSpec>,
+    /// Sinks only: how many batches the sink delivers at once, each through an instance of
+    /// its own (1 to 64; default 1). With more than one, a later batch may be written before
+    /// an earlier one: for sinks whose writes do not depend on order (idempotent object
+    /// names, conditional writes, inserts). Sources still commit only past batches every
+    /// sink has. Not with a disk buffer, which is read in order.
+    #[serde(default)]
+    pub workers: Option<NonZeroUsize>,
     /// Whether the stage runs: `false` leaves it out of the pipeline, so a switch in the
     /// environment can turn a sink or transform off without editing the file (`enabled:
     /// ${KAFKA_ENABLED:-true}`). `true`/`false`, also `1`/`0`, `yes`/`no`, `on`/`off`.
@@ -679,6 +686,22 @@ impl PipelineFile {
                     );
                 }
             }
+            if let Some(workers) = stage.workers {
+                let at = format!("{pointer}/workers");
+                if !role.delivers() {
+                    let hint = if matches!(role, Role::Transform(_)) { "; transforms run on `settings.transform_workers`" } else { "" };
+                    return Err(self.error_at(&at, format!("only sinks have workers; remove `workers` here{hint}")));
+                }
+                if workers.get() > MAX_SINK_WORKERS {
+                    return Err(self.error_at(&at, format!("at most {MAX_SINK_WORKERS} workers per sink, not {workers}")));
+                }
+                if workers.get() > 1 && stage.buffer.as_ref().is_some_and(|b| b.disk.is_some()) {
+                    return Err(self.error_at(
+                        &at,
+                        "a sink with a disk buffer delivers its batches in order, one at a time; remove `workers` or `buffer.disk`",
+                    ));
+                }
+            }
             if let Some(after) = &stage.after {
                 if !matches!(role, Role::Sink(_)) {
                     return Err(self.error_at(&format!("{pointer}/after"), "only sinks may have `after`"));
@@ -739,7 +762,11 @@ impl PipelineFile {
     }
 }
 
-fn valid_name(name: &str) -> bool {
+/// The most instances a sink may deliver through at once (`workers`).
+pub const MAX_SINK_WORKERS: usize = 64;
+
+/// Whether `name` may name a pipeline or stage: letters, digits, `-`, `_` and `.`.
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
@@ -872,6 +899,23 @@ mod tests {
         let err =
             parse("source: {plugin: http}\nsinks: [{plugin: file}]\ndead_letter: {plugin: file, after: file}\n").unwrap_err().to_string();
         assert!(err.contains("only sinks may have `after`"), "{err}");
+    }
+
+    #[test]
+    fn workers_are_for_sinks_without_a_disk_buffer() {
+        let parse = |yaml: &str| PipelineFile::parse(Path::new("p.yaml"), yaml, env(&[]));
+        let f = parse("source: {plugin: http}\nsinks: [{plugin: file, workers: 8}]\ndead_letter: {plugin: file, workers: 2}\n").unwrap();
+        assert_eq!(f.spec.sinks[0].workers.map(|n| n.get()), Some(8));
+        let err =
+            parse("source: {plugin: http}\ntransforms: [{plugin: enrich, workers: 2}]\nsinks: [{plugin: file}]\n").unwrap_err().to_string();
+        assert!(err.contains("p.yaml:2:") && err.contains("only sinks have workers") && err.contains("transform_workers"), "{err}");
+        let err = parse("source: {plugin: http}\nsinks: [{plugin: file, workers: 65}]\n").unwrap_err().to_string();
+        assert!(err.contains("at most 64 workers per sink, not 65"), "{err}");
+        let err = parse("source: {plugin: http}\nsinks: [{plugin: file, workers: 0}]\n").unwrap_err().to_string();
+        assert!(err.contains("p.yaml:2:"), "{err}");
+        let err = parse("source: {plugin: http}\nsinks:\n  - {plugin: file, workers: 2, buffer: {disk: buf}}\n").unwrap_err().to_string();
+        assert!(err.contains("p.yaml:3:") && err.contains("remove `workers` or `buffer.disk`"), "{err}");
+        assert!(parse("source: {plugin: http}\nsinks: [{plugin: file, workers: 1, buffer: {disk: buf}}]\n").is_ok());
     }
 
     #[test]

@@ -107,7 +107,8 @@ impl Pipeline {
         let base_dir = file.path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
         let base_dir = base_dir.canonicalize().unwrap_or_else(|_| base_dir.to_path_buf());
         let mut infos = Vec::new();
-        let mut built: Vec<(Role, Stage)> = Vec::new();
+        // Each stage with its instances: one, or a sink's `workers`.
+        let mut built: Vec<(Role, Vec<Stage>)> = Vec::new();
         let health = Arc::new(Health::default());
         let siblings = ffi::Siblings::default();
         for (role, spec) in file.stages() {
@@ -143,61 +144,68 @@ impl Pipeline {
                 metrics: m.clone(),
             });
             let in_order = plugin.descriptor.flags & weir_plugin::abi::PLUGIN_IN_ORDER != 0;
-            built.push((
-                role,
-                Stage {
-                    name: name.into(),
-                    plugin,
-                    config,
-                    host,
-                    metrics: m,
-                    slot: Slot::new(instance),
-                    retry,
-                    max_retry,
-                    failures: Arc::default(),
-                    health: health.clone(),
-                    buffer: Buffer::new(spec.buffer.clone(), disk),
-                    in_order,
-                },
-            ));
+            let stage = Stage {
+                name: name.into(),
+                plugin,
+                config,
+                host,
+                metrics: m,
+                slot: Slot::new(instance),
+                retry,
+                max_retry,
+                failures: Arc::default(),
+                health: health.clone(),
+                buffer: Buffer::new(spec.buffer.clone(), disk),
+                in_order,
+            };
+            let mut instances = vec![stage];
+            for _ in 1..spec.workers.map_or(1, |n| n.get()) {
+                match instances[0].replica() {
+                    Ok(replica) => instances.push(replica),
+                    Err(e) => {
+                        let stages: Vec<_> = infos.iter().map(|i: &StageInfo| i.metrics.clone()).collect();
+                        metrics.remove(&stages);
+                        return Err(file.error_at(
+                            &format!("{pointer}/workers"),
+                            file.redactor
+                                .redact(&format!("plugin {} could not start another worker's instance: {e}", instances[0].plugin.name)),
+                        ));
+                    }
+                }
+            }
+            built.push((role, instances));
         }
         let settings = &file.spec.settings;
         let abandon = Arc::new(AtomicBool::new(false));
         let mut iter = built.into_iter();
-        let (_, source) = iter.next().expect("a pipeline has a source");
+        let source = iter.next().and_then(|(_, mut s)| s.pop()).expect("a pipeline has a source");
         let mut transforms = Vec::new();
         let mut sinks = Vec::new();
         let mut dead_letter = None;
-        for (role, stage) in iter {
+        for (role, mut instances) in iter {
             match role {
-                Role::Transform(_) => transforms.push(stage),
-                Role::DeadLetter => dead_letter = Some(stage),
-                Role::Source | Role::Sink(_) => sinks.push(stage),
+                Role::Transform(_) => transforms.extend(instances.pop()),
+                Role::DeadLetter => dead_letter = Some(instances),
+                Role::Source | Role::Sink(_) => sinks.push(instances),
             }
         }
         let mut threads = Vec::new();
         let dead_letters = match dead_letter {
             None => None,
-            Some(stage) => {
-                let (queue, inbox) = sink_queue(settings.sink_queue_batches.get(), &stage.metrics);
+            Some(instances) => {
+                let (queue, inbox) = sink_queue(settings.sink_queue_batches.get(), &instances[0].metrics);
                 let dl = DeadLetters { queue };
-                let (abandon, pipeline) = (abandon.clone(), file.name.clone());
-                let thread_name = format!("weir-sink-{}", stage.name);
-                threads.push(
-                    std::thread::Builder::new()
-                        .name(thread_name)
-                        .spawn(move || run_sink(&pipeline, stage, inbox, Vec::new(), None, abandon))?,
-                );
+                spawn_sink(&mut threads, &file.name, instances, &inbox, &[], None, &abandon)?;
                 Some(dl)
             }
         };
         let mut sink_txs = Vec::new();
         let follows: Vec<(Option<String>, Takes)> = file.sinks().map(|s| (s.after.clone(), s.takes)).collect();
         let total_sinks = sinks.len();
-        let queues: Vec<_> = sinks.iter().map(|s| sink_queue(settings.sink_queue_batches.get(), &s.metrics)).collect();
+        let queues: Vec<_> = sinks.iter().map(|s| sink_queue(settings.sink_queue_batches.get(), &s[0].metrics)).collect();
         let (txs, inboxes): (Vec<SinkQueue>, Vec<SinkInbox>) = queues.into_iter().unzip();
-        let names: Vec<Arc<str>> = sinks.iter().map(|s| s.name.clone()).collect();
-        for (i, (sink, rx)) in sinks.into_iter().zip(inboxes).enumerate() {
+        let names: Vec<Arc<str>> = sinks.iter().map(|s| s[0].name.clone()).collect();
+        for (i, (instances, rx)) in sinks.into_iter().zip(inboxes).enumerate() {
             let downstream: Vec<Downstream> = follows
                 .iter()
                 .zip(&txs)
@@ -205,14 +213,9 @@ impl Pipeline {
                 .map(|((_, takes), queue)| Downstream { queue: queue.clone(), takes: *takes })
                 .collect();
             if follows[i].0.is_none() {
-                sink_txs.push((txs[i].clone(), sink.buffer.clone()));
+                sink_txs.push((txs[i].clone(), instances[0].buffer.clone()));
             }
-            let abandon = abandon.clone();
-            let thread_name = format!("weir-sink-{}", sink.name);
-            let pipeline = file.name.clone();
-            let dl = dead_letters.clone();
-            threads
-                .push(std::thread::Builder::new().name(thread_name).spawn(move || run_sink(&pipeline, sink, rx, downstream, dl, abandon))?);
+            spawn_sink(&mut threads, &file.name, instances, &rx, &downstream, dead_letters.as_ref(), &abandon)?;
         }
         // Only the threads hold senders now, so queues close as their feeders finish.
         drop(txs);
@@ -438,4 +441,24 @@ impl Pipeline {
     pub fn gauge(&self, name: &str) -> f64 {
         self.stages.iter().filter_map(|s| s.metrics.gauge(name)).sum()
     }
+}
+
+/// Starts a thread per instance of a sink, all taking batches from `inbox`.
+fn spawn_sink(
+    threads: &mut Vec<JoinHandle<()>>,
+    pipeline: &str,
+    instances: Vec<Stage>,
+    inbox: &SinkInbox,
+    downstream: &[Downstream],
+    dead_letters: Option<&DeadLetters>,
+    abandon: &Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let several = instances.len() > 1;
+    for (w, sink) in instances.into_iter().enumerate() {
+        let name = if several { format!("weir-sink-{}-{w}", sink.name) } else { format!("weir-sink-{}", sink.name) };
+        let (pipeline, inbox, downstream, dl, abandon) =
+            (pipeline.to_owned(), inbox.clone(), downstream.to_vec(), dead_letters.cloned(), abandon.clone());
+        threads.push(std::thread::Builder::new().name(name).spawn(move || run_sink(&pipeline, sink, inbox, downstream, dl, abandon))?);
+    }
+    Ok(())
 }

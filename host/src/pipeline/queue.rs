@@ -12,16 +12,17 @@ pub(super) struct SinkQueue {
     pub(super) metrics: Arc<StageMetrics>,
 }
 
-/// A sink's queue, as the sink's thread sees it.
+/// A sink's queue, as the sink's threads see it (one per worker, taking turns).
+#[derive(Clone)]
 pub(super) struct SinkInbox {
-    rx: Receiver<SinkJob>,
+    rx: Arc<Mutex<Receiver<SinkJob>>>,
     metrics: Arc<StageMetrics>,
 }
 
 /// A queue of `capacity` batches in front of the sink whose metrics are `metrics`.
 pub(super) fn sink_queue(capacity: usize, metrics: &Arc<StageMetrics>) -> (SinkQueue, SinkInbox) {
     let (tx, rx) = sync_channel(capacity);
-    (SinkQueue { tx, metrics: metrics.clone() }, SinkInbox { rx, metrics: metrics.clone() })
+    (SinkQueue { tx, metrics: metrics.clone() }, SinkInbox { rx: Arc::new(Mutex::new(rx)), metrics: metrics.clone() })
 }
 
 impl SinkQueue {
@@ -37,9 +38,10 @@ impl SinkQueue {
 }
 
 impl SinkInbox {
-    /// The next batch; `None` once every feeder has gone and the queue is empty.
+    /// The next batch; `None` once every feeder has gone and the queue is empty. The sink's
+    /// workers wait their turn for it.
     pub(super) fn recv(&self) -> Option<SinkJob> {
-        let job = self.rx.recv().ok()?;
+        let job = self.rx.lock().unwrap_or_else(|p| p.into_inner()).recv().ok()?;
         self.metrics.queue_depth.fetch_sub(1, Relaxed);
         Some(job)
     }

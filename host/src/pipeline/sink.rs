@@ -4,6 +4,7 @@
 use super::*;
 
 /// A sink that runs after another, fed from its thread.
+#[derive(Clone)]
 pub(super) struct Downstream {
     pub(super) queue: SinkQueue,
     pub(super) takes: Takes,

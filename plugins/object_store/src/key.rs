@@ -1,7 +1,7 @@
 //! Object key templates: `events/{yyyy}/{MM}/{dd}/{HH}/{/eventId}.json`.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
-use weir_plugin::serde_json::Value;
+use weir_plugin::json::{self, Doc, Pointer};
 use weir_plugin::RecordRef;
 
 /// One piece of a template.
@@ -13,7 +13,7 @@ enum Part {
     Day,
     Hour,
     Minute,
-    Field(String),
+    Field(Pointer),
     Key,
     Header(String),
     Batch,
@@ -48,7 +48,7 @@ impl Template {
                 "mm" => Part::Minute,
                 "key" => Part::Key,
                 "batch" => Part::Batch,
-                p if p.starts_with('/') => Part::Field(p.to_owned()),
+                p if p.starts_with('/') => Part::Field(Pointer::parse(p)?),
                 h if h.starts_with("header:") && h.len() > "header:".len() => Part::Header(h["header:".len()..].to_owned()),
                 other => {
                     return Err(format!(
@@ -86,14 +86,14 @@ impl Template {
         self.parts.iter().any(|p| matches!(p, Part::Field(_) | Part::Key | Part::Header(_)))
     }
 
-    /// Whether rendering needs the record's value parsed.
+    /// Whether rendering needs the record's value read.
     pub fn needs_value(&self) -> bool {
         self.parts.iter().any(|p| matches!(p, Part::Field(_)))
     }
 
     /// The key of one record at `time`; `{batch}` stays as [`BATCH_MARK`]. The error names the
     /// part of the record the key needs and does not find.
-    pub fn render(&self, record: &RecordRef<'_>, value: Option<&Value>, time: DateTime<Utc>) -> Result<String, String> {
+    pub fn render(&self, record: &RecordRef<'_>, value: Option<&Doc<'_>>, time: DateTime<Utc>) -> Result<String, String> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
@@ -104,11 +104,16 @@ impl Template {
                 Part::Hour => out.push_str(&format!("{:02}", time.hour())),
                 Part::Minute => out.push_str(&format!("{:02}", time.minute())),
                 Part::Batch => out.push_str(BATCH_MARK),
-                Part::Field(pointer) => match value.and_then(|v| v.pointer(pointer)) {
-                    Some(Value::String(s)) if !s.is_empty() => encode(s.as_bytes(), &mut out),
-                    Some(v @ (Value::Number(_) | Value::Bool(_))) => encode(v.to_string().as_bytes(), &mut out),
-                    Some(Value::String(_)) => return Err(format!("field {pointer} is empty, and the object key needs it")),
-                    Some(_) => return Err(format!("field {pointer} is not a string, number or boolean, and the object key needs one")),
+                // Strings unescaped, numbers and booleans as written.
+                Part::Field(pointer) => match value.and_then(|v| v.get(pointer)) {
+                    Some(raw) => match raw.get().as_bytes()[0] {
+                        b'"' => match json::string(raw) {
+                            Some(s) if !s.is_empty() => encode(s.as_bytes(), &mut out),
+                            _ => return Err(format!("field {pointer} is empty, and the object key needs it")),
+                        },
+                        b'-' | b'0'..=b'9' | b't' | b'f' => encode(raw.get().as_bytes(), &mut out),
+                        _ => return Err(format!("field {pointer} is not a string, number or boolean, and the object key needs one")),
+                    },
                     None => return Err(format!("field {pointer} is missing, and the object key needs it")),
                 },
                 Part::Key => match record.key {
@@ -143,7 +148,10 @@ fn encode(bytes: &[u8], out: &mut String) {
 mod tests {
     use super::*;
     use weir_plugin::mock::json_batch;
-    use weir_plugin::serde_json::json;
+
+    fn doc(text: &str) -> Doc<'_> {
+        Doc::parse(text.as_bytes()).unwrap()
+    }
 
     fn time() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2024-01-15T10:07:00Z").unwrap().with_timezone(&Utc)
@@ -154,7 +162,7 @@ mod tests {
         let t = Template::parse("events/{yyyy}/{MM}/{dd}/{HH}/{/eventId}.json").unwrap();
         let batch = json_batch(["{}"]);
         let r = batch.as_ref().get(0);
-        let key = t.render(&r, Some(&json!({"eventId": "event-id-1"})), time()).unwrap();
+        let key = t.render(&r, Some(&doc(r#"{"eventId": "event-id-1"}"#)), time()).unwrap();
         assert_eq!(key, "events/2024/01/15/10/event-id-1.json");
         assert!(t.names_record() && !t.has_batch());
     }
@@ -164,10 +172,14 @@ mod tests {
         let t = Template::parse("e/{/id}.json").unwrap();
         let batch = json_batch(["{}"]);
         let r = batch.as_ref().get(0);
-        assert_eq!(t.render(&r, Some(&json!({"id": "../x/y z"})), time()).unwrap(), "e/..%2Fx%2Fy%20z.json");
-        assert_eq!(t.render(&r, Some(&json!({"id": ".."})), time()).unwrap(), "e/%2E%2E.json");
-        assert_eq!(t.render(&r, Some(&json!({"id": 42})), time()).unwrap(), "e/42.json");
-        assert_eq!(t.render(&r, Some(&json!({})), time()).unwrap_err(), "field /id is missing, and the object key needs it");
+        assert_eq!(t.render(&r, Some(&doc(r#"{"id": "../x/y z"}"#)), time()).unwrap(), "e/..%2Fx%2Fy%20z.json");
+        assert_eq!(t.render(&r, Some(&doc(r#"{"id": ".."}"#)), time()).unwrap(), "e/%2E%2E.json");
+        assert_eq!(t.render(&r, Some(&doc(r#"{"id": 42}"#)), time()).unwrap(), "e/42.json");
+        assert_eq!(t.render(&r, Some(&doc(r#"{"id": "a\/b"}"#)), time()).unwrap(), "e/a%2Fb.json", "escapes read");
+        assert_eq!(t.render(&r, Some(&doc(r#"{"id": 1.50}"#)), time()).unwrap(), "e/1.50.json", "numbers as written");
+        assert!(t.render(&r, Some(&doc(r#"{"id": null}"#)), time()).unwrap_err().contains("not a string, number or boolean"));
+        assert!(t.render(&r, Some(&doc(r#"{"id": ""}"#)), time()).unwrap_err().contains("is empty"));
+        assert_eq!(t.render(&r, Some(&doc("{}")), time()).unwrap_err(), "field /id is missing, and the object key needs it");
     }
 
     #[test]

@@ -14,7 +14,8 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{Attribute, Attributes, BackoffConfig, ClientOptions, ObjectStore, PutOptions, PutPayload, RetryConfig};
 use sha2::{Digest, Sha256};
-use weir_plugin::serde_json::{self, Value};
+use weir_plugin::json::{Doc, Pointer};
+use weir_plugin::serde_json;
 use weir_plugin::{BatchRef, Context, PluginError, RecordRef, Rejections, Sink};
 
 use crate::config::{Compression, Mode, ObjectStoreConfig, Target};
@@ -24,6 +25,8 @@ use crate::key::{Template, BATCH_MARK};
 pub struct ObjectStoreSink {
     config: ObjectStoreConfig,
     template: Template,
+    /// `time_field`, parsed.
+    time_field: Option<Pointer>,
     store: Arc<dyn ObjectStore>,
     /// Prepended to every key (`PREFIX/` of `s3://BUCKET/PREFIX`), may be empty.
     prefix: String,
@@ -101,14 +104,15 @@ impl ObjectStoreSink {
     }
 
     /// The record's time: `time_field` when the record has it, else its timestamp, else now.
-    fn time(&self, record: &RecordRef<'_>, value: Option<&Value>) -> Result<DateTime<Utc>, String> {
-        if let (Some(pointer), Some(v)) = (&self.config.time_field, value) {
-            match v.pointer(pointer) {
-                None | Some(Value::Null) => {}
-                Some(t) => {
-                    return parse_time(t)
+    fn time(&self, record: &RecordRef<'_>, value: Option<&Doc<'_>>) -> Result<DateTime<Utc>, String> {
+        if let (Some(pointer), Some(v)) = (&self.time_field, value) {
+            match v.get(pointer) {
+                Some(t) if t.get() != "null" => {
+                    return weir_plugin::json::raw_time_millis(t)
+                        .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
                         .ok_or_else(|| format!("field {pointer} is not a time (ISO-8601 text or epoch seconds or milliseconds): {t}"))
                 }
+                _ => {}
             }
         }
         Ok(record.timestamp_ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single()).unwrap_or_else(Utc::now))
@@ -116,12 +120,12 @@ impl ObjectStoreSink {
 
     /// The objects of a batch; records that cannot be named are rejected with the reason.
     fn objects(&self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<Vec<Object>, PluginError> {
-        let parse = self.template.needs_value() || self.config.time_field.is_some();
+        let parse = self.template.needs_value() || self.time_field.is_some();
         let mut records = Vec::new();
         let mut groups: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         for (i, r) in batch.iter().enumerate() {
             let value = if parse {
-                match serde_json::from_slice::<Value>(r.value) {
+                match Doc::parse(r.value) {
                     Ok(v) => Some(v),
                     Err(e) => {
                         rejections.reject(i, &format!("not valid JSON, so its object key cannot be made: {e}"));
@@ -186,11 +190,6 @@ impl ObjectStoreSink {
     }
 }
 
-/// ISO-8601 text (without an offset: UTC), or epoch seconds or milliseconds.
-fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
-    weir_plugin::json::time_millis(v).and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-}
-
 impl Sink for ObjectStoreSink {
     type Config = ObjectStoreConfig;
     const NAME: &'static str = "object_store";
@@ -213,7 +212,8 @@ impl Sink for ObjectStoreSink {
                 Err(e) => ctx.report_health(dependency, &target, false, &one_line(&e)),
             }
         });
-        Ok(ObjectStoreSink { config, template, store, prefix, label, attributes, dependency, ctx })
+        let time_field = config.time_field.as_deref().map(Pointer::parse).transpose().map_err(PluginError::config)?;
+        Ok(ObjectStoreSink { config, template, time_field, store, prefix, label, attributes, dependency, ctx })
     }
 
     fn write(&mut self, batch: &BatchRef<'_>, rejections: &mut Rejections) -> Result<(), PluginError> {
@@ -344,7 +344,7 @@ mod tests {
     #[test]
     fn configs_that_cannot_work_are_refused_with_the_reason() {
         let host = MockHost::new();
-        let err = |c: Value| host.sink::<ObjectStoreSink>(c).err().unwrap().to_string();
+        let err = |c: weir_plugin::serde_json::Value| host.sink::<ObjectStoreSink>(c).err().unwrap().to_string();
         assert!(err(json!({"url": "s3://ab", "key": "{/id}"})).contains("at least 3 characters"));
         assert!(err(json!({"url": "gs://bucket", "key": "{/id}"})).contains("not supported"));
         assert!(err(json!({"url": "s3://bucket", "key": "events/{HH}.json"})).contains("names no record"));

@@ -236,6 +236,15 @@ pub fn time_millis(v: &serde_json::Value) -> Option<i64> {
     }
 }
 
+/// [`time_millis`] of a value as written (read with [`Doc`]), without building it.
+pub fn raw_time_millis(raw: &RawValue) -> Option<i64> {
+    match raw.get().as_bytes().first()? {
+        b'"' => text_millis(&string(raw)?),
+        b'-' | b'0'..=b'9' => time_millis(&serde_json::Value::Number(serde_json::from_str(raw.get()).ok()?)),
+        _ => None,
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM:SS[.fff…][Z|±HH:MM]` (a space for `T` too) as epoch milliseconds.
 fn text_millis(s: &str) -> Option<i64> {
     let b = s.as_bytes();
@@ -318,6 +327,18 @@ mod time_tests {
         assert_eq!(time_millis(&json!(1_705_312_800_000i64)), Some(1_705_312_800_000), "milliseconds");
         for bad in [json!("2023-02-29T00:00:00Z"), json!("yesterday"), json!("2024-01-15T10:00:00.Z"), json!(1e300), json!(true)] {
             assert_eq!(time_millis(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn times_as_written_read_the_same() {
+        let raw = |t: &str| super::raw_time_millis(&serde_json::from_str::<Box<serde_json::value::RawValue>>(t).unwrap());
+        assert_eq!(raw(r#""2024-01-15T10:00:00.123Z""#), Some(1_705_312_800_123));
+        assert_eq!(raw(r#""2024-01-15T10:00:00\u002b02:00""#), Some(1_705_305_600_000), "escapes read");
+        assert_eq!(raw("1705312800"), Some(1_705_312_800_000));
+        assert_eq!(raw("1705312800000.0"), Some(1_705_312_800_000));
+        for bad in ["true", "null", "{}", "[1]", r#""soon""#, "1e300"] {
+            assert_eq!(raw(bad), None, "{bad}");
         }
     }
 }

@@ -159,5 +159,55 @@ impl Sink for Flaky {
     }
 }
 
+/// Config of `test-meet`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MeetConfig {
+    /// Each batch waits until this many batches have been written at the same moment (by
+    /// the stage's instances in this process), proving that they overlap.
+    pub together: usize,
+    /// How long a batch waits for that before it is failed for good.
+    #[serde(default = "meet_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn meet_timeout() -> u64 {
+    10_000
+}
+
+/// Batches being written now, and the most there ever were at once.
+static MEETING: (std::sync::Mutex<(usize, usize)>, std::sync::Condvar) = (std::sync::Mutex::new((0, 0)), std::sync::Condvar::new());
+
+/// The `test-meet` sink: delivers nowhere, but only once `together` batches were written at
+/// once; fails batches for good when they never are.
+pub struct Meet {
+    config: MeetConfig,
+}
+
+impl Sink for Meet {
+    type Config = MeetConfig;
+    const NAME: &'static str = "test-meet";
+    const DESCRIPTION: &'static str = "For Weir's tests: a sink whose batches wait until several are written at once.";
+
+    fn create(config: MeetConfig, _ctx: Context) -> Result<Self, PluginError> {
+        Ok(Meet { config })
+    }
+
+    fn write(&mut self, _batch: &BatchRef<'_>, _rejections: &mut Rejections) -> Result<(), PluginError> {
+        let (lock, met) = &MEETING;
+        let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 += 1;
+        state.1 = state.1.max(state.0);
+        met.notify_all();
+        let wait = Duration::from_millis(self.config.timeout_ms);
+        let (mut state, _) = met.wait_timeout_while(state, wait, |s| s.1 < self.config.together).unwrap_or_else(|p| p.into_inner());
+        state.0 -= 1;
+        if state.1 < self.config.together {
+            return Err(PluginError::fatal(format!("only {} batches were written at once, not {}", state.1, self.config.together)));
+        }
+        Ok(())
+    }
+}
+
 // opt_in: only for Weir's own tests; never loaded from beside the weir binary unless named.
-weir_plugin::export_plugins!(opt_in; transform PanicOn, transform Stamp, sink Slow, sink Flaky);
+weir_plugin::export_plugins!(opt_in; transform PanicOn, transform Stamp, sink Slow, sink Flaky, sink Meet);
