@@ -19,7 +19,7 @@ use axum::{Json, Router};
 
 use crate::config::HostConfig;
 use crate::error::HostError;
-use crate::host::Host;
+use crate::host::{ApplyError, Host, Preconditions};
 use crate::pipeline::State;
 use weir_plugin::origins::{check_origin, Origins};
 
@@ -64,6 +64,11 @@ impl Token {
             )));
         }
         Ok(Some(Token(token.to_owned())))
+    }
+
+    /// The `Authorization` value that presents it (for the CLI's own requests).
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.0)
     }
 
     /// Whether `given` is the token, in time that does not depend on where they differ.
@@ -228,8 +233,8 @@ async fn checked(AxState(access): AxState<Arc<Access>>, mut req: Request, next: 
         if let Some(origin) = cors {
             let allow = [
                 (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin),
-                (header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST")),
-                (header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type")),
+                (header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, DELETE")),
+                (header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type, if-match, if-none-match")),
                 (header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600")),
                 (header::VARY, HeaderValue::from_static("Origin")),
             ];
@@ -276,13 +281,18 @@ async fn checked(AxState(access): AxState<Arc<Access>>, mut req: Request, next: 
     }
     let headers = req.headers();
     if mutating {
-        let json = header_str(headers, header::CONTENT_TYPE)
-            .map(|ct| ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"));
-        if json == Some(false) || (json.is_none() && has_body(headers)) {
+        // JSON or YAML only: neither is a type a page may send across sites without a
+        // preflight, which only listed origins pass.
+        let typed = header_str(headers, header::CONTENT_TYPE).map(|ct| {
+            let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            matches!(ct.as_str(), "application/json" | "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml")
+        });
+        if typed == Some(false) || (typed.is_none() && has_body(headers)) {
             return refuse(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!(
-                    "{} takes no body or a JSON one; send `Content-Type: application/json` or no body at all (got {})",
+                    "{} takes no body, a JSON one or (pipelines) a YAML one; send `Content-Type: application/json` or \
+                     `application/yaml`, or no body at all (got {})",
                     req.uri().path(),
                     header_str(headers, header::CONTENT_TYPE).map_or("a body without Content-Type".to_owned(), |c| format!("{c:?}"))
                 ),
@@ -326,7 +336,15 @@ pub fn router(host: Arc<Host>, drain: std::time::Duration, access: Access) -> Ro
         )
         .route("/health", get(health))
         .route("/pipelines", get(pipelines))
-        .route("/pipelines/{name}", get(pipeline))
+        .route("/pipelines/validate", axum::routing::post(validate))
+        .route(
+            "/pipelines/{name}",
+            get(pipeline)
+                .put(move |h, n, headers, body| put_pipeline(h, n, headers, body, drain))
+                .delete(move |h, n, headers| delete_pipeline(h, n, headers, drain)),
+        )
+        .route("/plugins", get(plugins))
+        .route("/plugins/{kind}/{name}", get(plugin))
         .route("/metrics", get(metrics))
         .with_state(host)
         .layer(axum::middleware::from_fn_with_state(Arc::new(access), guard))
@@ -372,10 +390,145 @@ async fn pipelines(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
     Json(host.pipelines().iter().map(|p| host.report(p)).collect::<Vec<_>>())
 }
 
-async fn pipeline(AxState(host): AxState<Arc<Host>>, axum::extract::Path(name): axum::extract::Path<String>) -> impl IntoResponse {
+async fn pipeline(AxState(host): AxState<Arc<Host>>, axum::extract::Path(name): axum::extract::Path<String>) -> Response {
     match host.pipelines().into_iter().find(|p| p.name == name) {
-        Some(p) => (StatusCode::OK, Json(host.report(&p))),
-        None => (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": format!("no pipeline called {name:?}") }))),
+        Some(p) => {
+            let etag = HeaderValue::from_str(&crate::host::etag(p.hash)).expect("hex digits");
+            (StatusCode::OK, [(header::ETAG, etag)], Json(host.report(&p))).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": format!("no pipeline called {name:?}") }))).into_response(),
+    }
+}
+
+/// The request's `If-Match` and `If-None-Match`.
+fn preconditions(headers: &HeaderMap) -> Preconditions {
+    Preconditions {
+        if_match: header_str(headers, header::IF_MATCH).map(str::to_owned),
+        if_none_match: header_str(headers, header::IF_NONE_MATCH).map(str::to_owned),
+    }
+}
+
+/// A pipeline body as text; the error answers the request.
+fn body_text(body: &axum::body::Bytes) -> Result<&str, Box<Response>> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        Box::new(refuse(StatusCode::BAD_REQUEST, format!("the body is not UTF-8 text ({e}); send the pipeline as YAML or JSON")))
+    })?;
+    if text.trim().is_empty() {
+        return Err(Box::new(refuse(StatusCode::UNPROCESSABLE_ENTITY, "the body is empty; send the pipeline as YAML or JSON".into())));
+    }
+    Ok(text)
+}
+
+fn apply_error(e: ApplyError) -> Response {
+    let (status, message, problems) = match e {
+        ApplyError::Invalid(problems) => {
+            let first = problems.first().map_or(String::new(), |p| p.message.clone());
+            (StatusCode::UNPROCESSABLE_ENTITY, format!("the pipeline is not valid: {first}"), problems)
+        }
+        ApplyError::NotFound(m) => (StatusCode::NOT_FOUND, m, Vec::new()),
+        ApplyError::Precondition(m) => (StatusCode::PRECONDITION_FAILED, m, Vec::new()),
+        ApplyError::Conflict(m) => (StatusCode::CONFLICT, m, Vec::new()),
+        ApplyError::NotStarted(m) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, format!("the pipeline is valid but did not start; nothing changed: {m}"), Vec::new())
+        }
+        ApplyError::Io(m) => (StatusCode::INTERNAL_SERVER_ERROR, m, Vec::new()),
+    };
+    let mut body = serde_json::json!({ "error": message });
+    if !problems.is_empty() {
+        body["errors"] = serde_json::to_value(problems).unwrap_or_default();
+    }
+    (status, Json(body)).into_response()
+}
+
+/// `PUT /pipelines/{name}`: writes the pipeline into the directory and applies it.
+async fn put_pipeline(
+    AxState(host): AxState<Arc<Host>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    drain: std::time::Duration,
+) -> Response {
+    let text = match body_text(&body) {
+        Ok(t) => t.to_owned(),
+        Err(resp) => return *resp,
+    };
+    if !crate::config::valid_name(&name) {
+        return refuse(StatusCode::UNPROCESSABLE_ENTITY, format!("pipeline name {name:?} may only use letters, digits, `-`, `_` and `.`"));
+    }
+    let pre = preconditions(&headers);
+    let h = host.clone();
+    let applied = tokio::task::spawn_blocking(move || h.apply(&name, &text, &pre, drain)).await;
+    match applied {
+        Ok(Ok(applied)) => {
+            let status = if applied.result == "created" { StatusCode::CREATED } else { StatusCode::OK };
+            let etag = HeaderValue::from_str(&applied.etag).expect("hex digits");
+            let pipeline = host.pipelines().into_iter().find(|p| p.name == applied.name).map(|p| host.report(&p));
+            let body = serde_json::json!({ "name": applied.name, "result": applied.result, "file": applied.file, "etag": applied.etag, "pipeline": pipeline });
+            (status, [(header::ETAG, etag)], Json(body)).into_response()
+        }
+        Ok(Err(e)) => apply_error(e),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `DELETE /pipelines/{name}`: removes its file; the pipeline drains and stops.
+async fn delete_pipeline(
+    AxState(host): AxState<Arc<Host>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: HeaderMap,
+    drain: std::time::Duration,
+) -> Response {
+    let pre = preconditions(&headers);
+    let n = name.clone();
+    match tokio::task::spawn_blocking(move || host.remove(&n, &pre, drain)).await {
+        Ok(Ok(file)) => (StatusCode::OK, Json(serde_json::json!({ "deleted": name, "file": file }))).into_response(),
+        Ok(Err(e)) => apply_error(e),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `POST /pipelines/validate`: every problem of a pipeline body, nothing written.
+async fn validate(AxState(host): AxState<Arc<Host>>, body: axum::body::Bytes) -> Response {
+    let text = match body_text(&body) {
+        Ok(t) => t.to_owned(),
+        Err(resp) => return *resp,
+    };
+    let problems = tokio::task::spawn_blocking(move || host.validate_text(&text)).await.unwrap_or_default();
+    Json(serde_json::json!({ "valid": problems.is_empty(), "error_count": problems.len(), "errors": problems })).into_response()
+}
+
+/// What the API shows of a plugin; `schema` adds its config schema.
+fn plugin_json(p: &crate::loader::Plugin, schema: bool) -> serde_json::Value {
+    let l = &p.library;
+    let mut v = serde_json::json!({
+        "name": p.name,
+        "kind": p.kind.name(),
+        "description": p.description,
+        "library": {"name": l.name, "version": l.version, "abi": l.abi, "build": l.build, "path": l.path},
+    });
+    if schema {
+        v["schema"] = p.schema.clone();
+    }
+    v
+}
+
+/// `GET /plugins`: every plugin found, by kind and name.
+async fn plugins(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
+    let registry = host.registry();
+    Json(registry.plugins.values().map(|p| plugin_json(p, false)).collect::<Vec<_>>())
+}
+
+/// `GET /plugins/{kind}/{name}`: one plugin with its config schema.
+async fn plugin(AxState(host): AxState<Arc<Host>>, axum::extract::Path((kind, name)): axum::extract::Path<(String, String)>) -> Response {
+    let registry = host.registry();
+    match registry.plugins.values().find(|p| p.kind.name() == kind && p.name == name) {
+        Some(p) => Json(plugin_json(p, true)).into_response(),
+        None => {
+            let kinds = ["source", "transform", "sink"];
+            let hint = if kinds.contains(&kind.as_str()) { "see GET /plugins".to_owned() } else { format!("the kind is one of {kinds:?}") };
+            (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": format!("no {kind} plugin called {name:?}; {hint}") })))
+                .into_response()
+        }
     }
 }
 

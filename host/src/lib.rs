@@ -2,6 +2,7 @@
 //! the admin API. The `weir` binary is a thin CLI over this library.
 
 pub mod admin;
+pub mod client;
 pub mod config;
 pub mod disklog;
 pub mod error;

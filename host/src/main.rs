@@ -59,6 +59,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send pipeline files to a running host (`PUT /pipelines/NAME`): each is checked there,
+    /// written into its pipeline directory and applied make-before-break.
+    Apply {
+        /// Pipeline files; each pipeline is named by its `name`, else its file name.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Address of the host's admin API (default: `admin` of weir.yaml, 127.0.0.1:8083).
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// Remove a pipeline from a running host (`DELETE /pipelines/NAME`): it drains and stops,
+    /// and its file is removed.
+    Delete {
+        /// The pipeline.
+        name: String,
+        /// Address of the host's admin API (default: `admin` of weir.yaml, 127.0.0.1:8083).
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// Show the pipelines of a running host, with their state and what each stage did.
+    Status {
+        /// Address of the host's admin API (default: `admin` of weir.yaml, 127.0.0.1:8083).
+        #[arg(long)]
+        admin: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the JSON Schemas of the pipeline file, the host config and each plugin's config.
     Schema {
         /// Output directory.
@@ -75,6 +103,11 @@ fn main() -> ExitCode {
     let mut overrides = serde_json::Map::new();
     if !cli.plugins.is_empty() {
         overrides.insert("plugins".into(), serde_json::json!(cli.plugins));
+    }
+    if let Command::Apply { admin: Some(a), .. } | Command::Delete { admin: Some(a), .. } | Command::Status { admin: Some(a), .. } =
+        &cli.command
+    {
+        overrides.insert("admin".into(), a.clone().into());
     }
     if let Command::Run { pipelines, admin, log, no_watch, .. } = &cli.command {
         if *no_watch {
@@ -100,6 +133,9 @@ fn main() -> ExitCode {
         Command::Validate { paths } => validate(&config, paths),
         Command::Plugins { json } => plugins(&config, json),
         Command::Schema { out, check } => schema(&config, &out, check),
+        Command::Apply { files, .. } => apply(&config, &files),
+        Command::Delete { name, .. } => delete(&config, &name),
+        Command::Status { json, .. } => status(&config, json),
     };
     weir::loader::remove_private_copies();
     match result {
@@ -136,7 +172,11 @@ fn run(config: HostConfig, once: bool) -> anyhow::Result<ExitCode> {
         }
     }
     let running = host.start_dir(&config.pipelines)?;
-    if running == 0 {
+    if running == 0 && once {
+        tracing::error!("No pipeline could start, and --once has nothing to wait for; exiting.");
+        return Ok(ExitCode::FAILURE);
+    }
+    if running == 0 && !host.pipelines().is_empty() {
         tracing::error!("No pipeline could start; exiting.");
         return Ok(ExitCode::FAILURE);
     }
@@ -244,6 +284,102 @@ fn validate(config: &HostConfig, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode
         failed |= !errors.is_empty();
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// The name a pipeline file gives its pipeline: its `name`, else the file name.
+fn pipeline_name(path: &Path, text: &str) -> String {
+    let named =
+        serde_yaml::from_str::<serde_yaml::Value>(text).ok().and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_owned));
+    named.unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default())
+}
+
+fn apply(config: &HostConfig, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let admin = weir::client::Admin::new(config)?;
+    let mut failed = false;
+    for path in files {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let name = pipeline_name(path, &text);
+        let answer = admin.call("PUT", &format!("/pipelines/{name}"), Some(("application/yaml", text.as_bytes())), &[])?;
+        let body = answer.json();
+        if answer.status == 200 || answer.status == 201 {
+            println!(
+                "{}: pipeline {name} {} ({})",
+                path.display(),
+                body["result"].as_str().unwrap_or("applied"),
+                body["etag"].as_str().unwrap_or("")
+            );
+            continue;
+        }
+        failed = true;
+        match body["errors"].as_array() {
+            // The API's positions are into the body, which is this file.
+            Some(errors) => {
+                for e in errors {
+                    let at = match (e["line"].as_u64(), e["column"].as_u64()) {
+                        (Some(l), Some(c)) => format!(":{l}:{c}"),
+                        _ => String::new(),
+                    };
+                    let field = e["field"].as_str().map_or(String::new(), |f| format!("{f}: "));
+                    eprintln!("error: {}{at}: {field}{}", path.display(), e["message"].as_str().unwrap_or(""));
+                }
+            }
+            None => eprintln!("error: {}: {}", path.display(), answer.error()),
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn delete(config: &HostConfig, name: &str) -> anyhow::Result<ExitCode> {
+    let answer = weir::client::Admin::new(config)?.call("DELETE", &format!("/pipelines/{name}"), None, &[])?;
+    if answer.status == 200 {
+        println!("pipeline {name} deleted ({} removed)", answer.json()["file"].as_str().unwrap_or("its file"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("error: {}", answer.error());
+    Ok(ExitCode::FAILURE)
+}
+
+fn status(config: &HostConfig, json: bool) -> anyhow::Result<ExitCode> {
+    let answer = weir::client::Admin::new(config)?.call("GET", "/pipelines", None, &[])?;
+    if answer.status != 200 {
+        eprintln!("error: {}", answer.error());
+        return Ok(ExitCode::FAILURE);
+    }
+    let pipelines = answer.json();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&pipelines)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = pipelines.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no pipelines (apply one with `weir apply FILE`)");
+    }
+    for p in &list {
+        let paused = if p["paused"].as_bool() == Some(true) { ", paused" } else { "" };
+        println!(
+            "{}  {}{paused}  version {}  {}",
+            p["name"].as_str().unwrap_or("?"),
+            p["state"].as_str().unwrap_or("?"),
+            p["version"],
+            p["file"].as_str().unwrap_or("")
+        );
+        if let Some(error) = p["error"].as_str() {
+            println!("  error: {error}");
+        }
+        for s in p["stages"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<9} {:<20} in {:>10}  out {:>10}  rejected {:>6}  errors {:>4}  queued {:>3}",
+                s["kind"].as_str().unwrap_or(""),
+                s["name"].as_str().unwrap_or(""),
+                s["records_in"],
+                s["records_out"],
+                s["rejected"],
+                s["errors"],
+                s["queue_depth"]
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn plugins(config: &HostConfig, json: bool) -> anyhow::Result<ExitCode> {

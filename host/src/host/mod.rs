@@ -1,4 +1,9 @@
-//! The running host: its plugins, pipelines and metrics.
+//! The running host: its plugins, pipelines and metrics; `manage` changes pipelines through
+//! the admin API.
+
+mod manage;
+
+pub use manage::{etag, Applied, ApplyError, Preconditions, Problem};
 
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
@@ -50,6 +55,9 @@ pub struct Host {
     history: Mutex<std::collections::HashMap<String, (u64, serde_json::Value)>>,
     /// Held for the length of a reload: reloads never overlap.
     reloading: Mutex<()>,
+    /// Held while a pipeline is written or removed through the admin API, from the check of
+    /// its `If-Match` to the reload that applies it.
+    applying: Mutex<()>,
 }
 
 impl Host {
@@ -71,6 +79,7 @@ impl Host {
             last_reload: Mutex::default(),
             history: Mutex::default(),
             reloading: Mutex::default(),
+            applying: Mutex::default(),
         }
     }
 
@@ -96,6 +105,7 @@ impl Host {
         let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
         let (version, last) = h.get(&p.name).cloned().unwrap_or((1, serde_json::Value::Null));
         r["version"] = version.into();
+        r["etag"] = etag(p.hash).into();
         r["last_reload"] = last;
         r
     }
@@ -106,12 +116,12 @@ impl Host {
     }
 
     /// Starts every pipeline file in `dir`. A pipeline that fails is logged and shown as
-    /// failed; the others run. Returns how many run.
+    /// failed; the others run. Returns how many run (none in an empty directory).
     pub fn start_dir(&self, dir: &Path) -> Result<usize, crate::error::HostError> {
         *self.dir.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.to_path_buf());
         let files = pipeline_files(dir)?;
         if files.is_empty() {
-            return Err(crate::error::HostError::Usage(format!("no pipeline files (*.yaml) in {}", dir.display())));
+            tracing::info!(dir = %dir.display(), "No pipeline files yet; waiting for one (PUT /pipelines/NAME, `weir apply`, or a file).");
         }
         for path in files {
             let started = PipelineFile::load(&path).and_then(|f| {
