@@ -119,7 +119,7 @@ mod tests {
         let a = parse_answer(b"HTTP/1.1 201 Created\r\ncontent-length: 11\r\n\r\n{\"ok\":true}").unwrap();
         assert_eq!((a.status, a.json()["ok"].as_bool()), (201, Some(true)));
         let a =
-            parse_answer(b"HTTP/1.1 422 Unprocessable\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"err\r\nb\r\nor\":\"bad\"}\r\n0\r\n\r\n")
+            parse_answer(b"HTTP/1.1 422 Unprocessable\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"err\r\na\r\nor\":\"bad\"}\r\n0\r\n\r\n")
                 .unwrap();
         assert_eq!((a.status, a.error()), (422, "bad".to_owned()));
         assert!(parse_answer(b"garbage").is_none());
