@@ -118,3 +118,35 @@ fn validate_accepts_the_default_pipeline_and_does_no_io() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok: pipelines/default.yaml"));
 }
+
+#[test]
+fn validate_as_json_gives_every_problem_with_file_line_field_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write_pipeline(
+        dir.path(),
+        "bad",
+        "source:\n  plugin: http\n  config: {max_event: 5, max_body_bytes: ${TOKEN}}\nsinks:\n  - plugin: kafkaa\n",
+    );
+    let good = write_pipeline(dir.path(), "good", "source: {plugin: http}\nsinks: [{plugin: discard}]\n");
+    let unset =
+        write_pipeline(dir.path(), "unset", "source: {plugin: http, config: {listen: \"${HOST}:${PORT}\"}}\nsinks: [{plugin: discard}]\n");
+    let out = weir(&["validate", "--format", "json", dir.path().to_str().unwrap()], &[("TOKEN", "s3cr3t-token")]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("s3cr3t-token"), "the secret leaked: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    assert_eq!(v["valid"], false);
+    let file = |p: &std::path::Path| v["files"].as_array().unwrap().iter().find(|f| f["file"] == p.to_str().unwrap()).cloned().unwrap();
+    assert_eq!((file(&good)["valid"].as_bool(), file(&good)["pipeline"].as_str()), (Some(true), Some("good")));
+    let errors = file(&bad)["errors"].as_array().unwrap().clone();
+    let at = |field: &str| errors.iter().find(|e| e["field"] == field).unwrap_or_else(|| panic!("nothing at {field}: {errors:?}")).clone();
+    assert_eq!(
+        (at("source.config.max_event")["line"].as_u64(), at("source.config.max_event")["pointer"].as_str()),
+        (Some(3), Some("/source/config/max_event"))
+    );
+    assert_eq!(at("sinks[0].plugin")["line"], 5);
+    assert!(at("sinks[0].plugin")["message"].as_str().unwrap().contains("unknown sink plugin \"kafkaa\""));
+    let unset = file(&unset)["errors"][0].clone();
+    assert_eq!((unset["line"].as_u64(), unset["column"].as_u64()), (Some(1), Some(42)), "{unset}");
+    assert!(unset["message"].as_str().unwrap().contains("HOST (line 1, column 42), PORT (line 1, column 50)"), "both at once: {unset}");
+}

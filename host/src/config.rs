@@ -559,13 +559,31 @@ impl Redactor {
     }
 }
 
-/// Expands `${VAR}` and `${VAR:-default}`; `$${` stands for a literal `${`.
+/// Expands `${VAR}` and `${VAR:-default}`; `$${` stands for a literal `${`. Every variable
+/// that is not set (and has no default) is named in one error, at the first of them.
 pub fn interpolate(text: &str, file: &Path, lookup: impl Fn(&str) -> Option<String>) -> Result<(String, Redactor), HostError> {
+    expand(text, file, lookup, false)
+}
+
+/// As [`interpolate`], but a variable that is not set and has no default stays as it was
+/// written (`${VAR}`), for a later pass to fill in or refuse.
+pub fn interpolate_keeping_unset(
+    text: &str,
+    file: &Path,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<(String, Redactor), HostError> {
+    expand(text, file, lookup, true)
+}
+
+fn expand(text: &str, file: &Path, lookup: impl Fn(&str) -> Option<String>, keep_unset: bool) -> Result<(String, Redactor), HostError> {
     let mut out = String::with_capacity(text.len());
     let mut redactor = Redactor::default();
+    // Each variable not set, with the line and column of its first use.
+    let mut missing: Vec<(String, usize, usize)> = Vec::new();
     for (line_no, line) in text.split_inclusive('\n').enumerate() {
         let mut rest = line;
         while let Some(pos) = rest.find("${") {
+            let column = line.len() - rest.len() + pos + 1;
             if pos > 0 && rest.as_bytes()[pos - 1] == b'$' {
                 out.push_str(&rest[..pos - 1]);
                 out.push_str("${");
@@ -575,7 +593,7 @@ pub fn interpolate(text: &str, file: &Path, lookup: impl Fn(&str) -> Option<Stri
             out.push_str(&rest[..pos]);
             let after = &rest[pos + 2..];
             let Some(end) = after.find('}') else {
-                return Err(Located::new(file, "an unclosed `${` (write `$${` for a literal one)").at(line_no + 1, pos + 1).into());
+                return Err(Located::new(file, "an unclosed `${` (write `$${` for a literal one)").at(line_no + 1, column).into());
             };
             let expr = &after[..end];
             let (var, default) = match expr.split_once(":-") {
@@ -590,7 +608,7 @@ pub fn interpolate(text: &str, file: &Path, lookup: impl Fn(&str) -> Option<Stri
                     file,
                     format!("`${{{expr}}}` is not a valid variable reference; use ${{NAME}} or ${{NAME:-default}}"),
                 )
-                .at(line_no + 1, pos + 1)
+                .at(line_no + 1, column)
                 .into());
             }
             match lookup(var).filter(|v| !v.is_empty() || default.is_none()) {
@@ -600,19 +618,25 @@ pub fn interpolate(text: &str, file: &Path, lookup: impl Fn(&str) -> Option<Stri
                 }
                 None => match default {
                     Some(d) => out.push_str(d),
-                    None => {
-                        return Err(Located::new(
-                            file,
-                            format!("environment variable {var} is not set; set it or give a default with ${{{var}:-default}}"),
-                        )
-                        .at(line_no + 1, pos + 1)
-                        .into())
-                    }
+                    None if keep_unset => out.push_str(&format!("${{{var}}}")),
+                    None if missing.iter().any(|(v, ..)| v == var) => {}
+                    None => missing.push((var.to_owned(), line_no + 1, column)),
                 },
             }
             rest = &after[end + 1..];
         }
         out.push_str(rest);
+    }
+    if let Some((first, line, column)) = missing.first() {
+        let message = match &missing[..] {
+            [_] => format!("environment variable {first} is not set; set it or give a default with ${{{first}:-default}}"),
+            all => format!(
+                "{} environment variables are not set: {}; set them or give defaults with ${{NAME:-default}}",
+                all.len(),
+                all.iter().map(|(v, l, c)| format!("{v} (line {l}, column {c})")).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        return Err(Located::new(file, message).at(*line, *column).into());
     }
     Ok((out, redactor))
 }
@@ -791,6 +815,8 @@ pub fn pipeline_files(dir: &Path) -> Result<Vec<PathBuf>, HostError> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        // Pipeline tests (`weir test`) live beside the pipelines.
+        .filter(|p| !crate::testing::is_test_file(p))
         .collect();
     files.sort();
     Ok(files)
@@ -899,6 +925,19 @@ mod tests {
         let err =
             parse("source: {plugin: http}\nsinks: [{plugin: file}]\ndead_letter: {plugin: file, after: file}\n").unwrap_err().to_string();
         assert!(err.contains("only sinks may have `after`"), "{err}");
+    }
+
+    #[test]
+    fn every_variable_not_set_is_named_at_once_at_its_own_column() {
+        let text = "a: ${SET}\nb: x-${ONE}-${TWO}\nc: ${ONE}\nd: ${THREE:-fine}\n";
+        let err = interpolate(text, Path::new("p.yaml"), env(&[("SET", "v")])).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "p.yaml:2:6: 2 environment variables are not set: ONE (line 2, column 6), TWO (line 2, column 13); set them or give \
+             defaults with ${NAME:-default}"
+        );
+        let err = interpolate("a: ${SET} ${ONE}\n", Path::new("p.yaml"), env(&[("SET", "v")])).unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml:1:11: environment variable ONE is not set"), "{err}");
     }
 
     #[test]

@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod routes;
 pub mod telemetry;
+pub mod testing;
 pub mod watch;
 pub mod yamlpos;

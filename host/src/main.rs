@@ -27,6 +27,13 @@ struct Cli {
     command: Command,
 }
 
+/// How `weir validate` reports.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run every pipeline in the pipelines directory until SIGINT or SIGTERM.
@@ -52,6 +59,10 @@ enum Command {
     Validate {
         /// Pipeline files or directories (default: the pipelines directory).
         paths: Vec<PathBuf>,
+        /// `text` (one line per problem, on stderr) or `json` (one document on stdout, for
+        /// editors and CI bots).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// List the plugin libraries found, and the files that are not usable plugins.
     Plugins {
@@ -86,6 +97,16 @@ enum Command {
         /// Print the API's JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Run pipeline tests (`*.test.yaml` beside the pipelines): records given to each
+    /// pipeline's source stage, expectations on its sinks and dead letters, with the real
+    /// transforms and stand-in sources and sinks; exit 1 when one fails.
+    Test {
+        /// Test files or directories holding them (default: the pipelines directory).
+        paths: Vec<PathBuf>,
+        /// Also write the results as JUnit XML to this file.
+        #[arg(long)]
+        junit: Option<PathBuf>,
     },
     /// Write the JSON Schemas of the pipeline file, the host config and each plugin's config.
     Schema {
@@ -130,10 +151,11 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run { once, .. } => run(config, once),
-        Command::Validate { paths } => validate(&config, paths),
+        Command::Validate { paths, format } => validate(&config, paths, format),
         Command::Plugins { json } => plugins(&config, json),
         Command::Schema { out, check } => schema(&config, &out, check),
         Command::Apply { files, .. } => apply(&config, &files),
+        Command::Test { paths, junit } => test(&config, paths, junit.as_deref()),
         Command::Delete { name, .. } => delete(&config, &name),
         Command::Status { json, .. } => status(&config, json),
     };
@@ -261,27 +283,57 @@ fn expand(paths: Vec<PathBuf>, default: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn validate(config: &HostConfig, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+/// A problem `weir validate --format json` reports: where, and what.
+fn problem_json(e: &weir::error::HostError, path: &Path) -> serde_json::Value {
+    match e {
+        weir::error::HostError::File(l) => serde_json::json!({
+            "file": l.file,
+            "line": l.line,
+            "column": l.line.map(|_| l.column.unwrap_or(1)),
+            "field": l.field.as_deref().filter(|p| !p.is_empty()).map(weir::error::dotted),
+            "pointer": l.field.as_deref().filter(|p| !p.is_empty()),
+            "message": l.message,
+        }),
+        other => {
+            serde_json::json!({ "file": path, "line": null, "column": null, "field": null, "pointer": null, "message": other.to_string() })
+        }
+    }
+}
+
+fn validate(config: &HostConfig, paths: Vec<PathBuf>, format: Format) -> anyhow::Result<ExitCode> {
     let registry = Registry::for_config(config);
-    for b in &registry.broken {
-        eprintln!("warning: {}: not usable: {}", b.path.display(), b.reason);
+    let json = format == Format::Json;
+    let warnings: Vec<String> = registry.broken.iter().map(|b| format!("{}: not usable: {}", b.path.display(), b.reason)).collect();
+    if !json {
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
     }
     let mut failed = false;
+    let mut reports = Vec::new();
     for path in expand(paths, &config.pipelines)? {
-        let errors = match PipelineFile::load(&path) {
+        let (name, errors) = match PipelineFile::load(&path) {
             Ok(file) => {
                 let errors = pipeline::check(&file, &registry);
-                if errors.is_empty() {
+                if errors.is_empty() && !json {
                     println!("ok: {} (pipeline {}, {} stages)", path.display(), file.name, file.stages().len());
                 }
-                errors
+                (Some(file.name.clone()), errors)
             }
-            Err(e) => vec![e],
+            Err(e) => (None, vec![e]),
         };
-        for e in &errors {
-            eprintln!("error: {e}");
+        if json {
+            let problems: Vec<_> = errors.iter().map(|e| problem_json(e, &path)).collect();
+            reports.push(serde_json::json!({ "file": path, "pipeline": name, "valid": errors.is_empty(), "errors": problems }));
+        } else {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
         }
         failed |= !errors.is_empty();
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "valid": !failed, "files": reports, "warnings": warnings }))?);
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
@@ -382,6 +434,51 @@ fn status(config: &HostConfig, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn test(config: &HostConfig, paths: Vec<PathBuf>, junit: Option<&Path>) -> anyhow::Result<ExitCode> {
+    // Refused records are what tests are about; the report says what matters.
+    init_logs("error");
+    let registry = Registry::for_config(config);
+    let paths = if paths.is_empty() { vec![config.pipelines.clone()] } else { paths };
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            files.extend(weir::testing::test_files(&p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?);
+        } else {
+            files.push(p);
+        }
+    }
+    if files.is_empty() {
+        eprintln!("error: no test files (*.test.yaml) found");
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut outcomes = Vec::new();
+    for file in &files {
+        let outcome = weir::testing::run_file(file, &registry);
+        if let Some(e) = &outcome.error {
+            println!("FAIL {}: {e}", file.display());
+        }
+        for t in &outcome.tests {
+            if t.failures.is_empty() {
+                println!("ok   {}: {}", file.display(), t.name);
+            } else {
+                println!("FAIL {}: {}", file.display(), t.name);
+                for f in &t.failures {
+                    println!("  {}", f.replace('\n', "\n  "));
+                }
+            }
+        }
+        outcomes.push(outcome);
+    }
+    let tests: usize = outcomes.iter().map(|o| o.tests.len()).sum();
+    let failed: usize =
+        outcomes.iter().map(|o| o.tests.iter().filter(|t| !t.failures.is_empty()).count() + usize::from(o.error.is_some())).sum();
+    println!("\n{} tests in {} files: {} passed, {failed} failed", tests, outcomes.len(), tests.saturating_sub(failed));
+    if let Some(path) = junit {
+        std::fs::write(path, weir::testing::junit(&outcomes)).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 fn plugins(config: &HostConfig, json: bool) -> anyhow::Result<ExitCode> {
     let registry = Registry::for_config(config);
     if json {
@@ -437,6 +534,7 @@ fn schema(config: &HostConfig, out: &Path, check: bool) -> anyhow::Result<ExitCo
     let mut files: Vec<(PathBuf, String)> = vec![
         (out.join("pipeline.schema.json"), pretty(&schemars::schema_for!(PipelineSpec))?),
         (out.join("weir.schema.json"), pretty(&schemars::schema_for!(HostConfig))?),
+        (out.join("pipeline-test.schema.json"), pretty(&schemars::schema_for!(weir::testing::TestFile))?),
     ];
     for p in registry.plugins.values() {
         files.push((out.join("plugins").join(format!("{}-{}.schema.json", p.kind.name(), p.name)), pretty(&p.schema)?));
