@@ -4,6 +4,7 @@
 #  - events/s from Kafka into the object store in batch mode (Weir: kafka source →
 #    object_store sink, JSON-lines objects of a batch each) against a bare object_store put
 #    loop writing the same records as objects of BATCH lines (stores_bare s3);
+#    and against a bare rdkafka consumer feeding that put loop (stores_bare kafka-s3);
 #  - events/s from Kafka into DynamoDB (kafka source → dynamodb sink, BatchWriteItem) against
 #    a bare BatchWriteItem loop with the same client and the same items (stores_bare dynamodb).
 # Weir's rate is measured from its sink's first delivered record to its last (the consumer
@@ -121,6 +122,10 @@ source: {plugin: file, config: {path: \"$work/events.jsonl\", batch_size: $BATCH
 sinks:
   - {name: archive, plugin: object_store, workers: $WORKERS, config: {url: \"s3://file-$r\", endpoint: \"$moto\", mode: batch, key: \"archive/{yyyy}/{MM}/{dd}/{HH}/{batch}.jsonl\", time_field: /timestamp, access_key_id: bench, secret_access_key: bench}}" \
     "$EVENTS" 'weir_stage_records_out_total{pipeline="fos",stage="archive",plugin="object_store"}')"
+  # A program of its own doing Kafka → S3 (an rdkafka consumer feeding the same put loop),
+  # which pays for the broker as Weir does.
+  aws create-bucket "bare-kafka-$r"
+  echo "round $r kafka to object store bare $("$BIN/stores_bare" kafka-s3 "$moto" "bare-kafka-$r" "$broker" "archive-$r" "$EVENTS" "$BATCH")"
   # What the broker gives a bare consumer, and the Kafka source alone (fresh groups), for scale.
   echo "round $r kafka consume bare $("$BIN/kafka_bare" consume "$broker" "archive-$r" "$EVENTS")"
   # What the Kafka source alone delivers from the same topic (a fresh group), for scale.

@@ -8,8 +8,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -54,27 +52,7 @@ fn a_host_with_no_pipeline_waits_and_pipelines_come_and_go_through_the_api_under
     let mut tag = etag(&created);
     assert_eq!(etag(&curl("GET", &weir.url("/pipelines/ingest"), None, None)), tag, "GET shows the same ETag");
 
-    let url = format!("http://127.0.0.1:{port}/produce");
-    let stop = Arc::new(AtomicBool::new(false));
-    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let client = {
-        let (stop, accepted, failures) = (stop.clone(), accepted.clone(), failures.clone());
-        std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let id = format!("ev-{n}");
-                // curl fails the test on a refused connection.
-                let r = post_json(&url, &format!(r#"{{"id":"{id}"}}"#));
-                if r.status == 200 {
-                    accepted.lock().unwrap().push(id);
-                } else {
-                    failures.lock().unwrap().push(format!("{} {}", r.status, r.body));
-                }
-                n += 1;
-            }
-        })
-    };
+    let load = Load::start(&format!("http://127.0.0.1:{port}/produce"));
     wait_for("events of version 1", Duration::from_secs(10), || json_lines(&out).len() >= 20);
     let mut last = (String::new(), String::new());
     for version in 2..=6u32 {
@@ -95,16 +73,14 @@ fn a_host_with_no_pipeline_waits_and_pipelines_come_and_go_through_the_api_under
     }
     let again = put(&weir, "ingest", &last.0, &last.1, &[]);
     assert_eq!((again.status, again.json()["result"].as_str()), (200, Some("unchanged")), "{again:?}");
-    stop.store(true, Ordering::Relaxed);
-    client.join().expect("the client saw no refused connection");
-    assert!(failures.lock().unwrap().is_empty(), "failed requests: {:?}", failures.lock().unwrap());
+    let (accepted, failures) = load.finish();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
 
     let deleted = curl_with("DELETE", &weir.url("/pipelines/ingest"), &[("If-Match", &etag(&again))], None, None);
     assert_eq!(deleted.status, 200, "{deleted:?}");
     assert!(!file.exists(), "the file is removed");
     assert!(weir.get_json("/pipelines").as_array().unwrap().is_empty());
     assert_eq!(curl("DELETE", &weir.url("/pipelines/ingest"), None, None).status, 404);
-    let accepted = accepted.lock().unwrap().clone();
     let written: Vec<String> = json_lines(&out).iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
     let unique: HashSet<&String> = written.iter().collect();
     assert_eq!(unique.len(), written.len(), "an event was written twice");

@@ -30,28 +30,7 @@ fn twenty_reloads_under_load_refuse_nothing_and_write_every_event_once() {
     let s = setup(0);
     let out = s.path("out.jsonl");
     let weir = s.start(&["--no-watch"], &[]);
-    let url = s.url("/produce");
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let client = {
-        let (stop, accepted, failures, url) = (stop.clone(), accepted.clone(), failures.clone(), url.clone());
-        std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let id = format!("ev-{n}");
-                // curl fails the test on a refused connection (exit status 7).
-                let r = post_json(&url, &format!(r#"{{"id":"{id}"}}"#));
-                if r.status == 200 {
-                    accepted.lock().unwrap().push(id);
-                } else {
-                    failures.lock().unwrap().push(format!("{} {}", r.status, r.body));
-                }
-                n += 1;
-            }
-        })
-    };
+    let load = Load::start(&s.url("/produce"));
     for version in 1..=20u32 {
         s.pipeline("ingest", &ingest(version));
         let r = curl("POST", &weir.url("/reload"), None, None);
@@ -60,10 +39,8 @@ fn twenty_reloads_under_load_refuse_nothing_and_write_every_event_once() {
         // The new config is in effect within 2 s.
         wait_for("the new version's events", Duration::from_secs(2), || json_lines(&out).last().is_some_and(|l| l["version"] == version));
     }
-    stop.store(true, Ordering::Relaxed);
-    client.join().expect("the client saw no refused connection");
-    assert!(failures.lock().unwrap().is_empty(), "failed requests: {:?}", failures.lock().unwrap());
-    let accepted = accepted.lock().unwrap().clone();
+    let (accepted, failures) = load.finish();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
     let written: Vec<String> = json_lines(&out).iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
     let unique: HashSet<&String> = written.iter().collect();
     assert_eq!(unique.len(), written.len(), "an event was written twice");

@@ -345,3 +345,42 @@ pub fn promtool_check(text: &str) -> (bool, String) {
     let out = child.wait_with_output().unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
+
+/// A client posting `{"id":"ev-N"}` to a URL one request at a time until finished, keeping
+/// the ids answered 200 and what any other answer said; curl fails the thread (and so
+/// [`Load::finish`]) on a refused connection.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    client: std::thread::JoinHandle<(Vec<String>, Vec<String>)>,
+}
+
+impl Load {
+    /// Starts posting to `url`.
+    pub fn start(url: &str) -> Load {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (flag, url) = (stop.clone(), url.to_owned());
+        let client = std::thread::spawn(move || {
+            let (mut ok, mut failed) = (Vec::new(), Vec::new());
+            let mut n = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let id = format!("ev-{n}");
+                let r = post_json(&url, &format!(r#"{{"id":"{id}"}}"#));
+                if r.status == 200 {
+                    ok.push(id);
+                } else {
+                    failed.push(format!("{} {}", r.status, r.body));
+                }
+                n += 1;
+            }
+            (ok, failed)
+        });
+        Load { stop, client }
+    }
+
+    /// Stops posting; the ids accepted and the failed answers.
+    pub fn finish(self) -> (Vec<String>, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.client.join().expect("the client saw no refused connection")
+    }
+}

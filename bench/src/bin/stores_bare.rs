@@ -4,6 +4,8 @@
 //! ```text
 //! stores_bare s3 ENDPOINT BUCKET FILE LINES   # JSON-lines objects of LINES records, 32 puts at once
 //! stores_bare dynamodb ENDPOINT TABLE FILE    # the seed's items, BatchWriteItem of 25, 8 at once
+//! stores_bare kafka-s3 ENDPOINT BUCKET BROKERS TOPIC COUNT LINES
+//!                                             # an rdkafka consumer feeding the s3 loop (COUNT records)
 //! ```
 //! FILE holds one JSON event per line. Prints one JSON object: events, seconds, events per second.
 
@@ -28,8 +30,8 @@ fn lines(file: &str) -> Vec<String> {
     std::fs::read_to_string(file).expect("events file").lines().map(str::to_owned).collect()
 }
 
-async fn s3(endpoint: &str, bucket: &str, file: &str, per_object: usize) {
-    let store: Arc<dyn ObjectStore> = Arc::new(
+fn store(endpoint: &str, bucket: &str) -> Arc<dyn ObjectStore> {
+    Arc::new(
         AmazonS3Builder::new()
             .with_bucket_name(bucket)
             .with_region("us-east-1")
@@ -39,7 +41,11 @@ async fn s3(endpoint: &str, bucket: &str, file: &str, per_object: usize) {
             .with_client_options(ClientOptions::new().with_allow_http(true))
             .build()
             .expect("s3"),
-    );
+    )
+}
+
+async fn s3(endpoint: &str, bucket: &str, file: &str, per_object: usize) {
+    let store = store(endpoint, bucket);
     let lines = lines(file);
     let bodies: Vec<Vec<u8>> = lines.chunks(per_object).map(|c| c.iter().flat_map(|l| l.bytes().chain([b'\n'])).collect()).collect();
     let started = Instant::now();
@@ -52,6 +58,58 @@ async fn s3(endpoint: &str, bucket: &str, file: &str, per_object: usize) {
     .await
     .expect("put");
     report(lines.len(), started);
+}
+
+/// What a program of its own would do for Kafka → S3: an rdkafka consumer (the settings of
+/// `kafka_bare consume`, `KAFKA_SETTINGS` too) gathering LINES records per object, the puts
+/// 32 at once; timed from the first record to the last put.
+async fn kafka_s3(endpoint: &str, bucket: &str, brokers: &str, topic: &str, count: usize, per_object: usize) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message};
+    let store = store(endpoint, bucket);
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bare-s3-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("queued.max.messages.kbytes", "16384");
+    for pair in std::env::var("KAFKA_SETTINGS").unwrap_or_default().split_whitespace() {
+        let (name, value) = pair.split_once('=').expect("KAFKA_SETTINGS holds name=value pairs");
+        config.set(name, value);
+    }
+    let consumer: BaseConsumer = config.create().expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    let started = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let first = started.clone();
+    let reader = std::thread::spawn(move || {
+        let (mut n, mut body) = (0, Vec::new());
+        while n < count {
+            if let Some(Ok(m)) = consumer.poll(std::time::Duration::from_millis(100)) {
+                first.get_or_init(Instant::now);
+                body.extend_from_slice(m.payload().unwrap_or_default());
+                body.push(b'\n');
+                n += 1;
+                if n % per_object == 0 || n == count {
+                    tx.blocking_send(std::mem::take(&mut body)).expect("the put loop is there");
+                }
+            }
+        }
+    });
+    let bodies = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    bodies
+        .enumerate()
+        .map(|(i, body)| {
+            let store = store.clone();
+            async move { store.put(&Path::from(format!("bare-kafka/{i:08}.jsonl")), PutPayload::from(body)).await.map(|_| ()) }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await
+        .expect("put");
+    reader.join().expect("consumer");
+    report(count, *started.get().expect("a record arrived"));
 }
 
 async fn dynamodb(endpoint: &str, table: &str, file: &str) {
@@ -107,6 +165,12 @@ async fn main() {
     match args.get(1).map(String::as_str) {
         Some("s3") if args.len() == 6 => s3(&args[2], &args[3], &args[4], args[5].parse().expect("LINES")).await,
         Some("dynamodb") if args.len() == 5 => dynamodb(&args[2], &args[3], &args[4]).await,
-        _ => eprintln!("usage: stores_bare s3 ENDPOINT BUCKET FILE LINES | stores_bare dynamodb ENDPOINT TABLE FILE"),
+        Some("kafka-s3") if args.len() == 8 => {
+            kafka_s3(&args[2], &args[3], &args[4], &args[5], args[6].parse().expect("COUNT"), args[7].parse().expect("LINES")).await
+        }
+        _ => eprintln!(
+            "usage: stores_bare s3 ENDPOINT BUCKET FILE LINES | stores_bare dynamodb ENDPOINT TABLE FILE | stores_bare kafka-s3 \
+             ENDPOINT BUCKET BROKERS TOPIC COUNT LINES"
+        ),
     }
 }

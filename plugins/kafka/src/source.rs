@@ -142,6 +142,10 @@ struct Loop {
     last_probe: std::cell::Cell<Instant>,
 }
 
+/// How long the pipeline may refuse a batch before the partitions are paused and the group
+/// is served (rebalances) while it waits.
+const SERVE_GROUP_AFTER: Duration = Duration::from_secs(1);
+
 /// How often an idle consumer whose brokers were reported down asks them again.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 
@@ -246,6 +250,8 @@ impl Loop {
 
     fn run(self) {
         let mut held: Option<(BatchBuf, Origins)> = None;
+        // Since when the pipeline has been refusing the batch held.
+        let mut refused_since: Option<Instant> = None;
         let mut pause = Duration::from_millis(1);
         while !self.stop.is_set() {
             self.commit_ready(CommitMode::Async);
@@ -256,8 +262,16 @@ impl Loop {
             match self.offer(batch, origins) {
                 Ok(()) => {
                     held = None;
+                    refused_since = None;
                     pause = Duration::from_millis(1);
                     self.set_paused(false);
+                }
+                Err(EmitError::Full) if refused_since.get_or_insert_with(Instant::now).elapsed() < SERVE_GROUP_AFTER => {
+                    // A sink is slower than the broker: offer again shortly, reading nothing
+                    // more, so what librdkafka fetched stays fetched (pausing would make it
+                    // read every record again after a rewind).
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
                 }
                 Err(EmitError::Full) => {
                     self.set_paused(true);
