@@ -343,6 +343,10 @@ pub fn router(host: Arc<Host>, drain: std::time::Duration, access: Access) -> Ro
                 .put(move |h, n, headers, body| put_pipeline(h, n, headers, body, drain))
                 .delete(move |h, n, headers| delete_pipeline(h, n, headers, drain)),
         )
+        .route("/pipelines/{name}/tap", get(tap))
+        .route("/", get(crate::console::page))
+        .route("/console.js", get(crate::console::script))
+        .route("/console.css", get(crate::console::style))
         .route("/plugins", get(plugins))
         .route("/plugins/{kind}/{name}", get(plugin))
         .route("/metrics", get(metrics))
@@ -397,6 +401,91 @@ async fn pipeline(AxState(host): AxState<Arc<Host>>, axum::extract::Path(name): 
             (StatusCode::OK, [(header::ETAG, etag)], Json(host.report(&p))).into_response()
         }
         None => (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": format!("no pipeline called {name:?}") }))).into_response(),
+    }
+}
+
+/// What `GET /pipelines/{name}/tap` takes.
+#[derive(Default)]
+struct TapQuery {
+    /// The stage (default: the source).
+    stage: Option<String>,
+    /// Only records numbered above this one.
+    after: Option<u64>,
+    /// At most this many (default 100).
+    limit: Option<usize>,
+    /// How long to wait for the first (default 0, at most 30 s).
+    wait_ms: Option<u64>,
+}
+
+/// `%XX` decoded (and `+` as a space); `None` when it is not UTF-8.
+fn percent_decoded(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl TapQuery {
+    /// Reads the query; the error names the parameter that is wrong.
+    fn parse(query: Option<&str>) -> Result<TapQuery, String> {
+        let mut q = TapQuery::default();
+        for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decoded(value).ok_or_else(|| format!("{name} is not UTF-8 text"))?;
+            let number = |v: &str| v.parse::<u64>().map_err(|_| format!("{name} must be a whole number, not {v:?}"));
+            match name {
+                "stage" => q.stage = Some(value),
+                "after" => q.after = Some(number(&value)?),
+                "limit" => q.limit = Some(number(&value)? as usize),
+                "wait_ms" => q.wait_ms = Some(number(&value)?),
+                other => return Err(format!("tap takes stage, after, limit and wait_ms, not {other:?}")),
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// `GET /pipelines/{name}/tap`: the records a stage passed on since `after` (see `tap`).
+async fn tap(AxState(host): AxState<Arc<Host>>, axum::extract::Path(name): axum::extract::Path<String>, uri: axum::http::Uri) -> Response {
+    let q = match TapQuery::parse(uri.query()) {
+        Ok(q) => q,
+        Err(e) => return refuse(StatusCode::UNPROCESSABLE_ENTITY, e),
+    };
+    let Some(p) = host.pipelines().into_iter().find(|p| p.name == name) else {
+        return refuse(StatusCode::NOT_FOUND, format!("no pipeline called {name:?}"));
+    };
+    let Some((stage, metrics)) = p.stage(q.stage.as_deref()) else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("pipeline {name:?} has no stage called {:?}; its stages are {:?}", q.stage.unwrap_or_default(), p.stage_names()),
+        );
+    };
+    let (limit, wait) =
+        (q.limit.unwrap_or(100).clamp(1, crate::tap::KEPT), std::time::Duration::from_millis(q.wait_ms.unwrap_or(0).min(30_000)));
+    let after = q.after;
+    let read = tokio::task::spawn_blocking(move || metrics.tap.read(after, limit, wait)).await;
+    match read {
+        Ok((records, next)) => {
+            Json(serde_json::json!({ "pipeline": name, "stage": stage, "records": records, "next": next })).into_response()
+        }
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod disklog;
 pub mod error;
 pub mod ffi;
@@ -12,6 +13,7 @@ pub mod loader;
 pub mod metrics;
 pub mod pipeline;
 pub mod routes;
+pub mod tap;
 pub mod telemetry;
 pub mod testing;
 pub mod watch;

@@ -89,6 +89,18 @@ enum Command {
         #[arg(long)]
         admin: Option<String>,
     },
+    /// Print the records passing a stage of a running host's pipeline as they flow, one JSON
+    /// line each (`{"time","stage","key","value"}`, secrets masked), until the limit or Ctrl-C.
+    Tap {
+        /// `PIPELINE` (its source) or `PIPELINE.STAGE`.
+        target: String,
+        /// Stop after this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Address of the host's admin API (default: `admin` of weir.yaml, 127.0.0.1:8083).
+        #[arg(long)]
+        admin: Option<String>,
+    },
     /// Show the pipelines of a running host, with their state and what each stage did.
     Status {
         /// Address of the host's admin API (default: `admin` of weir.yaml, 127.0.0.1:8083).
@@ -125,8 +137,10 @@ fn main() -> ExitCode {
     if !cli.plugins.is_empty() {
         overrides.insert("plugins".into(), serde_json::json!(cli.plugins));
     }
-    if let Command::Apply { admin: Some(a), .. } | Command::Delete { admin: Some(a), .. } | Command::Status { admin: Some(a), .. } =
-        &cli.command
+    if let Command::Apply { admin: Some(a), .. }
+    | Command::Delete { admin: Some(a), .. }
+    | Command::Status { admin: Some(a), .. }
+    | Command::Tap { admin: Some(a), .. } = &cli.command
     {
         overrides.insert("admin".into(), a.clone().into());
     }
@@ -158,6 +172,7 @@ fn main() -> ExitCode {
         Command::Test { paths, junit } => test(&config, paths, junit.as_deref()),
         Command::Delete { name, .. } => delete(&config, &name),
         Command::Status { json, .. } => status(&config, json),
+        Command::Tap { target, limit, .. } => tap(&config, &target, limit),
     };
     weir::loader::remove_private_copies();
     match result {
@@ -389,6 +404,56 @@ fn delete(config: &HostConfig, name: &str) -> anyhow::Result<ExitCode> {
     }
     eprintln!("error: {}", answer.error());
     Ok(ExitCode::FAILURE)
+}
+
+fn tap(config: &HostConfig, target: &str, limit: Option<usize>) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let admin = weir::client::Admin::new(config)?;
+    let list = admin.call("GET", "/pipelines", None, &[])?;
+    if list.status != 200 {
+        eprintln!("error: {}", list.error());
+        return Ok(ExitCode::FAILURE);
+    }
+    let names: Vec<String> = list.json().as_array().into_iter().flatten().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect();
+    // Names may hold dots: a whole pipeline name wins, else the part before the first dot.
+    let (pipeline, stage) = match target.split_once('.') {
+        Some((p, s)) if !names.iter().any(|n| n == target) => (p, Some(s)),
+        _ => (target, None),
+    };
+    if !names.iter().any(|n| n == pipeline) {
+        eprintln!("error: no pipeline called {pipeline:?}; the host runs {names:?}");
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut after: Option<u64> = None;
+    let mut printed = 0usize;
+    let out = std::io::stdout();
+    while limit.is_none_or(|l| printed < l) {
+        let mut path = format!("/pipelines/{pipeline}/tap?wait_ms=1000&limit=100");
+        if let Some(s) = stage {
+            path.push_str(&format!("&stage={s}"));
+        }
+        if let Some(a) = after {
+            path.push_str(&format!("&after={a}"));
+        }
+        let answer = admin.call("GET", &path, None, &[])?;
+        if answer.status != 200 {
+            eprintln!("error: {}", answer.error());
+            return Ok(ExitCode::FAILURE);
+        }
+        let body = answer.json();
+        after = body["next"].as_u64().or(after);
+        let mut lock = out.lock();
+        for r in body["records"].as_array().into_iter().flatten() {
+            if limit.is_some_and(|l| printed >= l) {
+                break;
+            }
+            let line = serde_json::json!({"time": r["time"], "stage": body["stage"], "key": r["key"], "value": r["value"]});
+            writeln!(lock, "{line}")?;
+            printed += 1;
+        }
+        lock.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status(config: &HostConfig, json: bool) -> anyhow::Result<ExitCode> {

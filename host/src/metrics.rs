@@ -174,6 +174,8 @@ pub struct StageMetrics {
     pub custom: Mutex<BTreeMap<String, Custom>>,
     /// What the stage last reported of each external system it depends on (ABI minor 4).
     pub health: Mutex<BTreeMap<String, DependencyHealth>>,
+    /// The records it passes on, while someone reads them (the console, `weir tap`).
+    pub tap: crate::tap::Tap,
 }
 
 /// The last report of a stage on one external system it depends on.

@@ -142,6 +142,7 @@ impl Pipeline {
                 library: format!("{} {}", plugin.library.name, plugin.library.version),
                 lib: plugin.library.clone(),
                 metrics: m.clone(),
+                after: spec.after.clone(),
             });
             let in_order = plugin.descriptor.flags & weir_plugin::abi::PLUGIN_IN_ORDER != 0;
             let stage = Stage {
@@ -379,6 +380,7 @@ impl Pipeline {
                 kind: s.kind.name(),
                 plugin: s.plugin.clone(),
                 library: s.library.clone(),
+                after: s.after.clone(),
                 records_in: s.metrics.records_in.load(Relaxed),
                 records_out: s.metrics.records_out.load(Relaxed),
                 rejected: s.metrics.rejected.load(Relaxed),
@@ -430,6 +432,20 @@ impl Pipeline {
     /// Whether every stage's plugin is still the one `registry` offers (not rebuilt since).
     pub fn uses_current_plugins(&self, registry: &Registry) -> bool {
         self.stages.iter().all(|s| registry.plugins.get(&(s.plugin.clone(), s.kind.0)).is_some_and(|p| Arc::ptr_eq(&p.library, &s.lib)))
+    }
+
+    /// Stage `name` (the source when `None`): its name and metrics (with its tap).
+    pub fn stage(&self, name: Option<&str>) -> Option<(String, Arc<StageMetrics>)> {
+        let stage = match name {
+            None => self.stages.first(),
+            Some(n) => self.stages.iter().find(|s| s.name == n),
+        }?;
+        Some((stage.name.clone(), stage.metrics.clone()))
+    }
+
+    /// The names of its stages, in order.
+    pub fn stage_names(&self) -> Vec<String> {
+        self.stages.iter().map(|s| s.name.clone()).collect()
     }
 
     /// The metrics of its stages (to forget them once it is replaced).

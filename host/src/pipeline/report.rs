@@ -13,6 +13,9 @@ pub struct StageReport {
     pub plugin: String,
     /// Library and version.
     pub library: String,
+    /// Sinks: the sink it runs after, when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
     /// Records handed to the stage.
     pub records_in: u64,
     /// Records passed on.
@@ -68,4 +71,5 @@ pub(super) struct StageInfo {
     pub(super) library: String,
     pub(super) lib: Arc<crate::loader::LibraryInfo>,
     pub(super) metrics: Arc<StageMetrics>,
+    pub(super) after: Option<String>,
 }

@@ -173,6 +173,7 @@ fn deliver(sink: &mut Stage, ctx: &mut SinkCtx<'_>, job: SinkJob) {
                     refused[i] = Some(reason);
                 }
                 drop(o);
+                sink.metrics.tap.capture_where(&batch, |i| refused[i].is_none());
                 sink.succeeded();
                 break;
             }

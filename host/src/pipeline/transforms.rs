@@ -121,6 +121,7 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
     let acknowledging: Vec<bool> = transforms.iter().map(|t| t.plugin.descriptor.acknowledge.is_some()).collect();
     while let Some((number, Envelope { batch, ack, received })) = order.take() {
         heads.source_metrics.queue_depth.fetch_sub(1, Relaxed);
+        heads.source_metrics.tap.capture(&batch.as_ref());
         let n = batch.len();
         // The source's span covers the batch from its emission to the transforms taking it.
         let mut trace = tracer.map(|t| {
@@ -200,6 +201,7 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
                     }
                     origins = out_origins.iter().map(|&o| origins[o as usize]).collect();
                     current = if out.kept() { current.keep(&out_origins) } else { Current::Plugin(out) };
+                    stage.metrics.tap.capture(&current.view());
                     stage.succeeded();
                 }
                 Err(e) => {

@@ -1,0 +1,143 @@
+//! The live console (`GET /` on the admin API) in headless Chromium: it loads with nothing
+//! from any other origin, shows each pipeline's stages, its counters move while events are
+//! posted, and its tap shows the records passing a stage with secrets masked; `weir tap`
+//! prints the same stream in a terminal. A screenshot is kept as a test artifact
+//! (`target/test-artifacts/console.png`).
+
+mod common;
+#[path = "common/page.rs"]
+mod page;
+#[path = "common/socketio.rs"]
+mod socketio;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use page::render;
+
+const PIPELINE: &str = "source: {plugin: http, config: {listen: \"127.0.0.1:@PORT@\"}}\ntransforms: [{plugin: enrich, config: {set: {seen: true}}}]\nsinks:\n  - {plugin: file, config: {path: @DIR@/out.jsonl}}\n  - {name: audit, plugin: discard, after: file}\n";
+
+/// The `data-out` of the stage box for `stage` in a rendered DOM.
+fn shown_out(dom: &str, stage: &str) -> Option<u64> {
+    let at = dom.find(&format!("data-stage=\"{stage}\""))?;
+    let tag = &dom[at..at + dom[at..].find('>')?];
+    let start = tag.find("data-out=\"")? + "data-out=\"".len();
+    tag[start..start + tag[start..].find('"')?].parse().ok()
+}
+
+fn post(scene: &Scene, n: usize) {
+    for i in 0..n {
+        assert_eq!(post_json(&scene.url("/produce"), &format!(r#"{{"eventType":"view","userId":"u{i}"}}"#)).status, 200);
+    }
+}
+
+/// Posts events carrying a password until dropped.
+struct Poster {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Poster {
+    fn start(url: String) -> Poster {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                post_json(&url, r#"{"eventType":"login","user":"ann","password":"hunter22"}"#);
+            }
+        });
+        Poster { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Poster {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn the_console_shows_live_stages_and_taps_records_with_nothing_from_elsewhere() {
+    let scene = Scene::new();
+    scene.pipeline("shop", PIPELINE);
+    let weir = scene.start(&["--no-watch"], &[]);
+    for asset in ["/", "/console.js", "/console.css"] {
+        let r = curl("GET", &weir.url(asset), None, None);
+        assert_eq!(r.status, 200, "{asset}: {r:?}");
+        let headers = r.headers.to_ascii_lowercase();
+        assert!(headers.contains("content-security-policy: default-src 'self'"), "{asset}: {}", r.headers);
+        assert!(headers.contains("x-frame-options: deny"), "{asset}: {}", r.headers);
+        assert!(!r.body.contains("http://") && !r.body.contains("https://") && !r.body.contains("//cdn"), "{asset} names another origin");
+    }
+
+    post(&scene, 5);
+    let dom = render(&weir.url("/"));
+    for stage in ["http", "enrich", "file", "audit"] {
+        assert!(dom.contains(&format!("data-stage=\"{stage}\"")), "stage {stage} is shown: {dom}");
+    }
+    assert!(dom.contains("after file") && dom.contains("data-state=\"running\""), "{dom}");
+    assert_eq!(shown_out(&dom, "file"), Some(5), "{dom}");
+    post(&scene, 7);
+    let dom = render(&weir.url("/"));
+    assert_eq!(shown_out(&dom, "file"), Some(12), "the counters moved: {dom}");
+    assert_eq!(shown_out(&dom, "http"), Some(12), "{dom}");
+
+    let poster = Poster::start(scene.url("/produce"));
+    let dom = render(&weir.url("/#tap=shop/enrich"));
+    let screenshot = bin_dir().parent().unwrap().join("test-artifacts");
+    std::fs::create_dir_all(&screenshot).unwrap();
+    let screenshot = screenshot.join("console.png");
+    let shot = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,800", "--virtual-time-budget=8000"])
+        .arg(format!("--screenshot={}", screenshot.display()))
+        .arg(weir.url("/#tap=shop/enrich"))
+        .output()
+        .unwrap();
+    drop(poster);
+    assert!(dom.contains("shop / enrich"), "the tap panel is open: {dom}");
+    assert!(dom.contains(r#""password":"***""#) && dom.contains(r#""seen":true"#), "records tapped after enrich, masked: {dom}");
+    assert!(!dom.contains("hunter22"), "a secret reached the page");
+    assert!(shot.status.success(), "{}", String::from_utf8_lossy(&shot.stderr));
+    assert!(std::fs::metadata(&screenshot).map(|m| m.len() > 10_000).unwrap_or(false), "a screenshot at {}", screenshot.display());
+}
+
+#[test]
+fn weir_tap_prints_the_records_of_a_stage_as_they_flow() {
+    let scene = Scene::new();
+    scene.pipeline("shop", PIPELINE);
+    let weir = scene.start(&["--no-watch"], &[]);
+    let mut child = Command::new(bin_dir().join("weir"))
+        .args(["tap", "shop.enrich", "--limit", "3", "--admin", &weir.admin])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let poster = Poster::start(scene.url("/produce"));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "weir tap did not print 3 records");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(poster);
+    let lines: Vec<serde_json::Value> =
+        BufReader::new(child.stdout.take().unwrap()).lines().map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
+    assert!(status.success(), "{status}");
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for l in &lines {
+        assert_eq!(l["stage"], "enrich");
+        assert_eq!(l["value"], serde_json::json!({"eventType": "login", "user": "ann", "password": "***", "seen": true}));
+    }
+    let wrong = common::weir(&["tap", "shop.nope", "--admin", &weir.admin], &[]);
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("has no stage called \"nope\""), "{wrong:?}");
+}
