@@ -141,3 +141,18 @@ fn weir_tap_prints_the_records_of_a_stage_as_they_flow() {
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("has no stage called \"nope\""), "{wrong:?}");
 }
+
+#[test]
+fn with_an_admin_token_the_console_loads_and_its_data_needs_the_token() {
+    let scene = Scene::new();
+    scene.pipeline("shop", PIPELINE);
+    let weir = scene.start(&["--no-watch"], &[("WEIR_ADMIN_TOKEN", "console-token-1234")]);
+    for asset in ["/", "/console.js", "/console.css"] {
+        assert_eq!(curl("GET", &weir.url(asset), None, None).status, 200, "{asset} holds no data");
+    }
+    assert_eq!(curl("GET", &weir.url("/pipelines"), None, None).status, 401);
+    assert_eq!(curl("GET", &weir.url("/pipelines/shop/tap"), None, None).status, 401);
+    let dom = render(&weir.url("/"));
+    assert!(dom.contains("the admin API needs its token") && dom.contains("id=\"token-form\""), "the page asks for the token: {dom}");
+    assert!(!dom.contains("id=\"token-form\" hidden"), "the token form is shown: {dom}");
+}

@@ -26,7 +26,7 @@ fn foreign_libraries_are_listed_with_reasons() {
             .to_owned()
     };
     let v2_line = line(&v2);
-    assert!(v2_line.contains("built for plugin ABI 2.0") && v2_line.contains("this weir speaks ABI 1.4"), "{v2_line}");
+    assert!(v2_line.contains("built for plugin ABI 2.0") && v2_line.contains("this weir speaks ABI 1.5"), "{v2_line}");
     assert!(v2_line.contains("upgrade weir"), "says what to do: {v2_line}");
     assert!(line(&other).contains("not a Weir plugin"), "{text}");
     assert!(text.contains("source    http"), "the good plugins are still listed:\n{text}");
@@ -64,7 +64,7 @@ fn an_incompatible_library_fails_only_the_pipelines_that_use_it() {
     let pipelines = weir.get_json("/pipelines/future");
     assert!(pipelines["error"].as_str().unwrap().contains("unknown sink plugin \"future-sink\""), "{pipelines}");
     let logs = weir.logs();
-    assert!(logs.contains("libfuture.so was built for plugin ABI 2.0, but this weir speaks ABI 1.4"), "{logs}");
+    assert!(logs.contains("libfuture.so was built for plugin ABI 2.0, but this weir speaks ABI 1.5"), "{logs}");
     assert_eq!(weir.metric("weir_plugin_load_failures_total"), Some(1.0));
 }
 

@@ -185,3 +185,16 @@ fn without_workers_a_sink_writes_one_batch_at_a_time() {
     };
     assert!(letters.iter().all(why), "{:?}", letters.iter().find(|l| !why(l)));
 }
+
+#[test]
+fn workers_are_refused_for_a_sink_that_holds_one_file() {
+    let scene = Scene::new();
+    let path = scene.pipeline(
+        "p",
+        "source: {plugin: file, config: {path: in.jsonl}}\nsinks:\n  - {name: out, plugin: file, workers: 2, config: {path: out.jsonl}}\n",
+    );
+    let out = weir(&["validate", path.to_str().unwrap()], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("p.yaml:3:") && err.contains("sinks[0].workers: sink file cannot run several instances side by side"), "{err}");
+}

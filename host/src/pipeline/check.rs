@@ -16,6 +16,16 @@ pub fn check(file: &PipelineFile, registry: &Registry) -> Vec<HostError> {
                 continue;
             }
         };
+        if stage.workers.is_some_and(|n| n.get() > 1) && plugin.descriptor.flags & weir_plugin::abi::PLUGIN_WORKERS == 0 {
+            errors.push(file.error_at(
+                &format!("{pointer}/workers"),
+                format!(
+                    "sink {} cannot run several instances side by side (it holds one file or address, keeps arrival order, or was \
+                     built before ABI 1.5); remove `workers`",
+                    plugin.name
+                ),
+            ));
+        }
         let config_ptr = format!("{pointer}/config");
         match jsonschema::draft202012::new(&plugin.schema) {
             Err(e) => errors.push(file.error_at(&config_ptr, format!("plugin {:?} exports an invalid config schema: {e}", plugin.name))),

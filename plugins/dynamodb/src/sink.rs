@@ -190,6 +190,7 @@ impl Sink for DynamoDbSink {
     type Config = DynamoDbConfig;
     const NAME: &'static str = "dynamodb";
     const DESCRIPTION: &'static str = "Writes records as DynamoDB items (BatchWriteItem or conditional PutItem), with a TTL attribute.";
+    const WORKERS: bool = true;
 
     fn validate(config: &DynamoDbConfig) -> Result<(), PluginError> {
         config.check()

@@ -36,6 +36,7 @@ impl Sink for Discard {
     type Config = NoopConfig;
     const NAME: &'static str = "discard";
     const DESCRIPTION: &'static str = "Accepts every record and keeps nothing.";
+    const WORKERS: bool = true;
 
     fn create(_config: NoopConfig, _ctx: Context) -> Result<Self, PluginError> {
         Ok(Discard)

@@ -194,6 +194,7 @@ impl Sink for ObjectStoreSink {
     type Config = ObjectStoreConfig;
     const NAME: &'static str = "object_store";
     const DESCRIPTION: &'static str = "Archives records to S3, MinIO or a directory, one object per record or per batch.";
+    const WORKERS: bool = true;
 
     fn validate(config: &ObjectStoreConfig) -> Result<(), PluginError> {
         config.check().map(|_| ())

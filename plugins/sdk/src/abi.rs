@@ -9,7 +9,7 @@ use std::ffi::c_void;
 /// ABI major version. A host refuses a library with a different major.
 pub const ABI_MAJOR: u16 = 1;
 /// ABI minor version. A host refuses a library with a newer minor than its own.
-pub const ABI_MINOR: u16 = 4;
+pub const ABI_MINOR: u16 = 5;
 /// Name of the one symbol every plugin library exports (NUL-terminated).
 pub const ENTRY_SYMBOL: &[u8] = b"weir_plugin_manifest_v1\0";
 /// Signature of the entry symbol.
@@ -444,7 +444,8 @@ pub struct PluginDescriptor {
     /// instance. Read only when `struct_size` covers it.
     pub acknowledge:
         Option<unsafe extern "C" fn(instance: *mut c_void, settled: *const Settled, count: u32, message: *mut OwnedBytes) -> Status>,
-    /// Minor 3: [`PLUGIN_IN_ORDER`] or 0. Read only when `struct_size` covers it (0 otherwise).
+    /// Minor 3: [`PLUGIN_IN_ORDER`] (transforms), minor 5: [`PLUGIN_WORKERS`] (sinks), or 0.
+    /// Read only when `struct_size` covers it (0 otherwise).
     pub flags: u32,
 }
 
@@ -452,6 +453,12 @@ pub struct PluginDescriptor {
 /// source order, one at a time, also when a pipeline runs several transform workers (its
 /// state depends on which record came first: `dedupe` passes the first copy of a key).
 pub const PLUGIN_IN_ORDER: u32 = 1;
+
+/// `PluginDescriptor::flags` bit (minor 5), sinks: several instances of the sink may write
+/// side by side, each a batch (`workers` in a pipeline), and batches may be written out of
+/// order. Not for a sink that holds one resource (a file it truncates, an address it
+/// listens on) or whose destination keeps arrival order (a Kafka partition).
+pub const PLUGIN_WORKERS: u32 = 2;
 
 impl PluginDescriptor {
     /// Size of a descriptor of ABI minor 0, which ends with `process`.

@@ -358,6 +358,7 @@ pub fn sink<T: crate::plugin::Sink>() -> DescriptorParts {
     DescriptorParts {
         stop: Some(sink_stop::<T>),
         process: Some(sink_process::<T>),
+        flags: if T::WORKERS { abi::PLUGIN_WORKERS } else { 0 },
         ..parts::<Sink<T>>(Kind::SINK, T::NAME, T::DESCRIPTION)
     }
 }

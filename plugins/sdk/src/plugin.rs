@@ -93,6 +93,12 @@ pub trait Sink: Sized + Send + 'static {
     }
     /// Builds the instance; may do I/O.
     fn create(config: Self::Config, ctx: Context) -> Result<Self, PluginError>;
+    /// Whether several instances may write side by side, one batch each, in any order
+    /// (`workers: N` in a pipeline; ABI minor 5 `PLUGIN_WORKERS`): true for a store whose
+    /// writes do not depend on order and that holds no single resource (an object store,
+    /// a table with unique keys). False by default, and a pipeline asking for `workers` is
+    /// then refused with the reason.
+    const WORKERS: bool = false;
     /// Writes one batch. Return `Ok` when it is delivered (records refused for good go in
     /// `rejections`), [`PluginError::Retry`] to have the host retry the whole batch, or
     /// [`PluginError::Fatal`] when it can never be delivered.

@@ -137,6 +137,7 @@ impl Sink for Flaky {
     type Config = FlakyConfig;
     const NAME: &'static str = "test-flaky";
     const DESCRIPTION: &'static str = "For Weir's tests: a sink that rejects or keeps retrying marked records.";
+    const WORKERS: bool = true;
 
     fn create(config: FlakyConfig, _ctx: Context) -> Result<Self, PluginError> {
         Ok(Flaky { config, failed: 0 })
@@ -188,6 +189,7 @@ impl Sink for Meet {
     type Config = MeetConfig;
     const NAME: &'static str = "test-meet";
     const DESCRIPTION: &'static str = "For Weir's tests: a sink whose batches wait until several are written at once.";
+    const WORKERS: bool = true;
 
     fn create(config: MeetConfig, _ctx: Context) -> Result<Self, PluginError> {
         Ok(Meet { config })
