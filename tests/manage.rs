@@ -117,8 +117,11 @@ fn invalid_pipelines_get_every_error_with_its_field_and_position_and_nothing_is_
     assert_eq!((r.status, r.json()["errors"][0]["field"].as_str()), (422, Some("name")), "{r:?}");
     let r = put(&weir, "bad", "text/plain", "source: {plugin: http}\nsinks: [{plugin: discard}]\n", &[]);
     assert_eq!(r.status, 415, "text/plain could come from any web page: {r:?}");
-    let r = put(&weir, "../x", "application/yaml", "source: {plugin: http}\nsinks: [{plugin: discard}]\n", &[]);
-    assert!(r.status == 404 || r.status == 422, "{r:?}");
+    let r = put(&weir, "..%2Fx", "application/yaml", "source: {plugin: http}\nsinks: [{plugin: discard}]\n", &[]);
+    assert_eq!(r.status, 422, "a name with a path in it: {r:?}");
+    assert!(r.json()["error"].as_str().unwrap().contains("may only use letters"), "{r:?}");
+    let r = put(&weir, "shop.test", "application/yaml", "source: {plugin: http}\nsinks: [{plugin: discard}]\n", &[]);
+    assert_eq!(r.status, 422, "a name that would make a test file: {r:?}");
     // Valid, but its source cannot start (the port is taken): nothing changes.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let yaml = format!("source: {{plugin: http, config: {{listen: \"{}\"}}}}\nsinks: [{{plugin: discard}}]\n", taken.local_addr().unwrap());

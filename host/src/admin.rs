@@ -482,8 +482,19 @@ async fn tap(AxState(host): AxState<Arc<Host>>, axum::extract::Path(name): axum:
     };
     let (limit, wait) =
         (q.limit.unwrap_or(100).clamp(1, crate::tap::KEPT), std::time::Duration::from_millis(q.wait_ms.unwrap_or(0).min(30_000)));
+    // Each waiting reader holds a blocking thread: a few at once, so taps cannot starve the
+    // API's other work (reloads, PUTs) of them.
+    static READERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    const MAX_READERS: usize = 16;
+    if READERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= MAX_READERS {
+        READERS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let mut resp = refuse(StatusCode::TOO_MANY_REQUESTS, format!("{MAX_READERS} taps are being read already; try again shortly"));
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    }
     let after = q.after;
     let read = tokio::task::spawn_blocking(move || metrics.tap.read(after, limit, wait)).await;
+    READERS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     match read {
         Ok((records, next)) => {
             Json(serde_json::json!({ "pipeline": name, "stage": stage, "records": records, "next": next })).into_response()
@@ -546,6 +557,12 @@ async fn put_pipeline(
     };
     if !crate::config::valid_name(&name) {
         return refuse(StatusCode::UNPROCESSABLE_ENTITY, format!("pipeline name {name:?} may only use letters, digits, `-`, `_` and `.`"));
+    }
+    if name == "validate" || name.ends_with(".test") {
+        return refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("pipeline name {name:?} is taken (`validate` is a route; `NAME.test.yaml` is a test file); choose another"),
+        );
     }
     let pre = preconditions(&headers);
     let h = host.clone();

@@ -566,7 +566,8 @@ pub fn interpolate(text: &str, file: &Path, lookup: impl Fn(&str) -> Option<Stri
 }
 
 /// As [`interpolate`], but a variable that is not set and has no default stays as it was
-/// written (`${VAR}`), for a later pass to fill in or refuse.
+/// written (`${VAR}`), for a later pass to fill in or refuse; escapes (`$${`) stay escaped
+/// and a `${` in a value is escaped, so that pass expands nothing twice.
 pub fn interpolate_keeping_unset(
     text: &str,
     file: &Path,
@@ -586,7 +587,8 @@ fn expand(text: &str, file: &Path, lookup: impl Fn(&str) -> Option<String>, keep
             let column = line.len() - rest.len() + pos + 1;
             if pos > 0 && rest.as_bytes()[pos - 1] == b'$' {
                 out.push_str(&rest[..pos - 1]);
-                out.push_str("${");
+                // Kept escaped for the pass that follows a keeping one.
+                out.push_str(if keep_unset { "$${" } else { "${" });
                 rest = &rest[pos + 2..];
                 continue;
             }
@@ -614,7 +616,11 @@ fn expand(text: &str, file: &Path, lookup: impl Fn(&str) -> Option<String>, keep
             match lookup(var).filter(|v| !v.is_empty() || default.is_none()) {
                 Some(value) => {
                     redactor.add(var, &value);
-                    out.push_str(&value);
+                    if keep_unset {
+                        out.push_str(&value.replace("${", "$${"));
+                    } else {
+                        out.push_str(&value);
+                    }
                 }
                 None => match default {
                     Some(d) => out.push_str(d),
@@ -938,6 +944,14 @@ mod tests {
         );
         let err = interpolate("a: ${SET} ${ONE}\n", Path::new("p.yaml"), env(&[("SET", "v")])).unwrap_err().to_string();
         assert!(err.starts_with("p.yaml:1:11: environment variable ONE is not set"), "{err}");
+    }
+
+    #[test]
+    fn a_keeping_pass_leaves_nothing_for_the_next_pass_to_expand_twice() {
+        let (kept, _) = interpolate_keeping_unset("a: $${LIT} ${V} ${UNSET}\n", Path::new("p.yaml"), env(&[("V", "x${Y}")])).unwrap();
+        assert_eq!(kept, "a: $${LIT} x$${Y} ${UNSET}\n");
+        let (out, _) = interpolate(&kept, Path::new("p.yaml"), env(&[("UNSET", "now")])).unwrap();
+        assert_eq!(out, "a: ${LIT} x${Y} now\n");
     }
 
     #[test]

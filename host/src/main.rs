@@ -415,10 +415,16 @@ fn tap(config: &HostConfig, target: &str, limit: Option<usize>) -> anyhow::Resul
         return Ok(ExitCode::FAILURE);
     }
     let names: Vec<String> = list.json().as_array().into_iter().flatten().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect();
-    // Names may hold dots: a whole pipeline name wins, else the part before the first dot.
-    let (pipeline, stage) = match target.split_once('.') {
-        Some((p, s)) if !names.iter().any(|n| n == target) => (p, Some(s)),
-        _ => (target, None),
+    // Names may hold dots: a whole pipeline name wins, else the longest name before a dot.
+    let (pipeline, stage) = if names.iter().any(|n| n == target) {
+        (target, None)
+    } else {
+        let split = target.match_indices('.').map(|(i, _)| i).rev().find(|&i| names.iter().any(|n| n == &target[..i]));
+        match (split, target.split_once('.')) {
+            (Some(i), _) => (&target[..i], Some(&target[i + 1..])),
+            (None, Some((p, s))) => (p, Some(s)),
+            (None, None) => (target, None),
+        }
     };
     if !names.iter().any(|n| n == pipeline) {
         eprintln!("error: no pipeline called {pipeline:?}; the host runs {names:?}");
@@ -535,9 +541,11 @@ fn test(config: &HostConfig, paths: Vec<PathBuf>, junit: Option<&Path>) -> anyho
         outcomes.push(outcome);
     }
     let tests: usize = outcomes.iter().map(|o| o.tests.len()).sum();
-    let failed: usize =
-        outcomes.iter().map(|o| o.tests.iter().filter(|t| !t.failures.is_empty()).count() + usize::from(o.error.is_some())).sum();
-    println!("\n{} tests in {} files: {} passed, {failed} failed", tests, outcomes.len(), tests.saturating_sub(failed));
+    let failed_tests: usize = outcomes.iter().map(|o| o.tests.iter().filter(|t| !t.failures.is_empty()).count()).sum();
+    let broken = outcomes.iter().filter(|o| o.error.is_some()).count();
+    let failed = failed_tests + broken;
+    let unrun = if broken > 0 { format!(" ({broken} files could not run)") } else { String::new() };
+    println!("\n{tests} tests in {} files: {} passed, {failed_tests} failed{unrun}", outcomes.len(), tests - failed_tests);
     if let Some(path) = junit {
         std::fs::write(path, weir::testing::junit(&outcomes)).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }

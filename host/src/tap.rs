@@ -3,7 +3,8 @@
 //! which the stage copies the first [`PER_BATCH`] records of each batch it passes on into a
 //! ring of the last [`KEPT`]. Readers follow the ring by sequence number (`after`), waiting
 //! for records up to a limit. Values of members named like secrets (`password`, `token`, …)
-//! are masked in the copy, and long records are cut.
+//! are masked in the copy, whole; a record that is not JSON or is too long to check is
+//! shown only by its size.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -61,7 +62,7 @@ fn masked(mut value: Value) -> Value {
         match v {
             Value::Object(map) => {
                 for (k, v) in map.iter_mut() {
-                    if crate::config::secret_name(k) && !v.is_object() && !v.is_array() {
+                    if crate::config::secret_name(k) {
                         *v = Value::String("***".into());
                     } else {
                         walk(v);
@@ -79,12 +80,12 @@ fn masked(mut value: Value) -> Value {
 /// A record's bytes as the tap shows them.
 fn shown(bytes: &[u8]) -> Value {
     if bytes.len() > LONGEST {
-        let head = String::from_utf8_lossy(&bytes[..LONGEST]);
-        return Value::String(format!("{head}… ({} bytes in all; not shown whole, and not checked for secrets)", bytes.len()));
+        return Value::String(format!("({} bytes: longer than a tap shows)", bytes.len()));
     }
     match serde_json::from_slice::<Value>(bytes) {
         Ok(v) => masked(v),
-        Err(_) => Value::String(String::from_utf8_lossy(bytes).into_owned()),
+        // Text could hold a secret the tap cannot find.
+        Err(_) => Value::String(format!("({} bytes, not JSON: not shown)", bytes.len())),
     }
 }
 
@@ -166,11 +167,13 @@ mod tests {
         tap.capture(&batch(&[r#"{"a":1}"#]).as_ref());
         let (none, next) = tap.read(None, 10, Duration::ZERO);
         assert!(none.is_empty() && next.is_none(), "closed until read");
-        tap.capture(&batch(&[r#"{"user":{"password":"hunter22","name":"x"},"token":"t0k3n"}"#, "plain text"]).as_ref());
+        tap.capture(
+            &batch(&[r#"{"user":{"password":"hunter22","name":"x"},"token":"t0k3n","secrets":["a"]}"#, "password=hunter22"]).as_ref(),
+        );
         let (seen, next) = tap.read(None, 10, Duration::ZERO);
         assert_eq!(seen.len(), 2);
-        assert_eq!(seen[0].value, serde_json::json!({"user": {"password": "***", "name": "x"}, "token": "***"}));
-        assert_eq!(seen[1].value, "plain text");
+        assert_eq!(seen[0].value, serde_json::json!({"user": {"password": "***", "name": "x"}, "token": "***", "secrets": "***"}));
+        assert_eq!(seen[1].value, "(17 bytes, not JSON: not shown)");
         let (later, _) = tap.read(next, 10, Duration::from_millis(20));
         assert!(later.is_empty(), "nothing after the last one read");
     }

@@ -150,7 +150,11 @@ document.getElementById("tap-close").addEventListener("click", () => {
   history.replaceState(null, "", "#");
 });
 const wanted = /^#tap=([^/]+)\/(.+)$/.exec(location.hash);
-if (wanted) openTap(decodeURIComponent(wanted[1]), decodeURIComponent(wanted[2]));
+try {
+  if (wanted) openTap(decodeURIComponent(wanted[1]), decodeURIComponent(wanted[2]));
+} catch (e) {
+  document.getElementById("status").textContent = "the link's #tap= is not PIPELINE/STAGE";
+}
 refresh();
 setInterval(refresh, 1000);
 followTap();

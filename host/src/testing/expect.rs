@@ -105,6 +105,9 @@ impl Condition {
     fn unmet(&self, record: &Value) -> Option<String> {
         let found = record.pointer(&self.pointer);
         let at = if self.pointer.is_empty() { "/" } else { &self.pointer };
+        if self.exists.is_none() && self.equals.is_none() && self.contains.is_none() {
+            return Some(format!("the condition at {at} checks nothing: give `equals`, `exists` or `contains`"));
+        }
         if let Some(want) = self.exists {
             if found.is_some() != want {
                 return Some(match found {
