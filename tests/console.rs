@@ -47,7 +47,7 @@ impl Poster {
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
-                post_json(&url, r#"{"eventType":"login","user":"ann","password":"hunter22"}"#);
+                post_json(&url, r#"{"eventType":"login","userId":"ann","password":"hunter22"}"#);
             }
         });
         Poster { stop, thread: Some(thread) }
@@ -64,10 +64,12 @@ impl Drop for Poster {
 }
 
 #[test]
-fn the_console_shows_live_stages_and_taps_records_with_nothing_from_elsewhere() {
+fn the_console_shows_the_default_pipeline_live_and_taps_records_with_nothing_from_elsewhere() {
+    // The shipped default pipeline, on free ports, writing into a scratch directory.
     let scene = Scene::new();
-    scene.pipeline("shop", PIPELINE);
-    let weir = scene.start(&["--no-watch"], &[]);
+    let (http, ws, events) = (format!("127.0.0.1:{}", scene.port), format!("127.0.0.1:{}", free_port()), scene.path("events.jsonl"));
+    let envs = [("WEIR_HTTP_LISTEN", http.as_str()), ("WEIR_WS_LISTEN", ws.as_str()), ("WEIR_EVENTS_FILE", events.to_str().unwrap())];
+    let weir = Weir::start(&repo().join("pipelines"), &["--no-watch"], &envs);
     for asset in ["/", "/console.js", "/console.css"] {
         let r = curl("GET", &weir.url(asset), None, None);
         assert_eq!(r.status, 200, "{asset}: {r:?}");
@@ -79,10 +81,10 @@ fn the_console_shows_live_stages_and_taps_records_with_nothing_from_elsewhere() 
 
     post(&scene, 5);
     let dom = render(&weir.url("/"));
-    for stage in ["http", "enrich", "file", "audit"] {
-        assert!(dom.contains(&format!("data-stage=\"{stage}\"")), "stage {stage} is shown: {dom}");
+    for stage in ["http", "validate", "enrich", "dedupe", "websocket", "file"] {
+        assert!(dom.contains(&format!("data-stage=\"{stage}\"")), "stage {stage} of the default pipeline is shown: {dom}");
     }
-    assert!(dom.contains("after file") && dom.contains("data-state=\"running\""), "{dom}");
+    assert!(dom.contains("data-pipeline=\"default\"") && dom.contains("data-state=\"running\""), "{dom}");
     assert_eq!(shown_out(&dom, "file"), Some(5), "{dom}");
     post(&scene, 7);
     let dom = render(&weir.url("/"));
@@ -90,19 +92,19 @@ fn the_console_shows_live_stages_and_taps_records_with_nothing_from_elsewhere() 
     assert_eq!(shown_out(&dom, "http"), Some(12), "{dom}");
 
     let poster = Poster::start(scene.url("/produce"));
-    let dom = render(&weir.url("/#tap=shop/enrich"));
+    let dom = render(&weir.url("/#tap=default/enrich"));
     let screenshot = bin_dir().parent().unwrap().join("test-artifacts");
     std::fs::create_dir_all(&screenshot).unwrap();
     let screenshot = screenshot.join("console.png");
     let shot = Command::new("chromium")
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,800", "--virtual-time-budget=8000"])
         .arg(format!("--screenshot={}", screenshot.display()))
-        .arg(weir.url("/#tap=shop/enrich"))
+        .arg(weir.url("/#tap=default/enrich"))
         .output()
         .unwrap();
     drop(poster);
-    assert!(dom.contains("shop / enrich"), "the tap panel is open: {dom}");
-    assert!(dom.contains(r#""password":"***""#) && dom.contains(r#""seen":true"#), "records tapped after enrich, masked: {dom}");
+    assert!(dom.contains("default / enrich"), "the tap panel is open: {dom}");
+    assert!(dom.contains(r#""password":"***""#) && dom.contains(r#""receivedAt":"#), "records tapped after enrich, masked: {dom}");
     assert!(!dom.contains("hunter22"), "a secret reached the page");
     assert!(shot.status.success(), "{}", String::from_utf8_lossy(&shot.stderr));
     assert!(std::fs::metadata(&screenshot).map(|m| m.len() > 10_000).unwrap_or(false), "a screenshot at {}", screenshot.display());
@@ -135,7 +137,7 @@ fn weir_tap_prints_the_records_of_a_stage_as_they_flow() {
     assert_eq!(lines.len(), 3, "{lines:?}");
     for l in &lines {
         assert_eq!(l["stage"], "enrich");
-        assert_eq!(l["value"], serde_json::json!({"eventType": "login", "user": "ann", "password": "***", "seen": true}));
+        assert_eq!(l["value"], serde_json::json!({"eventType": "login", "userId": "ann", "password": "***", "seen": true}));
     }
     let wrong = common::weir(&["tap", "shop.nope", "--admin", &weir.admin], &[]);
     assert!(!wrong.status.success());

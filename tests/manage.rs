@@ -131,6 +131,18 @@ fn invalid_pipelines_get_every_error_with_its_field_and_position_and_nothing_is_
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "no file was left behind: {left:?}");
     assert!(weir.get_json("/pipelines").as_array().unwrap().is_empty());
+
+    // A file put there by hand that does not load runs nothing: PUT may replace it, DELETE
+    // removes it.
+    std::fs::write(dir.path().join("hand.yaml"), "source: {plugin: http\n").unwrap();
+    assert_eq!(curl("POST", &weir.url("/reload"), None, None).status, 422);
+    let ok = format!("source: {{plugin: http, config: {{listen: \"127.0.0.1:{}\"}}}}\nsinks: [{{plugin: discard}}]\n", free_port());
+    let r = put(&weir, "hand", "application/yaml", &ok, &[]);
+    assert_eq!(r.status, 201, "{r:?}");
+    std::fs::write(dir.path().join("stray.yaml"), "source: {plugin: nope}\nsinks: [{plugin: discard}]\n").unwrap();
+    let r = curl("DELETE", &weir.url("/pipelines/stray"), None, None);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(!dir.path().join("stray.yaml").exists());
 }
 
 fn post_json_like(weir: &Weir, path: &str, content_type: &str, body: &str) -> Reply {

@@ -115,6 +115,8 @@ fn stage_counters_never_go_back_across_five_reloads_and_a_restart_under_load() {
     let at_restart = weir.metric(in_total).unwrap();
     wait_for("records after the restart", Duration::from_secs(10), || weir.metric(in_total).unwrap() > at_restart);
     assert_eq!(weir.get_json("/pipelines/counted")["version"], 7, "five reloads and a restart replaced it six times");
+    // A fast run may be over before the scraper has looked often enough.
+    wait_for("twenty scrapes", Duration::from_secs(20), || scrapes.load(Ordering::Relaxed) >= 20);
 
     stop.store(true, Ordering::Relaxed);
     for c in clients {

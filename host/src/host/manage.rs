@@ -162,7 +162,7 @@ impl Host {
             Some(p) => p.file.clone(),
             None => dir.join(format!("{name}.yaml")),
         };
-        if current.is_none() && path.exists() {
+        if current.is_none() && path.exists() && !stray(&path, name) {
             return Err(ApplyError::Conflict(format!(
                 "{} exists but holds another pipeline; choose another name or remove that file",
                 path.display()
@@ -217,10 +217,17 @@ impl Host {
         }
     }
 
-    /// Removes pipeline `name`: its file goes, and the pipeline drains and stops.
+    /// Removes pipeline `name`: its file goes, and the pipeline drains and stops. A file
+    /// `{name}.yaml` that runs nothing (it did not load or start) is removed too.
     pub fn remove(&self, name: &str, pre: &Preconditions, drain: Duration) -> Result<PathBuf, ApplyError> {
         let _one_writer = self.applying.lock().unwrap_or_else(|p| p.into_inner());
         let Some(current) = self.pipelines().into_iter().find(|p| p.name == name) else {
+            let path = self.pipeline_dir()?.join(format!("{name}.yaml"));
+            if pre.if_match.is_none() && path.exists() && stray(&path, name) {
+                std::fs::remove_file(&path).map_err(|e| ApplyError::Io(format!("cannot remove {}: {e}", path.display())))?;
+                self.reload(drain);
+                return Ok(path);
+            }
             return Err(ApplyError::NotFound(format!("no pipeline called {name:?}")));
         };
         pre.check(Some(&etag(current.hash)))?;
@@ -228,6 +235,12 @@ impl Host {
         self.reload(drain);
         Ok(current.file.clone())
     }
+}
+
+/// Whether `path`, which runs no pipeline, may be taken over by pipeline `name`: it does not
+/// load, or it names that pipeline (it failed to start).
+fn stray(path: &Path, name: &str) -> bool {
+    PipelineFile::load(path).map_or(true, |f| f.name == name)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory, synced, then

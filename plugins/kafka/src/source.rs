@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use weir_plugin::{BatchBuf, Context, EmitError, Emitter, Head, Outcome, PluginError, Source, StopFlag, Worker};
 
@@ -29,8 +29,6 @@ pub struct GroupContext {
     /// Whether the last health report said the brokers were down (an idle consumer then
     /// asks for metadata now and then, to report them up again).
     down: AtomicBool,
-    /// Bumped on every revocation and assignment.
-    rebalances: std::sync::atomic::AtomicU64,
 }
 
 impl ClientContext for GroupContext {
@@ -85,7 +83,6 @@ impl GroupContext {
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.rebalances.fetch_add(1, Relaxed);
         if let Rebalance::Revoke(list) = rebalance {
             let revoked = tps(list);
             if !self.tracker.wait_idle(&revoked, DRAIN_WAIT) {
@@ -104,7 +101,6 @@ impl ConsumerContext for GroupContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.rebalances.fetch_add(1, Relaxed);
         if let Rebalance::Assign(list) = rebalance {
             for tp in tps(list) {
                 self.tracker.assign(tp);
@@ -144,16 +140,7 @@ struct Loop {
     batch_wait: Duration,
     /// When the brokers were last asked for metadata while they were reported down.
     last_probe: std::cell::Cell<Instant>,
-    /// Messages read while the pipeline was full (serving the group), to lead the next
-    /// batch in the order read: kept rather than rewound, so no record can be skipped when
-    /// a rewind fails. With the rebalance count when they were read: after a rebalance the
-    /// consumer reads again from the committed offsets, and the stash is dropped.
-    stash: std::cell::RefCell<(u64, std::collections::VecDeque<OwnedMessage>)>,
 }
-
-/// How long the pipeline may refuse a batch before the partitions are paused and the group
-/// is served (rebalances) while it waits.
-const SERVE_GROUP_AFTER: Duration = Duration::from_secs(1);
 
 /// How often an idle consumer whose brokers were reported down asks them again.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -168,39 +155,10 @@ impl Loop {
         }
     }
 
-    /// Adds message `m` to the batch, tracking its offset.
-    fn push(&self, batch: &mut BatchBuf, origins: &mut Origins, m: &impl Message) {
-        let tp: Tp = (m.topic().to_owned(), m.partition());
-        let offset = m.offset();
-        let (p, o) = (m.partition().to_string(), offset.to_string());
-        let mut extra: Vec<(&str, &[u8])> =
-            vec![("kafka.topic", m.topic().as_bytes()), ("kafka.partition", p.as_bytes()), ("kafka.offset", o.as_bytes())];
-        if let Some(h) = m.headers() {
-            for header in h.iter() {
-                extra.push((header.key, header.value.unwrap_or_default()));
-            }
-        }
-        let head = Head { key: m.key(), headers_raw: &[], extra_headers: &extra, timestamp_ms: m.timestamp().to_millis() };
-        batch.push(batch.len() as u32, head, m.payload().unwrap_or_default());
-        let epoch = self.tracker.track(&tp, offset);
-        origins.push((tp, epoch, offset));
-    }
-
-    /// Polls up to `batch_size` messages or until `batch_wait` passes; messages kept while
-    /// the pipeline was full come first, unless the group rebalanced since.
+    /// Polls up to `batch_size` messages or until `batch_wait` passes.
     fn fill(&self) -> Option<(BatchBuf, Origins)> {
         let mut batch = BatchBuf::new();
         let mut origins = Origins::new();
-        {
-            let mut stash = self.stash.borrow_mut();
-            if stash.0 != self.consumer.context().rebalances.load(Relaxed) {
-                stash.1.clear();
-            }
-            while batch.len() < self.batch_size {
-                let Some(m) = stash.1.pop_front() else { break };
-                self.push(&mut batch, &mut origins, &m);
-            }
-        }
         let deadline = Instant::now() + self.batch_wait;
         while batch.len() < self.batch_size && !self.stop.is_set() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -208,7 +166,22 @@ impl Loop {
                 break;
             }
             match self.consumer.poll(left.max(Duration::from_millis(1))) {
-                Some(Ok(m)) => self.push(&mut batch, &mut origins, &m),
+                Some(Ok(m)) => {
+                    let tp: Tp = (m.topic().to_owned(), m.partition());
+                    let offset = m.offset();
+                    let (p, o) = (m.partition().to_string(), offset.to_string());
+                    let mut extra: Vec<(&str, &[u8])> =
+                        vec![("kafka.topic", m.topic().as_bytes()), ("kafka.partition", p.as_bytes()), ("kafka.offset", o.as_bytes())];
+                    if let Some(h) = m.headers() {
+                        for header in h.iter() {
+                            extra.push((header.key, header.value.unwrap_or_default()));
+                        }
+                    }
+                    let head = Head { key: m.key(), headers_raw: &[], extra_headers: &extra, timestamp_ms: m.timestamp().to_millis() };
+                    batch.push(batch.len() as u32, head, m.payload().unwrap_or_default());
+                    let epoch = self.tracker.track(&tp, offset);
+                    origins.push((tp, epoch, offset));
+                }
                 Some(Err(e)) => {
                     self.ctx.warn(&format!("Kafka consumer: {e}"));
                     if batch.is_empty() {
@@ -273,8 +246,6 @@ impl Loop {
 
     fn run(self) {
         let mut held: Option<(BatchBuf, Origins)> = None;
-        // Since when the pipeline has been refusing the batch held.
-        let mut refused_since: Option<Instant> = None;
         let mut pause = Duration::from_millis(1);
         while !self.stop.is_set() {
             self.commit_ready(CommitMode::Async);
@@ -285,28 +256,19 @@ impl Loop {
             match self.offer(batch, origins) {
                 Ok(()) => {
                     held = None;
-                    refused_since = None;
                     pause = Duration::from_millis(1);
                     self.set_paused(false);
                 }
-                Err(EmitError::Full) if refused_since.get_or_insert_with(Instant::now).elapsed() < SERVE_GROUP_AFTER => {
-                    // A sink is slower than the broker: offer again shortly, reading nothing
-                    // more, so what librdkafka fetched stays fetched (pausing would make it
-                    // read every record again after a rewind).
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(20));
-                }
                 Err(EmitError::Full) => {
                     self.set_paused(true);
-                    // Serve the group (heartbeats, rebalances) while paused. A message read
-                    // meanwhile (fetched before the pause) is kept for the next batch.
+                    // Serve the group (heartbeats, rebalances) while paused.
                     if let Some(Ok(m)) = self.consumer.poll(pause) {
-                        let now = self.consumer.context().rebalances.load(Relaxed);
-                        let mut stash = self.stash.borrow_mut();
-                        if stash.0 != now {
-                            *stash = (now, Default::default());
+                        // Not taken: rewind so it is read again after resuming.
+                        let (topic, partition, offset) = (m.topic().to_owned(), m.partition(), m.offset());
+                        drop(m);
+                        if let Err(e) = self.consumer.seek(&topic, partition, Offset::Offset(offset), DRAIN_WAIT) {
+                            self.ctx.warn(&format!("cannot rewind {topic}/{partition} to {offset}: {e}"));
                         }
-                        stash.1.push_back(m.detach());
                     }
                     pause = (pause * 2).min(Duration::from_millis(50));
                 }
@@ -349,7 +311,6 @@ impl Source for KafkaSource {
             ctx,
             brokers: config.brokers.clone(),
             down: AtomicBool::new(false),
-            rebalances: Default::default(),
         };
         let consumer: BaseConsumer<GroupContext> =
             client.create_with_context(group).map_err(|e| PluginError::config(format!("cannot create the Kafka consumer: {e}")))?;
@@ -371,19 +332,8 @@ impl Source for KafkaSource {
         let (batch_size, batch_wait) = (self.config.batch_size.get(), Duration::from_millis(self.config.batch_wait_ms));
         self.ctx.info(&format!("Consuming {:?} as group {}.", self.config.topics, self.config.group_id));
         self.worker = Some(Worker::spawn("weir-kafka-source", move |stop| {
-            Loop {
-                consumer,
-                emitter,
-                ctx,
-                tracker,
-                paused,
-                stop,
-                batch_size,
-                batch_wait,
-                last_probe: std::cell::Cell::new(Instant::now()),
-                stash: Default::default(),
-            }
-            .run()
+            Loop { consumer, emitter, ctx, tracker, paused, stop, batch_size, batch_wait, last_probe: std::cell::Cell::new(Instant::now()) }
+                .run()
         })?);
         Ok(())
     }
