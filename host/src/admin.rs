@@ -420,41 +420,14 @@ struct TapQuery {
     wait_ms: Option<u64>,
 }
 
-/// `%XX` decoded (and `+` as a space); `None` when it is not UTF-8.
-fn percent_decoded(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 impl TapQuery {
     /// Reads the query; the error names the parameter that is wrong.
     fn parse(query: Option<&str>) -> Result<TapQuery, String> {
         let mut q = TapQuery::default();
-        for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decoded(value).ok_or_else(|| format!("{name} is not UTF-8 text"))?;
+        for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
             let number = |v: &str| v.parse::<u64>().map_err(|_| format!("{name} must be a whole number, not {v:?}"));
-            match name {
-                "stage" => q.stage = Some(value),
+            match name.as_ref() {
+                "stage" => q.stage = Some(value.into_owned()),
                 "after" => q.after = Some(number(&value)?),
                 "limit" => q.limit = Some(number(&value)? as usize),
                 "wait_ms" => q.wait_ms = Some(number(&value)?),

@@ -60,20 +60,7 @@ fn produce(brokers: &str, topic: &str, file: &str) {
 }
 
 fn consume(brokers: &str, topic: &str, count: usize) {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("bare-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("queued.max.messages.kbytes", "16384");
-    // More librdkafka settings, `name=value` separated by spaces (as the kafka source's
-    // `librdkafka` map takes them), to compare the same tuning in both.
-    for pair in std::env::var("KAFKA_SETTINGS").unwrap_or_default().split_whitespace() {
-        let (name, value) = pair.split_once('=').expect("KAFKA_SETTINGS holds name=value pairs");
-        config.set(name, value);
-    }
-    let consumer: BaseConsumer = config.create().expect("consumer");
+    let consumer: BaseConsumer = weir_bench::bare_consumer(brokers, "bare").create().expect("consumer");
     consumer.subscribe(&[topic]).unwrap();
     let mut n = 0;
     let mut started = None;

@@ -65,20 +65,9 @@ async fn s3(endpoint: &str, bucket: &str, file: &str, per_object: usize) {
 /// 32 at once; timed from the first record to the last put.
 async fn kafka_s3(endpoint: &str, bucket: &str, brokers: &str, topic: &str, count: usize, per_object: usize) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{ClientConfig, Message};
+    use rdkafka::Message;
     let store = store(endpoint, bucket);
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("bare-s3-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("queued.max.messages.kbytes", "16384");
-    for pair in std::env::var("KAFKA_SETTINGS").unwrap_or_default().split_whitespace() {
-        let (name, value) = pair.split_once('=').expect("KAFKA_SETTINGS holds name=value pairs");
-        config.set(name, value);
-    }
-    let consumer: BaseConsumer = config.create().expect("consumer");
+    let consumer: BaseConsumer = weir_bench::bare_consumer(brokers, "bare-s3").create().expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
     let started = Arc::new(std::sync::OnceLock::<Instant>::new());
