@@ -91,8 +91,26 @@ impl World {
         committed(&self.broker, TOPIC, GROUP).0
     }
 
-    fn wait_all_committed(&self, total: u64, limit: Duration) {
-        wait_for(&format!("{total} offsets committed"), limit, || self.committed() == total);
+    /// Waits until the group committed `total` offsets; a stall shows `weir`'s log.
+    fn wait_all_committed(&self, weir: &Weir, total: u64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (done, end) = committed(&self.broker, TOPIC, GROUP);
+            if done == total {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let log = weir.logs();
+                let tail: Vec<&str> = log.lines().rev().take(80).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "timed out after {limit:?}: {done} of {total} offsets committed ({end} in the topic); weir's log ends:\n{}",
+                    tail.join("\n")
+                );
+            }
+            // Each look starts a client process: a few a second, not fifty.
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The archive as boto3 reads it: object key → body.
@@ -128,7 +146,7 @@ fn the_seed_end_to_end_with_redelivered_duplicates() {
     produce_range(&world.broker, 0..n);
     // The same events again, as a producer retrying after a lost acknowledgement would send them.
     produce_range(&world.broker, 0..100);
-    world.wait_all_committed(1100, Duration::from_secs(90));
+    world.wait_all_committed(&weir, 1100, Duration::from_secs(90));
 
     // Every event is in the table once, with the seed's attributes and a 30-day TTL.
     let table = world.table();
@@ -193,9 +211,9 @@ fn the_seed_end_to_end_with_redelivered_duplicates() {
 #[test]
 fn an_s3_outage_under_load_pauses_and_loses_nothing() {
     let world = World::new();
-    let _weir = world.start();
+    let weir = world.start();
     produce_range(&world.broker, 0..200);
-    world.wait_all_committed(200, Duration::from_secs(60));
+    world.wait_all_committed(&weir, 200, Duration::from_secs(60));
     let before = world.table();
 
     world.gate.close();
@@ -215,7 +233,7 @@ fn an_s3_outage_under_load_pauses_and_loses_nothing() {
         std::thread::sleep(Duration::from_millis(500));
     }
     world.gate.open();
-    world.wait_all_committed(600, Duration::from_secs(60));
+    world.wait_all_committed(&weir, 600, Duration::from_secs(60));
     wait_for("/health to show s3 healthy again", Duration::from_secs(10), || world.health().status == 200);
 
     let archive = world.archive();
@@ -237,8 +255,8 @@ fn a_sigkill_mid_stream_loses_nothing() {
     let done = world.committed();
     assert!(done < 1000, "killed mid-stream: committed {done} of 1000");
     // The killed member's partitions move once its session (6 s here) expires.
-    let _weir = world.start();
-    world.wait_all_committed(1000, Duration::from_secs(180));
+    let weir = world.start();
+    world.wait_all_committed(&weir, 1000, Duration::from_secs(180));
     let archive = world.archive();
     assert_eq!(archive.len(), 1000);
     for i in (0..1000).step_by(37) {

@@ -1,10 +1,16 @@
 //! The CLI's client of a running host's admin API (`weir apply`, `weir delete`, `weir
 //! status`): HTTP/1.1 over TCP to the admin address, with the admin token when one is set
-//! (`WEIR_ADMIN_TOKEN` or `admin_token_file`, as the host reads it).
+//! (`WEIR_ADMIN_TOKEN` or `admin_token_file`, as the host reads it), over TLS when the host
+//! config has `admin_tls`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::admin::Token;
 use crate::config::HostConfig;
@@ -15,6 +21,7 @@ pub struct Admin {
     address: String,
     token: Option<Token>,
     timeout: Duration,
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
 /// An answer of the admin API.
@@ -44,7 +51,8 @@ impl Admin {
         let token = Token::load(std::env::var("WEIR_ADMIN_TOKEN").ok(), config.admin_token_file.as_deref())?;
         // A drain can take the drain timeout; give the host that and some.
         let timeout = Duration::from_secs(config.drain_timeout_secs.saturating_add(30));
-        Ok(Admin { address: config.admin.clone(), token, timeout })
+        let tls = config.admin_tls.as_ref().map(|t| tls_client(&config.admin, &t.cert)).transpose()?;
+        Ok(Admin { address: config.admin.clone(), token, timeout, tls })
     }
 
     /// `METHOD path`, with `body` of `content_type` and more headers.
@@ -55,8 +63,16 @@ impl Admin {
                 self.address
             ))
         };
-        let mut stream = TcpStream::connect(&self.address).map_err(unreachable)?;
-        stream.set_read_timeout(Some(self.timeout)).map_err(unreachable)?;
+        let tcp = TcpStream::connect(&self.address).map_err(unreachable)?;
+        tcp.set_read_timeout(Some(self.timeout)).map_err(unreachable)?;
+        let mut stream: Box<dyn ReadWrite> = match &self.tls {
+            None => Box::new(tcp),
+            Some((config, name)) => {
+                let conn = rustls::ClientConnection::new(config.clone(), name.clone())
+                    .map_err(|e| HostError::Usage(format!("TLS to the admin API at {}: {e}", self.address)))?;
+                Box::new(rustls::StreamOwned::new(conn, tcp))
+            }
+        };
         let mut request =
             format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\n", self.address);
         if let Some(token) = &self.token {
@@ -75,10 +91,55 @@ impl Admin {
         request.push_str("\r\n");
         stream.write_all(request.as_bytes()).and_then(|_| stream.write_all(bytes)).map_err(unreachable)?;
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).map_err(unreachable)?;
+        match stream.read_to_end(&mut raw) {
+            // A TLS peer that closed without saying so: what came is the whole answer.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+            r => {
+                r.map_err(unreachable)?;
+            }
+        }
         parse_answer(&raw)
             .ok_or_else(|| HostError::Usage(format!("the admin API at {} answered with something that is not HTTP", self.address)))
     }
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// TLS to the admin API at `address`: trusting `WEIR_ADMIN_CA` when set, else the host's
+/// own certificate file `cert` (its chain, or itself when self-signed); presenting
+/// `WEIR_ADMIN_CLIENT_CERT` and `WEIR_ADMIN_CLIENT_KEY` when set (mutual TLS).
+fn tls_client(address: &str, cert: &Path) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), HostError> {
+    let usage = HostError::Usage;
+    let ca = std::env::var_os("WEIR_ADMIN_CA").map(std::path::PathBuf::from).unwrap_or_else(|| cert.to_path_buf());
+    let read = |path: &Path| -> Result<Vec<CertificateDer<'static>>, HostError> {
+        CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| usage(format!("cannot read certificates from {}: {e}", path.display())))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(read(&ca)?);
+    if added == 0 {
+        return Err(usage(format!("{}: no usable certificate to trust the admin API with; set WEIR_ADMIN_CA to its CA", ca.display())));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| usage(format!("TLS settings: {e}")))?
+        .with_root_certificates(roots);
+    let config = match (std::env::var_os("WEIR_ADMIN_CLIENT_CERT"), std::env::var_os("WEIR_ADMIN_CLIENT_KEY")) {
+        (Some(c), Some(k)) => {
+            let key = PrivateKeyDer::from_pem_file(Path::new(&k))
+                .map_err(|e| usage(format!("cannot read a private key from {}: {e}", Path::new(&k).display())))?;
+            builder.with_client_auth_cert(read(Path::new(&c))?, key).map_err(|e| usage(format!("client certificate: {e}")))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err(usage("set both WEIR_ADMIN_CLIENT_CERT and WEIR_ADMIN_CLIENT_KEY, or neither".into())),
+    };
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| usage(format!("admin address {address}: {e}")))?;
+    Ok((Arc::new(config), name))
 }
 
 /// An HTTP/1.1 answer read to its end (the connection closed): status and body, chunked

@@ -43,6 +43,13 @@ pub struct HostConfig {
     /// In `WEIR_ADMIN_ALLOWED_ORIGINS` also as one string, `,`-separated.
     #[serde(default, deserialize_with = "list::<String, ',', _>")]
     pub admin_allowed_origins: Vec<String>,
+    /// Serve the admin API over HTTPS only, with this certificate (reloaded when its files
+    /// change) and, with `client_ca`, mutual TLS. `WEIR_ADMIN_TLS_CERT`,
+    /// `WEIR_ADMIN_TLS_KEY` and `WEIR_ADMIN_TLS_CLIENT_CA` set its fields. The `weir` CLI
+    /// verbs then trust `cert` (or `WEIR_ADMIN_CA`) and, for mutual TLS, present
+    /// `WEIR_ADMIN_CLIENT_CERT` and `WEIR_ADMIN_CLIENT_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_tls: Option<weir_plugin::tls::TlsConfig>,
     /// Log filter, in `RUST_LOG` syntax (for example `info` or `weir=debug`).
     #[serde(default = "default_log")]
     pub log: String,
@@ -85,6 +92,7 @@ impl Default for HostConfig {
             admin_token_file: None,
             admin_hosts: Vec::new(),
             admin_allowed_origins: Vec::new(),
+            admin_tls: None,
             log: default_log(),
             drain_timeout_secs: default_drain(),
             watch: default_watch(),
@@ -123,6 +131,7 @@ impl HostConfig {
             .merge(Yaml::file(&file))
             .merge(Env::prefixed("WEIR_").only(ENV_KEYS))
             .merge(Env::prefixed("WEIR_TRACES_").map(|k| format!("traces.{k}").into()))
+            .merge(Env::prefixed("WEIR_ADMIN_TLS_").map(|k| format!("admin_tls.{k}").into()))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|e| HostError::Usage(format!("host config: {e}")))

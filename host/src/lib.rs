@@ -16,5 +16,6 @@ pub mod routes;
 pub mod tap;
 pub mod telemetry;
 pub mod testing;
+pub mod tls;
 pub mod watch;
 pub mod yamlpos;

@@ -194,6 +194,11 @@ fn run(config: HostConfig, once: bool) -> anyhow::Result<ExitCode> {
     init_logs(&config.log);
     let access = weir::admin::Access::from_config(&config)?;
     access.check_exposure(&config.admin)?;
+    // Loaded before any pipeline starts: a wrong certificate file stops the start.
+    let tls = match &config.admin_tls {
+        Some(t) => Some(Arc::new(weir_plugin::tls::Tls::new(t.clone()).map_err(|e| anyhow::anyhow!("admin_tls: {e}"))?)),
+        None => None,
+    };
     for stale in weir::loader::remove_stale_copies() {
         tracing::info!(path = %stale.display(), "Removed the private plugin copies of a process that is gone.");
     }
@@ -230,7 +235,13 @@ fn run(config: HostConfig, once: bool) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(&config.admin)
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind the admin API to {}: {e}", config.admin))?;
-        tracing::info!(address = %config.admin, token = access.has_token(), "Admin API listening.");
+        tracing::info!(
+            address = %config.admin,
+            token = access.has_token(),
+            tls = tls.is_some(),
+            mutual_tls = config.admin_tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            "Admin API listening."
+        );
         let drain = Duration::from_secs(config.drain_timeout_secs);
         let app = weir::admin::router(host.clone(), drain, access);
         let on_hup = host.clone();
@@ -242,8 +253,15 @@ fn run(config: HostConfig, once: bool) -> anyhow::Result<ExitCode> {
                 let _ = tokio::task::spawn_blocking(move || h.reload(drain)).await;
             }
         });
+        let served = match tls {
+            Some(tls) => {
+                let listener = weir::tls::TlsListener::new(listener, tls)?;
+                tokio::spawn(async move { axum::serve(listener, app).await })
+            }
+            None => tokio::spawn(async move { axum::serve(listener, app).await }),
+        };
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            if let Ok(Err(e)) = served.await {
                 tracing::error!(error = %e, "Admin API stopped.");
             }
         });

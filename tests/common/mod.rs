@@ -151,6 +151,12 @@ impl Weir {
     /// Starts `weir run --pipelines DIR` with the admin API on a free port; waits until
     /// `/health` answers.
     pub fn start(pipelines: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Weir {
+        Weir::start_until(pipelines, extra, envs, |w| curl("GET", &w.url("/health"), None, None).status != 0)
+    }
+
+    /// Like [`Weir::start`], ready when `ready` says so (for an admin API that does not
+    /// speak plain HTTP).
+    pub fn start_until(pipelines: &Path, extra: &[&str], envs: &[(&str, &str)], ready: impl Fn(&Weir) -> bool) -> Weir {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("weir.log");
         let admin = format!("127.0.0.1:{}", free_port());
@@ -158,12 +164,11 @@ impl Weir {
         args.extend_from_slice(extra);
         let child = spawn_weir(&args, envs, &log);
         let mut w = Weir { child: Some(child), admin, log, _dir: dir };
-        let url = w.url("/health");
         wait_for("the admin API", Duration::from_secs(20), || {
             if let Some(status) = w.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("weir exited with {status}:\n{}", w.logs());
             }
-            std::net::TcpStream::connect(&w.admin).is_ok() && curl("GET", &url, None, None).status != 0
+            std::net::TcpStream::connect(&w.admin).is_ok() && ready(&w)
         });
         w
     }

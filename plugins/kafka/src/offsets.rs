@@ -1,7 +1,9 @@
 //! Which offsets a consumer may commit: per partition, the offsets handed to the pipeline
 //! in order, and which of them the pipeline acknowledged. A partition's commit position
 //! only moves past offsets whose records were handled, so a crash or a rebalance can
-//! repeat records but never skip one.
+//! repeat records but never skip one. A position is offered for commit again until the
+//! broker confirms it: a commit lost to a busy coordinator or a rebalance is not the last
+//! word on a partition that receives nothing more.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Condvar, Mutex};
@@ -16,8 +18,20 @@ struct Partition {
     epoch: u64,
     /// Offsets handed to the pipeline, in order, and whether each is done.
     in_flight: VecDeque<(i64, bool)>,
-    /// Next offset to commit, when it moved since the last commit.
-    ready: Option<i64>,
+    /// The commit position the acknowledgements reached (the next offset to read).
+    reached: Option<i64>,
+    /// The position the broker confirmed.
+    confirmed: Option<i64>,
+    /// The position last sent for commit, and when.
+    sent: Option<(i64, Instant)>,
+}
+
+impl Partition {
+    fn reset(&mut self) {
+        self.epoch += 1;
+        self.in_flight.clear();
+        (self.reached, self.confirmed, self.sent) = (None, None, None);
+    }
 }
 
 /// Shared between the consumer thread, the acknowledgement callbacks and the rebalance
@@ -32,19 +46,14 @@ impl Tracker {
     /// A partition was assigned: start a new epoch for it.
     pub fn assign(&self, tp: Tp) {
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        let p = parts.entry(tp).or_default();
-        p.epoch += 1;
-        p.in_flight.clear();
-        p.ready = None;
+        parts.entry(tp).or_default().reset();
     }
 
     /// A partition was revoked: forget it; late acknowledgements are ignored.
     pub fn revoke(&self, tp: &Tp) {
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = parts.get_mut(tp) {
-            p.epoch += 1;
-            p.in_flight.clear();
-            p.ready = None;
+            p.reset();
         }
     }
 
@@ -55,6 +64,22 @@ impl Tracker {
         let p = parts.entry(tp.clone()).or_default();
         p.in_flight.push_back((offset, false));
         p.epoch
+    }
+
+    /// Takes back the last [`Tracker::track`] of `offset`: its record was not taken after
+    /// all (the pipeline was full), so nothing waits for it.
+    pub fn untrack(&self, tp: &Tp, offset: i64) {
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = parts.get_mut(tp) {
+            if let Some(i) = p.in_flight.iter().rposition(|&(o, done)| o == offset && !done) {
+                p.in_flight.remove(i);
+            }
+        }
+    }
+
+    /// The partition's current epoch (0 before its first assignment).
+    pub fn epoch(&self, tp: &Tp) -> u64 {
+        self.parts.lock().unwrap_or_else(|p| p.into_inner()).get(tp).map_or(0, |p| p.epoch)
     }
 
     /// The pipeline is done with `offset`. `handled` is false when its record failed: the
@@ -72,15 +97,34 @@ impl Tracker {
         }
         while let Some(&(o, true)) = p.in_flight.front() {
             p.in_flight.pop_front();
-            p.ready = Some(o + 1);
+            p.reached = Some(o + 1);
         }
         self.changed.notify_all();
     }
 
-    /// Commit positions that moved since the last call.
-    pub fn take_ready(&self) -> Vec<(Tp, i64)> {
+    /// Commit positions to send: those that moved since they were last sent, and those sent
+    /// at least `resend` ago and not confirmed yet.
+    pub fn take_ready(&self, resend: Duration) -> Vec<(Tp, i64)> {
+        let now = Instant::now();
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        parts.iter_mut().filter_map(|(tp, p)| p.ready.take().map(|o| (tp.clone(), o))).collect()
+        let mut ready = Vec::new();
+        for (tp, p) in parts.iter_mut() {
+            let Some(reached) = p.reached else { continue };
+            let waiting = p.sent.is_some_and(|(o, at)| o == reached && now.duration_since(at) < resend);
+            if p.confirmed != Some(reached) && !waiting {
+                p.sent = Some((reached, now));
+                ready.push((tp.clone(), reached));
+            }
+        }
+        ready
+    }
+
+    /// The broker confirmed `offset` as `tp`'s commit position.
+    pub fn confirm(&self, tp: &Tp, offset: i64) {
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = parts.get_mut(tp) {
+            p.confirmed = p.confirmed.max(Some(offset));
+        }
     }
 
     /// Waits up to `limit` until none of `tps` has records in flight; returns whether so.
@@ -118,15 +162,46 @@ mod tests {
     fn commits_move_only_past_contiguous_done_offsets() {
         let t = Tracker::default();
         t.assign(tp(0));
+        let hour = Duration::from_secs(3600);
         let e = (0..4).map(|o| t.track(&tp(0), o)).last().unwrap();
         t.done(&tp(0), e, 1, true);
-        assert!(t.take_ready().is_empty(), "offset 0 is still in flight");
+        assert!(t.take_ready(hour).is_empty(), "offset 0 is still in flight");
         t.done(&tp(0), e, 0, true);
-        assert_eq!(t.take_ready(), vec![(tp(0), 2)]);
+        assert_eq!(t.take_ready(hour), vec![(tp(0), 2)]);
         t.done(&tp(0), e, 3, true);
-        assert!(t.take_ready().is_empty());
+        assert!(t.take_ready(hour).is_empty());
         t.done(&tp(0), e, 2, true);
-        assert_eq!(t.take_ready(), vec![(tp(0), 4)]);
+        assert_eq!(t.take_ready(hour), vec![(tp(0), 4)]);
+    }
+
+    #[test]
+    fn a_position_is_sent_again_until_the_broker_confirms_it() {
+        let t = Tracker::default();
+        t.assign(tp(0));
+        let e = t.track(&tp(0), 0);
+        t.done(&tp(0), e, 0, true);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(t.take_ready(hour), vec![(tp(0), 1)]);
+        assert!(t.take_ready(hour).is_empty(), "sent just now");
+        assert_eq!(t.take_ready(Duration::ZERO), vec![(tp(0), 1)], "not confirmed: sent again");
+        t.confirm(&tp(0), 1);
+        assert!(t.take_ready(Duration::ZERO).is_empty(), "confirmed");
+        let e = t.track(&tp(0), 1);
+        t.done(&tp(0), e, 1, true);
+        assert_eq!(t.take_ready(hour), vec![(tp(0), 2)], "moved since it was sent");
+    }
+
+    #[test]
+    fn a_record_not_taken_after_all_holds_nothing() {
+        let t = Tracker::default();
+        t.assign(tp(0));
+        let e = t.track(&tp(0), 0);
+        t.track(&tp(0), 1);
+        t.untrack(&tp(0), 1);
+        assert!(!t.wait_idle(&[tp(0)], Duration::ZERO), "offset 0 was taken");
+        t.done(&tp(0), e, 0, true);
+        assert!(t.wait_idle(&[tp(0)], Duration::ZERO), "offset 1 is not waited for");
+        assert_eq!(t.take_ready(Duration::ZERO), vec![(tp(0), 1)]);
     }
 
     #[test]
@@ -137,7 +212,7 @@ mod tests {
         t.track(&tp(1), 11);
         t.done(&tp(1), e, 10, false);
         t.done(&tp(1), e, 11, true);
-        assert!(t.take_ready().is_empty());
+        assert!(t.take_ready(Duration::ZERO).is_empty());
         assert_eq!(t.in_flight(), 2);
     }
 
@@ -150,7 +225,7 @@ mod tests {
         t.assign(tp(0));
         t.track(&tp(0), 7);
         t.done(&tp(0), old, 5, true);
-        assert!(t.take_ready().is_empty());
+        assert!(t.take_ready(Duration::ZERO).is_empty());
         assert!(!t.wait_idle(&[tp(0)], Duration::from_millis(10)));
     }
 }

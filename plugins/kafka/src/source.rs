@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use weir_plugin::{BatchBuf, Context, EmitError, Emitter, Head, Outcome, PluginError, Source, StopFlag, Worker};
@@ -17,6 +18,9 @@ use crate::offsets::{Tp, Tracker};
 
 /// How long a rebalance or a stop waits for records in flight.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a commit may go unconfirmed before its position is sent again.
+const RESEND: Duration = Duration::from_secs(1);
 
 /// Callbacks librdkafka makes on the consumer thread.
 pub struct GroupContext {
@@ -44,6 +48,15 @@ impl ClientContext for GroupContext {
 
 fn tps(list: &TopicPartitionList) -> Vec<Tp> {
     list.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect()
+}
+
+/// Commits `ready` and waits for the broker; returns whether it confirmed them.
+fn commit_sync<C: ConsumerContext>(consumer: &BaseConsumer<C>, tracker: &Tracker, ready: &[(Tp, i64)]) -> KafkaResult<()> {
+    consumer.commit(&commit_list(ready), CommitMode::Sync)?;
+    for (tp, offset) in ready {
+        tracker.confirm(tp, *offset);
+    }
+    Ok(())
 }
 
 fn commit_list(ready: &[(Tp, i64)]) -> TopicPartitionList {
@@ -88,14 +101,32 @@ impl ConsumerContext for GroupContext {
             if !self.tracker.wait_idle(&revoked, DRAIN_WAIT) {
                 self.ctx.warn("Partitions revoked with records still in flight; they will be delivered again by their next owner.");
             }
-            let ready: Vec<(Tp, i64)> = self.tracker.take_ready();
+            let ready = self.tracker.take_ready(Duration::ZERO);
             if !ready.is_empty() {
-                if let Err(e) = consumer.commit(&commit_list(&ready), CommitMode::Sync) {
+                if let Err(e) = commit_sync(consumer, &self.tracker, &ready) {
                     self.ctx.warn(&format!("commit before revocation failed: {e}"));
                 }
             }
             for tp in &revoked {
                 self.tracker.revoke(tp);
+            }
+        }
+    }
+
+    /// An asynchronous commit's answer: confirmed positions are not sent again; the others
+    /// are, after [`RESEND`].
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            self.ctx.warn(&format!("Offset commit failed; it is sent again: {e}"));
+            return;
+        }
+        for e in offsets.elements() {
+            match (e.error(), e.offset()) {
+                (Ok(()), Offset::Offset(o)) => self.tracker.confirm(&(e.topic().to_owned(), e.partition()), o),
+                (Err(err), _) => {
+                    self.ctx.warn(&format!("Offset commit for {}/{} failed; it is sent again: {err}", e.topic(), e.partition()))
+                }
+                _ => {}
             }
         }
     }
@@ -146,10 +177,12 @@ struct Loop {
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 impl Loop {
-    fn commit_ready(&self, mode: CommitMode) {
-        let ready = self.tracker.take_ready();
+    /// Sends the commit positions that moved or are still unconfirmed; the broker answers
+    /// through [`GroupContext::commit_callback`].
+    fn commit_ready(&self) {
+        let ready = self.tracker.take_ready(RESEND);
         if !ready.is_empty() {
-            if let Err(e) = self.consumer.commit(&commit_list(&ready), mode) {
+            if let Err(e) = self.consumer.commit(&commit_list(&ready), CommitMode::Async) {
                 self.ctx.warn(&format!("offset commit failed: {e}"));
             }
         }
@@ -179,7 +212,7 @@ impl Loop {
                     }
                     let head = Head { key: m.key(), headers_raw: &[], extra_headers: &extra, timestamp_ms: m.timestamp().to_millis() };
                     batch.push(batch.len() as u32, head, m.payload().unwrap_or_default());
-                    let epoch = self.tracker.track(&tp, offset);
+                    let epoch = self.tracker.epoch(&tp);
                     origins.push((tp, epoch, offset));
                 }
                 Some(Err(e)) => {
@@ -211,11 +244,32 @@ impl Loop {
         (!batch.is_empty()).then_some((batch, origins))
     }
 
+    /// Drops the held records whose partition was revoked since they were read (by a
+    /// rebalance served while the batch waited for room): whoever owns the partition now
+    /// reads them again from its committed offset.
+    fn fresh(&self, batch: BatchBuf, origins: Origins) -> Option<(BatchBuf, Origins)> {
+        let keep: Vec<bool> = origins.iter().map(|(tp, epoch, _)| self.tracker.epoch(tp) == *epoch).collect();
+        if keep.iter().all(|&k| k) {
+            return Some((batch, origins));
+        }
+        let (view, mut kept, mut kept_origins) = (batch.as_ref(), BatchBuf::new(), Origins::new());
+        for (i, origin) in origins.into_iter().enumerate().filter(|(i, _)| keep[*i]) {
+            kept.push_record(kept.len() as u32, &view.get(i));
+            kept_origins.push(origin);
+        }
+        (!kept.is_empty()).then_some((kept, kept_origins))
+    }
+
+    /// Hands the batch to the pipeline. Its records count as in flight (what a revocation
+    /// waits for) only once the pipeline took them, never while this thread holds them.
     fn offer(&self, batch: &BatchBuf, origins: &Origins) -> Result<(), EmitError> {
-        let (tracker, ctx, origins) = (self.tracker.clone(), self.ctx, origins.clone());
-        self.emitter.emit(&batch.as_ref(), move |ack| {
+        for (tp, _, offset) in origins {
+            self.tracker.track(tp, *offset);
+        }
+        let (tracker, ctx, taken) = (self.tracker.clone(), self.ctx, origins.clone());
+        let result = self.emitter.emit(&batch.as_ref(), move |ack| {
             for (i, o) in ack.outcomes.iter().enumerate() {
-                let ((topic, partition), epoch, offset) = &origins[i];
+                let ((topic, partition), epoch, offset) = &taken[i];
                 let tp = (topic.clone(), *partition);
                 match o {
                     Outcome::Failed(reason) => {
@@ -229,7 +283,13 @@ impl Loop {
                     _ => tracker.done(&tp, *epoch, *offset, true),
                 }
             }
-        })
+        });
+        if result.is_err() {
+            for (tp, _, offset) in origins.iter().rev() {
+                self.tracker.untrack(tp, *offset);
+            }
+        }
+        result
     }
 
     fn set_paused(&self, pause: bool) {
@@ -248,10 +308,11 @@ impl Loop {
         let mut held: Option<(BatchBuf, Origins)> = None;
         let mut pause = Duration::from_millis(1);
         while !self.stop.is_set() {
-            self.commit_ready(CommitMode::Async);
-            if held.is_none() {
-                held = self.fill();
-            }
+            self.commit_ready();
+            held = match held.take() {
+                None => self.fill(),
+                Some((batch, origins)) => self.fresh(batch, origins),
+            };
             let Some((batch, origins)) = &held else { continue };
             match self.offer(batch, origins) {
                 Ok(()) => {
@@ -281,10 +342,15 @@ impl Loop {
         // Commit what the pipeline finished; records still in flight are read again later.
         let deadline = Instant::now() + DRAIN_WAIT;
         while self.tracker.in_flight() > 0 && Instant::now() < deadline {
-            self.commit_ready(CommitMode::Async);
+            self.commit_ready();
             let _ = self.consumer.poll(Duration::from_millis(20));
         }
-        self.commit_ready(CommitMode::Sync);
+        let ready = self.tracker.take_ready(Duration::ZERO);
+        if !ready.is_empty() {
+            if let Err(e) = commit_sync(&self.consumer, &self.tracker, &ready) {
+                self.ctx.warn(&format!("final offset commit failed: {e}"));
+            }
+        }
         self.consumer.unsubscribe();
     }
 }

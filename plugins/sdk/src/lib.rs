@@ -22,6 +22,8 @@ pub mod routes;
 mod runtime;
 #[cfg(feature = "serve")]
 pub mod serve;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod worker;
 
 pub use batch::{BatchBuf, BatchRef, Head, Output, RecordRef, Rejections};

@@ -1,0 +1,304 @@
+//! The admin API over TLS: a test CA made with openssl, curl with `--cacert` as the client,
+//! a certificate rotated under load (no request fails, an open connection keeps working),
+//! mutual TLS, the CLI verbs over TLS, and a wrong certificate file refused at start.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().expect("openssl is installed");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A certificate authority in a temporary directory, and the certificates it issued.
+struct Ca {
+    dir: tempfile::TempDir,
+    name: &'static str,
+}
+
+impl Ca {
+    fn new(name: &'static str) -> Ca {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, pem) = (dir.path().join(format!("{name}.key")), dir.path().join(format!("{name}.pem")));
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            pem.to_str().unwrap(),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        Ca { dir, name }
+    }
+
+    fn pem(&self) -> PathBuf {
+        self.dir.path().join(format!("{}.pem", self.name))
+    }
+
+    /// Issues a certificate for `cn` (for 127.0.0.1 and localhost), for a server or a
+    /// client; returns its certificate and key files.
+    fn issue(&self, file: &str, cn: &str, usage: &str) -> (PathBuf, PathBuf) {
+        let d = self.dir.path();
+        let (key, csr, pem, ext) =
+            (d.join(format!("{file}.key")), d.join(format!("{file}.csr")), d.join(format!("{file}.pem")), d.join(format!("{file}.ext")));
+        std::fs::write(&ext, format!("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\n")).unwrap();
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            csr.to_str().unwrap(),
+        ]);
+        let ca_key = d.join(format!("{}.key", self.name));
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            csr.to_str().unwrap(),
+            "-CA",
+            self.pem().to_str().unwrap(),
+            "-CAkey",
+            ca_key.to_str().unwrap(),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            ext.to_str().unwrap(),
+            "-out",
+            pem.to_str().unwrap(),
+        ]);
+        (pem, key)
+    }
+}
+
+/// What curl saw of one HTTPS request: the status (None when the request failed) and the
+/// subject of the server's certificate.
+#[derive(Debug)]
+struct Seen {
+    status: Option<u16>,
+    subject: Option<String>,
+    /// curl's own error line, shown in failure messages.
+    #[allow(dead_code)]
+    error: String,
+}
+
+fn https(url: &str, ca: &Path, client: Option<(&Path, &Path)>) -> Seen {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-v", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca.to_str().unwrap(), url]);
+    if let Some((cert, key)) = client {
+        cmd.args(["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+    }
+    let out = cmd.output().expect("curl is installed");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let subject = err.lines().find_map(|l| l.trim_start_matches('*').trim().strip_prefix("subject: ").map(str::to_owned));
+    let status = out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok()).flatten();
+    Seen { status, subject, error: err.lines().filter(|l| l.starts_with("curl:")).collect::<Vec<_>>().join("; ") }
+}
+
+/// `weir run` with an empty pipeline directory and the admin API over TLS.
+fn start(pipelines: &Path, envs: &[(&str, &str)]) -> Weir {
+    Weir::start_until(pipelines, &[], envs, |_| true)
+}
+
+fn tls_env<'a>(cert: &'a Path, key: &'a Path) -> Vec<(&'static str, &'a str)> {
+    vec![("WEIR_ADMIN_TLS_CERT", cert.to_str().unwrap()), ("WEIR_ADMIN_TLS_KEY", key.to_str().unwrap())]
+}
+
+fn wait_https(w: &Weir, ca: &Path, client: Option<(&Path, &Path)>) {
+    let url = format!("https://{}/health", w.admin);
+    wait_for("the admin API over TLS", Duration::from_secs(20), || https(&url, ca, client).status.is_some());
+}
+
+#[test]
+fn the_admin_api_answers_over_tls_only() {
+    let ca = Ca::new("weir-test-ca");
+    let (cert, key) = ca.issue("server", "weir-one", "serverAuth");
+    let pipelines = tempfile::tempdir().unwrap();
+    let w = start(pipelines.path(), &tls_env(&cert, &key));
+    wait_https(&w, &ca.pem(), None);
+    let seen = https(&format!("https://{}/health", w.admin), &ca.pem(), None);
+    assert_eq!(seen.status, Some(200), "{seen:?}");
+    assert_eq!(seen.subject.as_deref(), Some("CN=weir-one"));
+    // Plain HTTP on the same port gets no answer.
+    let plain = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{}/health", w.admin)])
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&plain.stdout).trim(), "200");
+    // An untrusting client refuses the certificate.
+    let other = Ca::new("other-ca");
+    let refused = https(&format!("https://{}/health", w.admin), &other.pem(), None);
+    assert_eq!(refused.status, None, "{refused:?}");
+    // The CLI verbs speak TLS to it, trusting the CA they are given.
+    let admin = w.admin.clone();
+    let ca_pem = ca.pem();
+    let mut envs = tls_env(&cert, &key);
+    envs.push(("WEIR_ADMIN_CA", ca_pem.to_str().unwrap()));
+    let out = weir(&["status", "--admin", &admin], &envs);
+    assert!(out.status.success(), "weir status over TLS: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(w.logs().contains("tls=true"), "{}", w.logs());
+}
+
+/// A client on one keep-alive connection (Python's http.client and ssl, another TLS stack
+/// than the server's): one request, then another when told, each printing the status and
+/// the certificate's common name.
+const KEEP_ALIVE: &str = r#"
+import http.client, json, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+c = http.client.HTTPSConnection("127.0.0.1", int(sys.argv[1]), context=ctx, timeout=20)
+def get():
+    c.request("GET", "/health")
+    r = c.getresponse()
+    r.read()
+    cn = dict(x[0] for x in c.sock.getpeercert()["subject"])["commonName"]
+    print(json.dumps([r.status, cn]), flush=True)
+get()
+sys.stdin.readline()
+get()
+"#;
+
+#[test]
+fn a_certificate_rotated_under_load_fails_no_request() {
+    let ca = Ca::new("weir-test-ca");
+    let (cert, key) = ca.issue("server", "weir-one", "serverAuth");
+    let (next_cert, next_key) = ca.issue("next", "weir-two", "serverAuth");
+    let live = tempfile::tempdir().unwrap();
+    let (live_cert, live_key) = (live.path().join("cert.pem"), live.path().join("key.pem"));
+    std::fs::copy(&cert, &live_cert).unwrap();
+    std::fs::copy(&key, &live_key).unwrap();
+    let pipelines = tempfile::tempdir().unwrap();
+    let w = start(pipelines.path(), &tls_env(&live_cert, &live_key));
+    wait_https(&w, &ca.pem(), None);
+    let url = format!("https://{}/health", w.admin);
+
+    let port = w.admin.rsplit_once(':').unwrap().1.to_owned();
+    let mut python = Command::new("python3")
+        .args(["-c", KEEP_ALIVE, &port, ca.pem().to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(python.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&said.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first, serde_json::json!([200, "weir-one"]));
+
+    // Load: new connections one after the other, each recorded.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let load = {
+        let (stop, seen, url, ca) = (stop.clone(), seen.clone(), url.clone(), ca.pem());
+        std::thread::spawn(move || {
+            while !stop.load(Relaxed) {
+                let s = https(&url, &ca, None);
+                seen.lock().unwrap().push(s);
+            }
+        })
+    };
+    wait_for("requests before the rotation", Duration::from_secs(20), || seen.lock().unwrap().len() >= 5);
+    // Rotated as a deploy script might: the key first (it does not fit the old certificate
+    // for a moment), then the certificate.
+    std::fs::copy(&next_key, &live_key).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    std::fs::copy(&next_cert, &live_cert).unwrap();
+    wait_for("new connections to get the new certificate", Duration::from_secs(20), || {
+        seen.lock().unwrap().iter().rev().take(3).all(|s| s.subject.as_deref() == Some("CN=weir-two"))
+    });
+    // A broken file is not taken: the certificate in use stays.
+    std::fs::write(&live_cert, "-----BEGIN CERTIFICATE-----\ntruncated\n").unwrap();
+    wait_for("the broken file to be refused", Duration::from_secs(20), || w.logs().contains("changed TLS files not taken"));
+    let after = seen.lock().unwrap().len();
+    wait_for("requests after the broken file", Duration::from_secs(20), || seen.lock().unwrap().len() >= after + 5);
+    stop.store(true, Relaxed);
+    load.join().unwrap();
+
+    // The connection opened before the rotation still works, with the certificate it began with.
+    python.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    let second: serde_json::Value = serde_json::from_str(&said.next().unwrap().unwrap()).unwrap();
+    assert_eq!(second, serde_json::json!([200, "weir-one"]));
+    assert!(python.wait().unwrap().success());
+
+    let seen = seen.lock().unwrap();
+    let failed: Vec<&Seen> = seen.iter().filter(|s| s.status != Some(200)).collect();
+    assert!(failed.is_empty(), "{} of {} requests failed during the rotation: {failed:?}", failed.len(), seen.len());
+    let one = seen.iter().filter(|s| s.subject.as_deref() == Some("CN=weir-one")).count();
+    let two = seen.iter().filter(|s| s.subject.as_deref() == Some("CN=weir-two")).count();
+    assert!(one >= 5 && two >= 5 && one + two == seen.len(), "weir-one {one}, weir-two {two}, of {}", seen.len());
+    let log = w.logs();
+    assert!(log.contains("new TLS certificate in use"), "{log}");
+    assert!(log.contains("does not fit the certificate"), "the key written first was refused until its certificate came: {log}");
+}
+
+#[test]
+fn mutual_tls_takes_only_clients_the_ca_signed() {
+    let ca = Ca::new("weir-test-ca");
+    let (cert, key) = ca.issue("server", "weir-one", "serverAuth");
+    let (client_cert, client_key) = ca.issue("client", "operator", "clientAuth");
+    let stranger = Ca::new("stranger-ca");
+    let (stranger_cert, stranger_key) = stranger.issue("client", "stranger", "clientAuth");
+    let pipelines = tempfile::tempdir().unwrap();
+    let ca_pem = ca.pem();
+    let mut envs = tls_env(&cert, &key);
+    envs.push(("WEIR_ADMIN_TLS_CLIENT_CA", ca_pem.to_str().unwrap()));
+    let w = start(pipelines.path(), &envs);
+    let client = Some((client_cert.as_path(), client_key.as_path()));
+    wait_https(&w, &ca.pem(), client);
+    let url = format!("https://{}/pipelines", w.admin);
+
+    let ok = https(&url, &ca.pem(), client);
+    assert_eq!(ok.status, Some(200), "{ok:?}");
+    let none = https(&url, &ca.pem(), None);
+    assert_eq!(none.status, None, "without a client certificate: {none:?}");
+    let wrong = https(&url, &ca.pem(), Some((&stranger_cert, &stranger_key)));
+    assert_eq!(wrong.status, None, "with a certificate another CA signed: {wrong:?}");
+    assert!(w.logs().contains("TLS handshake failed"), "{}", w.logs());
+
+    // The CLI presents its certificate when given one, and says what failed when not.
+    envs.push(("WEIR_ADMIN_CA", ca_pem.to_str().unwrap()));
+    let out = weir(&["status", "--admin", &w.admin], &envs);
+    assert!(!out.status.success(), "weir status without a client certificate succeeded");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"), "{}", String::from_utf8_lossy(&out.stderr));
+    envs.push(("WEIR_ADMIN_CLIENT_CERT", client_cert.to_str().unwrap()));
+    envs.push(("WEIR_ADMIN_CLIENT_KEY", client_key.to_str().unwrap()));
+    let out = weir(&["status", "--admin", &w.admin], &envs);
+    assert!(out.status.success(), "weir status with a client certificate: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_wrong_certificate_file_stops_the_start_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("missing.pem"), dir.path().join("key.pem"));
+    std::fs::write(&key, "not a key\n").unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let out = weir(&["run", "--pipelines", dir.path().to_str().unwrap(), "--admin", &admin, "--once"], &tls_env(&cert, &key));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin_tls") && err.contains("missing.pem"), "{err}");
+}
