@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
+use weir_plugin::tls::{certificates, private_key, provider};
 
 use crate::admin::Token;
 use crate::config::HostConfig;
@@ -112,26 +112,21 @@ impl<T: Read + Write> ReadWrite for T {}
 fn tls_client(address: &str, cert: &Path) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), HostError> {
     let usage = HostError::Usage;
     let ca = std::env::var_os("WEIR_ADMIN_CA").map(std::path::PathBuf::from).unwrap_or_else(|| cert.to_path_buf());
-    let read = |path: &Path| -> Result<Vec<CertificateDer<'static>>, HostError> {
-        CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| usage(format!("cannot read certificates from {}: {e}", path.display())))
-    };
     let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(read(&ca)?);
+    let (added, _) = roots.add_parsable_certificates(certificates(&ca).map_err(usage)?);
     if added == 0 {
         return Err(usage(format!("{}: no usable certificate to trust the admin API with; set WEIR_ADMIN_CA to its CA", ca.display())));
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| usage(format!("TLS settings: {e}")))?
         .with_root_certificates(roots);
     let config = match (std::env::var_os("WEIR_ADMIN_CLIENT_CERT"), std::env::var_os("WEIR_ADMIN_CLIENT_KEY")) {
         (Some(c), Some(k)) => {
-            let key = PrivateKeyDer::from_pem_file(Path::new(&k))
-                .map_err(|e| usage(format!("cannot read a private key from {}: {e}", Path::new(&k).display())))?;
-            builder.with_client_auth_cert(read(Path::new(&c))?, key).map_err(|e| usage(format!("client certificate: {e}")))?
+            let key = private_key(Path::new(&k)).map_err(usage)?;
+            builder
+                .with_client_auth_cert(certificates(Path::new(&c)).map_err(usage)?, key)
+                .map_err(|e| usage(format!("client certificate: {e}")))?
         }
         (None, None) => builder.with_no_client_auth(),
         _ => return Err(usage("set both WEIR_ADMIN_CLIENT_CERT and WEIR_ADMIN_CLIENT_KEY, or neither".into())),

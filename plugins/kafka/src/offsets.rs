@@ -82,6 +82,13 @@ impl Tracker {
         self.parts.lock().unwrap_or_else(|p| p.into_inner()).get(tp).map_or(0, |p| p.epoch)
     }
 
+    /// For each record read in `(partition, epoch)`, whether that is still the partition's
+    /// epoch (one look under one lock, for a whole batch).
+    pub fn current<'a>(&self, records: impl Iterator<Item = (&'a Tp, u64)>) -> Vec<bool> {
+        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        records.map(|(tp, epoch)| parts.get(tp).map_or(0, |p| p.epoch) == epoch).collect()
+    }
+
     /// The pipeline is done with `offset`. `handled` is false when its record failed: the
     /// commit position then stays before it, so it is delivered again after a restart.
     pub fn done(&self, tp: &Tp, epoch: u64, offset: i64, handled: bool) {

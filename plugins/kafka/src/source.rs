@@ -50,10 +50,14 @@ fn tps(list: &TopicPartitionList) -> Vec<Tp> {
     list.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect()
 }
 
-/// Commits `ready` and waits for the broker; returns whether it confirmed them.
-fn commit_sync<C: ConsumerContext>(consumer: &BaseConsumer<C>, tracker: &Tracker, ready: &[(Tp, i64)]) -> KafkaResult<()> {
-    consumer.commit(&commit_list(ready), CommitMode::Sync)?;
-    for (tp, offset) in ready {
+/// Commits every position the broker has not confirmed yet and waits for its answer.
+fn commit_sync<C: ConsumerContext>(consumer: &BaseConsumer<C>, tracker: &Tracker) -> KafkaResult<()> {
+    let ready = tracker.take_ready(Duration::ZERO);
+    if ready.is_empty() {
+        return Ok(());
+    }
+    consumer.commit(&commit_list(&ready), CommitMode::Sync)?;
+    for (tp, offset) in &ready {
         tracker.confirm(tp, *offset);
     }
     Ok(())
@@ -101,11 +105,8 @@ impl ConsumerContext for GroupContext {
             if !self.tracker.wait_idle(&revoked, DRAIN_WAIT) {
                 self.ctx.warn("Partitions revoked with records still in flight; they will be delivered again by their next owner.");
             }
-            let ready = self.tracker.take_ready(Duration::ZERO);
-            if !ready.is_empty() {
-                if let Err(e) = commit_sync(consumer, &self.tracker, &ready) {
-                    self.ctx.warn(&format!("commit before revocation failed: {e}"));
-                }
+            if let Err(e) = commit_sync(consumer, &self.tracker) {
+                self.ctx.warn(&format!("commit before revocation failed: {e}"));
             }
             for tp in &revoked {
                 self.tracker.revoke(tp);
@@ -248,7 +249,7 @@ impl Loop {
     /// rebalance served while the batch waited for room): whoever owns the partition now
     /// reads them again from its committed offset.
     fn fresh(&self, batch: BatchBuf, origins: Origins) -> Option<(BatchBuf, Origins)> {
-        let keep: Vec<bool> = origins.iter().map(|(tp, epoch, _)| self.tracker.epoch(tp) == *epoch).collect();
+        let keep = self.tracker.current(origins.iter().map(|(tp, epoch, _)| (tp, *epoch)));
         if keep.iter().all(|&k| k) {
             return Some((batch, origins));
         }
@@ -345,11 +346,8 @@ impl Loop {
             self.commit_ready();
             let _ = self.consumer.poll(Duration::from_millis(20));
         }
-        let ready = self.tracker.take_ready(Duration::ZERO);
-        if !ready.is_empty() {
-            if let Err(e) = commit_sync(&self.consumer, &self.tracker, &ready) {
-                self.ctx.warn(&format!("final offset commit failed: {e}"));
-            }
+        if let Err(e) = commit_sync(&self.consumer, &self.tracker) {
+            self.ctx.warn(&format!("final offset commit failed: {e}"));
         }
         self.consumer.unsubscribe();
     }

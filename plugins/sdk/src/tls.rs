@@ -130,13 +130,13 @@ impl Tls {
 }
 
 /// The crypto provider: the one the rest of the process's rustls uses (aws-lc-rs).
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn server_config(config: &TlsConfig) -> Result<ServerConfig, String> {
     let certs = certificates(&config.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| pem_error(&config.key, "a private key", e))?;
+    let key = private_key(&config.key)?;
     let builder =
         ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().map_err(|e| format!("TLS settings: {e}"))?;
     let builder = match &config.client_ca {
@@ -159,7 +159,13 @@ fn server_config(config: &TlsConfig) -> Result<ServerConfig, String> {
     Ok(server)
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The private key in a PEM file; the error names the file.
+pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(path, "a private key", e))
+}
+
+/// The certificates in a PEM file, at least one; the error names the file.
+pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .map_err(|e| pem_error(path, "certificates", e))?
         .collect::<Result<_, _>>()
