@@ -233,7 +233,7 @@ async fn checked(AxState(access): AxState<Arc<Access>>, mut req: Request, next: 
         if let Some(origin) = cors {
             let allow = [
                 (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin),
-                (header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, DELETE")),
+                (header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE")),
                 (header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type, if-match, if-none-match")),
                 (header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600")),
                 (header::VARY, HeaderValue::from_static("Origin")),
@@ -347,6 +347,7 @@ pub fn router(host: Arc<Host>, drain: std::time::Duration, access: Access) -> Ro
                 .delete(move |h, n, headers| delete_pipeline(h, n, headers, drain)),
         )
         .route("/pipelines/{name}/tap", get(tap))
+        .route("/pipelines/{name}/offsets", get(crate::offsets::get).patch(crate::offsets::patch).delete(crate::offsets::delete))
         .route("/", get(crate::console::page))
         .route("/console.js", get(crate::console::script))
         .route("/console.css", get(crate::console::style))
@@ -645,7 +646,13 @@ async fn metrics(AxState(host): AxState<Arc<Host>>) -> impl IntoResponse {
             }
         }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], host.metrics.render())
+    let lags = tokio::task::spawn_blocking({
+        let host = host.clone();
+        move || crate::offsets::lags(&host)
+    })
+    .await
+    .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], host.metrics.render_with(lags))
 }
 
 #[cfg(test)]

@@ -336,6 +336,29 @@ impl Instance {
         finish(status, &mut message)
     }
 
+    /// Whether the instance (a source of ABI minor 6 or later) takes control requests.
+    pub fn controls(&self) -> bool {
+        self.plugin.descriptor.control.is_some()
+    }
+
+    /// Sends a source a control request (JSON); its JSON answer.
+    pub fn control(&mut self, request: &str) -> Result<String, CallError> {
+        let Some(control) = self.plugin.descriptor.control else {
+            return Err(CallError {
+                status: Status::INVALID_ARGUMENT,
+                message: format!("the {} plugin takes no control requests", self.plugin.name),
+                retry_after_ms: 0,
+                by_host: true,
+            });
+        };
+        let (mut response, mut message) = (OwnedBytes::EMPTY, OwnedBytes::EMPTY);
+        // SAFETY: per ABI.md; `request` lives for the call.
+        let status = unsafe { control(self.ptr, StrRef::new(request), &mut response, &mut message) };
+        // SAFETY: filled by the plugin or empty.
+        let answer = unsafe { abi::take_owned_string(&mut response) };
+        finish(status, &mut message).map(|()| answer)
+    }
+
     /// Whether the instance wants to hear what became of the batches it processed.
     pub fn acknowledges(&self) -> bool {
         self.plugin.descriptor.acknowledge.is_some()
@@ -598,6 +621,7 @@ mod tests {
             process: None,
             acknowledge: Some(acknowledge),
             flags: 0,
+            control: None,
         }
     }
 

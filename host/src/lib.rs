@@ -11,6 +11,7 @@ pub mod ffi;
 pub mod host;
 pub mod loader;
 pub mod metrics;
+pub mod offsets;
 pub mod pipeline;
 pub mod routes;
 pub mod tap;

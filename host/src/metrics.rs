@@ -333,6 +333,12 @@ impl Metrics {
 
     /// The Prometheus text exposition, encoded by prometheus-client.
     pub fn render(&self) -> String {
+        self.render_with(Vec::new())
+    }
+
+    /// [`Metrics::render`] with the sources' lag: `(pipeline, stage, plugin, topic,
+    /// partition, lag)` per partition.
+    pub fn render_with(&self, lags: Vec<[String; 6]>) -> String {
         let spans = crate::telemetry::stats();
         let scrape = Scrape {
             series: self.series(),
@@ -341,6 +347,7 @@ impl Metrics {
             libraries: self.plugin_libraries.load(Relaxed),
             spans: [&spans.exported, &spans.dropped_queue_full, &spans.dropped_export_failed].map(|c| c.load(Relaxed)),
             reloads: [self.reloads_ok.load(Relaxed), self.reloads_failed.load(Relaxed)],
+            lags,
         };
         exposition::encode(scrape)
     }
@@ -360,6 +367,8 @@ struct Scrape {
     spans: [u64; 3],
     /// Reloads that applied every change, and those that did not.
     reloads: [u64; 2],
+    /// The sources' lag per partition.
+    lags: Vec<[String; 6]>,
 }
 
 /// A histogram's figures as the exposition takes them.
@@ -410,6 +419,18 @@ impl Collector for Scrape {
         });
         let help = "Whether an external system the stage depends on answers (1) or not (0), as the stage last reported.";
         family(enc, "weir_stage_up", help, Gauge, up, gauge)?;
+        let lags = self.lags.iter().map(|[pipeline, stage, plugin, topic, partition, lag]| {
+            let labels = vec![
+                ("pipeline", pipeline.clone()),
+                ("stage", stage.clone()),
+                ("plugin", plugin.clone()),
+                ("topic", topic.clone()),
+                ("partition", partition.clone()),
+            ];
+            (labels, lag.parse::<i64>().unwrap_or(0))
+        });
+        let help = "Records of a partition its source has not settled yet: the high watermark less the settled offset, as last measured.";
+        family(enc, "weir_source_lag", help, Gauge, lags, gauge)?;
         let sources = || self.series.iter().filter(|t| t.ack_latency.count > 0);
         let outcomes = sources().flat_map(|t| {
             ["accepted", "rejected", "failed", "dropped"].iter().zip(t.outcomes).map(|(name, n)| {

@@ -424,6 +424,30 @@ impl Pipeline {
         }
     }
 
+    /// The source stage's name and plugin.
+    pub fn source_stage(&self) -> Option<(&str, &str)> {
+        self.stages.first().map(|s| (s.name.as_str(), s.plugin.as_str()))
+    }
+
+    /// Sends the running source a control request (ABI minor 6); `None` when the source
+    /// has stopped or takes no control requests.
+    pub fn control(&self, request: &serde_json::Value) -> Option<Result<serde_json::Value, ffi::CallError>> {
+        let mut source = self.source.lock().unwrap_or_else(|p| p.into_inner());
+        let source = source.as_mut().filter(|s| s.controls())?;
+        Some(source.control(&request.to_string()).and_then(|answer| {
+            serde_json::from_str(&answer).map_err(|e| ffi::CallError::host(format!("the source answered with text that is not JSON: {e}")))
+        }))
+    }
+
+    /// The source's last measured lag (`{"total", "partitions": [{"topic", "partition",
+    /// "lag"}]}`), without waiting: `None` while the source is busy with another request,
+    /// or when it measures none.
+    pub fn source_lag(&self) -> Option<serde_json::Value> {
+        let mut source = self.source.try_lock().ok()?;
+        let source = source.as_mut().filter(|s| s.controls())?;
+        serde_json::from_str(&source.control(r#"{"op":"lag"}"#).ok()?).ok()
+    }
+
     /// Whether it is paused.
     pub fn paused(&self) -> bool {
         self.intake.as_ref().is_some_and(|i| i.paused.load(Relaxed))

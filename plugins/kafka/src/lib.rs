@@ -3,6 +3,7 @@
 //! acknowledged), both on librdkafka.
 
 mod config;
+mod control;
 mod offsets;
 mod sink;
 mod source;

@@ -134,6 +134,13 @@ impl Tracker {
         }
     }
 
+    /// The commit position each of `tps` settled (the broker's or the acknowledgements'),
+    /// for those that settled one in their present assignment.
+    pub fn positions(&self, tps: &[Tp]) -> BTreeMap<Tp, i64> {
+        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        tps.iter().filter_map(|tp| Some((tp.clone(), parts.get(tp).and_then(|p| p.reached.max(p.confirmed))?))).collect()
+    }
+
     /// Waits up to `limit` until none of `tps` has records in flight; returns whether so.
     pub fn wait_idle(&self, tps: &[Tp], limit: Duration) -> bool {
         let deadline = Instant::now() + limit;

@@ -11,9 +11,11 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use weir_plugin::serde_json;
 use weir_plugin::{BatchBuf, Context, EmitError, Emitter, Head, Outcome, PluginError, Source, StopFlag, Worker};
 
-use crate::config::{describe, start_at_ms, SourceConfig};
+use crate::config::{describe, start_at_ms, SourceConfig, Start};
+use crate::control::{self, Command, LagBoard, Member, Request};
 use crate::offsets::{Tp, Tracker};
 
 /// How long a rebalance or a stop waits for records in flight.
@@ -156,6 +158,10 @@ pub struct KafkaSource {
     tracker: Arc<Tracker>,
     paused: Arc<AtomicBool>,
     worker: Option<Worker>,
+    /// Where control requests go to the consumer thread.
+    commands: Option<std::sync::mpsc::SyncSender<Command>>,
+    /// The lag the consumer thread last measured.
+    lag: LagBoard,
 }
 
 /// Where each record of a batch came from.
@@ -172,7 +178,20 @@ struct Loop {
     batch_wait: Duration,
     /// When the brokers were last asked for metadata while they were reported down.
     last_probe: std::cell::Cell<Instant>,
+    /// Control requests from the host (offsets).
+    commands: std::sync::mpsc::Receiver<Command>,
+    /// Where the lag is put, every [`LAG_EVERY`].
+    lag: LagBoard,
+    last_lag: std::cell::Cell<Option<Instant>>,
+    /// The literal topic names, the group and where the source starts without offsets.
+    topics: Vec<String>,
+    group: String,
+    start_at: Option<i64>,
+    start_latest: bool,
 }
+
+/// How often the lag is measured.
+const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// How often an idle consumer whose brokers were reported down asks them again.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -305,10 +324,51 @@ impl Loop {
         }
     }
 
+    fn member(&self) -> Member<'_> {
+        Member {
+            consumer: &self.consumer,
+            tracker: &self.tracker,
+            topics: &self.topics,
+            group: &self.group,
+            start_at: self.start_at,
+            start_latest: self.start_latest,
+        }
+    }
+
+    /// Carries out the control requests waiting; true when one moved the offsets (the
+    /// records held from the old positions are then dropped).
+    fn serve_requests(&self) -> bool {
+        let mut moved = false;
+        while let Ok((request, answer)) = self.commands.try_recv() {
+            let result = match &request {
+                Request::Offsets => self.member().offsets(),
+                Request::Alter(target) => self.member().alter(Some(target)),
+                Request::Reset => self.member().alter(None),
+                Request::Lag => Ok(control::lag_json(&self.lag)),
+            };
+            if result.is_ok() && matches!(request, Request::Alter(_) | Request::Reset) {
+                self.ctx.info(&format!("Offsets moved by an operator: {}", result.as_ref().map(|v| v.to_string()).unwrap_or_default()));
+                moved = true;
+            }
+            let _ = answer.send(result);
+        }
+        if self.last_lag.get().is_none_or(|at| at.elapsed() >= LAG_EVERY) {
+            self.last_lag.set(Some(Instant::now()));
+            self.member().measure_lag(&self.lag);
+        }
+        moved
+    }
+
     fn run(self) {
         let mut held: Option<(BatchBuf, Origins)> = None;
         let mut pause = Duration::from_millis(1);
         while !self.stop.is_set() {
+            if self.serve_requests() {
+                // Read again from the new positions (the pipeline pushes back again if it
+                // is still paused).
+                held = None;
+                self.set_paused(false);
+            }
             self.commit_ready();
             held = match held.take() {
                 None => self.fill(),
@@ -362,6 +422,26 @@ impl Source for KafkaSource {
         config.check()
     }
 
+    const CONTROLS: bool = true;
+
+    fn control(&mut self, request: &serde_json::Value) -> Result<serde_json::Value, PluginError> {
+        let request = control::parse(request)?;
+        if let Request::Lag = request {
+            return Ok(control::lag_json(&self.lag));
+        }
+        let gone = || PluginError::fatal("the source's consumer has stopped");
+        let commands = self.commands.as_ref().ok_or_else(|| PluginError::config("the source is not started"))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        commands.send((request, tx)).map_err(|_| gone())?;
+        match rx.recv_timeout(control::ANSWER_WAIT) {
+            Ok(result) => result,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Err(PluginError::retry(format!("the consumer did not take the request within {} s", control::ANSWER_WAIT.as_secs())))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(gone()),
+        }
+    }
+
     fn create(config: SourceConfig, ctx: Context) -> Result<Self, PluginError> {
         let tracker = Arc::new(Tracker::default());
         let paused = Arc::new(AtomicBool::new(false));
@@ -378,16 +458,9 @@ impl Source for KafkaSource {
         };
         let consumer: BaseConsumer<GroupContext> =
             client.create_with_context(group).map_err(|e| PluginError::config(format!("cannot create the Kafka consumer: {e}")))?;
-        // A regular expression (`^…`) is one entry; a list of names may be one comma-separated entry.
-        let topics: Vec<&str> = config
-            .topics
-            .iter()
-            .flat_map(|t| if t.starts_with('^') { vec![t.as_str()] } else { t.split(',').collect() })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .collect();
+        let topics = topic_names(&config.topics);
         consumer.subscribe(&topics).map_err(|e| PluginError::config(format!("cannot subscribe to {topics:?}: {e}")))?;
-        Ok(KafkaSource { config, ctx, consumer: Some(consumer), tracker, paused, worker: None })
+        Ok(KafkaSource { config, ctx, consumer: Some(consumer), tracker, paused, worker: None, commands: None, lag: LagBoard::default() })
     }
 
     fn start(&mut self, emitter: Emitter) -> Result<(), PluginError> {
@@ -395,9 +468,32 @@ impl Source for KafkaSource {
         let (ctx, tracker, paused) = (self.ctx, self.tracker.clone(), self.paused.clone());
         let (batch_size, batch_wait) = (self.config.batch_size.get(), Duration::from_millis(self.config.batch_wait_ms));
         self.ctx.info(&format!("Consuming {:?} as group {}.", self.config.topics, self.config.group_id));
+        let (tx, commands) = std::sync::mpsc::sync_channel(4);
+        self.commands = Some(tx);
+        let topics = topic_names(&self.config.topics).into_iter().filter(|t| !t.starts_with('^')).map(str::to_owned).collect();
+        let (group, lag) = (self.config.group_id.clone(), self.lag.clone());
+        let start_at = consumer.context().start_at;
+        let start_latest = self.config.start == Start::Latest;
         self.worker = Some(Worker::spawn("weir-kafka-source", move |stop| {
-            Loop { consumer, emitter, ctx, tracker, paused, stop, batch_size, batch_wait, last_probe: std::cell::Cell::new(Instant::now()) }
-                .run()
+            Loop {
+                consumer,
+                emitter,
+                ctx,
+                tracker,
+                paused,
+                stop,
+                batch_size,
+                batch_wait,
+                last_probe: std::cell::Cell::new(Instant::now()),
+                commands,
+                lag,
+                last_lag: std::cell::Cell::new(None),
+                topics,
+                group,
+                start_at,
+                start_latest,
+            }
+            .run()
         })?);
         Ok(())
     }
@@ -408,4 +504,15 @@ impl Source for KafkaSource {
         }
         Ok(())
     }
+}
+
+/// The topics to subscribe to: a regular expression (`^…`) is one entry; a list of names
+/// may be one comma-separated entry.
+fn topic_names(topics: &[String]) -> Vec<&str> {
+    topics
+        .iter()
+        .flat_map(|t| if t.starts_with('^') { vec![t.as_str()] } else { t.split(',').collect() })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect()
 }

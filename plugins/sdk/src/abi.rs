@@ -9,7 +9,7 @@ use std::ffi::c_void;
 /// ABI major version. A host refuses a library with a different major.
 pub const ABI_MAJOR: u16 = 1;
 /// ABI minor version. A host refuses a library with a newer minor than its own.
-pub const ABI_MINOR: u16 = 5;
+pub const ABI_MINOR: u16 = 6;
 /// Name of the one symbol every plugin library exports (NUL-terminated).
 pub const ENTRY_SYMBOL: &[u8] = b"weir_plugin_manifest_v1\0";
 /// Signature of the entry symbol.
@@ -447,6 +447,14 @@ pub struct PluginDescriptor {
     /// Minor 3: [`PLUGIN_IN_ORDER`] (transforms), minor 5: [`PLUGIN_WORKERS`] (sinks), or 0.
     /// Read only when `struct_size` covers it (0 otherwise).
     pub flags: u32,
+    /// Minor 6, sources (optional): answers an operator's request about the running
+    /// instance, such as its offsets (see ABI.md, "Source control"). `request` is JSON; on
+    /// `OK` the plugin fills `response` with JSON, otherwise `message` with the reason
+    /// (`INVALID_ARGUMENT`: the request cannot be done now or is malformed). May be called
+    /// from any thread between `start` and `stop`, never concurrently with another call on
+    /// the instance. Read only when `struct_size` covers it.
+    pub control:
+        Option<unsafe extern "C" fn(instance: *mut c_void, request: StrRef, response: *mut OwnedBytes, message: *mut OwnedBytes) -> Status>,
 }
 
 /// `PluginDescriptor::flags` bit (minor 3), transforms: the stage must see batches in

@@ -182,6 +182,21 @@ unsafe extern "C" fn source_stop<T: crate::plugin::Source>(instance: *mut c_void
     guarded::<Source<T>>(instance, message, |s| s.0.stop())
 }
 
+unsafe extern "C" fn source_control<T: crate::plugin::Source>(
+    instance: *mut c_void,
+    request: StrRef,
+    response: *mut OwnedBytes,
+    message: *mut OwnedBytes,
+) -> Status {
+    guarded::<Source<T>>(instance, message, |s| {
+        let request: serde_json::Value =
+            serde_json::from_slice(request.as_bytes()).map_err(|e| PluginError::config(format!("the control request is not JSON: {e}")))?;
+        let answer = s.0.control(&request)?;
+        set_message(response, answer.to_string());
+        Ok(())
+    })
+}
+
 unsafe extern "C" fn sink_stop<T: crate::plugin::Sink>(instance: *mut c_void, message: *mut OwnedBytes) -> Status {
     guarded::<Sink<T>>(instance, message, |s| s.0.stop())
 }
@@ -296,6 +311,8 @@ unsafe extern "C" fn sink_process<T: crate::plugin::Sink>(
     process_with::<Sink<T>>(instance, batch, output, message, |s, input, out| s.0.write(input, &mut out.rejections))
 }
 
+type ControlFn = unsafe extern "C" fn(*mut c_void, StrRef, *mut OwnedBytes, *mut OwnedBytes) -> Status;
+
 /// Descriptor parts that need owned storage.
 pub struct DescriptorParts {
     kind: Kind,
@@ -307,6 +324,7 @@ pub struct DescriptorParts {
     process: Option<unsafe extern "C" fn(*mut c_void, *const BatchView, *mut StageOutput, *mut OwnedBytes) -> Status>,
     acknowledge: Option<unsafe extern "C" fn(*mut c_void, *const Settled, u32, *mut OwnedBytes) -> Status>,
     flags: u32,
+    control: Option<ControlFn>,
     validate: unsafe extern "C" fn(StrRef, *mut OwnedBytes) -> Status,
     create: unsafe extern "C" fn(StrRef, *const HostApi, *mut *mut c_void, *mut OwnedBytes) -> Status,
     destroy: unsafe extern "C" fn(*mut c_void),
@@ -328,6 +346,7 @@ fn parts<E: Erased>(kind: Kind, name: &'static str, description: &'static str) -
         process: None,
         acknowledge: None,
         flags: 0,
+        control: None,
         validate: validate::<E>,
         create: create::<E>,
         destroy: destroy::<E>,
@@ -339,6 +358,7 @@ pub fn source<T: crate::plugin::Source>() -> DescriptorParts {
     DescriptorParts {
         start: Some(source_start::<T>),
         stop: Some(source_stop::<T>),
+        control: if T::CONTROLS { Some(source_control::<T>) } else { None },
         ..parts::<Source<T>>(Kind::SOURCE, T::NAME, T::DESCRIPTION)
     }
 }
@@ -392,6 +412,7 @@ impl ManifestHolder {
                 process: p.process,
                 acknowledge: p.acknowledge,
                 flags: p.flags,
+                control: p.control,
             })
             .collect();
         let manifest = Manifest {

@@ -29,6 +29,16 @@ pub trait Source: Sized + Send + 'static {
     fn stop(&mut self) -> Result<(), PluginError> {
         Ok(())
     }
+    /// Whether the host may call [`Source::control`] (ABI minor 6); false by default.
+    const CONTROLS: bool = false;
+    /// Answers an operator's request about the running source (`{"op": …}`, see ABI.md,
+    /// "Source control"), between `start` and `stop`, from a host thread. Errors:
+    /// [`PluginError::Config`] for a request that is malformed or cannot be done in the
+    /// source's present state (the reason says what to do), [`PluginError::Retry`] when
+    /// an external system did not answer. Called only when [`Source::CONTROLS`] is true.
+    fn control(&mut self, _request: &serde_json::Value) -> Result<serde_json::Value, PluginError> {
+        Err(PluginError::config("this source takes no control requests"))
+    }
 }
 
 /// Turns each batch into another batch, record by record.
