@@ -398,20 +398,26 @@ fn reloads_hand_the_partitions_over_with_nothing_lost() {
         })
     };
     let records = || lines(&out).iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).collect::<Vec<_>>();
-    wait_for("the first version's records", Duration::from_secs(60), || records().len() >= 200);
+    let logs = || format!("weir's log:\n{}\nthe broker's log:\n{}", tail(&weir.logs(), 60), tail(&broker.log(), 20));
+    wait_for_or("the first version's records", Duration::from_secs(60), || records().len() >= 200, logs);
     for v in 1..=5u32 {
         consumer_pipeline(dir.path(), &broker, "handover", &out, &version(v));
         let r = curl("POST", &weir.url("/reload"), None, None);
         assert_eq!(r.json()["replaced"], serde_json::json!(["consume"]), "{r:?}");
-        wait_for("the new version's records", Duration::from_secs(60), || records().iter().any(|r| r["version"] == v));
+        wait_for_or("the new version's records", Duration::from_secs(60), || records().iter().any(|r| r["version"] == v), logs);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let produced = producer.join().unwrap();
     let mut seen = HashSet::new();
-    wait_for("every produced record", Duration::from_secs(60), || {
-        seen = records().iter().map(|r| r["id"].as_u64().unwrap()).collect::<HashSet<_>>();
-        seen.len() as u64 == produced
-    });
+    wait_for_or(
+        "every produced record",
+        Duration::from_secs(60),
+        || {
+            seen = records().iter().map(|r| r["id"].as_u64().unwrap()).collect::<HashSet<_>>();
+            seen.len() as u64 == produced
+        },
+        logs,
+    );
     assert!((0..produced).all(|i| seen.contains(&i)));
     let written = records().len() as u64;
     // At-least-once: a record in flight when its partition moved may come twice, no more.

@@ -73,6 +73,23 @@ pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// As [`wait_for`]; on timeout the panic also shows what `context` says (a log's tail).
+pub fn wait_for_or(what: &str, limit: Duration, mut cond: impl FnMut() -> bool, context: impl FnOnce() -> String) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}\n{}", context());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// A response from curl.
 #[derive(Debug)]
 pub struct Reply {

@@ -264,9 +264,11 @@ impl Loop {
         (!batch.is_empty()).then_some((batch, origins))
     }
 
-    /// Drops the held records whose partition was revoked since they were read (by a
-    /// rebalance served while the batch waited for room): whoever owns the partition now
-    /// reads them again from its committed offset.
+    /// Drops the records whose partition was revoked since they were read (by a rebalance
+    /// served while the batch was filled or waited for room): whoever owns the partition
+    /// now reads them again from its committed offset. Without this a record read in an
+    /// older assignment would be tracked in the new one, where its acknowledgement (of the
+    /// older epoch) is ignored, and its partition's commit position would never move again.
     fn fresh(&self, batch: BatchBuf, origins: Origins) -> Option<(BatchBuf, Origins)> {
         let keep = self.tracker.current(origins.iter().map(|(tp, epoch, _)| (tp, *epoch)));
         if keep.iter().all(|&k| k) {
@@ -370,10 +372,9 @@ impl Loop {
                 self.set_paused(false);
             }
             self.commit_ready();
-            held = match held.take() {
-                None => self.fill(),
-                Some((batch, origins)) => self.fresh(batch, origins),
-            };
+            // A batch just read is checked too: a rebalance served by one of the polls
+            // that filled it may have taken partitions of its first records.
+            held = held.take().or_else(|| self.fill()).and_then(|(batch, origins)| self.fresh(batch, origins));
             let Some((batch, origins)) = &held else { continue };
             match self.offer(batch, origins) {
                 Ok(()) => {
