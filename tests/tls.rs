@@ -302,3 +302,102 @@ fn a_wrong_certificate_file_stops_the_start_and_names_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("admin_tls") && err.contains("missing.pem"), "{err}");
 }
+
+/// POSTs one event over HTTPS with curl; the status, or None when the request failed.
+fn post_https(url: &str, ca: &Path, client: Option<(&Path, &Path)>, body: &str) -> Option<u16> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca.to_str().unwrap()]);
+    cmd.args(["-H", "Content-Type: application/json", "--data-binary", body, url]);
+    if let Some((cert, key)) = client {
+        cmd.args(["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+    }
+    let out = cmd.output().expect("curl is installed");
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok()).flatten()
+}
+
+#[test]
+fn the_http_source_serves_https_through_reloads_without_a_refused_request() {
+    let ca = Ca::new("weir-test-ca");
+    let (cert, key) = ca.issue("server", "ingest", "serverAuth");
+    let (client_cert, client_key) = ca.issue("client", "producer", "clientAuth");
+    let scene = Scene::new();
+    let out = scene.path("events.jsonl");
+    let pipeline = |version: u32, client_ca: bool| {
+        let client_ca = if client_ca { format!(", client_ca: {}", ca.pem().display()) } else { String::new() };
+        format!(
+            "source:\n  plugin: http\n  config:\n    listen: \"127.0.0.1:@PORT@\"\n    tls: {{cert: {}, key: {}{client_ca}}}\ntransforms:\n  - plugin: enrich\n    config: {{set: {{version: {version}}}}}\nsinks:\n  - plugin: file\n    config: {{path: {}}}\n",
+            cert.display(),
+            key.display(),
+            out.display()
+        )
+    };
+    let file = scene.pipeline("ingest", &pipeline(0, false));
+    let weir = scene.start(&["--no-watch"], &[]);
+    let url = format!("https://127.0.0.1:{}/produce", scene.port);
+    wait_for("the source over TLS", Duration::from_secs(20), || post_https(&url, &ca.pem(), None, r#"{"id":-1}"#) == Some(200));
+    let seen = https(&format!("https://127.0.0.1:{}/health", scene.port), &ca.pem(), None);
+    assert_eq!((seen.status, seen.subject.as_deref()), (Some(200), Some("CN=ingest")), "{seen:?}");
+    // Plain HTTP on the same port gets no answer.
+    assert_ne!(curl_status_plain(&scene.url("/health")), "200");
+
+    // Posting one event after the other while the pipeline is replaced three times.
+    let stop = Arc::new(AtomicBool::new(false));
+    let statuses: Arc<Mutex<Vec<(u64, Option<u16>)>>> = Arc::default();
+    let load = {
+        let (stop, statuses, url, ca) = (stop.clone(), statuses.clone(), url.clone(), ca.pem());
+        std::thread::spawn(move || {
+            let mut id = 0u64;
+            while !stop.load(Relaxed) {
+                let status = post_https(&url, &ca, None, &format!(r#"{{"id":{id}}}"#));
+                statuses.lock().unwrap().push((id, status));
+                id += 1;
+            }
+        })
+    };
+    for version in 1..=3 {
+        let before = statuses.lock().unwrap().len();
+        wait_for("requests before the reload", Duration::from_secs(20), || statuses.lock().unwrap().len() >= before + 5);
+        std::fs::write(&file, pipeline(version, false).replace("@PORT@", &scene.port.to_string())).unwrap();
+        let r = curl("POST", &weir.url("/reload"), None, None);
+        assert_eq!(r.json()["replaced"], serde_json::json!(["ingest"]), "{r:?}");
+    }
+    let before = statuses.lock().unwrap().len();
+    wait_for("requests after the reloads", Duration::from_secs(20), || statuses.lock().unwrap().len() >= before + 5);
+    stop.store(true, Relaxed);
+    load.join().unwrap();
+    let statuses = statuses.lock().unwrap().clone();
+    let failed: Vec<_> = statuses.iter().filter(|(_, s)| *s != Some(200)).collect();
+    assert!(failed.is_empty(), "{} of {} requests failed across the reloads: {failed:?}", failed.len(), statuses.len());
+    let written: Vec<serde_json::Value> = json_lines(&out);
+    for (id, _) in &statuses {
+        assert_eq!(written.iter().filter(|r| r["id"] == *id).count(), 1, "event {id} written once");
+    }
+    assert!(written.iter().any(|r| r["version"] == 3), "the last version took events");
+
+    // Mutual TLS: only clients with a certificate the CA signed may post.
+    std::fs::write(&file, pipeline(4, true).replace("@PORT@", &scene.port.to_string())).unwrap();
+    let r = curl("POST", &weir.url("/reload"), None, None);
+    assert_eq!(r.json()["replaced"], serde_json::json!(["ingest"]), "{r:?}");
+    let client = Some((client_cert.as_path(), client_key.as_path()));
+    wait_for("the source to ask for client certificates", Duration::from_secs(20), || {
+        post_https(&url, &ca.pem(), None, r#"{"id":-2}"#).is_none()
+    });
+    assert_eq!(post_https(&url, &ca.pem(), client, r#"{"id":-3}"#), Some(200));
+}
+
+#[test]
+fn an_http_source_with_a_wrong_certificate_file_does_not_start_and_says_which() {
+    let scene = Scene::new();
+    scene.pipeline("ingest", "source:\n  plugin: http\n  config: {listen: \"127.0.0.1:@PORT@\", tls: {cert: @DIR@/absent.pem, key: @DIR@/absent.key}}\nsinks:\n  - plugin: discard\n");
+    let out = weir(&["validate", scene.pipelines.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "the files are read when the source starts, not by validate: {}", String::from_utf8_lossy(&out.stderr));
+    let admin = format!("127.0.0.1:{}", free_port());
+    let out = weir(&["run", "--pipelines", scene.pipelines.to_str().unwrap(), "--admin", &admin, "--once"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tls: cannot read") && err.contains("absent.pem"), "{err}");
+}
+
+fn curl_status_plain(url: &str) -> String {
+    let out = Command::new("curl").args(["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", url]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

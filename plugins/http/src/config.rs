@@ -12,6 +12,12 @@ pub struct HttpConfig {
     /// Path that accepts events with POST.
     #[serde(default = "default_path")]
     pub path: String,
+    /// Serve HTTPS: certificate and key files (reloaded on change), optionally a CA that
+    /// client certificates must be signed by. The source then takes its address whole (no
+    /// other stage may serve paths on it), and on a reload its connections are closed once
+    /// answered instead of being handed to the new version.
+    #[serde(default)]
+    pub tls: Option<weir_plugin::tls::TlsConfig>,
     /// Largest request body accepted, in bytes; a larger one gets 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: NonZeroUsize,

@@ -45,6 +45,12 @@ impl Source for HttpSource {
         if !config.health_path.is_empty() {
             routes.push(config.health_path.clone());
         }
+        if let Some(tls) = &config.tls {
+            // The host routes a shared address by the request's path, which TLS hides.
+            let tls = weir_plugin::tls::Tls::new(tls.clone()).map_err(|e| PluginError::config(format!("tls: {e}")))?;
+            let listener = server::Listener::Tls(ctx.listen_async(&config.listen)?, Arc::new(tls));
+            return Ok(HttpSource { config, ctx, listener: Some(listener), serving: None });
+        }
         let shared = {
             let _guard = weir_plugin::runtime().enter();
             ctx.listen_routes(&config.listen, &routes.iter().map(String::as_str).collect::<Vec<_>>())?

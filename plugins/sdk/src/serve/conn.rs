@@ -33,6 +33,8 @@ pub(super) struct Conn {
     pub(super) routed: Option<(Arc<RoutedListener>, Arc<Vec<String>>)>,
     /// Where the connections are kept track of.
     pub(super) connections: Connections,
+    /// TLS for this connection: its handshake comes first, and it is never handed on.
+    pub(super) tls: Option<crate::tls::TlsAcceptor>,
 }
 
 type Connection = hyper::server::conn::http1::UpgradeableConnection<hyper_util::rt::TokioIo<Io>, ConnService>;
@@ -108,6 +110,12 @@ impl Conn {
         let io = Io { stream: stream.clone(), state: state.clone(), read };
         self.connections.push(Arc::downgrade(&stream));
         let service = self.service(app, peer, &state);
+        if let Some(acceptor) = &self.tls {
+            let Ok(io) = crate::tls::Tls::handshake(acceptor, io).await else { return false };
+            let conn =
+                hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(io), service).with_upgrades();
+            return self.watch_tls(conn, &state, &stream, closing, cut).await;
+        }
         let mut conn: Connection =
             hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(io), service).with_upgrades();
         let mut is_closing = *closing.borrow();
@@ -180,6 +188,46 @@ impl Conn {
         false
     }
 
+    /// Serves a TLS connection until it ends: as [`Conn::serve`], except that in a drain
+    /// it is closed (once idle, or after its answer) rather than handed on, since its TLS
+    /// session cannot move to another server.
+    async fn watch_tls<C>(
+        &self,
+        mut conn: C,
+        state: &ConnState,
+        stream: &TcpStream,
+        mut closing: watch::Receiver<bool>,
+        mut cut: watch::Receiver<bool>,
+    ) -> bool
+    where
+        C: Future + Unpin + GracefulShutdown,
+    {
+        let mut is_closing = *closing.borrow();
+        state.closing.store(is_closing, Relaxed);
+        let mut wait = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = &mut conn => return false,
+                _ = tokio::time::sleep(wait) => {}
+                changed = closing.changed(), if !is_closing => {
+                    is_closing = changed.is_err() || *closing.borrow();
+                    state.closing.store(is_closing, Relaxed);
+                    continue;
+                }
+                _ = cut.changed() => return cut_now(conn, stream, false).await,
+            }
+            match verdict(self.clock.now(), state, is_closing, &self.limits, || has_unread(stream)) {
+                Verdict::Wait(d) => wait = d.max(Duration::from_millis(1)),
+                Verdict::CloseIdle => {
+                    conn.shut_down();
+                    let _ = conn.await;
+                    return false;
+                }
+                Verdict::Cut => return cut_now(conn, stream, true).await,
+            }
+        }
+    }
+
     fn service(&self, app: Router, peer: SocketAddr, state: &Arc<ConnState>) -> ConnService {
         let keep_alive = HeaderValue::from_str(&format!("timeout={}", self.limits.idle_timeout.as_secs().max(1))).expect("ascii");
         ConnService { app, peer, state: state.clone(), keep_alive, routes: self.routed.as_ref().map(|(_, r)| r.clone()) }
@@ -199,5 +247,18 @@ struct Answered<'a>(&'a ConnState);
 impl Drop for Answered<'_> {
     fn drop(&mut self) {
         self.0.request_answered();
+    }
+}
+
+/// A hyper connection that can be asked to finish and close.
+trait GracefulShutdown {
+    fn shut_down(&mut self);
+}
+
+impl<I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static> GracefulShutdown
+    for hyper::server::conn::http1::UpgradeableConnection<I, ConnService>
+{
+    fn shut_down(&mut self) {
+        Pin::new(self).graceful_shutdown();
     }
 }

@@ -107,12 +107,16 @@ pub enum Listener {
     Tcp(TcpListener),
     /// A shared address: the host hands over connections for these paths.
     Routed(Arc<RoutedListener>, Arc<Vec<String>>),
+    /// A listening socket of the source's own, every connection over TLS. A TLS
+    /// connection is not handed to the next version on a reload: an idle one is closed
+    /// once quiet with nothing unread, one in use after its answer (`Connection: close`).
+    Tls(TcpListener, Arc<crate::tls::Tls>),
 }
 
 impl Listener {
     async fn accept(&self) -> io::Result<Option<(TcpStream, Bytes)>> {
         match self {
-            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Some((s, Bytes::new()))),
+            Listener::Tcp(l) | Listener::Tls(l, _) => l.accept().await.map(|(s, _)| Some((s, Bytes::new()))),
             Listener::Routed(l, _) => l.accept().await.map(|c| c.map(|(s, read)| (s, Bytes::from(read)))),
         }
     }
@@ -194,11 +198,16 @@ pub async fn serve(
     let me = NEXT_ID.fetch_add(1, Relaxed);
     let routed = match &listener {
         Listener::Routed(l, routes) => Some((l.clone(), routes.clone())),
-        Listener::Tcp(_) => None,
+        Listener::Tcp(_) | Listener::Tls(..) => None,
     };
+    // A TLS server hands no connection on, nor takes one: its successors are unknown.
     let addr = match &listener {
         Listener::Tcp(l) => l.local_addr().ok(),
-        Listener::Routed(..) => None,
+        Listener::Routed(..) | Listener::Tls(..) => None,
+    };
+    let tls = match &listener {
+        Listener::Tls(_, tls) => Some(tls.clone()),
+        _ => None,
     };
     let (handed_tx, mut handed_rx) = mpsc::unbounded_channel();
     if let Some(addr) = addr {
@@ -211,8 +220,17 @@ pub async fn serve(
         let (open, peak) = (open.clone(), peak.clone());
         let (app, closing, cut, routed, connections) =
             (app.clone(), closing_rx.clone(), cut_rx.clone(), routed.clone(), connections.clone());
+        let tls = tls.as_ref().map(|t| {
+            let (acceptor, reload) = t.acceptor();
+            match reload {
+                Some(crate::tls::Reload::Taken) => ctx.info(&format!("New TLS certificate in use ({}).", t.config().cert.display())),
+                Some(crate::tls::Reload::Refused(why)) => ctx.warn(&format!("Changed TLS files not taken: {why}")),
+                None => {}
+            }
+            acceptor
+        });
         tokio::spawn(async move {
-            let conn = Conn { clock, limits, successors, routed, connections };
+            let conn = Conn { clock, limits, successors, routed, connections, tls };
             if conn.serve(stream, read, app, closing, cut).await {
                 ctx.counter_add("http_connections_timed_out_total", "Connections cut because their headers came too slowly.", 1);
             }
@@ -241,7 +259,10 @@ pub async fn serve(
                     let _ = stream.set_nodelay(true);
                     if open.load(Relaxed) >= limits.max_connections {
                         ctx.counter_add("http_connections_refused_total", "Connections refused because max_connections were open.", 1);
-                        tokio::spawn(refuse(stream, limits.retry_after_secs));
+                        // Over TLS a plain answer would be noise to the client: it is closed.
+                        if tls.is_none() {
+                            tokio::spawn(refuse(stream, limits.retry_after_secs));
+                        }
                     } else {
                         spawn(stream, read);
                     }
