@@ -1,8 +1,12 @@
-//! The admin API over TLS: a test CA made with openssl, curl with `--cacert` as the client,
-//! a certificate rotated under load (no request fails, an open connection keeps working),
-//! mutual TLS, the CLI verbs over TLS, and a wrong certificate file refused at start.
+//! TLS: a test CA made with openssl. The admin API with curl `--cacert` as the client, a
+//! certificate rotated under load (no request fails, an open connection keeps working),
+//! mutual TLS, the CLI verbs over TLS, and a wrong certificate file refused at start. The
+//! `http` source over HTTPS through reloads; the `socketio` sink to socket.io-client and the
+//! `websocket` sink to Node's `ws` client over `wss://`, each trusting only the test CA.
 
 mod common;
+#[path = "common/socketio.rs"]
+mod socketio;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -400,4 +404,63 @@ fn an_http_source_with_a_wrong_certificate_file_does_not_start_and_says_which() 
 fn curl_status_plain(url: &str) -> String {
     let out = Command::new("curl").args(["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", url]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A WebSocket client on Node's `ws` package (installed with socket.io-client), trusting
+/// the CA file given: prints `{"on":"open"}`, then each frame's text, one per line.
+const WSS_CLIENT: &str = r#"
+const WebSocket = require("ws");
+const fs = require("fs");
+const ws = new WebSocket(process.argv[1], { ca: fs.readFileSync(process.argv[2]) });
+ws.on("open", () => console.log(JSON.stringify({ on: "open" })));
+ws.on("message", (m) => console.log(m.toString()));
+ws.on("error", (e) => { console.log(JSON.stringify({ on: "error", message: String(e.message) })); process.exit(1); });
+"#;
+
+#[test]
+fn dashboards_get_events_over_wss_from_the_socketio_and_websocket_sinks() {
+    let ca = Ca::new("weir-test-ca");
+    let (cert, key) = ca.issue("server", "dashboards", "serverAuth");
+    let (http, sio, ws) = (free_port(), free_port(), free_port());
+    let tls = format!("tls: {{cert: {}, key: {}}}", cert.display(), key.display());
+    let dir = tempfile::tempdir().unwrap();
+    write_pipeline(
+        dir.path(),
+        "relay",
+        &format!(
+            "source: {{plugin: http, config: {{listen: \"127.0.0.1:{http}\"}}}}\nsinks:\n  - plugin: socketio\n    config: {{listen: \"127.0.0.1:{sio}\", {tls}}}\n  - plugin: websocket\n    config: {{listen: \"127.0.0.1:{ws}\", {tls}}}\n"
+        ),
+    );
+    let _weir = Weir::start(dir.path(), &["--no-watch"], &[]);
+    let pem = std::fs::read_to_string(ca.pem()).unwrap();
+    let sio_url = format!("https://127.0.0.1:{sio}");
+    let over_ws = socketio::Client::connect(&sio_url, serde_json::json!({"transports": ["websocket"], "ca": pem}));
+    let over_polling = socketio::Client::connect(&sio_url, serde_json::json!({"transports": ["polling"], "ca": pem}));
+    assert_eq!(over_polling.connected()["transport"], "polling");
+    // A client that does not trust the CA gets no answer from either server.
+    let other = Ca::new("other-ca");
+    assert_eq!(https(&format!("{sio_url}/socket.io/?EIO=4&transport=polling"), &other.pem(), None).status, None);
+    assert_eq!(https(&format!("https://127.0.0.1:{ws}/"), &other.pem(), None).status, None);
+
+    let mut node = Command::new("node")
+        .args(["-e", WSS_CLIENT, &format!("wss://127.0.0.1:{ws}/"), ca.pem().to_str().unwrap()])
+        .env("NODE_PATH", socketio::node_modules())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node is installed (scripts/deps.sh)");
+    let mut frames = BufReader::new(node.stdout.take().unwrap()).lines();
+    assert_eq!(frames.next().unwrap().unwrap(), r#"{"on":"open"}"#);
+
+    let events: Vec<String> = (0..5).map(|i| format!(r#"{{"eventType":"like_clicked","userId":"u{i}","seq":{i}}}"#)).collect();
+    let r = post_json(&format!("http://127.0.0.1:{http}/produce"), &format!("[{}]", events.join(",")));
+    assert_eq!(r.status, 200, "{r:?}");
+    for c in [&over_ws, &over_polling] {
+        c.wait_count("new_event", 5, Duration::from_secs(15));
+        let seqs: Vec<u64> = c.data("new_event").iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, vec![0, 1, 2, 3, 4]);
+    }
+    let got: Vec<serde_json::Value> = (0..5).map(|_| serde_json::from_str(&frames.next().unwrap().unwrap()).unwrap()).collect();
+    assert_eq!(got.iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    let _ = node.kill();
+    let _ = node.wait();
 }

@@ -19,6 +19,12 @@ pub struct SinkConfig {
     /// Path of the Socket.IO endpoint (socket.io-client's `path` option).
     #[serde(default = "default_path")]
     pub path: String,
+    /// Serve over TLS (https and wss): certificate and key files, reloaded on change, and
+    /// optionally a CA that client certificates must be signed by. The server then takes
+    /// its address whole (no stage of another plugin may serve paths on it); every stage on
+    /// the address must give the same files.
+    #[serde(default)]
+    pub tls: Option<weir_plugin::tls::TlsConfig>,
     /// Event name each record is sent as.
     #[serde(default = "default_event")]
     pub event: String,
@@ -68,6 +74,12 @@ pub struct SourceConfig {
     /// Path of the Socket.IO endpoint (socket.io-client's `path` option).
     #[serde(default = "default_path")]
     pub path: String,
+    /// Serve over TLS (https and wss): certificate and key files, reloaded on change, and
+    /// optionally a CA that client certificates must be signed by. The server then takes
+    /// its address whole (no stage of another plugin may serve paths on it); every stage on
+    /// the address must give the same files.
+    #[serde(default)]
+    pub tls: Option<weir_plugin::tls::TlsConfig>,
     /// Client event whose payload (one JSON value) becomes a record.
     #[serde(default = "default_source_event")]
     pub event: String,
@@ -159,6 +171,8 @@ pub struct ServerOptions {
     pub ping_timeout_ms: u64,
     /// Largest incoming message, bytes.
     pub max_payload_bytes: usize,
+    /// TLS for the server.
+    pub tls: Option<weir_plugin::tls::TlsConfig>,
 }
 
 impl ServerOptions {
@@ -170,6 +184,7 @@ impl ServerOptions {
             ("ping_interval_ms", self.ping_interval_ms.to_string(), other.ping_interval_ms.to_string()),
             ("ping_timeout_ms", self.ping_timeout_ms.to_string(), other.ping_timeout_ms.to_string()),
             ("max_payload_bytes", self.max_payload_bytes.to_string(), other.max_payload_bytes.to_string()),
+            ("tls", format!("{:?}", self.tls), format!("{:?}", other.tls)),
         ];
         pairs.into_iter().find(|(_, a, b)| a != b)
     }
@@ -195,6 +210,7 @@ impl SinkConfig {
             ping_interval_ms: self.ping_interval_ms.get(),
             ping_timeout_ms: self.ping_timeout_ms.get(),
             max_payload_bytes: self.max_payload_bytes.get(),
+            tls: self.tls.clone(),
         }
     }
 
@@ -233,6 +249,7 @@ impl SourceConfig {
             ping_interval_ms: self.ping_interval_ms.get(),
             ping_timeout_ms: self.ping_timeout_ms.get(),
             max_payload_bytes: self.max_payload_bytes.get(),
+            tls: self.tls.clone(),
         }
     }
 

@@ -104,6 +104,8 @@ pub(crate) struct Server {
     /// The clients' connections (WebSockets and long-polling requests).
     connections: Connections,
     key: String,
+    /// TLS for every connection; the server then takes its address whole.
+    tls: Option<Arc<weir_plugin::tls::Tls>>,
 }
 
 /// Stops one `serve` loop: it stops taking connections, and its connections finish or go
@@ -188,6 +190,10 @@ impl FromMessageParts<socketioxide::adapter::LocalAdapter> for AckId {
 impl Server {
     fn start(options: &ServerOptions, key: String, first: Arc<Attachment>) -> Result<Arc<Server>, SocketIoError> {
         let ctx = first.ctx;
+        let tls = match &options.tls {
+            Some(t) => Some(Arc::new(weir_plugin::tls::Tls::new(t.clone()).map_err(|e| SocketIoError::Config(format!("tls: {e}")))?)),
+            None => None,
+        };
         let (layer, io) = SocketIo::builder()
             .req_path(options.path.clone())
             .ping_interval(Duration::from_millis(options.ping_interval_ms))
@@ -207,6 +213,7 @@ impl Server {
             shutdown: Mutex::new(None),
             connections: Connections::tracked(),
             key,
+            tls,
         });
         let weak = Arc::downgrade(&server);
         io.ns("/", async move |socket: SocketRef, TryData::<Value>(auth): TryData<Value>| {
@@ -227,11 +234,14 @@ impl Server {
     fn serve_routes(&self, stage: &Attachment, routes: Vec<String>) -> Result<Option<Stop>, SocketIoError> {
         let app = self.app.get().cloned().ok_or_else(|| SocketIoError::Start("the Socket.IO server is not built".into()))?;
         let (ctx, listen) = (stage.ctx, &self.options.listen);
-        let routed = {
+        // Over TLS the host cannot route by path: the server takes the address whole.
+        let routed = if self.tls.is_some() {
+            None
+        } else {
             let _guard = weir_plugin::runtime().enter();
             ctx.listen_routes(listen, &routes.iter().map(String::as_str).collect::<Vec<_>>())
-        }
-        .map_err(|e| SocketIoError::Config(e.to_string()))?;
+                .map_err(|e| SocketIoError::Config(e.to_string()))?
+        };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (listener, stop) = match routed {
             Some(l) => (Listener::Routed(Arc::new(l), Arc::new(routes)), Some(stop_tx)),
@@ -243,7 +253,10 @@ impl Server {
                 let l = ctx.listen_async(listen).map_err(|e| SocketIoError::Start(e.to_string()))?;
                 // The whole address is the server's: it stops with the last stage.
                 *whole = Some(stop_tx);
-                (Listener::Tcp(l), None)
+                match &self.tls {
+                    Some(tls) => (Listener::Tls(l, tls.clone()), None),
+                    None => (Listener::Tcp(l), None),
+                }
             }
         };
         weir_plugin::runtime().spawn(weir_plugin::serve::serve(listener, app, LIMITS, self.connections.clone(), ctx, stop_rx));

@@ -38,6 +38,10 @@ pub struct WebSocketConfig {
     /// `Origin` (programs, not browsers) are always accepted.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Serve `wss://`: certificate and key files, reloaded on change, and optionally a CA
+    /// that client certificates must be signed by (mutual TLS).
+    #[serde(default)]
+    pub tls: Option<weir_plugin::tls::TlsConfig>,
 }
 
 fn default_listen() -> String {
@@ -99,7 +103,10 @@ fn parse_types(query: Option<&str>) -> Option<HashSet<String>> {
     (!set.is_empty()).then_some(set)
 }
 
-async fn serve(stream: tokio::net::TcpStream, hub: Arc<Hub>, ctx: Context, buffer: usize, origins: Arc<Origins>) {
+async fn serve<S>(stream: S, hub: Arc<Hub>, ctx: Context, buffer: usize, origins: Arc<Origins>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut query: Option<String> = None;
     // The error type is tungstenite's; nothing here can shrink it.
     #[allow(clippy::result_large_err)]
@@ -177,12 +184,32 @@ impl Sink for WebSocketSink {
         hub.report(&ctx, 0);
         let (h, buffer) = (hub.clone(), config.client_buffer.get());
         let origins = Arc::new(Origins::new(&config.allowed_origins));
+        let tls = match &config.tls {
+            Some(t) => Some(weir_plugin::tls::Tls::new(t.clone()).map_err(|e| PluginError::config(format!("tls: {e}")))?),
+            None => None,
+        };
         let accept = rt.spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(serve(stream, h.clone(), ctx, buffer, origins.clone()));
+                        let (hub, origins) = (h.clone(), origins.clone());
+                        let Some(tls) = &tls else {
+                            tokio::spawn(serve(stream, hub, ctx, buffer, origins));
+                            continue;
+                        };
+                        let (acceptor, reload) = tls.acceptor();
+                        match reload {
+                            Some(weir_plugin::tls::Reload::Taken) => ctx.info("New TLS certificate in use."),
+                            Some(weir_plugin::tls::Reload::Refused(why)) => ctx.warn(&format!("Changed TLS files not taken: {why}")),
+                            None => {}
+                        }
+                        tokio::spawn(async move {
+                            match weir_plugin::tls::Tls::handshake(&acceptor, stream).await {
+                                Ok(stream) => serve(stream, hub, ctx, buffer, origins).await,
+                                Err(e) => ctx.log(weir_plugin::Level::Debug, &format!("TLS handshake failed: {e}")),
+                            }
+                        });
                     }
                     Err(e) => {
                         ctx.warn(&format!("accept failed: {e}"));
