@@ -150,3 +150,21 @@ fn validate_as_json_gives_every_problem_with_file_line_field_and_no_secret() {
     assert_eq!((unset["line"].as_u64(), unset["column"].as_u64()), (Some(1), Some(42)), "{unset}");
     assert!(unset["message"].as_str().unwrap().contains("HOST (line 1, column 42), PORT (line 1, column 50)"), "both at once: {unset}");
 }
+
+#[test]
+fn a_value_in_a_field_its_plugin_marks_secret_never_shows_in_the_log() {
+    // `handshake` is marked `writeOnly` in the test-slow sink's schema; neither its name
+    // nor its variable's says secret, and one of the two values is written out.
+    let scene = Scene::new();
+    scene.pipeline(
+        "careless",
+        "source:\n  plugin: http\n  config: {listen: \"127.0.0.1:@PORT@\"}\nsinks:\n  - plugin: test-slow\n    config: {delay_ms: 1, handshake: hs-literal-4242}\n  - plugin: test-slow\n    name: other\n    config: {delay_ms: 1, handshake: \"${PLAIN_SETTING}\"}\n",
+    );
+    let weir = scene.start(&["--no-watch"], &[("PLAIN_SETTING", "from-env-7777")]);
+    wait_for("both sinks to log", std::time::Duration::from_secs(10), || {
+        weir.logs().matches("careless: connecting with handshake").count() >= 2
+    });
+    let logs = weir.logs();
+    assert!(!logs.contains("hs-literal-4242") && !logs.contains("from-env-7777"), "a secret leaked: {logs}");
+    assert_eq!(logs.matches("connecting with handshake ***").count(), 2, "{logs}");
+}

@@ -33,6 +33,8 @@ pub struct HostCtx {
     metrics: Arc<StageMetrics>,
     /// Every stage of the same pipeline version, this one included (for `pipeline_health`).
     siblings: Siblings,
+    /// The pipeline file's secrets, masked in what the plugin logs.
+    redactor: crate::config::Redactor,
 }
 
 /// The stages of one pipeline version, as they are created.
@@ -45,7 +47,7 @@ fn host_ctx<'a>(ctx: *const c_void) -> &'a HostCtx {
 
 unsafe extern "C" fn cb_log(ctx: *const c_void, level: u32, message: StrRef) {
     let c = host_ctx(ctx);
-    let msg = message.as_str();
+    let msg = c.redactor.redact(message.as_str());
     let (p, s, pl) = (&c.pipeline, &c.stage, &c.plugin);
     match level {
         abi::level::ERROR => tracing::error!(pipeline = %p, stage = %s, plugin = %pl, "{msg}"),
@@ -64,7 +66,7 @@ unsafe extern "C" fn cb_metric(ctx: *const c_void, kind: u32, name: StrRef, help
 unsafe extern "C" fn cb_error(ctx: *const c_void, message: StrRef) {
     let c = host_ctx(ctx);
     c.metrics.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::error!(pipeline = %c.pipeline, stage = %c.stage, plugin = %c.plugin, "{}", message.as_str());
+    tracing::error!(pipeline = %c.pipeline, stage = %c.stage, plugin = %c.plugin, "{}", c.redactor.redact(message.as_str()));
 }
 
 unsafe extern "C" fn cb_listen(ctx: *const c_void, address: StrRef, fd: *mut i32, message: *mut OwnedBytes) -> Status {
@@ -166,7 +168,7 @@ fn leak_str(s: &str) -> StrRef {
 /// Builds the callbacks for one stage. They live for the life of the process.
 /// `siblings`: the pipeline version's stages so far, which this one joins.
 pub fn host_api(
-    pipeline: &str,
+    file: &crate::config::PipelineFile,
     stage: &str,
     plugin: &str,
     base_dir: &str,
@@ -175,12 +177,13 @@ pub fn host_api(
 ) -> &'static HostApi {
     siblings.lock().unwrap_or_else(|p| p.into_inner()).push(metrics.clone());
     let ctx: &'static HostCtx = Box::leak(Box::new(HostCtx {
-        pipeline: pipeline.to_owned(),
+        pipeline: file.name.clone(),
         stage: stage.to_owned(),
         plugin: plugin.to_owned(),
         base_dir: base_dir.to_owned(),
         metrics,
         siblings: siblings.clone(),
+        redactor: file.redactor.clone(),
     }));
     Box::leak(Box::new(HostApi {
         struct_size: std::mem::size_of::<HostApi>() as u32,

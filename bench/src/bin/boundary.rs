@@ -16,7 +16,7 @@ fn main() {
     let registry = Registry::discover(&[dir.clone().into()], true);
     let plugin = registry.get("noop", weir_plugin::abi::Kind::TRANSFORM).unwrap_or_else(|e| panic!("{e} (in {dir})")).clone();
     let metrics = weir::metrics::Metrics::default();
-    let host = weir::ffi::host_api("bench", "noop", "noop", ".", metrics.stage("bench", "noop", "noop"), &Default::default());
+    let host = weir_bench::stage_host(&metrics, "noop", "noop");
     let mut instance = weir::ffi::Instance::create(&plugin, "{}", host).expect("create noop");
 
     let mut batch = BatchBuf::new();

@@ -15,7 +15,7 @@ fn main() {
     let registry = Registry::discover(&[dir.clone().into()], true);
     let plugin = registry.get("enrich", weir_plugin::abi::Kind::TRANSFORM).unwrap_or_else(|e| panic!("{e} (in {dir})")).clone();
     let metrics = weir::metrics::Metrics::default();
-    let host = weir::ffi::host_api("bench", "enrich", "enrich", ".", metrics.stage("bench", "enrich", "enrich"), &Default::default());
+    let host = weir_bench::stage_host(&metrics, "enrich", "enrich");
     // As in pipelines/default.yaml.
     let config = r#"{"set":{"receivedAt":"{{received_at}}","clientIp":"{{header:http.client_ip}}","userAgent":"{{header:http.user_agent}}","host":"{{hostname}}"},"set_if_missing":{"eventId":"{{uuid}}"},"key":"/userId"}"#;
     let mut instance = weir::ffi::Instance::create(&plugin, config, host).expect("create enrich");

@@ -26,6 +26,8 @@ pub fn check(file: &PipelineFile, registry: &Registry) -> Vec<HostError> {
                 ),
             ));
         }
+        // Before anything is reported: a value of a field the plugin marks secret never shows.
+        file.redactor.hide_marked(&stage.config, &plugin.schema);
         let config_ptr = format!("{pointer}/config");
         match jsonschema::draft202012::new(&plugin.schema) {
             Err(e) => errors.push(file.error_at(&config_ptr, format!("plugin {:?} exports an invalid config schema: {e}", plugin.name))),

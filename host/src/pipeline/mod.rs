@@ -122,7 +122,7 @@ impl Pipeline {
                 Some(dir) => Some(open_disk_buffer(file, &pointer, &base_dir.join(dir), spec.buffer.as_ref(), &name, &m)?),
             };
             let max_retry = retry.max_duration().map_err(|e| file.error_at(&format!("{pointer}/retry/max_duration"), e))?;
-            let host = ffi::host_api(&file.name, &name, &plugin.name, &base_dir.to_string_lossy(), m.clone(), &siblings);
+            let host = ffi::host_api(file, &name, &plugin.name, &base_dir.to_string_lossy(), m.clone(), &siblings);
             let config = spec.config.to_string();
             let instance = match Instance::create(&plugin, &config, host) {
                 Ok(i) => i,

@@ -41,6 +41,7 @@ pub struct AnalyticsConfig {
     /// Secret of the `X-Admin-Key` header that creates, lists and revokes API keys (for
     /// example `${ANALYTICS_ADMIN_KEY}`). Empty: key management answers 403.
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     pub admin_key: String,
     /// Also accept the seed's development key `sample-api-key-789` (org `sample-org`,
     /// project `sample-project`, every permission). Off by default; a warning is logged when on.

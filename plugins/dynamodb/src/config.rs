@@ -87,9 +87,11 @@ pub struct DynamoDbConfig {
     pub access_key_id: Option<String>,
     /// Secret access key; without it `AWS_SECRET_ACCESS_KEY`. Never shown in logs or errors.
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     pub secret_access_key: Option<String>,
     /// Session token for temporary credentials; without it `AWS_SESSION_TOKEN`.
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     pub session_token: Option<String>,
     /// Most requests in flight at once.
     #[serde(default = "default_concurrency")]

@@ -39,6 +39,7 @@ pub struct KeyConfig {
     pub name: String,
     /// The key itself, best from the environment (`${WEB_API_KEY}`); never shown.
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     pub secret: Option<String>,
     /// Or its SHA-256 digest in hex (`printf %s "$KEY" | sha256sum`), so the file holds no secret.
     #[serde(default)]

@@ -67,9 +67,11 @@ pub struct ObjectStoreConfig {
     pub access_key_id: Option<String>,
     /// S3 secret access key; without it `AWS_SECRET_ACCESS_KEY`. Never shown in logs or errors.
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     pub secret_access_key: Option<String>,
     /// S3 session token for temporary credentials; without it `AWS_SESSION_TOKEN`.
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     pub session_token: Option<String>,
     /// Content type of the objects; without it `application/json` for records,
     /// `application/x-ndjson` for batches.

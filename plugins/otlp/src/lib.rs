@@ -72,6 +72,7 @@ pub struct OtlpConfig {
     pub protocol: Protocol,
     /// Headers (gRPC metadata) sent with every export, for example an API key from `${VAR}`.
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     pub headers: BTreeMap<String, String>,
     /// How often metrics are exported, in milliseconds.
     #[serde(default = "default_interval")]

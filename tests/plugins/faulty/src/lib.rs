@@ -47,6 +47,11 @@ impl Transform for PanicOn {
 pub struct SlowConfig {
     /// Milliseconds each batch takes.
     pub delay_ms: u64,
+    /// A secret this careless sink logs at start (its schema marks it `writeOnly`, so the
+    /// host masks it), for the tests of secrecy by schema.
+    #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
+    pub handshake: Option<String>,
 }
 
 /// The `test-slow` sink: delivers nowhere, slowly.
@@ -59,7 +64,10 @@ impl Sink for Slow {
     const NAME: &'static str = "test-slow";
     const DESCRIPTION: &'static str = "For Weir's tests: a sink that takes a fixed time per batch.";
 
-    fn create(config: SlowConfig, _ctx: Context) -> Result<Self, PluginError> {
+    fn create(config: SlowConfig, ctx: Context) -> Result<Self, PluginError> {
+        if let Some(handshake) = &config.handshake {
+            ctx.warn(&format!("careless: connecting with handshake {handshake}"));
+        }
         Ok(Slow { delay: Duration::from_millis(config.delay_ms) })
     }
 

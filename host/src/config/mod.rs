@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{HostError, Located};
 use crate::yamlpos::Positions;
 
+mod interpolate;
+pub use interpolate::{interpolate, interpolate_keeping_unset};
+
 /// The host's own settings. Sources, lowest first: defaults, `weir.yaml` (or `--config`),
 /// `WEIR_*` environment variables, command-line flags.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -455,13 +458,15 @@ pub struct PipelineFile {
 /// Replaces secrets in messages so they never show. Right after interpolation every value
 /// taken from the environment counts as one; once the file is parsed, [`Redactor::classify`]
 /// keeps only the values that are secrets (see there), so an address or a topic from
-/// `${VAR}` shows in errors while a password does not.
+/// `${VAR}` shows in errors while a password does not; once the plugins are known,
+/// [`Redactor::hide_marked`] adds every value of a field their schemas mark secret.
+/// Clones share what they hide: the stages of a pipeline hold one, to mask their log lines.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
     /// Each variable substituted, with its value.
     found: Vec<(String, String)>,
     /// What to replace, with what; longest first, so a secret containing another is hidden whole.
-    secrets: Vec<(String, String)>,
+    secrets: std::sync::Arc<std::sync::RwLock<Vec<(String, String)>>>,
 }
 
 /// Values shorter than this are not treated as secrets (they would mangle messages).
@@ -517,11 +522,70 @@ fn leaves(doc: &serde_yaml::Value, path: &mut Vec<String>, out: &mut Vec<(Vec<St
     }
 }
 
+/// Whether a schema marks its value secret.
+fn marked_secret(schema: &serde_json::Value) -> bool {
+    schema.get("writeOnly") == Some(&serde_json::Value::Bool(true)) || schema.get("x-secret") == Some(&serde_json::Value::Bool(true))
+}
+
+/// Collects the text values of `value` that `schema` (within `root`, for `$ref`s) marks
+/// secret: following properties, map values, items and `anyOf` / `oneOf` / `allOf`.
+fn marked_values(value: &serde_json::Value, schema: &serde_json::Value, root: &serde_json::Value, depth: usize, out: &mut Vec<String>) {
+    use serde_json::Value as V;
+    if depth > 32 {
+        return;
+    }
+    let schema = match schema.get("$ref").and_then(V::as_str).and_then(|r| r.strip_prefix('#')) {
+        Some(pointer) => root.pointer(pointer).unwrap_or(&V::Null),
+        None => schema,
+    };
+    if marked_secret(schema) {
+        texts(value, out);
+        return;
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        for alternative in schema.get(key).and_then(V::as_array).into_iter().flatten() {
+            marked_values(value, alternative, root, depth + 1, out);
+        }
+    }
+    match value {
+        V::Object(fields) => {
+            for (name, v) in fields {
+                let sub = schema
+                    .get("properties")
+                    .and_then(|p| p.get(name))
+                    .or_else(|| schema.get("additionalProperties").filter(|a| a.is_object()));
+                if let Some(sub) = sub {
+                    marked_values(v, sub, root, depth + 1, out);
+                }
+            }
+        }
+        V::Array(items) => {
+            if let Some(sub) = schema.get("items") {
+                for v in items {
+                    marked_values(v, sub, root, depth + 1, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every text (and number) in `value`.
+fn texts(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Number(n) => out.push(n.to_string()),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| texts(v, out)),
+        serde_json::Value::Object(fields) => fields.values().for_each(|v| texts(v, out)),
+        _ => {}
+    }
+}
+
 impl Redactor {
     /// Hides every secret in `text`.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();
-        for (secret, shown) in &self.secrets {
+        for (secret, shown) in self.secrets.read().unwrap_or_else(|p| p.into_inner()).iter() {
             if out.contains(secret.as_str()) {
                 out = out.replace(secret.as_str(), shown);
             }
@@ -529,15 +593,27 @@ impl Redactor {
         out
     }
 
+    /// Hides every text value of `config` (a stage's config) in a field that `schema` (its
+    /// plugin's config schema) marks secret with `writeOnly: true` or `x-secret: true`,
+    /// whether written out or substituted.
+    pub fn hide_marked(&self, config: &serde_json::Value, schema: &serde_json::Value) {
+        let mut found = Vec::new();
+        marked_values(config, schema, schema, 0, &mut found);
+        for value in found {
+            self.hide(&value, "***");
+        }
+    }
+
     fn add(&mut self, var: &str, value: &str) {
         self.found.push((var.to_owned(), value.to_owned()));
         self.hide(value, "***");
     }
 
-    fn hide(&mut self, secret: &str, shown: &str) {
-        if secret.len() >= MIN_SECRET_LEN && !self.secrets.iter().any(|(s, _)| s == secret) {
-            self.secrets.push((secret.to_owned(), shown.to_owned()));
-            self.secrets.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    fn hide(&self, secret: &str, shown: &str) {
+        let mut secrets = self.secrets.write().unwrap_or_else(|p| p.into_inner());
+        if secret.len() >= MIN_SECRET_LEN && !secrets.iter().any(|(s, _)| s == secret) {
+            secrets.push((secret.to_owned(), shown.to_owned()));
+            secrets.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         }
     }
 
@@ -549,7 +625,7 @@ impl Redactor {
     pub fn classify(&mut self, doc: &serde_yaml::Value) {
         let mut all = Vec::new();
         leaves(doc, &mut Vec::new(), &mut all);
-        self.secrets.clear();
+        self.secrets.write().unwrap_or_else(|p| p.into_inner()).clear();
         for (_, text) in &all {
             if let Some((user, pw)) = url_password(text) {
                 self.hide(&format!("://{user}:{pw}@"), &format!("://{user}:***@"));
@@ -566,94 +642,6 @@ impl Redactor {
             }
         }
     }
-}
-
-/// Expands `${VAR}` and `${VAR:-default}`; `$${` stands for a literal `${`. Every variable
-/// that is not set (and has no default) is named in one error, at the first of them.
-pub fn interpolate(text: &str, file: &Path, lookup: impl Fn(&str) -> Option<String>) -> Result<(String, Redactor), HostError> {
-    expand(text, file, lookup, false)
-}
-
-/// As [`interpolate`], but a variable that is not set and has no default stays as it was
-/// written (`${VAR}`), for a later pass to fill in or refuse; escapes (`$${`) stay escaped
-/// and a `${` in a value is escaped, so that pass expands nothing twice.
-pub fn interpolate_keeping_unset(
-    text: &str,
-    file: &Path,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<(String, Redactor), HostError> {
-    expand(text, file, lookup, true)
-}
-
-fn expand(text: &str, file: &Path, lookup: impl Fn(&str) -> Option<String>, keep_unset: bool) -> Result<(String, Redactor), HostError> {
-    let mut out = String::with_capacity(text.len());
-    let mut redactor = Redactor::default();
-    // Each variable not set, with the line and column of its first use.
-    let mut missing: Vec<(String, usize, usize)> = Vec::new();
-    for (line_no, line) in text.split_inclusive('\n').enumerate() {
-        let mut rest = line;
-        while let Some(pos) = rest.find("${") {
-            let column = line.len() - rest.len() + pos + 1;
-            if pos > 0 && rest.as_bytes()[pos - 1] == b'$' {
-                out.push_str(&rest[..pos - 1]);
-                // Kept escaped for the pass that follows a keeping one.
-                out.push_str(if keep_unset { "$${" } else { "${" });
-                rest = &rest[pos + 2..];
-                continue;
-            }
-            out.push_str(&rest[..pos]);
-            let after = &rest[pos + 2..];
-            let Some(end) = after.find('}') else {
-                return Err(Located::new(file, "an unclosed `${` (write `$${` for a literal one)").at(line_no + 1, column).into());
-            };
-            let expr = &after[..end];
-            let (var, default) = match expr.split_once(":-") {
-                Some((v, d)) => (v, Some(d)),
-                None => (expr, None),
-            };
-            let valid = !var.is_empty()
-                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                && !var.starts_with(|c: char| c.is_ascii_digit());
-            if !valid {
-                return Err(Located::new(
-                    file,
-                    format!("`${{{expr}}}` is not a valid variable reference; use ${{NAME}} or ${{NAME:-default}}"),
-                )
-                .at(line_no + 1, column)
-                .into());
-            }
-            match lookup(var).filter(|v| !v.is_empty() || default.is_none()) {
-                Some(value) => {
-                    redactor.add(var, &value);
-                    if keep_unset {
-                        out.push_str(&value.replace("${", "$${"));
-                    } else {
-                        out.push_str(&value);
-                    }
-                }
-                None => match default {
-                    Some(d) => out.push_str(d),
-                    None if keep_unset => out.push_str(&format!("${{{var}}}")),
-                    None if missing.iter().any(|(v, ..)| v == var) => {}
-                    None => missing.push((var.to_owned(), line_no + 1, column)),
-                },
-            }
-            rest = &after[end + 1..];
-        }
-        out.push_str(rest);
-    }
-    if let Some((first, line, column)) = missing.first() {
-        let message = match &missing[..] {
-            [_] => format!("environment variable {first} is not set; set it or give a default with ${{{first}:-default}}"),
-            all => format!(
-                "{} environment variables are not set: {}; set them or give defaults with ${{NAME:-default}}",
-                all.len(),
-                all.iter().map(|(v, l, c)| format!("{v} (line {l}, column {c})")).collect::<Vec<_>>().join(", ")
-            ),
-        };
-        return Err(Located::new(file, message).at(*line, *column).into());
-    }
-    Ok((out, redactor))
 }
 
 impl PipelineFile {
@@ -872,6 +860,29 @@ mod tests {
         assert_eq!(f.unwrap().redactor.redact("s3cr3t-value"), "***");
         assert!(secret_name("KAFKA_SASL_PASSWORD") && secret_name("x-api-key") && secret_name("Authorization") && secret_name("tls_key"));
         assert!(!secret_name("listen") && !secret_name("WEIR_HTTP_LISTEN") && !secret_name("brokers") && !secret_name("monkey"));
+    }
+
+    #[test]
+    fn fields_a_schema_marks_secret_are_hidden_wherever_they_are() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {
+                "token": {"type": ["string", "null"], "writeOnly": true},
+                "name": {"type": "string"},
+                "auth": {"anyOf": [{"$ref": "#/$defs/Auth"}, {"type": "null"}]},
+                "headers": {"type": "object", "additionalProperties": {"type": "string"}, "x-secret": true},
+            },
+            "$defs": {"Auth": {"type": "object", "properties": {"keys": {"type": "array", "items": {"$ref": "#/$defs/Key"}}}},
+                      "Key": {"type": "object", "properties": {"secret": {"type": "string", "writeOnly": true}, "id": {"type": "string"}}}},
+        });
+        let config = serde_json::json!({
+            "token": "tok-1234", "name": "orders",
+            "auth": {"keys": [{"secret": "key-5678", "id": "web"}, {"secret": "key-9012", "id": "app"}]},
+            "headers": {"authorization": "Bearer abcd-efgh"},
+        });
+        let redactor = Redactor::default();
+        redactor.hide_marked(&config, &schema);
+        assert_eq!(redactor.redact("tok-1234 orders key-5678 web key-9012 app Bearer abcd-efgh"), "*** orders *** web *** app ***");
     }
 
     #[test]
