@@ -199,6 +199,12 @@ pub struct StageSpec {
     /// With `after`: which records this sink gets.
     #[serde(default)]
     pub takes: Takes,
+    /// Sinks only: a CEL condition over `record`, `key` and `headers`; the sink gets only the
+    /// records for which it holds (`record.type == "error"`). A record no sink takes is
+    /// handled as `settings.unrouted` says; one the condition cannot be evaluated on is
+    /// rejected with the reason.
+    #[serde(default)]
+    pub when: Option<String>,
     /// Sinks only: how a batch the sink asks to retry is retried (by default with backoff
     /// from 50 ms to 5 s, until it is delivered or the pipeline stops).
     #[serde(default)]
@@ -423,6 +429,23 @@ pub struct PipelineSettings {
     /// order (dedupe) takes them in turn. Unset: one per core.
     #[serde(default)]
     pub transform_workers: Option<NonZeroUsize>,
+    /// What becomes of a record that no sink takes, when sinks have `when`: `dead_letter`
+    /// (rejected with the reason "no route", into the dead letters when the pipeline has a
+    /// `dead_letter` sink) or `drop` (counted as dropped).
+    #[serde(default)]
+    pub unrouted: Unrouted,
+}
+
+/// What becomes of a record that no sink's `when` takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Unrouted {
+    /// Rejected with the reason "no route" (into the dead letters when there is a
+    /// `dead_letter` sink).
+    #[default]
+    DeadLetter,
+    /// Dropped and counted (`weir_pipeline_records_total{outcome="dropped"}`).
+    Drop,
 }
 
 fn default_queue() -> NonZeroUsize {
@@ -436,6 +459,7 @@ impl Default for PipelineSettings {
             sink_queue_batches: default_queue(),
             acknowledge: Acknowledge::default(),
             transform_workers: None,
+            unrouted: Unrouted::default(),
         }
     }
 }
@@ -749,6 +773,18 @@ impl PipelineFile {
                         ))
                     }
                     Some(_) => {}
+                }
+            }
+            if let Some(when) = &stage.when {
+                let at = format!("{pointer}/when");
+                if !matches!(role, Role::Sink(_)) {
+                    return Err(self.error_at(&at, "only sinks may have `when` (to drop records, use the `filter` transform)"));
+                }
+                if stage.after.is_some() {
+                    return Err(self.error_at(&at, "a sink with `after` takes what its sink handled; give `when` to that sink instead"));
+                }
+                if let Err(e) = weir_plugin::expr::Expr::compile(when) {
+                    return Err(self.error_at(&at, format!("{} (column {} of the condition)", e.message, e.column)));
                 }
             }
         }

@@ -55,7 +55,14 @@ pub fn check(file: &PipelineFile, registry: &Registry) -> Vec<HostError> {
                 }
                 if !found {
                     if let Err(message) = plugin.validate(&stage.config.to_string()) {
-                        errors.push(file.error_at(&config_ptr, message));
+                        // A message may begin with the pointer of the field it is about.
+                        let (at, message) = match message.split_once(": ") {
+                            Some((field, rest)) if field.starts_with('/') && stage.config.pointer(field).is_some() => {
+                                (format!("{config_ptr}{field}"), rest.to_owned())
+                            }
+                            _ => (config_ptr.clone(), message),
+                        };
+                        errors.push(file.error_at(&at, message));
                     }
                 }
             }

@@ -12,6 +12,11 @@ pub(super) enum Current {
         base: Box<Current>,
         metas: Vec<RecordMeta>,
     },
+    /// Some records of a batch other sinks read too: those a sink's `when` takes.
+    Routed {
+        base: Arc<Current>,
+        metas: Vec<RecordMeta>,
+    },
 }
 
 impl Current {
@@ -22,6 +27,7 @@ impl Current {
             Current::Plugin(o) => o.checked_batch(),
             // Descriptors of a checked batch over its own data.
             Current::Kept { base, metas } => BatchRef::from_checked(base.view().data(), metas),
+            Current::Routed { base, metas } => BatchRef::from_checked(base.view().data(), metas),
         }
     }
 
@@ -29,7 +35,7 @@ impl Current {
     /// records only theirs, not the whole buffer they sit in.
     pub(super) fn bytes(&self) -> usize {
         match self {
-            Current::Kept { metas, .. } => metas
+            Current::Kept { metas, .. } | Current::Routed { metas, .. } => metas
                 .iter()
                 .map(|m| if m.key_len == weir_plugin::abi::ABSENT { 0 } else { m.key_len as usize } + m.value_len as usize + m.headers_len as usize)
                 .sum(),

@@ -38,6 +38,7 @@ mod intake;
 mod queue;
 mod report;
 mod retry;
+mod route;
 mod sink;
 mod stage;
 mod transforms;
@@ -202,6 +203,8 @@ impl Pipeline {
         };
         let mut sink_txs = Vec::new();
         let follows: Vec<(Option<String>, Takes)> = file.sinks().map(|s| (s.after.clone(), s.takes)).collect();
+        let whens: Vec<Option<&str>> = file.sinks().map(|s| s.when.as_deref()).collect();
+        let mut routed = Vec::new();
         let total_sinks = sinks.len();
         let queues: Vec<_> = sinks.iter().map(|s| sink_queue(settings.sink_queue_batches.get(), &s[0].metrics)).collect();
         let (txs, inboxes): (Vec<SinkQueue>, Vec<SinkInbox>) = queues.into_iter().unzip();
@@ -215,6 +218,7 @@ impl Pipeline {
                 .collect();
             if follows[i].0.is_none() {
                 sink_txs.push((txs[i].clone(), instances[0].buffer.clone()));
+                routed.push((names[i].clone(), whens[i], downstream.len()));
             }
             spawn_sink(&mut threads, &file.name, instances, &rx, &downstream, dead_letters.as_ref(), &abandon)?;
         }
@@ -240,6 +244,7 @@ impl Pipeline {
             abandon: abandon.clone(),
             sinks: sink_txs,
             source_metrics,
+            routes: route::Routes::new(&routed, settings.unrouted).map_err(|e| file.error_at("/sinks", e))?,
         });
         // One worker per core unless the pipeline says; with no transforms one is enough.
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);

@@ -28,6 +28,8 @@ pub(super) struct Heads {
     /// The sinks that take batches from the transforms (not those after another sink).
     pub(super) sinks: Vec<(SinkQueue, Arc<Buffer>)>,
     pub(super) source_metrics: Arc<StageMetrics>,
+    /// Which of `sinks` take which records, when some have a `when` condition.
+    pub(super) routes: Option<super::route::Routes>,
 }
 
 /// The source's queue, and the batches done out of turn.
@@ -111,6 +113,8 @@ struct Processed {
     ack: AckGuard,
     received: Instant,
     trace: Option<SpanContext>,
+    /// Which records each sink takes, when sinks have conditions.
+    taken: Option<super::route::Taken>,
 }
 
 /// One worker: runs batches through its own instances of the transforms until the source's
@@ -230,7 +234,11 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
                 span.end();
             }
         }
-        order.put(number, Processed { outcomes, origins, letters, current, awaiting, ack, received, trace }, &heads);
+        let taken = heads.routes.as_ref().filter(|_| !origins.is_empty()).map(|routes| {
+            let letters = if keep_letters { Some(&mut letters) } else { None };
+            routes.route(&current.view(), &origins, &mut outcomes, letters)
+        });
+        order.put(number, Processed { outcomes, origins, letters, current, awaiting, ack, received, trace, taken }, &heads);
     }
     if order.running.fetch_sub(1, Relaxed) == 1 {
         // No more batches: disk-buffered sinks deliver what is on disk (or hand it to the
@@ -243,7 +251,7 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
 
 /// Settles what the chain decided and hands the rest of the batch to the sinks.
 fn hand_to_sinks(batch: Processed, heads: &Heads) {
-    let Processed { outcomes, origins, mut letters, current, awaiting, ack, received, trace } = batch;
+    let Processed { outcomes, origins, mut letters, current, awaiting, ack, received, trace, taken } = batch;
     let source_metrics = &heads.source_metrics;
     let (total_sinks, ack_mode) = (heads.total_sinks, heads.ack_mode);
     let tracker = Arc::new(Tracker {
@@ -269,9 +277,26 @@ fn hand_to_sinks(batch: Processed, heads: &Heads) {
     }
     let shared = Arc::new(current);
     let origins = Arc::new(origins);
-    let (records, bytes) = (shared.view().len(), shared.bytes());
-    for (queue, buffer) in &heads.sinks {
+    for (s, (queue, buffer)) in heads.sinks.iter().enumerate() {
         let m = &queue.metrics;
+        // A sink with a condition gets the records it takes (none: it has nothing to do).
+        let (shared, origins) = match taken.as_ref().and_then(|t| t[s].as_deref()) {
+            None => (shared.clone(), origins.clone()),
+            Some([]) => {
+                let followers = heads.routes.as_ref().map_or(0, |r| r.followers[s]);
+                for _ in 0..=followers {
+                    tracker.done();
+                }
+                continue;
+            }
+            Some(picked) => {
+                let view = shared.view();
+                let metas = picked.iter().map(|&i| view.metas()[i as usize]).collect();
+                let picked_origins = picked.iter().map(|&i| origins[i as usize]).collect();
+                (Arc::new(Current::Routed { base: shared.clone(), metas }), Arc::new(picked_origins))
+            }
+        };
+        let (records, bytes) = (shared.view().len(), shared.bytes());
         if let Some(log) = &buffer.disk {
             // On disk is delivered as far as the source is concerned.
             let block = buffer.spec.when_full == WhenFull::Block;

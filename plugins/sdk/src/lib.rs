@@ -11,6 +11,8 @@ pub mod context;
 pub mod error;
 #[doc(hidden)]
 pub mod export;
+#[cfg(feature = "expr")]
+pub mod expr;
 pub mod json;
 pub mod metrics;
 pub mod mock;

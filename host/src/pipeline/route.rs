@@ -1,0 +1,90 @@
+//! Routing: sinks with a `when` condition get only the records for which it holds. The
+//! conditions are evaluated on the transform worker that finished the batch (in parallel
+//! across workers), once per record and sink; a record is read into the expression's values
+//! once for all of them.
+
+use weir_plugin::expr::{Expr, Input};
+
+use super::*;
+use crate::config::Unrouted;
+
+/// The routing of a pipeline whose sinks have `when` conditions.
+pub(super) struct Routes {
+    /// One per sink of `Heads::sinks`, in that order: its condition, or `None` to take all.
+    pub(super) conditions: Vec<Option<Expr>>,
+    /// The sinks' names, for reasons.
+    pub(super) names: Vec<Arc<str>>,
+    /// How many sinks run `after` each: a sink that takes nothing of a batch settles their
+    /// part too.
+    pub(super) followers: Vec<usize>,
+    pub(super) unrouted: Unrouted,
+}
+
+/// Which records of a batch each sink takes: `None` for all of them.
+pub(super) type Taken = Vec<Option<Vec<u32>>>;
+
+impl Routes {
+    /// Routes from the pipeline's sinks (those fed by the transforms, in order); `None`
+    /// when no sink has a condition.
+    /// `sinks`: each sink's name, condition and the number of sinks that run after it.
+    pub(super) fn new(sinks: &[(Arc<str>, Option<&str>, usize)], unrouted: Unrouted) -> Result<Option<Routes>, String> {
+        if sinks.iter().all(|(_, when, _)| when.is_none()) {
+            return Ok(None);
+        }
+        let conditions = sinks
+            .iter()
+            .map(|(name, when, _)| when.map(|w| Expr::compile(w).map_err(|e| format!("sink {name}: when: {e}"))).transpose())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Routes {
+            conditions,
+            names: sinks.iter().map(|(n, ..)| n.clone()).collect(),
+            followers: sinks.iter().map(|(.., f)| *f).collect(),
+            unrouted,
+        }))
+    }
+
+    /// Decides each record's sinks. A record a condition cannot be evaluated on is rejected
+    /// with the reason and goes to no sink; one no sink takes is rejected as "no route" or
+    /// dropped, as `unrouted` says. Refusals get their outcome and, with `letters`, their
+    /// dead letter.
+    pub(super) fn route(&self, batch: &BatchRef<'_>, origins: &[u32], outcomes: &mut Outcomes, mut letters: Option<&mut Letters>) -> Taken {
+        let mut lists: Vec<Vec<u32>> = vec![Vec::new(); self.conditions.len()];
+        let takes_all = self.conditions.iter().any(Option::is_none);
+        for (i, record) in batch.iter().enumerate() {
+            let input = Input::new(record.value, record.key, record.headers());
+            let mut holds = vec![false; self.conditions.len()];
+            let mut failed = None;
+            for (s, condition) in self.conditions.iter().enumerate() {
+                match condition.as_ref().map(|c| c.holds(&input)) {
+                    None | Some(Ok(true)) => holds[s] = true,
+                    Some(Ok(false)) => {}
+                    Some(Err(e)) => {
+                        failed = Some((self.names[s].clone(), format!("when: {e}")));
+                        break;
+                    }
+                }
+            }
+            let refusal = match failed {
+                Some(refusal) => refusal,
+                None if takes_all || holds.iter().any(|h| *h) => {
+                    for (list, _) in lists.iter_mut().zip(&holds).filter(|(_, h)| **h) {
+                        list.push(i as u32);
+                    }
+                    continue;
+                }
+                None if self.unrouted == Unrouted::Drop => {
+                    outcomes.set(origins[i], outcome::DROPPED, None);
+                    continue;
+                }
+                None => (Arc::from("routing"), "no route: no sink's `when` holds for the record".to_owned()),
+            };
+            let (stage, reason) = refusal;
+            if let Some(letters) = letters.as_deref_mut() {
+                letters.add(&record, origins[i], &stage, "rejected", &reason);
+            }
+            outcomes.set(origins[i], outcome::REJECTED, Some(Refusal::by(&stage, reason)));
+        }
+        let n = batch.len();
+        lists.into_iter().map(|l| (l.len() != n).then_some(l)).collect()
+    }
+}

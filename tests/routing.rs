@@ -1,0 +1,184 @@
+//! Filtering and routing by content: the `filter` transform and sinks with `when`, end to
+//! end through the built binary. Expected outputs are computed here from the events with
+//! plain Rust, not with the expressions under test.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn ids(path: &std::path::Path) -> BTreeSet<u64> {
+    json_lines(path).iter().map(|r| r["id"].as_u64().unwrap()).collect()
+}
+
+/// The events posted: every combination the conditions tell apart.
+fn events() -> Vec<Value> {
+    let mut out = Vec::new();
+    for id in 0..60u64 {
+        let level = ["info", "error", "warn"][id as usize % 3];
+        let kind = ["user.signup", "user.deactivated", "order.placed", "page.view", "heartbeat"][id as usize % 5];
+        let mut e = json!({"id": id, "level": level, "type": kind, "user": {"tier": if id % 4 == 0 { "gold" } else { "free" }}});
+        match id % 6 {
+            0 => e["amount"] = json!(id as f64 * 10.0),
+            1 => e["amount"] = json!("not a number"),
+            _ => {}
+        }
+        out.push(e);
+    }
+    out
+}
+
+#[test]
+fn three_sinks_get_exactly_their_records_and_what_no_sink_takes_is_dead_lettered() {
+    let scene = Scene::new();
+    scene.pipeline(
+        "routed",
+        r#"source:
+  plugin: http
+  config: {listen: "127.0.0.1:@PORT@"}
+transforms:
+  - plugin: filter
+    config: {drop: 'record.type == "heartbeat"'}
+sinks:
+  - plugin: file
+    name: errors
+    when: 'record.level == "error"'
+    config: {path: "@DIR@/errors.jsonl"}
+  - plugin: file
+    name: users
+    when: 'record.type.startsWith("user.") && headers["http.client_ip"] == "127.0.0.1"'
+    config: {path: "@DIR@/users.jsonl"}
+  - plugin: file
+    name: big
+    when: 'has(record.amount) && record.amount > 100.0'
+    config: {path: "@DIR@/big.jsonl"}
+dead_letter:
+  plugin: file
+  config: {path: "@DIR@/dead.jsonl"}
+"#,
+    );
+    let weir = scene.start(&["--no-watch"], &[]);
+    let all = events();
+    let r = post_json(&scene.url("/produce"), &Value::Array(all.clone()).to_string());
+    assert_eq!(r.status, 200, "{r:?}");
+    let answer = r.json();
+
+    // What each sink should get, decided here without CEL.
+    let (mut errors, mut users, mut big, mut no_route, mut failed, mut dropped) =
+        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    for e in &all {
+        let id = e["id"].as_u64().unwrap();
+        if e["type"] == "heartbeat" {
+            dropped.insert(id);
+            continue;
+        }
+        let is_error = e["level"] == "error";
+        let is_user = e["type"].as_str().unwrap().starts_with("user.");
+        // The third condition cannot be evaluated on a text amount: the record is refused.
+        if e["amount"].is_string() {
+            failed.insert(id);
+            continue;
+        }
+        let is_big = e["amount"].as_f64().is_some_and(|a| a > 100.0);
+        if is_error {
+            errors.insert(id);
+        }
+        if is_user {
+            users.insert(id);
+        }
+        if is_big {
+            big.insert(id);
+        }
+        if !is_error && !is_user && !is_big {
+            no_route.insert(id);
+        }
+    }
+    assert!(!errors.is_empty() && !users.is_empty() && !big.is_empty() && !no_route.is_empty() && !failed.is_empty());
+    let dir = scene.dir.path();
+    wait_for("the routed records", Duration::from_secs(10), || {
+        ids(&dir.join("errors.jsonl")) == errors && ids(&dir.join("users.jsonl")) == users && ids(&dir.join("big.jsonl")) == big
+    });
+    let dead = json_lines(&dir.join("dead.jsonl"));
+    let dead_ids = |reason: &str| -> BTreeSet<u64> {
+        dead.iter().filter(|d| d["reason"].as_str().unwrap().contains(reason)).map(|d| d["record"]["id"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(dead_ids("no route"), no_route, "unrouted records are dead-lettered with the reason");
+    assert_eq!(dead_ids("record.amount > 100.0"), failed, "records a condition fails on are refused with it");
+    assert!(dead.iter().filter(|d| d["reason"].as_str().unwrap().contains("no route")).all(|d| d["stage"] == "routing"));
+    assert!(dead.iter().filter(|d| d["reason"].as_str().unwrap().contains("amount")).all(|d| d["stage"] == "big"));
+    // The client hears the same: refused records with their reasons, the rest accepted.
+    let rejected: BTreeSet<u64> = answer["rejected"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    assert_eq!(rejected, no_route.union(&failed).copied().collect::<BTreeSet<_>>(), "{answer}");
+    assert_eq!(answer["accepted"].as_u64().unwrap() as usize, all.len() - rejected.len() - dropped.len(), "{answer}");
+    let m = weir.metrics();
+    assert!(m.contains(r#"weir_stage_records_dropped_total{pipeline="routed",stage="filter",plugin="filter"} 12"#), "{m}");
+    assert!(
+        m.contains(&format!(r#"weir_stage_records_in_total{{pipeline="routed",stage="errors",plugin="file"}} {}"#, errors.len())),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_source_waits_only_for_the_sinks_its_records_were_routed_to_and_unrouted_records_may_be_dropped() {
+    let scene = Scene::new();
+    scene.pipeline(
+        "partial",
+        r#"source:
+  plugin: http
+  config: {listen: "127.0.0.1:@PORT@"}
+settings:
+  unrouted: drop
+sinks:
+  - plugin: test-flaky
+    name: stuck
+    when: 'record.type == "stuck"'
+    config: {outage_marker: stuck}
+  - plugin: file
+    name: kept
+    when: 'record.type == "kept"'
+    config: {path: "@DIR@/kept.jsonl"}
+"#,
+    );
+    let weir = scene.start(&["--no-watch"], &[]);
+    // Nothing for the sink that never delivers: answered at once.
+    let r = post_json(&scene.url("/produce"), r#"[{"type":"kept","id":1},{"type":"other","id":2}]"#);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["accepted"], 1, "{r:?}");
+    assert_eq!(ids(&scene.path("kept.jsonl")), BTreeSet::from([1]));
+    wait_for("the unrouted record counted as dropped", Duration::from_secs(5), || {
+        weir.metric(r#"weir_pipeline_records_total{pipeline="partial",stage="http",plugin="http",outcome="dropped"}"#) == Some(1.0)
+    });
+    // A record routed to it waits for it: no answer while it keeps retrying.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "3", "-H", "Content-Type: application/json", "--data-binary", r#"{"type":"stuck","id":3}"#])
+        .arg(scene.url("/produce"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "answered before the sink it was routed to had it: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn a_condition_that_does_not_compile_is_refused_at_its_line() {
+    let scene = Scene::new();
+    let filter = scene.pipeline(
+        "filtered",
+        "source:\n  plugin: http\ntransforms:\n  - plugin: filter\n    config:\n      keep: 'record.n >'\nsinks:\n  - plugin: discard\n",
+    );
+    let out = weir(&["validate", "--format", "json", filter.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let errors = report["files"][0]["errors"].as_array().unwrap_or_else(|| panic!("{report}"));
+    let keep = errors.iter().find(|e| e["field"] == "transforms[0].config.keep").unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(keep["line"], 6, "{keep}");
+    assert!(keep["message"].as_str().unwrap().contains("not a valid expression"), "{keep}");
+
+    let routed = scene.pipeline("routed", "source:\n  plugin: http\nsinks:\n  - plugin: discard\n    when: 'amount > 3'\n");
+    let out = weir(&["validate", routed.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("routed.yaml:5:5: sinks[0].when: unknown variable `amount`"), "{text}");
+}
