@@ -3,7 +3,7 @@
 //! across workers), once per record and sink; a record is read into the expression's values
 //! once for all of them.
 
-use weir_plugin::expr::{Expr, Input};
+use weir_plugin::expr::{Expr, Needs, Record};
 
 use super::*;
 use crate::config::Unrouted;
@@ -17,6 +17,8 @@ pub(super) struct Routes {
     /// How many sinks run `after` each: a sink that takes nothing of a batch settles their
     /// part too.
     pub(super) followers: Vec<usize>,
+    /// What the conditions read of a record, together.
+    needs: Needs,
     pub(super) unrouted: Unrouted,
 }
 
@@ -35,7 +37,9 @@ impl Routes {
             .iter()
             .map(|(name, when, _)| when.map(|w| Expr::compile(w).map_err(|e| format!("sink {name}: when: {e}"))).transpose())
             .collect::<Result<Vec<_>, _>>()?;
+        let needs = conditions.iter().flatten().fold(Needs::nothing(), |n, c| n.union(c.needs()));
         Ok(Some(Routes {
+            needs,
             conditions,
             names: sinks.iter().map(|(n, ..)| n.clone()).collect(),
             followers: sinks.iter().map(|(.., f)| *f).collect(),
@@ -51,11 +55,11 @@ impl Routes {
         let mut lists: Vec<Vec<u32>> = vec![Vec::new(); self.conditions.len()];
         let takes_all = self.conditions.iter().any(Option::is_none);
         for (i, record) in batch.iter().enumerate() {
-            let input = Input::new(record.value, record.key, record.headers());
+            let input = Record::new(record, &self.needs);
             let mut holds = vec![false; self.conditions.len()];
             let mut failed = None;
             for (s, condition) in self.conditions.iter().enumerate() {
-                match condition.as_ref().map(|c| c.holds(&input)) {
+                match condition.as_ref().map(|c| c.test(&input)) {
                     None | Some(Ok(true)) => holds[s] = true,
                     Some(Ok(false)) => {}
                     Some(Err(e)) => {

@@ -92,7 +92,7 @@ fn members(text: &str) -> Result<Option<Members<'_>>, serde_json::Error> {
 }
 
 /// The last member called `name` (the one a JSON reader keeps when a key repeats).
-fn member<'a>(members: &[(Cow<'a, str>, &'a RawValue)], name: &str) -> Option<&'a RawValue> {
+pub(crate) fn member<'a>(members: &[(Cow<'a, str>, &'a RawValue)], name: &str) -> Option<&'a RawValue> {
     members.iter().rev().find(|(k, _)| k == name).map(|(_, v)| *v)
 }
 
