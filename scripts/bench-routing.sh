@@ -3,7 +3,7 @@
 # enrich → dedupe → websocket + file) against the same pipeline with a `filter` transform
 # and its file sink split three ways by `when` conditions (each record goes to exactly one
 # of the three files, so the same bytes are written). Runs the two alternately ROUNDS times
-# and prints every run, events/s as weir-bench measures them.
+# and prints every run, events/s as weir-bench measures them (and the lines the files got).
 #
 #   scripts/bench-routing.sh        # ROUNDS=3 SECONDS_PER_RUN=10 CONNECTIONS=8 BIN=target/release
 set -euo pipefail
@@ -16,20 +16,21 @@ BIN=${BIN:-target/release}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-mkdir -p "$work/default" "$work/routed"
+mkdir -p "$work/default" "$work/routed" "$work/filter" "$work/route" "$work/three"
 sed "s|../schemas/|$PWD/schemas/|" pipelines/default.yaml > "$work/default/default.yaml"
 # The same pipeline with a filter (dropping nothing of this load) and three routed files.
-python3 - "$work/default/default.yaml" "$work/routed/default.yaml" <<'PY'
+python3 - "$work" <<'PY'
 import sys
-text = open(sys.argv[1]).read()
-text = text.replace("sinks:\n", """  - plugin: filter
+work = sys.argv[1]
+base = open(f"{work}/default/default.yaml").read()
+filtered = base.replace("sinks:\n", """  - plugin: filter
     config: {drop: 'record.eventType == "heartbeat"'}
 sinks:
 """, 1)
 file_sink = """  - plugin: file
     config:
       path: ${WEIR_EVENTS_FILE:-../data/events.jsonl}"""
-assert file_sink in text
+assert file_sink in base
 routed = ""
 for name, when in [("low", 'record.userId < "user-3"'),
                    ("middle", 'record.userId >= "user-3" && record.userId < "user-6"'),
@@ -40,7 +41,12 @@ for name, when in [("low", 'record.userId < "user-3"'),
     config:
       path: ${{WEIR_EVENTS_FILE:-../data/events.jsonl}}.{name}
 """
-open(sys.argv[2], "w").write(text.replace(file_sink + "\n", routed))
+open(f"{work}/routed/default.yaml", "w").write(filtered.replace(file_sink + "\n", routed))
+open(f"{work}/filter/default.yaml", "w").write(filtered)
+open(f"{work}/route/default.yaml", "w").write(base.replace(file_sink + "\n", routed))
+# The same three files without conditions: each gets every record.
+three = "".join(line for line in routed.splitlines(keepends=True) if not line.lstrip().startswith("when:"))
+open(f"{work}/three/default.yaml", "w").write(base.replace(file_sink + "\n", three))
 PY
 
 run() { # variant
@@ -59,7 +65,9 @@ run() { # variant
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
+# VARIANTS: default and routed (filter and three-way route) by default; `filter` and
+# `route` have one of the two each; `three` has the three files without conditions (each
+# file gets every record).
 for _ in $(seq "$ROUNDS"); do
-  run default
-  run routed
+  for v in ${VARIANTS:-default routed}; do run "$v"; done
 done
