@@ -351,6 +351,57 @@ fn the_nexus_example_stores_events_and_serves_the_seed_metrics() {
 }
 
 #[test]
+fn the_routed_nexus_example_stores_failures_and_deactivations_in_their_own_tables() {
+    let broker = Broker::memory();
+    broker.create_topic("user-events", 1);
+    let db = format!("weir_nexus_routed_{}", free_port());
+    psql(SERVER, &format!("CREATE DATABASE {db}"));
+    struct Db(String);
+    impl Drop for Db {
+        fn drop(&mut self) {
+            let _ =
+                Command::new("psql").args([SERVER, "-X", "-q", "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0)]).output();
+        }
+    }
+    let _db = Db(db.clone());
+    let url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+    let types = ["user.login", "user.deactivated", "payment.failed", "user.profile_updated", "user.error", "user.deactivated"];
+    let events: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            format!(r#"{{"event_id":"e{i}","event_type":"{t}","user_id":"u{i}","service":"users","timestamp":"2024-11-08T12:00:0{i}Z"}}"#)
+        })
+        .collect();
+    produce(&broker, "user-events", &events.iter().map(|e| (None, e.as_str())).collect::<Vec<_>>());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let envs = [("KAFKA_BROKERS", broker.addr.as_str()), ("DATABASE_URL", url.as_str()), ("METRICS_LISTEN", metrics.as_str())];
+    let _weir = Weir::start(&repo().join("examples/nexus-analytics/routed"), &[], &envs);
+    // Where each event belongs, decided here from its type.
+    let failed = |t: &str| t.ends_with(".failed") || t.ends_with(".error");
+    let expect = |pick: &dyn Fn(&str) -> bool| -> String {
+        types.iter().enumerate().filter(|(_, t)| pick(t)).map(|(i, _)| format!("e{i}")).collect::<Vec<_>>().join("\n")
+    };
+    let tables = [
+        ("analytics.events", expect(&|t| !failed(t) && t != "user.deactivated")),
+        ("analytics.event_errors", expect(&|t| failed(t))),
+        ("analytics.user_deactivations", expect(&|t| !failed(t) && t == "user.deactivated")),
+    ];
+    wait_for("every event in its table", Duration::from_secs(30), || {
+        tables.iter().all(|(table, ids)| {
+            Command::new("psql")
+                .args([url.as_str(), "-XAtc", &format!("SELECT event_id FROM {table} ORDER BY event_id")])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == ids)
+        })
+    });
+    // The metrics sink still counts what analytics.events stored.
+    wait_for("the stored events counted", Duration::from_secs(30), || {
+        curl("GET", &format!("http://{metrics}/metrics"), None, None).body.contains("analytics_events_stored_total 2\n")
+    });
+}
+
+#[test]
 fn a_hundred_thousand_events_through_kafka_into_postgresql_survive_three_sigkills_exactly_once() {
     let schema = Schema::new("sigkill");
     let table = format!("{}.events", schema.0);

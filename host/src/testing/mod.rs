@@ -159,8 +159,8 @@ fn stand_in(stage: &serde_yaml::Value, name: &str, config: Value) -> serde_yaml:
     out.insert("name".into(), name.into());
     out.insert("plugin".into(), "file".into());
     out.insert("config".into(), serde_yaml::to_value(config).unwrap_or_default());
-    // Wiring and switches stay; what only the real plugin needs (a disk buffer) goes.
-    for key in ["after", "takes", "enabled", "retry"] {
+    // Wiring, routing and switches stay; what only the real plugin needs (a disk buffer) goes.
+    for key in ["after", "takes", "when", "enabled", "retry"] {
         if let Some(v) = stage.get(key) {
             out.insert(key.into(), v.clone());
         }
