@@ -182,3 +182,33 @@ fn a_condition_that_does_not_compile_is_refused_at_its_line() {
     let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("routed.yaml:5:5: sinks[0].when: unknown variable `amount`"), "{text}");
 }
+
+#[test]
+fn map_sets_renames_and_removes_and_every_other_byte_stays() {
+    let scene = Scene::new();
+    scene.pipeline(
+        "mapped",
+        r#"source:
+  plugin: http
+  config: {listen: "127.0.0.1:@PORT@"}
+transforms:
+  - plugin: map
+    config:
+      set: {amountCents: 'int(record.amount * 100.0)', /user/vip: 'record.user.tier in ["gold", "platinum"]'}
+      rename: {ts: timestamp}
+      remove: [/password]
+sinks:
+  - plugin: file
+    config: {path: "@DIR@/out.jsonl"}
+"#,
+    );
+    let _weir = scene.start(&["--no-watch"], &[]);
+    let sent = r#"{"id":1.10,"amount":12.5,"ts":"2024-01-01T00:00:00Z","password":"hunter2","note":"caf\u00e9 \"q\"","user":{"tier":"gold","n":-0},"big":123456789012345678901234567890}"#;
+    let r = post_json(&scene.url("/produce"), sent);
+    assert_eq!(r.status, 200, "{r:?}");
+    let written = std::fs::read_to_string(scene.path("out.jsonl")).unwrap();
+    assert_eq!(
+        written.trim_end(),
+        r#"{"id":1.10,"amount":12.5,"note":"caf\u00e9 \"q\"","user":{"tier":"gold","n":-0,"vip":true},"big":123456789012345678901234567890,"timestamp":"2024-01-01T00:00:00Z","amountCents":1250}"#
+    );
+}

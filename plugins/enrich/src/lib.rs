@@ -1,7 +1,8 @@
-//! The `enrich` transform: adds fields from templates (receive time, host name, a
+//! The `map` transform (see [`map`]) and the `enrich` transform: adds fields from templates (receive time, host name, a
 //! generated id, request metadata from record headers, static values) and sets the
 //! record key from a field.
 
+mod map;
 mod raw;
 mod template;
 
@@ -136,7 +137,9 @@ impl Transform for Enrich {
     }
 }
 
-weir_plugin::export_plugins!(transform Enrich);
+pub use map::{Map, MapConfig};
+
+weir_plugin::export_plugins!(transform Enrich, transform Map);
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@ use weir_plugin::serde::de::{Deserializer, Error as _, MapAccess, Visitor};
 use weir_plugin::serde_json::{self, value::RawValue, Map, Value};
 
 /// A member's value.
-enum Member<'a> {
+pub enum Member<'a> {
     /// As written in the record.
     Raw(&'a RawValue),
     /// A record object opened to set a field inside it.
@@ -156,6 +156,73 @@ impl<'a> Object<'a> {
             Member::Object(o) => o.set(rest, value, only_if_missing),
             Member::Set(Value::Object(m)) => set_in_value(m, rest, value, only_if_missing).then_some(()).ok_or_else(in_the_way),
             _ => Err(in_the_way()),
+        }
+    }
+
+    /// Removes the member at `path` (every copy of a repeated key) and returns the one a
+    /// JSON reader would have kept; `None` when there is none. Objects are opened only along
+    /// the path.
+    pub fn remove(&mut self, path: &[Seg]) -> Result<Option<Member<'a>>, EditError> {
+        let (first, rest) = path.split_first().expect("paths are never empty");
+        if rest.is_empty() {
+            let mut kept = None;
+            self.members.retain_mut(|(k, m)| {
+                if k.name == first.name {
+                    kept = Some(std::mem::replace(m, Member::Set(Value::Null)));
+                    false
+                } else {
+                    true
+                }
+            });
+            return Ok(kept);
+        }
+        let Some(member) = self.find(&first.name) else { return Ok(None) };
+        if let Member::Raw(raw) = *member {
+            if first_byte(raw.get()) != Some(b'{') {
+                return Ok(None);
+            }
+            *member = Member::Object(Object::parse(raw.get())?);
+        }
+        match member {
+            Member::Object(o) => o.remove(rest),
+            Member::Set(Value::Object(m)) => {
+                let mut cur = m;
+                for seg in &rest[..rest.len() - 1] {
+                    match cur.get_mut(&seg.name) {
+                        Some(Value::Object(next)) => cur = next,
+                        _ => return Ok(None),
+                    }
+                }
+                Ok(cur.remove(&rest[rest.len() - 1].name).map(Member::Set))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Sets `member` (as [`Object::remove`] gave it) at `path`, as [`Object::set`] does a
+    /// value: a value as written keeps its bytes.
+    pub fn put(&mut self, path: &'a [Seg], member: Member<'a>) -> Result<(), EditError> {
+        match member {
+            Member::Set(v) => self.set(path, v, false),
+            other => {
+                let (last, parents) = path.split_last().expect("paths are never empty");
+                if !parents.is_empty() {
+                    self.set(path, Value::Null, false)?;
+                    self.remove(path)?;
+                    let mut cur = self;
+                    for seg in parents {
+                        let Some(Member::Object(o)) = cur.find(&seg.name) else {
+                            return Err(EditError::ParentNotObject(path.iter().map(|s| format!("/{}", s.name)).collect()));
+                        };
+                        cur = o;
+                    }
+                    cur.members.push((Key::of(last), other));
+                    return Ok(());
+                }
+                self.members.retain(|(k, _)| k.name != last.name);
+                self.members.push((Key::of(last), other));
+                Ok(())
+            }
         }
     }
 
