@@ -347,6 +347,7 @@ pub fn router(host: Arc<Host>, drain: std::time::Duration, access: Access) -> Ro
                 .delete(move |h, n, headers| delete_pipeline(h, n, headers, drain)),
         )
         .route("/pipelines/{name}/tap", get(tap))
+        .route("/pipelines/{name}/records", axum::routing::post(crate::replay::post))
         .route("/pipelines/{name}/offsets", get(crate::offsets::get).patch(crate::offsets::patch).delete(crate::offsets::delete))
         .route("/", get(crate::console::page))
         .route("/console.js", get(crate::console::script))

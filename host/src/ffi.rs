@@ -529,6 +529,34 @@ impl AckGuard {
     }
 }
 
+/// What the host hears of a batch it offered a pipeline itself: a code and a reason per record.
+pub type HostAck = std::sync::mpsc::Receiver<(Vec<u8>, Vec<String>)>;
+
+impl AckGuard {
+    /// An acknowledgement that comes back to the host (for records it offers a pipeline
+    /// itself, as a replay does).
+    pub fn to_host(count: usize) -> (AckGuard, HostAck) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let ctx: *mut c_void = Box::into_raw(Box::new(tx)).cast();
+        (AckGuard { cb: Some(AckCallback { ctx, call: Some(host_ack) }), count }, rx)
+    }
+}
+
+unsafe extern "C" fn host_ack(ctx: *mut c_void, ack: *const AckView) {
+    // SAFETY: `ctx` is the sender `AckGuard::to_host` boxed; called once.
+    let tx = unsafe { Box::from_raw(ctx.cast::<std::sync::mpsc::SyncSender<(Vec<u8>, Vec<String>)>>()) };
+    // SAFETY: per ABI.md the view and what it points to live for the call.
+    let view = unsafe { &*ack };
+    let n = view.count as usize;
+    let codes = if n == 0 { Vec::new() } else { unsafe { std::slice::from_raw_parts(view.codes, n) }.to_vec() };
+    let reasons = if n == 0 {
+        Vec::new()
+    } else {
+        unsafe { std::slice::from_raw_parts(view.reasons, n) }.iter().map(|r| r.as_str().to_owned()).collect()
+    };
+    let _ = tx.send((codes, reasons));
+}
+
 impl Drop for AckGuard {
     fn drop(&mut self) {
         if self.cb.is_some() {

@@ -13,6 +13,7 @@ pub mod loader;
 pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
+pub mod replay;
 pub mod routes;
 pub mod tap;
 pub mod telemetry;

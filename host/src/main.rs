@@ -101,6 +101,38 @@ enum Command {
         #[arg(long)]
         admin: Option<String>,
     },
+    /// Feed dead letters back into a running host's pipeline: the envelopes a `dead_letter`
+    /// sink wrote (a file of JSON lines, or `kafka://BROKERS/TOPIC`), optionally only those of
+    /// one stage, reason or time; each record goes in as it came, with `weir.replay` headers.
+    /// Exit 1 when a record is refused again.
+    Replay {
+        /// A file of dead letters, or `kafka://host:port[,host:port]/TOPIC`.
+        from: String,
+        /// The pipeline to feed (its source's place: the records go through its transforms).
+        #[arg(long)]
+        pipeline: String,
+        /// Only dead letters of this stage.
+        #[arg(long)]
+        stage: Option<String>,
+        /// Only dead letters whose reason contains this text.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only dead letters written at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only dead letters written before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Records per request.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Print what would be replayed, send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Address of the host's admin API (default: `admin` of weir.yaml, 127.0.0.1:8083).
+        #[arg(long)]
+        admin: Option<String>,
+    },
     /// Show the pipelines of a running host, with their state and what each stage did.
     Status {
         /// Address of the host's admin API (default: `admin` of weir.yaml, 127.0.0.1:8083).
@@ -140,7 +172,8 @@ fn main() -> ExitCode {
     if let Command::Apply { admin: Some(a), .. }
     | Command::Delete { admin: Some(a), .. }
     | Command::Status { admin: Some(a), .. }
-    | Command::Tap { admin: Some(a), .. } = &cli.command
+    | Command::Tap { admin: Some(a), .. }
+    | Command::Replay { admin: Some(a), .. } = &cli.command
     {
         overrides.insert("admin".into(), a.clone().into());
     }
@@ -173,6 +206,9 @@ fn main() -> ExitCode {
         Command::Delete { name, .. } => delete(&config, &name),
         Command::Status { json, .. } => status(&config, json),
         Command::Tap { target, limit, .. } => tap(&config, &target, limit),
+        Command::Replay { from, pipeline, stage, reason, since, until, batch, dry_run, .. } => {
+            replay(&config, &from, &pipeline, Picked { stage, reason, since, until }, batch, dry_run)
+        }
     };
     weir::loader::remove_private_copies();
     match result {
@@ -422,6 +458,74 @@ fn delete(config: &HostConfig, name: &str) -> anyhow::Result<ExitCode> {
     }
     eprintln!("error: {}", answer.error());
     Ok(ExitCode::FAILURE)
+}
+
+/// `weir replay`'s filters, as given.
+struct Picked {
+    stage: Option<String>,
+    reason: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+fn replay(config: &HostConfig, from: &str, pipeline: &str, picked: Picked, batch: usize, dry_run: bool) -> anyhow::Result<ExitCode> {
+    use weir::replay::{offered, Pick};
+    let time = |flag: &str, t: Option<String>| {
+        t.map(|t| {
+            humantime::parse_rfc3339_weak(&t)
+                .map_err(|e| anyhow::anyhow!("--{flag} {t:?} is not an RFC 3339 time such as 2026-12-07T10:00:00Z: {e}"))
+        })
+        .transpose()
+    };
+    let pick =
+        Pick { stage: picked.stage, reason: picked.reason, since: time("since", picked.since)?, until: time("until", picked.until)? };
+    let letters = match from.strip_prefix("kafka://") {
+        Some(rest) => {
+            let (brokers, topic) =
+                rest.rsplit_once('/').ok_or_else(|| anyhow::anyhow!("{from:?}: write kafka://host:port[,host:port]/TOPIC"))?;
+            let registry = Registry::for_config(config);
+            weir::replay::read_topic(&registry, brokers, topic, std::time::Duration::from_secs(3)).map_err(anyhow::Error::msg)?
+        }
+        None => weir::replay::read_file(Path::new(from)).map_err(anyhow::Error::msg)?,
+    };
+    let chosen: Vec<_> = letters.iter().filter(|l| pick.takes(l)).collect();
+    eprintln!("{} of {} dead letters chosen from {from}", chosen.len(), letters.len());
+    if dry_run {
+        for l in &chosen {
+            println!("{}", serde_json::to_string(&offered(l))?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let admin = weir::client::Admin::new(config)?;
+    let (mut accepted, mut dropped, mut refused) = (0usize, 0usize, Vec::new());
+    for (n, chunk) in chosen.chunks(batch.clamp(1, weir::replay::MAX_RECORDS)).enumerate() {
+        let records: Vec<_> = chunk.iter().map(|l| offered(l)).collect();
+        // Serialized as it is, not through a `Value`, so each value keeps its bytes.
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            records: Vec<weir::replay::ToOffer<'a>>,
+        }
+        let body = serde_json::to_vec(&Body { records })?;
+        let answer = admin.call("POST", &format!("/pipelines/{pipeline}/records"), Some(("application/json", &body)), &[])?;
+        if answer.status != 200 {
+            eprintln!("error: {} ({accepted} replayed before)", answer.error());
+            return Ok(ExitCode::FAILURE);
+        }
+        let a = answer.json();
+        accepted += a["accepted"].as_u64().unwrap_or(0) as usize;
+        dropped += a["dropped"].as_u64().unwrap_or(0) as usize;
+        for kind in ["rejected", "failed"] {
+            for r in a[kind].as_array().into_iter().flatten() {
+                let i = n * batch.clamp(1, weir::replay::MAX_RECORDS) + r["index"].as_u64().unwrap_or(0) as usize;
+                refused.push(format!("dead letter {} ({kind}): {}", i + 1, r["reason"].as_str().unwrap_or("")));
+            }
+        }
+    }
+    println!("replayed {} into {pipeline}: {accepted} accepted, {dropped} dropped, {} refused", chosen.len(), refused.len());
+    for r in &refused {
+        eprintln!("  {r}");
+    }
+    Ok(if refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn tap(config: &HostConfig, target: &str, limit: Option<usize>) -> anyhow::Result<ExitCode> {

@@ -453,6 +453,25 @@ impl Pipeline {
         serde_json::from_str(&source.control(r#"{"op":"lag"}"#).ok()?).ok()
     }
 
+    /// Offers `batch` to the pipeline as if its source had emitted it, retrying while the
+    /// pipeline is full for up to `wait`; what became of each record comes back on the
+    /// returned channel once every sink is done with it.
+    pub fn inject(&self, batch: &BatchBuf, wait: Duration) -> Result<ffi::HostAck, String> {
+        let intake = self.intake.as_ref().filter(|_| self.lifecycle().0 == State::Running).ok_or("the pipeline is not running")?;
+        let deadline = Instant::now() + wait;
+        loop {
+            let (guard, ack) = AckGuard::to_host(batch.len());
+            match intake.offer(batch.as_ref().to_owned(), guard) {
+                Ok(()) => return Ok(ack),
+                Err((Status::FULL, _)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Err((Status::FULL, _)) => {
+                    return Err(format!("the pipeline stayed full (or paused) for {} s; try again", wait.as_secs()));
+                }
+                Err(_) => return Err("the pipeline is stopping".into()),
+            }
+        }
+    }
+
     /// Whether it is paused.
     pub fn paused(&self) -> bool {
         self.intake.as_ref().is_some_and(|i| i.paused.load(Relaxed))
