@@ -523,3 +523,45 @@ fn a_table_renamed_while_running_fails_its_records_loudly_and_is_not_re_created(
     assert_eq!(post_json(&url, &event("after")).status, 200);
     assert_eq!(psql(SERVER, &format!("SELECT string_agg(event_id, ',' ORDER BY event_id) FROM {table}")), "after,before");
 }
+
+#[test]
+fn retention_deletes_exactly_the_old_rows_while_ingest_goes_on() {
+    let schema = Schema::new("retention");
+    let table = format!("{}.events", schema.0);
+    let scene = Scene::new();
+    scene.pipeline(
+        "aging",
+        &format!(
+            "source:\n  plugin: http\n  config: {{listen: \"127.0.0.1:@PORT@\"}}\nsinks:\n  - plugin: postgres\n    config:\n      url: \"{SERVER}\"\n      table: {table}\n      create: true\n      unique_key: [event_id]\n      columns:\n        - {{name: event_id, type: TEXT NOT NULL, from: /event_id}}\n        - {{name: ts, type: TIMESTAMP NOT NULL, from: /ts}}\n      retention: {{column: ts, keep: 1d, every: 1s, batch: 100}}\n"
+        ),
+    );
+    let weir = scene.start(&["--no-watch"], &[]);
+    let url = scene.url("/produce");
+    // 1,000 rows from long ago, and rows from today posted all along.
+    let old: Vec<String> = (0..1000).map(|i| format!(r#"{{"event_id":"old{i}","ts":"2020-01-01T00:00:00Z"}}"#)).collect();
+    for chunk in old.chunks(250) {
+        assert_eq!(post_json(&url, &format!("[{}]", chunk.join(","))).status, 200);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let posted = {
+        let (stop, url) = (stop.clone(), url.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+                let batch: Vec<String> = (n..n + 50).map(|i| format!(r#"{{"event_id":"new{i}","ts":"{now}"}}"#)).collect();
+                assert_eq!(post_json(&url, &format!("[{}]", batch.join(","))).status, 200);
+                n += 50;
+            }
+            n
+        })
+    };
+    let count = |filter: &str| psql(SERVER, &format!("SELECT count(*) FROM {table} WHERE {filter}")).parse::<u64>().unwrap();
+    wait_for("the old rows deleted", Duration::from_secs(60), || count("event_id LIKE 'old%'") == 0 && count("event_id LIKE 'new%'") > 500);
+    stop.store(true, Ordering::Relaxed);
+    let new = posted.join().unwrap();
+    assert_eq!(count("event_id LIKE 'new%'"), new, "every row of today stays");
+    wait_for("the deleted rows counted", Duration::from_secs(10), || {
+        weir.metric(r#"weir_plugin_postgres_rows_expired_total{pipeline="aging",stage="postgres",plugin="postgres"}"#) == Some(1000.0)
+    });
+}

@@ -82,6 +82,10 @@ pub struct PostgresConfig {
     /// How long to wait for a connection, in seconds.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    /// Delete rows older than a duration, by a time column, on an interval and in bounded
+    /// batches, while ingest goes on.
+    #[serde(default)]
+    pub retention: Option<crate::retention::Retention>,
 }
 
 fn default_rows() -> NonZeroUsize {
@@ -112,6 +116,12 @@ impl PostgresConfig {
 
     /// Checks what the schema cannot.
     pub fn check(&self) -> Result<(), PluginError> {
+        if let Some(r) = &self.retention {
+            r.check()?;
+            if !self.columns.iter().any(|c| c.name == r.column) {
+                return Err(PluginError::config(format!("retention.column {:?} is not one of the table's columns", r.column)));
+            }
+        }
         let (schema, table) = self.schema_table();
         if let Some(s) = schema {
             ident(s)?;

@@ -3,9 +3,11 @@
 
 mod config;
 mod mapping;
+mod retention;
 mod sink;
 
 pub use config::{ColumnSpec, PostgresConfig};
+pub use retention::Retention;
 pub use sink::PostgresSink;
 
 weir_plugin::export_plugins!(sink PostgresSink);

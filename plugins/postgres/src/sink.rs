@@ -79,6 +79,16 @@ pub struct PostgresSink {
     /// is created only then, never again while the sink runs.
     started: bool,
     ctx: Context,
+    /// Deletes old rows, when `retention` is set.
+    retention: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for PostgresSink {
+    fn drop(&mut self) {
+        if let Some(task) = self.retention.take() {
+            task.abort();
+        }
+    }
 }
 
 fn quoted(names: &[&str]) -> String {
@@ -296,7 +306,14 @@ impl Sink for PostgresSink {
             Err(e) => return Err(e),
         };
         let started = conn.is_some();
-        let sink = PostgresSink { config, columns, conn, started, ctx };
+        let retention = config.retention.clone().map(|r| {
+            let (table, open_config) = (config.table.clone(), config.clone());
+            weir_plugin::runtime().spawn(crate::retention::sweep(table, r, ctx, move || {
+                let (config, ctx) = (open_config.clone(), ctx);
+                async move { PostgresSink::open(&config, &ctx).await }
+            }))
+        });
+        let sink = PostgresSink { config, columns, conn, started, ctx, retention };
         sink.report_health(if started { Ok(()) } else { Err("cannot connect; retrying") });
         Ok(sink)
     }
