@@ -181,6 +181,30 @@ fn a_condition_that_does_not_compile_is_refused_at_its_line() {
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("routed.yaml:5:5: sinks[0].when: unknown variable `amount`"), "{text}");
+
+    // Type errors that need no record: a condition that gives a number, a string ordered
+    // against a number.
+    let typed = scene.pipeline(
+        "typed",
+        "source:\n  plugin: http\ntransforms:\n  - plugin: filter\n    config:\n      keep: 'record.n * 2'\nsinks:\n  - plugin: discard\n    when: 'record.n + 1 > \"x\"'\n",
+    );
+    let out = weir(&["validate", typed.to_str().unwrap()], &[]);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("typed.yaml:9:5: sinks[0].when: type error: cannot order a number against a string (column 16 of the condition)"),
+        "{text}"
+    );
+    std::fs::write(
+        &typed,
+        "source:\n  plugin: http\ntransforms:\n  - plugin: filter\n    config:\n      keep: 'record.n * 2'\nsinks:\n  - plugin: discard\n",
+    )
+    .unwrap();
+    let out = weir(&["validate", typed.to_str().unwrap()], &[]);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("typed.yaml:6:7: transforms[0].config.keep: type error: a condition gives true or false, and this gives a number"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -783,7 +783,7 @@ impl PipelineFile {
                 if stage.after.is_some() {
                     return Err(self.error_at(&at, "a sink with `after` takes what its sink handled; give `when` to that sink instead"));
                 }
-                if let Err(e) = weir_plugin::expr::Expr::compile(when) {
+                if let Err(e) = weir_plugin::expr::Expr::condition(when) {
                     return Err(self.error_at(&at, format!("{} (column {} of the condition)", e.message, e.column)));
                 }
             }

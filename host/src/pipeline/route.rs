@@ -35,7 +35,7 @@ impl Routes {
         }
         let conditions = sinks
             .iter()
-            .map(|(name, when, _)| when.map(|w| Expr::compile(w).map_err(|e| format!("sink {name}: when: {e}"))).transpose())
+            .map(|(name, when, _)| when.map(|w| Expr::condition(w).map_err(|e| format!("sink {name}: when: {e}"))).transpose())
             .collect::<Result<Vec<_>, _>>()?;
         let needs = conditions.iter().flatten().fold(Needs::nothing(), |n, c| n.union(c.needs()));
         Ok(Some(Routes {

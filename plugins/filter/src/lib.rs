@@ -45,7 +45,7 @@ impl FilterConfig {
             (None, Some(d)) => ("drop", d, false),
             _ => return Err(PluginError::config("give exactly one of `keep` (the records to keep) and `drop` (the records to drop)")),
         };
-        let expr = Expr::compile(source)
+        let expr = Expr::condition(source)
             .map_err(|e| PluginError::config(format!("/{field}: {} (column {} of the condition)", e.message, e.column)))?;
         Ok((expr, keeps))
     }

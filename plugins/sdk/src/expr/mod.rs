@@ -21,6 +21,7 @@ use crate::batch::RecordRef;
 use crate::json::Doc;
 
 mod fast;
+mod types;
 
 /// An expression that does not compile: why, and where in the expression (1-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +53,16 @@ pub struct Expr {
     needs: Needs,
     /// The condition in a shape evaluated on the record's text, when it has one.
     fast: Option<fast::Fast>,
+    /// What it gives, as far as it is known before a record is seen.
+    ty: types::Ty,
+}
+
+/// The line and column (1-based) of byte `offset` of `source`.
+fn position(source: &str, offset: usize) -> (usize, usize) {
+    let before = &source[..offset.min(source.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
 }
 
 /// What of a record expressions read, so that only that is converted for them.
@@ -158,8 +169,25 @@ impl Expr {
                 column: source.find(name.as_str()).map_or(1, |c| c + 1),
             });
         }
+        let ty = types::infer(program.expression()).map_err(|e| {
+            let (line, column) = position(source, program.source_info().offset_for(e.at).map_or(0, |(start, _)| start as usize));
+            ExprError { message: format!("type error: {}", e.message), line, column }
+        })?;
         let fast = fast::compile(program.expression());
-        Ok(Expr { program, source: source.to_owned(), needs, fast })
+        Ok(Expr { program, source: source.to_owned(), needs, fast, ty })
+    }
+
+    /// Compiles a condition: as [`Expr::compile`], and it must give true or false.
+    pub fn condition(source: &str) -> Result<Expr, ExprError> {
+        let expr = Expr::compile(source)?;
+        if !matches!(expr.ty, types::Ty::Bool | types::Ty::Dyn) {
+            return Err(ExprError {
+                message: format!("type error: a condition gives true or false, and this gives {}", expr.ty.name()),
+                line: 1,
+                column: 1,
+            });
+        }
+        Ok(expr)
     }
 
     /// What it reads of a record.
@@ -424,6 +452,23 @@ mod tests {
             }
         }
         assert!(Expr::compile("size(record.tags) > 1").unwrap().fast.is_none());
+    }
+
+    #[test]
+    fn certain_type_errors_are_found_before_any_record_and_say_where() {
+        let e = Expr::compile(r#"record.a + 1 > "x" "#).unwrap_err();
+        assert!(e.message.contains("cannot order a number against a string"), "{e}");
+        assert_eq!(e.column, 16, "{e}");
+        let e = Expr::compile(r#"record.ok && 3"#).unwrap_err();
+        assert!(e.message.contains("`&&` takes true or false, and this is a number"), "{e}");
+        assert_eq!(e.column, 14, "{e}");
+        assert!(Expr::compile(r#""a" + 1"#).unwrap_err().message.contains("cannot add a number to a string"));
+        assert!(Expr::compile(r#"(1).startsWith("a")"#).unwrap_err().message.contains("method of strings"));
+        let e = Expr::condition("record.amount * 100").unwrap_err();
+        assert!(e.message.contains("a condition gives true or false, and this gives a number"), "{e}");
+        for fine in ["record.a > 1", "record.a + record.b", "has(record.x) || record.y", r#"record.s + "x" == "yx""#] {
+            assert!(Expr::condition(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]
