@@ -263,3 +263,23 @@ fn a_corrupted_last_segment_is_reported_and_the_rest_delivered() {
     assert!(weir.logs().contains("Disk buffer damaged") && weir.logs().contains("checksum"), "{}", weir.logs());
     assert_eq!(weir.metric(r#"weir_plugin_disk_buffer_corruptions_total{pipeline="ingest",stage="test-flaky",plugin="file"}"#), Some(1.0));
 }
+
+#[test]
+fn a_disk_buffered_sink_with_a_sink_after_it_answers_success_and_both_get_every_record() {
+    // The batch counts as delivered once on disk, for the sink and the one that runs after it
+    // (which gets the records when the first delivers them from disk).
+    let scene = Scene::new();
+    scene.pipeline(
+        "buffered",
+        "source: {plugin: http, config: {listen: \"127.0.0.1:@PORT@\"}}\nsinks:\n  - {plugin: file, name: first, config: {path: @DIR@/first.jsonl}, buffer: {disk: @DIR@/buf}}\n  - {plugin: file, name: follower, after: first, config: {path: @DIR@/follower.jsonl}}\n",
+    );
+    let _weir = scene.start(&["--no-watch"], &[]);
+    for i in 0..5 {
+        let r = post_json(&scene.url("/produce"), &format!(r#"{{"id":{i}}}"#));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["success"], true, "{r:?}");
+    }
+    wait_for("both files", Duration::from_secs(10), || {
+        json_lines(&scene.path("first.jsonl")).len() == 5 && json_lines(&scene.path("follower.jsonl")).len() == 5
+    });
+}

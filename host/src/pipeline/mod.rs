@@ -243,6 +243,7 @@ impl Pipeline {
             dead_letters,
             abandon: abandon.clone(),
             sinks: sink_txs,
+            followers: routed.iter().map(|(.., followers)| *followers).collect(),
             source_metrics,
             routes: route::Routes::new(&routed, settings.unrouted).map_err(|e| file.error_at("/sinks", e))?,
         });

@@ -14,9 +14,6 @@ pub(super) struct Routes {
     pub(super) conditions: Vec<Option<Expr>>,
     /// The sinks' names, for reasons.
     pub(super) names: Vec<Arc<str>>,
-    /// How many sinks run `after` each: a sink that takes nothing of a batch settles their
-    /// part too.
-    pub(super) followers: Vec<usize>,
     /// What the conditions read of a record, together.
     needs: Needs,
     pub(super) unrouted: Unrouted,
@@ -38,13 +35,7 @@ impl Routes {
             .map(|(name, when, _)| when.map(|w| Expr::condition(w).map_err(|e| format!("sink {name}: when: {e}"))).transpose())
             .collect::<Result<Vec<_>, _>>()?;
         let needs = conditions.iter().flatten().fold(Needs::nothing(), |n, c| n.union(c.needs()));
-        Ok(Some(Routes {
-            needs,
-            conditions,
-            names: sinks.iter().map(|(n, ..)| n.clone()).collect(),
-            followers: sinks.iter().map(|(.., f)| *f).collect(),
-            unrouted,
-        }))
+        Ok(Some(Routes { needs, conditions, names: sinks.iter().map(|(n, ..)| n.clone()).collect(), unrouted }))
     }
 
     /// Decides each record's sinks. A record a condition cannot be evaluated on is rejected

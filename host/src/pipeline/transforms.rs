@@ -28,6 +28,8 @@ pub(super) struct Heads {
     /// The sinks that take batches from the transforms (not those after another sink).
     pub(super) sinks: Vec<(SinkQueue, Arc<Buffer>)>,
     pub(super) source_metrics: Arc<StageMetrics>,
+    /// How many sinks run `after` each of `sinks`.
+    pub(super) followers: Vec<usize>,
     /// Which of `sinks` take which records, when some have a `when` condition.
     pub(super) routes: Option<super::route::Routes>,
 }
@@ -279,14 +281,18 @@ fn hand_to_sinks(batch: Processed, heads: &Heads) {
     let origins = Arc::new(origins);
     for (s, (queue, buffer)) in heads.sinks.iter().enumerate() {
         let m = &queue.metrics;
+        // A sink that does not take the batch settles its part and that of the sinks that run
+        // after it, which get nothing of it from this one.
+        let skip = || {
+            for _ in 0..=heads.followers[s] {
+                tracker.done();
+            }
+        };
         // A sink with a condition gets the records it takes (none: it has nothing to do).
         let (shared, origins) = match taken.as_ref().and_then(|t| t[s].as_deref()) {
             None => (shared.clone(), origins.clone()),
             Some([]) => {
-                let followers = heads.routes.as_ref().map_or(0, |r| r.followers[s]);
-                for _ in 0..=followers {
-                    tracker.done();
-                }
+                skip();
                 continue;
             }
             Some(picked) => {
@@ -316,13 +322,14 @@ fn hand_to_sinks(batch: Processed, heads: &Heads) {
                 }
             }
             m.custom("disk_buffer_bytes", "Bytes waiting in the sink's disk buffer.", false, log.held() as f64);
-            tracker.done();
+            // Its followers get the records when the sink delivers them from disk.
+            skip();
             continue;
         }
         if !buffer.admit(records, bytes, &heads.abandon) {
             // drop_newest: this sink does not get the batch (the others do); counted.
             m.dropped.fetch_add(records as u64, Relaxed);
-            tracker.done();
+            skip();
             continue;
         }
         let job = SinkJob { batch: shared.clone(), origins: origins.clone(), tracker: tracker.clone(), trace: trace.clone() };
@@ -336,7 +343,7 @@ fn hand_to_sinks(batch: Processed, heads: &Heads) {
                 o.set(origin, outcome::FAILED, Some(reason.clone()));
             }
             drop(o);
-            tracker.done();
+            skip();
         }
     }
 }
