@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use broker::{produce, Broker};
 use common::*;
-use pg::{psql, Cluster, Schema, SERVER};
+use pg::{psql, Cluster, Database, Schema, SERVER};
 
 /// The Nexus seed's columns, with `event_id` as the unique key.
 fn nexus_sink(url: &str, table: &str) -> String {
@@ -299,17 +299,8 @@ fn the_nexus_example_stores_events_and_serves_the_seed_metrics() {
     let broker = Broker::persistent();
     broker.create_topic("user-events", 1);
     // Its own database, so the example's analytics schema touches nothing else.
-    let db = format!("weir_nexus_{}", free_port());
-    psql(SERVER, &format!("CREATE DATABASE {db}"));
-    struct Db(String);
-    impl Drop for Db {
-        fn drop(&mut self) {
-            let _ =
-                Command::new("psql").args([SERVER, "-X", "-q", "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0)]).output();
-        }
-    }
-    let _db = Db(db.clone());
-    let url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+    let db = Database::new("nexus");
+    let url = db.url.clone();
     let events = [
         r#"{"event_id":"e1","event_type":"user.login","user_id":"u1","service":"auth-service","timestamp":"2024-11-08T12:34:56Z","data":{"ip":"203.0.113.7"}}"#,
         r#"{"event_id":"e2","event_type":"user.registered","user_id":"u2","service":"auth-service","timestamp":"2024-11-08T12:35:00Z"}"#,
@@ -354,17 +345,9 @@ fn the_nexus_example_stores_events_and_serves_the_seed_metrics() {
 fn the_routed_nexus_example_stores_failures_and_deactivations_in_their_own_tables() {
     let broker = Broker::memory();
     broker.create_topic("user-events", 1);
-    let db = format!("weir_nexus_routed_{}", free_port());
-    psql(SERVER, &format!("CREATE DATABASE {db}"));
-    struct Db(String);
-    impl Drop for Db {
-        fn drop(&mut self) {
-            let _ =
-                Command::new("psql").args([SERVER, "-X", "-q", "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0)]).output();
-        }
-    }
-    let _db = Db(db.clone());
-    let url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+    // Its own database, so the example's analytics schema touches nothing else.
+    let db = Database::new("nexus_routed");
+    let url = db.url.clone();
     let types = ["user.login", "user.deactivated", "payment.failed", "user.profile_updated", "user.error", "user.deactivated"];
     let events: Vec<String> = types
         .iter()

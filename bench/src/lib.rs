@@ -24,11 +24,5 @@ pub fn bare_consumer(brokers: &str, group: &str) -> ClientConfig {
 /// The host callbacks for one stage of a pipeline called `bench`, for benchmarks that call
 /// a plugin directly.
 pub fn stage_host(metrics: &weir::metrics::Metrics, stage: &str, plugin: &str) -> &'static weir_plugin::abi::HostApi {
-    let file = weir::config::PipelineFile::parse(
-        std::path::Path::new("bench.yaml"),
-        "source: {plugin: http}\nsinks: [{plugin: discard}]\n",
-        |_| None,
-    )
-    .expect("the bench pipeline");
-    weir::ffi::host_api(&file, stage, plugin, ".", metrics.stage("bench", stage, plugin), &Default::default())
+    weir::ffi::host_api("bench", Default::default(), stage, plugin, ".", metrics.stage("bench", stage, plugin), &Default::default())
 }

@@ -168,7 +168,8 @@ fn leak_str(s: &str) -> StrRef {
 /// Builds the callbacks for one stage. They live for the life of the process.
 /// `siblings`: the pipeline version's stages so far, which this one joins.
 pub fn host_api(
-    file: &crate::config::PipelineFile,
+    pipeline: &str,
+    redactor: crate::config::Redactor,
     stage: &str,
     plugin: &str,
     base_dir: &str,
@@ -177,13 +178,13 @@ pub fn host_api(
 ) -> &'static HostApi {
     siblings.lock().unwrap_or_else(|p| p.into_inner()).push(metrics.clone());
     let ctx: &'static HostCtx = Box::leak(Box::new(HostCtx {
-        pipeline: file.name.clone(),
+        pipeline: pipeline.to_owned(),
         stage: stage.to_owned(),
         plugin: plugin.to_owned(),
         base_dir: base_dir.to_owned(),
         metrics,
         siblings: siblings.clone(),
-        redactor: file.redactor.clone(),
+        redactor,
     }));
     Box::leak(Box::new(HostApi {
         struct_size: std::mem::size_of::<HostApi>() as u32,

@@ -336,9 +336,8 @@ impl Metrics {
         self.render_with(Vec::new())
     }
 
-    /// [`Metrics::render`] with the sources' lag: `(pipeline, stage, plugin, topic,
-    /// partition, lag)` per partition.
-    pub fn render_with(&self, lags: Vec<[String; 6]>) -> String {
+    /// [`Metrics::render`] with the sources' lag per partition.
+    pub fn render_with(&self, lags: Vec<SourceLag>) -> String {
         let spans = crate::telemetry::stats();
         let scrape = Scrape {
             series: self.series(),
@@ -368,7 +367,19 @@ struct Scrape {
     /// Reloads that applied every change, and those that did not.
     reloads: [u64; 2],
     /// The sources' lag per partition.
-    lags: Vec<[String; 6]>,
+    lags: Vec<SourceLag>,
+}
+
+/// A source's lag on one partition, as it last measured it.
+#[derive(Debug, Clone)]
+pub struct SourceLag {
+    pub pipeline: String,
+    pub stage: String,
+    pub plugin: String,
+    pub topic: String,
+    pub partition: i64,
+    /// Records not settled yet.
+    pub lag: i64,
 }
 
 /// A histogram's figures as the exposition takes them.
@@ -419,15 +430,15 @@ impl Collector for Scrape {
         });
         let help = "Whether an external system the stage depends on answers (1) or not (0), as the stage last reported.";
         family(enc, "weir_stage_up", help, Gauge, up, gauge)?;
-        let lags = self.lags.iter().map(|[pipeline, stage, plugin, topic, partition, lag]| {
+        let lags = self.lags.iter().map(|l| {
             let labels = vec![
-                ("pipeline", pipeline.clone()),
-                ("stage", stage.clone()),
-                ("plugin", plugin.clone()),
-                ("topic", topic.clone()),
-                ("partition", partition.clone()),
+                ("pipeline", l.pipeline.clone()),
+                ("stage", l.stage.clone()),
+                ("plugin", l.plugin.clone()),
+                ("topic", l.topic.clone()),
+                ("partition", l.partition.to_string()),
             ];
-            (labels, lag.parse::<i64>().unwrap_or(0))
+            (labels, l.lag)
         });
         let help = "Records of a partition its source has not settled yet: the high watermark less the settled offset, as last measured.";
         family(enc, "weir_source_lag", help, Gauge, lags, gauge)?;

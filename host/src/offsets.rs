@@ -119,9 +119,8 @@ pub async fn delete(AxState(host): AxState<Arc<Host>>, Path(name): Path<String>)
     }
 }
 
-/// `weir_source_lag` series: `(pipeline, stage, plugin, topic, partition, lag)` for every
-/// running source that measures its lag.
-pub fn lags(host: &Host) -> Vec<[String; 6]> {
+/// `weir_source_lag` series for every running source that measures its lag.
+pub fn lags(host: &Host) -> Vec<crate::metrics::SourceLag> {
     let mut out = Vec::new();
     for p in host.pipelines() {
         let Some(lag) = p.source_lag() else { continue };
@@ -130,7 +129,14 @@ pub fn lags(host: &Host) -> Vec<[String; 6]> {
             let (Some(topic), Some(partition), Some(n)) = (part["topic"].as_str(), part["partition"].as_i64(), part["lag"].as_i64()) else {
                 continue;
             };
-            out.push([p.name.clone(), stage.clone(), plugin.clone(), topic.to_owned(), partition.to_string(), n.to_string()]);
+            out.push(crate::metrics::SourceLag {
+                pipeline: p.name.clone(),
+                stage: stage.clone(),
+                plugin: plugin.clone(),
+                topic: topic.to_owned(),
+                partition,
+                lag: n,
+            });
         }
     }
     out

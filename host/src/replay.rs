@@ -241,15 +241,17 @@ pub fn read_topic(registry: &crate::loader::Registry, brokers: &str, topic: &str
 
     let plugin = registry.get("kafka", Kind::SOURCE).map_err(|e| format!("cannot read a topic: {e}"))?.clone();
     let group = format!("weir-replay-{}", std::process::id());
-    let yaml = format!(
-        "name: replay\nsource: {{plugin: kafka, config: {{brokers: {b}, topics: [{t}], group_id: {group}, start: earliest}}}}\nsinks: [{{plugin: discard}}]\n",
-        b = serde_json::to_string(brokers).unwrap_or_default(),
-        t = serde_json::to_string(topic).unwrap_or_default(),
-    );
-    let file = crate::config::PipelineFile::parse(Path::new("replay.yaml"), &yaml, |_| None).map_err(|e| e.to_string())?;
-    let config = file.spec.source.config.to_string();
+    let config = json!({"brokers": brokers, "topics": [topic], "group_id": group, "start": "earliest"}).to_string();
     let metrics = crate::metrics::Metrics::default();
-    let host = crate::ffi::host_api(&file, "kafka", "kafka", ".", metrics.stage("replay", "kafka", "kafka"), &Default::default());
+    let host = crate::ffi::host_api(
+        "replay",
+        Default::default(),
+        "kafka",
+        "kafka",
+        ".",
+        metrics.stage("replay", "kafka", "kafka"),
+        &Default::default(),
+    );
     let mut source = Instance::create(&plugin, &config, host).map_err(|e| format!("cannot read {topic}: {e}"))?;
     let collect = Arc::new(Collect { lines: Mutex::default(), last: Mutex::new(std::time::Instant::now()) });
     source.start(crate::ffi::emitter(collect.clone())).map_err(|e| format!("cannot read {topic}: {e}"))?;

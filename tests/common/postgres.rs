@@ -29,6 +29,30 @@ impl Schema {
     }
 }
 
+/// A database of its own on the machine's server, dropped with the value (for an example
+/// that creates its own schemas and tables).
+pub struct Database {
+    /// Its connection string.
+    pub url: String,
+    name: String,
+}
+
+impl Database {
+    /// A fresh database named after `tag`.
+    pub fn new(tag: &str) -> Database {
+        let name = format!("weir_{tag}_{}", free_port());
+        psql(SERVER, &format!("CREATE DATABASE {name}"));
+        Database { url: format!("postgres://postgres@127.0.0.1:5432/{name}"), name }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ =
+            Command::new("psql").args([SERVER, "-X", "-q", "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)]).output();
+    }
+}
+
 impl Drop for Schema {
     fn drop(&mut self) {
         let _ = Command::new("psql").args([SERVER, "-X", "-q", "-c", &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0)]).output();

@@ -123,7 +123,8 @@ impl Pipeline {
                 Some(dir) => Some(open_disk_buffer(file, &pointer, &base_dir.join(dir), spec.buffer.as_ref(), &name, &m)?),
             };
             let max_retry = retry.max_duration().map_err(|e| file.error_at(&format!("{pointer}/retry/max_duration"), e))?;
-            let host = ffi::host_api(file, &name, &plugin.name, &base_dir.to_string_lossy(), m.clone(), &siblings);
+            let host =
+                ffi::host_api(&file.name, file.redactor.clone(), &name, &plugin.name, &base_dir.to_string_lossy(), m.clone(), &siblings);
             let config = spec.config.to_string();
             let instance = match Instance::create(&plugin, &config, host) {
                 Ok(i) => i,
@@ -204,7 +205,7 @@ impl Pipeline {
         let mut sink_txs = Vec::new();
         let follows: Vec<(Option<String>, Takes)> = file.sinks().map(|s| (s.after.clone(), s.takes)).collect();
         let whens: Vec<Option<&str>> = file.sinks().map(|s| s.when.as_deref()).collect();
-        let mut routed = Vec::new();
+        let (mut routed, mut followers) = (Vec::new(), Vec::new());
         let total_sinks = sinks.len();
         let queues: Vec<_> = sinks.iter().map(|s| sink_queue(settings.sink_queue_batches.get(), &s[0].metrics)).collect();
         let (txs, inboxes): (Vec<SinkQueue>, Vec<SinkInbox>) = queues.into_iter().unzip();
@@ -218,7 +219,8 @@ impl Pipeline {
                 .collect();
             if follows[i].0.is_none() {
                 sink_txs.push((txs[i].clone(), instances[0].buffer.clone()));
-                routed.push((names[i].clone(), whens[i], downstream.len()));
+                routed.push((names[i].clone(), whens[i]));
+                followers.push(downstream.len());
             }
             spawn_sink(&mut threads, &file.name, instances, &rx, &downstream, dead_letters.as_ref(), &abandon)?;
         }
@@ -243,7 +245,7 @@ impl Pipeline {
             dead_letters,
             abandon: abandon.clone(),
             sinks: sink_txs,
-            followers: routed.iter().map(|(.., followers)| *followers).collect(),
+            followers,
             source_metrics,
             routes: route::Routes::new(&routed, settings.unrouted).map_err(|e| file.error_at("/sinks", e))?,
         });

@@ -24,15 +24,14 @@ pub(super) type Taken = Vec<Option<Vec<u32>>>;
 
 impl Routes {
     /// Routes from the pipeline's sinks (those fed by the transforms, in order); `None`
-    /// when no sink has a condition.
-    /// `sinks`: each sink's name, condition and the number of sinks that run after it.
-    pub(super) fn new(sinks: &[(Arc<str>, Option<&str>, usize)], unrouted: Unrouted) -> Result<Option<Routes>, String> {
-        if sinks.iter().all(|(_, when, _)| when.is_none()) {
+    /// when no sink has a condition. `sinks`: each sink's name and condition.
+    pub(super) fn new(sinks: &[(Arc<str>, Option<&str>)], unrouted: Unrouted) -> Result<Option<Routes>, String> {
+        if sinks.iter().all(|(_, when)| when.is_none()) {
             return Ok(None);
         }
         let conditions = sinks
             .iter()
-            .map(|(name, when, _)| when.map(|w| Expr::condition(w).map_err(|e| format!("sink {name}: when: {e}"))).transpose())
+            .map(|(name, when)| when.map(|w| Expr::condition(w).map_err(|e| format!("sink {name}: when: {e}"))).transpose())
             .collect::<Result<Vec<_>, _>>()?;
         let needs = conditions.iter().flatten().fold(Needs::nothing(), |n, c| n.union(c.needs()));
         Ok(Some(Routes { needs, conditions, names: sinks.iter().map(|(n, ..)| n.clone()).collect(), unrouted }))

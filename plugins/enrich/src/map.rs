@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use weir_plugin::expr::{to_json, Expr, Input};
+use weir_plugin::expr::{to_json, Expr, Input, Needs};
 use weir_plugin::{BatchRef, Context, Deserialize, Head, JsonSchema, Output, PluginError, RecordRef, Transform};
 
 use crate::parse_path;
@@ -40,6 +40,8 @@ pub struct Map {
     set: Vec<Setting>,
     rename: Vec<(Vec<Seg>, Vec<Seg>)>,
     remove: Vec<Vec<Seg>>,
+    /// What the expressions read of a record, together.
+    needs: Needs,
     value: Vec<u8>,
 }
 
@@ -51,7 +53,7 @@ fn build(config: &MapConfig) -> Result<Map, PluginError> {
     if config.set.is_empty() && config.rename.is_empty() && config.remove.is_empty() {
         return Err(PluginError::config("give at least one of `set`, `rename` and `remove`"));
     }
-    let set = config
+    let set: Vec<Setting> = config
         .set
         .iter()
         .map(|(name, source)| {
@@ -64,14 +66,15 @@ fn build(config: &MapConfig) -> Result<Map, PluginError> {
         .collect::<Result<_, PluginError>>()?;
     let rename = config.rename.iter().map(|(from, to)| Ok((segs(from)?, segs(to)?))).collect::<Result<_, PluginError>>()?;
     let remove = config.remove.iter().map(|name| segs(name)).collect::<Result<_, _>>()?;
-    Ok(Map { set, rename, remove, value: Vec::new() })
+    let needs = set.iter().fold(Needs::nothing(), |n, s| n.union(s.expr.needs()));
+    Ok(Map { set, rename, remove, needs, value: Vec::new() })
 }
 
 impl Map {
     fn map(&self, record: &RecordRef<'_>, out: &mut Vec<u8>) -> Result<(), String> {
         let text = std::str::from_utf8(record.value).map_err(|e| format!("not valid JSON: not UTF-8 text ({e})"))?;
         // The values first, from the record as it came.
-        let input = (!self.set.is_empty()).then(|| Input::new(record.value, record.key, record.headers()));
+        let input = (!self.set.is_empty()).then(|| Input::read(&self.needs, record.value, record.key, record.headers()));
         let mut values = Vec::with_capacity(self.set.len());
         for s in &self.set {
             let v = s.expr.eval(input.as_ref().expect("made when there is something to set"))?;

@@ -120,6 +120,17 @@ impl Tls {
         (current.acceptor.clone(), reload)
     }
 
+    /// As [`Tls::acceptor`], saying through the stage's log what became of changed files.
+    pub fn acceptor_logged(&self, ctx: &crate::Context) -> TlsAcceptor {
+        let (acceptor, reload) = self.acceptor();
+        match reload {
+            Some(Reload::Taken) => ctx.info(&format!("New TLS certificate in use ({}).", self.config.cert.display())),
+            Some(Reload::Refused(why)) => ctx.warn(&format!("Changed TLS files not taken: {why}")),
+            None => {}
+        }
+        acceptor
+    }
+
     /// Runs the handshake of an accepted connection, bounded by [`HANDSHAKE_TIMEOUT`].
     pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(acceptor: &TlsAcceptor, stream: S) -> io::Result<TlsStream<S>> {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

@@ -198,12 +198,7 @@ impl Sink for WebSocketSink {
                             tokio::spawn(serve(stream, hub, ctx, buffer, origins));
                             continue;
                         };
-                        let (acceptor, reload) = tls.acceptor();
-                        match reload {
-                            Some(weir_plugin::tls::Reload::Taken) => ctx.info("New TLS certificate in use."),
-                            Some(weir_plugin::tls::Reload::Refused(why)) => ctx.warn(&format!("Changed TLS files not taken: {why}")),
-                            None => {}
-                        }
+                        let acceptor = tls.acceptor_logged(&ctx);
                         tokio::spawn(async move {
                             match weir_plugin::tls::Tls::handshake(&acceptor, stream).await {
                                 Ok(stream) => serve(stream, hub, ctx, buffer, origins).await,

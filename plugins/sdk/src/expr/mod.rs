@@ -300,11 +300,6 @@ impl Input {
         Input::of(record, key, Value::from(headers))
     }
 
-    /// From a JSON value alone (no key, no headers).
-    pub fn from_value(record: &serde_json::Value) -> Input {
-        Input::of(from_json(record), Value::String(Arc::default()), Value::from(HashMap::<String, Value>::new()))
-    }
-
     fn of(record: Value, key: Value, headers: Value) -> Input {
         let mut ctx = Context::with_env(env());
         ctx.add_variable_from_value("record", record);

@@ -220,15 +220,7 @@ pub async fn serve(
         let (open, peak) = (open.clone(), peak.clone());
         let (app, closing, cut, routed, connections) =
             (app.clone(), closing_rx.clone(), cut_rx.clone(), routed.clone(), connections.clone());
-        let tls = tls.as_ref().map(|t| {
-            let (acceptor, reload) = t.acceptor();
-            match reload {
-                Some(crate::tls::Reload::Taken) => ctx.info(&format!("New TLS certificate in use ({}).", t.config().cert.display())),
-                Some(crate::tls::Reload::Refused(why)) => ctx.warn(&format!("Changed TLS files not taken: {why}")),
-                None => {}
-            }
-            acceptor
-        });
+        let tls = tls.as_ref().map(|t| t.acceptor_logged(&ctx));
         tokio::spawn(async move {
             let conn = Conn { clock, limits, successors, routed, connections, tls };
             if conn.serve(stream, read, app, closing, cut).await {
