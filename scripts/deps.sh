@@ -12,6 +12,8 @@ need pkg-config || apt_missing+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || apt_missing+=(libssl-dev)
 need promtool || apt_missing+=(prometheus)
 need wrk || apt_missing+=(wrk)
+# A C compiler: the C plugin example (tests/c_plugin.rs).
+need cc || apt_missing+=(gcc)
 # headless Chromium: web pages as clients (CORS).
 need chromium || apt_missing+=(chromium)
 # Node and npm: the real socket.io-client as a Socket.IO client.
@@ -24,6 +26,10 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${apt_missing[@]}"
 fi
 need cargo-nextest || cargo install cargo-nextest --locked
+# The C header of the plugin ABI is checked against a fresh cbindgen run (about 1 minute to build).
+cbindgen --version 2>/dev/null | grep -q '0.29.4' || cargo install cbindgen --version 0.29.4 --locked
+# The SDK's public API is checked against its last release (about 8 minutes to build the first time).
+cargo semver-checks --version 2>/dev/null | grep -q '0.51.0' || cargo install cargo-semver-checks --version 0.51.0 --locked
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 if ! "$HOME/.cargo/bin/tansu" --version 2>/dev/null | grep -q '0.6.0'; then

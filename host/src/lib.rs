@@ -15,6 +15,7 @@ pub mod offsets;
 pub mod pipeline;
 pub mod replay;
 pub mod routes;
+pub mod scaffold;
 pub mod tap;
 pub mod telemetry;
 pub mod testing;

@@ -152,6 +152,12 @@ enum Command {
         #[arg(long)]
         junit: Option<PathBuf>,
     },
+    /// Write a new plugin crate, ready to build, test and load (`weir new plugin NAME --kind
+    /// sink`).
+    New {
+        #[command(subcommand)]
+        what: New,
+    },
     /// Write the JSON Schemas of the pipeline file, the host config and each plugin's config.
     Schema {
         /// Output directory.
@@ -160,6 +166,26 @@ enum Command {
         /// Do not write; exit 1 when a committed schema differs from the generated one.
         #[arg(long)]
         check: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum New {
+    /// A plugin crate: config struct, trait implementation, mock-host tests, a sample pipeline
+    /// and a README with the commands to build, test and load it.
+    Plugin {
+        /// The plugin's name in pipeline files (`plugin: NAME`), also the crate's name.
+        name: String,
+        /// What it is.
+        #[arg(long, value_enum)]
+        kind: weir::scaffold::Kind,
+        /// The crate's directory (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The SDK: a directory holding its Cargo.toml, or a version requirement (default:
+        /// the SDK this weir was built from, when its checkout is still there).
+        #[arg(long)]
+        sdk: Option<String>,
     },
 }
 
@@ -201,6 +227,7 @@ fn main() -> ExitCode {
         Command::Validate { paths, format } => validate(&config, paths, format),
         Command::Plugins { json } => plugins(&config, json),
         Command::Schema { out, check } => schema(&config, &out, check),
+        Command::New { what: New::Plugin { name, kind, dir, sdk } } => new_plugin(name, kind, dir, sdk),
         Command::Apply { files, .. } => apply(&config, &files),
         Command::Test { paths, junit } => test(&config, paths, junit.as_deref()),
         Command::Delete { name, .. } => delete(&config, &name),
@@ -676,47 +703,48 @@ fn test(config: &HostConfig, paths: Vec<PathBuf>, junit: Option<&Path>) -> anyho
 
 fn plugins(config: &HostConfig, json: bool) -> anyhow::Result<ExitCode> {
     let registry = Registry::for_config(config);
+    let listing = weir::loader::listing::Listing::new(&registry, config);
     if json {
-        let libs: Vec<_> = registry
-            .libraries
-            .iter()
-            .map(|l| {
-                let plugins: Vec<_> = registry
-                    .plugins
-                    .values()
-                    .filter(|p| Arc::ptr_eq(&p.library, l))
-                    .map(|p| serde_json::json!({"name": p.name, "kind": p.kind.name(), "description": p.description}))
-                    .collect();
-                serde_json::json!({"path": l.path, "name": l.name, "version": l.version, "abi": l.abi, "build": l.build, "plugins": plugins})
-            })
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"libraries": libs, "broken": registry.broken, "skipped": registry.skipped}))?
-        );
+        println!("{}", serde_json::to_string_pretty(&listing)?);
         return Ok(ExitCode::SUCCESS);
     }
-    for dir in config.plugin_dirs() {
-        println!("searched: {}", dir.display());
+    println!("weir {} loads plugin libraries of ABI {} and older minors of its major", env!("CARGO_PKG_VERSION"), listing.host_abi);
+    for s in &listing.searched {
+        println!("searched: {} ({})", s.dir.display(), s.by);
     }
-    for l in &registry.libraries {
-        println!("\n{}\n  library {} {} (ABI {}, {})", l.path.display(), l.name, l.version, l.abi, l.build);
-        for p in registry.plugins.values().filter(|p| Arc::ptr_eq(&p.library, l)) {
-            println!("  {:<9} {:<14} {}", p.kind.name(), p.name, p.description);
+    for l in &listing.libraries {
+        let built = [l.sdk.as_deref(), l.compiler.as_deref(), l.target.as_deref(), l.profile.as_deref()];
+        let built: Vec<&str> = built.into_iter().flatten().collect();
+        let built = if built.is_empty() { l.build.clone() } else { built.join(", ") };
+        println!("\n{}\n  library {} {} (ABI {}; {})", l.path.display(), l.name, l.version, l.abi, built);
+        for p in &l.plugins {
+            println!("  {:<9} {:<14} {}", p.kind, p.name, p.description);
         }
     }
-    if !registry.broken.is_empty() {
+    if !listing.broken.is_empty() {
         println!("\nnot usable:");
-        for b in &registry.broken {
+        for b in &listing.broken {
             println!("  {}: {}", b.path.display(), b.reason);
         }
     }
-    if !registry.skipped.is_empty() {
+    if !listing.skipped.is_empty() {
         println!("\nnot loaded (test and example libraries; name their directory with --plugins to load them):");
-        for b in &registry.skipped {
+        for b in &listing.skipped {
             println!("  {}", b.path.display());
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn new_plugin(name: String, kind: weir::scaffold::Kind, dir: Option<PathBuf>, sdk: Option<String>) -> anyhow::Result<ExitCode> {
+    use weir::scaffold::{generate, Request, Sdk};
+    let sdk = sdk.as_deref().map(Sdk::parse).unwrap_or_else(Sdk::this_build);
+    let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+    let files = generate(&Request { name, kind, dir: dir.clone(), sdk })?;
+    for f in &files {
+        println!("wrote {}", f.display());
+    }
+    println!("\nnext: cd {} && cargo build --release && cargo test (its README.md says how to load it)", dir.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -730,6 +758,7 @@ fn schema(config: &HostConfig, out: &Path, check: bool) -> anyhow::Result<ExitCo
         (out.join("pipeline.schema.json"), pretty(&schemars::schema_for!(PipelineSpec))?),
         (out.join("weir.schema.json"), pretty(&schemars::schema_for!(HostConfig))?),
         (out.join("pipeline-test.schema.json"), pretty(&schemars::schema_for!(weir::testing::TestFile))?),
+        (out.join("plugins-listing.schema.json"), pretty(&schemars::schema_for!(weir::loader::listing::Listing))?),
     ];
     for p in registry.plugins.values() {
         files.push((out.join("plugins").join(format!("{}-{}.schema.json", p.kind.name(), p.name)), pretty(&p.schema)?));

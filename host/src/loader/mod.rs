@@ -8,6 +8,7 @@
 
 pub mod elf;
 pub mod files;
+pub mod listing;
 mod problem;
 
 use std::collections::BTreeMap;
@@ -53,6 +54,8 @@ pub struct LibraryInfo {
     pub build: String,
     /// ABI it was built for, `major.minor`.
     pub abi: String,
+    /// Whether it is a test or example library, loaded only from a directory the user named.
+    pub opt_in: bool,
     /// Where the code was loaded from: a private copy of `path` under
     /// `$TMPDIR/weir-plugins-<pid>` (so the mapped file cannot change under the process, and
     /// a rebuilt library can be loaded beside the old version).
@@ -283,6 +286,7 @@ impl Registry {
             version: read(manifest.library_version),
             build: read(manifest.build_info),
             abi: format!("{major}.{minor}"),
+            opt_in: manifest.flags() & abi::LIBRARY_OPT_IN != 0,
             loaded_from: from.to_path_buf(),
             loaded_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             fingerprint,

@@ -383,6 +383,17 @@ pub fn sink<T: crate::plugin::Sink>() -> DescriptorParts {
     }
 }
 
+/// The manifest's build information: `key=value` pairs separated by `; ` (ABI.md).
+pub fn build_info() -> String {
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    format!(
+        "sdk=weir-plugin {}; compiler={}; target={}; profile={profile}",
+        env!("CARGO_PKG_VERSION"),
+        env!("WEIR_SDK_COMPILER"),
+        env!("WEIR_SDK_TARGET")
+    )
+}
+
 /// Owns the manifest and everything it points to. Lives in a `static`.
 pub struct ManifestHolder {
     manifest: Manifest,
@@ -395,7 +406,7 @@ impl ManifestHolder {
     /// Builds the manifest of a library.
     pub fn new(library: &'static str, version: &'static str, parts: Vec<DescriptorParts>) -> Self {
         install_panic_hook();
-        let strings = [library.to_owned(), version.to_owned(), format!("weir-plugin {}", env!("CARGO_PKG_VERSION"))];
+        let strings = [library.to_owned(), version.to_owned(), build_info()];
         let descriptors: Vec<PluginDescriptor> = parts
             .iter()
             .map(|p| PluginDescriptor {

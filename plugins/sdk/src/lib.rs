@@ -37,3 +37,6 @@ pub use schemars::{self, JsonSchema};
 pub use serde::{self, Deserialize};
 pub use serde_json;
 pub use worker::{StopFlag, Worker};
+
+/// This SDK's version (the `weir-plugin` crate's); see `ABI.md`, "Compatibility".
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
