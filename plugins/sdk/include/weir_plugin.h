@@ -22,7 +22,7 @@
 #define WEIR_ABI_MINOR 6
 
 /**
- * Marks an absent key.
+ * Marks an absent key (`RecordMeta::key_len`).
  */
 #define WEIR_ABSENT UINT32_MAX
 
@@ -237,7 +237,7 @@ typedef struct {
    */
   uint32_t headers_len;
   /**
-   * Milliseconds since the Unix epoch; `i64::MIN` when unknown.
+   * Milliseconds since the Unix epoch; the smallest `i64` (`INT64_MIN`) when unknown.
    */
   int64_t timestamp_ms;
 } WeirRecordMeta;
@@ -609,7 +609,8 @@ typedef struct {
    */
   WeirStrRef library_version;
   /**
-   * Free text about the build (SDK version, compiler).
+   * How the library was built: `key=value` pairs separated by `; ` (keys `sdk`,
+   * `compiler`, `target`, `profile`), or free text.
    */
   WeirStrRef build_info;
   /**

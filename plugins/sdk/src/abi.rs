@@ -158,11 +158,11 @@ pub struct RecordMeta {
     pub headers_off: u32,
     /// Length of the encoded headers; 0 for none.
     pub headers_len: u32,
-    /// Milliseconds since the Unix epoch; `i64::MIN` when unknown.
+    /// Milliseconds since the Unix epoch; the smallest `i64` (`INT64_MIN`) when unknown.
     pub timestamp_ms: i64,
 }
 
-/// Marks an absent key.
+/// Marks an absent key (`RecordMeta::key_len`).
 pub const ABSENT: u32 = u32::MAX;
 
 /// A borrowed batch: one data buffer and one `RecordMeta` per record.
@@ -486,7 +486,8 @@ pub struct Manifest {
     pub library_name: StrRef,
     /// The library's version.
     pub library_version: StrRef,
-    /// Free text about the build (SDK version, compiler).
+    /// How the library was built: `key=value` pairs separated by `; ` (keys `sdk`,
+    /// `compiler`, `target`, `profile`), or free text.
     pub build_info: StrRef,
     /// Number of plugins.
     pub plugin_count: u32,
