@@ -9,7 +9,6 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use cel::common::ast::{operators as op, Expr as Node, IdedExpr, LiteralValue};
-use serde_json::value::RawValue;
 
 /// A literal a member is compared with.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,10 +120,9 @@ enum Read<'a> {
     Other,
 }
 
-fn read(raw: &RawValue) -> Read<'_> {
-    let text = raw.get();
+fn read(text: &str) -> Read<'_> {
     match text.as_bytes().first() {
-        Some(b'"') => crate::json::string(raw).map_or(Read::Other, Read::Str),
+        Some(b'"') => crate::json::string_text(text).map_or(Read::Other, Read::Str),
         Some(b't') => Read::Bool(true),
         Some(b'f') => Read::Bool(false),
         Some(b'-' | b'0'..=b'9') => {
@@ -139,9 +137,9 @@ fn read(raw: &RawValue) -> Read<'_> {
 }
 
 impl Fast {
-    /// The answer on a record whose top-level members `get` finds, or `None` where only CEL
-    /// can tell.
-    pub(super) fn eval<'a>(&self, get: &impl Fn(&str) -> Option<&'a RawValue>) -> Option<bool> {
+    /// The answer on a record whose top-level members `get` finds (their text as written),
+    /// or `None` where only CEL can tell.
+    pub(super) fn eval<'a>(&self, get: &impl Fn(&str) -> Option<&'a str>) -> Option<bool> {
         match self {
             Fast::Has(field) => Some(get(field).is_some()),
             Fast::And(a, b) => match (a.eval(get), b.eval(get)) {

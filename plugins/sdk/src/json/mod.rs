@@ -7,6 +7,8 @@
 //! float's range, a long string) costs nothing and cannot make a field unreadable, and the
 //! value found keeps its spelling.
 
+pub mod scan;
+
 use std::borrow::Cow;
 use std::fmt;
 
@@ -99,7 +101,11 @@ pub(crate) fn member<'a>(members: &[(Cow<'a, str>, &'a RawValue)], name: &str) -
 /// The value of a JSON string as text, borrowed when it has no escapes; `None` for any
 /// other value.
 pub fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let text = raw.get();
+    string_text(raw.get())
+}
+
+/// As [`string`], for a value's text as written.
+pub fn string_text(text: &str) -> Option<Cow<'_, str>> {
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     if inner.contains('\\') {
         serde_json::from_str::<String>(text).ok().map(Cow::Owned)
