@@ -223,13 +223,17 @@ static WeirStatus stamp_process(void *instance, const WeirBatchView *batch, Weir
         const WeirRecordMeta *r = &batch->records[i];
         capacity += (r->key_len == WEIR_ABSENT ? 0 : r->key_len) + r->headers_len + r->value_len + STAMP_LEN + 1;
     }
+    if (capacity > UINT32_MAX) {
+        say(message, "the stamped batch would be over 4 GiB; send smaller batches");
+        return WeirStatus_FATAL;
+    }
     Owned *o = calloc(1, sizeof *o);
     if (o == NULL) return WeirStatus_FATAL;
     o->data = malloc(capacity);
     o->records = calloc(count ? count : 1, sizeof *o->records);
     o->origins = calloc(count ? count : 1, sizeof *o->origins);
     o->rejections = calloc(count ? count : 1, sizeof *o->rejections);
-    o->text = malloc(count * 80 + 1);
+    o->text = malloc((size_t)count * 80 + 1);
     if (o->data == NULL || o->records == NULL || o->origins == NULL || o->rejections == NULL || o->text == NULL) {
         release_output(o);
         say(message, "out of memory for a batch of %u records", count);

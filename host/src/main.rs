@@ -740,6 +740,11 @@ fn new_plugin(name: String, kind: weir::scaffold::Kind, dir: Option<PathBuf>, sd
     use weir::scaffold::{generate, Request, Sdk};
     let sdk = sdk.as_deref().map(Sdk::parse).unwrap_or_else(Sdk::this_build);
     let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+    if let Sdk::Version(v) = &sdk {
+        eprintln!(
+            "note: the crate takes weir-plugin {v} from the registry; pass --sdk PATH to build against a checkout's plugins/sdk instead"
+        );
+    }
     let files = generate(&Request { name, kind, dir: dir.clone(), sdk })?;
     for f in &files {
         println!("wrote {}", f.display());
