@@ -3,7 +3,8 @@
 # enrich → dedupe → websocket + file) against the same pipeline with a `filter` transform
 # and its file sink split three ways by `when` conditions (each record goes to exactly one
 # of the three files, so the same bytes are written). Runs the two alternately ROUNDS times
-# and prints every run, events/s as weir-bench measures them (and the lines the files got).
+# and prints every run, events/s as weir-bench measures them, the lines the files got and
+# weir's own CPU time per line written.
 #
 #   scripts/bench-routing.sh        # ROUNDS=3 SECONDS_PER_RUN=10 CONNECTIONS=8 BIN=target/release
 set -euo pipefail
@@ -57,11 +58,13 @@ run() { # variant
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin/health" >/dev/null && break; sleep 0.05; done
   local result
   result=$("$BIN/weir-bench" --url "http://127.0.0.1:$port/produce" --connections "$CONNECTIONS" --batch 100 --event-bytes 300 --seconds "$SECONDS_PER_RUN" --json)
-  local lines
+  local lines ticks
   lines=$(cat "$work"/events-"$variant".jsonl* 2>/dev/null | wc -l)
+  # weir's own CPU (user + system) over the whole run, warm-up included, per line written.
+  ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   kill -TERM $pid; wait $pid || true
   rm -f "$work"/events-"$variant".jsonl*
-  echo "$variant $result lines_written=$lines"
+  echo "$variant $result lines_written=$lines cpu_us_per_line=$(awk -v t="$ticks" -v l="$lines" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", l ? t * 1e6 / hz / l : 0}')"
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
