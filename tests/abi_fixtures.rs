@@ -11,9 +11,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{bin_dir, free_port, repo, spawn_weir, weir};
+use common::{bin_dir, free_port, repo, weir, weir_until_done};
 use serde_json::{json, Value};
 
 /// One fixture library: the ABI it was built for (`1.N`) and its file in the repository.
@@ -68,19 +68,7 @@ fn fixtures() -> Vec<Fixture> {
 
 /// Runs `weir ARGS` to its end, at most 60 s; its log, or why it failed with the log.
 fn run_to_end(args: &[&str], log: &Path) -> Result<String, String> {
-    let mut child = spawn_weir(args, &[], log);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = weir_until_done(args, &[], log, Duration::from_secs(60));
     let text = std::fs::read_to_string(log).unwrap_or_default();
     match status {
         Some(s) if s.success() => Ok(text),

@@ -4,9 +4,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{bin_dir, free_port, json_lines, repo, weir};
+use common::{bin_dir, free_port, json_lines, repo, weir, weir_until_done};
 
 /// Compiles the example into `dir` with the strictest warnings; returns the library.
 fn compile(dir: &Path) -> PathBuf {
@@ -23,18 +24,27 @@ fn compile(dir: &Path) -> PathBuf {
     lib
 }
 
-/// `weir run --once` over `pipelines` with the built-in plugins and the C library in `libs`.
-fn run_once(pipelines: &Path, libs: &Path) -> Output {
+/// `weir run --once` over `pipelines` with the built-in plugins and the C library in `libs`:
+/// whether it succeeded within a minute, and its log.
+fn run_once(pipelines: &Path, libs: &Path) -> (bool, String) {
     let admin = format!("127.0.0.1:{}", free_port());
-    Command::new(bin_dir().join("weir"))
-        .args(["run", "--once", "--no-watch", "--admin", &admin, "--pipelines"])
-        .arg(pipelines)
-        .arg("--plugins")
-        .arg(bin_dir())
-        .arg("--plugins")
-        .arg(libs)
-        .output()
-        .unwrap()
+    let log = pipelines.join("weir.log");
+    let (builtin, libs) = (bin_dir().display().to_string(), libs.display().to_string());
+    let args = [
+        "run",
+        "--once",
+        "--no-watch",
+        "--admin",
+        &admin,
+        "--pipelines",
+        pipelines.to_str().unwrap(),
+        "--plugins",
+        &builtin,
+        "--plugins",
+        &libs,
+    ];
+    let status = weir_until_done(&args, &[], &log, Duration::from_secs(60));
+    (status.is_some_and(|s| s.success()), std::fs::read_to_string(&log).unwrap_or_default())
 }
 
 /// What c-stamp should make of `line`, worked out here: `None` when rejected.
@@ -59,9 +69,8 @@ fn the_c_transform_stamps_rejects_and_reports_its_build() {
     for f in ["stamp.yaml", "input.jsonl"] {
         std::fs::copy(repo().join("examples/c-transform/pipelines").join(f), pipelines.join(f)).unwrap();
     }
-    let out = run_once(&pipelines, libs.path());
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
+    let (ok, log) = run_once(&pipelines, libs.path());
+    assert!(ok, "{log}");
     assert!(log.contains("c-stamp ready: max_bytes 64, fail_on set"), "the plugin logs through the host: {log}");
 
     let input = std::fs::read_to_string(pipelines.join("input.jsonl")).unwrap();
@@ -102,8 +111,7 @@ fn a_batch_the_c_transform_fails_is_failed_and_the_host_carries_on() {
          dead_letter: {plugin: file, config: {path: dead-letters.jsonl}}\n",
     )
     .unwrap();
-    let out = run_once(dir.path(), libs.path());
-    let log = String::from_utf8_lossy(&out.stderr);
+    let (_, log) = run_once(dir.path(), libs.path());
     assert!(log.contains(r#"record 0 contains "poison": c-stamp fails the whole batch"#), "the plugin's message is logged: {log}");
     // Batches 1 and 3 went through; batch 2 (ids 2 and 3) failed as a whole.
     let ids: Vec<i64> = json_lines(&dir.path().join("out.jsonl")).iter().map(|r| r["id"].as_i64().unwrap()).collect();

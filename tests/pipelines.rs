@@ -13,9 +13,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{free_port, json_lines, repo, spawn_weir};
+use common::{free_port, json_lines, repo, weir_until_done};
 use serde_json::Value;
 
 /// Why `actual` does not hold `expected`, with the pointer where they part.
@@ -53,18 +53,7 @@ fn run_case(case: &Path) -> Vec<String> {
     let log = out.path().join("weir.log");
     let admin = format!("127.0.0.1:{}", free_port());
     let args = ["run", "--once", "--no-watch", "--pipelines", case.to_str().unwrap(), "--admin", &admin];
-    let mut child = spawn_weir(&args, &[("CASE_OUT", out.path().to_str().unwrap())], &log);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = weir_until_done(&args, &[("CASE_OUT", out.path().to_str().unwrap())], &log, Duration::from_secs(60));
     let mut problems = match status {
         Some(s) if s.success() => Vec::new(),
         Some(s) => vec![format!("weir exited with {s}")],

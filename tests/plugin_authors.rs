@@ -5,8 +5,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-use common::{bin_dir, free_port, json_lines, repo, weir};
+use common::{bin_dir, free_port, json_lines, repo, weir, weir_until_done};
 
 /// Where the generated crates build: one target directory for all of them, kept between runs
 /// (the SDK and its dependencies build once), under this checkout's `target/`.
@@ -61,16 +62,23 @@ fn build_test_and_run(dir: &Path) -> PathBuf {
     let libs = authors_target().join("debug");
     let builtin = bin_dir();
     let admin = format!("127.0.0.1:{}", free_port());
-    let out = Command::new(builtin.join("weir"))
-        .args(["run", "--once", "--no-watch", "--admin", &admin, "--pipelines"])
-        .arg(&pipelines)
-        .arg("--plugins")
-        .arg(&builtin)
-        .arg("--plugins")
-        .arg(&libs)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "weir run --once: {}", String::from_utf8_lossy(&out.stderr));
+    let log = dir.join("weir.log");
+    let (builtin, libs) = (builtin.display().to_string(), libs.display().to_string());
+    let args = [
+        "run",
+        "--once",
+        "--no-watch",
+        "--admin",
+        &admin,
+        "--pipelines",
+        pipelines.to_str().unwrap(),
+        "--plugins",
+        &builtin,
+        "--plugins",
+        &libs,
+    ];
+    let status = weir_until_done(&args, &[], &log, Duration::from_secs(60));
+    assert!(status.is_some_and(|s| s.success()), "weir run --once: {status:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
     pipelines
 }
 

@@ -156,6 +156,24 @@ pub fn spawn_weir(args: &[&str], envs: &[(&str, &str)], log: &Path) -> Child {
         .expect("start weir")
 }
 
+/// Runs `weir ARGS` (a `run --once`, say) to its end, its log to `log`; killed after `limit`.
+/// Its exit status, `None` when it did not end in time.
+pub fn weir_until_done(args: &[&str], envs: &[(&str, &str)], log: &Path, limit: Duration) -> Option<std::process::ExitStatus> {
+    let mut child = spawn_weir(args, envs, log);
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A running `weir run`, stopped (SIGTERM, then waited for) when dropped.
 pub struct Weir {
     child: Option<Child>,
