@@ -5,9 +5,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use common::{bin_dir, free_port, json_lines, repo, weir, weir_until_done};
+use common::{bin_dir, json_lines, repo, run_once_with_plugins, weir};
 
 /// Compiles the example into `dir` with the strictest warnings; returns the library.
 fn compile(dir: &Path) -> PathBuf {
@@ -24,27 +23,9 @@ fn compile(dir: &Path) -> PathBuf {
     lib
 }
 
-/// `weir run --once` over `pipelines` with the built-in plugins and the C library in `libs`:
-/// whether it succeeded within a minute, and its log.
+/// `weir run --once` over `pipelines` with the built-in plugins and the C library in `libs`.
 fn run_once(pipelines: &Path, libs: &Path) -> (bool, String) {
-    let admin = format!("127.0.0.1:{}", free_port());
-    let log = pipelines.join("weir.log");
-    let (builtin, libs) = (bin_dir().display().to_string(), libs.display().to_string());
-    let args = [
-        "run",
-        "--once",
-        "--no-watch",
-        "--admin",
-        &admin,
-        "--pipelines",
-        pipelines.to_str().unwrap(),
-        "--plugins",
-        &builtin,
-        "--plugins",
-        &libs,
-    ];
-    let status = weir_until_done(&args, &[], &log, Duration::from_secs(60));
-    (status.is_some_and(|s| s.success()), std::fs::read_to_string(&log).unwrap_or_default())
+    run_once_with_plugins(pipelines, libs, &pipelines.join("weir.log"))
 }
 
 /// What c-stamp should make of `line`, worked out here: `None` when rejected.

@@ -5,9 +5,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use common::{bin_dir, free_port, json_lines, repo, weir, weir_until_done};
+use common::{bin_dir, json_lines, repo, run_once_with_plugins, weir};
 
 /// Where the generated crates build: one target directory for all of them, kept between runs
 /// (the SDK and its dependencies build once), under this checkout's `target/`.
@@ -59,26 +58,8 @@ fn build_test_and_run(dir: &Path) -> PathBuf {
     cargo(dir, &["fmt", "--check"]);
     cargo(dir, &["clippy", "--offline", "--all-targets", "--", "-D", "warnings"]);
     let pipelines = dir.join("pipelines");
-    let libs = authors_target().join("debug");
-    let builtin = bin_dir();
-    let admin = format!("127.0.0.1:{}", free_port());
-    let log = dir.join("weir.log");
-    let (builtin, libs) = (builtin.display().to_string(), libs.display().to_string());
-    let args = [
-        "run",
-        "--once",
-        "--no-watch",
-        "--admin",
-        &admin,
-        "--pipelines",
-        pipelines.to_str().unwrap(),
-        "--plugins",
-        &builtin,
-        "--plugins",
-        &libs,
-    ];
-    let status = weir_until_done(&args, &[], &log, Duration::from_secs(60));
-    assert!(status.is_some_and(|s| s.success()), "weir run --once: {status:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let (ok, log) = run_once_with_plugins(&pipelines, &authors_target().join("debug"), &dir.join("weir.log"));
+    assert!(ok, "weir run --once:\n{log}");
     pipelines
 }
 

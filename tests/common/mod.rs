@@ -174,6 +174,18 @@ pub fn weir_until_done(args: &[&str], envs: &[(&str, &str)], log: &Path, limit: 
     }
 }
 
+/// `weir run --once` over `pipelines` with the built-in plugins and those in `extra` (a
+/// plugin author's build directory): whether it succeeded within a minute, and its log
+/// (kept in `log`).
+pub fn run_once_with_plugins(pipelines: &Path, extra: &Path, log: &Path) -> (bool, String) {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let (builtin, extra) = (bin_dir().display().to_string(), extra.display().to_string());
+    let pipelines = pipelines.display().to_string();
+    let args = ["run", "--once", "--no-watch", "--admin", &admin, "--pipelines", &pipelines, "--plugins", &builtin, "--plugins", &extra];
+    let status = weir_until_done(&args, &[], log, Duration::from_secs(60));
+    (status.is_some_and(|s| s.success()), std::fs::read_to_string(log).unwrap_or_default())
+}
+
 /// A running `weir run`, stopped (SIGTERM, then waited for) when dropped.
 pub struct Weir {
     child: Option<Child>,
