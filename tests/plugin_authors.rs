@@ -125,6 +125,19 @@ fn a_generated_sink_builds_passes_its_tests_runs_and_shows_its_build() {
         serde_json::json!([{"name": "lines-sink", "kind": "sink", "description": "Appends each record to a file, one line each."}])
     );
     assert_eq!(listing["searched"], serde_json::json!([{"dir": libs, "by": "named"}]));
+    // The document matches its committed JSON Schema, checked by an independent validator
+    // (Python's jsonschema, installed with schemathesis by scripts/deps.sh).
+    let check = "import json, sys, jsonschema; jsonschema.validate(json.load(sys.stdin), json.load(open(sys.argv[1])))";
+    let mut python = Command::new("python3")
+        .args(["-c", check])
+        .arg(repo().join("schemas/plugins-listing.schema.json"))
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut python.stdin.take().unwrap(), &out.stdout).unwrap();
+    let checked = python.wait_with_output().unwrap();
+    assert!(checked.status.success(), "weir plugins --json does not match its schema: {}", String::from_utf8_lossy(&checked.stderr));
 }
 
 #[test]
