@@ -15,7 +15,7 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 broker=127.0.0.1:$port
-(cd "$work" && "$TANSU" broker --listener-url "tcp://$broker" --advertised-listener-url "tcp://$broker" --storage-engine sqlite://bench.db >tansu.log 2>&1) &
+(cd "$work" && exec "$TANSU" broker --listener-url "tcp://$broker" --advertised-listener-url "tcp://$broker" --storage-engine sqlite://bench.db >tansu.log 2>&1) &
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 python3 - "$MESSAGES" > "$work/events.jsonl" <<'PY'
 import json, sys

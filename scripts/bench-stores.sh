@@ -41,7 +41,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 broker=127.0.0.1:$port
-(cd "$work" && "$TANSU" broker --listener-url "tcp://$broker" --advertised-listener-url "tcp://$broker" --storage-engine "$storage" >tansu.log 2>&1) &
+(cd "$work" && exec "$TANSU" broker --listener-url "tcp://$broker" --advertised-listener-url "tcp://$broker" --storage-engine "$storage" >tansu.log 2>&1) &
 moto_port=$(free_port)
 moto=http://127.0.0.1:$moto_port
 python3 -m moto.server -H 127.0.0.1 -p "$moto_port" >"$work/moto.log" 2>&1 &

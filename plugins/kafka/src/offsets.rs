@@ -27,6 +27,24 @@ struct Partition {
 }
 
 impl Partition {
+    /// The pipeline is done with `offset`, read in `epoch` (an acknowledgement from an older
+    /// epoch is ignored). `handled` is false when its record failed: the commit position then
+    /// stays before it, so it is delivered again after a restart.
+    fn done(&mut self, epoch: u64, offset: i64, handled: bool) {
+        if self.epoch != epoch {
+            return;
+        }
+        if handled {
+            if let Some(slot) = self.in_flight.iter_mut().find(|(o, _)| *o == offset) {
+                slot.1 = true;
+            }
+        }
+        while let Some(&(o, true)) = self.in_flight.front() {
+            self.in_flight.pop_front();
+            self.reached = Some(o + 1);
+        }
+    }
+
     fn reset(&mut self) {
         self.epoch += 1;
         self.in_flight.clear();
@@ -58,7 +76,8 @@ impl Tracker {
     }
 
     /// Records that `offset` of `tp` went to the pipeline; returns the epoch to hand back
-    /// with its acknowledgement.
+    /// with its acknowledgement (the tests' way; the source tracks whole batches).
+    #[cfg(test)]
     pub fn track(&self, tp: &Tp, offset: i64) -> u64 {
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
         let p = parts.entry(tp.clone()).or_default();
@@ -66,13 +85,28 @@ impl Tracker {
         p.epoch
     }
 
-    /// Takes back the last [`Tracker::track`] of `offset`: its record was not taken after
-    /// all (the pipeline was full), so nothing waits for it.
-    pub fn untrack(&self, tp: &Tp, offset: i64) {
+    /// Records that a batch's records (partition and offset, in order) went to the pipeline,
+    /// under one lock.
+    pub fn track_all<'a>(&self, records: impl Iterator<Item = (&'a Tp, i64)>) {
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = parts.get_mut(tp) {
-            if let Some(i) = p.in_flight.iter().rposition(|&(o, done)| o == offset && !done) {
-                p.in_flight.remove(i);
+        for (tp, offset) in records {
+            if !parts.contains_key(tp) {
+                parts.insert(tp.clone(), Partition::default());
+            }
+            parts.get_mut(tp).expect("just inserted").in_flight.push_back((offset, false));
+        }
+    }
+
+    /// Takes back the last tracking of each of `records`' offsets, in the order given, under
+    /// one lock: their records were not taken after all (the pipeline was full), so nothing
+    /// waits for them.
+    pub fn untrack_all<'a>(&self, records: impl Iterator<Item = (&'a Tp, i64)>) {
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        for (tp, offset) in records {
+            if let Some(p) = parts.get_mut(tp) {
+                if let Some(i) = p.in_flight.iter().rposition(|&(o, done)| o == offset && !done) {
+                    p.in_flight.remove(i);
+                }
             }
         }
     }
@@ -91,20 +125,19 @@ impl Tracker {
 
     /// The pipeline is done with `offset`. `handled` is false when its record failed: the
     /// commit position then stays before it, so it is delivered again after a restart.
+    #[cfg(test)]
     pub fn done(&self, tp: &Tp, epoch: u64, offset: i64, handled: bool) {
+        self.done_all(std::iter::once((tp, epoch, offset, handled)));
+    }
+
+    /// The pipeline is done with each of a batch's records (partition, epoch, offset, and
+    /// whether handled: see [`Partition::done`]), under one lock.
+    pub fn done_all<'a>(&self, records: impl Iterator<Item = (&'a Tp, u64, i64, bool)>) {
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(p) = parts.get_mut(tp) else { return };
-        if p.epoch != epoch {
-            return;
-        }
-        if handled {
-            if let Some(slot) = p.in_flight.iter_mut().find(|(o, _)| *o == offset) {
-                slot.1 = true;
+        for (tp, epoch, offset, handled) in records {
+            if let Some(p) = parts.get_mut(tp) {
+                p.done(epoch, offset, handled);
             }
-        }
-        while let Some(&(o, true)) = p.in_flight.front() {
-            p.in_flight.pop_front();
-            p.reached = Some(o + 1);
         }
         self.changed.notify_all();
     }
@@ -211,11 +244,32 @@ mod tests {
         t.assign(tp(0));
         let e = t.track(&tp(0), 0);
         t.track(&tp(0), 1);
-        t.untrack(&tp(0), 1);
+        t.untrack_all([(&tp(0), 1)].into_iter());
         assert!(!t.wait_idle(&[tp(0)], Duration::ZERO), "offset 0 was taken");
         t.done(&tp(0), e, 0, true);
         assert!(t.wait_idle(&[tp(0)], Duration::ZERO), "offset 1 is not waited for");
         assert_eq!(t.take_ready(Duration::ZERO), vec![(tp(0), 1)]);
+    }
+
+    #[test]
+    fn a_batch_is_tracked_and_settled_as_its_records_one_by_one() {
+        let (one, all) = (Tracker::default(), Tracker::default());
+        for t in [&one, &all] {
+            t.assign(tp(0));
+            t.assign(tp(1));
+        }
+        let records: Vec<(Tp, i64)> = vec![(tp(0), 5), (tp(1), 7), (tp(0), 6), (tp(1), 8), (tp(0), 7)];
+        let e = records.iter().map(|(p, o)| one.track(p, *o)).last().unwrap();
+        all.track_all(records.iter().map(|(p, o)| (p, *o)));
+        // Settled out of order, one failed: the positions stop before it.
+        let settled = [(tp(1), 8, true), (tp(0), 5, true), (tp(1), 7, true), (tp(0), 7, true), (tp(0), 6, false)];
+        for (p, o, handled) in &settled {
+            one.done(p, e, *o, *handled);
+        }
+        all.done_all(settled.iter().map(|(p, o, handled)| (p, e, *o, *handled)));
+        assert_eq!(all.take_ready(Duration::ZERO), one.take_ready(Duration::ZERO));
+        assert_eq!(all.take_ready(Duration::ZERO), vec![(tp(0), 6), (tp(1), 9)]);
+        assert_eq!(all.in_flight(), one.in_flight());
     }
 
     #[test]

@@ -220,11 +220,13 @@ impl Loop {
             }
             match self.consumer.poll(left.max(Duration::from_millis(1))) {
                 Some(Ok(m)) => {
-                    let tp: Tp = (m.topic().to_owned(), m.partition());
+                    // Read once: each call checks the name is UTF-8 again.
+                    let topic = m.topic();
+                    let tp: Tp = (topic.to_owned(), m.partition());
                     let offset = m.offset();
                     let (p, o) = (m.partition().to_string(), offset.to_string());
                     let mut extra: Vec<(&str, &[u8])> =
-                        vec![("kafka.topic", m.topic().as_bytes()), ("kafka.partition", p.as_bytes()), ("kafka.offset", o.as_bytes())];
+                        vec![("kafka.topic", topic.as_bytes()), ("kafka.partition", p.as_bytes()), ("kafka.offset", o.as_bytes())];
                     if let Some(h) = m.headers() {
                         for header in h.iter() {
                             extra.push((header.key, header.value.unwrap_or_default()));
@@ -269,47 +271,44 @@ impl Loop {
     /// now reads them again from its committed offset. Without this a record read in an
     /// older assignment would be tracked in the new one, where its acknowledgement (of the
     /// older epoch) is ignored, and its partition's commit position would never move again.
-    fn fresh(&self, batch: BatchBuf, origins: Origins) -> Option<(BatchBuf, Origins)> {
+    fn fresh(&self, batch: BatchBuf, origins: Arc<Origins>) -> Option<(BatchBuf, Arc<Origins>)> {
         let keep = self.tracker.current(origins.iter().map(|(tp, epoch, _)| (tp, *epoch)));
         if keep.iter().all(|&k| k) {
             return Some((batch, origins));
         }
         let (view, mut kept, mut kept_origins) = (batch.as_ref(), BatchBuf::new(), Origins::new());
-        for (i, origin) in origins.into_iter().enumerate().filter(|(i, _)| keep[*i]) {
+        for (i, origin) in origins.iter().cloned().enumerate().filter(|(i, _)| keep[*i]) {
             kept.push_record(kept.len() as u32, &view.get(i));
             kept_origins.push(origin);
         }
-        (!kept.is_empty()).then_some((kept, kept_origins))
+        (!kept.is_empty()).then_some((kept, Arc::new(kept_origins)))
     }
 
     /// Hands the batch to the pipeline. Its records count as in flight (what a revocation
     /// waits for) only once the pipeline took them, never while this thread holds them.
-    fn offer(&self, batch: &BatchBuf, origins: &Origins) -> Result<(), EmitError> {
-        for (tp, _, offset) in origins {
-            self.tracker.track(tp, *offset);
-        }
+    fn offer(&self, batch: &BatchBuf, origins: &Arc<Origins>) -> Result<(), EmitError> {
+        self.tracker.track_all(origins.iter().map(|(tp, _, offset)| (tp, *offset)));
         let (tracker, ctx, taken) = (self.tracker.clone(), self.ctx, origins.clone());
         let result = self.emitter.emit(&batch.as_ref(), move |ack| {
-            for (i, o) in ack.outcomes.iter().enumerate() {
-                let ((topic, partition), epoch, offset) = &taken[i];
-                let tp = (topic.clone(), *partition);
-                match o {
+            let settled = ack.outcomes.iter().zip(taken.iter()).map(|(o, (tp, epoch, offset))| {
+                let (topic, partition) = tp;
+                let handled = match o {
                     Outcome::Failed(reason) => {
                         ctx.warn(&format!("Record {topic}/{partition}@{offset} failed; its offset is not committed: {reason}"));
-                        tracker.done(&tp, *epoch, *offset, false);
+                        false
                     }
                     Outcome::Rejected(reason) => {
                         ctx.warn(&format!("Record {topic}/{partition}@{offset} rejected: {reason}"));
-                        tracker.done(&tp, *epoch, *offset, true);
+                        true
                     }
-                    _ => tracker.done(&tp, *epoch, *offset, true),
-                }
-            }
+                    _ => true,
+                };
+                (tp, *epoch, *offset, handled)
+            });
+            tracker.done_all(settled);
         });
         if result.is_err() {
-            for (tp, _, offset) in origins.iter().rev() {
-                self.tracker.untrack(tp, *offset);
-            }
+            self.tracker.untrack_all(origins.iter().rev().map(|(tp, _, offset)| (tp, *offset)));
         }
         result
     }
@@ -362,7 +361,8 @@ impl Loop {
     }
 
     fn run(self) {
-        let mut held: Option<(BatchBuf, Origins)> = None;
+        // The batch being offered, and its records' origins, shared with its acknowledgement.
+        let mut held: Option<(BatchBuf, Arc<Origins>)> = None;
         let mut pause = Duration::from_millis(1);
         while !self.stop.is_set() {
             if self.serve_requests() {
@@ -374,7 +374,10 @@ impl Loop {
             self.commit_ready();
             // A batch just read is checked too: a rebalance served by one of the polls
             // that filled it may have taken partitions of its first records.
-            held = held.take().or_else(|| self.fill()).and_then(|(batch, origins)| self.fresh(batch, origins));
+            held = held
+                .take()
+                .or_else(|| self.fill().map(|(batch, origins)| (batch, Arc::new(origins))))
+                .and_then(|(batch, origins)| self.fresh(batch, origins));
             let Some((batch, origins)) = &held else { continue };
             match self.offer(batch, origins) {
                 Ok(()) => {
