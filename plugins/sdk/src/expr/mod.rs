@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 
 use cel::common::ast::{EntryExpr, Expr as Node, IdedExpr};
 use cel::{Context, Env, Program, Value};
+use serde_json::value::RawValue;
 
 use crate::batch::RecordRef;
 use crate::json::{scan, Doc};
@@ -211,8 +212,10 @@ impl Expr {
         if let Some(fast) = &self.fast {
             // The quick scan first; a record it leaves (a key with an escape) is read whole.
             let answer = match record.scanned() {
-                Some(members) => fast.eval(&|name| scan::member(members, name)),
-                None => record.doc().and_then(Doc::members).and_then(|m| fast.eval(&|name| crate::json::member(m, name).map(|v| v.get()))),
+                Some(members) => fast.eval(&|name| crate::json::member(members, name)),
+                None => {
+                    record.doc().and_then(Doc::members).and_then(|m| fast.eval(&|name| crate::json::member(m, name).map(RawValue::get)))
+                }
             };
             if let Some(answer) = answer {
                 return Ok(answer);

@@ -93,9 +93,10 @@ fn members(text: &str) -> Result<Option<Members<'_>>, serde_json::Error> {
     Ok(Some(members))
 }
 
-/// The last member called `name` (the one a JSON reader keeps when a key repeats).
-pub(crate) fn member<'a>(members: &[(Cow<'a, str>, &'a RawValue)], name: &str) -> Option<&'a RawValue> {
-    members.iter().rev().find(|(k, _)| k == name).map(|(_, v)| *v)
+/// The last member called `name` (the one a JSON reader keeps when a key repeats), of
+/// members read by [`Doc`] or by [`scan::object_members`].
+pub(crate) fn member<K: AsRef<str>, V: Copy>(members: &[(K, V)], name: &str) -> Option<V> {
+    members.iter().rev().find(|(k, _)| k.as_ref() == name).map(|(_, v)| *v)
 }
 
 /// The value of a JSON string as text, borrowed when it has no escapes; `None` for any

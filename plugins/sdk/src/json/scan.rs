@@ -4,6 +4,8 @@
 //! nesting depth, and gives up (`None`) on anything it does not answer itself, so a caller
 //! falls back to [`super::Doc`] and gets the same result either way.
 
+use std::ops::Range;
+
 /// The deepest nesting read, as `serde_json`'s limit.
 const MAX_DEPTH: usize = 128;
 
@@ -12,49 +14,21 @@ const MAX_DEPTH: usize = 128;
 /// (the caller reads such a record the general way).
 pub fn object_members(text: &str) -> Option<Vec<(&str, &str)>> {
     let b = text.as_bytes();
-    let mut i = ws(b, 0);
-    if b.get(i) != Some(&b'{') {
+    let start = ws(b, 0);
+    if b.get(start) != Some(&b'{') {
         return None;
     }
-    i = ws(b, i + 1);
     let mut members = Vec::with_capacity(16);
-    if b.get(i) == Some(&b'}') {
-        i += 1;
-    } else {
-        loop {
-            if b.get(i) != Some(&b'"') {
-                return None;
-            }
-            let (end, escaped) = string(b, i)?;
-            if escaped {
-                return None;
-            }
-            let key = &text[i + 1..end - 1];
-            i = ws(b, end);
-            if b.get(i) != Some(&b':') {
-                return None;
-            }
-            let start = ws(b, i + 1);
-            i = value(b, start, 1)?;
-            members.push((key, &text[start..i]));
-            i = ws(b, i);
-            match b.get(i) {
-                Some(b',') => i = ws(b, i + 1),
-                Some(b'}') => {
-                    i += 1;
-                    break;
-                }
-                _ => return None,
-            }
-        }
-    }
-    (ws(b, i) == b.len()).then_some(members)
+    let end = nested(b, start, 0, b'}', &mut |key, escaped, value| {
+        members.push((&text[key.start + 1..key.end - 1], &text[value]));
+        !escaped
+    })?;
+    (ws(b, end) == b.len()).then_some(members)
 }
 
-/// The last member called `name` (the one a JSON reader keeps when a key repeats).
-pub fn member<'a>(members: &[(&str, &'a str)], name: &str) -> Option<&'a str> {
-    members.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| *v)
-}
+/// Hears each member of an object: its key's span (quotes included), whether the key has
+/// escapes, and its value's span; false gives up the scan.
+type Each<'e> = &'e mut dyn FnMut(Range<usize>, bool, Range<usize>) -> bool;
 
 fn ws(b: &[u8], mut i: usize) -> usize {
     while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
@@ -106,8 +80,8 @@ fn string(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
 fn value(b: &[u8], i: usize, depth: usize) -> Option<usize> {
     match *b.get(i)? {
         b'"' => string(b, i).map(|(end, _)| end),
-        b'{' => nested(b, i, depth, b'}', true),
-        b'[' => nested(b, i, depth, b']', false),
+        b'{' => nested(b, i, depth, b'}', &mut |_, _, _| true),
+        b'[' => nested(b, i, depth, b']', &mut |_, _, _| true),
         b't' => literal(b, i, b"true"),
         b'f' => literal(b, i, b"false"),
         b'n' => literal(b, i, b"null"),
@@ -120,8 +94,9 @@ fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
     (b.get(i..i + word.len())? == word).then_some(i + word.len())
 }
 
-/// An object (`keyed`) or an array opening at `i`: the index after its closing bracket.
-fn nested(b: &[u8], i: usize, depth: usize, close: u8, keyed: bool) -> Option<usize> {
+/// An object (closed by `}`, whose members `each` hears) or an array (closed by `]`) opening
+/// at `i`: the index after its closing bracket.
+fn nested(b: &[u8], i: usize, depth: usize, close: u8, each: Each<'_>) -> Option<usize> {
     if depth >= MAX_DEPTH {
         return None;
     }
@@ -130,17 +105,29 @@ fn nested(b: &[u8], i: usize, depth: usize, close: u8, keyed: bool) -> Option<us
         return Some(i + 1);
     }
     loop {
-        if keyed {
+        let key = if close == b'}' {
             if b.get(i) != Some(&b'"') {
                 return None;
             }
-            i = ws(b, string(b, i)?.0);
+            let (end, escaped) = string(b, i)?;
+            let key = (i..end, escaped);
+            i = ws(b, end);
             if b.get(i) != Some(&b':') {
                 return None;
             }
             i = ws(b, i + 1);
+            Some(key)
+        } else {
+            None
+        };
+        let start = i;
+        let end = value(b, start, depth + 1)?;
+        if let Some((span, escaped)) = key {
+            if !each(span, escaped, start..end) {
+                return None;
+            }
         }
-        i = ws(b, value(b, i, depth + 1)?);
+        i = ws(b, end);
         match *b.get(i)? {
             b',' => i = ws(b, i + 1),
             c if c == close => return Some(i + 1),
@@ -247,8 +234,8 @@ mod tests {
     #[test]
     fn the_last_of_repeated_keys_wins() {
         let m = object_members(r#"{"a":1,"b":2,"a":3}"#).unwrap();
-        assert_eq!(member(&m, "a"), Some("3"));
-        assert_eq!(member(&m, "c"), None);
+        assert_eq!(super::super::member(&m, "a"), Some("3"));
+        assert_eq!(super::super::member(&m, "c"), None);
     }
 
     #[test]
