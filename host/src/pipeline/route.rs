@@ -44,9 +44,10 @@ impl Routes {
     pub(super) fn route(&self, batch: &BatchRef<'_>, origins: &[u32], outcomes: &mut Outcomes, mut letters: Option<&mut Letters>) -> Taken {
         let mut lists: Vec<Vec<u32>> = vec![Vec::new(); self.conditions.len()];
         let takes_all = self.conditions.iter().any(Option::is_none);
+        let mut holds = vec![false; self.conditions.len()];
         for (i, record) in batch.iter().enumerate() {
             let input = Record::new(record, &self.needs);
-            let mut holds = vec![false; self.conditions.len()];
+            holds.fill(false);
             let mut failed = None;
             for (s, condition) in self.conditions.iter().enumerate() {
                 match condition.as_ref().map(|c| c.test(&input)) {

@@ -3,7 +3,7 @@
 //! duplicates are; a record the condition cannot be evaluated on is rejected with the
 //! reason by default.
 
-use weir_plugin::expr::{Expr, Needs, Record};
+use weir_plugin::expr::{Expr, Record};
 use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, Output, PluginError, Transform};
 
 /// Config of the `filter` transform: exactly one of `keep` and `drop`.
@@ -54,7 +54,6 @@ impl FilterConfig {
 /// The `filter` transform.
 pub struct Filter {
     condition: Expr,
-    needs: Needs,
     keeps: bool,
     on_error: OnError,
 }
@@ -70,13 +69,12 @@ impl Transform for Filter {
 
     fn create(config: FilterConfig, _ctx: Context) -> Result<Self, PluginError> {
         let (condition, keeps) = config.condition()?;
-        let needs = condition.needs().clone();
-        Ok(Filter { condition, needs, keeps, on_error: config.on_error })
+        Ok(Filter { condition, keeps, on_error: config.on_error })
     }
 
     fn process(&mut self, input: &BatchRef<'_>, out: &mut Output) -> Result<(), PluginError> {
         for (i, r) in input.iter().enumerate() {
-            let keep = match self.condition.test(&Record::new(r, &self.needs)) {
+            let keep = match self.condition.test(&Record::new(r, self.condition.needs())) {
                 Ok(holds) => holds == self.keeps,
                 Err(e) => match self.on_error {
                     OnError::Reject => {
