@@ -525,7 +525,8 @@ fn replay(config: &HostConfig, from: &str, pipeline: &str, picked: Picked, batch
     }
     let admin = weir::client::Admin::new(config)?;
     let (mut accepted, mut dropped, mut refused) = (0usize, 0usize, Vec::new());
-    for (n, chunk) in chosen.chunks(batch.clamp(1, weir::replay::MAX_RECORDS)).enumerate() {
+    let per_request = batch.clamp(1, weir::replay::MAX_RECORDS);
+    for (n, chunk) in chosen.chunks(per_request).enumerate() {
         let records: Vec<_> = chunk.iter().map(|l| offered(l)).collect();
         // Serialized as it is, not through a `Value`, so each value keeps its bytes.
         #[derive(serde::Serialize)]
@@ -543,7 +544,7 @@ fn replay(config: &HostConfig, from: &str, pipeline: &str, picked: Picked, batch
         dropped += a["dropped"].as_u64().unwrap_or(0) as usize;
         for kind in ["rejected", "failed"] {
             for r in a[kind].as_array().into_iter().flatten() {
-                let i = n * batch.clamp(1, weir::replay::MAX_RECORDS) + r["index"].as_u64().unwrap_or(0) as usize;
+                let i = n * per_request + r["index"].as_u64().unwrap_or(0) as usize;
                 refused.push(format!("dead letter {} ({kind}): {}", i + 1, r["reason"].as_str().unwrap_or("")));
             }
         }

@@ -56,20 +56,18 @@ impl Sdk {
     /// The SDK this `weir` was built with: its source directory when it is still there
     /// (a checkout), else its version from the registry.
     pub fn this_build() -> Sdk {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk");
-        match dir.join("Cargo.toml").is_file() {
-            true => Sdk::Path(dir.canonicalize().unwrap_or(dir)),
-            false => Sdk::Version(weir_plugin::VERSION.to_owned()),
-        }
+        Sdk::checkout(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk"))
+            .unwrap_or_else(|| Sdk::Version(weir_plugin::VERSION.to_owned()))
     }
 
     /// `PATH` (a directory holding the SDK's Cargo.toml) or a version requirement.
     pub fn parse(text: &str) -> Sdk {
-        let path = Path::new(text);
-        match path.join("Cargo.toml").is_file() {
-            true => Sdk::Path(path.canonicalize().unwrap_or_else(|_| path.to_path_buf())),
-            false => Sdk::Version(text.to_owned()),
-        }
+        Sdk::checkout(Path::new(text)).unwrap_or_else(|| Sdk::Version(text.to_owned()))
+    }
+
+    /// The SDK's source at `dir`, when its Cargo.toml is there.
+    fn checkout(dir: &Path) -> Option<Sdk> {
+        dir.join("Cargo.toml").is_file().then(|| Sdk::Path(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())))
     }
 
     fn dependency(&self) -> String {

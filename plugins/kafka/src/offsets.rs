@@ -79,10 +79,8 @@ impl Tracker {
     /// with its acknowledgement (the tests' way; the source tracks whole batches).
     #[cfg(test)]
     pub fn track(&self, tp: &Tp, offset: i64) -> u64 {
-        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        let p = parts.entry(tp.clone()).or_default();
-        p.in_flight.push_back((offset, false));
-        p.epoch
+        self.track_all(std::iter::once((tp, offset)));
+        self.epoch(tp)
     }
 
     /// Records that a batch's records (partition and offset, in order) went to the pipeline,
