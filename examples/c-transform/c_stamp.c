@@ -60,8 +60,11 @@ static void say(WeirOwnedBytes *out, const char *fmt, ...) {
 /* ---- config: the host checked it against SCHEMA, so it is an object holding only
  * `max_bytes` (an integer) and maybe `fail_on` (a string); this reads exactly that ---- */
 
+/* JSON's whitespace. */
+static int is_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
 static const char *skip_ws(const char *p, const char *end) {
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    while (p < end && is_ws((unsigned char)*p)) p++;
     return p;
 }
 
@@ -264,11 +267,11 @@ static WeirStatus stamp_process(void *instance, const WeirBatchView *batch, Weir
         used += r->headers_len;
         m->value_off = (uint32_t)used;
         size_t lead = 0;
-        while (lead < r->value_len && (value[lead] == ' ' || value[lead] == '\n' || value[lead] == '\t' || value[lead] == '\r')) lead++;
+        while (lead < r->value_len && is_ws(value[lead])) lead++;
         if (lead < r->value_len && value[lead] == '{') {
             /* {"stamped_by":"c-stamp", then the rest; no comma when the object is empty. */
             size_t rest = lead + 1;
-            while (rest < r->value_len && (value[rest] == ' ' || value[rest] == '\n' || value[rest] == '\t' || value[rest] == '\r')) rest++;
+            while (rest < r->value_len && is_ws(value[rest])) rest++;
             int empty = rest < r->value_len && value[rest] == '}';
             o->data[used++] = '{';
             memcpy(o->data + used, STAMP, STAMP_LEN);
