@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{bin_dir, free_port, repo, weir, weir_until_done};
+use common::{bin_dir, free_port, host_abi, repo, weir, weir_until_done};
 use serde_json::{json, Value};
 
 /// One fixture library: the ABI it was built for (`1.N`) and its file in the repository.
@@ -240,15 +240,4 @@ fn every_released_abi_minor_still_loads_and_runs() {
         })
         .collect();
     assert!(failed.is_empty(), "{} of {} fixture libraries failed:\n{}", failed.len(), fixtures.len(), failed.join("\n\n"));
-}
-
-/// The ABI version this checkout's host speaks, read from the SDK's header.
-fn host_abi() -> (u16, u16) {
-    let header = std::fs::read_to_string(repo().join("plugins/sdk/src/abi.rs")).unwrap();
-    let constant = |name: &str| -> u16 {
-        let prefix = format!("pub const {name}: u16 = ");
-        let line = header.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("{name} in abi.rs"));
-        line.trim_end_matches(';').parse().unwrap()
-    };
-    (constant("ABI_MAJOR"), constant("ABI_MINOR"))
 }

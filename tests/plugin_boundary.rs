@@ -26,7 +26,10 @@ fn foreign_libraries_are_listed_with_reasons() {
             .to_owned()
     };
     let v2_line = line(&v2);
-    assert!(v2_line.contains("built for plugin ABI 2.0") && v2_line.contains(&format!("this weir speaks ABI {}", host_abi())), "{v2_line}");
+    assert!(
+        v2_line.contains("built for plugin ABI 2.0") && v2_line.contains(&format!("this weir speaks ABI {}", host_abi_text())),
+        "{v2_line}"
+    );
     assert!(v2_line.contains("upgrade weir"), "says what to do: {v2_line}");
     assert!(line(&other).contains("not a Weir plugin"), "{text}");
     assert!(text.contains("source    http"), "the good plugins are still listed:\n{text}");
@@ -64,7 +67,7 @@ fn an_incompatible_library_fails_only_the_pipelines_that_use_it() {
     let pipelines = weir.get_json("/pipelines/future");
     assert!(pipelines["error"].as_str().unwrap().contains("unknown sink plugin \"future-sink\""), "{pipelines}");
     let logs = weir.logs();
-    assert!(logs.contains(&format!("libfuture.so was built for plugin ABI 2.0, but this weir speaks ABI {}", host_abi())), "{logs}");
+    assert!(logs.contains(&format!("libfuture.so was built for plugin ABI 2.0, but this weir speaks ABI {}", host_abi_text())), "{logs}");
     assert_eq!(weir.metric("weir_plugin_load_failures_total"), Some(1.0));
 }
 
@@ -196,13 +199,8 @@ fn a_stage_that_keeps_panicking_is_restarted_with_backoff_and_marks_only_its_pip
     assert_eq!(curl("GET", &weir.url("/health"), None, None).status, 200);
 }
 
-/// The ABI version this checkout's host speaks (`MAJOR.MINOR`), read from the SDK's header.
-fn host_abi() -> String {
-    let header = std::fs::read_to_string(repo().join("plugins/sdk/src/abi.rs")).unwrap();
-    let constant = |name: &str| -> String {
-        let line =
-            header.lines().find(|l| l.starts_with(&format!("pub const {name}: u16 = "))).unwrap_or_else(|| panic!("{name} in abi.rs"));
-        line.rsplit(' ').next().unwrap().trim_end_matches(';').to_owned()
-    };
-    format!("{}.{}", constant("ABI_MAJOR"), constant("ABI_MINOR"))
+/// The ABI version this checkout's host speaks, `MAJOR.MINOR`.
+fn host_abi_text() -> String {
+    let (major, minor) = common::host_abi();
+    format!("{major}.{minor}")
 }

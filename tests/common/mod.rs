@@ -156,6 +156,17 @@ pub fn spawn_weir(args: &[&str], envs: &[(&str, &str)], log: &Path) -> Child {
         .expect("start weir")
 }
 
+/// The plugin ABI this checkout's host speaks, `(major, minor)`, read from the SDK's header.
+pub fn host_abi() -> (u16, u16) {
+    let header = std::fs::read_to_string(repo().join("plugins/sdk/src/abi.rs")).unwrap();
+    let constant = |name: &str| -> u16 {
+        let prefix = format!("pub const {name}: u16 = ");
+        let line = header.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("{name} in abi.rs"));
+        line.trim_end_matches(';').parse().unwrap()
+    };
+    (constant("ABI_MAJOR"), constant("ABI_MINOR"))
+}
+
 /// Runs `weir ARGS` (a `run --once`, say) to its end, its log to `log`; killed after `limit`.
 /// Its exit status, `None` when it did not end in time.
 pub fn weir_until_done(args: &[&str], envs: &[(&str, &str)], log: &Path, limit: Duration) -> Option<std::process::ExitStatus> {
