@@ -175,8 +175,13 @@ struct Anonymous;
 #[derive(Clone, Copy)]
 struct Refused;
 
+/// An error answer of the admin API: `{"error": message}` with `status`.
+pub(crate) fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
 fn refuse(status: StatusCode, message: String) -> Response {
-    let mut resp = (status, Json(serde_json::json!({ "error": message }))).into_response();
+    let mut resp = error(status, message);
     resp.extensions_mut().insert(Refused);
     resp
 }

@@ -13,12 +13,9 @@ use axum::Json;
 use serde_json::{json, Value};
 use weir_plugin::abi::Status;
 
+use crate::admin::error;
 use crate::host::Host;
 use crate::pipeline::Pipeline;
-
-fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
-}
 
 /// Why a request is refused before it reaches the source.
 type Refusal = (StatusCode, String);

@@ -20,6 +20,7 @@ use weir_plugin::abi::outcome;
 use weir_plugin::batch::BatchBuf;
 use weir_plugin::Head;
 
+use crate::admin::error;
 use crate::host::Host;
 
 /// Most records one request may carry.
@@ -53,10 +54,6 @@ pub struct Offered {
 pub struct Offer {
     /// The records, in order.
     pub records: Vec<Offered>,
-}
-
-fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
 }
 
 /// `POST /pipelines/{name}/records`: offers the records to the pipeline as one batch, as
