@@ -122,6 +122,103 @@ dead_letter:
     );
 }
 
+/// `filter` declares its condition (ABI minor 7) and the host evaluates it: in the middle of
+/// the chain on its own, and at its end together with the sinks' `when`. Both must do what
+/// the plugin does: the same records kept, the same rejections (stage and reason) and the
+/// same counts.
+#[test]
+fn declared_conditions_mid_chain_and_before_the_routes_do_what_the_plugin_does() {
+    let scene = Scene::new();
+    scene.pipeline(
+        "gated",
+        r#"source:
+  plugin: http
+  config: {listen: "127.0.0.1:@PORT@"}
+transforms:
+  - plugin: filter
+    name: not-warnings
+    config: {drop: 'record.level == "warn"'}
+  - plugin: map
+    config:
+      set: {seen: 'true'}
+  - plugin: filter
+    name: priced
+    config: {keep: 'record.amount >= 0.0'}
+  - plugin: filter
+    name: not-heartbeats
+    config: {drop: 'record.type == "heartbeat"', on_error: keep}
+sinks:
+  - plugin: file
+    name: gold
+    when: 'record.user.tier == "gold"'
+    config: {path: "@DIR@/gold.jsonl"}
+  - plugin: file
+    name: rest
+    when: 'record.user.tier != "gold"'
+    config: {path: "@DIR@/rest.jsonl"}
+dead_letter:
+  plugin: file
+  config: {path: "@DIR@/dead.jsonl"}
+"#,
+    );
+    let weir = scene.start(&["--no-watch"], &[]);
+    let all = events();
+    let r = post_json(&scene.url("/produce"), &Value::Array(all.clone()).to_string());
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // Decided here without CEL: warnings dropped first; then `amount` must be a number of
+    // at least 0 (no amount: the condition cannot be evaluated, the record is rejected by
+    // `priced`); then heartbeats dropped.
+    let (mut warn, mut unpriced, mut heartbeats, mut gold, mut rest) =
+        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    for e in &all {
+        let id = e["id"].as_u64().unwrap();
+        if e["level"] == "warn" {
+            warn.insert(id);
+        } else if !e["amount"].is_f64() {
+            unpriced.insert(id);
+        } else if e["type"] == "heartbeat" {
+            heartbeats.insert(id);
+        } else if e["user"]["tier"] == "gold" {
+            gold.insert(id);
+        } else {
+            rest.insert(id);
+        }
+    }
+    assert!([&warn, &unpriced, &heartbeats, &gold, &rest].iter().all(|s| !s.is_empty()));
+    let dir = scene.dir.path();
+    wait_for("the routed records", Duration::from_secs(10), || {
+        ids(&dir.join("gold.jsonl")) == gold && ids(&dir.join("rest.jsonl")) == rest
+    });
+    assert!(json_lines(&dir.join("rest.jsonl")).iter().all(|r| r["seen"] == true), "the map between the filters ran");
+    let dead = json_lines(&dir.join("dead.jsonl"));
+    let dead_ids: BTreeSet<u64> = dead.iter().map(|d| d["record"]["id"].as_u64().unwrap()).collect();
+    assert_eq!(dead_ids, unpriced, "{dead:?}");
+    assert!(dead.iter().all(|d| d["stage"] == "priced" && d["reason"].as_str().unwrap().contains("record.amount >= 0.0")), "{dead:?}");
+    let m = weir.metrics();
+    let count = |stage: &str, what: &str| {
+        weir.metric(&format!(r#"weir_stage_records_{what}_total{{pipeline="gated",stage="{stage}",plugin="filter"}}"#)).unwrap_or(-1.0)
+            as usize
+    };
+    let after_warn = all.len() - warn.len();
+    assert_eq!(
+        (count("not-warnings", "in"), count("not-warnings", "dropped"), count("not-warnings", "out")),
+        (all.len(), warn.len(), after_warn),
+        "{m}"
+    );
+    assert_eq!(
+        (count("priced", "in"), count("priced", "rejected"), count("priced", "out")),
+        (after_warn, unpriced.len(), after_warn - unpriced.len()),
+        "{m}"
+    );
+    let last_in = after_warn - unpriced.len();
+    assert_eq!(
+        (count("not-heartbeats", "in"), count("not-heartbeats", "dropped"), count("not-heartbeats", "out")),
+        (last_in, heartbeats.len(), last_in - heartbeats.len()),
+        "{m}"
+    );
+}
+
 #[test]
 fn a_source_waits_only_for_the_sinks_its_records_were_routed_to_and_unrouted_records_may_be_dropped() {
     let scene = Scene::new();

@@ -312,7 +312,7 @@ static const WeirPluginDescriptor PLUGINS[] = {{
     .create = stamp_create,
     .destroy = stamp_destroy,
     .process = stamp_process,
-    /* start, stop, acknowledge, control: NULL; flags: 0. */
+    /* start, stop, acknowledge, control, condition: NULL; flags: 0. */
 }};
 
 static const WeirManifest MANIFEST = {

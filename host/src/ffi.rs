@@ -363,6 +363,18 @@ impl Instance {
         finish(status, &mut message).map(|()| answer)
     }
 
+    /// The condition a transform's instance (ABI minor 7 or later) declares its whole work
+    /// to be, as JSON; `None` when it declares none.
+    pub fn condition(&mut self) -> Result<Option<String>, CallError> {
+        let Some(condition) = self.plugin.descriptor.condition else { return Ok(None) };
+        let (mut declared, mut message) = (OwnedBytes::EMPTY, OwnedBytes::EMPTY);
+        // SAFETY: per ABI.md.
+        let status = unsafe { condition(self.ptr, &mut declared, &mut message) };
+        // SAFETY: filled by the plugin or empty.
+        let declared = unsafe { abi::take_owned_string(&mut declared) };
+        finish(status, &mut message).map(|()| (!declared.is_empty()).then_some(declared))
+    }
+
     /// Whether the instance wants to hear what became of the batches it processed.
     pub fn acknowledges(&self) -> bool {
         self.plugin.descriptor.acknowledge.is_some()
@@ -654,6 +666,7 @@ mod tests {
             acknowledge: Some(acknowledge),
             flags: 0,
             control: None,
+            condition: None,
         }
     }
 

@@ -34,6 +34,7 @@ mod buffer;
 mod check;
 mod current;
 mod dead_letter;
+mod declared;
 mod intake;
 mod queue;
 mod report;
@@ -126,7 +127,7 @@ impl Pipeline {
             let host =
                 ffi::host_api(&file.name, file.redactor.clone(), &name, &plugin.name, &base_dir.to_string_lossy(), m.clone(), &siblings);
             let config = spec.config.to_string();
-            let instance = match Instance::create(&plugin, &config, host) {
+            let mut instance = match Instance::create(&plugin, &config, host) {
                 Ok(i) => i,
                 Err(e) => {
                     let stages: Vec<_> = infos.iter().map(|i: &StageInfo| i.metrics.clone()).chain([m]).collect();
@@ -147,6 +148,7 @@ impl Pipeline {
                 after: spec.after.clone(),
             });
             let in_order = plugin.descriptor.flags & weir_plugin::abi::PLUGIN_IN_ORDER != 0;
+            let declared = if matches!(role, Role::Transform(_)) { declared::Declared::of(&mut instance, &name) } else { None };
             let stage = Stage {
                 name: name.into(),
                 plugin,
@@ -160,6 +162,7 @@ impl Pipeline {
                 health: health.clone(),
                 buffer: Buffer::new(spec.buffer.clone(), disk),
                 in_order,
+                declared,
             };
             let mut instances = vec![stage];
             for _ in 1..spec.workers.map_or(1, |n| n.get()) {

@@ -5,8 +5,25 @@
 
 use weir_plugin::expr::{Expr, Needs, Record};
 
+use super::declared::{Declared, Verdict};
 use super::*;
 use crate::config::Unrouted;
+
+/// The declared conditions that end a worker's transform chain (see `declared`), evaluated
+/// on each record before the sinks' `when`, and what they all read of a record together.
+pub(super) struct Gates {
+    stages: Vec<(Arc<Declared>, Arc<str>, Arc<StageMetrics>)>,
+    needs: Needs,
+}
+
+impl Gates {
+    /// Gates from `stages` (each with a declared condition) for `routes`.
+    pub(super) fn new(routes: &Routes, stages: &[Stage]) -> Gates {
+        let stages: Vec<_> = stages.iter().filter_map(|s| s.declared.clone().map(|d| (d, s.name.clone(), s.metrics.clone()))).collect();
+        let needs = stages.iter().fold(routes.needs.clone(), |n, (d, ..)| n.union(d.needs()));
+        Gates { stages, needs }
+    }
+}
 
 /// The routing of a pipeline whose sinks have `when` conditions.
 pub(super) struct Routes {
@@ -37,16 +54,45 @@ impl Routes {
         Ok(Some(Routes { needs, conditions, names: sinks.iter().map(|(n, ..)| n.clone()).collect(), unrouted }))
     }
 
-    /// Decides each record's sinks. A record a condition cannot be evaluated on is rejected
-    /// with the reason and goes to no sink; one no sink takes is rejected as "no route" or
-    /// dropped, as `unrouted` says. Refusals get their outcome and, with `letters`, their
-    /// dead letter.
-    pub(super) fn route(&self, batch: &BatchRef<'_>, origins: &[u32], outcomes: &mut Outcomes, mut letters: Option<&mut Letters>) -> Taken {
+    /// Decides each record's sinks, after the `gates` (the chain's last stages, as their
+    /// plugins would: records dropped or rejected there, and counted as theirs). A record a
+    /// condition cannot be evaluated on is rejected with the reason and goes to no sink; one
+    /// no sink takes is rejected as "no route" or dropped, as `unrouted` says. Refusals get
+    /// their outcome and, with `letters`, their dead letter.
+    pub(super) fn route(
+        &self,
+        batch: &BatchRef<'_>,
+        origins: &[u32],
+        outcomes: &mut Outcomes,
+        mut letters: Option<&mut Letters>,
+        gates: &Gates,
+    ) -> Taken {
         let mut lists: Vec<Vec<u32>> = vec![Vec::new(); self.conditions.len()];
         let takes_all = self.conditions.iter().any(Option::is_none);
         let mut holds = vec![false; self.conditions.len()];
-        for (i, record) in batch.iter().enumerate() {
-            let input = Record::new(record, &self.needs);
+        // Per record, how many gates it passed; per gate, the records dropped and rejected.
+        let mut passed = vec![0usize; if gates.stages.is_empty() { 0 } else { batch.len() }];
+        let mut refused = vec![(0u64, 0u64); gates.stages.len()];
+        'records: for (i, record) in batch.iter().enumerate() {
+            let input = Record::new(record, &gates.needs);
+            for (g, (declared, stage, _)) in gates.stages.iter().enumerate() {
+                match declared.verdict(&input) {
+                    Verdict::Keep => passed[i] = g + 1,
+                    Verdict::Drop => {
+                        refused[g].0 += 1;
+                        outcomes.set(origins[i], outcome::DROPPED, None);
+                        continue 'records;
+                    }
+                    Verdict::Reject(reason) => {
+                        refused[g].1 += 1;
+                        if let Some(letters) = letters.as_deref_mut() {
+                            letters.add(&record, origins[i], stage, "rejected", &reason);
+                        }
+                        outcomes.set(origins[i], outcome::REJECTED, Some(Refusal::by(stage, reason)));
+                        continue 'records;
+                    }
+                }
+            }
             holds.fill(false);
             let mut failed = None;
             for (s, condition) in self.conditions.iter().enumerate() {
@@ -78,6 +124,21 @@ impl Routes {
                 letters.add(&record, origins[i], &stage, "rejected", &reason);
             }
             outcomes.set(origins[i], outcome::REJECTED, Some(Refusal::by(&stage, reason)));
+        }
+        // Each gate's counts, as when the stage runs on its own.
+        let mut reached = batch.len();
+        for (g, (_, _, m)) in gates.stages.iter().enumerate() {
+            let (dropped, rejected) = refused[g];
+            m.batches.fetch_add(1, Relaxed);
+            m.records_in.fetch_add(reached as u64, Relaxed);
+            m.dropped.fetch_add(dropped, Relaxed);
+            m.rejected.fetch_add(rejected, Relaxed);
+            reached -= (dropped + rejected) as usize;
+            m.records_out.fetch_add(reached as u64, Relaxed);
+            m.tap.capture_where(batch, |i| passed[i] > g);
+            if reached == 0 {
+                break;
+            }
         }
         let n = batch.len();
         lists.into_iter().map(|l| (l.len() != n).then_some(l)).collect()

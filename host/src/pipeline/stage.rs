@@ -52,6 +52,9 @@ pub(super) struct Stage {
     pub(super) buffer: Arc<Buffer>,
     /// Transforms: takes batches one at a time in source order (`PLUGIN_IN_ORDER`).
     pub(super) in_order: bool,
+    /// Transforms: the condition the plugin declares its whole work to be (ABI minor 7),
+    /// which the host evaluates instead of calling it.
+    pub(super) declared: Option<Arc<declared::Declared>>,
 }
 
 impl Stage {
@@ -116,6 +119,7 @@ impl Stage {
             health: self.health.clone(),
             buffer: self.buffer.clone(),
             in_order: self.in_order,
+            declared: self.declared.clone(),
         })
     }
 

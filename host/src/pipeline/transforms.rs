@@ -125,6 +125,13 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
     let tracer = telemetry::tracer();
     // Transforms that asked (ABI minor 1) hear what became of each batch they processed.
     let acknowledging: Vec<bool> = transforms.iter().map(|t| t.plugin.descriptor.acknowledge.is_some()).collect();
+    // Declared conditions that end the chain are evaluated with the routing, each record
+    // read once for them and the sinks' `when` (not with traces on: each stage has a span).
+    let gated_from = match (&heads.routes, tracer) {
+        (Some(_), None) => transforms.iter().rposition(|t| t.declared.is_none() || t.in_order).map_or(0, |last| last + 1),
+        _ => transforms.len(),
+    };
+    let gates = heads.routes.as_ref().map(|routes| route::Gates::new(routes, &transforms[gated_from..]));
     while let Some((number, Envelope { batch, ack, received })) = order.take() {
         heads.source_metrics.queue_depth.fetch_sub(1, Relaxed);
         heads.source_metrics.tap.capture(&batch.as_ref());
@@ -145,7 +152,7 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
         let keep_letters = heads.dead_letters.is_some();
         let mut current = Current::Host(batch);
         let mut awaiting = Vec::new();
-        for (index, stage) in transforms.iter_mut().enumerate() {
+        for (index, stage) in transforms.iter_mut().enumerate().take(gated_from) {
             // Held to the end of this stage's work on the batch.
             let _turn = stage.in_order.then(|| order.turn(index, number));
             if origins.is_empty() {
@@ -159,22 +166,33 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
                 t.start(&site, Some(parent), Vec::new(), input.len(), SystemTime::now())
             });
             let started = Instant::now();
-            let result = stage.process(&input);
+            // A condition the plugin declared is evaluated here; any other stage is called.
+            let result = match &stage.declared {
+                Some(declared) => Ok(Worked::Host(declared.run(&input))),
+                None => stage.process(&input).and_then(|(out, generation)| {
+                    let out_origins = out.origins().map_err(|m| CallError::host(format!("bad output: {m}")))?.to_vec();
+                    if !out.kept() {
+                        out.batch().map_err(|e| CallError::host(format!("bad output: {e}")))?;
+                    }
+                    Ok(Worked::Plugin(out, out_origins, generation))
+                }),
+            };
             stage.metrics.latency.observe(started.elapsed());
-            let checked = result.and_then(|(out, generation)| {
-                let out_origins = out.origins().map_err(|m| CallError::host(format!("bad output: {m}")))?.to_vec();
-                if !out.kept() {
-                    out.batch().map_err(|e| CallError::host(format!("bad output: {e}")))?;
-                }
-                Ok((out, out_origins, generation))
-            });
-            match checked {
-                Ok((out, out_origins, generation)) => {
+            match result {
+                Ok(worked) => {
+                    // The records passed on, those rejected, the batch's number for
+                    // `acknowledge`, and the plugin's output unless it kept its input's bytes.
+                    let (out_origins, rejections, sequence, output) = match worked {
+                        Worked::Plugin(out, out_origins, generation) => {
+                            let (rejections, sequence) = (out.rejections(), out.sequence().map(|s| (s, generation)));
+                            (out_origins, rejections, sequence, (!out.kept()).then_some(out))
+                        }
+                        Worked::Host((kept, rejected)) => (kept, rejected, None, None),
+                    };
                     let mut kept = vec![false; input.len()];
                     for &o in &out_origins {
                         kept[o as usize] = true;
                     }
-                    let rejections = out.rejections();
                     let rejected = rejections.len();
                     stage.metrics.rejected.fetch_add(rejected as u64, Relaxed);
                     for (i, reason) in rejections {
@@ -196,7 +214,7 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
                         span.count("weir.records.rejected", rejected);
                         span.count("weir.records.dropped", dropped);
                     }
-                    if let Some(sequence) = out.sequence().filter(|_| acknowledging[index]) {
+                    if let Some((sequence, generation)) = sequence.filter(|_| acknowledging[index]) {
                         awaiting.push(Part {
                             stage: stage.name.clone(),
                             slot: stage.slot.clone(),
@@ -206,7 +224,10 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
                         });
                     }
                     origins = out_origins.iter().map(|&o| origins[o as usize]).collect();
-                    current = if out.kept() { current.keep(&out_origins) } else { Current::Plugin(out) };
+                    current = match output {
+                        Some(out) => Current::Plugin(out),
+                        None => current.keep(&out_origins),
+                    };
                     stage.metrics.tap.capture(&current.view());
                     stage.succeeded();
                 }
@@ -238,7 +259,7 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
         }
         let taken = heads.routes.as_ref().filter(|_| !origins.is_empty()).map(|routes| {
             let letters = if keep_letters { Some(&mut letters) } else { None };
-            routes.route(&current.view(), &origins, &mut outcomes, letters)
+            routes.route(&current.view(), &origins, &mut outcomes, letters, gates.as_ref().expect("made with the routes"))
         });
         order.put(number, Processed { outcomes, origins, letters, current, awaiting, ack, received, trace, taken }, &heads);
     }
@@ -249,6 +270,14 @@ pub(super) fn run_worker(mut transforms: Vec<Stage>, order: Arc<Order>, heads: A
             buffer.finish_writing();
         }
     }
+}
+
+/// What a transform stage made of a batch: the plugin's output (with the records it passed
+/// on and the instance's generation), or the host's verdicts on a declared condition (the
+/// records kept, and those rejected with their reasons).
+enum Worked {
+    Plugin(ForeignOutput, Vec<u32>, u64),
+    Host((Vec<u32>, Vec<(usize, String)>)),
 }
 
 /// Settles what the chain decided and hands the rest of the batch to the sinks.

@@ -4,7 +4,7 @@
 //! reason by default.
 
 use weir_plugin::expr::{Expr, Record};
-use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, Output, PluginError, Transform};
+use weir_plugin::{BatchRef, Condition, Context, Deserialize, JsonSchema, OnError, Output, PluginError, Transform};
 
 /// Config of the `filter` transform: exactly one of `keep` and `drop`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -23,23 +23,11 @@ pub struct FilterConfig {
     pub on_error: OnError,
 }
 
-/// What becomes of a record the condition cannot be evaluated on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OnError {
-    /// Rejected with the reason.
-    #[default]
-    Reject,
-    /// Dropped and counted.
-    Drop,
-    /// Passed on.
-    Keep,
-}
-
 impl FilterConfig {
-    /// The condition, whether it keeps (true) or drops, or why the config is wrong; the
-    /// message starts with the field's pointer, so `weir validate` shows it at its line.
-    fn condition(&self) -> Result<(Expr, bool), PluginError> {
+    /// The condition, its text, whether it keeps (true) or drops, or why the config is
+    /// wrong; the message starts with the field's pointer, so `weir validate` shows it at its
+    /// line.
+    fn condition(&self) -> Result<(Expr, &str, bool), PluginError> {
         let (field, source, keeps) = match (&self.keep, &self.drop) {
             (Some(k), None) => ("keep", k, true),
             (None, Some(d)) => ("drop", d, false),
@@ -47,13 +35,15 @@ impl FilterConfig {
         };
         let expr = Expr::condition(source)
             .map_err(|e| PluginError::config(format!("/{field}: {} (column {} of the condition)", e.message, e.column)))?;
-        Ok((expr, keeps))
+        Ok((expr, source, keeps))
     }
 }
 
 /// The `filter` transform.
 pub struct Filter {
     condition: Expr,
+    /// The condition as written, for a host that evaluates it itself.
+    source: String,
     keeps: bool,
     on_error: OnError,
 }
@@ -68,8 +58,15 @@ impl Transform for Filter {
     }
 
     fn create(config: FilterConfig, _ctx: Context) -> Result<Self, PluginError> {
-        let (condition, keeps) = config.condition()?;
-        Ok(Filter { condition, keeps, on_error: config.on_error })
+        let (condition, source, keeps) = config.condition()?;
+        let source = source.to_owned();
+        Ok(Filter { condition, source, keeps, on_error: config.on_error })
+    }
+
+    /// The whole work is the condition: a host of ABI minor 7 evaluates it itself, exactly
+    /// as `process` below does.
+    fn condition(&self) -> Option<Condition> {
+        Some(Condition { expression: self.source.clone(), keeps: self.keeps, on_error: self.on_error })
     }
 
     fn process(&mut self, input: &BatchRef<'_>, out: &mut Output) -> Result<(), PluginError> {

@@ -19,7 +19,7 @@
 /**
  * ABI minor version. A host refuses a library with a newer minor than its own.
  */
-#define WEIR_ABI_MINOR 6
+#define WEIR_ABI_MINOR 7
 
 /**
  * Marks an absent key (`RecordMeta::key_len`).
@@ -582,6 +582,15 @@ typedef struct {
                         WeirStrRef request,
                         WeirOwnedBytes *response,
                         WeirOwnedBytes *message);
+  /**
+   * Minor 7, transforms (optional): the condition the instance's whole work is, when it
+   * is one (see ABI.md, "Declared conditions"). On `OK` the plugin fills `condition` with
+   * JSON (`{"expression", "keeps", "on_error"}`), or leaves it empty when the instance
+   * declares none. A host that takes the declaration evaluates the condition itself and
+   * no longer calls `process` for the instance. Called once, after `create`. Read only
+   * when `struct_size` covers it.
+   */
+  WeirStatus (*condition)(void *instance, WeirOwnedBytes *condition, WeirOwnedBytes *message);
 } WeirPluginDescriptor;
 
 /**

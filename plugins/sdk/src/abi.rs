@@ -9,7 +9,7 @@ use std::ffi::c_void;
 /// ABI major version. A host refuses a library with a different major.
 pub const ABI_MAJOR: u16 = 1;
 /// ABI minor version. A host refuses a library with a newer minor than its own.
-pub const ABI_MINOR: u16 = 6;
+pub const ABI_MINOR: u16 = 7;
 /// Name of the one symbol every plugin library exports (NUL-terminated).
 pub const ENTRY_SYMBOL: &[u8] = b"weir_plugin_manifest_v1\0";
 /// Signature of the entry symbol.
@@ -455,6 +455,13 @@ pub struct PluginDescriptor {
     /// the instance. Read only when `struct_size` covers it.
     pub control:
         Option<unsafe extern "C" fn(instance: *mut c_void, request: StrRef, response: *mut OwnedBytes, message: *mut OwnedBytes) -> Status>,
+    /// Minor 7, transforms (optional): the condition the instance's whole work is, when it
+    /// is one (see ABI.md, "Declared conditions"). On `OK` the plugin fills `condition` with
+    /// JSON (`{"expression", "keeps", "on_error"}`), or leaves it empty when the instance
+    /// declares none. A host that takes the declaration evaluates the condition itself and
+    /// no longer calls `process` for the instance. Called once, after `create`. Read only
+    /// when `struct_size` covers it.
+    pub condition: Option<unsafe extern "C" fn(instance: *mut c_void, condition: *mut OwnedBytes, message: *mut OwnedBytes) -> Status>,
 }
 
 /// `PluginDescriptor::flags` bit (minor 3), transforms: the stage must see batches in

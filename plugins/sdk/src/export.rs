@@ -302,6 +302,19 @@ unsafe extern "C" fn transform_acknowledge<T: crate::plugin::Transform>(
     guarded::<Transform<T>>(instance, message, |t| t.0.acknowledge(&settled))
 }
 
+unsafe extern "C" fn transform_condition<T: crate::plugin::Transform>(
+    instance: *mut c_void,
+    condition: *mut OwnedBytes,
+    message: *mut OwnedBytes,
+) -> Status {
+    guarded::<Transform<T>>(instance, message, |t| {
+        if let Some(c) = t.0.condition() {
+            set_message(condition, serde_json::to_string(&c).expect("a condition serializes"));
+        }
+        Ok(())
+    })
+}
+
 unsafe extern "C" fn sink_process<T: crate::plugin::Sink>(
     instance: *mut c_void,
     batch: *const BatchView,
@@ -312,6 +325,7 @@ unsafe extern "C" fn sink_process<T: crate::plugin::Sink>(
 }
 
 type ControlFn = unsafe extern "C" fn(*mut c_void, StrRef, *mut OwnedBytes, *mut OwnedBytes) -> Status;
+type ConditionFn = unsafe extern "C" fn(*mut c_void, *mut OwnedBytes, *mut OwnedBytes) -> Status;
 
 /// Descriptor parts that need owned storage.
 pub struct DescriptorParts {
@@ -325,6 +339,7 @@ pub struct DescriptorParts {
     acknowledge: Option<unsafe extern "C" fn(*mut c_void, *const Settled, u32, *mut OwnedBytes) -> Status>,
     flags: u32,
     control: Option<ControlFn>,
+    condition: Option<ConditionFn>,
     validate: unsafe extern "C" fn(StrRef, *mut OwnedBytes) -> Status,
     create: unsafe extern "C" fn(StrRef, *const HostApi, *mut *mut c_void, *mut OwnedBytes) -> Status,
     destroy: unsafe extern "C" fn(*mut c_void),
@@ -347,6 +362,7 @@ fn parts<E: Erased>(kind: Kind, name: &'static str, description: &'static str) -
         acknowledge: None,
         flags: 0,
         control: None,
+        condition: None,
         validate: validate::<E>,
         create: create::<E>,
         destroy: destroy::<E>,
@@ -369,6 +385,7 @@ pub fn transform<T: crate::plugin::Transform>() -> DescriptorParts {
         process: Some(transform_process::<T>),
         acknowledge: if T::ACKNOWLEDGES { Some(transform_acknowledge::<T>) } else { None },
         flags: if T::IN_ORDER { abi::PLUGIN_IN_ORDER } else { 0 },
+        condition: Some(transform_condition::<T>),
         ..parts::<Transform<T>>(Kind::TRANSFORM, T::NAME, T::DESCRIPTION)
     }
 }
@@ -424,6 +441,7 @@ impl ManifestHolder {
                 acknowledge: p.acknowledge,
                 flags: p.flags,
                 control: p.control,
+                condition: p.condition,
             })
             .collect();
         let manifest = Manifest {

@@ -31,7 +31,7 @@ pub mod worker;
 pub use batch::{BatchBuf, BatchRef, Head, Output, RecordRef, Rejections};
 pub use context::{Ack, Context, EmitError, Emitter, Level, Outcome};
 pub use error::PluginError;
-pub use plugin::{Settled, Sink, Source, Transform};
+pub use plugin::{Condition, OnError, Settled, Sink, Source, Transform};
 pub use runtime::runtime;
 pub use schemars::{self, JsonSchema};
 pub use serde::{self, Deserialize};

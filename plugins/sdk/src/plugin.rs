@@ -77,6 +77,41 @@ pub trait Transform: Sized + Send + 'static {
     fn acknowledge(&mut self, _settled: &[Settled]) -> Result<(), PluginError> {
         Ok(())
     }
+    /// The condition this instance's whole work is, when it is one: each record is kept or
+    /// dropped by a condition in Weir's expression language (`weir_plugin::expr`) and
+    /// nothing else changes. A host of ABI minor 7 or later then evaluates it itself,
+    /// reading each record once for this condition and the sinks' `when` together, and no
+    /// longer calls [`Transform::process`] (nor [`Transform::acknowledge`]) for the
+    /// instance; `process` must still do exactly the same, for older hosts. Asked once,
+    /// after `create`. `None` (the default): the host calls `process`.
+    fn condition(&self) -> Option<Condition> {
+        None
+    }
+}
+
+/// A transform's whole work as one condition on each record (see [`Transform::condition`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Condition {
+    /// The condition, in Weir's expression language, over `record`, `key` and `headers`.
+    pub expression: String,
+    /// Whether the records for which it holds are kept (true) or dropped (false).
+    pub keeps: bool,
+    /// What becomes of a record the condition cannot be evaluated on.
+    pub on_error: OnError,
+}
+
+/// What becomes of a record a condition cannot be evaluated on (a field missing, a type
+/// that does not fit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Rejected, the evaluation error as the reason.
+    #[default]
+    Reject,
+    /// Dropped and counted.
+    Drop,
+    /// Passed on.
+    Keep,
 }
 
 /// What became of one batch a transform processed (see [`Transform::acknowledge`]).
