@@ -250,7 +250,19 @@ impl<'a> Record<'a> {
 
     /// The top-level members by the quick scan, when it answers for this record.
     fn scanned(&self) -> Option<&[(&'a str, &'a str)]> {
-        self.scanned.get_or_init(|| std::str::from_utf8(self.record.value).ok().and_then(scan::object_members)).as_deref()
+        self.scanned
+            .get_or_init(|| {
+                let text = std::str::from_utf8(self.record.value).ok()?;
+                match &self.needs.fields {
+                    // Only the members read are kept (a few names: compared in turn, lengths first).
+                    Some(fields) if fields.len() <= 8 => {
+                        scan::object_members_where(text, fields.len(), |name| fields.iter().any(|f| f == name))
+                    }
+                    Some(fields) => scan::object_members_where(text, fields.len(), |name| fields.contains(name)),
+                    None => scan::object_members(text),
+                }
+            })
+            .as_deref()
     }
 
     fn doc(&self) -> Option<&Doc<'a>> {
