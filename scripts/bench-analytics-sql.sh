@@ -4,6 +4,8 @@
 # 200,000; 200,000 users, 30 days, ten names, as bench/src/bin/analytics_load.rs) inserted
 # in batches of 1,000, one transaction each (as the postgres sink writes), into the
 # example's events table with its indexes and rollup trigger, then with less of each.
+# The last runs show what PostgreSQL alone takes on the machine: no key or index, and two
+# writer connections (one per core) instead of one.
 # Uses the machine's PostgreSQL, schema bench_sql (dropped first and at the end).
 #
 #   scripts/bench-analytics-sql.sh            # N=200000
@@ -22,7 +24,7 @@ P -c "CREATE UNLOGGED TABLE bench_sql.src AS
 # The rollup tables and trigger exactly as the analytics source creates them.
 trigger=$(sed -n '/^fn statements/,/^}/p' plugins/analytics/src/rollup.rs | sed -n '/"PERFORM/,/excluded.users;"/p' | sed 's/^ *"//; s/"$//; s/{schema}/bench_sql/g')
 tables=$(sed -n '/^pub fn ddl/,/^}/p' plugins/analytics/src/rollup.rs | sed -n '/CREATE TABLE IF NOT EXISTS {schema}.rollup_daily (/,/PRIMARY KEY (org_id, project_id, event_name, month, user_id));/p' | sed 's/^ *"//; s/{schema}/bench_sql/g')
-run() { # name indexes trigger(0|1)
+run() { # name indexes trigger(0|1) [writers, each a connection inserting its share at once; default 1]
   P -c "DROP TABLE IF EXISTS bench_sql.ev, bench_sql.rollup_daily, bench_sql.rollup_daily_users, bench_sql.rollup_user_days CASCADE" \
     -c "CREATE TABLE bench_sql.ev (id BIGSERIAL PRIMARY KEY, event_id VARCHAR(64) NOT NULL, user_id VARCHAR(200) NOT NULL,
           event_name VARCHAR(200) NOT NULL, timestamp TIMESTAMPTZ NOT NULL, org_id VARCHAR(200) NOT NULL, project_id VARCHAR(200) NOT NULL,
@@ -33,14 +35,19 @@ run() { # name indexes trigger(0|1)
     P -c "$tables" -c "CREATE OR REPLACE FUNCTION bench_sql.roll() RETURNS trigger LANGUAGE plpgsql AS \$body\$ BEGIN $trigger RETURN NULL; END \$body\$;
       CREATE TRIGGER t AFTER INSERT ON bench_sql.ev REFERENCING NEW TABLE AS weir_new_rows FOR EACH STATEMENT EXECUTE FUNCTION bench_sql.roll()"
   fi
-  local start end
+  local start end writers=${4:-1}
+  local share=$((N / writers))
   start=$(date +%s.%N)
-  P -c "DO \$\$ BEGIN FOR b IN 0..($N / 1000 - 1) LOOP
-      INSERT INTO bench_sql.ev (event_id, user_id, event_name, timestamp, org_id, project_id, properties, session_id, page_url)
-        SELECT event_id, user_id, event_name, ts, 'bench', 'bench', properties, session_id, page_url FROM bench_sql.src WHERE i > b * 1000 AND i <= (b + 1) * 1000;
-      COMMIT; END LOOP; END \$\$"
+  for w in $(seq 0 $((writers - 1))); do
+    P -c "DO \$\$ BEGIN FOR b IN 0..($share / 1000 - 1) LOOP
+        INSERT INTO bench_sql.ev (event_id, user_id, event_name, timestamp, org_id, project_id, properties, session_id, page_url)
+          SELECT event_id, user_id, event_name, ts, 'bench', 'bench', properties, session_id, page_url FROM bench_sql.src
+          WHERE i > $w * $share + b * 1000 AND i <= $w * $share + (b + 1) * 1000;
+        COMMIT; END LOOP; END \$\$" &
+  done
+  wait
   end=$(date +%s.%N)
-  printf '%-58s %8.0f events/s\n' "$1" "$(echo "$N / ($end - $start)" | bc -l)"
+  printf '%-68s %8.0f events/s\n' "$1" "$(echo "$N / ($end - $start)" | bc -l)"
 }
 FOUR="CREATE INDEX ON bench_sql.ev (org_id, project_id, timestamp); CREATE INDEX ON bench_sql.ev (org_id, project_id, user_id, event_name, timestamp);
       CREATE INDEX ON bench_sql.ev (org_id, project_id, event_name, timestamp); CREATE INDEX ON bench_sql.ev (org_id, project_id, session_id);"
@@ -51,4 +58,9 @@ run "four indexes + unique + key, no trigger" "$FOUR" 0
 run "one index (user, name, time) + unique + key, trigger" "$ONE" 1
 run "one index (user, name, time) + unique + key, no trigger" "$ONE" 0
 run "unique + key only, no trigger" "" 0
+# What PostgreSQL alone takes here: no key and no index at all, and both cores writing.
+run "no key, no index, no trigger" "DROP INDEX bench_sql.ev_org_id_project_id_event_id_idx; ALTER TABLE bench_sql.ev DROP CONSTRAINT ev_pkey;" 0
+run "unique + key only, no trigger, 2 writers" "" 0 2
+run "one index (user, name, time) + unique + key, no trigger, 2 writers" "$ONE" 0 2
+run "one index (user, name, time) + unique + key, trigger, 2 writers" "$ONE" 1 2
 P -c "DROP SCHEMA bench_sql CASCADE"
