@@ -32,6 +32,16 @@ fn events() -> Vec<Value> {
     out
 }
 
+/// Starts the scene's `weir` and posts [`events`] to it in one request, answered 200: the
+/// running `weir`, the events and the answer.
+fn post_events(scene: &Scene) -> (Weir, Vec<Value>, Value) {
+    let weir = scene.start(&["--no-watch"], &[]);
+    let all = events();
+    let r = post_json(&scene.url("/produce"), &Value::Array(all.clone()).to_string());
+    assert_eq!(r.status, 200, "{r:?}");
+    (weir, all, r.json())
+}
+
 #[test]
 fn three_sinks_get_exactly_their_records_and_what_no_sink_takes_is_dead_lettered() {
     let scene = Scene::new();
@@ -61,11 +71,7 @@ dead_letter:
   config: {path: "@DIR@/dead.jsonl"}
 "#,
     );
-    let weir = scene.start(&["--no-watch"], &[]);
-    let all = events();
-    let r = post_json(&scene.url("/produce"), &Value::Array(all.clone()).to_string());
-    assert_eq!(r.status, 200, "{r:?}");
-    let answer = r.json();
+    let (weir, all, answer) = post_events(&scene);
 
     // What each sink should get, decided here without CEL.
     let (mut errors, mut users, mut big, mut no_route, mut failed, mut dropped) =
@@ -161,10 +167,7 @@ dead_letter:
   config: {path: "@DIR@/dead.jsonl"}
 "#,
     );
-    let weir = scene.start(&["--no-watch"], &[]);
-    let all = events();
-    let r = post_json(&scene.url("/produce"), &Value::Array(all.clone()).to_string());
-    assert_eq!(r.status, 200, "{r:?}");
+    let (weir, all, _) = post_events(&scene);
 
     // Decided here without CEL: warnings dropped first; then `amount` must be a number of
     // at least 0 (no amount: the condition cannot be evaluated, the record is rejected by

@@ -151,24 +151,16 @@ impl Tap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_plugin::batch::BatchBuf;
-
-    fn batch(values: &[&str]) -> BatchBuf {
-        let mut b = BatchBuf::new();
-        for (i, v) in values.iter().enumerate() {
-            b.push(i as u32, weir_plugin::Head::default(), v.as_bytes());
-        }
-        b
-    }
+    use weir_plugin::mock::json_batch;
 
     #[test]
     fn a_closed_tap_copies_nothing_and_an_open_one_masks_secrets() {
         let tap = Tap::default();
-        tap.capture(&batch(&[r#"{"a":1}"#]).as_ref());
+        tap.capture(&json_batch([r#"{"a":1}"#]).as_ref());
         let (none, next) = tap.read(None, 10, Duration::ZERO);
         assert!(none.is_empty() && next.is_none(), "closed until read");
         tap.capture(
-            &batch(&[r#"{"user":{"password":"hunter22","name":"x"},"token":"t0k3n","secrets":["a"]}"#, "password=hunter22"]).as_ref(),
+            &json_batch([r#"{"user":{"password":"hunter22","name":"x"},"token":"t0k3n","secrets":["a"]}"#, "password=hunter22"]).as_ref(),
         );
         let (seen, next) = tap.read(None, 10, Duration::ZERO);
         assert_eq!(seen.len(), 2);
@@ -186,14 +178,14 @@ mod tests {
             let tap = tap.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(50));
-                tap.capture(&batch(&["1"]).as_ref());
+                tap.capture(&json_batch(["1"]).as_ref());
             })
         };
         let (seen, next) = tap.read(None, 10, Duration::from_secs(10));
         writer.join().unwrap();
         assert_eq!((seen.len(), next), (1, Some(seen[0].seq)), "woken by the record");
         for _ in 0..10 {
-            tap.capture(&batch(&["x"; 60]).as_ref());
+            tap.capture(&json_batch(["x"; 60]).as_ref());
         }
         let (kept, _) = tap.read(None, 1000, Duration::ZERO);
         assert_eq!(kept.len(), KEPT);

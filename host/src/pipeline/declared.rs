@@ -89,19 +89,11 @@ impl Declared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_plugin::Head;
-
-    fn batch(values: &[&str]) -> BatchBuf {
-        let mut b = BatchBuf::new();
-        for (i, v) in values.iter().enumerate() {
-            b.push(i as u32, Head::default(), v.as_bytes());
-        }
-        b
-    }
+    use weir_plugin::mock::json_batch;
 
     #[test]
     fn keeps_drops_and_rejects_as_declared() {
-        let b = batch(&[r#"{"n":1}"#, r#"{"n":2}"#, r#"{"m":3}"#, r#"{"n":3}"#]);
+        let b = json_batch([r#"{"n":1}"#, r#"{"n":2}"#, r#"{"m":3}"#, r#"{"n":3}"#]);
         let keep = Declared::read(r#"{"expression":"record.n > 1","keeps":true,"on_error":"reject"}"#).unwrap();
         let (kept, rejected) = keep.run(&b.as_ref());
         assert_eq!(kept, [1, 3]);
