@@ -113,6 +113,15 @@ mod tests {
     }
 
     #[test]
+    fn declares_its_condition_as_configured() {
+        let drop: Filter = MockHost::new().transform(json!({"drop": "record.n > 1", "on_error": "keep"})).unwrap();
+        assert_eq!(drop.condition(), Some(Condition { expression: "record.n > 1".into(), keeps: false, on_error: OnError::Keep }));
+        let keep: Filter = MockHost::new().transform(json!({"keep": "record.n > 1"})).unwrap();
+        let declared = keep.condition().unwrap();
+        assert!(declared.keeps && declared.on_error == OnError::Reject, "{declared:?}");
+    }
+
+    #[test]
     fn bad_configs_say_what_and_where() {
         let e = MockHost::new().transform::<Filter>(json!({"keep": "record.n >"})).err().unwrap().to_string();
         assert!(e.starts_with("/keep: not a valid expression"), "{e}");

@@ -1,8 +1,9 @@
 //! A checking scan of a JSON object's top-level members that builds nothing: each member's
-//! key as written and its value's text, found in one pass over the bytes (eight at a time
-//! inside strings, sixteen on x86_64). It accepts exactly the JSON that `serde_json` accepts, up to the same
-//! nesting depth, and gives up (`None`) on anything it does not answer itself, so a caller
-//! falls back to [`super::Doc`] and gets the same result either way.
+//! key as written and its value's text, found in one pass over the bytes (inside strings
+//! sixteen at a time on x86_64, eight elsewhere). It accepts exactly the JSON that
+//! `serde_json` accepts, up to the same nesting depth, and gives up (`None`) on anything it
+//! does not answer itself, so a caller falls back to [`super::Doc`] and gets the same result
+//! either way.
 
 use std::ops::Range;
 
