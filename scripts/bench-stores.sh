@@ -8,7 +8,8 @@
 #  - events/s from Kafka into DynamoDB (kafka source → dynamodb sink, BatchWriteItem) against
 #    a bare BatchWriteItem loop with the same client and the same items (stores_bare dynamodb).
 # Weir's rate is measured from its sink's first delivered record to its last (the consumer
-# group's join is left out), polling /metrics. For scale, the Kafka source into the discarding
+# group's join is left out), polling /metrics; `source_full` is how often the Kafka source
+# found the pipeline full (weir_stage_backpressure_total). For scale, the Kafka source into the discarding
 # sink from the same topic, a bare rdkafka consumer of it, and the object_store sink fed by the
 # file source (the sink without the broker), in the same run.
 #
@@ -83,7 +84,10 @@ while time.time() < deadline:
         t0, c0 = time.time(), c
     if c >= n:
         s = time.time() - t0
-        print(f'{{"events":{n - c0},"seconds":{s:.3f},"per_sec":{(n - c0) / s:.0f}}}')
+        # How often the source found the pipeline full (it then pauses its partitions).
+        full = sum(int(float(l.split()[-1])) for l in urllib.request.urlopen(f"http://{admin}/metrics", timeout=2).read().decode().splitlines()
+                   if l.startswith("weir_stage_backpressure_total{") and 'stage="kafka"' in l)
+        print(f'{{"events":{n - c0},"seconds":{s:.3f},"per_sec":{(n - c0) / s:.0f},"source_full":{full}}}')
         break
     time.sleep(0.02)
 else:
