@@ -200,8 +200,8 @@ dead_letter:
     assert!(dead.iter().all(|d| d["stage"] == "priced" && d["reason"].as_str().unwrap().contains("record.amount >= 0.0")), "{dead:?}");
     let m = weir.metrics();
     let count = |stage: &str, what: &str| {
-        weir.metric(&format!(r#"weir_stage_records_{what}_total{{pipeline="gated",stage="{stage}",plugin="filter"}}"#)).unwrap_or(-1.0)
-            as usize
+        weir.metric(&format!(r#"weir_stage_records_{what}_total{{pipeline="gated",stage="{stage}",plugin="filter"}}"#))
+            .unwrap_or_else(|| panic!("no records_{what} series for stage {stage}: {m}")) as usize
     };
     let after_warn = all.len() - warn.len();
     assert_eq!(

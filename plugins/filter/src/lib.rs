@@ -24,10 +24,9 @@ pub struct FilterConfig {
 }
 
 impl FilterConfig {
-    /// The condition, its text, whether it keeps (true) or drops, or why the config is
-    /// wrong; the message starts with the field's pointer, so `weir validate` shows it at its
-    /// line.
-    fn condition(&self) -> Result<(Expr, &str, bool), PluginError> {
+    /// The condition, whether it keeps (true) or drops, or why the config is wrong; the
+    /// message starts with the field's pointer, so `weir validate` shows it at its line.
+    fn condition(&self) -> Result<(Expr, bool), PluginError> {
         let (field, source, keeps) = match (&self.keep, &self.drop) {
             (Some(k), None) => ("keep", k, true),
             (None, Some(d)) => ("drop", d, false),
@@ -35,15 +34,13 @@ impl FilterConfig {
         };
         let expr = Expr::condition(source)
             .map_err(|e| PluginError::config(format!("/{field}: {} (column {} of the condition)", e.message, e.column)))?;
-        Ok((expr, source, keeps))
+        Ok((expr, keeps))
     }
 }
 
 /// The `filter` transform.
 pub struct Filter {
     condition: Expr,
-    /// The condition as written, for a host that evaluates it itself.
-    source: String,
     keeps: bool,
     on_error: OnError,
 }
@@ -58,15 +55,14 @@ impl Transform for Filter {
     }
 
     fn create(config: FilterConfig, _ctx: Context) -> Result<Self, PluginError> {
-        let (condition, source, keeps) = config.condition()?;
-        let source = source.to_owned();
-        Ok(Filter { condition, source, keeps, on_error: config.on_error })
+        let (condition, keeps) = config.condition()?;
+        Ok(Filter { condition, keeps, on_error: config.on_error })
     }
 
     /// The whole work is the condition: a host of ABI minor 7 evaluates it itself, exactly
     /// as `process` below does.
     fn condition(&self) -> Option<Condition> {
-        Some(Condition { expression: self.source.clone(), keeps: self.keeps, on_error: self.on_error })
+        Some(Condition { expression: self.condition.source().to_owned(), keeps: self.keeps, on_error: self.on_error })
     }
 
     fn process(&mut self, input: &BatchRef<'_>, out: &mut Output) -> Result<(), PluginError> {
