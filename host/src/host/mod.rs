@@ -116,7 +116,9 @@ impl Host {
     }
 
     /// Starts every pipeline file in `dir`. A pipeline that fails is logged and shown as
-    /// failed; the others run. Returns how many run (none in an empty directory).
+    /// failed; the others run. Returns how many started (none in an empty directory),
+    /// counting one that has already finished: a short `--once` input may be done before
+    /// this returns.
     pub fn start_dir(&self, dir: &Path) -> Result<usize, crate::error::HostError> {
         *self.dir.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.to_path_buf());
         let files = pipeline_files(dir)?;
@@ -147,7 +149,7 @@ impl Host {
             };
             self.pipelines.write().unwrap_or_else(|p| p.into_inner()).push(Arc::new(pipeline));
         }
-        Ok(self.pipelines().iter().filter(|p| p.state().0 == State::Running).count())
+        Ok(self.pipelines().iter().filter(|p| p.state().0 != State::Failed).count())
     }
 
     /// The last reload's report.
