@@ -165,12 +165,18 @@ fn keys_tenancy_ingest_dedupe_and_queries_answer_as_computed_from_the_events() {
     assert_eq!((status, body["accepted"].as_u64()), (200, Some(10)), "{body}");
     let rows = psql(SERVER, &format!("SELECT org_id, project_id, count(*) FROM {}.event_log GROUP BY 1, 2 ORDER BY 1", api_._schema.0));
     assert_eq!(rows, "org-a|proj-a|1200\norg-b|proj-b|10", "the tenant comes from the key, never from the body");
-    let rolled = psql(SERVER, &format!("SELECT org_id, sum(events) FROM {}.rollup_daily GROUP BY 1 ORDER BY 1", api_._schema.0));
+    // A query rolls up what is queued before it reads the rollups.
+    let (status, _) = api_.get(&key_b, "/api/v1/events/summary?startDate=2024-01-01&endDate=2024-01-31");
+    assert_eq!(status, 200);
+    let rolled = psql(
+        SERVER,
+        &format!("SELECT org_id, sum(events) FROM {}.rollup_days WHERE event_name <> '' GROUP BY 1 ORDER BY 1", api_._schema.0),
+    );
     assert_eq!(rolled, "org-a|1200\norg-b|10", "the rollups count each stored event once, retries included");
     let user_days: BTreeSet<(&str, &str)> =
         all.iter().map(|e| (e["userId"].as_str().unwrap(), &e["timestamp"].as_str().unwrap()[..10])).collect();
     let counted =
-        psql(SERVER, &format!("SELECT sum(users) FROM {}.rollup_daily_users WHERE org_id = 'org-a' AND event_name = ''", api_._schema.0));
+        psql(SERVER, &format!("SELECT sum(users) FROM {}.rollup_days WHERE org_id = 'org-a' AND event_name = ''", api_._schema.0));
     assert_eq!(counted, user_days.len().to_string(), "each user counted once per day, across batches");
 
     // Summary over a range, computed here.
@@ -414,7 +420,7 @@ fn funnels_and_retention_answer_as_counted_event_by_event_and_survive_a_restart(
     assert_eq!(api_.get(&key, "/api/v1/funnels").1["funnels"].as_array().unwrap().len(), 1);
 
     // Users entering late (from 2024-01-02), later steps past endDate but inside the window.
-    let check = |path: &str, start: &str, end: &str, window: f64| {
+    let check = |path: &str, steps: &Value, start: &str, end: &str, window: f64| {
         let (status, got) = api_.get(&key, path);
         assert_eq!(status, 200, "{got}");
         let expected = reference_funnel(&all, steps.as_array().unwrap(), start, end, window);
@@ -439,13 +445,35 @@ fn funnels_and_retention_answer_as_counted_event_by_event_and_survive_a_restart(
         let overall = expected[2].0 as f64 / first;
         assert!((got["overallConversionRate"].as_f64().unwrap() - overall).abs() < 1e-9, "{got}");
     };
-    check(&format!("/api/v1/funnels/{id}/analytics?startDate=2024-01-02&endDate=2024-01-03"), "2024-01-02", "2024-01-04", 604_800.0);
-    check(
-        &format!("/api/v1/funnels/{id}/analytics?startDate=2024-01-01&endDate=2024-01-05&windowSeconds=86400"),
-        "2024-01-01",
-        "2024-01-06",
-        86_400.0,
-    );
+    // A step with filters is counted over the events; steps without, over the rollups' events.
+    let plain = json!([{"eventName": "page_view"}, {"eventName": "add_to_cart"}, {"eventName": "purchase", "timeWindow": 36000}]);
+    let (status, _, created) =
+        api("POST", &api_.url("/api/v1/funnels"), &[("X-API-Key", &key)], Some(&json!({"name": "plain", "steps": plain})));
+    assert_eq!(status, 201, "{created}");
+    let plain_id = created["id"].as_str().unwrap().to_owned();
+    for (id, steps) in [(&id, &steps), (&plain_id, &plain)] {
+        check(
+            &format!("/api/v1/funnels/{id}/analytics?startDate=2024-01-02&endDate=2024-01-03"),
+            steps,
+            "2024-01-02",
+            "2024-01-04",
+            604_800.0,
+        );
+        check(
+            &format!("/api/v1/funnels/{id}/analytics?startDate=2024-01-01&endDate=2024-01-05&windowSeconds=86400"),
+            steps,
+            "2024-01-01",
+            "2024-01-06",
+            86_400.0,
+        );
+        check(
+            &format!("/api/v1/funnels/{id}/analytics?startDate=2024-01-01T06:00:00Z&endDate=2024-01-02T17:59:59.999Z"),
+            steps,
+            "2024-01-01T06:00:00Z",
+            "2024-01-02T18:00:00Z",
+            604_800.0,
+        );
+    }
 
     // Retention: cohorts by first signup, both modes, any return event.
     let ranges = ["startDate=2024-01-01&endDate=2024-01-03", "startDate=2024-01-01T00:00:00Z&endDate=2024-01-03T23:59:59.999Z"];

@@ -62,6 +62,11 @@ impl Db {
         Ok(client)
     }
 
+    /// A connection of its own (for transactions), with the same settings.
+    pub async fn dedicated(&self) -> Result<Client, String> {
+        self.open(&masked_url(&self.url)).await
+    }
+
     async fn open(&self, url: &str) -> Result<Client, String> {
         let client =
             match tokio::time::timeout(CONNECT_TIMEOUT, weir_plugin::pg::connect(&self.url, self.tls, self.ca_file.as_deref(), self.ctx))

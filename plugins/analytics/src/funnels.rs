@@ -188,18 +188,12 @@ impl Queries {
             self.ctx.warn(&format!("funnel {id} has steps this version cannot read: {e}"));
             ApiError::unavailable()
         })?;
-        let (sql, values) = funnel_sql(&self.table, &steps, window);
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&key.org_id, &key.project_id, &r.start, &r.end];
-        params.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
-        let rows = self.rows(&sql, &params).await?;
-        // One row per step: users, and seconds from the step before (mean, median).
-        let mut counts = vec![(0i64, None::<f64>, None::<f64>); steps.len()];
-        for row in &rows {
-            let k: i32 = row.get(0);
-            if let Some(slot) = counts.get_mut(k as usize) {
-                *slot = (row.get(1), row.get(2), row.get(3));
-            }
-        }
+        // Steps without filters are counted over the rollups' events; filters need the properties.
+        let counts = if self.rolled() && steps.iter().all(|s| s.filters.as_ref().is_none_or(Map::is_empty)) {
+            self.funnel_rolled(key, &steps, &r, window).await?.into_iter().map(|c| (c.users, c.avg, c.median)).collect()
+        } else {
+            self.funnel_raw(key, &steps, &r, window).await?
+        };
         let first = counts.first().map(|c| c.0).unwrap_or(0);
         let rate = |n: i64, of: i64| if of == 0 { 0.0 } else { n as f64 / of as f64 };
         let out: Vec<Value> = steps
@@ -222,6 +216,32 @@ impl Queries {
             "funnelId": id, "name": funnel["name"], "steps": out, "overallConversionRate": rate(last, first),
             "windowSeconds": window, "startDate": r.start.map(iso), "endDate": r.end.map(|e: DateTime<Utc>| iso(e)),
         }))
+    }
+}
+
+impl Queries {
+    /// A funnel counted over the events table: per step, users and the mean and median
+    /// seconds from the step before.
+    async fn funnel_raw(
+        &self,
+        key: &KeyRecord,
+        steps: &[Step],
+        r: &crate::query::Range,
+        window: i64,
+    ) -> Result<Vec<(i64, Option<f64>, Option<f64>)>, ApiError> {
+        let (sql, values) = funnel_sql(&self.table, steps, window);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&key.org_id, &key.project_id, &r.start, &r.end];
+        params.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
+        let rows = self.rows(&sql, &params).await?;
+        // One row per step: users, and seconds from the step before (mean, median).
+        let mut counts = vec![(0i64, None::<f64>, None::<f64>); steps.len()];
+        for row in &rows {
+            let k: i32 = row.get(0);
+            if let Some(slot) = counts.get_mut(k as usize) {
+                *slot = (row.get(1), row.get(2), row.get(3));
+            }
+        }
+        Ok(counts)
     }
 }
 

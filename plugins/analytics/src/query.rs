@@ -66,6 +66,8 @@ pub struct Queries {
     /// Whether the rollups are kept (the trigger is on the events table): queries over whole
     /// days then read them instead of the events.
     pub rolled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The rollups, drained before each query that reads them.
+    pub rollups: std::sync::Arc<crate::rollup::Rollups>,
     /// For logging database errors (which clients do not see).
     pub ctx: Context,
 }
@@ -115,22 +117,19 @@ impl Queries {
     pub async fn summary(&self, key: &KeyRecord, params: &HashMap<String, String>) -> Result<Value, ApiError> {
         let r = range(params)?;
         if let Some(days) = crate::rollup::bounds(&r).filter(|_| self.rolled()) {
-            let daily = self.daily(key, days).await?;
+            self.caught_up().await?;
             let mut by_name: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
-            for (_, name, n) in daily {
-                *by_name.entry(name).or_default() += n;
+            let (mut first, mut last): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = (None, None);
+            for c in self.day_counts(key, days).await? {
+                if c.name.is_empty() {
+                    first = Some(first.map_or(c.first, |f| f.min(c.first)));
+                    last = Some(last.map_or(c.last, |l| l.max(c.last)));
+                } else {
+                    *by_name.entry(c.name).or_default() += c.events;
+                }
             }
-            let users = self.active_users(key, days).await?;
-            let ends = self
-                .rows(
-                    &format!("SELECT min(timestamp), max(timestamp) FROM {} WHERE {SCOPE}", self.table),
-                    &[&key.org_id, &key.project_id, &r.start, &r.end],
-                )
-                .await?;
-            let (first, last) = ends
-                .first()
-                .map(|row| (row.get::<_, Option<DateTime<Utc>>>(0), row.get::<_, Option<DateTime<Utc>>>(1)))
-                .unwrap_or((None, None));
+            let sets = self.day_sets(key, "", days.map(|d| d.0), days.map(|d| d.1)).await?;
+            let users = crate::rollup::union(sets.iter().map(|(_, s)| s)).len();
             return Ok(json!({
                 "totalEvents": by_name.values().sum::<i64>(), "uniqueUsers": users, "eventsByName": by_name,
                 "firstEventAt": first.map(iso), "lastEventAt": last.map(iso),
@@ -262,7 +261,7 @@ impl Queries {
 
 impl Queries {
     /// Events and unique users per bucket of whole days `[start, end)`, from the rollups:
-    /// counts from `rollup_daily`, users from each user's day masks.
+    /// counts and users per day, and the union of the days' users per week or month.
     async fn buckets_rolled(
         &self,
         key: &KeyRecord,
@@ -270,42 +269,24 @@ impl Queries {
         (start, end): (NaiveDate, NaiveDate),
         event: Option<&str>,
     ) -> Result<Vec<(NaiveDateTime, i64, i64)>, ApiError> {
+        self.caught_up().await?;
         let midnight = |d: NaiveDate| d.and_hms_opt(0, 0, 0).expect("midnight exists");
+        let name = event.unwrap_or("");
         let mut counts: std::collections::BTreeMap<NaiveDateTime, (i64, i64)> = std::collections::BTreeMap::new();
-        for (day, name, n) in self.daily(key, Some((start, end))).await? {
-            if event.is_none_or(|e| e == name) {
-                counts.entry(unit.floor(midnight(day))).or_default().0 += n;
+        for c in self.day_counts(key, Some((start, end))).await?.into_iter().filter(|c| c.name == name) {
+            let bucket = counts.entry(unit.floor(midnight(c.day))).or_default();
+            bucket.0 += c.events;
+            if unit == Unit::Day {
+                bucket.1 += c.users;
             }
         }
-        let months = crate::rollup::months(start, end);
-        let month_list: Vec<NaiveDate> = months.iter().map(|(m, _)| *m).collect();
-        let inside: HashMap<NaiveDate, i32> = months.into_iter().collect();
-        if unit == Unit::Day {
-            // Kept per day by the trigger.
-            for (day, users) in self.daily_users(key, event.unwrap_or(""), (start, end)).await? {
-                counts.entry(midnight(day)).or_default().1 += users;
+        if unit != Unit::Day {
+            let mut users: std::collections::BTreeMap<NaiveDateTime, roaring::RoaringBitmap> = std::collections::BTreeMap::new();
+            for (day, set) in self.day_sets(key, name, Some(start), Some(end)).await? {
+                *users.entry(unit.floor(midnight(day))).or_default() |= set;
             }
-        } else if unit == Unit::Month {
-            // A month's users: each (user, month) mask with a day in the range counts once.
-            for (month, days) in self.month_masks(key, event.unwrap_or(""), &month_list).await? {
-                if days & inside.get(&month).copied().unwrap_or(0) != 0 {
-                    counts.entry(midnight(month)).or_default().1 += 1;
-                }
-            }
-        } else {
-            // A week may span two months: a user's masks are taken together.
-            let mut seen: Vec<NaiveDateTime> = Vec::new();
-            for rows in self.masks(key, event.unwrap_or(""), &month_list).await?.into_values() {
-                seen.clear();
-                for (month, days) in rows {
-                    for day in crate::rollup::days_of(month, days & inside.get(&month).copied().unwrap_or(0)) {
-                        let b = unit.floor(midnight(day));
-                        if !seen.contains(&b) {
-                            seen.push(b);
-                            counts.entry(b).or_default().1 += 1;
-                        }
-                    }
-                }
+            for (bucket, set) in users {
+                counts.entry(bucket).or_default().1 += set.len() as i64;
             }
         }
         Ok(counts.into_iter().map(|(b, (c, u))| (b, c, u)).collect())

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{Duration, NaiveDate};
+use roaring::RoaringBitmap;
 use weir_plugin::serde_json::{json, Value};
 
 use crate::keys::KeyRecord;
@@ -139,8 +140,8 @@ impl Queries {
         Ok(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect())
     }
 
-    /// The cohorts counted from the rollups' day masks: each user's first `cohort` day, then
-    /// the days they came back.
+    /// The cohorts counted from the rollups' sets of users per day: each day's newcomers to
+    /// `cohort`, then their returns.
     async fn cohorts_rolled(
         &self,
         key: &KeyRecord,
@@ -150,38 +151,87 @@ impl Queries {
         mode: Mode,
         bounds: Option<(NaiveDate, NaiveDate)>,
     ) -> Result<Counts, ApiError> {
-        let first_day = |rows: &[(NaiveDate, i32)]| {
-            rows.iter().filter(|(_, m)| *m != 0).map(|(month, m)| *month + Duration::days(i64::from(m.trailing_zeros()))).min()
-        };
-        let cohorts: Vec<(String, NaiveDate)> = self
-            .masks(key, cohort, &[])
-            .await?
-            .into_iter()
-            .filter_map(|(user, rows)| first_day(&rows).map(|d| (user, d)))
-            .filter(|(_, d)| bounds.is_none_or(|(s, e)| *d >= s && *d < e))
-            .collect();
-        let back = self.masks(key, returning.unwrap_or(""), &[]).await?;
-        let mut counts: std::collections::HashMap<(NaiveDate, i32), i64> = std::collections::HashMap::new();
-        for (user, day) in cohorts {
-            *counts.entry((day, -1)).or_default() += 1;
-            let Some(rows) = back.get(&user) else { continue };
-            let active = rows.iter().flat_map(|(month, m)| crate::rollup::days_of(*month, *m)).filter(|d| *d >= day);
-            match mode {
-                Mode::On => {
-                    let mut ks: Vec<i32> = active.map(|d| (d - day).num_days() as i32).filter(|k| *k <= days).collect();
-                    ks.sort_unstable();
-                    ks.dedup();
-                    for k in ks {
-                        *counts.entry((day, k)).or_default() += 1;
-                    }
-                }
-                Mode::OnOrAfter => {
-                    if let Some(latest) = active.max() {
-                        *counts.entry((day, ((latest - day).num_days() as i32).min(days))).or_default() += 1;
+        self.caught_up().await?;
+        let (from, to) = (bounds.map(|b| b.0), bounds.map(|b| b.1));
+        let mut seen = RoaringBitmap::new();
+        let mut firsts: Vec<(NaiveDate, RoaringBitmap)> = Vec::new();
+        for (day, users) in self.day_sets(key, cohort, None, to).await? {
+            let first = &users - &seen;
+            seen |= users;
+            if from.is_none_or(|s| day >= s) && !first.is_empty() {
+                firsts.push((day, first));
+            }
+        }
+        let Some(earliest) = firsts.first().map(|f| f.0) else { return Ok(Vec::new()) };
+        let back = self.day_sets(key, returning.unwrap_or(""), Some(earliest), None).await?;
+        Ok(counted(&firsts, back, days, mode))
+    }
+}
+
+/// Counts each cohort's returns: `firsts` are the cohorts' users by day, `back` the users
+/// with a return event by day (both in day order).
+fn counted(firsts: &[(NaiveDate, RoaringBitmap)], back: crate::rollup::DaySets, days: i32, mode: Mode) -> Counts {
+    let mut out = Counts::new();
+    match mode {
+        Mode::On => {
+            let back: BTreeMap<NaiveDate, RoaringBitmap> = back.into_iter().collect();
+            for (day, users) in firsts {
+                out.push((*day, -1, users.len() as i64));
+                for k in 0..=days {
+                    if let Some(b) = back.get(&(*day + Duration::days(i64::from(k)))) {
+                        out.push((*day, k, users.intersection_len(b) as i64));
                     }
                 }
             }
         }
-        Ok(counts.into_iter().map(|((d, k), n)| (d, k, n)).collect())
+        Mode::OnOrAfter => {
+            // The users back on each day or later.
+            let mut later: BTreeMap<NaiveDate, RoaringBitmap> = BTreeMap::new();
+            let mut acc = RoaringBitmap::new();
+            for (day, users) in back.into_iter().rev() {
+                acc |= users;
+                later.insert(day, acc.clone());
+            }
+            let empty = RoaringBitmap::new();
+            for (day, users) in firsts {
+                out.push((*day, -1, users.len() as i64));
+                let from = |k: i32| {
+                    let at = *day + Duration::days(i64::from(k));
+                    users.intersection_len(later.range(at..).next().map_or(&empty, |(_, s)| s)) as i64
+                };
+                // Counted at each user's latest return day (capped at `days`), as the caller sums them up.
+                let at_least: Vec<i64> = (0..=days).map(from).collect();
+                for k in 0..=days as usize {
+                    out.push((*day, k as i32, at_least[k] - at_least.get(k + 1).copied().unwrap_or(0)));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(day: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2024, 1, day).unwrap()
+    }
+
+    fn set(uids: &[u32]) -> RoaringBitmap {
+        uids.iter().copied().collect()
+    }
+
+    #[test]
+    fn returns_count_on_their_day_or_from_it_on() {
+        let firsts = vec![(d(1), set(&[1, 2, 3]))];
+        let back = vec![(d(1), set(&[1, 2, 3])), (d(2), set(&[1])), (d(4), set(&[2]))];
+        let mut on = counted(&firsts, back.clone(), 2, Mode::On);
+        on.sort();
+        assert_eq!(on, vec![(d(1), -1, 3), (d(1), 0, 3), (d(1), 1, 1)]);
+        // Latest returns: user 3 on day 0, user 1 on day 1, user 2 on day 3 (capped at 2).
+        let mut after = counted(&firsts, back, 2, Mode::OnOrAfter);
+        after.sort();
+        assert_eq!(after, vec![(d(1), -1, 3), (d(1), 0, 1), (d(1), 1, 1), (d(1), 2, 1)]);
     }
 }

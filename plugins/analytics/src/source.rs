@@ -30,6 +30,8 @@ use crate::store::Store;
 /// How often the key cache is reloaded (so a key revoked through another instance stops
 /// working here too) and `lastUsed` written back.
 const REFRESH: Duration = Duration::from_secs(5);
+/// How often queued events are rolled up (queries roll up what is queued before they read).
+const DRAIN_EVERY: Duration = Duration::from_millis(250);
 /// How long an ingest request waits for room in a full pipeline.
 const BACKPRESSURE_WAIT: Duration = Duration::from_secs(2);
 /// Seconds in `Retry-After` when the pipeline is full.
@@ -106,6 +108,7 @@ impl Source for AnalyticsSource {
                 table: self.config.events_table.clone(),
                 schema: self.config.schema.clone(),
                 rolled: Arc::default(),
+                rollups: Arc::new(crate::rollup::Rollups::new(&self.config.schema)),
                 ctx,
             },
             cors: crate::cross_origin::Policy::new(&self.config),
@@ -149,7 +152,9 @@ impl Source for AnalyticsSource {
             idle_timeout: Duration::from_secs(60),
             retry_after_secs: 1,
         };
-        let background = weir_plugin::runtime().spawn(refresh(shared));
+        let background = weir_plugin::runtime().spawn(async move {
+            tokio::join!(refresh(shared.clone()), drain(shared));
+        });
         self.serving = Some(server::Serving::start(listener, app, limits, server::Connections::default(), ctx, Some(background)));
         Ok(())
     }
@@ -183,6 +188,19 @@ async fn refresh(shared: Arc<Shared>) {
     }
 }
 
+/// Rolls up the queued events a few times a second, once the rollups are on.
+async fn drain(shared: Arc<Shared>) {
+    loop {
+        if shared.queries.rolled() {
+            if let Err(e) = shared.queries.rollups.drain(&shared.db).await {
+                shared.ctx.warn(&format!("{e}; retrying in {} s", REFRESH.as_secs()));
+                tokio::time::sleep(REFRESH).await;
+            }
+        }
+        tokio::time::sleep(DRAIN_EVERY).await;
+    }
+}
+
 /// Once the events table exists: creates the rollups and the trigger that keeps them, and
 /// rolls up what is stored (under the same lock as [`prepare`]).
 async fn roll_up(shared: &Shared) {
@@ -200,7 +218,7 @@ async fn roll_up(shared: &Shared) {
     match client.batch_execute(&sql).await {
         Ok(()) => {
             shared.queries.rolled.store(true, std::sync::atomic::Ordering::Release);
-            shared.ctx.info(&format!("Rollups of {events} kept in {schema}.rollup_daily and {schema}.rollup_user_days."));
+            shared.ctx.info(&format!("Rollups of {events} kept in {schema}.rollup_days, fed by {schema}.rollup_queue."));
         }
         Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;

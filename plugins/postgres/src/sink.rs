@@ -134,10 +134,9 @@ impl PostgresSink {
             }
         };
         if config.create && at_start {
-            client
-                .batch_execute(&config.ddl().join("\n"))
-                .await
-                .map_err(|e| PluginError::config(format!("create: true failed: {}", detail(&e))))?;
+            // Under a lock: the instances of `workers: N` start together.
+            let ddl = format!("BEGIN; SELECT pg_advisory_xact_lock(hashtext('weir-postgres-create')); {} COMMIT;", config.ddl().join("\n"));
+            client.batch_execute(&ddl).await.map_err(|e| PluginError::config(format!("create: true failed: {}", detail(&e))))?;
         }
         let names: Vec<&str> = columns.iter().map(|c| c.spec.name.as_str()).collect();
         let cols = quoted(&names);
@@ -294,6 +293,10 @@ impl Sink for PostgresSink {
     fn validate(config: &PostgresConfig) -> Result<(), PluginError> {
         config.check()
     }
+
+    /// Instances write side by side: each batch is its own transaction, and the unique key
+    /// keeps any record from being stored twice whichever instance writes it.
+    const WORKERS: bool = true;
 
     fn create(config: PostgresConfig, ctx: Context) -> Result<Self, PluginError> {
         let columns = Column::mapped(&config.columns);
