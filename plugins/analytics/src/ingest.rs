@@ -1,8 +1,10 @@
 //! `POST /api/v1/events`: one event or an array, each checked field by field; the tenant
 //! (`orgId`, `projectId`) comes from the API key and replaces whatever the body says.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
-use weir_plugin::serde_json::{Map, Value};
+use weir_plugin::serde_json::{self as serde_json, value::RawValue, Map, Value};
 
 use crate::keys::{iso, KeyRecord};
 
@@ -21,14 +23,75 @@ pub struct Client<'a> {
     pub received: DateTime<Utc>,
 }
 
-fn string<'a>(event: &'a Map<String, Value>, field: &str, max: usize, required: bool) -> Result<Option<&'a str>, String> {
-    match event.get(field) {
-        None | Some(Value::Null) if required => Err(format!("{field} is required")),
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() && required => Err(format!("{field} must not be empty")),
-        Some(Value::String(s)) if s.chars().count() > max => Err(format!("{field} is longer than {max} characters")),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(format!("{field} must be a string")),
+/// An event as it arrives: each field's JSON text, read without building a tree (members
+/// not named here are skipped; `null` reads as absent).
+#[derive(serde::Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "userId", borrow)]
+    user_id: Option<&'a RawValue>,
+    #[serde(rename = "eventName", borrow)]
+    event_name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(rename = "eventId", borrow)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    properties: Option<&'a RawValue>,
+    #[serde(rename = "sessionId", borrow)]
+    session_id: Option<&'a RawValue>,
+    #[serde(rename = "pageUrl", borrow)]
+    page_url: Option<&'a RawValue>,
+    #[serde(rename = "userAgent", borrow)]
+    user_agent: Option<&'a RawValue>,
+    #[serde(rename = "ipAddress", borrow)]
+    ip_address: Option<&'a RawValue>,
+}
+
+/// A string member: its value and its JSON text, checked (required, not blank, at most
+/// `max` characters, no NUL).
+fn string<'a>(raw: Option<&'a RawValue>, field: &str, max: usize, required: bool) -> Result<Option<(Cow<'a, str>, &'a str)>, String> {
+    let Some(raw) = raw else {
+        return if required { Err(format!("{field} is required")) } else { Ok(None) };
+    };
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return Err(format!("{field} must be a string"));
+    }
+    let value: Cow<'a, str> = match serde_json::from_str::<&'a str>(text) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(serde_json::from_str::<String>(text).map_err(|e| format!("{field}: {e}"))?),
+    };
+    if required && value.trim().is_empty() {
+        return Err(format!("{field} must not be empty"));
+    }
+    if value.len() > max && value.chars().count() > max {
+        return Err(format!("{field} is longer than {max} characters"));
+    }
+    if value.contains('\0') {
+        return Err(NUL.into());
+    }
+    Ok(Some((value, text)))
+}
+
+/// Why an event holding NUL is refused.
+const NUL: &str = "the event holds the NUL character (\\u0000), which cannot be stored; remove it";
+
+/// Writes `s` as a JSON string.
+fn push_json(out: &mut Vec<u8>, s: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Writes `t` as `keys::iso` does, without its format parser.
+fn push_iso(out: &mut Vec<u8>, t: DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    use std::io::Write;
+    if (0..=9999).contains(&t.year()) {
+        let ms = t.timestamp_subsec_millis().min(999);
+        let _ =
+            write!(out, "\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{ms:03}Z\"", t.year(), t.month(), t.day(), t.hour(), t.minute(), t.second());
+    } else {
+        push_json(out, &iso(t));
     }
 }
 
@@ -53,47 +116,86 @@ pub fn map_has_nul(m: &Map<String, Value>) -> bool {
     m.iter().any(|(k, v)| k.contains('\0') || has_nul(v))
 }
 
-/// The record stored for `event`, for the key's tenant, or why it is refused (naming the field).
-pub fn record(event: &Value, key: &KeyRecord, client: &Client<'_>, new_id: impl FnOnce() -> String) -> Result<Value, String> {
-    let Value::Object(event) = event else {
+/// An event as stored: the record's JSON text and its user.
+#[derive(Debug)]
+pub struct Stored {
+    /// The record.
+    pub text: String,
+    /// Its `userId`.
+    pub user: String,
+}
+
+/// The record stored for the event whose JSON text is `event`, for the key's tenant, or
+/// why it is refused (naming the field). The record is written straight from the event's
+/// text: members are checked, not rebuilt.
+pub fn record(event: &RawValue, key: &KeyRecord, client: &Client<'_>, new_id: impl FnOnce() -> String) -> Result<Stored, String> {
+    let text = event.get();
+    if !text.starts_with('{') {
         return Err("the event is not a JSON object".into());
-    };
-    let user = string(event, "userId", MAX_NAME, true)?.unwrap_or_default();
-    let name = string(event, "eventName", MAX_NAME, true)?.unwrap_or_default();
-    let timestamp = match string(event, "timestamp", 64, false)? {
+    }
+    let e: Incoming<'_> = serde_json::from_str(text).map_err(|e| format!("the event cannot be read: {e}"))?;
+    let (user, user_json) = string(e.user_id, "userId", MAX_NAME, true)?.unwrap_or_default();
+    let (_, name_json) = string(e.event_name, "eventName", MAX_NAME, true)?.unwrap_or_default();
+    let timestamp = match string(e.timestamp, "timestamp", 64, false)? {
         None => client.received,
-        Some(t) => parse_time(t).ok_or_else(|| format!("timestamp {t:?} is not an ISO-8601 time such as 2024-01-01T10:00:00Z"))?,
+        Some((t, _)) => parse_time(&t).ok_or_else(|| format!("timestamp {t:?} is not an ISO-8601 time such as 2024-01-01T10:00:00Z"))?,
     };
-    let event_id = match string(event, "eventId", MAX_EVENT_ID, false)? {
-        Some(id) => id.to_owned(),
-        None => new_id(),
-    };
-    let properties = match event.get("properties") {
-        None | Some(Value::Null) => Value::Object(Map::new()),
-        Some(p @ Value::Object(_)) => p.clone(),
+    let event_id = string(e.event_id, "eventId", MAX_EVENT_ID, false)?;
+    let properties = match e.properties.map(RawValue::get) {
+        None => "{}",
+        Some(p) if p.starts_with('{') => p,
         Some(_) => return Err("properties must be an object".into()),
     };
-    let session = string(event, "sessionId", MAX_NAME, false)?;
-    let page = string(event, "pageUrl", 4096, false)?;
-    let agent = string(event, "userAgent", 4096, false)?.or(client.user_agent);
-    let ip = string(event, "ipAddress", 64, false)?.unwrap_or(client.ip);
-    let mut out = Map::new();
-    out.insert("eventId".into(), event_id.into());
-    out.insert("userId".into(), user.into());
-    out.insert("eventName".into(), name.into());
-    out.insert("timestamp".into(), iso(timestamp).into());
-    out.insert("orgId".into(), key.org_id.clone().into());
-    out.insert("projectId".into(), key.project_id.clone().into());
-    out.insert("properties".into(), properties);
-    for (field, v) in [("sessionId", session), ("pageUrl", page), ("userAgent", agent)] {
-        out.insert(field.into(), v.map(Value::from).unwrap_or(Value::Null));
+    // A NUL can only be written escaped; look closer only when the escape is there.
+    if properties.contains("\\u0000") && serde_json::from_str::<Value>(properties).is_ok_and(|p| has_nul(&p)) {
+        return Err(NUL.into());
     }
-    out.insert("ipAddress".into(), ip.into());
-    let record = Value::Object(out);
-    if has_nul(&record) {
-        return Err("the event holds the NUL character (\\u0000), which cannot be stored; remove it".into());
+    let session = string(e.session_id, "sessionId", MAX_NAME, false)?;
+    let page = string(e.page_url, "pageUrl", 4096, false)?;
+    let agent = string(e.user_agent, "userAgent", 4096, false)?;
+    let ip = string(e.ip_address, "ipAddress", 64, false)?;
+    if client.user_agent.is_some_and(|a| a.contains('\0')) {
+        return Err(NUL.into());
     }
-    Ok(record)
+    let mut out = Vec::with_capacity(text.len() + 160);
+    out.extend_from_slice(b"{\"eventId\":");
+    match &event_id {
+        Some((_, json)) => out.extend_from_slice(json.as_bytes()),
+        None => push_json(&mut out, &new_id()),
+    }
+    out.extend_from_slice(b",\"userId\":");
+    out.extend_from_slice(user_json.as_bytes());
+    out.extend_from_slice(b",\"eventName\":");
+    out.extend_from_slice(name_json.as_bytes());
+    out.extend_from_slice(b",\"timestamp\":");
+    push_iso(&mut out, timestamp);
+    out.extend_from_slice(b",\"orgId\":");
+    push_json(&mut out, &key.org_id);
+    out.extend_from_slice(b",\"projectId\":");
+    push_json(&mut out, &key.project_id);
+    out.extend_from_slice(b",\"properties\":");
+    out.extend_from_slice(properties.as_bytes());
+    for (field, given) in [("sessionId", &session), ("pageUrl", &page)] {
+        out.extend_from_slice(format!(",\"{field}\":").as_bytes());
+        match given {
+            Some((_, json)) => out.extend_from_slice(json.as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.extend_from_slice(b",\"userAgent\":");
+    match (&agent, client.user_agent) {
+        (Some((_, json)), _) => out.extend_from_slice(json.as_bytes()),
+        (None, Some(a)) => push_json(&mut out, a),
+        (None, None) => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"ipAddress\":");
+    match &ip {
+        Some((_, json)) => out.extend_from_slice(json.as_bytes()),
+        None => push_json(&mut out, client.ip),
+    }
+    out.push(b'}');
+    let text = String::from_utf8(out).map_err(|_| "the event is not valid UTF-8".to_owned())?;
+    Ok(Stored { text, user: user.into_owned() })
 }
 
 #[cfg(test)]
@@ -103,6 +205,15 @@ mod tests {
 
     fn key() -> KeyRecord {
         crate::keys::tests_key("org-a", "proj-a")
+    }
+
+    /// `record` over `event`'s text, read back.
+    fn record(event: &Value, key: &KeyRecord, client: &Client<'_>, new_id: impl FnOnce() -> String) -> Result<Value, String> {
+        let raw = weir_plugin::serde_json::value::to_raw_value(event).unwrap();
+        let stored = super::record(&raw, key, client, new_id)?;
+        let value: Value = weir_plugin::serde_json::from_str(&stored.text).expect("the record is JSON");
+        assert_eq!(value["userId"], stored.user.as_str());
+        Ok(value)
     }
 
     fn client() -> Client<'static> {
@@ -139,5 +250,26 @@ mod tests {
         assert_eq!(bad(json!([1])), "the event is not a JSON object");
         assert!(bad(json!({"userId": "u\u{0}", "eventName": "e"})).contains("NUL"));
         assert!(bad(json!({"userId": "u", "eventName": "e", "properties": {"a": ["\u{0}"]}})).contains("NUL"));
+        assert!(bad(json!({"userId": "u", "eventName": "e", "sessionId": 7})).starts_with("sessionId"));
+        assert_eq!(bad(json!({"userId": "u", "eventName": "e".repeat(201)})), "eventName is longer than 200 characters");
+    }
+
+    #[test]
+    fn text_is_kept_as_sent_and_escapes_survive() {
+        let r = record(
+            &json!({"userId": "ü \"quoted\"", "eventName": "e", "timestamp": "2024-01-01T10:00:00.123456Z", "properties": {"k": [1, {"a": null}]}, "sessionId": null, "extra": {"x": 1}}),
+            &key(),
+            &client(),
+            || "x".into(),
+        )
+        .unwrap();
+        assert_eq!(r["userId"], "ü \"quoted\"");
+        assert_eq!(r["timestamp"], "2024-01-01T10:00:00.123Z");
+        assert_eq!(r["properties"], json!({"k": [1, {"a": null}]}));
+        assert_eq!(r["sessionId"], Value::Null);
+        assert!(r.get("extra").is_none(), "{r}");
+        let far =
+            record(&json!({"userId": "u", "eventName": "e", "timestamp": "+10000-01-01T00:00:00Z"}), &key(), &client(), || "x".into());
+        assert!(far.is_err() || far.unwrap()["timestamp"].is_string());
     }
 }

@@ -538,11 +538,16 @@ pub(crate) async fn ingest_events(
         }
         .into_response();
     };
-    let parsed: Result<Value, _> = serde_json::from_slice(&bytes);
-    let events = match parsed {
-        Ok(Value::Array(events)) => events,
-        Ok(single) => vec![single],
-        Err(e) => return ApiError::body(format!("malformed JSON: {e}")).into_response(),
+    // Each event's text; an event is read member by member only once it is known to be one.
+    let events: Vec<&serde_json::value::RawValue> = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => match serde_json::from_slice(&bytes) {
+            Ok(events) => events,
+            Err(e) => return ApiError::body(format!("malformed JSON: {e}")).into_response(),
+        },
+        _ => match serde_json::from_slice(&bytes) {
+            Ok(single) => vec![single],
+            Err(e) => return ApiError::body(format!("malformed JSON: {e}")).into_response(),
+        },
     };
     if events.is_empty() {
         return ApiError::body("the array holds no events").into_response();
@@ -557,7 +562,7 @@ pub(crate) async fn ingest_events(
     let ip = peer.ip().to_string();
     let client = Client { ip: &ip, user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()), received: Utc::now() };
     let mut rejected: Vec<(usize, String)> = Vec::new();
-    let mut records: Vec<(usize, Value)> = Vec::with_capacity(events.len());
+    let mut records: Vec<(usize, ingest::Stored)> = Vec::with_capacity(events.len());
     for (i, event) in events.iter().enumerate() {
         match ingest::record(event, &key, &client, || keys::uuid().unwrap_or_else(|_| format!("{}-{i}", Utc::now().timestamp_micros()))) {
             Ok(r) => records.push((i, r)),
@@ -569,10 +574,9 @@ pub(crate) async fn ingest_events(
     let meta: [(&str, &[u8]); 1] = [("http.client_ip", ip.as_bytes())];
     let mut texts: Vec<Arc<str>> = Vec::with_capacity(records.len());
     for (n, (_, r)) in records.iter().enumerate() {
-        let user = r["userId"].as_str().unwrap_or_default().as_bytes();
-        let text: Arc<str> = r.to_string().into();
-        batch.push(n as u32, Head { key: Some(user), headers_raw: &[], extra_headers: &meta, timestamp_ms: Some(now_ms) }, text.as_bytes());
-        texts.push(text);
+        let head = Head { key: Some(r.user.as_bytes()), headers_raw: &[], extra_headers: &meta, timestamp_ms: Some(now_ms) };
+        batch.push(n as u32, head, r.text.as_bytes());
+        texts.push(Arc::from(r.text.as_str()));
     }
     let mut failed: Vec<(usize, String)> = Vec::new();
     let (mut accepted, mut duplicates) = (0usize, 0usize);
