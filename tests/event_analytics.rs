@@ -181,7 +181,7 @@ fn keys_tenancy_ingest_dedupe_and_queries_answer_as_computed_from_the_events() {
 
     // Summary over a range, computed here.
     let in_range: Vec<&Value> = all.iter().filter(|e| e["timestamp"].as_str().unwrap() < "2024-01-04").collect();
-    // Whole days are read from the rollups; a range given as times, from the events.
+    // Whole days are read from the day sets; a range given as times, from the rollups' events.
     for range in ["startDate=2024-01-01&endDate=2024-01-03", "startDate=2024-01-01T00:00:00Z&endDate=2024-01-03T23:59:59.999Z"] {
         let (status, summary) = api_.get(&key_a, &format!("/api/v1/events/summary?{range}"));
         assert_eq!(status, 200, "{summary}");
@@ -217,7 +217,23 @@ fn keys_tenancy_ingest_dedupe_and_queries_answer_as_computed_from_the_events() {
         }
     }
 
-    // Weekly (2024-01-01 is a Monday) and monthly, from the rollups and from the events.
+    // Hourly, from the rollups' events: each hour of 2024-01-02 and its users.
+    let (status, hourly) = api_.get(&key_a, "/api/v1/metrics?interval=hourly&startDate=2024-01-02&endDate=2024-01-02");
+    assert_eq!(status, 200, "{hourly}");
+    let hours = hourly["buckets"].as_array().unwrap();
+    assert_eq!(hours.len(), 24, "{hourly}");
+    for (h, b) in hours.iter().enumerate() {
+        let prefix = format!("2024-01-02T{h:02}");
+        let of_hour: Vec<&Value> = all.iter().filter(|e| e["timestamp"].as_str().unwrap().starts_with(&prefix)).collect();
+        let users: BTreeSet<&str> = of_hour.iter().map(|e| e["userId"].as_str().unwrap()).collect();
+        assert_eq!(
+            (b["count"].as_u64(), b["uniqueUsers"].as_u64()),
+            (Some(of_hour.len() as u64), Some(users.len() as u64)),
+            "{prefix}: {b}"
+        );
+    }
+
+    // Weekly (2024-01-01 is a Monday) and monthly, over whole days and over times.
     for range in ["startDate=2024-01-01&endDate=2024-01-14", "startDate=2024-01-01T00:00:00Z&endDate=2024-01-14T23:59:59.999Z"] {
         let (_, weekly) = api_.get(&key_a, &format!("/api/v1/metrics?interval=weekly&{range}"));
         let weeks = weekly["buckets"].as_array().unwrap();

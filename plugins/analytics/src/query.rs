@@ -116,6 +116,9 @@ impl Queries {
     /// `GET /api/v1/events/summary`: from the rollups over whole days or all time, else from the events.
     pub async fn summary(&self, key: &KeyRecord, params: &HashMap<String, String>) -> Result<Value, ApiError> {
         let r = range(params)?;
+        if self.rolled() && crate::rollup::bounds(&r).is_none() {
+            return self.summary_exact(key, &r).await;
+        }
         if let Some(days) = crate::rollup::bounds(&r).filter(|_| self.rolled()) {
             self.caught_up().await?;
             let mut by_name: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
@@ -178,6 +181,7 @@ impl Queries {
         }
         let found = match crate::rollup::whole_days(&r).filter(|_| self.rolled() && unit != Unit::Hour) {
             Some(days) => self.buckets_rolled(key, unit, days, event.map(String::as_str)).await?,
+            None if self.rolled() => self.buckets_exact(key, unit, &r, event.map(String::as_str)).await?,
             None => {
                 let sql = format!(
                     "SELECT date_trunc('{}', timestamp AT TIME ZONE 'UTC') AS b, count(*)::bigint, count(DISTINCT user_id)::bigint
@@ -290,6 +294,53 @@ impl Queries {
             }
         }
         Ok(counts.into_iter().map(|(b, (c, u))| (b, c, u)).collect())
+    }
+}
+
+impl Queries {
+    /// The summary of a range that is not whole days, from the rollups' events.
+    async fn summary_exact(&self, key: &KeyRecord, r: &Range) -> Result<Value, ApiError> {
+        let mut by_name: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+        let mut users = roaring::RoaringBitmap::new();
+        let (mut first, mut last) = (i64::MAX, i64::MIN);
+        self.each_event(key, r, None, |name, uid, t| {
+            match by_name.get_mut(name) {
+                Some(n) => *n += 1,
+                None => {
+                    by_name.insert(name.to_owned(), 1);
+                }
+            }
+            users.insert(uid);
+            first = first.min(t);
+            last = last.max(t);
+        })
+        .await?;
+        let at = |t: i64| (t != i64::MAX && t != i64::MIN).then(|| DateTime::<Utc>::from_timestamp_micros(t)).flatten().map(iso);
+        Ok(json!({
+            "totalEvents": by_name.values().sum::<i64>(), "uniqueUsers": users.len(), "eventsByName": by_name,
+            "firstEventAt": at(first), "lastEventAt": at(last),
+        }))
+    }
+
+    /// Events and unique users per bucket of a range that is not whole days, or per hour,
+    /// from the rollups' events.
+    async fn buckets_exact(
+        &self,
+        key: &KeyRecord,
+        unit: Unit,
+        r: &Range,
+        event: Option<&str>,
+    ) -> Result<Vec<(NaiveDateTime, i64, i64)>, ApiError> {
+        let mut buckets: std::collections::BTreeMap<NaiveDateTime, (i64, roaring::RoaringBitmap)> = std::collections::BTreeMap::new();
+        self.each_event(key, r, event, |_, uid, t| {
+            if let Some(at) = DateTime::<Utc>::from_timestamp_micros(t) {
+                let bucket = buckets.entry(unit.floor(at.naive_utc())).or_default();
+                bucket.0 += 1;
+                bucket.1.insert(uid);
+            }
+        })
+        .await?;
+        Ok(buckets.into_iter().map(|(b, (n, users))| (b, n, users.len() as i64)).collect())
     }
 }
 

@@ -55,9 +55,10 @@ impl Queries {
                 return Err(ApiError::parameter(format!("the range holds more than {MAX_COHORTS} days of cohorts; shorten it")));
             }
         }
-        let counts = match crate::rollup::bounds(&r).filter(|_| self.rolled()) {
-            Some(bounds) => self.cohorts_rolled(key, cohort, returning.map(String::as_str), days, mode, bounds).await?,
-            None => self.cohorts_raw(key, cohort, returning, days, mode, &r).await?,
+        let counts = match crate::rollup::bounds(&r) {
+            Some(bounds) if self.rolled() => self.cohorts_rolled(key, cohort, returning.map(String::as_str), days, mode, bounds).await?,
+            None if self.rolled() => self.cohorts_exact(key, cohort, returning.map(String::as_str), days, mode, &r).await?,
+            _ => self.cohorts_raw(key, cohort, returning, days, mode, &r).await?,
         };
         let width = days as usize + 1;
         let mut by_day: BTreeMap<NaiveDate, (i64, Vec<i64>)> = BTreeMap::new();
@@ -162,6 +163,51 @@ impl Queries {
                 firsts.push((day, first));
             }
         }
+        self.returns_of(key, firsts, returning, days, mode).await
+    }
+}
+
+impl Queries {
+    /// The cohorts of a range that is not whole days: each user's first `cohort` event from
+    /// the rollups' events, then their returns from the sets of users per day.
+    async fn cohorts_exact(
+        &self,
+        key: &KeyRecord,
+        cohort: &str,
+        returning: Option<&str>,
+        days: i32,
+        mode: Mode,
+        r: &crate::query::Range,
+    ) -> Result<Counts, ApiError> {
+        let mut firsts: HashMap<u32, i64> = HashMap::new();
+        let before_end = crate::query::Range { start: None, end: r.end };
+        self.each_event(key, &before_end, Some(cohort), |_, uid, t| {
+            let first = firsts.entry(uid).or_insert(t);
+            *first = (*first).min(t);
+        })
+        .await?;
+        let mut by_day: BTreeMap<NaiveDate, RoaringBitmap> = BTreeMap::new();
+        for (uid, t) in firsts {
+            let Some(at) = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(t) else { continue };
+            if r.start.is_none_or(|s| at >= s) {
+                by_day.entry(at.date_naive()).or_default().insert(uid);
+            }
+        }
+        let firsts: Vec<(NaiveDate, RoaringBitmap)> = by_day.into_iter().collect();
+        self.returns_of(key, firsts, returning, days, mode).await
+    }
+}
+
+impl Queries {
+    /// Counts the returns of the cohorts `firsts` (users by cohort day, in day order).
+    async fn returns_of(
+        &self,
+        key: &KeyRecord,
+        firsts: Vec<(NaiveDate, RoaringBitmap)>,
+        returning: Option<&str>,
+        days: i32,
+        mode: Mode,
+    ) -> Result<Counts, ApiError> {
         let Some(earliest) = firsts.first().map(|f| f.0) else { return Ok(Vec::new()) };
         let back = self.day_sets(key, returning.unwrap_or(""), Some(earliest), None).await?;
         Ok(counted(&firsts, back, days, mode))

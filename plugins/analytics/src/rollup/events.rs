@@ -205,6 +205,44 @@ impl Queries {
     }
 }
 
+impl Queries {
+    /// Visits every event in `r` (of `event`, or of any name), as `(name, uid, µs)`, from
+    /// the segments of the days it touches, streamed: the exact answer for ranges that are
+    /// not whole days, without an index on the events' time.
+    pub async fn each_event(
+        &self,
+        key: &KeyRecord,
+        r: &Range,
+        event: Option<&str>,
+        mut visit: impl FnMut(&str, u32, i64),
+    ) -> Result<(), ApiError> {
+        use futures_util::StreamExt;
+        self.caught_up().await?;
+        let from = r.start.map(|t| t.date_naive());
+        let to = r.end.map(|e| (e - Duration::microseconds(1)).date_naive());
+        let (start, end) = (r.start.map(|t| t.timestamp_micros()), r.end.map(|t| t.timestamp_micros()));
+        let sql = format!(
+            "SELECT event_name, data FROM {}.rollup_events WHERE org_id = $1 AND project_id = $2 AND ($3::text IS NULL OR event_name = $3)
+               AND ($4::date IS NULL OR day >= $4) AND ($5::date IS NULL OR day <= $5)",
+            self.schema
+        );
+        let params: [&(dyn ToSql + Sync); 5] = [&key.org_id, &key.project_id, &event, &from, &to];
+        let client = self.client().await?;
+        let rows = client.query_raw(&sql, params).await.map_err(|e| self.refused("analytics query", &e))?;
+        futures_util::pin_mut!(rows);
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(|e| self.refused("analytics query", &e))?;
+            let name: &str = row.get(0);
+            for (uid, t) in decode(row.get(1)) {
+                if start.is_none_or(|s| t >= s) && end.is_none_or(|e| t < e) {
+                    visit(name, uid, t);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
