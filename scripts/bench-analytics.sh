@@ -12,7 +12,8 @@
 #
 #   scripts/bench-analytics.sh          # EVENTS=10000000 API_EVENTS=1000000 ROUNDS=10
 #
-# BIN=DIR uses the binaries and plugins in DIR instead of building. Uses the machine's
+# BIN=DIR uses the binaries and plugins in DIR instead of building. KEEP=1 keeps the events of
+# the last run (no load) and times the queries again. Uses the machine's
 # PostgreSQL (schema bench_analytics, dropped first) and Redis (database 7, flushed first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,8 +30,10 @@ if [ -z "${BIN:-}" ]; then
 fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-psql "$DB" -qXc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" 2>/dev/null
-redis-cli -n 7 flushdb >/dev/null
+if [ -z "${KEEP:-}" ]; then
+  psql "$DB" -qXc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" 2>/dev/null
+  redis-cli -n 7 flushdb >/dev/null
+fi
 
 # The query cache is off (CACHE_TTL=0) unless asked for: the figures are the queries' own.
 DATABASE_URL=$DB ANALYTICS_SCHEMA=$SCHEMA ANALYTICS_ADMIN_KEY=$ADMIN REDIS_URL=redis://127.0.0.1:6379/7 ANALYTICS_CACHE_TTL=${CACHE_TTL:-0} \
@@ -54,10 +57,11 @@ caught_up() {
   until [ "$(psql "$DB" -AtXc "SELECT count(*) FROM $SCHEMA.rollup_queue")" = 0 ]; do sleep 0.05; done
   echo "$(date +%s.%N) - $started" | bc
 }
+T=$SCHEMA.event_log
+if [ -z "${KEEP:-}" ]; then
 echo "ingest through the API: $("$BIN/analytics_load" --url "http://127.0.0.1:$PORT/api/v1/events" --key "$key" --events "$API_EVENTS")"
 echo "rollups held every event $(caught_up) s after the last answer"
 echo "peak RSS of weir: $(awk '/VmHWM/{print $2/1024}' /proc/$pid/status) MiB"
-T=$SCHEMA.event_log
 if [ "$EVENTS" -gt "$API_EVENTS" ]; then
   started=$(date +%s.%N)
   psql "$DB" -qX -v ON_ERROR_STOP=1 <<SQL
@@ -70,6 +74,7 @@ DROP TABLE $SCHEMA.bulk;
 SQL
   echo "bulk load of $((EVENTS - API_EVENTS)) events with COPY (queued by the trigger): $(echo "$(date +%s.%N) - $started" | bc) s"
   echo "then rolled up in $(caught_up) s more"
+fi
 fi
 psql "$DB" -qXc "VACUUM ANALYZE $T"
 echo "rows: $(psql "$DB" -AtXc "SELECT count(*) FROM $T"), table and indexes: $(psql "$DB" -AtXc "SELECT pg_size_pretty(pg_total_relation_size('$T'))")"

@@ -11,6 +11,10 @@ use crate::db::{detail, Db};
 
 /// Most queued events one transaction takes.
 const CHUNK: usize = 200_000;
+/// Events taken from the queue after which the drain vacuums it: each drain reads the
+/// queue from its first page, and would otherwise step over every row taken since the
+/// last autovacuum (a bulk load's millions).
+const VACUUM_AFTER: u64 = 100_000;
 
 /// Keeps the rollups: one per API instance, shared by its queries and its background drain.
 pub struct Rollups {
@@ -24,6 +28,8 @@ struct State {
     client: Option<Client>,
     /// The uids known per tenant, loaded whole at a tenant's first drain.
     uids: HashMap<(String, String), HashMap<String, u32>>,
+    /// Events taken from the queue since it was last vacuumed.
+    unvacuumed: u64,
 }
 
 /// What a chunk adds to one day, event name and tenant.
@@ -116,7 +122,15 @@ impl Rollups {
             match taken {
                 Ok(n) => {
                     total += n as u64;
+                    state.unvacuumed += n as u64;
                     if n < CHUNK {
+                        if state.unvacuumed >= VACUUM_AFTER {
+                            state.unvacuumed = 0;
+                            if let Some(client) = &state.client {
+                                // Autovacuum still comes by when this fails.
+                                let _ = client.batch_execute(&format!("VACUUM {}.rollup_queue", self.schema)).await;
+                            }
+                        }
                         return Ok(total);
                     }
                 }
