@@ -55,10 +55,11 @@ impl Queries {
                 return Err(ApiError::parameter(format!("the range holds more than {MAX_COHORTS} days of cohorts; shorten it")));
             }
         }
+        let ask = Ask { cohort, returning: returning.map(String::as_str), days, mode };
         let counts = match crate::rollup::bounds(&r) {
-            Some(bounds) if self.rolled() => self.cohorts_rolled(key, cohort, returning.map(String::as_str), days, mode, bounds).await?,
-            None if self.rolled() => self.cohorts_exact(key, cohort, returning.map(String::as_str), days, mode, &r).await?,
-            _ => self.cohorts_raw(key, cohort, returning, days, mode, &r).await?,
+            Some(bounds) if self.rolled() => self.cohorts_rolled(key, ask, bounds).await?,
+            None if self.rolled() => self.cohorts_exact(key, ask, &r).await?,
+            _ => self.cohorts_raw(key, ask, &r).await?,
         };
         let width = days as usize + 1;
         let mut by_day: BTreeMap<NaiveDate, (i64, Vec<i64>)> = BTreeMap::new();
@@ -97,22 +98,26 @@ impl Queries {
     }
 }
 
+/// What a retention request asks.
+#[derive(Debug, Clone, Copy)]
+struct Ask<'a> {
+    /// The event that puts a user in a cohort.
+    cohort: &'a str,
+    /// The event that counts as a return (`None`: any event).
+    returning: Option<&'a str>,
+    /// Days followed after the cohort day.
+    days: i32,
+    mode: Mode,
+}
+
 /// Per cohort day: `(day, -1, users)`, and `(day, k, users)` back on day k (mode on) or
 /// whose latest return is on day k (mode on_or_after, k capped at `days`).
 type Counts = Vec<(NaiveDate, i32, i64)>;
 
 impl Queries {
     /// The cohorts counted over the events.
-    async fn cohorts_raw(
-        &self,
-        key: &KeyRecord,
-        cohort: &str,
-        returning: Option<&String>,
-        days: i32,
-        mode: Mode,
-        r: &crate::query::Range,
-    ) -> Result<Counts, ApiError> {
-        let t = &self.table;
+    async fn cohorts_raw(&self, key: &KeyRecord, ask: Ask<'_>, r: &crate::query::Range) -> Result<Counts, ApiError> {
+        let (t, days, returning) = (&self.table, ask.days, ask.returning);
         // Each user's cohort day; then, per cohort day and day offset k, users with a return
         // on day k (mode on, k ≤ days) or each user's latest return day (mode on_or_after).
         let cohorts_sql = format!(
@@ -125,7 +130,7 @@ impl Queries {
                ON e.org_id = $1 AND e.project_id = $2 AND e.user_id = c.user_id AND ($6::text IS NULL OR e.event_name = $6)
               AND e.timestamp >= (c.day::timestamp AT TIME ZONE 'UTC')"
         );
-        let sql = match mode {
+        let sql = match ask.mode {
             Mode::On => format!(
                 "{cohorts_sql}, r AS ({returns} AND e.timestamp < ((c.day + $7::int + 1)::timestamp AT TIME ZONE 'UTC'))
                  SELECT day, -1 AS k, count(*)::bigint FROM cohort GROUP BY day
@@ -137,51 +142,35 @@ impl Queries {
                  UNION ALL SELECT day, LEAST(k, $7::int), count(*)::bigint FROM latest GROUP BY day, LEAST(k, $7::int)"
             ),
         };
-        let rows = self.rows(&sql, &[&key.org_id, &key.project_id, &cohort, &r.start, &r.end, &returning, &days]).await?;
+        let rows = self.rows(&sql, &[&key.org_id, &key.project_id, &ask.cohort, &r.start, &r.end, &returning, &days]).await?;
         Ok(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect())
     }
 
     /// The cohorts counted from the rollups' sets of users per day: each day's newcomers to
     /// `cohort`, then their returns.
-    async fn cohorts_rolled(
-        &self,
-        key: &KeyRecord,
-        cohort: &str,
-        returning: Option<&str>,
-        days: i32,
-        mode: Mode,
-        bounds: Option<(NaiveDate, NaiveDate)>,
-    ) -> Result<Counts, ApiError> {
+    async fn cohorts_rolled(&self, key: &KeyRecord, ask: Ask<'_>, bounds: Option<(NaiveDate, NaiveDate)>) -> Result<Counts, ApiError> {
         self.caught_up().await?;
         let (from, to) = (bounds.map(|b| b.0), bounds.map(|b| b.1));
         let mut seen = RoaringBitmap::new();
         let mut firsts: Vec<(NaiveDate, RoaringBitmap)> = Vec::new();
-        for (day, users) in self.day_sets(key, cohort, None, to).await? {
+        for (day, users) in self.day_sets(key, ask.cohort, None, to).await? {
             let first = &users - &seen;
             seen |= users;
             if from.is_none_or(|s| day >= s) && !first.is_empty() {
                 firsts.push((day, first));
             }
         }
-        self.returns_of(key, firsts, returning, days, mode).await
+        self.returns_of(key, firsts, ask).await
     }
 }
 
 impl Queries {
     /// The cohorts of a range that is not whole days: each user's first `cohort` event from
     /// the rollups' events, then their returns from the sets of users per day.
-    async fn cohorts_exact(
-        &self,
-        key: &KeyRecord,
-        cohort: &str,
-        returning: Option<&str>,
-        days: i32,
-        mode: Mode,
-        r: &crate::query::Range,
-    ) -> Result<Counts, ApiError> {
+    async fn cohorts_exact(&self, key: &KeyRecord, ask: Ask<'_>, r: &crate::query::Range) -> Result<Counts, ApiError> {
         let mut firsts: HashMap<u32, i64> = HashMap::new();
         let before_end = crate::query::Range { start: None, end: r.end };
-        self.each_event(key, &before_end, Some(cohort), |_, uid, t| {
+        self.each_event(key, &before_end, Some(ask.cohort), |_, uid, t| {
             let first = firsts.entry(uid).or_insert(t);
             *first = (*first).min(t);
         })
@@ -194,23 +183,16 @@ impl Queries {
             }
         }
         let firsts: Vec<(NaiveDate, RoaringBitmap)> = by_day.into_iter().collect();
-        self.returns_of(key, firsts, returning, days, mode).await
+        self.returns_of(key, firsts, ask).await
     }
 }
 
 impl Queries {
     /// Counts the returns of the cohorts `firsts` (users by cohort day, in day order).
-    async fn returns_of(
-        &self,
-        key: &KeyRecord,
-        firsts: Vec<(NaiveDate, RoaringBitmap)>,
-        returning: Option<&str>,
-        days: i32,
-        mode: Mode,
-    ) -> Result<Counts, ApiError> {
+    async fn returns_of(&self, key: &KeyRecord, firsts: Vec<(NaiveDate, RoaringBitmap)>, ask: Ask<'_>) -> Result<Counts, ApiError> {
         let Some(earliest) = firsts.first().map(|f| f.0) else { return Ok(Vec::new()) };
-        let back = self.day_sets(key, returning.unwrap_or(""), Some(earliest), None).await?;
-        Ok(counted(&firsts, back, days, mode))
+        let back = self.day_sets(key, ask.returning.unwrap_or(""), Some(earliest), None).await?;
+        Ok(counted(&firsts, back, ask.days, ask.mode))
     }
 }
 

@@ -539,15 +539,13 @@ pub(crate) async fn ingest_events(
         .into_response();
     };
     // Each event's text; an event is read member by member only once it is known to be one.
-    let events: Vec<&serde_json::value::RawValue> = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'[') => match serde_json::from_slice(&bytes) {
-            Ok(events) => events,
-            Err(e) => return ApiError::body(format!("malformed JSON: {e}")).into_response(),
-        },
-        _ => match serde_json::from_slice(&bytes) {
-            Ok(single) => vec![single],
-            Err(e) => return ApiError::body(format!("malformed JSON: {e}")).into_response(),
-        },
+    let parsed = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(&bytes),
+        _ => serde_json::from_slice(&bytes).map(|single| vec![single]),
+    };
+    let events = match parsed {
+        Ok(events) => events,
+        Err(e) => return ApiError::body(format!("malformed JSON: {e}")).into_response(),
     };
     if events.is_empty() {
         return ApiError::body("the array holds no events").into_response();
