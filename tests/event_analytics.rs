@@ -279,6 +279,58 @@ fn keys_tenancy_ingest_dedupe_and_queries_answer_as_computed_from_the_events() {
 }
 
 #[test]
+fn two_instances_on_one_database_roll_up_every_event_once() {
+    let api_ = Api::start();
+    let (_, key) = api_.key("shared", "org-m", "proj-m", json!({}));
+    // A second instance of the example on the same tables, as a deployment behind a load balancer.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _second = Api::run(&api_._schema.0, &listen, &[]);
+    let second = format!("http://{listen}");
+    // The same users write through both at once, so both drains meet new users together.
+    let all = events(40, 50);
+    let (even, odd): (Vec<(usize, &Value)>, Vec<(usize, &Value)>) = all.iter().enumerate().partition(|(i, _)| (i / 100) % 2 == 0);
+    std::thread::scope(|s| {
+        for (base, part) in [(api_.base.clone(), even), (second.clone(), odd)] {
+            let key = key.clone();
+            s.spawn(move || {
+                let events: Vec<Value> = part.into_iter().map(|(_, e)| e.clone()).collect();
+                for chunk in events.chunks(100) {
+                    let (status, _, body) =
+                        api("POST", &format!("{base}/api/v1/events"), &[("X-API-Key", &key)], Some(&Value::Array(chunk.to_vec())));
+                    assert_eq!((status, body["accepted"].as_u64()), (200, Some(chunk.len() as u64)), "{body}");
+                }
+            });
+        }
+    });
+    let users: BTreeSet<&str> = all.iter().map(|e| e["userId"].as_str().unwrap()).collect();
+    for base in [&api_.base, &second] {
+        let (status, _, summary) =
+            api("GET", &format!("{base}/api/v1/events/summary?startDate=2024-01-01&endDate=2024-01-31"), &[("X-API-Key", &key)], None);
+        assert_eq!(status, 200, "{summary}");
+        assert_eq!(
+            (summary["totalEvents"].as_u64(), summary["uniqueUsers"].as_u64()),
+            (Some(all.len() as u64), Some(users.len() as u64)),
+            "{summary}"
+        );
+        let (_, _, daily) = api(
+            "GET",
+            &format!("{base}/api/v1/metrics?interval=daily&startDate=2024-01-01&endDate=2024-01-05"),
+            &[("X-API-Key", &key)],
+            None,
+        );
+        for (d, b) in daily["buckets"].as_array().unwrap().iter().enumerate() {
+            let day = format!("2024-01-{:02}", d + 1);
+            let of_day: BTreeSet<&str> =
+                all.iter().filter(|e| e["timestamp"].as_str().unwrap().starts_with(&day)).map(|e| e["userId"].as_str().unwrap()).collect();
+            assert_eq!(b["uniqueUsers"], of_day.len(), "{day}: {b}");
+        }
+    }
+    let numbered =
+        psql(SERVER, &format!("SELECT count(*), count(DISTINCT uid) FROM {}.rollup_users WHERE org_id = 'org-m'", api_._schema.0));
+    assert_eq!(numbered, format!("{0}|{0}", users.len()), "each user numbered once, whichever instance met them first");
+}
+
+#[test]
 fn missing_unknown_revoked_and_limited_keys_are_refused_with_the_status_and_headers_the_contract_names() {
     let api_ = Api::start();
     let summary = "/api/v1/events/summary";
