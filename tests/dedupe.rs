@@ -33,10 +33,17 @@ fn redis(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// The values of the keys under `prefix`, read in one script call.
+/// The state of each record key under `prefix` (`c` when confirmed, else its pending mark), read in one script call.
 fn marks(prefix: &str) -> Vec<String> {
-    let script = "local out = {} for _, k in ipairs(redis.call('KEYS', ARGV[1])) do out[#out + 1] = redis.call('GET', k) end return out";
-    let values = redis(&["EVAL", script, "0", &format!("{prefix}*")]);
+    // A record key holds its batch's mark; the batch's confirmation is a key of its own.
+    let script = "local out = {} for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
+        if string.sub(k, 1, #ARGV[2]) ~= ARGV[2] then
+          local v = redis.call('GET', k)
+          if v == 'c' or redis.call('EXISTS', ARGV[2] .. v) == 1 then v = 'c' end
+          out[#out + 1] = v
+        end
+      end return out";
+    let values = redis(&["EVAL", script, "0", &format!("{prefix}*"), &format!("{prefix}c:")]);
     values.lines().filter(|v| !v.is_empty()).map(str::to_owned).collect()
 }
 

@@ -16,7 +16,10 @@
 //!
 //! With `store: redis://…` the window lives in Redis instead (one key per record key, with
 //! the window as its expiry), so it survives restarts and is shared by every host whose
-//! pipeline and stage have the same names. Only confirmed keys outlive a crash.
+//! pipeline and stage have the same names. Only confirmed keys outlive a crash. A record
+//! key holds the pending mark of the batch that passed it; a batch is confirmed by one key
+//! of its own (`<prefix>c:<mark>`), written once for all its delivered records, and the
+//! keys of its records that were not delivered are deleted: one write per record, not two.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -72,20 +75,22 @@ struct Redis {
     ctx: Context,
 }
 
-/// Per key: `c` or `1` (the mark of older versions) is a duplicate; a pending mark of a batch
-/// still in flight in this process (`ARGV[3..]`, this batch's own `ARGV[1]` among them) is
-/// a duplicate in flight; anything else (no mark, a failed batch's mark, another host's or
-/// a dead process's mark) passes, and the key is marked pending for this batch.
+/// Per key: `c` or `1` (the marks of older versions), or the pending mark of a batch whose
+/// confirmation key (`ARGV[3]` followed by the mark) exists, is a duplicate; a pending mark
+/// of a batch still in flight in this process (`ARGV[4..]`, this batch's own `ARGV[1]`
+/// among them) is a duplicate in flight; anything else (no mark, a failed batch's mark,
+/// another host's or a dead process's mark) passes, and the key is marked pending for this
+/// batch, for the whole window (`ARGV[2]` ms).
 const MARK: &str = r#"
 local mine = {}
-for i = 3, #ARGV do mine[ARGV[i]] = true end
+for i = 4, #ARGV do mine[ARGV[i]] = true end
 local out = {}
 for i, key in ipairs(KEYS) do
   if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
     out[i] = 0
   else
     local v = redis.call('GET', key)
-    if v == 'c' or v == '1' then
+    if v == 'c' or v == '1' or (v and redis.call('EXISTS', ARGV[3] .. v) == 1) then
       out[i] = 1
     elseif v and mine[v] then
       out[i] = 2
@@ -98,8 +103,9 @@ end
 return out
 "#;
 
-/// Per key, `ARGV[i + 1]`: `c` confirms it for the window (`ARGV[1]` ms); a pending mark is
-/// deleted if it is still the key's value (another batch may have taken the key over).
+/// Per key, `ARGV[i + 1]`: `c` confirms it for the window (`ARGV[1]` ms: a batch's
+/// confirmation key); a pending mark is deleted if it is still the key's value (another
+/// batch may have taken the key over).
 const SETTLE: &str = r#"
 for i, key in ipairs(KEYS) do
   local a = ARGV[i + 1]
@@ -115,6 +121,11 @@ return {#KEYS}
 impl Redis {
     fn key(&self, d: Digest) -> String {
         format!("{}{d:032x}", self.prefix)
+    }
+
+    /// The key that confirms every delivered record of the batch marked `mark`.
+    fn confirmation(&self, mark: &str) -> String {
+        format!("{}c:{mark}", self.prefix)
     }
 
     /// Runs script `which` (0 mark, 1 settle); a lost connection is dropped and reported, to
@@ -173,20 +184,13 @@ impl Redis {
     }
 
     /// Marks the keys of a batch as pending under `mark`; for each, what it was.
-    fn mark(
-        &mut self,
-        digests: &[Digest],
-        mark: &str,
-        ttl: Duration,
-        mine: Vec<String>,
-        window: Duration,
-    ) -> Result<Vec<Verdict>, PluginError> {
+    fn mark(&mut self, digests: &[Digest], mark: &str, mine: Vec<String>, window: Duration) -> Result<Vec<Verdict>, PluginError> {
         if digests.is_empty() {
             return Ok(Vec::new());
         }
         self.flush(window)?;
         let keys: Vec<String> = digests.iter().map(|d| self.key(*d)).collect();
-        let mut args = vec![mark.to_owned(), ttl.as_millis().max(1).to_string()];
+        let mut args = vec![mark.to_owned(), window.as_millis().max(1).to_string(), self.confirmation("")];
         args.extend(mine);
         args.extend(self.unconfirmed.iter().cloned());
         let codes = self.call(0, &keys, &args)?;
@@ -282,12 +286,6 @@ fn process_tag() -> &'static str {
 /// The pending mark of a batch in Redis.
 fn pending_mark(owner: Owner) -> String {
     format!("p:{}:{:x}:{:x}", process_tag(), owner.0, owner.1)
-}
-
-/// How long a pending mark lives in Redis: it only matters while its batch is on its way,
-/// and a mark left by a process that died is never taken for a delivered key anyway.
-fn pending_ttl(window: Duration) -> Duration {
-    window.min(Duration::from_secs(300))
 }
 
 /// The `dedupe` transform.
@@ -402,22 +400,25 @@ impl Dedupe {
         let owner = (self.id, batch);
         window.inflight.remove(&owner);
         let Some((_, marked)) = self.inflight.remove(&batch) else { return 0 };
-        let mut evicted = 0;
+        let (mut evicted, mut any_delivered) = (0, false);
         for (i, d) in marked {
             let delivered = matches!(outcomes.get(i), Some(Outcome::Accepted | Outcome::Dropped));
+            any_delivered |= delivered;
             match self.redis.as_mut() {
+                // Delivered keys keep the batch's mark, confirmed below once for them all.
+                Some(_) if delivered => {}
                 Some(r) => {
                     let key = r.key(d);
-                    if delivered {
-                        r.unconfirmed.insert(pending_mark(owner));
-                        r.unsettled.push((key, "c".into()));
-                    } else {
-                        r.unsettled.push((key, pending_mark(owner)));
-                    }
+                    r.unsettled.push((key, pending_mark(owner)));
                 }
                 None if delivered => evicted += window.confirm(d, owner, now, self.max),
                 None => window.forget(d, owner),
             }
+        }
+        if let Some(r) = self.redis.as_mut().filter(|_| any_delivered) {
+            let mark = pending_mark(owner);
+            r.unsettled.push((r.confirmation(&mark), "c".into()));
+            r.unconfirmed.insert(mark);
         }
         evicted
     }
@@ -555,7 +556,7 @@ impl Transform for Dedupe {
         let verdicts = match self.redis.as_mut() {
             Some(r) => {
                 let mine = window.inflight.iter().map(|o| pending_mark(*o)).collect();
-                match r.mark(&keyed, &pending_mark(owner), pending_ttl(self.window), mine, self.window) {
+                match r.mark(&keyed, &pending_mark(owner), mine, self.window) {
                     Ok(v) => v,
                     Err(e) => {
                         // Marks the store may have applied belong to a batch that fails here:
@@ -789,6 +790,30 @@ mod tests {
         let mut after: Dedupe = MockHost::for_pipeline("redis-settle-3").transform(config).unwrap();
         assert_eq!(run_and_settle(&mut after, &[r#"{"id":2}"#], Outcome::Accepted), &[0], "the dead instance's mark blocks nothing");
         assert!(run_and_settle(&mut after, &[r#"{"id":2}"#], Outcome::Accepted).is_empty());
+    }
+
+    #[test]
+    fn a_delivered_batch_is_confirmed_by_one_key_of_its_own() {
+        let config = redis_config();
+        let prefix = config["key_prefix"].as_str().unwrap().to_owned();
+        let mut t: Dedupe = MockHost::for_pipeline("redis-one-write").transform(config.clone()).unwrap();
+        assert_eq!(run_and_settle(&mut t, &[r#"{"id":1}"#, r#"{"id":2}"#, r#"{"id":3}"#], Outcome::Accepted), &[0, 1, 2]);
+        // The confirmation is written with the next call (or when the instance goes).
+        drop(t);
+        let mut redis = redis::Client::open("redis://127.0.0.1:6379").unwrap().get_connection().unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query(&mut redis).unwrap();
+        let confirmations: Vec<&String> = keys.iter().filter(|k| k.starts_with(&format!("{prefix}c:"))).collect();
+        assert_eq!((keys.len(), confirmations.len()), (4, 1), "three record keys and one confirmation: {keys:?}");
+        let values: Vec<Option<String>> = keys
+            .iter()
+            .filter(|k| !k.starts_with(&format!("{prefix}c:")))
+            .map(|k| redis::cmd("GET").arg(k).query(&mut redis).unwrap())
+            .collect();
+        let mark = confirmations[0].strip_prefix(&format!("{prefix}c:")).unwrap();
+        assert!(values.iter().all(|v| v.as_deref() == Some(mark)), "each record key keeps its batch's mark: {values:?}");
+        // Another instance takes them for seen.
+        let mut other: Dedupe = MockHost::for_pipeline("redis-one-write-2").transform(config).unwrap();
+        assert_eq!(run_and_settle(&mut other, &[r#"{"id":3}"#, r#"{"id":4}"#], Outcome::Accepted), &[1]);
     }
 
     #[test]
