@@ -80,7 +80,7 @@ struct Redis {
 /// of a batch still in flight in this process (`ARGV[4..]`, this batch's own `ARGV[1]`
 /// among them) is a duplicate in flight; anything else (no mark, a failed batch's mark,
 /// another host's or a dead process's mark) passes, and the key is marked pending for this
-/// batch, for the whole window (`ARGV[2]` ms).
+/// batch, for `ARGV[2]` ms (the window and a margin for the delivery).
 const MARK: &str = r#"
 local mine = {}
 for i = 4, #ARGV do mine[ARGV[i]] = true end
@@ -190,7 +190,10 @@ impl Redis {
         }
         self.flush(window)?;
         let keys: Vec<String> = digests.iter().map(|d| self.key(*d)).collect();
-        let mut args = vec![mark.to_owned(), window.as_millis().max(1).to_string(), self.confirmation("")];
+        // The record key outlives its batch's confirmation (written at delivery, for the
+        // window) while delivery takes less than the margin.
+        let ttl = window + delivery_margin(window);
+        let mut args = vec![mark.to_owned(), ttl.as_millis().max(1).to_string(), self.confirmation("")];
         args.extend(mine);
         args.extend(self.unconfirmed.iter().cloned());
         let codes = self.call(0, &keys, &args)?;
@@ -286,6 +289,12 @@ fn process_tag() -> &'static str {
 /// The pending mark of a batch in Redis.
 fn pending_mark(owner: Owner) -> String {
     format!("p:{}:{:x}:{:x}", process_tag(), owner.0, owner.1)
+}
+
+/// How much longer than the window a record key lives in Redis: the window counts from
+/// delivery (the confirmation's expiry), and the key must still be there by then.
+fn delivery_margin(window: Duration) -> Duration {
+    window.min(Duration::from_secs(300))
 }
 
 /// The `dedupe` transform.
@@ -811,6 +820,14 @@ mod tests {
             .collect();
         let mark = confirmations[0].strip_prefix(&format!("{prefix}c:")).unwrap();
         assert!(values.iter().all(|v| v.as_deref() == Some(mark)), "each record key keeps its batch's mark: {values:?}");
+        // The window (10 minutes by default) counts from delivery: the record keys outlive the confirmation.
+        let mut ttl = |k: &str| -> i64 { redis::cmd("PTTL").arg(k).query(&mut redis).unwrap() };
+        let confirmed_for = ttl(confirmations[0]);
+        assert!(confirmed_for > 590_000 && confirmed_for <= 600_000, "{confirmed_for}");
+        assert!(
+            keys.iter().filter(|k| !k.starts_with(&format!("{prefix}c:"))).all(|k| ttl(k) > 600_000),
+            "record keys live past the confirmation"
+        );
         // Another instance takes them for seen.
         let mut other: Dedupe = MockHost::for_pipeline("redis-one-write-2").transform(config).unwrap();
         assert_eq!(run_and_settle(&mut other, &[r#"{"id":3}"#, r#"{"id":4}"#], Outcome::Accepted), &[1]);
