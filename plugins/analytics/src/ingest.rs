@@ -82,6 +82,16 @@ fn push_json(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// Writes a member as the event gave it (its JSON text), else `fallback` as a JSON string,
+/// else `null`.
+fn push_given(out: &mut Vec<u8>, given: &Option<(Cow<'_, str>, &str)>, fallback: Option<&str>) {
+    match (given, fallback) {
+        (Some((_, json)), _) => out.extend_from_slice(json.as_bytes()),
+        (None, Some(f)) => push_json(out, f),
+        (None, None) => out.extend_from_slice(b"null"),
+    }
+}
+
 /// Writes `t` as `keys::iso` does, without its format parser.
 fn push_iso(out: &mut Vec<u8>, t: DateTime<Utc>) {
     use chrono::{Datelike, Timelike};
@@ -157,12 +167,10 @@ pub fn record(event: &RawValue, key: &KeyRecord, client: &Client<'_>, new_id: im
     if client.user_agent.is_some_and(|a| a.contains('\0')) {
         return Err(NUL.into());
     }
+    let generated_id = event_id.is_none().then(new_id);
     let mut out = Vec::with_capacity(text.len() + 160);
     out.extend_from_slice(b"{\"eventId\":");
-    match &event_id {
-        Some((_, json)) => out.extend_from_slice(json.as_bytes()),
-        None => push_json(&mut out, &new_id()),
-    }
+    push_given(&mut out, &event_id, generated_id.as_deref());
     out.extend_from_slice(b",\"userId\":");
     out.extend_from_slice(user_json.as_bytes());
     out.extend_from_slice(b",\"eventName\":");
@@ -175,24 +183,14 @@ pub fn record(event: &RawValue, key: &KeyRecord, client: &Client<'_>, new_id: im
     push_json(&mut out, &key.project_id);
     out.extend_from_slice(b",\"properties\":");
     out.extend_from_slice(properties.as_bytes());
-    for (field, given) in [("sessionId", &session), ("pageUrl", &page)] {
-        out.extend_from_slice(format!(",\"{field}\":").as_bytes());
-        match given {
-            Some((_, json)) => out.extend_from_slice(json.as_bytes()),
-            None => out.extend_from_slice(b"null"),
-        }
-    }
+    out.extend_from_slice(b",\"sessionId\":");
+    push_given(&mut out, &session, None);
+    out.extend_from_slice(b",\"pageUrl\":");
+    push_given(&mut out, &page, None);
     out.extend_from_slice(b",\"userAgent\":");
-    match (&agent, client.user_agent) {
-        (Some((_, json)), _) => out.extend_from_slice(json.as_bytes()),
-        (None, Some(a)) => push_json(&mut out, a),
-        (None, None) => out.extend_from_slice(b"null"),
-    }
+    push_given(&mut out, &agent, client.user_agent);
     out.extend_from_slice(b",\"ipAddress\":");
-    match &ip {
-        Some((_, json)) => out.extend_from_slice(json.as_bytes()),
-        None => push_json(&mut out, client.ip),
-    }
+    push_given(&mut out, &ip, Some(client.ip));
     out.push(b'}');
     let text = String::from_utf8(out).map_err(|_| "the event is not valid UTF-8".to_owned())?;
     Ok(Stored { text, user: user.into_owned() })

@@ -116,10 +116,8 @@ impl Queries {
     /// `GET /api/v1/events/summary`: from the rollups over whole days or all time, else from the events.
     pub async fn summary(&self, key: &KeyRecord, params: &HashMap<String, String>) -> Result<Value, ApiError> {
         let r = range(params)?;
-        if self.rolled() && crate::rollup::bounds(&r).is_none() {
-            return self.summary_exact(key, &r).await;
-        }
-        if let Some(days) = crate::rollup::bounds(&r).filter(|_| self.rolled()) {
+        if self.rolled() {
+            let Some(days) = crate::rollup::bounds(&r) else { return self.summary_exact(key, &r).await };
             self.caught_up().await?;
             let mut by_name: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
             let (mut first, mut last): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = (None, None);
