@@ -273,6 +273,21 @@ fn keys_tenancy_ingest_dedupe_and_queries_answer_as_computed_from_the_events() {
         assert_eq!(g["properties"], e["properties"]);
         assert_eq!(g["sessionId"], e["sessionId"]);
     }
+    // The same journey over a range given as dates and as times, one page: the user's
+    // events inside it, in time order, and none of the other users sharing its bucket.
+    for (range, from, to) in [
+        ("startDate=2024-01-02&endDate=2024-01-03", "2024-01-02", "2024-01-04"),
+        ("startDate=2024-01-02T12:00:00Z&endDate=2024-01-04T05:59:59Z", "2024-01-02T12:00:00Z", "2024-01-04T06:00:00Z"),
+    ] {
+        let (status, page) = api_.get(&key_a, &format!("/api/v1/users/user7/journey?{range}"));
+        assert_eq!(status, 200, "{page}");
+        let inside: Vec<&&Value> = mine.iter().filter(|e| (from..to).contains(&e["timestamp"].as_str().unwrap())).collect();
+        let got: Vec<String> = page["events"].as_array().unwrap().iter().map(|e| e["timestamp"].as_str().unwrap().to_owned()).collect();
+        let want: Vec<String> = inside.iter().map(|e| e["timestamp"].as_str().unwrap().replace('Z', ".000Z")).collect();
+        assert!(!want.is_empty(), "{range}: the test's data has events of user7 inside the range");
+        assert_eq!(got, want, "{range}");
+        assert!(page["nextCursor"].is_null(), "{page}");
+    }
     let (_, theirs) = api_.get(&key_b, "/api/v1/users/user20/journey");
     assert_eq!(theirs["events"], json!([]), "another tenant's user is not visible: {theirs}");
     drop(api_.weir);

@@ -225,24 +225,19 @@ impl Queries {
                 _ => return Err(ApiError::parameter(format!("limit {l:?} must be a whole number from 1 to {most}"))),
             },
         };
-        let (after_time, after_id) = match params.get("cursor").filter(|c| !c.is_empty()) {
-            None => (None, None),
+        let after = match params.get("cursor").filter(|c| !c.is_empty()) {
+            None => None,
             Some(c) => {
-                let parsed = c.split_once('_').and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id.parse::<i64>().ok()?)));
-                let (micros, id) =
-                    parsed.ok_or_else(|| ApiError::parameter("cursor is not one this API gave; use nextCursor as it came"))?;
-                (DateTime::<Utc>::from_timestamp_micros(micros), Some(id))
+                let parsed = c
+                    .split_once('_')
+                    .and_then(|(t, id)| Some((DateTime::<Utc>::from_timestamp_micros(t.parse::<i64>().ok()?)?, id.parse::<i64>().ok()?)));
+                Some(parsed.ok_or_else(|| ApiError::parameter("cursor is not one this API gave; use nextCursor as it came"))?)
             }
         };
-        let sql = format!(
-            "SELECT event_name, timestamp, properties, session_id, page_url, id FROM {} WHERE {SCOPE} AND user_id = $5
-             AND ($6::timestamptz IS NULL OR (timestamp, id) > ($6, $7)) ORDER BY timestamp, id LIMIT $8",
-            self.table
-        );
-        let fetch = i64::from(limit) + 1;
-        let rows = self.rows(&sql, &[&key.org_id, &key.project_id, &r.start, &r.end, &user, &after_time, &after_id, &fetch]).await?;
-        let more = rows.len() > limit as usize;
-        let page = &rows[..rows.len().min(limit as usize)];
+        let (page, next) = match self.rolled() {
+            true => self.journey_rolled(key, user, &r, after, limit as usize).await?,
+            false => self.journey_scanned(key, user, &r, after, limit as usize).await?,
+        };
         let events: Vec<Value> = page
             .iter()
             .map(|row| {
@@ -253,11 +248,32 @@ impl Queries {
                 })
             })
             .collect();
-        let next = match page.last() {
-            Some(row) if more => Some(format!("{}_{}", row.get::<_, DateTime<Utc>>(1).timestamp_micros(), row.get::<_, i64>(5))),
-            _ => None,
-        };
+        let next = next.map(|(t, id)| format!("{}_{id}", t.timestamp_micros()));
         Ok(json!({"userId": user, "events": events, "nextCursor": next}))
+    }
+
+    /// A page of a journey read from the events table (while the rollups are not kept),
+    /// as [`Queries::journey_rolled`] gives it.
+    async fn journey_scanned(
+        &self,
+        key: &KeyRecord,
+        user: &str,
+        r: &Range,
+        after: crate::rollup::journey::After,
+        limit: usize,
+    ) -> Result<(Vec<tokio_postgres::Row>, crate::rollup::journey::After), ApiError> {
+        let sql = format!(
+            "SELECT event_name, timestamp, properties, session_id, page_url, id FROM {} WHERE {SCOPE} AND user_id = $5
+             AND ($6::timestamptz IS NULL OR (timestamp, id) > ($6, $7)) ORDER BY timestamp, id LIMIT $8",
+            self.table
+        );
+        let (after_time, after_id) = (after.map(|a| a.0), after.map(|a| a.1));
+        let fetch = limit as i64 + 1;
+        let mut rows = self.rows(&sql, &[&key.org_id, &key.project_id, &r.start, &r.end, &user, &after_time, &after_id, &fetch]).await?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let next = rows.last().filter(|_| more).map(|row| (row.get::<_, DateTime<Utc>>(1), row.get::<_, i64>(5)));
+        Ok((rows, next))
     }
 }
 

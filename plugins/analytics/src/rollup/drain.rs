@@ -1,10 +1,12 @@
-//! Draining `rollup_queue` into `rollup_users` and `rollup_days`.
+//! Draining `rollup_queue` into `rollup_users`, `rollup_days`, `rollup_events` and
+//! `rollup_journeys`.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use roaring::RoaringBitmap;
 use tokio::sync::Mutex;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Transaction};
 
 use crate::db::{detail, Db};
@@ -64,30 +66,55 @@ impl Day {
 /// A chunk's additions for one tenant, by day and event name (`""`: any event).
 pub(super) type Days = HashMap<(NaiveDate, String), Day>;
 
-/// A chunk's events for one tenant by day and event name, as [`super::events`] encodes them.
-pub(super) type Segments = HashMap<(NaiveDate, String), Vec<u8>>;
+/// A chunk's additions for one tenant, by event name (`""`: any event), then day: the
+/// name is looked up without being copied.
+type ByName<T> = HashMap<String, HashMap<NaiveDate, T>>;
 
 /// A chunk's additions for one tenant.
 #[derive(Debug, Default)]
 pub(super) struct Tally {
-    pub days: Days,
-    pub segments: Segments,
+    /// What each day adds to `rollup_days`.
+    days: ByName<Option<Day>>,
+    /// The events of each day, as [`super::events`] encodes them.
+    segments: ByName<Vec<u8>>,
+    /// The entries of each bucket of users, as [`super::journey`] encodes them.
+    journeys: HashMap<i32, Vec<u8>>,
+}
+
+/// The slot of `name` and `day` in `map`, made on first use.
+fn slot<'a, T: Default>(map: &'a mut ByName<T>, name: &str, day: NaiveDate) -> &'a mut T {
+    if !map.contains_key(name) {
+        map.insert(name.to_owned(), HashMap::new());
+    }
+    map.get_mut(name).expect("inserted above").entry(day).or_default()
+}
+
+/// `map` keyed by day and name.
+fn flat<T>(map: ByName<T>) -> HashMap<(NaiveDate, String), T> {
+    map.into_iter().flat_map(|(name, days)| days.into_iter().map(move |(day, v)| ((day, name.clone()), v))).collect()
 }
 
 impl Tally {
-    /// Adds one event of user `uid`: to the days under its name and under `""`, and to
-    /// the segment of its name.
-    pub fn add(&mut self, uid: u32, name: &str, at: DateTime<Utc>) {
+    /// Adds one event of user `uid`: to the days under its name and under `""`, to the
+    /// segment of its name, and (with its `id`) to its bucket's journey entries.
+    pub fn add(&mut self, uid: u32, name: &str, at: DateTime<Utc>, id: Option<i64>) {
         let day = at.date_naive();
         for name in [name, ""] {
-            match self.days.get_mut(&(day, name.to_owned())) {
+            let d: &mut Option<Day> = slot(&mut self.days, name, day);
+            match d {
                 Some(d) => d.add(uid, at),
-                None => {
-                    self.days.insert((day, name.to_owned()), Day::new(uid, at));
-                }
+                None => *d = Some(Day::new(uid, at)),
             }
         }
-        super::events::push(self.segments.entry((day, name.to_owned())).or_default(), uid, at.timestamp_micros());
+        super::events::push(slot(&mut self.segments, name, day), uid, at.timestamp_micros());
+        if let Some(id) = id {
+            super::journey::push(self.journeys.entry(super::journey::bucket(uid)).or_default(), uid, at.timestamp_micros(), id);
+        }
+    }
+
+    /// What the days add, by day and name.
+    pub fn days(&mut self) -> Days {
+        flat(std::mem::take(&mut self.days)).into_iter().filter_map(|(k, d)| Some((k, d?))).collect()
     }
 }
 
@@ -96,6 +123,8 @@ struct Queued {
     user: String,
     name: String,
     at: DateTime<Utc>,
+    /// Its row's `id` (none when queued by an earlier version's trigger).
+    id: Option<i64>,
 }
 
 impl Rollups {
@@ -152,7 +181,7 @@ impl Rollups {
             .query(
                 &format!(
                     "DELETE FROM {s}.rollup_queue WHERE ctid = ANY(ARRAY(SELECT ctid FROM {s}.rollup_queue LIMIT {CHUNK}))
-                     RETURNING org_id, project_id, user_id, event_name, timestamp"
+                     RETURNING org_id, project_id, user_id, event_name, timestamp, id"
                 ),
                 &[],
             )
@@ -165,7 +194,7 @@ impl Rollups {
         }
         let mut tenants: HashMap<(String, String), Vec<Queued>> = HashMap::new();
         for row in rows {
-            let queued = Queued { user: row.get(2), name: row.get(3), at: row.get(4) };
+            let queued = Queued { user: row.get(2), name: row.get(3), at: row.get(4), id: row.get(5) };
             tenants.entry((row.get(0), row.get(1))).or_default().push(queued);
         }
         for (tenant, mine) in &tenants {
@@ -180,10 +209,20 @@ impl Rollups {
             let mut tally = Tally::default();
             for q in mine {
                 let uid = known.get(&q.user).ok_or_else(|| format!("user {:?} was given no number in {s}.rollup_users", q.user))?;
-                tally.add(*uid, &q.name, q.at);
+                tally.add(*uid, &q.name, q.at, q.id);
             }
-            self.merge(&tx, tenant, tally.days).await?;
-            self.append(&tx, tenant, tally.segments).await.map_err(db)?;
+            self.merge(&tx, tenant, tally.days()).await?;
+            let (mut days, mut names, mut data): (Vec<NaiveDate>, Vec<String>, Vec<Vec<u8>>) = Default::default();
+            for ((day, name), bytes) in flat(tally.segments) {
+                days.push(day);
+                names.push(name);
+                data.push(bytes);
+            }
+            let keys = [("day", "date"), ("event_name", "text")];
+            self.append(&tx, tenant, "rollup_events", &keys, &[&days, &names, &data], super::events::SEGMENT_BYTES).await.map_err(db)?;
+            let (buckets, data): (Vec<i32>, Vec<Vec<u8>>) = tally.journeys.into_iter().unzip();
+            let keys = [("bucket", "int4")];
+            self.append(&tx, tenant, "rollup_journeys", &keys, &[&buckets, &data], super::journey::SEGMENT_BYTES).await.map_err(db)?;
         }
         tx.commit().await.map_err(db)?;
         Ok(taken)
@@ -285,55 +324,39 @@ impl Rollups {
 }
 
 impl Rollups {
-    /// Appends `segments` to `rollup_events`: to the tenant's newest segment of the same
-    /// day and name while it stays under [`super::events::SEGMENT_BYTES`], else as a new one.
+    /// Appends segments to `table`, in one statement: each to the tenant's newest segment
+    /// with the same key while that stays within `most` bytes, else as a new segment.
+    /// `keys` are the key's columns and their types; `columns` holds an array for each,
+    /// then the segments' data.
     async fn append(
         &self,
         tx: &Transaction<'_>,
         (org, project): &(String, String),
-        segments: Segments,
+        table: &str,
+        keys: &[(&str, &str)],
+        columns: &[&(dyn ToSql + Sync)],
+        most: usize,
     ) -> Result<(), tokio_postgres::Error> {
         let s = &self.schema;
-        let mut cols: (Vec<NaiveDate>, Vec<String>, Vec<Vec<u8>>) = Default::default();
-        for ((day, name), data) in segments {
-            cols.0.push(day);
-            cols.1.push(name);
-            cols.2.push(data);
-        }
-        let grown = tx
-            .query(
-                &format!(
-                    "UPDATE {s}.rollup_events r SET data = r.data || n.data
-                     FROM unnest($3::date[], $4::text[], $5::bytea[]) AS n(day, event_name, data)
-                     WHERE r.org_id = $1 AND r.project_id = $2 AND r.day = n.day AND r.event_name = n.event_name
-                       AND r.seq = (SELECT max(m.seq) FROM {s}.rollup_events m
-                                    WHERE m.org_id = $1 AND m.project_id = $2 AND m.day = n.day AND m.event_name = n.event_name)
-                       AND length(r.data) + length(n.data) <= {}
-                     RETURNING r.day, r.event_name",
-                    super::events::SEGMENT_BYTES
-                ),
-                &[org, project, &cols.0, &cols.1, &cols.2],
-            )
-            .await?;
-        let grown: std::collections::HashSet<(NaiveDate, String)> = grown.iter().map(|r| (r.get(0), r.get(1))).collect();
-        let mut rest: (Vec<NaiveDate>, Vec<String>, Vec<Vec<u8>>) = Default::default();
-        for ((day, name), data) in cols.0.into_iter().zip(cols.1).zip(cols.2) {
-            if !grown.contains(&(day, name.clone())) {
-                rest.0.push(day);
-                rest.1.push(name);
-                rest.2.push(data);
-            }
-        }
-        if !rest.0.is_empty() {
-            tx.execute(
-                &format!(
-                    "INSERT INTO {s}.rollup_events (org_id, project_id, day, event_name, data)
-                     SELECT $1, $2, * FROM unnest($3::date[], $4::text[], $5::bytea[])"
-                ),
-                &[org, project, &rest.0, &rest.1, &rest.2],
-            )
-            .await?;
-        }
+        let names: Vec<&str> = keys.iter().map(|(name, _)| *name).collect();
+        let arrays: Vec<String> = keys.iter().enumerate().map(|(i, (_, ty))| format!("${}::{ty}[]", i + 3)).collect();
+        let data = keys.len() + 3;
+        let same = |a: &str, b: &str| names.iter().map(|k| format!(" AND {a}.{k} = {b}.{k}")).collect::<String>();
+        let (same_new, same_newest) = (same("r", "n"), same("m", "n"));
+        let (names, arrays) = (names.join(", "), arrays.join(", "));
+        let sql = format!(
+            "WITH n AS (SELECT * FROM unnest({arrays}, ${data}::bytea[]) WITH ORDINALITY AS n({names}, data, i)),
+             grown AS (UPDATE {s}.{table} r SET data = r.data || n.data FROM n
+               WHERE r.org_id = $1 AND r.project_id = $2{same_new}
+                 AND r.seq = (SELECT max(m.seq) FROM {s}.{table} m WHERE m.org_id = $1 AND m.project_id = $2{same_newest})
+                 AND length(r.data) + length(n.data) <= {most}
+               RETURNING n.i)
+             INSERT INTO {s}.{table} (org_id, project_id, {names}, data)
+             SELECT $1, $2, {names}, data FROM n WHERE i NOT IN (SELECT i FROM grown)"
+        );
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![org, project];
+        params.extend_from_slice(columns);
+        tx.execute(&sql, &params).await?;
         Ok(())
     }
 }
@@ -349,19 +372,24 @@ mod tests {
     #[test]
     fn an_event_counts_under_its_name_and_any_event_on_its_utc_day() {
         let mut tally = Tally::default();
-        tally.add(7, "signup", t("2024-01-01T23:59:59Z"));
-        tally.add(7, "login", t("2024-01-01T10:00:00Z"));
-        tally.add(9, "login", t("2024-01-02T00:00:00Z"));
-        let days = &tally.days;
+        tally.add(7, "signup", t("2024-01-01T23:59:59Z"), Some(1));
+        tally.add(7, "login", t("2024-01-01T10:00:00Z"), Some(2));
+        tally.add(300, "login", t("2024-01-02T00:00:00Z"), None);
+        let days = &tally.days();
         let d1 = NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
         let any = &days[&(d1, String::new())];
         assert_eq!((any.events, any.users.len()), (2, 1));
         assert_eq!((any.first, any.last), (t("2024-01-01T10:00:00Z"), t("2024-01-01T23:59:59Z")));
         assert_eq!(days[&(d1, "signup".to_owned())].events, 1);
         assert_eq!(days.len(), 5, "{:?}", days.keys().collect::<Vec<_>>());
-        assert_eq!(tally.segments.len(), 3);
-        let logins = &tally.segments[&(d1, "login".to_owned())];
+        let segments = flat(tally.segments);
+        assert_eq!(segments.len(), 3);
+        let logins = &segments[&(d1, "login".to_owned())];
         assert_eq!(super::super::events::decode(logins).collect::<Vec<_>>(), [(7, t("2024-01-01T10:00:00Z").timestamp_micros())]);
+        // User 7's two events are in bucket 0 in the order added; user 300's has no id.
+        assert_eq!(tally.journeys.len(), 1);
+        let journey: Vec<_> = super::super::journey::decode(&tally.journeys[&0]).collect();
+        assert_eq!(journey, [(7, t("2024-01-01T23:59:59Z").timestamp_micros(), 1), (7, t("2024-01-01T10:00:00Z").timestamp_micros(), 2)]);
     }
 
     #[test]

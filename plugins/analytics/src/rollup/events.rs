@@ -29,10 +29,13 @@ pub fn push(out: &mut Vec<u8>, uid: u32, micros: i64) {
 
 /// The events of a segment (a trailing partial record is ignored).
 pub fn decode(data: &[u8]) -> impl Iterator<Item = (u32, i64)> + '_ {
-    data.chunks_exact(RECORD).map(|c| {
-        let (uid, at) = c.split_at(4);
-        (u32::from_le_bytes(uid.try_into().expect("4 bytes")), i64::from_le_bytes(at.try_into().expect("8 bytes")))
-    })
+    data.chunks_exact(RECORD).map(read)
+}
+
+/// The uid and time at the start of `record` (at least 12 bytes).
+pub fn read(record: &[u8]) -> (u32, i64) {
+    let (uid, rest) = record.split_at(4);
+    (u32::from_le_bytes(uid.try_into().expect("4 bytes")), i64::from_le_bytes(rest[..8].try_into().expect("8 bytes")))
 }
 
 /// A time per user.
