@@ -31,7 +31,11 @@ use crate::store::Store;
 /// working here too) and `lastUsed` written back.
 const REFRESH: Duration = Duration::from_secs(5);
 /// How often queued events are rolled up (queries roll up what is queued before they read).
-const DRAIN_EVERY: Duration = Duration::from_millis(250);
+/// Each drain rewrites every day and segment its events touch, so fewer, larger drains
+/// leave more of the machine to ingest: once a second took the ingest rate from 81,000 to
+/// 88,000 events/s (medians of three runs of 1M events), and a query during that ingest
+/// waited as long (0.6 s at the median) either way, behind the drain in progress.
+const DRAIN_EVERY: Duration = Duration::from_secs(1);
 /// How long an ingest request waits for room in a full pipeline.
 const BACKPRESSURE_WAIT: Duration = Duration::from_secs(2);
 /// Seconds in `Retry-After` when the pipeline is full.

@@ -118,10 +118,10 @@ impl Tally {
     }
 }
 
-/// A queued event of a tenant.
-struct Queued {
-    user: String,
-    name: String,
+/// A queued event of a tenant, read in place from the row the queue gave.
+struct Queued<'a> {
+    user: &'a str,
+    name: &'a str,
     at: DateTime<Utc>,
     /// Its row's `id` (none when queued by an earlier version's trigger).
     id: Option<i64>,
@@ -192,12 +192,13 @@ impl Rollups {
             tx.commit().await.map_err(db)?;
             return Ok(0);
         }
-        let mut tenants: HashMap<(String, String), Vec<Queued>> = HashMap::new();
-        for row in rows {
+        let mut tenants: HashMap<(&str, &str), Vec<Queued>> = HashMap::new();
+        for row in &rows {
             let queued = Queued { user: row.get(2), name: row.get(3), at: row.get(4), id: row.get(5) };
             tenants.entry((row.get(0), row.get(1))).or_default().push(queued);
         }
-        for (tenant, mine) in &tenants {
+        for ((org, project), mine) in &tenants {
+            let tenant = &(org.to_string(), project.to_string());
             let known = match uids.get_mut(tenant) {
                 Some(known) => known,
                 None => {
@@ -208,8 +209,8 @@ impl Rollups {
             self.number_new_users(&tx, tenant, known, mine).await.map_err(db)?;
             let mut tally = Tally::default();
             for q in mine {
-                let uid = known.get(&q.user).ok_or_else(|| format!("user {:?} was given no number in {s}.rollup_users", q.user))?;
-                tally.add(*uid, &q.name, q.at, q.id);
+                let uid = known.get(q.user).ok_or_else(|| format!("user {:?} was given no number in {s}.rollup_users", q.user))?;
+                tally.add(*uid, q.name, q.at, q.id);
             }
             self.merge(&tx, tenant, tally.days()).await?;
             let (mut days, mut names, mut data): (Vec<NaiveDate>, Vec<String>, Vec<Vec<u8>>) = Default::default();
@@ -246,9 +247,9 @@ impl Rollups {
         tx: &Transaction<'_>,
         (org, project): &(String, String),
         known: &mut HashMap<String, u32>,
-        events: &[Queued],
+        events: &[Queued<'_>],
     ) -> Result<(), tokio_postgres::Error> {
-        let mut new: Vec<&str> = events.iter().map(|q| q.user.as_str()).filter(|u| !known.contains_key(*u)).collect();
+        let mut new: Vec<&str> = events.iter().map(|q| q.user).filter(|u| !known.contains_key(*u)).collect();
         if new.is_empty() {
             return Ok(());
         }
