@@ -74,10 +74,12 @@ impl Queries {
     ) -> Result<(Vec<Row>, After), ApiError> {
         self.caught_up().await?;
         let s = &self.schema;
+        // The user's number first (a join on `uid / BUCKET` would not be an index condition
+        // on the bucket, and reads every bucket of the tenant).
         let sql = format!(
-            "SELECT u.uid, j.data FROM {s}.rollup_users u JOIN {s}.rollup_journeys j
-               ON j.org_id = u.org_id AND j.project_id = u.project_id AND j.bucket = u.uid / {BUCKET}
-             WHERE u.org_id = $1 AND u.project_id = $2 AND u.user_id = $3"
+            "WITH u AS MATERIALIZED (SELECT uid FROM {s}.rollup_users WHERE org_id = $1 AND project_id = $2 AND user_id = $3)
+             SELECT (SELECT uid FROM u), data FROM {s}.rollup_journeys
+             WHERE org_id = $1 AND project_id = $2 AND bucket = (SELECT uid / {BUCKET} FROM u)"
         );
         let segments = self.rows(&sql, &[&key.org_id, &key.project_id, &user]).await?;
         let Some(uid) = segments.first().map(|row| row.get::<_, i32>(0) as u32) else { return Ok((Vec::new(), None)) };
