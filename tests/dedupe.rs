@@ -207,23 +207,31 @@ fn kafka_source_a_sigkill_between_dedupe_and_a_slow_sink_loses_nothing_and_dupli
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
     let prefix = prefix("sigkill");
-    // Kafka → dedupe (Redis) → test-slow (100 ms a batch) → file (what test-slow delivered).
+    // Kafka → dedupe (Redis) → test-slow (300 ms a batch) → file (what test-slow delivered).
     write_pipeline(
         dir.path(),
         "consume",
         &format!(
-            "source:\n  plugin: kafka\n  config: {{brokers: \"{}\", topics: [events], group_id: weir-dedupe-test, batch_size: 50, session_timeout_ms: 6000}}\ntransforms:\n  - plugin: dedupe\n    config: {{fields: [/eventId], store: \"redis://127.0.0.1:6379\", key_prefix: \"{prefix}\"}}\nsinks:\n  - {{plugin: test-slow, config: {{delay_ms: 100}}}}\n  - {{plugin: file, after: test-slow, config: {{path: {}}}}}\n",
+            "source:\n  plugin: kafka\n  config: {{brokers: \"{}\", topics: [events], group_id: weir-dedupe-test, batch_size: 50, session_timeout_ms: 6000}}\ntransforms:\n  - plugin: dedupe\n    config: {{fields: [/eventId], store: \"redis://127.0.0.1:6379\", key_prefix: \"{prefix}\"}}\nsinks:\n  - {{plugin: test-slow, config: {{delay_ms: 300}}}}\n  - {{plugin: file, after: test-slow, config: {{path: {}}}}}\n",
             broker.addr,
             out.display()
         ),
     );
-    let pending = |prefix: &str| marks(prefix).iter().filter(|m| m.starts_with("p:")).count();
+    let count = |prefix: &str, confirmed: bool| marks(prefix).iter().filter(|m| (*m == "c") == confirmed).count();
     let mut weir = Weir::start(dir.path(), &[], &[]);
-    // Killed while batches have passed dedupe (pending marks) and wait for the slow sink.
-    wait_for("batches delivered and more on their way", Duration::from_secs(60), || json_lines(&out).len() >= 100 && pending(&prefix) > 0);
+    // Killed while batches have passed dedupe (pending marks) and wait for the slow sink,
+    // and every record the sink has written is confirmed: the kill falls between dedupe and
+    // the sink, not between the sink's write and dedupe's confirmation of it.
+    wait_for("batches delivered and confirmed, and more on their way", Duration::from_secs(60), || {
+        let written = json_lines(&out).len();
+        written >= 100 && count(&prefix, false) > 0 && count(&prefix, true) == written
+    });
     weir.kill();
     let delivered_before = json_lines(&out).len();
-    let left_pending = pending(&prefix);
+    let left_pending = count(&prefix, false);
+    // The kill comes a moment after the check; should a batch have been written in that
+    // moment, unconfirmed, it is the one thing at-least-once may deliver again.
+    let unconfirmed = delivered_before.saturating_sub(count(&prefix, true));
     assert!(left_pending > 0, "the kill left marks of batches not delivered");
     assert!(delivered_before < total, "the kill came before the end: {delivered_before}");
 
@@ -245,10 +253,15 @@ fn kafka_source_a_sigkill_between_dedupe_and_a_slow_sink_loses_nothing_and_dupli
         *counts.entry(id.clone()).or_insert(0) += 1;
     }
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id.clone()).collect();
-    assert!(twice.is_empty(), "delivered more than once: {twice:?}\n{}", second.logs());
-    assert_eq!(all.len(), total);
+    assert!(
+        twice.len() <= unconfirmed,
+        "delivered more than once: {twice:?} ({unconfirmed} written unconfirmed at the kill)\n{}",
+        second.logs()
+    );
+    assert_eq!(all.len(), total + twice.len());
     println!(
-        "delivered before the kill: {delivered_before}; pending marks the kill left: {left_pending}; after the restart: {total} events, each once, all in {recovered:.1?}"
+        "delivered before the kill: {delivered_before} ({unconfirmed} unconfirmed); pending marks the kill left: {left_pending}; after the restart: {total} events, {} twice, all in {recovered:.1?}",
+        twice.len()
     );
     redis(&["EVAL", "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end", "0", &format!("{prefix}*")]);
 }
