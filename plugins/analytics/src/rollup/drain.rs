@@ -17,6 +17,11 @@ const CHUNK: usize = 200_000;
 /// queue from its first page, and would otherwise step over every row taken since the
 /// last autovacuum (a bulk load's millions).
 const VACUUM_AFTER: u64 = 100_000;
+/// Events this instance rolls up before it first analyzes the rollup tables; then again
+/// each time that count has doubled. The drain's statements join the rollups by their keys,
+/// and without statistics (autovacuum off, or not yet come by) PostgreSQL plans those joins
+/// as scans of every segment of the tenant, at every drain.
+const ANALYZE_FIRST: u64 = 100_000;
 
 /// Keeps the rollups: one per API instance, shared by its queries and its background drain.
 pub struct Rollups {
@@ -32,6 +37,9 @@ struct State {
     uids: HashMap<(String, String), HashMap<String, u32>>,
     /// Events taken from the queue since it was last vacuumed.
     unvacuumed: u64,
+    /// Events this instance has rolled up, and the count at which it next analyzes.
+    rolled: u64,
+    analyze_at: u64,
 }
 
 /// What a chunk adds to one day, event name and tenant.
@@ -152,12 +160,23 @@ impl Rollups {
                 Ok(n) => {
                     total += n as u64;
                     state.unvacuumed += n as u64;
+                    state.rolled += n as u64;
                     if n < CHUNK {
+                        let s = &self.schema;
+                        // Each on its own: VACUUM cannot share a statement string.
+                        let mut upkeep = Vec::new();
                         if state.unvacuumed >= VACUUM_AFTER {
                             state.unvacuumed = 0;
-                            if let Some(client) = &state.client {
+                            upkeep.push(format!("VACUUM {s}.rollup_queue"));
+                        }
+                        if state.rolled >= state.analyze_at.max(ANALYZE_FIRST) {
+                            state.analyze_at = state.rolled * 2;
+                            upkeep.push(format!("ANALYZE {s}.rollup_users, {s}.rollup_days, {s}.rollup_events, {s}.rollup_journeys"));
+                        }
+                        if let Some(client) = &state.client {
+                            for sql in upkeep {
                                 // Autovacuum still comes by when this fails.
-                                let _ = client.batch_execute(&format!("VACUUM {}.rollup_queue", self.schema)).await;
+                                let _ = client.batch_execute(&sql).await;
                             }
                         }
                         return Ok(total);
