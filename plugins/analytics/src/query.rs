@@ -16,6 +16,7 @@ use crate::db::{detail, Db};
 use crate::ingest::parse_time;
 use crate::keys::{iso, KeyRecord};
 use crate::reply::ApiError;
+use crate::rollup::journey::After;
 
 /// Most buckets one metrics answer holds.
 const MAX_BUCKETS: usize = 10_000;
@@ -27,6 +28,27 @@ pub struct Range {
     pub start: Option<DateTime<Utc>>,
     /// First instant after the range.
     pub end: Option<DateTime<Utc>>,
+}
+
+impl Range {
+    /// The range in microseconds since 1970, as the rollups keep times.
+    pub fn micros(&self) -> Micros {
+        Micros { start: self.start.map(|t| t.timestamp_micros()), end: self.end.map(|t| t.timestamp_micros()) }
+    }
+}
+
+/// A half-open range `[start, end)` of microseconds since 1970; `None` is unbounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Micros {
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+}
+
+impl Micros {
+    /// Whether `t` falls within the range.
+    pub fn holds(&self, t: i64) -> bool {
+        self.start.is_none_or(|s| t >= s) && self.end.is_none_or(|e| t < e)
+    }
 }
 
 fn day(date: NaiveDate) -> DateTime<Utc> {
@@ -259,12 +281,13 @@ impl Queries {
         key: &KeyRecord,
         user: &str,
         r: &Range,
-        after: crate::rollup::journey::After,
+        after: After,
         limit: usize,
-    ) -> Result<(Vec<tokio_postgres::Row>, crate::rollup::journey::After), ApiError> {
+    ) -> Result<(Vec<tokio_postgres::Row>, After), ApiError> {
         let sql = format!(
-            "SELECT event_name, timestamp, properties, session_id, page_url, id FROM {} WHERE {SCOPE} AND user_id = $5
+            "SELECT {} FROM {} WHERE {SCOPE} AND user_id = $5
              AND ($6::timestamptz IS NULL OR (timestamp, id) > ($6, $7)) ORDER BY timestamp, id LIMIT $8",
+            crate::rollup::journey::COLUMNS,
             self.table
         );
         let (after_time, after_id) = (after.map(|a| a.0), after.map(|a| a.1));

@@ -15,11 +15,12 @@
 //! through a reload.
 //!
 //! With `store: redis://…` the window lives in Redis instead (one key per record key, with
-//! the window and a margin for delivery as its expiry), so it survives restarts and is shared by every host whose
-//! pipeline and stage have the same names. Only confirmed keys outlive a crash. A record
-//! key holds the pending mark of the batch that passed it; a batch is confirmed by one key
-//! of its own (`<prefix>c:<mark>`), written once for all its delivered records, and the
-//! keys of its records that were not delivered are deleted: one write per record, not two.
+//! the window and a margin for delivery as its expiry), so it survives restarts and is
+//! shared by every host whose pipeline and stage have the same names. Only confirmed keys
+//! outlive a crash. A record key holds the pending mark of the batch that passed it; a
+//! batch is confirmed by one key of its own (`<prefix>c:<mark>`), written once for all its
+//! delivered records, and the keys of its records that were not delivered are deleted: one
+//! write per record, not two.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};

@@ -10,7 +10,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::funnels::Step;
 use crate::keys::KeyRecord;
-use crate::query::{Queries, Range};
+use crate::query::{Micros, Queries, Range};
 use crate::reply::ApiError;
 
 /// Most bytes a segment grows to by appending (then a new one is started).
@@ -118,17 +118,15 @@ pub struct Funnel {
 }
 
 impl Funnel {
-    /// Enters every user with a step-1 event in `[start, end)` (µs, open when `None`), at
-    /// their first.
-    pub fn enter<'a>(segments: impl Iterator<Item = &'a [u8]> + Clone, start: Option<i64>, end: Option<i64>, window: i64) -> Funnel {
-        let inside = |t: i64| start.is_none_or(|s| t >= s) && end.is_none_or(|e| t < e);
+    /// Enters every user with a step-1 event in `range`, at their first.
+    pub fn enter<'a>(segments: impl Iterator<Item = &'a [u8]> + Clone, range: Micros, window: i64) -> Funnel {
         let (mut low, mut high) = (u32::MAX, 0);
-        for (uid, _) in segments.clone().flat_map(decode).filter(|(_, t)| inside(*t)) {
+        for (uid, _) in segments.clone().flat_map(decode).filter(|(_, t)| range.holds(*t)) {
             low = low.min(uid);
             high = high.max(uid);
         }
         let mut entry = PerUser::spanning(low, high);
-        for (uid, t) in segments.flat_map(decode).filter(|(_, t)| inside(*t)) {
+        for (uid, t) in segments.flat_map(decode).filter(|(_, t)| range.holds(*t)) {
             entry.keep_earliest(uid, t);
         }
         let users = entry.each().count() as i64;
@@ -195,10 +193,9 @@ impl Queries {
         let day = |t: DateTime<Utc>| t.date_naive();
         let (from, last_entry) = (r.start.map(day), r.end.map(|e| day(e - Duration::microseconds(1))));
         let last = r.end.map(|e| day(e + Duration::microseconds(window)));
-        let (start, end) = (r.start.map(|t| t.timestamp_micros()), r.end.map(|t| t.timestamp_micros()));
         let Some((first, rest)) = steps.split_first() else { return Ok(Vec::new()) };
         let rows = self.segments(key, &first.event_name, from, last_entry).await?;
-        let mut funnel = Funnel::enter(rows.iter().map(|r| r.get::<_, &[u8]>(0)), start, end, window);
+        let mut funnel = Funnel::enter(rows.iter().map(|row| row.get::<_, &[u8]>(0)), r.micros(), window);
         drop(rows);
         for step in rest {
             let rows = self.segments(key, &step.event_name, from, last).await?;
@@ -223,7 +220,7 @@ impl Queries {
         self.caught_up().await?;
         let from = r.start.map(|t| t.date_naive());
         let to = r.end.map(|e| (e - Duration::microseconds(1)).date_naive());
-        let (start, end) = (r.start.map(|t| t.timestamp_micros()), r.end.map(|t| t.timestamp_micros()));
+        let range = r.micros();
         let sql = format!(
             "SELECT event_name, data FROM {}.rollup_events WHERE org_id = $1 AND project_id = $2 AND ($3::text IS NULL OR event_name = $3)
                AND ($4::date IS NULL OR day >= $4) AND ($5::date IS NULL OR day <= $5)",
@@ -237,7 +234,7 @@ impl Queries {
             let row = row.map_err(|e| self.refused("analytics query", &e))?;
             let name: &str = row.get(0);
             for (uid, t) in decode(row.get(1)) {
-                if start.is_none_or(|s| t >= s) && end.is_none_or(|e| t < e) {
+                if range.holds(t) {
                     visit(name, uid, t);
                 }
             }
@@ -271,7 +268,7 @@ mod tests {
     fn steps_follow_in_order_within_the_window() {
         // Entry: user 1 at 10 (its first in range), user 2 at 20, user 3 at 5 is before the range.
         let entries = [seg(&[(1, 12), (1, 10), (2, 20), (3, 5)])];
-        let mut f = Funnel::enter(entries.iter().map(Vec::as_slice), Some(10 * S), Some(100 * S), 50 * S);
+        let mut f = Funnel::enter(entries.iter().map(Vec::as_slice), Micros { start: Some(10 * S), end: Some(100 * S) }, 50 * S);
         // Step 2: user 1's first after 10 is 15 (the 8 is before its entry); user 2's 80 is past its window (20 + 50).
         let second = [seg(&[(1, 30)]), seg(&[(1, 8), (1, 15), (2, 80), (3, 6)])];
         f.step(second.iter().map(Vec::as_slice), None);
@@ -287,7 +284,7 @@ mod tests {
     #[test]
     fn sparse_uids_are_counted_like_dense_ones() {
         let entries = [seg(&[(1, 10), (u32::MAX - 1, 10)])];
-        let mut f = Funnel::enter(entries.iter().map(Vec::as_slice), None, None, 100 * S);
+        let mut f = Funnel::enter(entries.iter().map(Vec::as_slice), Micros::default(), 100 * S);
         let second = [seg(&[(1, 11), (u32::MAX - 1, 14)])];
         f.step(second.iter().map(Vec::as_slice), None);
         let counted = f.counted();

@@ -19,6 +19,9 @@ pub const BUCKET: u32 = 256;
 pub const SEGMENT_BYTES: usize = 1_900;
 /// Bytes an entry takes.
 const RECORD: usize = 20;
+/// The columns a journey's page reads, in the order its answer takes them, whether from
+/// the rollups or (with the rollups off) from the events table alone.
+pub const COLUMNS: &str = "event_name, timestamp, properties, session_id, page_url, id";
 
 /// The bucket of user `uid`.
 pub fn bucket(uid: u32) -> i32 {
@@ -46,13 +49,11 @@ pub type After = Option<(DateTime<Utc>, i64)>;
 /// The `(µs, id)` of `uid`'s entries in `segments` within `[start, end)` (µs, open when
 /// `None`) and after `after`, in time then `id` order.
 pub fn entries<'a>(segments: impl Iterator<Item = &'a [u8]>, uid: u32, r: &Range, after: After) -> Vec<(i64, i64)> {
-    let (start, end) = (r.start.map(|t| t.timestamp_micros()), r.end.map(|t| t.timestamp_micros()));
+    let range = r.micros();
     let after = after.map(|(t, id)| (t.timestamp_micros(), id));
     let mut found: Vec<(i64, i64)> = segments
         .flat_map(decode)
-        .filter(|(u, t, id)| {
-            *u == uid && start.is_none_or(|s| *t >= s) && end.is_none_or(|e| *t < e) && after.is_none_or(|a| (*t, *id) > a)
-        })
+        .filter(|(u, t, id)| *u == uid && range.holds(*t) && after.is_none_or(|a| (*t, *id) > a))
         .map(|(_, t, id)| (t, id))
         .collect();
     found.sort_unstable();
@@ -61,8 +62,7 @@ pub fn entries<'a>(segments: impl Iterator<Item = &'a [u8]>, uid: u32, r: &Range
 
 impl Queries {
     /// A page of at most `limit` of `user`'s events in `r` after `after`, from the rollups:
-    /// their rows (`event_name, timestamp, properties, session_id, page_url, id`) in time
-    /// order, and where the next page starts when there is one. A row deleted since it was
+    /// their rows ([`COLUMNS`]) in time order, and where the next page starts when there is one. A row deleted since it was
     /// rolled up (by a retention sweep) is left out of its page.
     pub async fn journey_rolled(
         &self,
@@ -91,7 +91,7 @@ impl Queries {
         };
         let ids: Vec<i64> = page.iter().map(|(_, id)| *id).collect();
         let sql = format!(
-            "SELECT event_name, timestamp, properties, session_id, page_url, id FROM {}
+            "SELECT {COLUMNS} FROM {}
              WHERE org_id = $1 AND project_id = $2 AND user_id = $3 AND id = ANY($4) ORDER BY timestamp, id",
             self.table
         );
