@@ -21,6 +21,9 @@
 //! batch is confirmed by one key of its own (`<prefix>c:<mark>`), written once for all its
 //! delivered records, and the keys of its records that were not delivered are deleted: one
 //! write per record, not two.
+//! With `layout: buckets` the record keys are fields of one hash per span of the window
+//! instead (the current span's and the one before are read), so that marking a batch takes
+//! a few commands instead of one per record.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -51,25 +54,45 @@ pub struct DedupeConfig {
     /// Redis only: prefix of the keys; defaults to `weir:dedupe:<pipeline>:<stage>:`.
     #[serde(default)]
     pub key_prefix: Option<String>,
+    /// Redis only: how record keys are kept. `keys` (default): one Redis key each, with its
+    /// own expiry. `buckets`: fields of one Redis hash per span of the window (and its
+    /// delivery margin), so a batch is marked with a few commands instead of one per record
+    /// (about 40% of Redis's time per record); a key is then remembered for at least the
+    /// window and at most twice it. Switching layouts starts with an empty window. Ignored
+    /// by the memory store.
+    #[serde(default)]
+    pub layout: Layout,
+}
+
+/// How a Redis window keeps its record keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// One Redis key per record key, with its own expiry.
+    #[default]
+    Keys,
+    /// One Redis hash per span of the window, a field per record key.
+    Buckets,
 }
 
 fn default_store() -> String {
     "memory".into()
 }
 
-/// The window in Redis, one key per record key: `p:<owner>` while the record is on its way
-/// (pending), `c` once it was delivered (confirmed). One script call per batch marks and
+/// The window in Redis: per record key, the pending mark of the batch that passed it (a
+/// key of its own, or a field of a bucket: [`Layout`]). One script call per batch marks and
 /// inspects every key; a second one per acknowledgement confirms or forgets them.
 struct Redis {
     client: redis::Client,
     connection: Option<redis::Connection>,
+    layout: Layout,
     /// SHA1 of the mark and settle scripts, loaded on the current connection.
     scripts: [String; 2],
     prefix: String,
     /// The URL without its password, for messages.
     shown: String,
     /// Confirmations and forgets not yet stored (Redis was unreachable): `(key, action)`.
-    unsettled: Vec<(String, String)>,
+    unsettled: Vec<(Vec<u8>, String)>,
     /// Pending marks whose confirmation is in `unsettled`: their records were delivered.
     unconfirmed: HashSet<String>,
     /// For health reports (`redis`).
@@ -119,9 +142,96 @@ end
 return {#KEYS}
 "#;
 
+/// The start of both bucket scripts: `ARGV[2]` is the width of a bucket (ms), `ARGV[3]` the
+/// prefix; `b` is the current bucket's number by Redis's clock, `cur` and `prev` the names of
+/// that bucket and the one before.
+macro_rules! buckets_now {
+    () => {
+        r#"
+local width, prefix = tonumber(ARGV[2]), ARGV[3]
+local t = redis.call('TIME')
+local b = math.floor((tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)) / width)
+local cur = prefix .. 'b:' .. string.format('%.0f', b)
+local prev = prefix .. 'b:' .. string.format('%.0f', b - 1)
+"#
+    };
+}
+
+/// [`MARK`] for [`Layout::Buckets`]. `ARGV`: the batch's mark, the width of a bucket (ms), the
+/// prefix, the number of record keys N, the N keys, then the marks of batches in flight
+/// here. A key is looked up in the current bucket (by Redis's clock), then the one before;
+/// verdicts as [`MARK`]'s, a repeat within the batch being in flight. Passed keys are set in
+/// the current bucket, which expires once it is no longer the one before.
+const MARK_BUCKETS: &str = concat!(
+    buckets_now!(),
+    r#"
+local n = tonumber(ARGV[4])
+local mine = {}
+for i = 5 + n, #ARGV do mine[ARGV[i]] = true end
+local out, here = {}, {}
+for first = 1, n, 1000 do
+  local f = {}
+  for i = first, math.min(first + 999, n) do f[#f + 1] = ARGV[4 + i] end
+  local c = redis.call('HMGET', cur, unpack(f))
+  local p = redis.call('HMGET', prev, unpack(f))
+  local set = {}
+  for j, key in ipairs(f) do
+    local v = c[j] or p[j]
+    local verdict = 0
+    if here[key] then
+      verdict = 2
+    elseif v and (v == 'c' or redis.call('EXISTS', prefix .. 'c:' .. v) == 1) then
+      verdict = 1
+    elseif v and mine[v] then
+      verdict = 2
+    end
+    out[first + j - 1] = verdict
+    if verdict == 0 then
+      here[key] = true
+      set[#set + 1] = key
+      set[#set + 1] = ARGV[1]
+    end
+  end
+  if #set > 0 then redis.call('HSET', cur, unpack(set)) end
+end
+redis.call('PEXPIREAT', cur, (b + 2) * width)
+return out
+"#
+);
+
+/// [`SETTLE`] for [`Layout::Buckets`]. `ARGV`: the confirmations' expiry (ms), the width of a
+/// bucket (ms), the prefix, then pairs: a confirmation key and `c`, or a record key and the
+/// pending mark to delete from the current and the previous bucket if it is still there.
+const SETTLE_BUCKETS: &str = concat!(
+    buckets_now!(),
+    r#"
+for i = 4, #ARGV - 1, 2 do
+  local item, a = ARGV[i], ARGV[i + 1]
+  if a == 'c' then
+    redis.call('SET', item, 'c', 'PX', ARGV[1])
+  else
+    for _, h in ipairs({cur, prev}) do
+      if redis.call('HGET', h, item) == a then redis.call('HDEL', h, item) end
+    end
+  end
+end
+return {0}
+"#
+);
+
 impl Redis {
-    fn key(&self, d: Digest) -> String {
-        format!("{}{d:032x}", self.prefix)
+    /// Where record key `d` is kept: the name of a key of its own, or a bucket's field.
+    fn key(&self, d: Digest) -> Vec<u8> {
+        match self.layout {
+            Layout::Keys => format!("{}{d:032x}", self.prefix).into_bytes(),
+            Layout::Buckets => d.to_be_bytes().to_vec(),
+        }
+    }
+
+    /// How long a bucket spans: the window and the delivery margin, so that a key marked
+    /// before its delivery is still found a whole window after it.
+    fn bucket_width(window: Duration) -> String {
+        (window + delivery_margin(window)).as_millis().max(1).to_string()
     }
 
     /// The key that confirms every delivered record of the batch marked `mark`.
@@ -131,7 +241,7 @@ impl Redis {
 
     /// Runs script `which` (0 mark, 1 settle); a lost connection is dropped and reported, to
     /// the caller and as the stage's `redis` health.
-    fn call(&mut self, which: usize, keys: &[String], args: &[String]) -> Result<Vec<i64>, PluginError> {
+    fn call(&mut self, which: usize, keys: &[Vec<u8>], args: &[Vec<u8>]) -> Result<Vec<i64>, PluginError> {
         let result = self.call_once(which, keys, args);
         match &result {
             Ok(_) => self.ctx.report_health("redis", &self.shown, true, ""),
@@ -140,7 +250,7 @@ impl Redis {
         result
     }
 
-    fn call_once(&mut self, which: usize, keys: &[String], args: &[String]) -> Result<Vec<i64>, PluginError> {
+    fn call_once(&mut self, which: usize, keys: &[Vec<u8>], args: &[Vec<u8>]) -> Result<Vec<i64>, PluginError> {
         if self.connection.is_none() {
             let mut c = self
                 .client
@@ -148,7 +258,11 @@ impl Redis {
                 .map_err(|e| PluginError::retry(format!("dedupe store {} unreachable: {e}", self.shown)))?;
             let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
             let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
-            for (sha, code) in self.scripts.iter_mut().zip([MARK, SETTLE]) {
+            let codes = match self.layout {
+                Layout::Keys => [MARK, SETTLE],
+                Layout::Buckets => [MARK_BUCKETS, SETTLE_BUCKETS],
+            };
+            for (sha, code) in self.scripts.iter_mut().zip(codes) {
                 *sha = redis::cmd("SCRIPT")
                     .arg("LOAD")
                     .arg(code)
@@ -176,8 +290,25 @@ impl Redis {
         if self.unsettled.is_empty() {
             return Ok(());
         }
-        let (keys, mut args): (Vec<String>, Vec<String>) = self.unsettled.iter().cloned().unzip();
-        args.insert(0, window.as_millis().max(1).to_string());
+        let (keys, args) = match self.layout {
+            Layout::Keys => {
+                let (keys, mut args): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
+                    self.unsettled.iter().map(|(k, a)| (k.clone(), a.clone().into_bytes())).unzip();
+                args.insert(0, window.as_millis().max(1).to_string().into_bytes());
+                (keys, args)
+            }
+            Layout::Buckets => {
+                // A bucket is read for up to two widths after its first mark: the
+                // confirmation lasts as long.
+                let confirmed = (2 * (window + delivery_margin(window))).as_millis().max(1).to_string();
+                let mut args = vec![confirmed.into_bytes(), Self::bucket_width(window).into_bytes(), self.prefix.clone().into_bytes()];
+                for (k, a) in &self.unsettled {
+                    args.push(k.clone());
+                    args.push(a.clone().into_bytes());
+                }
+                (Vec::new(), args)
+            }
+        };
         self.call(1, &keys, &args)?;
         self.unsettled.clear();
         self.unconfirmed.clear();
@@ -190,22 +321,29 @@ impl Redis {
             return Ok(Vec::new());
         }
         self.flush(window)?;
-        let keys: Vec<String> = digests.iter().map(|d| self.key(*d)).collect();
-        // The record key outlives its batch's confirmation (written at delivery, for the
-        // window) while delivery takes less than the margin.
-        let ttl = window + delivery_margin(window);
-        let mut args = vec![mark.to_owned(), ttl.as_millis().max(1).to_string(), self.confirmation("")];
-        args.extend(mine);
-        args.extend(self.unconfirmed.iter().cloned());
+        let mut keys: Vec<Vec<u8>> = digests.iter().map(|d| self.key(*d)).collect();
+        let n = keys.len();
+        let mut args = match self.layout {
+            Layout::Keys => {
+                // The record key outlives its batch's confirmation (written at delivery, for
+                // the window) while delivery takes less than the margin.
+                let ttl = window + delivery_margin(window);
+                vec![mark.to_owned(), ttl.as_millis().max(1).to_string(), self.confirmation("")]
+            }
+            Layout::Buckets => vec![mark.to_owned(), Self::bucket_width(window), self.prefix.clone(), n.to_string()],
+        }
+        .into_iter()
+        .map(String::into_bytes)
+        .collect::<Vec<_>>();
+        if self.layout == Layout::Buckets {
+            args.append(&mut keys);
+        }
+        args.extend(mine.into_iter().map(String::into_bytes));
+        args.extend(self.unconfirmed.iter().map(|m| m.clone().into_bytes()));
         let codes = self.call(0, &keys, &args)?;
-        if codes.len() != keys.len() {
+        if codes.len() != n {
             self.connection = None;
-            return Err(PluginError::retry(format!(
-                "dedupe store {} answered {} verdicts for {} keys",
-                self.shown,
-                codes.len(),
-                keys.len()
-            )));
+            return Err(PluginError::retry(format!("dedupe store {} answered {} verdicts for {} keys", self.shown, codes.len(), n)));
         }
         Ok(codes
             .into_iter()
@@ -427,7 +565,7 @@ impl Dedupe {
         }
         if let Some(r) = self.redis.as_mut().filter(|_| any_delivered) {
             let mark = pending_mark(owner);
-            r.unsettled.push((r.confirmation(&mark), "c".into()));
+            r.unsettled.push((r.confirmation(&mark).into_bytes(), "c".into()));
             r.unconfirmed.insert(mark);
         }
         evicted
@@ -520,6 +658,7 @@ impl Transform for Dedupe {
                 Some(Redis {
                     client,
                     connection: None,
+                    layout: config.layout,
                     scripts: Default::default(),
                     prefix,
                     shown: weir_plugin::error::redacted_url(url),
@@ -646,14 +785,17 @@ mod tests {
         out.batch.origins().to_vec()
     }
 
-    fn redis_config() -> serde_json::Value {
-        // The machine's Redis at 127.0.0.1:6379; a prefix of this test's own.
+    /// A window in the machine's Redis at 127.0.0.1:6379, laid out as `layout`, under a
+    /// prefix of this test's own.
+    fn redis_config(layout: &str) -> serde_json::Value {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let prefix = format!("weir:test:{}:{nanos}:{n}:", std::process::id());
-        serde_json::json!({"fields": ["/id"], "store": "redis://127.0.0.1:6379", "key_prefix": prefix})
+        serde_json::json!({"fields": ["/id"], "store": "redis://127.0.0.1:6379", "key_prefix": prefix, "layout": layout})
     }
+
+    const LAYOUTS: [&str; 2] = ["keys", "buckets"];
 
     #[test]
     fn drops_repeats_within_the_window_and_counts_them() {
@@ -769,7 +911,12 @@ mod tests {
 
     #[test]
     fn a_redis_window_outlives_the_instance_and_is_shared() {
-        let config = redis_config();
+        for layout in LAYOUTS {
+            redis_window_is_shared(redis_config(layout));
+        }
+    }
+
+    fn redis_window_is_shared(config: serde_json::Value) {
         let mut first: Dedupe = MockHost::for_pipeline("redis-a").transform(config.clone()).unwrap();
         let kept = run_and_settle(&mut first, &[r#"{"id":1}"#, r#"{"id":2}"#, r#"{"id":1}"#, r#"{"x":0}"#], Outcome::Accepted);
         assert_eq!(kept, &[0, 1, 3], "a repeat within one batch is caught too");
@@ -781,7 +928,12 @@ mod tests {
 
     #[test]
     fn in_redis_only_delivered_keys_count_and_a_dead_process_marks_block_nothing() {
-        let config = redis_config();
+        for layout in LAYOUTS {
+            redis_settles(redis_config(layout));
+        }
+    }
+
+    fn redis_settles(config: serde_json::Value) {
         let mut t: Dedupe = MockHost::for_pipeline("redis-settle").transform(config.clone()).unwrap();
         // Failed downstream: forgotten in Redis, so another instance passes it too.
         assert_eq!(run_and_settle(&mut t, &[r#"{"id":1}"#], Outcome::Failed("sink: gave up".into())), &[0]);
@@ -804,7 +956,7 @@ mod tests {
 
     #[test]
     fn a_delivered_batch_is_confirmed_by_one_key_of_its_own() {
-        let config = redis_config();
+        let config = redis_config("keys");
         let prefix = config["key_prefix"].as_str().unwrap().to_owned();
         let mut t: Dedupe = MockHost::for_pipeline("redis-one-write").transform(config.clone()).unwrap();
         assert_eq!(run_and_settle(&mut t, &[r#"{"id":1}"#, r#"{"id":2}"#, r#"{"id":3}"#], Outcome::Accepted), &[0, 1, 2]);
@@ -832,6 +984,41 @@ mod tests {
         // Another instance takes them for seen.
         let mut other: Dedupe = MockHost::for_pipeline("redis-one-write-2").transform(config).unwrap();
         assert_eq!(run_and_settle(&mut other, &[r#"{"id":3}"#, r#"{"id":4}"#], Outcome::Accepted), &[1]);
+    }
+
+    #[test]
+    fn in_buckets_a_batch_is_a_few_fields_of_one_hash_and_partly_failed_batches_forget_theirs() {
+        let config = redis_config("buckets");
+        let prefix = config["key_prefix"].as_str().unwrap().to_owned();
+        let mut t: Dedupe = MockHost::for_pipeline("redis-buckets").transform(config.clone()).unwrap();
+        // Records 1 and 3 delivered, 2 refused by a sink: the batch is confirmed, and 2's
+        // field is deleted so that the confirmation does not cover it.
+        let input = json_batch([r#"{"id":1}"#, r#"{"id":2}"#, r#"{"id":3}"#, r#"{"id":1}"#]);
+        let out = run_transform(&mut t, &input).unwrap();
+        assert_eq!(out.batch.origins(), &[0, 1, 2], "a repeat within the batch is dropped");
+        let outcomes = vec![Outcome::Accepted, Outcome::Rejected("sink: too long".into()), Outcome::Accepted];
+        t.acknowledge(&[Settled { batch: out.sequence, outcomes }]).unwrap();
+        drop(t);
+        let mut redis = redis::Client::open("redis://127.0.0.1:6379").unwrap().get_connection().unwrap();
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query(&mut redis).unwrap();
+        keys.sort();
+        assert_eq!(keys.len(), 2, "one bucket and one confirmation: {keys:?}");
+        let (bucket, confirmation) = (&keys[0], &keys[1]);
+        assert!(bucket.starts_with(&format!("{prefix}b:")) && confirmation.starts_with(&format!("{prefix}c:")), "{keys:?}");
+        let fields: HashMap<Vec<u8>, String> = redis::cmd("HGETALL").arg(bucket).query(&mut redis).unwrap();
+        assert_eq!(fields.len(), 2, "the refused record's field is gone");
+        let mark = confirmation.strip_prefix(&format!("{prefix}c:")).unwrap();
+        assert!(fields.values().all(|v| v == mark), "{fields:?}");
+        // A bucket spans the window and its margin (10 + 5 minutes): it expires at the end
+        // of the span after its own, and the confirmation lives as long as a field may be read.
+        let width = 900_000;
+        let mut ttl = |k: &str| -> i64 { redis::cmd("PTTL").arg(k).query(&mut redis).unwrap() };
+        let (bucket_ttl, confirmed) = (ttl(bucket), ttl(confirmation));
+        assert!(bucket_ttl > width && bucket_ttl <= 2 * width, "{bucket_ttl}");
+        assert!(confirmed > 2 * width - 10_000 && confirmed <= 2 * width, "{confirmed}");
+        let mut other: Dedupe = MockHost::for_pipeline("redis-buckets-2").transform(config).unwrap();
+        let kept = run_and_settle(&mut other, &[r#"{"id":1}"#, r#"{"id":2}"#, r#"{"id":3}"#, r#"{"id":4}"#], Outcome::Accepted);
+        assert_eq!(kept, &[1, 3], "1 and 3 were delivered; 2 was not");
     }
 
     #[test]
