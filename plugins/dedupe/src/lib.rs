@@ -25,6 +25,7 @@
 //! instead (the current span's and the one before are read), so that marking a batch takes
 //! a few commands instead of one per record.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
@@ -459,16 +460,21 @@ fn window(config: &DedupeConfig) -> Result<Duration, PluginError> {
 /// The text a key field is hashed as: a string as its JSON (escapes normalised), a number
 /// as written (every digit counts: ids that differ in their 20th digit are two keys, which
 /// a float would have merged), anything else as its JSON.
-fn key_part(raw: &RawValue) -> String {
+fn key_part(raw: &RawValue) -> Cow<'_, str> {
     let text = raw.get();
     match text.as_bytes().first() {
-        Some(b'"') => serde_json::from_str::<String>(text).map(|s| Value::String(s).to_string()).unwrap_or_else(|_| text.to_owned()),
-        Some(b'-' | b'0'..=b'9') => text.to_owned(),
-        _ => serde_json::from_str::<Value>(text).map(|v| v.to_string()).unwrap_or_else(|_| text.to_owned()),
+        // Without escapes a string is written as JSON writes it: taken as it is.
+        Some(b'"') if !text.contains('\\') => Cow::Borrowed(text),
+        Some(b'"') => {
+            Cow::Owned(serde_json::from_str::<String>(text).map(|s| Value::String(s).to_string()).unwrap_or_else(|_| text.to_owned()))
+        }
+        Some(b'-' | b'0'..=b'9') => Cow::Borrowed(text),
+        _ => Cow::Owned(serde_json::from_str::<Value>(text).map(|v| v.to_string()).unwrap_or_else(|_| text.to_owned())),
     }
 }
 
-fn digest(parts: &[Option<String>]) -> Digest {
+/// The digest of a record key's parts (stable: it names the key in a Redis window).
+fn digest(parts: &[Option<Cow<'_, str>>]) -> Digest {
     let mut a = std::collections::hash_map::DefaultHasher::new();
     let mut b = std::collections::hash_map::DefaultHasher::new();
     0xA5u8.hash(&mut b);
@@ -691,7 +697,7 @@ impl Transform for Dedupe {
                     continue;
                 }
             };
-            let parts: Vec<Option<String>> = self.fields.iter().map(|f| doc.get(f).map(key_part)).collect();
+            let parts: Vec<Option<Cow<'_, str>>> = self.fields.iter().map(|f| doc.get(f).map(key_part)).collect();
             digests.push((i, (!parts.iter().all(Option::is_none)).then(|| digest(&parts))));
         }
         let keys = self.keys.clone();
@@ -1030,6 +1036,17 @@ mod tests {
         assert!(!err.contains("s3cret"), "{err}");
         assert!(t.keys().inflight.is_empty(), "the failed batch is not in flight");
         assert!(MockHost::new().transform::<Dedupe>(serde_json::json!({"fields": ["/id"], "store": "disk"})).is_err());
+    }
+
+    #[test]
+    fn digests_stay_what_earlier_versions_stored() {
+        // Record keys in a Redis window are named by their digest: it must not change.
+        let d = digest(&[Some(Cow::Borrowed("\"o1\"")), None, Some(Cow::Owned("12".to_owned()))]);
+        assert_eq!(format!("{d:032x}"), "962ff20d2b2ba75f77912a7aae8cb7b9");
+        let doc: &RawValue = serde_json::from_str(r#""a\u0062/""#).unwrap();
+        assert_eq!(key_part(doc), "\"ab/\"", "escapes are normalised");
+        let doc: &RawValue = serde_json::from_str(r#""ab/""#).unwrap();
+        assert!(matches!(key_part(doc), Cow::Borrowed("\"ab/\"")), "a string without escapes is taken as written");
     }
 
     #[test]

@@ -317,7 +317,18 @@ impl Column {
 fn convert_raw(kind: Kind, text: &str) -> Result<Cell, String> {
     match kind {
         Kind::Json => Ok(Cell::Json(text.to_owned())),
-        Kind::Text if text.starts_with('"') => serde_json::from_str::<String>(text).map(Cell::Text).map_err(|e| e.to_string()),
+        // A string without escapes is its text between the quotes: no parser needed.
+        Kind::Text if text.starts_with('"') => match weir_plugin::json::string_text(text) {
+            Some(s) => Ok(Cell::Text(s.into_owned())),
+            None => serde_json::from_str::<String>(text).map(Cell::Text).map_err(|e| e.to_string()),
+        },
+        Kind::Time if text.len() >= 2 && text.starts_with('"') && !text.contains('\\') => {
+            let inner = &text[1..text.len() - 1];
+            match DateTime::parse_from_rfc3339(inner) {
+                Ok(t) => Ok(Cell::Time(t.with_timezone(&Utc))),
+                Err(_) => convert(kind, Value::String(inner.to_owned())),
+            }
+        }
         Kind::Text => Ok(Cell::Text(text.to_owned())),
         Kind::Numeric if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
             Decimal::parse(text).map(Cell::Numeric).map_err(|e| format!("{text} is not {e}"))
@@ -364,6 +375,22 @@ mod tests {
         assert_eq!(r[3], Cell::Json(r#"{"a":[1,{"b":null}]}"#.into()));
         assert!(matches!(&r[4], Cell::Json(v) if serde_json::from_str::<Value>(v).unwrap()["n"] == "7"));
         assert_eq!(r[5], Cell::Text("user-events/42".into()));
+    }
+
+    #[test]
+    fn strings_with_and_without_escapes_read_alike() {
+        let columns = cols(json!([
+            {"name": "t", "type": "TIMESTAMPTZ", "from": "/t"},
+            {"name": "s", "type": "TEXT", "from": "/s"}
+        ]));
+        let mut b = BatchBuf::new();
+        b.push(0, Head::default(), br#"{"t":"2024-01-01 12:00:00","s":"plain"}"#);
+        b.push(1, Head::default(), br#"{"t":"2024-01-01T12:00:00\u005a","s":"a\"b\u00e9"}"#);
+        b.push(2, Head::default(), br#"{"t":"soon","s":"x"}"#);
+        let noon = DateTime::parse_from_rfc3339("2024-01-01T12:00:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(row(&columns, &b.as_ref().get(0)).unwrap(), [Cell::Time(noon), Cell::Text("plain".into())], "no offset: UTC");
+        assert_eq!(row(&columns, &b.as_ref().get(1)).unwrap(), [Cell::Time(noon), Cell::Text("a\"b\u{e9}".into())]);
+        assert_eq!(row(&columns, &b.as_ref().get(2)).unwrap_err(), "column t: \"soon\" is not a time (ISO-8601 or epoch seconds)");
     }
 
     #[test]

@@ -23,6 +23,13 @@ const VACUUM_AFTER: u64 = 100_000;
 /// as scans of every segment of the tenant, at every drain.
 const ANALYZE_FIRST: u64 = 100_000;
 
+/// The drain's maps, looked up several times per event: hashed with foldhash (seeded per
+/// process, so user ids cannot be chosen to collide) instead of SipHash.
+type Map<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
+
+/// A tenant's users and their uids.
+type Uids = Map<String, u32>;
+
 /// Keeps the rollups: one per API instance, shared by its queries and its background drain.
 pub struct Rollups {
     schema: String,
@@ -34,7 +41,7 @@ struct State {
     /// The drain's own connection (a transaction cannot share the API's pipelined ones).
     client: Option<Client>,
     /// The uids known per tenant, loaded whole at a tenant's first drain.
-    uids: HashMap<(String, String), HashMap<String, u32>>,
+    uids: HashMap<(String, String), Uids>,
     /// Events taken from the queue since it was last vacuumed.
     unvacuumed: u64,
     /// Events this instance has rolled up, and the count at which it next analyzes.
@@ -76,7 +83,7 @@ pub(super) type Days = HashMap<(NaiveDate, String), Day>;
 
 /// A chunk's additions for one tenant, by event name (`""`: any event), then day: the
 /// name is looked up without being copied.
-type ByName<T> = HashMap<String, HashMap<NaiveDate, T>>;
+type ByName<T> = Map<String, Map<NaiveDate, T>>;
 
 /// A chunk's additions for one tenant.
 #[derive(Debug, Default)]
@@ -86,13 +93,13 @@ pub(super) struct Tally {
     /// The events of each day, as [`super::events`] encodes them.
     segments: ByName<Vec<u8>>,
     /// The entries of each bucket of users, as [`super::journey`] encodes them.
-    journeys: HashMap<i32, Vec<u8>>,
+    journeys: Map<i32, Vec<u8>>,
 }
 
 /// The slot of `name` and `day` in `map`, made on first use.
 fn slot<'a, T: Default>(map: &'a mut ByName<T>, name: &str, day: NaiveDate) -> &'a mut T {
     if !map.contains_key(name) {
-        map.insert(name.to_owned(), HashMap::new());
+        map.insert(name.to_owned(), Map::default());
     }
     map.get_mut(name).expect("inserted above").entry(day).or_default()
 }
@@ -192,7 +199,7 @@ impl Rollups {
     }
 
     /// Takes one chunk of the queue and adds it to the rollups, in `tx`.
-    async fn chunk(&self, tx: Transaction<'_>, uids: &mut HashMap<(String, String), HashMap<String, u32>>) -> Result<usize, String> {
+    async fn chunk(&self, tx: Transaction<'_>, uids: &mut HashMap<(String, String), Uids>) -> Result<usize, String> {
         let s = &self.schema;
         let db = |e: tokio_postgres::Error| detail(&e);
         tx.execute(&format!("SELECT pg_advisory_xact_lock(hashtext('{s}.weir_rollups'))"), &[]).await.map_err(db)?;
@@ -211,7 +218,7 @@ impl Rollups {
             tx.commit().await.map_err(db)?;
             return Ok(0);
         }
-        let mut tenants: HashMap<(&str, &str), Vec<Queued>> = HashMap::new();
+        let mut tenants: Map<(&str, &str), Vec<Queued>> = Map::default();
         for row in &rows {
             let queued = Queued { user: row.get(2), name: row.get(3), at: row.get(4), id: row.get(5) };
             tenants.entry((row.get(0), row.get(1))).or_default().push(queued);
@@ -249,11 +256,7 @@ impl Rollups {
     }
 
     /// A tenant's users and their uids.
-    async fn known_users(
-        &self,
-        tx: &Transaction<'_>,
-        (org, project): &(String, String),
-    ) -> Result<HashMap<String, u32>, tokio_postgres::Error> {
+    async fn known_users(&self, tx: &Transaction<'_>, (org, project): &(String, String)) -> Result<Uids, tokio_postgres::Error> {
         let sql = format!("SELECT user_id, uid FROM {}.rollup_users WHERE org_id = $1 AND project_id = $2", self.schema);
         let rows = tx.query(&sql, &[org, project]).await?;
         Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i32>(1) as u32)).collect())
@@ -265,7 +268,7 @@ impl Rollups {
         &self,
         tx: &Transaction<'_>,
         (org, project): &(String, String),
-        known: &mut HashMap<String, u32>,
+        known: &mut Uids,
         events: &[Queued<'_>],
     ) -> Result<(), tokio_postgres::Error> {
         let mut new: Vec<&str> = events.iter().map(|q| q.user).filter(|u| !known.contains_key(*u)).collect();
