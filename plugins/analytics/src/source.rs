@@ -30,12 +30,6 @@ use crate::store::Store;
 /// How often the key cache is reloaded (so a key revoked through another instance stops
 /// working here too) and `lastUsed` written back.
 const REFRESH: Duration = Duration::from_secs(5);
-/// How often queued events are rolled up (queries roll up what is queued before they read).
-/// Each drain rewrites every day and segment its events touch, so fewer, larger drains
-/// leave more of the machine to ingest: once a second took the ingest rate from 81,000 to
-/// 88,000 events/s (medians of three runs of 1M events), and a query during that ingest
-/// waited as long (0.6 s at the median) either way, behind the drain in progress.
-const DRAIN_EVERY: Duration = Duration::from_secs(1);
 /// How long an ingest request waits for room in a full pipeline.
 const BACKPRESSURE_WAIT: Duration = Duration::from_secs(2);
 /// Seconds in `Retry-After` when the pipeline is full.
@@ -192,7 +186,7 @@ async fn refresh(shared: Arc<Shared>) {
     }
 }
 
-/// Rolls up the queued events a few times a second, once the rollups are on.
+/// Rolls up the queued events every `rollup_every_ms`, once the rollups are on.
 async fn drain(shared: Arc<Shared>) {
     loop {
         if shared.queries.rolled() {
@@ -201,7 +195,7 @@ async fn drain(shared: Arc<Shared>) {
                 tokio::time::sleep(REFRESH).await;
             }
         }
-        tokio::time::sleep(DRAIN_EVERY).await;
+        tokio::time::sleep(Duration::from_millis(shared.config.rollup_every_ms)).await;
     }
 }
 
