@@ -1025,6 +1025,13 @@ mod tests {
         let mut other: Dedupe = MockHost::for_pipeline("redis-buckets-2").transform(config).unwrap();
         let kept = run_and_settle(&mut other, &[r#"{"id":1}"#, r#"{"id":2}"#, r#"{"id":3}"#, r#"{"id":4}"#], Outcome::Accepted);
         assert_eq!(kept, &[1, 3], "1 and 3 were delivered; 2 was not");
+        // A batch of more than a thousand keys is marked a thousand at a time; a repeat in a
+        // later thousand is still a repeat within the batch.
+        let big: Vec<String> = (100..2600).chain([150, 2599]).map(|i| format!(r#"{{"id":{i}}}"#)).collect();
+        let kept = run_and_settle(&mut other, &big.iter().map(String::as_str).collect::<Vec<_>>(), Outcome::Accepted);
+        assert_eq!(kept, (0..2500).collect::<Vec<u32>>());
+        let again = run_and_settle(&mut other, &[r#"{"id":2599}"#, r#"{"id":100}"#, r#"{"id":2600}"#], Outcome::Accepted);
+        assert_eq!(again, &[2]);
     }
 
     #[test]
