@@ -12,7 +12,8 @@
 #
 #   scripts/bench-analytics.sh          # EVENTS=10000000 API_EVENTS=1000000 ROUNDS=10
 #
-# BIN=DIR uses the binaries and plugins in DIR instead of building. KEEP=1 keeps the events of
+# INGEST_ONLY=1 stops after the ingest through the API (with EVENTS=API_EVENTS=N: N events,
+# the ingest rate alone). BIN=DIR uses the binaries and plugins in DIR instead of building. KEEP=1 keeps the events of
 # the last run (no load) and times the queries again. Uses the machine's
 # PostgreSQL (schema bench_analytics, dropped first) and Redis (database 7, flushed first).
 set -euo pipefail
@@ -60,6 +61,8 @@ caught_up() {
 T=$SCHEMA.event_log
 if [ -z "${KEEP:-}" ]; then
 echo "ingest through the API: $("$BIN/analytics_load" --url "http://127.0.0.1:$PORT/api/v1/events" --key "$key" --events "$API_EVENTS")"
+# INGEST_ONLY=1: the ingest rate alone (for side-by-side rounds of two builds).
+[ -z "${INGEST_ONLY:-}" ] || exit 0
 echo "rollups held every event $(caught_up) s after the last answer"
 echo "peak RSS of weir: $(awk '/VmHWM/{print $2/1024}' /proc/$pid/status) MiB"
 if [ "$EVENTS" -gt "$API_EVENTS" ]; then
