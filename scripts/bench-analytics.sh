@@ -13,9 +13,10 @@
 #   scripts/bench-analytics.sh          # EVENTS=10000000 API_EVENTS=1000000 ROUNDS=10
 #
 # INGEST_ONLY=1 stops after the ingest through the API (with EVENTS=API_EVENTS=N: N events,
-# the ingest rate alone). BIN=DIR uses the binaries and plugins in DIR instead of building. KEEP=1 keeps the events of
-# the last run (no load) and times the queries again. Uses the machine's
-# PostgreSQL (schema bench_analytics, dropped first) and Redis (database 7, flushed first).
+# the ingest rate alone). BIN=DIR uses the binaries and plugins in DIR instead of building.
+# KEEP=1 keeps the events of the last run (no load) and times the queries again. Uses the
+# machine's PostgreSQL (schema bench_analytics, dropped first) and Redis (database 7,
+# flushed first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-10000000}
