@@ -12,9 +12,10 @@
 #
 #   scripts/bench-analytics.sh          # EVENTS=10000000 API_EVENTS=1000000 ROUNDS=10
 #
-# INGEST_ONLY=1 stops after the ingest through the API (with EVENTS=API_EVENTS=N: N events,
-# the ingest rate alone). BIN=DIR uses the binaries and plugins in DIR instead of building.
-# KEEP=1 keeps the events of the last run (no load) and times the queries again. Uses the
+# INGEST_ONLY=1 stops once the events ingested through the API are rolled up (with
+# EVENTS=API_EVENTS=N: N events, the ingest rate and the roll-up's lag alone). BIN=DIR uses
+# the binaries and plugins in DIR instead of building. KEEP=1 keeps the events of the last
+# run (no load) and times the queries again. WEIR_LOG=FILE keeps weir's log there. Uses the
 # machine's PostgreSQL (schema bench_analytics, dropped first) and Redis (database 7,
 # flushed first).
 set -euo pipefail
@@ -40,7 +41,7 @@ fi
 # The query cache is off (CACHE_TTL=0) unless asked for: the figures are the queries' own.
 DATABASE_URL=$DB ANALYTICS_SCHEMA=$SCHEMA ANALYTICS_ADMIN_KEY=$ADMIN REDIS_URL=redis://127.0.0.1:6379/7 ANALYTICS_CACHE_TTL=${CACHE_TTL:-0} \
   EVENTS_HTTP_LISTEN=127.0.0.1:$PORT "$BIN/weir" run --plugins "$BIN" --pipelines examples/event-analytics \
-  --admin 127.0.0.1:$((PORT + 1)) --log warn --no-watch 2>"$work/weir.log" &
+  --admin 127.0.0.1:$((PORT + 1)) --log warn --no-watch 2>"${WEIR_LOG:-$work/weir.log}" &
 pid=$!
 for _ in $(seq 200); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.05; done
 # The keys table is created in the background once the database answers: try until it is.
@@ -62,9 +63,8 @@ caught_up() {
 T=$SCHEMA.event_log
 if [ -z "${KEEP:-}" ]; then
 echo "ingest through the API: $("$BIN/analytics_load" --url "http://127.0.0.1:$PORT/api/v1/events" --key "$key" --events "$API_EVENTS")"
-# INGEST_ONLY=1: the ingest rate alone (for side-by-side rounds of two builds).
-[ -z "${INGEST_ONLY:-}" ] || exit 0
 echo "rollups held every event $(caught_up) s after the last answer"
+[ -z "${INGEST_ONLY:-}" ] || exit 0
 echo "peak RSS of weir: $(awk '/VmHWM/{print $2/1024}' /proc/$pid/status) MiB"
 if [ "$EVENTS" -gt "$API_EVENTS" ]; then
   started=$(date +%s.%N)

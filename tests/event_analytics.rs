@@ -832,3 +832,49 @@ fn a_projects_origins_let_its_keys_without_their_own_be_used_from_those_pages() 
         [("Origin", "https://shop.example"), ("Access-Control-Request-Method", "GET"), ("Access-Control-Request-Headers", "x-api-key")];
     assert_eq!(api("OPTIONS", &api_.url("/api/v1/events/summary"), &headers, None).0, 204);
 }
+
+#[test]
+fn a_transaction_still_writing_events_holds_no_query_up_and_counts_once_committed() {
+    use std::io::{BufRead, BufReader, Write};
+    // No query cache: events written with SQL are to be seen at once.
+    let api_ = Api::start_with(&[("ANALYTICS_CACHE_TTL", "0")]);
+    let (_, key) = api_.key("writer", "org-w", "proj-w", json!({}));
+    let stored = events(10, 5);
+    assert_eq!(api_.post_events(&key, &Value::Array(stored.clone())).0, 200);
+    // Another writer of the events table (a bulk load, say) inserts and keeps its
+    // transaction open: the trigger has queued its rows, uncommitted.
+    let schema = &api_._schema.0;
+    let mut load = std::process::Command::new("psql")
+        .args([SERVER, "-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql");
+    let mut to_load = load.stdin.take().unwrap();
+    writeln!(
+        to_load,
+        "BEGIN; INSERT INTO {schema}.event_log (event_id, user_id, event_name, timestamp, org_id, project_id)
+           SELECT 'bulk-' || i, 'bulk-user' || i, 'signup', '2024-01-02T10:00:00Z', 'org-w', 'proj-w' FROM generate_series(1, 7) i;
+         \\echo inserted"
+    )
+    .unwrap();
+    let mut from_load = BufReader::new(load.stdout.take().unwrap());
+    let mut line = String::new();
+    from_load.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "inserted");
+    // A query rolls up what is committed without waiting for that transaction.
+    let summary = "/api/v1/events/summary?startDate=2024-01-01&endDate=2024-01-31";
+    let asked = std::time::Instant::now();
+    let (status, body) = api_.get(&key, summary);
+    assert_eq!((status, body["totalEvents"].as_u64()), (200, Some(stored.len() as u64)), "{body}");
+    assert!(asked.elapsed() < std::time::Duration::from_secs(10), "the query waited {:?}", asked.elapsed());
+    writeln!(to_load, "COMMIT;").unwrap();
+    drop(to_load);
+    assert!(load.wait().unwrap().success());
+    // Committed: counted, once, however many drains come by.
+    for _ in 0..3 {
+        let (status, body) = api_.get(&key, summary);
+        assert_eq!((status, body["totalEvents"].as_u64()), (200, Some(stored.len() as u64 + 7)), "{body}");
+    }
+    assert_eq!(psql(SERVER, &format!("SELECT count(*) FROM {schema}.rollup_queue")), "0", "the queue was drained");
+}
