@@ -32,8 +32,8 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use weir_plugin::json::{Doc, Pointer};
-use weir_plugin::serde_json::{self, value::RawValue, Value};
+use weir_plugin::json::{scan, Doc, Pointer};
+use weir_plugin::serde_json::{self, Value};
 use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, Outcome, Output, PluginError, Settled, Transform};
 
 /// Config of the `dedupe` transform.
@@ -440,6 +440,8 @@ fn delivery_margin(window: Duration) -> Duration {
 /// The `dedupe` transform.
 pub struct Dedupe {
     fields: Vec<Pointer>,
+    /// The fields' names when each is a top-level member (read with the quick scan).
+    members: Option<Vec<String>>,
     window: Duration,
     max: usize,
     keys: Arc<Mutex<Window>>,
@@ -452,6 +454,11 @@ pub struct Dedupe {
     inflight: HashMap<u64, (Instant, Vec<(usize, Digest)>), Hashing>,
 }
 
+/// The names of `fields` when each is a top-level member (`/name`).
+fn top_level(fields: &[Pointer]) -> Option<Vec<String>> {
+    fields.iter().map(|f| (f.segments().len() == 1).then(|| f.segments()[0].clone())).collect()
+}
+
 fn window(config: &DedupeConfig) -> Result<Duration, PluginError> {
     humantime::parse_duration(&config.window)
         .map_err(|e| PluginError::config(format!("window {:?} is not a duration such as 10m: {e}", config.window)))
@@ -460,8 +467,7 @@ fn window(config: &DedupeConfig) -> Result<Duration, PluginError> {
 /// The text a key field is hashed as: a string as its JSON (escapes normalised), a number
 /// as written (every digit counts: ids that differ in their 20th digit are two keys, which
 /// a float would have merged), anything else as its JSON.
-fn key_part(raw: &RawValue) -> Cow<'_, str> {
-    let text = raw.get();
+fn key_part(text: &str) -> Cow<'_, str> {
     match text.as_bytes().first() {
         // Without escapes a string is written as JSON writes it: taken as it is.
         Some(b'"') if !text.contains('\\') => Cow::Borrowed(text),
@@ -471,6 +477,16 @@ fn key_part(raw: &RawValue) -> Cow<'_, str> {
         Some(b'-' | b'0'..=b'9') => Cow::Borrowed(text),
         _ => Cow::Owned(serde_json::from_str::<Value>(text).map(|v| v.to_string()).unwrap_or_else(|_| text.to_owned())),
     }
+}
+
+/// A record's key parts read with the quick scan of its top-level members (`names`: the
+/// fields, each a top-level member), or `None` when the scan does not answer for it (it is
+/// then read with [`Doc`], with the same result).
+fn quick_parts<'t>(names: &[String], value: &'t [u8]) -> Option<Vec<Option<Cow<'t, str>>>> {
+    let text = std::str::from_utf8(value).ok()?;
+    let members = scan::object_members_where(text, names.len(), |name| names.iter().any(|n| n == name))?;
+    // Of repeated keys the last counts, as for a JSON reader.
+    Some(names.iter().map(|n| members.iter().rev().find(|(k, _)| k == n).map(|(_, v)| key_part(v))).collect())
 }
 
 /// The digest of a record key's parts (stable: it names the key in a Redis window).
@@ -674,9 +690,12 @@ impl Transform for Dedupe {
                 })
             }
         };
+        let fields: Vec<Pointer> =
+            config.fields.iter().map(|f| Pointer::parse(f).map_err(PluginError::config)).collect::<Result<_, _>>()?;
         Ok(Dedupe {
             window: window(&config)?,
-            fields: config.fields.iter().map(|f| Pointer::parse(f).map_err(PluginError::config)).collect::<Result<_, _>>()?,
+            members: top_level(&fields),
+            fields,
             max: config.max_entries.get(),
             keys,
             redis,
@@ -690,14 +709,16 @@ impl Transform for Dedupe {
         // Each record's key digest; None for a record without key fields (always passes).
         let mut digests: Vec<(usize, Option<Digest>)> = Vec::with_capacity(input.len());
         for (i, record) in input.iter().enumerate() {
-            let doc = match Doc::parse(record.value) {
-                Ok(v) => v,
-                Err(e) => {
-                    out.reject(i, &format!("not valid JSON: {e}"));
-                    continue;
-                }
+            let parts = match self.members.as_deref().and_then(|names| quick_parts(names, record.value)) {
+                Some(parts) => parts,
+                None => match Doc::parse(record.value) {
+                    Ok(doc) => self.fields.iter().map(|f| doc.get(f).map(|raw| key_part(raw.get()))).collect(),
+                    Err(e) => {
+                        out.reject(i, &format!("not valid JSON: {e}"));
+                        continue;
+                    }
+                },
             };
-            let parts: Vec<Option<Cow<'_, str>>> = self.fields.iter().map(|f| doc.get(f).map(key_part)).collect();
             digests.push((i, (!parts.iter().all(Option::is_none)).then(|| digest(&parts))));
         }
         let keys = self.keys.clone();
@@ -1050,10 +1071,34 @@ mod tests {
         // Record keys in a Redis window are named by their digest: it must not change.
         let d = digest(&[Some(Cow::Borrowed("\"o1\"")), None, Some(Cow::Owned("12".to_owned()))]);
         assert_eq!(format!("{d:032x}"), "962ff20d2b2ba75f77912a7aae8cb7b9");
-        let doc: &RawValue = serde_json::from_str(r#""a\u0062/""#).unwrap();
-        assert_eq!(key_part(doc), "\"ab/\"", "escapes are normalised");
-        let doc: &RawValue = serde_json::from_str(r#""ab/""#).unwrap();
-        assert!(matches!(key_part(doc), Cow::Borrowed("\"ab/\"")), "a string without escapes is taken as written");
+        assert_eq!(key_part(r#""a\u0062/""#), "\"ab/\"", "escapes are normalised");
+        assert!(matches!(key_part(r#""ab/""#), Cow::Borrowed("\"ab/\"")), "a string without escapes is taken as written");
+    }
+
+    #[test]
+    fn the_quick_scan_keys_records_as_the_json_reader_does() {
+        let fields: Vec<Pointer> = ["/id", "/org", "/n"].iter().map(|f| Pointer::parse(f).unwrap()).collect();
+        let names = top_level(&fields).expect("top-level members");
+        let by_reader = |text: &str| {
+            let doc = Doc::parse(text.as_bytes()).unwrap();
+            digest(&fields.iter().map(|f| doc.get(f).map(|raw| key_part(raw.get()))).collect::<Vec<_>>())
+        };
+        for text in [
+            r#"{"id":"a","org":"o","n":12}"#,
+            r#" { "n" : 12 , "org":"o", "id": "a", "more": {"id": "inner"} } "#,
+            r#"{"id":"x","org":"o","n":12,"id":"a"}"#,
+            r#"{"id":"\u0061","org":"o","n":12}"#,
+            r#"{"id":"a","n":12}"#,
+            r#"{"id":null,"org":["o"],"n":1.50}"#,
+        ] {
+            let quick = quick_parts(&names, text.as_bytes()).expect(text);
+            assert_eq!(digest(&quick), by_reader(text), "{text}");
+        }
+        assert_eq!(by_reader(r#"{"id":"a","org":"o","n":12}"#), by_reader(r#" { "n" : 12 , "org":"o", "id": "a" } "#));
+        // Left to the reader: a key with an escape, and text that is not one JSON object.
+        assert!(quick_parts(&names, br#"{"i\u0064":"a"}"#).is_none());
+        assert!(quick_parts(&names, br#"{"id":"a"} x"#).is_none());
+        assert!(top_level(&[Pointer::parse("/a/b").unwrap()]).is_none(), "a nested field is read by the reader");
     }
 
     #[test]

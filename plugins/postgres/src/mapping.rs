@@ -3,7 +3,7 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use weir_plugin::json::{Doc, Pointer};
+use weir_plugin::json::{scan, Doc, Pointer};
 use weir_plugin::serde_json::{self, value::RawValue, Value};
 use weir_plugin::RecordRef;
 
@@ -288,13 +288,20 @@ impl Column {
             .collect()
     }
 
-    fn value(&self, doc: &Doc<'_>, record: &RecordRef<'_>) -> Result<Cell, String> {
+    /// The column's name in the record when it is a top-level member (`/name`).
+    fn member(&self) -> Option<&str> {
+        self.at.as_ref().and_then(|at| match at.segments() {
+            [name] => Some(name.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The cell, from `found` (the text at the column's pointer, when the record has it), else
+    /// the fallback, the default or NULL.
+    fn value(&self, found: Option<&str>, record: &RecordRef<'_>) -> Result<Cell, String> {
         let s = &self.spec;
-        if let Some(at) = &self.at {
-            let found = if at.segments().is_empty() { Some(doc.text()) } else { doc.get(at).map(RawValue::get) };
-            if let Some(raw) = found.filter(|r| *r != "null") {
-                return convert_raw(self.kind, raw).map_err(|e| format!("column {}: {e}", s.name));
-            }
+        if let Some(raw) = found.filter(|r| *r != "null") {
+            return convert_raw(self.kind, raw).map_err(|e| format!("column {}: {e}", s.name));
         }
         if let Some(t) = &s.fallback {
             if let Some(text) = render(t, record) {
@@ -339,8 +346,31 @@ fn convert_raw(kind: Kind, text: &str) -> Result<Cell, String> {
 
 /// The row for one record, or why it cannot be stored.
 pub fn row(columns: &[Column], record: &RecordRef<'_>) -> Result<Vec<Cell>, String> {
+    if let Some(members) = quick_members(columns, record.value) {
+        // Of repeated keys the last counts, as for a JSON reader.
+        let find = |name: &str| members.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| *v);
+        return columns.iter().map(|c| c.value(c.member().and_then(find), record)).collect();
+    }
     let doc = Doc::parse(record.value).map_err(|e| format!("not valid JSON: {e}"))?;
-    columns.iter().map(|c| c.value(&doc, record)).collect()
+    columns
+        .iter()
+        .map(|c| {
+            let found =
+                c.at.as_ref().and_then(|at| if at.segments().is_empty() { Some(doc.text()) } else { doc.get(at).map(RawValue::get) });
+            c.value(found, record)
+        })
+        .collect()
+}
+
+/// The record's top-level members the columns read, by the quick scan, when every column
+/// reads a top-level member (or nothing) and the scan answers for the record; else `None`,
+/// and the record is read with [`Doc`], with the same result.
+fn quick_members<'t>(columns: &[Column], value: &'t [u8]) -> Option<Vec<(&'t str, &'t str)>> {
+    if columns.iter().any(|c| c.at.is_some() && c.member().is_none()) {
+        return None;
+    }
+    let text = std::str::from_utf8(value).ok()?;
+    scan::object_members_where(text, columns.len(), |name| columns.iter().any(|c| c.member() == Some(name)))
 }
 
 #[cfg(test)]
@@ -375,6 +405,41 @@ mod tests {
         assert_eq!(r[3], Cell::Json(r#"{"a":[1,{"b":null}]}"#.into()));
         assert!(matches!(&r[4], Cell::Json(v) if serde_json::from_str::<Value>(v).unwrap()["n"] == "7"));
         assert_eq!(r[5], Cell::Text("user-events/42".into()));
+    }
+
+    #[test]
+    fn the_quick_scan_and_the_json_reader_give_the_same_rows() {
+        let top = json!([
+            {"name": "t", "type": "TIMESTAMPTZ", "from": "/t"},
+            {"name": "s", "type": "TEXT NOT NULL", "from": "/s", "default": "none"},
+            {"name": "p", "type": "JSONB", "from": "/p"},
+            {"name": "n", "type": "NUMERIC", "from": "/n"}
+        ]);
+        let mut nested = top.clone();
+        nested.as_array_mut().unwrap().push(json!({"name": "x", "type": "TEXT", "from": "/p/x"}));
+        let (quick, reader) = (cols(top), cols(nested));
+        assert!(quick_members(&reader, b"{}").is_none(), "a nested pointer is read by the JSON reader");
+        let mut b = BatchBuf::new();
+        for (i, text) in [
+            r#"{"t":"2024-01-01T12:00:00Z","s":"a","p":{"x":1},"n":1.50}"#,
+            r#" { "n" : 2 , "s" : "b\"c" , "t" : 1704110400, "p" : [ 1 ] } "#,
+            r#"{"s":"first","s":"last","p":null}"#,
+            r#"{"s\u0031":"escaped key","s":"x"}"#,
+        ]
+        .iter()
+        .enumerate()
+        {
+            b.push(i as u32, Head::default(), text.as_bytes());
+        }
+        for i in 0..b.len() {
+            let record = b.as_ref().get(i);
+            let fast = row(&quick, &record).unwrap();
+            let slow = row(&reader, &record).unwrap();
+            assert_eq!(fast[..], slow[..4], "record {i}");
+        }
+        assert_eq!(row(&quick, &b.as_ref().get(2)).unwrap()[1], Cell::Text("last".into()), "the last of repeated keys");
+        b.push(9, Head::default(), br#"{"s":"a"} trailing"#);
+        assert!(row(&quick, &b.as_ref().get(4)).unwrap_err().starts_with("not valid JSON"));
     }
 
     #[test]
