@@ -32,7 +32,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use weir_plugin::json::{scan, Doc, Pointer};
+use weir_plugin::json::{member, scan, Doc, Pointer};
 use weir_plugin::serde_json::{self, Value};
 use weir_plugin::{BatchRef, Context, Deserialize, JsonSchema, Outcome, Output, PluginError, Settled, Transform};
 
@@ -229,12 +229,6 @@ impl Redis {
         }
     }
 
-    /// How long a bucket spans: the window and the delivery margin, so that a key marked
-    /// before its delivery is still found a whole window after it.
-    fn bucket_width(window: Duration) -> String {
-        (window + delivery_margin(window)).as_millis().max(1).to_string()
-    }
-
     /// The key that confirms every delivered record of the batch marked `mark`.
     fn confirmation(&self, mark: &str) -> String {
         format!("{}c:{mark}", self.prefix)
@@ -295,14 +289,14 @@ impl Redis {
             Layout::Keys => {
                 let (keys, mut args): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
                     self.unsettled.iter().map(|(k, a)| (k.clone(), a.clone().into_bytes())).unzip();
-                args.insert(0, window.as_millis().max(1).to_string().into_bytes());
+                args.insert(0, millis(window).into_bytes());
                 (keys, args)
             }
             Layout::Buckets => {
                 // A bucket is read for up to two widths after its first mark: the
                 // confirmation lasts as long.
-                let confirmed = (2 * (window + delivery_margin(window))).as_millis().max(1).to_string();
-                let mut args = vec![confirmed.into_bytes(), Self::bucket_width(window).into_bytes(), self.prefix.clone().into_bytes()];
+                let confirmed = millis(2 * kept_for(window));
+                let mut args = vec![confirmed.into_bytes(), millis(kept_for(window)).into_bytes(), self.prefix.clone().into_bytes()];
                 for (k, a) in &self.unsettled {
                     args.push(k.clone());
                     args.push(a.clone().into_bytes());
@@ -325,13 +319,10 @@ impl Redis {
         let mut keys: Vec<Vec<u8>> = digests.iter().map(|d| self.key(*d)).collect();
         let n = keys.len();
         let mut args = match self.layout {
-            Layout::Keys => {
-                // The record key outlives its batch's confirmation (written at delivery, for
-                // the window) while delivery takes less than the margin.
-                let ttl = window + delivery_margin(window);
-                vec![mark.to_owned(), ttl.as_millis().max(1).to_string(), self.confirmation("")]
-            }
-            Layout::Buckets => vec![mark.to_owned(), Self::bucket_width(window), self.prefix.clone(), n.to_string()],
+            // A record key outlives its batch's confirmation (written at delivery, for the
+            // window) while delivery takes less than the margin; a bucket spans as long.
+            Layout::Keys => vec![mark.to_owned(), millis(kept_for(window)), self.confirmation("")],
+            Layout::Buckets => vec![mark.to_owned(), millis(kept_for(window)), self.prefix.clone(), n.to_string()],
         }
         .into_iter()
         .map(String::into_bytes)
@@ -437,6 +428,18 @@ fn delivery_margin(window: Duration) -> Duration {
     window.min(Duration::from_secs(300))
 }
 
+/// How long a record key is kept in Redis (its expiry, or the span of a bucket): the window
+/// and the delivery margin, so that a key marked before its delivery is still found a whole
+/// window after it.
+fn kept_for(window: Duration) -> Duration {
+    window + delivery_margin(window)
+}
+
+/// `d` in whole milliseconds (at least 1), as Redis takes expiries.
+fn millis(d: Duration) -> String {
+    d.as_millis().max(1).to_string()
+}
+
 /// The `dedupe` transform.
 pub struct Dedupe {
     fields: Vec<Pointer>,
@@ -485,8 +488,7 @@ fn key_part(text: &str) -> Cow<'_, str> {
 fn quick_parts<'t>(names: &[String], value: &'t [u8]) -> Option<Vec<Option<Cow<'t, str>>>> {
     let text = std::str::from_utf8(value).ok()?;
     let members = scan::object_members_where(text, names.len(), |name| names.iter().any(|n| n == name))?;
-    // Of repeated keys the last counts, as for a JSON reader.
-    Some(names.iter().map(|n| members.iter().rev().find(|(k, _)| k == n).map(|(_, v)| key_part(v))).collect())
+    Some(names.iter().map(|n| member(&members, n).map(key_part)).collect())
 }
 
 /// The digest of a record key's parts (stable: it names the key in a Redis window).

@@ -3,7 +3,7 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use weir_plugin::json::{scan, Doc, Pointer};
+use weir_plugin::json::{member, scan, Doc, Pointer};
 use weir_plugin::serde_json::{self, value::RawValue, Value};
 use weir_plugin::RecordRef;
 
@@ -347,9 +347,7 @@ fn convert_raw(kind: Kind, text: &str) -> Result<Cell, String> {
 /// The row for one record, or why it cannot be stored.
 pub fn row(columns: &[Column], record: &RecordRef<'_>) -> Result<Vec<Cell>, String> {
     if let Some(members) = quick_members(columns, record.value) {
-        // Of repeated keys the last counts, as for a JSON reader.
-        let find = |name: &str| members.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| *v);
-        return columns.iter().map(|c| c.value(c.member().and_then(find), record)).collect();
+        return columns.iter().map(|c| c.value(c.member().and_then(|name| member(&members, name)), record)).collect();
     }
     let doc = Doc::parse(record.value).map_err(|e| format!("not valid JSON: {e}"))?;
     columns

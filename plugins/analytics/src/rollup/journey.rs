@@ -62,8 +62,9 @@ pub fn entries<'a>(segments: impl Iterator<Item = &'a [u8]>, uid: u32, r: &Range
 
 impl Queries {
     /// A page of at most `limit` of `user`'s events in `r` after `after`, from the rollups:
-    /// their rows ([`COLUMNS`]) in time order, and where the next page starts when there is one. A row deleted since it was
-    /// rolled up (by a retention sweep) is left out of its page.
+    /// their rows ([`COLUMNS`]) in time order, and where the next page starts when there is
+    /// one. A row deleted since it was rolled up (by a retention sweep) is left out of its
+    /// page.
     pub async fn journey_rolled(
         &self,
         key: &KeyRecord,

@@ -3,8 +3,8 @@
 //! A statement trigger on the events table (with its transition table, so it sees exactly
 //! the rows the `postgres` sink stored, never a duplicate, in the same transaction) copies
 //! each stored event's tenant, user, name, time and `id` into `rollup_queue`: one plain insert
-//! into a table without an index. The API drains the queue ([`Rollups::drain`]), once a
-//! second and before each query that reads the rollups, and adds what it took to
+//! into a table without an index. The API drains the queue ([`Rollups::drain`]), every
+//! `rollup_every_ms` and before each query that reads the rollups, and adds what it took to
 //!
 //! - `rollup_users`: each tenant's users, numbered (`uid`), so that sets of users are
 //!   bitmaps;

@@ -95,7 +95,7 @@ fn members(text: &str) -> Result<Option<Members<'_>>, serde_json::Error> {
 
 /// The last member called `name` (the one a JSON reader keeps when a key repeats), of
 /// members read by [`Doc`] or by [`scan::object_members`].
-pub(crate) fn member<K: AsRef<str>, V: Copy>(members: &[(K, V)], name: &str) -> Option<V> {
+pub fn member<K: AsRef<str>, V: Copy>(members: &[(K, V)], name: &str) -> Option<V> {
     members.iter().rev().find(|(k, _)| k.as_ref() == name).map(|(_, v)| *v)
 }
 
